@@ -1,0 +1,2 @@
+//! oprun library (skeleton, filled in below).
+pub mod proto;

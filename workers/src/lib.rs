@@ -1,0 +1,1 @@
+//! oprun's task kinds that live outside the library.
