@@ -1,2 +1,43 @@
-//! oprun library (skeleton, filled in below).
+//! oprun: a background job runner whose jobs are Google-style long-running operations.
+//!
+//! Applications register async **task kinds**; each submitted task becomes a durable
+//! `google.longrunning.Operation` that clients follow through the standard Operations gRPC
+//! service (Get, List, Delete, Cancel, Wait).
+//!
+//! # Layout
+//! Layers depend only on the ones above them:
+//! - [`proto`]: generated protobuf and gRPC glue (prost/tonic). Stops at the surface.
+//! - [`model`]: oprun's own operation types ([`model::OperationId`], [`model::State`],
+//!   [`model::Outcome`], [`model::OperationRecord`]) and their wire form.
+//! - [`filter`], [`page_token`]: the AIP-160 list filter and AIP-158 page tokens.
+//! - [`store`]: durable storage behind the [`store::Store`] trait: SQLite (embedded default)
+//!   and in-memory, both passing one conformance suite.
+//! - [`task`]: the task API: the [`task::Task`] trait, [`task::TaskContext`] for progress and
+//!   cancellation, and the [`task::Registry`] of kinds. [`kinds`] holds the built-in `sleep`.
+//! - [`scheduler`]: the [`scheduler::Runner`]: queues, limits, workers, cancel, wait,
+//!   recovery and graceful shutdown.
+//! - [`service`]: the gRPC services (Operations, TaskService, SnapshotService), each a value
+//!   to mount on any tonic router.
+//! - [`server`]: [`server::serve`] over a listener the caller binds, until a shutdown future.
+//! - [`json`]: proto3 JSON through prost-reflect. [`cli`]: the `oprun` command line.
+//! - [`error`]: the library's error type and its single mapping to `tonic::Status`.
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod error;
+pub mod filter;
+pub mod json;
+pub mod kinds;
+pub mod model;
+pub mod page_token;
 pub mod proto;
+pub mod scheduler;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod task;
+
+pub use error::Error;
+pub use proto::google::rpc::Code;
+pub use scheduler::{Runner, RunnerConfig};
+pub use task::{Registry, Task, TaskContext, TaskError, TaskOptions};

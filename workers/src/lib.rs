@@ -1,1 +1,17 @@
-//! oprun's task kinds that live outside the library.
+//! oprun's task kinds that live outside the library, written against its public API only,
+//! the same way any user writes a kind.
+#![deny(missing_docs)]
+
+pub mod snapshot;
+
+use oprun::cli::ServeArgs;
+use oprun::Registry;
+
+/// Registers this crate's kinds for `oprun serve`.
+///
+/// # Errors
+/// A message when a kind cannot be set up (e.g. the snapshot root cannot be created).
+pub fn register(registry: &mut Registry, args: &ServeArgs) -> Result<(), String> {
+    registry.register(snapshot::SnapshotTask::new(&args.snapshot_root())?);
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! The library's error type and its one mapping to `tonic::Status`.
+//!
+//! Every error a client can see is built here, with a `google.rpc.ErrorInfo` detail (AIP-193:
+//! an upper-case reason in the `oprun.dev` domain) and, for bad input, a `BadRequest` field
+//! violation.
+
+use std::collections::HashMap;
+
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::store::StoreError;
+
+/// The `ErrorInfo.domain` of every oprun error.
+pub const ERROR_DOMAIN: &str = "oprun.dev";
+
+/// Errors of the runner and its services.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; `field` names the request field.
+    #[error("{message}")]
+    InvalidArgument {
+        /// The request field at fault, e.g. `page_token`.
+        field: &'static str,
+        /// What was wrong and what is accepted.
+        message: String,
+        /// A stable upper-case reason, e.g. `INVALID_FILTER`.
+        reason: &'static str,
+    },
+    /// No operation has that name (it never existed, or was deleted).
+    #[error("operation {name} not found")]
+    NotFound {
+        /// The resource name asked for.
+        name: String,
+    },
+    /// The operation is not in a state that allows the call.
+    #[error("{message}")]
+    FailedPrecondition {
+        /// What is wrong and what to do.
+        message: String,
+        /// A stable upper-case reason.
+        reason: &'static str,
+    },
+    /// A `request_id` was reused for a different request.
+    #[error("{message}")]
+    AlreadyExists {
+        /// What conflicts.
+        message: String,
+    },
+    /// The caller may not do this (e.g. a path outside the snapshot root).
+    #[error("{message}")]
+    PermissionDenied {
+        /// What was refused.
+        message: String,
+    },
+    /// The server is shutting down and accepts no new work.
+    #[error("the server is shutting down and accepts no new operations; retry on another node or after restart")]
+    ShuttingDown,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Error {
+    /// A bad request field, with the generic reason `INVALID_ARGUMENT`.
+    pub fn invalid_argument(field: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            message: message.into(),
+            reason: "INVALID_ARGUMENT",
+        }
+    }
+
+    /// A bad request field with a specific reason.
+    pub fn invalid_argument_because(
+        field: &'static str,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::InvalidArgument {
+            field,
+            message: message.into(),
+            reason,
+        }
+    }
+
+    fn code_and_reason(&self) -> (tonic::Code, &'static str) {
+        use tonic::Code;
+        match self {
+            Error::InvalidArgument { reason, .. } => (Code::InvalidArgument, reason),
+            Error::NotFound { .. } => (Code::NotFound, "OPERATION_NOT_FOUND"),
+            Error::FailedPrecondition { reason, .. } => (Code::FailedPrecondition, reason),
+            Error::AlreadyExists { .. } => (Code::AlreadyExists, "REQUEST_ID_REUSED"),
+            Error::PermissionDenied { .. } => (Code::PermissionDenied, "PERMISSION_DENIED"),
+            Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
+            // Transient or not, a store failure is UNAVAILABLE: stock clients stop polling for
+            // good on INTERNAL, but retry UNAVAILABLE.
+            Error::Store(_) => (Code::Unavailable, "STORE_UNAVAILABLE"),
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        let (code, reason) = err.code_and_reason();
+        let mut metadata = HashMap::new();
+        let mut details = ErrorDetails::new();
+        match &err {
+            Error::InvalidArgument { field, message, .. } => {
+                metadata.insert("field".to_owned(), (*field).to_owned());
+                details.add_bad_request_violation(*field, message.clone());
+            }
+            Error::NotFound { name } => {
+                metadata.insert("name".to_owned(), name.clone());
+            }
+            Error::Store(e) => {
+                tracing::error!(error = %e, "store failure answered as UNAVAILABLE");
+            }
+            _ => {}
+        }
+        details.set_error_info(reason, ERROR_DOMAIN, metadata);
+        tonic::Status::with_error_details(code, err.to_string(), details)
+    }
+}

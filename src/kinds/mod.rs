@@ -1,0 +1,3 @@
+//! Kinds built into the library.
+
+pub mod sleep;

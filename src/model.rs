@@ -1,0 +1,364 @@
+//! The operation model: oprun's own types for an operation and its life, independent of the wire.
+//!
+//! Generated prost types stop at the surface; everything inside the runner speaks these types
+//! and converts to `google.longrunning.Operation` only when answering a client.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use prost::Name;
+use prost_types::{Any, Timestamp};
+
+use crate::error::Error;
+use crate::proto::google::longrunning::{operation, Operation};
+use crate::proto::google::rpc::{Code, Status};
+use crate::proto::oprun::v1::{operation_metadata, OperationMetadata, Progress};
+
+/// The collection every operation lives in.
+pub const COLLECTION: &str = "operations";
+/// Longest accepted operation id (the part after `operations/`).
+pub const MAX_ID_LEN: usize = 128;
+
+/// A validated operation id: the `{id}` in `operations/{id}`.
+///
+/// Ids are URL-safe (`[A-Za-z0-9_-]`), opaque, server-assigned and never reused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OperationId(String);
+
+impl OperationId {
+    /// A fresh, random id (128 bits of randomness, lower-case hex).
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// Parses a resource name `operations/{id}`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming what is wrong when the name is empty, has another
+    /// collection, or an id with characters outside `[A-Za-z0-9_-]`.
+    pub fn parse_name(name: &str) -> Result<Self, Error> {
+        if name.is_empty() {
+            return Err(Error::invalid_argument(
+                "name",
+                "name is empty; expected operations/{id}",
+            ));
+        }
+        let Some(id) = name.strip_prefix("operations/") else {
+            return Err(Error::invalid_argument(
+                "name",
+                format!("name {name:?} is malformed; expected operations/{{id}}"),
+            ));
+        };
+        Self::parse_id(id).map_err(|reason| {
+            Error::invalid_argument("name", format!("name {name:?} is malformed: {reason}"))
+        })
+    }
+
+    /// Parses a bare id, as stored.
+    fn parse_id(id: &str) -> Result<Self, String> {
+        if id.is_empty() {
+            return Err("the id after operations/ is empty".into());
+        }
+        if id.len() > MAX_ID_LEN {
+            return Err(format!("the id is longer than {MAX_ID_LEN} characters"));
+        }
+        if let Some(bad) = id
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!(
+                "the id contains {bad:?}; ids use only letters, digits, '-' and '_'"
+            ));
+        }
+        Ok(Self(id.to_owned()))
+    }
+
+    /// Rebuilds an id read back from a store, which only ever holds ids this type produced.
+    pub fn from_stored(id: String) -> Self {
+        Self(id)
+    }
+
+    /// The bare id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The resource name, `operations/{id}`.
+    pub fn name(&self) -> String {
+        format!("{COLLECTION}/{}", self.0)
+    }
+}
+
+impl fmt::Display for OperationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{COLLECTION}/{}", self.0)
+    }
+}
+
+/// Where an operation is in its life. Mirrors `oprun.v1.OperationMetadata.State`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Accepted and durable, waiting for capacity.
+    Queued,
+    /// A worker is running it.
+    Running,
+    /// Finished with a response.
+    Succeeded,
+    /// Finished with an error other than a client's cancel.
+    Failed,
+    /// Finished because a client cancelled it.
+    Cancelled,
+}
+
+impl State {
+    /// Whether the operation has finished.
+    pub fn is_done(self) -> bool {
+        matches!(self, State::Succeeded | State::Failed | State::Cancelled)
+    }
+
+    /// The enum value name used on the wire and in filters.
+    pub fn as_str(self) -> &'static str {
+        self.to_proto().as_str_name()
+    }
+
+    /// The wire enum.
+    pub fn to_proto(self) -> operation_metadata::State {
+        use operation_metadata::State as P;
+        match self {
+            State::Queued => P::Queued,
+            State::Running => P::Running,
+            State::Succeeded => P::Succeeded,
+            State::Failed => P::Failed,
+            State::Cancelled => P::Cancelled,
+        }
+    }
+
+    /// From the stored enum number; `None` for numbers this version does not know.
+    pub fn from_i32(n: i32) -> Option<Self> {
+        use operation_metadata::State as P;
+        Some(match P::try_from(n).ok()? {
+            P::Queued => State::Queued,
+            P::Running => State::Running,
+            P::Succeeded => State::Succeeded,
+            P::Failed => State::Failed,
+            P::Cancelled => State::Cancelled,
+            P::Unspecified => return None,
+        })
+    }
+}
+
+/// How a finished operation ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The kind's response message.
+    Response(Any),
+    /// A `google.rpc.Status` with a non-OK code.
+    Error(Status),
+}
+
+/// Why an operation's cancellation token was cancelled. Only a client's cancel ends an
+/// operation as CANCELLED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// A client called CancelOperation.
+    Client,
+    /// The server is shutting down; the operation is resumed or aborted on the next start.
+    Shutdown,
+}
+
+/// An operation as oprun keeps it: the metadata fields plus the input and the result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperationRecord {
+    /// Store-assigned position in creation order (0 until inserted); lists are ordered by it.
+    pub seq: i64,
+    /// The id.
+    pub id: OperationId,
+    /// The registered kind.
+    pub kind: String,
+    /// The kind's input, as submitted.
+    pub input: Any,
+    /// The AIP-155 idempotency key, if the client sent one.
+    pub request_id: Option<String>,
+    /// Life-cycle state.
+    pub state: State,
+    /// When it was accepted.
+    pub create_time: SystemTime,
+    /// When its current attempt started.
+    pub start_time: Option<SystemTime>,
+    /// When anything about it last changed.
+    pub update_time: SystemTime,
+    /// When it finished.
+    pub end_time: Option<SystemTime>,
+    /// Work done so far.
+    pub progress: Progress,
+    /// The worker's latest words.
+    pub status_message: String,
+    /// Whether a client asked to cancel it.
+    pub requested_cancellation: bool,
+    /// Which run this is, from 1.
+    pub attempt: u32,
+    /// The kind's own progress message.
+    pub details: Option<Any>,
+    /// Set exactly when the state is done.
+    pub outcome: Option<Outcome>,
+}
+
+impl OperationRecord {
+    /// A new queued operation.
+    pub fn new_queued(kind: String, input: Any, request_id: Option<String>) -> Self {
+        let now = SystemTime::now();
+        Self {
+            seq: 0,
+            id: OperationId::generate(),
+            kind,
+            input,
+            request_id,
+            state: State::Queued,
+            create_time: now,
+            start_time: None,
+            update_time: now,
+            end_time: None,
+            progress: Progress::default(),
+            status_message: String::new(),
+            requested_cancellation: false,
+            attempt: 1,
+            details: None,
+            outcome: None,
+        }
+    }
+
+    /// Whether it has finished.
+    pub fn is_done(&self) -> bool {
+        self.state.is_done()
+    }
+
+    /// The error code of a finished, failed operation.
+    pub fn error_code(&self) -> Option<i32> {
+        match &self.outcome {
+            Some(Outcome::Error(status)) => Some(status.code),
+            _ => None,
+        }
+    }
+
+    /// Ends the operation. `state` must be a done state matching the outcome.
+    pub fn finish(&mut self, state: State, outcome: Outcome) {
+        debug_assert!(state.is_done());
+        let now = SystemTime::now();
+        self.state = state;
+        self.outcome = Some(outcome);
+        self.end_time = Some(now);
+        self.update_time = now;
+    }
+
+    /// Ends the operation with an error status.
+    pub fn fail(&mut self, state: State, code: Code, message: impl Into<String>) {
+        self.finish(
+            state,
+            Outcome::Error(Status {
+                code: code as i32,
+                message: message.into(),
+                details: Vec::new(),
+            }),
+        );
+    }
+
+    /// The metadata message.
+    pub fn metadata(&self) -> OperationMetadata {
+        OperationMetadata {
+            kind: self.kind.clone(),
+            state: self.state.to_proto() as i32,
+            create_time: Some(Timestamp::from(self.create_time)),
+            start_time: self.start_time.map(Timestamp::from),
+            update_time: Some(Timestamp::from(self.update_time)),
+            end_time: self.end_time.map(Timestamp::from),
+            progress: Some(self.progress.clone()),
+            status_message: self.status_message.clone(),
+            requested_cancellation: self.requested_cancellation,
+            attempt: self.attempt,
+            details: self.details.clone(),
+        }
+    }
+
+    /// The wire form.
+    pub fn to_operation(&self) -> Operation {
+        let result = match &self.outcome {
+            Some(Outcome::Response(any)) => Some(operation::Result::Response(any.clone())),
+            Some(Outcome::Error(status)) => Some(operation::Result::Error(status.clone())),
+            None => None,
+        };
+        Operation {
+            name: self.id.name(),
+            metadata: Some(pack(&self.metadata())),
+            done: self.is_done() && result.is_some(),
+            result,
+        }
+    }
+}
+
+/// Packs a message into an `Any` with a `type.googleapis.com/` type URL.
+pub fn pack<M: Name>(message: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: message.encode_to_vec(),
+    }
+}
+
+/// The full message name in a type URL (`type.googleapis.com/oprun.v1.X` → `oprun.v1.X`).
+pub fn type_name(type_url: &str) -> &str {
+    type_url.rsplit('/').next().unwrap_or(type_url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names are parsed strictly: the collection must be `operations` and ids URL-safe.
+    #[test]
+    fn parse_name_accepts_ids_and_rejects_garbage() {
+        let id = OperationId::generate();
+        assert_eq!(OperationId::parse_name(&id.name()).unwrap(), id);
+        for bad in [
+            "",
+            "operations/",
+            "bogus",
+            "tasks/abc",
+            "operations/a/b",
+            "operations/a b",
+        ] {
+            let err = OperationId::parse_name(bad).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidArgument { .. }),
+                "{bad:?}: {err}"
+            );
+        }
+        let long = format!("operations/{}", "a".repeat(MAX_ID_LEN + 1));
+        assert!(OperationId::parse_name(&long).is_err());
+    }
+
+    /// Type URLs use the domain stock Google clients require.
+    #[test]
+    fn metadata_type_url_is_googleapis() {
+        let rec = OperationRecord::new_queued("sleep".into(), Any::default(), None);
+        let op = rec.to_operation();
+        assert_eq!(
+            op.metadata.unwrap().type_url,
+            "type.googleapis.com/oprun.v1.OperationMetadata"
+        );
+        assert!(!op.done);
+        assert!(op.result.is_none());
+    }
+
+    /// A done operation carries exactly one of error or response.
+    #[test]
+    fn finished_operation_has_exactly_one_result() {
+        let mut rec = OperationRecord::new_queued("sleep".into(), Any::default(), None);
+        rec.fail(State::Cancelled, Code::Cancelled, "cancelled");
+        let op = rec.to_operation();
+        assert!(op.done);
+        match op.result {
+            Some(operation::Result::Error(s)) => assert_eq!(s.code, 1),
+            other => panic!("expected an error result, got {other:?}"),
+        }
+        assert_eq!(rec.error_code(), Some(1));
+    }
+}

@@ -1,0 +1,805 @@
+//! The scheduler: turns submissions into running workers, and is the one place that changes an
+//! operation's state.
+//!
+//! # How it holds state
+//! - Every operation that is not done is *live*: a [`LiveOperation`] in a `DashMap` keyed by
+//!   id, holding the current record in a `tokio::sync::watch` channel. Workers update it in
+//!   memory; Get reads it; Wait subscribes to it and is woken by the change that makes the
+//!   operation done (no polling).
+//! - Queues and running counts sit behind one std `Mutex` ([`Queues`]): FIFO per kind, a global
+//!   and a per-kind limit. Nothing awaits while it is held.
+//! - Each operation's `CancellationToken` is a child of one root token; the reason it was
+//!   cancelled (client or shutdown) is remembered, because only a client's cancel ends an
+//!   operation as CANCELLED.
+//! - Every spawned task is tracked by a `TaskTracker` so shutdown can wait for them.
+//!
+//! Durability order: a state change is persisted before it is published, so a client never
+//! sees a state that a crash could take back.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+use prost_types::Any;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::error::Error;
+use crate::filter::Filter;
+use crate::model::{CancelReason, OperationId, OperationRecord, Outcome, State};
+use crate::proto::google::rpc::Code;
+use crate::store::{Inserted, Store};
+use crate::task::{ErasedTask, Registry, TaskContext, TaskError};
+
+/// Longest accepted `request_id`.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// How the runner schedules work.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Most operations running at once, over all kinds.
+    pub max_running: usize,
+    /// Per-kind limits that override what a kind declares.
+    pub kind_limits: HashMap<String, usize>,
+    /// How long a worker may ignore a cancel before it is aborted.
+    pub cancel_grace: Duration,
+    /// Least time between two progress writes of one operation.
+    pub progress_interval: Duration,
+    /// The longest a WaitOperation call waits.
+    pub max_wait: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            max_running: 64,
+            kind_limits: HashMap::new(),
+            cancel_grace: Duration::from_secs(30),
+            progress_interval: Duration::from_millis(250),
+            max_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+/// An operation that is not done yet, as the runner holds it in memory.
+pub struct LiveOperation {
+    id: OperationId,
+    record: watch::Sender<OperationRecord>,
+    token: CancellationToken,
+    reason: OnceLock<CancelReason>,
+}
+
+impl LiveOperation {
+    fn new(record: OperationRecord, token: CancellationToken) -> Self {
+        Self {
+            id: record.id.clone(),
+            record: watch::Sender::new(record),
+            token,
+            reason: OnceLock::new(),
+        }
+    }
+
+    /// The id.
+    pub fn id(&self) -> &OperationId {
+        &self.id
+    }
+
+    /// Changes the record in memory (never after it is done) and wakes watchers.
+    pub(crate) fn update(&self, f: impl FnOnce(&mut OperationRecord)) {
+        self.record.send_if_modified(|r| {
+            if r.is_done() {
+                return false;
+            }
+            f(r);
+            r.update_time = SystemTime::now();
+            true
+        });
+    }
+
+    /// A copy of the current record.
+    pub fn snapshot(&self) -> OperationRecord {
+        self.record.borrow().clone()
+    }
+
+    /// Cancels the token, remembering why (the first reason wins).
+    fn cancel(&self, reason: CancelReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    fn reason(&self) -> Option<CancelReason> {
+        self.reason.get().copied()
+    }
+}
+
+/// Queued work and running counts.
+#[derive(Default)]
+struct Queues {
+    kinds: HashMap<String, KindQueue>,
+    running: usize,
+    next_ticket: u64,
+}
+
+struct KindQueue {
+    waiting: VecDeque<(u64, OperationId)>,
+    running: usize,
+    limit: usize,
+}
+
+/// The runner: a cheap `Clone` handle over shared state.
+#[derive(Clone)]
+pub struct Runner {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    registry: Registry,
+    store: Arc<dyn Store>,
+    config: RunnerConfig,
+    live: DashMap<OperationId, Arc<LiveOperation>>,
+    // std Mutex, not tokio's: nothing awaits while it is held.
+    queues: Mutex<Queues>,
+    root: CancellationToken,
+    tracker: TaskTracker,
+    accepting: AtomicBool,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The operations, in creation order.
+    pub operations: Vec<OperationRecord>,
+    /// The `seq` to continue after, if more may follow.
+    pub next_after: Option<i64>,
+}
+
+impl Runner {
+    /// Starts a runner over `store`: recovers what the store holds (queued operations are
+    /// queued again; ones that were running are re-run if their kind is retry-safe, or ended
+    /// ABORTED), then starts work.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store cannot be read or holds unreadable data; the runner
+    /// never starts on a store it could not recover.
+    pub async fn start(
+        registry: Registry,
+        store: Arc<dyn Store>,
+        config: RunnerConfig,
+    ) -> Result<Self, Error> {
+        let runner = Self {
+            shared: Arc::new(Shared {
+                registry,
+                store,
+                config,
+                live: DashMap::new(),
+                queues: Mutex::new(Queues::default()),
+                root: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+                accepting: AtomicBool::new(true),
+            }),
+        };
+        runner.recover().await?;
+        runner.pump();
+        Ok(runner)
+    }
+
+    /// The registered kinds.
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RunnerConfig {
+        &self.shared.config
+    }
+
+    async fn recover(&self) -> Result<(), Error> {
+        let unfinished = self.shared.store.unfinished().await?;
+        let (mut requeued, mut aborted) = (0usize, 0usize);
+        for mut r in unfinished {
+            let Some(task) = self.shared.registry.erased(&r.kind) else {
+                r.fail(
+                    State::Failed,
+                    Code::FailedPrecondition,
+                    format!(
+                        "kind {:?} is not registered on this server; registered kinds: {}",
+                        r.kind,
+                        self.shared.registry.names()
+                    ),
+                );
+                self.shared.store.update(&r).await?;
+                aborted += 1;
+                continue;
+            };
+            if r.state == State::Running {
+                if task.options().retry_safe {
+                    r.state = State::Queued;
+                    r.attempt += 1;
+                    r.start_time = None;
+                    r.status_message = "queued again after a server restart".into();
+                    r.update_time = SystemTime::now();
+                    self.shared.store.update(&r).await?;
+                    requeued += 1;
+                } else {
+                    r.fail(
+                        State::Failed,
+                        Code::Aborted,
+                        format!(
+                            "the server restarted while this operation was running; kind {:?} \
+                             is not safe to retry, so it was not run again",
+                            r.kind
+                        ),
+                    );
+                    self.shared.store.update(&r).await?;
+                    aborted += 1;
+                    continue;
+                }
+            }
+            self.enqueue(r);
+        }
+        let queued = self.shared.live.len();
+        if queued + aborted > 0 {
+            info!(
+                queued,
+                requeued, aborted, "recovered operations from the store"
+            );
+        }
+        Ok(())
+    }
+
+    /// Submits a task: validates it, makes it durable, queues it. With a `request_id` already
+    /// used for the same request, returns the earlier operation instead.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT for an unknown kind, an input of the wrong type or one the kind refuses;
+    /// ALREADY_EXISTS when the `request_id` was used for a different request;
+    /// UNAVAILABLE when shutting down or the store fails.
+    pub async fn submit(
+        &self,
+        kind: &str,
+        input: Option<Any>,
+        request_id: &str,
+    ) -> Result<OperationRecord, Error> {
+        if !self.shared.accepting.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        let Some(task) = self.shared.registry.erased(kind) else {
+            let message = if kind.is_empty() {
+                format!(
+                    "kind is empty; registered kinds: {}",
+                    self.shared.registry.names()
+                )
+            } else {
+                format!(
+                    "unknown kind {kind:?}; registered kinds: {}",
+                    self.shared.registry.names()
+                )
+            };
+            return Err(Error::invalid_argument_because(
+                "kind",
+                "UNKNOWN_KIND",
+                message,
+            ));
+        };
+        let Some(input) = input else {
+            let expected = task.describe().input_type;
+            return Err(Error::invalid_argument(
+                "input",
+                format!("input is missing; kind {kind:?} takes a {expected}"),
+            ));
+        };
+        let request_id = check_request_id(request_id)?;
+        task.check_input(&input)?;
+        let record = OperationRecord::new_queued(kind.to_owned(), input, request_id);
+        match self.shared.store.insert(record).await? {
+            Inserted::New(r) => {
+                info!(op.name = %r.id, op.kind = %r.kind, "submitted");
+                self.enqueue(r.clone());
+                self.pump();
+                Ok(r)
+            }
+            Inserted::Existing(existing) => {
+                let (same_kind, same_input) = (existing.kind == kind, true);
+                if !same_kind || !same_input {
+                    return Err(Error::AlreadyExists {
+                        message: format!(
+                            "request_id was already used for {} of kind {:?}; use a new \
+                             request_id for a different request",
+                            existing.id, existing.kind
+                        ),
+                    });
+                }
+                Ok(self.latest(existing))
+            }
+        }
+    }
+
+    /// The latest state of an operation that may be live.
+    fn latest(&self, stored: OperationRecord) -> OperationRecord {
+        match self.shared.live.get(&stored.id) {
+            Some(live) => live.snapshot(),
+            None => stored,
+        }
+    }
+
+    fn enqueue(&self, record: OperationRecord) {
+        let kind = record.kind.clone();
+        let id = record.id.clone();
+        let live = Arc::new(LiveOperation::new(record, self.shared.root.child_token()));
+        self.shared.live.insert(id.clone(), live);
+        let limit = self.kind_limit(&kind);
+        let mut q = self.lock_queues();
+        q.next_ticket += 1;
+        let ticket = q.next_ticket;
+        q.kinds
+            .entry(kind)
+            .or_insert_with(|| KindQueue {
+                waiting: VecDeque::new(),
+                running: 0,
+                limit,
+            })
+            .waiting
+            .push_back((ticket, id));
+    }
+
+    fn kind_limit(&self, kind: &str) -> usize {
+        let declared = self
+            .shared
+            .registry
+            .erased(kind)
+            .and_then(|t| t.options().max_concurrency);
+        self.shared
+            .config
+            .kind_limits
+            .get(kind)
+            .copied()
+            .or(declared)
+            .unwrap_or(self.shared.config.max_running)
+            .max(1)
+    }
+
+    fn lock_queues(&self) -> std::sync::MutexGuard<'_, Queues> {
+        // Every critical section leaves the queues consistent before anything can panic.
+        self.shared
+            .queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts queued operations while capacity allows: the oldest waiting operation among the
+    /// kinds under their limit goes first (FIFO within a kind).
+    fn pump(&self) {
+        if !self.shared.accepting.load(Ordering::Acquire) {
+            return;
+        }
+        let mut starting = Vec::new();
+        {
+            let mut q = self.lock_queues();
+            while q.running < self.shared.config.max_running {
+                let next = q
+                    .kinds
+                    .iter()
+                    .filter(|(_, k)| k.running < k.limit)
+                    .filter_map(|(name, k)| k.waiting.front().map(|(t, _)| (*t, name.clone())))
+                    .min();
+                let Some((_, kind)) = next else { break };
+                let Some(kq) = q.kinds.get_mut(&kind) else {
+                    break;
+                };
+                let Some((_, id)) = kq.waiting.pop_front() else {
+                    break;
+                };
+                kq.running += 1;
+                q.running += 1;
+                starting.push((kind, id));
+            }
+        }
+        for (kind, id) in starting {
+            let live = self.shared.live.get(&id).map(|e| Arc::clone(e.value()));
+            let task = self.shared.registry.erased(&kind).map(Arc::clone);
+            match (live, task) {
+                (Some(live), Some(task)) => {
+                    let runner = self.clone();
+                    self.shared
+                        .tracker
+                        .spawn(async move { runner.run_operation(live, task).await });
+                }
+                _ => self.release(&kind),
+            }
+        }
+    }
+
+    /// Frees a running slot and starts what it allows.
+    fn release(&self, kind: &str) {
+        {
+            let mut q = self.lock_queues();
+            q.running = q.running.saturating_sub(1);
+            if let Some(k) = q.kinds.get_mut(kind) {
+                k.running = k.running.saturating_sub(1);
+            }
+        }
+        self.pump();
+    }
+
+    async fn run_operation(self, live: Arc<LiveOperation>, task: Arc<dyn ErasedTask>) {
+        let record = live.snapshot();
+        let span = info_span!("operation", op.name = %record.id, op.kind = %record.kind);
+        self.drive(live, task, record).instrument(span).await;
+    }
+
+    async fn drive(
+        &self,
+        live: Arc<LiveOperation>,
+        task: Arc<dyn ErasedTask>,
+        record: OperationRecord,
+    ) {
+        let kind = record.kind.clone();
+        if live.token.is_cancelled() {
+            // Cancelled between leaving the queue and starting.
+            self.conclude(&live, Err(WorkerEnd::NotStarted)).await;
+            self.release(&kind);
+            return;
+        }
+        live.update(|r| {
+            r.state = State::Running;
+            r.start_time = Some(SystemTime::now());
+        });
+        let running = live.snapshot();
+        if let Err(e) = self.shared.store.update(&running).await {
+            error!(error = %e, "could not record the start; not running the worker");
+            self.finish(
+                &live,
+                State::Failed,
+                Outcome::Error(status(
+                    Code::Unavailable,
+                    format!("the operation could not start: {e}"),
+                )),
+            )
+            .await;
+            self.release(&kind);
+            return;
+        }
+        info!(attempt = running.attempt, "started");
+
+        let ctx = TaskContext::new(Arc::clone(&live), live.token.clone(), running.attempt);
+        let mut worker = self
+            .shared
+            .tracker
+            .spawn(task.run(running.input, ctx).in_current_span());
+        let grace = self.shared.config.cancel_grace;
+        let token = live.token.clone();
+        let end = tokio::select! {
+            biased;
+            joined = &mut worker => match joined {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(e)) => Err(WorkerEnd::Failed(e)),
+                Err(e) if e.is_panic() => Err(WorkerEnd::Panicked(panic_message(e.into_panic()))),
+                Err(_) => Err(WorkerEnd::Abandoned(grace)),
+            },
+            () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
+                warn!(grace_ms = grace.as_millis() as u64, "worker ignored its cancellation past the grace period; aborting it");
+                worker.abort();
+                Err(WorkerEnd::Abandoned(grace))
+            }
+            () = self.flush_progress(&live) => Err(WorkerEnd::Abandoned(grace)),
+        };
+        self.conclude(&live, end).await;
+        self.release(&kind);
+    }
+
+    /// Persists progress coalesced: after a change, write it, then wait `progress_interval`
+    /// before looking again. Never completes.
+    async fn flush_progress(&self, live: &LiveOperation) {
+        let mut rx = live.record.subscribe();
+        rx.mark_unchanged();
+        loop {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            let record = rx.borrow_and_update().clone();
+            if record.is_done() {
+                std::future::pending::<()>().await;
+            }
+            if let Err(e) = self.shared.store.update(&record).await {
+                warn!(error = %e, "could not persist progress; will retry on the next change");
+            }
+            tokio::time::sleep(self.shared.config.progress_interval).await;
+        }
+    }
+
+    /// Decides how a run ended and records it.
+    async fn conclude(&self, live: &Arc<LiveOperation>, end: Result<Any, WorkerEnd>) {
+        let (state, outcome) = match (end, live.reason()) {
+            // A run that completed despite a cancel keeps its real result.
+            (Ok(response), _) => (State::Succeeded, Outcome::Response(response)),
+            (Err(end), Some(CancelReason::Shutdown)) => {
+                info!(
+                    ?end,
+                    "interrupted by shutdown; it will be resumed or aborted on the next start"
+                );
+                self.shared.live.remove(&live.id);
+                return;
+            }
+            (Err(end), Some(CancelReason::Client)) => {
+                let message = match end {
+                    WorkerEnd::Abandoned(grace) => format!(
+                        "cancelled by client request; the worker did not stop within the {}s grace period and was aborted",
+                        grace.as_secs_f64()
+                    ),
+                    _ => "cancelled by client request".to_owned(),
+                };
+                (
+                    State::Cancelled,
+                    Outcome::Error(status(Code::Cancelled, message)),
+                )
+            }
+            (Err(WorkerEnd::Failed(e)), None) => {
+                (State::Failed, Outcome::Error(status(e.code, e.message)))
+            }
+            (Err(WorkerEnd::Panicked(msg)), None) => (
+                State::Failed,
+                Outcome::Error(status(
+                    Code::Internal,
+                    format!("the worker panicked: {msg}"),
+                )),
+            ),
+            (Err(end), None) => (
+                State::Failed,
+                Outcome::Error(status(
+                    Code::Internal,
+                    format!("the worker ended unexpectedly: {end:?}"),
+                )),
+            ),
+        };
+        self.finish(live, state, outcome).await;
+    }
+
+    /// Ends a live operation: persist, then publish (waking waiters), then forget it.
+    async fn finish(&self, live: &Arc<LiveOperation>, state: State, outcome: Outcome) {
+        let mut record = live.snapshot();
+        if record.is_done() {
+            return;
+        }
+        record.finish(state, outcome);
+        if let Err(e) = self.shared.store.update(&record).await {
+            error!(op.name = %record.id, error = %e, "could not persist the end of an operation");
+        }
+        match &record.outcome {
+            Some(Outcome::Error(s)) => {
+                info!(op.name = %record.id, op.kind = %record.kind, state = record.state.as_str(), code = s.code, "finished")
+            }
+            _ => {
+                info!(op.name = %record.id, op.kind = %record.kind, state = record.state.as_str(), "finished")
+            }
+        }
+        live.record.send_replace(record);
+        self.shared.live.remove(&live.id);
+    }
+
+    /// The latest state of an operation.
+    ///
+    /// # Errors
+    /// NOT_FOUND when there is no such operation; UNAVAILABLE when the store fails.
+    pub async fn get(&self, id: &OperationId) -> Result<OperationRecord, Error> {
+        if let Some(live) = self.shared.live.get(id).map(|e| Arc::clone(e.value())) {
+            return Ok(live.snapshot());
+        }
+        self.shared
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound { name: id.name() })
+    }
+
+    /// Waits until the operation is done or `timeout` (capped at the configured maximum)
+    /// passes, then returns its latest state.
+    ///
+    /// # Errors
+    /// NOT_FOUND when there is no such operation; UNAVAILABLE when the store fails.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn wait(
+        &self,
+        id: &OperationId,
+        timeout: Duration,
+    ) -> Result<OperationRecord, Error> {
+        let timeout = timeout.min(self.shared.config.max_wait);
+        let Some(live) = self.shared.live.get(id).map(|e| Arc::clone(e.value())) else {
+            return self.get(id).await;
+        };
+        let mut rx = live.record.subscribe();
+        tokio::select! {
+            _ = tokio::time::timeout(timeout, rx.wait_for(OperationRecord::is_done)) => {}
+            // At shutdown, answer now with the latest state rather than hold the server open.
+            () = self.shared.root.cancelled() => {}
+        }
+        Ok(live.snapshot())
+    }
+
+    /// Requests cancellation. A queued operation ends CANCELLED at once; a running one has its
+    /// token cancelled and ends when its worker stops (or is aborted after the grace period).
+    /// A finished operation is left as it is.
+    ///
+    /// # Errors
+    /// NOT_FOUND when there is no such operation; UNAVAILABLE when the store fails.
+    pub async fn cancel(&self, id: &OperationId) -> Result<(), Error> {
+        let Some(live) = self.shared.live.get(id).map(|e| Arc::clone(e.value())) else {
+            return self.get(id).await.map(drop);
+        };
+        let was_queued = {
+            let kind = live.record.borrow().kind.clone();
+            let mut q = self.lock_queues();
+            q.kinds.get_mut(&kind).is_some_and(|k| {
+                let before = k.waiting.len();
+                k.waiting.retain(|(_, waiting)| waiting != id);
+                k.waiting.len() != before
+            })
+        };
+        live.update(|r| r.requested_cancellation = true);
+        info!(op.name = %id, queued = was_queued, "cancel requested");
+        live.cancel(CancelReason::Client);
+        if was_queued {
+            self.finish(
+                &live,
+                State::Cancelled,
+                Outcome::Error(status(
+                    Code::Cancelled,
+                    "cancelled by client request before it started",
+                )),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Deletes a finished operation.
+    ///
+    /// # Errors
+    /// FAILED_PRECONDITION when it is not done; NOT_FOUND when there is no such operation;
+    /// UNAVAILABLE when the store fails.
+    pub async fn delete(&self, id: &OperationId) -> Result<(), Error> {
+        let not_done = || Error::FailedPrecondition {
+            message: format!("{id} is not done; cancel it first and delete it once it is done"),
+            reason: "OPERATION_NOT_DONE",
+        };
+        if self.shared.live.contains_key(id) {
+            return Err(not_done());
+        }
+        match self.shared.store.delete_done(id).await? {
+            Some(true) => {
+                info!(op.name = %id, "deleted");
+                Ok(())
+            }
+            Some(false) => Err(not_done()),
+            None => Err(Error::NotFound { name: id.name() }),
+        }
+    }
+
+    /// Lists up to `limit` operations after `after` (a `seq`) that match `filter`.
+    ///
+    /// # Errors
+    /// UNAVAILABLE when the store fails.
+    pub async fn list(&self, filter: &Filter, after: i64, limit: usize) -> Result<Page, Error> {
+        let mut operations = self
+            .shared
+            .store
+            .list(after, filter, limit.saturating_add(1))
+            .await?;
+        let more = operations.len() > limit;
+        operations.truncate(limit);
+        let next_after = if more {
+            operations.last().map(|r| r.seq)
+        } else {
+            None
+        };
+        for r in &mut operations {
+            if let Some(live) = self.shared.live.get(&r.id) {
+                let seq = r.seq;
+                *r = live.snapshot();
+                r.seq = seq;
+            }
+        }
+        Ok(Page {
+            operations,
+            next_after,
+        })
+    }
+
+    /// Stops gracefully: [`begin_shutdown`](Self::begin_shutdown), then waits up to `grace`
+    /// for running workers and closes the store. Operations interrupted this way stay RUNNING
+    /// in the store and are resumed or aborted on the next start; they are never reported as
+    /// CANCELLED, because no client cancelled them.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the final flush of the store fails.
+    pub async fn shutdown(&self, grace: Duration) -> Result<(), Error> {
+        self.begin_shutdown();
+        if tokio::time::timeout(grace, self.shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                grace_ms = grace.as_millis() as u64,
+                "workers still running after the shutdown grace period; leaving them to recovery"
+            );
+        }
+        self.shared.store.close().await?;
+        info!("shut down");
+        Ok(())
+    }
+
+    /// The first, synchronous half of shutdown: refuse new submissions, start nothing new,
+    /// cancel every running worker with the reason "shutdown", and release Wait calls.
+    pub fn begin_shutdown(&self) {
+        if !self.shared.accepting.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        info!(running = self.running(), "shutting down");
+        for entry in &self.shared.live {
+            let _ = entry.value().reason.set(CancelReason::Shutdown);
+        }
+        self.shared.root.cancel();
+        self.shared.tracker.close();
+    }
+
+    /// How many operations are running now.
+    pub fn running(&self) -> usize {
+        self.lock_queues().running
+    }
+}
+
+/// How a worker ended without a response.
+#[derive(Debug)]
+enum WorkerEnd {
+    /// Cancelled before it started.
+    NotStarted,
+    /// It returned an error.
+    Failed(TaskError),
+    /// It panicked.
+    Panicked(String),
+    /// It was aborted after ignoring its token for the grace period.
+    Abandoned(Duration),
+}
+
+fn status(code: Code, message: impl Into<String>) -> crate::proto::google::rpc::Status {
+    crate::proto::google::rpc::Status {
+        code: code as i32,
+        message: message.into(),
+        details: Vec::new(),
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}
+
+fn check_request_id(request_id: &str) -> Result<Option<String>, Error> {
+    if request_id.is_empty() {
+        return Ok(None);
+    }
+    if request_id.len() > MAX_REQUEST_ID_LEN
+        || !request_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+    {
+        return Err(Error::invalid_argument(
+            "request_id",
+            format!(
+                "request_id must be at most {MAX_REQUEST_ID_LEN} characters of letters, digits \
+                 and -_.: (a UUID is recommended)"
+            ),
+        ));
+    }
+    Ok(Some(request_id.to_owned()))
+}

@@ -1,0 +1,220 @@
+//! Durable storage of operations behind one trait, [`Store`], with one conformance suite
+//! ([`conformance`]) that every backend passes.
+//!
+//! Backends: [`sqlite::SqliteStore`] (the embedded default, group-committed) and
+//! [`memory::MemoryStore`] (for tests and benchmarks; nothing survives a restart).
+//! A PostgreSQL backend for several nodes fits the same trait.
+
+pub mod memory;
+pub mod sqlite;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use prost::Message;
+use prost_types::{Any, Timestamp};
+
+use crate::filter::{Filter, FilterFields};
+use crate::model::{OperationId, OperationRecord, Outcome, State};
+use crate::proto::google::longrunning::{operation, Operation};
+use crate::proto::oprun::v1::OperationMetadata;
+
+/// Errors of a store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot answer now (I/O error, lock timeout, closed connection): retry later.
+    #[error("the operation store is unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data cannot be read back; never silently ignored.
+    #[error("the operation store holds unreadable data: {0}")]
+    Corrupt(String),
+    /// The store has been closed.
+    #[error("the operation store is closed")]
+    Closed,
+}
+
+/// The result of an insert.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inserted {
+    /// Stored; the record now carries its `seq`.
+    New(OperationRecord),
+    /// An operation with the same `request_id` already existed; it is returned unchanged.
+    Existing(OperationRecord),
+}
+
+/// Where operations are kept. Every method that returns `Ok` after a write has made it durable
+/// (to the backend's promise).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new operation and assigns its `seq` (increasing in insertion order). If the
+    /// record carries a `request_id` already used, stores nothing and returns the existing
+    /// operation.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the write could not be made durable.
+    async fn insert(&self, record: OperationRecord) -> Result<Inserted, StoreError>;
+
+    /// Replaces the stored state of an existing operation (matched by id). Updating a
+    /// missing operation is not an error (it may have been deleted meanwhile).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the write could not be made durable.
+    async fn update(&self, record: &OperationRecord) -> Result<(), StoreError>;
+
+    /// Reads one operation.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read or holds unreadable data.
+    async fn get(&self, id: &OperationId) -> Result<Option<OperationRecord>, StoreError>;
+
+    /// Deletes an operation if it is done. Returns what was there: `None` when nothing was,
+    /// `Some(false)` when the operation exists but is not done (and so was kept).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the write could not be made durable.
+    async fn delete_done(&self, id: &OperationId) -> Result<Option<bool>, StoreError>;
+
+    /// Up to `limit` operations with `seq > after`, in `seq` order, that match `filter`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read or holds unreadable data.
+    async fn list(
+        &self,
+        after: i64,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, StoreError>;
+
+    /// Every operation that is not done, in `seq` order (for recovery at start-up).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read or holds unreadable data.
+    async fn unfinished(&self) -> Result<Vec<OperationRecord>, StoreError>;
+
+    /// Makes every acknowledged write durable and releases the store.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the final flush fails.
+    async fn close(&self) -> Result<(), StoreError>;
+}
+
+/// The filterable fields of a record.
+pub(crate) fn filter_fields(r: &OperationRecord) -> (String, FilterArgs<'_>) {
+    (
+        r.id.name(),
+        FilterArgs {
+            done: r.is_done(),
+            kind: &r.kind,
+            state: r.state.as_str(),
+            error_code: r.error_code(),
+            create_time: r.create_time,
+            update_time: r.update_time,
+        },
+    )
+}
+
+/// Everything but the name of [`FilterFields`], borrowed from a record.
+pub(crate) struct FilterArgs<'a> {
+    pub done: bool,
+    pub kind: &'a str,
+    pub state: &'a str,
+    pub error_code: Option<i32>,
+    pub create_time: SystemTime,
+    pub update_time: SystemTime,
+}
+
+/// Whether a record matches a filter.
+pub(crate) fn record_matches(filter: &Filter, r: &OperationRecord) -> bool {
+    if filter.is_empty() {
+        return true;
+    }
+    let (name, a) = filter_fields(r);
+    filter.matches(&FilterFields {
+        name: &name,
+        done: a.done,
+        kind: a.kind,
+        state: a.state,
+        error_code: a.error_code,
+        create_time: a.create_time,
+        update_time: a.update_time,
+    })
+}
+
+/// The stored body of a record: its wire `Operation` (metadata and result).
+pub(crate) fn encode_body(r: &OperationRecord) -> Vec<u8> {
+    r.to_operation().encode_to_vec()
+}
+
+/// Encodes an input `Any`.
+pub(crate) fn encode_input(input: &Any) -> Vec<u8> {
+    input.encode_to_vec()
+}
+
+/// Microseconds since the Unix epoch, for indexed time columns.
+pub(crate) fn micros(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Rebuilds a record from its stored parts.
+pub(crate) fn decode_record(
+    seq: i64,
+    id: String,
+    request_id: Option<String>,
+    input: &[u8],
+    body: &[u8],
+) -> Result<OperationRecord, StoreError> {
+    let corrupt = |what: String| StoreError::Corrupt(format!("operations/{id}: {what}"));
+    let op = Operation::decode(body).map_err(|e| corrupt(format!("body: {e}")))?;
+    let input = Any::decode(input).map_err(|e| corrupt(format!("input: {e}")))?;
+    let meta_any = op
+        .metadata
+        .ok_or_else(|| corrupt("no metadata".to_owned()))?;
+    let meta = OperationMetadata::decode(meta_any.value.as_slice())
+        .map_err(|e| corrupt(format!("metadata: {e}")))?;
+    let state =
+        State::from_i32(meta.state).ok_or_else(|| corrupt(format!("state {}", meta.state)))?;
+    let time = |t: Option<Timestamp>| -> Result<Option<SystemTime>, StoreError> {
+        t.map(|t| SystemTime::try_from(t).map_err(|e| corrupt(format!("timestamp: {e}"))))
+            .transpose()
+    };
+    let outcome = match op.result {
+        Some(operation::Result::Response(any)) => Some(Outcome::Response(any)),
+        Some(operation::Result::Error(status)) => Some(Outcome::Error(status)),
+        None => None,
+    };
+    if state.is_done() != outcome.is_some() {
+        return Err(corrupt(format!(
+            "state {} does not agree with its result",
+            state.as_str()
+        )));
+    }
+    let create_time =
+        time(meta.create_time)?.ok_or_else(|| corrupt("no create_time".to_owned()))?;
+    let start_time = time(meta.start_time)?;
+    let update_time = time(meta.update_time)?.unwrap_or(create_time);
+    let end_time = time(meta.end_time)?;
+    Ok(OperationRecord {
+        seq,
+        id: OperationId::from_stored(id),
+        kind: meta.kind,
+        input,
+        request_id,
+        state,
+        create_time,
+        start_time,
+        update_time,
+        end_time,
+        progress: meta.progress.unwrap_or_default(),
+        status_message: meta.status_message,
+        requested_cancellation: meta.requested_cancellation,
+        attempt: meta.attempt.max(1),
+        details: meta.details,
+        outcome,
+    })
+}

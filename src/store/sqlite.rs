@@ -1,0 +1,519 @@
+//! The embedded default store: SQLite (bundled, no system library) in `--data-dir`.
+//!
+//! # Writes: group commit
+//! One writer thread owns the write connection. Callers send commands over a channel and await
+//! a reply; the writer takes every command waiting, applies them in one transaction and
+//! commits once, so concurrent submissions share one WAL sync instead of paying one each.
+//! A reply is sent only after the commit returned: `Ok` means durable.
+//!
+//! # Reads
+//! A small pool of read connections used from blocking threads; WAL lets them read while the
+//! writer commits.
+
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::oneshot;
+
+use super::{
+    decode_record, encode_body, encode_input, micros, record_matches, Inserted, Store, StoreError,
+};
+use crate::filter::Filter;
+use crate::model::{OperationId, OperationRecord};
+
+/// How hard a commit pushes data to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=FULL`: a commit survives power loss (one WAL fsync per group commit).
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: a commit survives a process crash (`kill -9`) but the last
+    /// commits may be lost on power loss.
+    Normal,
+}
+
+/// Tuning for [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Commit durability.
+    pub durability: Durability,
+    /// Most commands applied in one transaction.
+    pub max_batch: usize,
+    /// Read connections.
+    pub readers: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Full,
+            max_batch: 2048,
+            readers: 2,
+        }
+    }
+}
+
+enum Command {
+    Insert(
+        OperationRecord,
+        oneshot::Sender<Result<Inserted, StoreError>>,
+    ),
+    Update(OperationRecord, oneshot::Sender<Result<(), StoreError>>),
+    Delete(
+        OperationId,
+        oneshot::Sender<Result<Option<bool>, StoreError>>,
+    ),
+    Close(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    // std mpsc: sending never blocks, and the receiving side is a plain thread.
+    writer: Mutex<Option<mpsc::Sender<Command>>>,
+    readers: Arc<Vec<Mutex<Connection>>>,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS operations (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT NOT NULL UNIQUE,
+    request_id  TEXT UNIQUE,
+    kind        TEXT NOT NULL,
+    done        INTEGER NOT NULL,
+    state       INTEGER NOT NULL,
+    error_code  INTEGER,
+    create_time INTEGER NOT NULL,
+    update_time INTEGER NOT NULL,
+    input       BLOB NOT NULL,
+    body        BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS operations_unfinished ON operations(done, seq);
+";
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `dir/oprun.sqlite3`.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the directory or database cannot be opened,
+    /// [`StoreError::Corrupt`] when the file is not a usable oprun database.
+    pub fn open(dir: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("oprun.sqlite3");
+        let conn = Connection::open(&path)
+            .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+        let sync = match options.durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000;"
+        ))
+        .and_then(|()| conn.execute_batch(SCHEMA))
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+                StoreError::Corrupt(format!("{}: {e}", path.display()))
+            }
+            _ => unavailable(format!("cannot initialise {}: {e}", path.display())),
+        })?;
+        let mut readers = Vec::with_capacity(options.readers.max(1));
+        for _ in 0..options.readers.max(1) {
+            let r = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(unavailable)?;
+            r.execute_batch("PRAGMA busy_timeout=5000;")
+                .map_err(unavailable)?;
+            readers.push(Mutex::new(r));
+        }
+        let (tx, rx) = mpsc::channel();
+        let max_batch = options.max_batch.max(1);
+        thread::Builder::new()
+            .name("oprun-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, max_batch))
+            .map_err(unavailable)?;
+        Ok(Self {
+            writer: Mutex::new(Some(tx)),
+            readers: Arc::new(readers),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn send<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let guard = self
+                .writer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+            sender.send(make(tx)).map_err(|_| StoreError::Closed)?;
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            // Take the first free reader; if all are busy, wait for one chosen by thread id.
+            for r in readers.iter() {
+                if let Ok(conn) = r.try_lock() {
+                    return f(&conn);
+                }
+            }
+            let i = thread_index() % readers.len();
+            let conn = readers[i]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&conn)
+        })
+        .await
+        .map_err(|e| unavailable(format!("read task failed: {e}")))?
+    }
+}
+
+fn thread_index() -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    thread::current().id().hash(&mut h);
+    usize::try_from(h.finish() % 1024).unwrap_or(0)
+}
+
+const COLUMNS: &str = "seq, id, request_id, input, body";
+
+fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
+        seq: row.get(0)?,
+        id: row.get(1)?,
+        request_id: row.get(2)?,
+        input: row.get(3)?,
+        body: row.get(4)?,
+    })
+}
+
+struct RawRow {
+    seq: i64,
+    id: String,
+    request_id: Option<String>,
+    input: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl RawRow {
+    fn decode(self) -> Result<OperationRecord, StoreError> {
+        decode_record(self.seq, self.id, self.request_id, &self.input, &self.body)
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, max_batch: usize) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let closing = batch.iter().any(|c| matches!(c, Command::Close(_)));
+        apply_batch(&mut conn, batch);
+        if closing {
+            let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+            break;
+        }
+    }
+}
+
+enum Reply {
+    Insert(
+        oneshot::Sender<Result<Inserted, StoreError>>,
+        Result<Inserted, StoreError>,
+    ),
+    Update(
+        oneshot::Sender<Result<(), StoreError>>,
+        Result<(), StoreError>,
+    ),
+    Delete(
+        oneshot::Sender<Result<Option<bool>, StoreError>>,
+        Result<Option<bool>, StoreError>,
+    ),
+    Close(oneshot::Sender<Result<(), StoreError>>),
+}
+
+fn apply_batch(conn: &mut Connection, batch: Vec<Command>) {
+    let tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => return fail_all(batch, &unavailable(e)),
+    };
+    let replies: Vec<Reply> = batch
+        .into_iter()
+        .map(|cmd| match cmd {
+            Command::Insert(r, reply) => Reply::Insert(reply, insert(&tx, r)),
+            Command::Update(r, reply) => Reply::Update(reply, update(&tx, &r)),
+            Command::Delete(id, reply) => Reply::Delete(reply, delete_done(&tx, &id)),
+            Command::Close(reply) => Reply::Close(reply),
+        })
+        .collect();
+    let commit = tx.commit().map_err(unavailable);
+    // A caller that stopped waiting is not an error, so send results are ignored.
+    for reply in replies {
+        match reply {
+            Reply::Insert(tx, r) => drop(tx.send(commit.clone().and(r))),
+            Reply::Update(tx, r) => drop(tx.send(commit.clone().and(r))),
+            Reply::Delete(tx, r) => drop(tx.send(commit.clone().and(r))),
+            Reply::Close(tx) => drop(tx.send(commit.clone())),
+        }
+    }
+}
+
+/// Answers every command of a batch whose transaction could not begin.
+fn fail_all(batch: Vec<Command>, e: &StoreError) {
+    for cmd in batch {
+        match cmd {
+            Command::Insert(_, tx) => drop(tx.send(Err(e.clone()))),
+            Command::Update(_, tx) => drop(tx.send(Err(e.clone()))),
+            Command::Delete(_, tx) => drop(tx.send(Err(e.clone()))),
+            Command::Close(tx) => drop(tx.send(Err(e.clone()))),
+        }
+    }
+}
+
+fn insert(tx: &rusqlite::Transaction<'_>, mut r: OperationRecord) -> Result<Inserted, StoreError> {
+    if let Some(rid) = &r.request_id {
+        let existing = tx
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM operations WHERE request_id = ?1"),
+                params![rid],
+                row_to_record,
+            )
+            .optional()
+            .map_err(unavailable)?;
+        if let Some(row) = existing {
+            return Ok(Inserted::Existing(row.decode()?));
+        }
+    }
+    tx.execute(
+        "INSERT INTO operations (id, request_id, kind, done, state, error_code, create_time, \
+         update_time, input, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            r.id.as_str(),
+            r.request_id,
+            r.kind,
+            r.is_done(),
+            r.state.to_proto() as i32,
+            r.error_code(),
+            micros(r.create_time),
+            micros(r.update_time),
+            encode_input(&r.input),
+            encode_body(&r),
+        ],
+    )
+    .map_err(unavailable)?;
+    r.seq = tx.last_insert_rowid();
+    Ok(Inserted::New(r))
+}
+
+fn update(tx: &rusqlite::Transaction<'_>, r: &OperationRecord) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE operations SET done = ?2, state = ?3, error_code = ?4, update_time = ?5, \
+         body = ?6 WHERE id = ?1",
+        params![
+            r.id.as_str(),
+            r.is_done(),
+            r.state.to_proto() as i32,
+            r.error_code(),
+            micros(r.update_time),
+            encode_body(r),
+        ],
+    )
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+fn delete_done(
+    tx: &rusqlite::Transaction<'_>,
+    id: &OperationId,
+) -> Result<Option<bool>, StoreError> {
+    let done: Option<bool> = tx
+        .query_row(
+            "SELECT done FROM operations WHERE id = ?1",
+            params![id.as_str()],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(unavailable)?;
+    match done {
+        None => Ok(None),
+        Some(false) => Ok(Some(false)),
+        Some(true) => {
+            tx.execute("DELETE FROM operations WHERE id = ?1", params![id.as_str()])
+                .map_err(unavailable)?;
+            Ok(Some(true))
+        }
+    }
+}
+
+/// Rows read per query while scanning for filter matches.
+const SCAN_CHUNK: usize = 512;
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert(&self, record: OperationRecord) -> Result<Inserted, StoreError> {
+        self.send(|tx| Command::Insert(record, tx)).await
+    }
+
+    async fn update(&self, record: &OperationRecord) -> Result<(), StoreError> {
+        let record = record.clone();
+        self.send(|tx| Command::Update(record, tx)).await
+    }
+
+    async fn get(&self, id: &OperationId) -> Result<Option<OperationRecord>, StoreError> {
+        let id = id.as_str().to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM operations WHERE id = ?1"))
+                .and_then(|mut s| s.query_row(params![id], row_to_record).optional())
+                .map_err(unavailable)?
+                .map(RawRow::decode)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn delete_done(&self, id: &OperationId) -> Result<Option<bool>, StoreError> {
+        let id = id.clone();
+        self.send(|tx| Command::Delete(id, tx)).await
+    }
+
+    async fn list(
+        &self,
+        after: i64,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, StoreError> {
+        let filter = filter.clone();
+        self.read(move |conn| {
+            let mut out = Vec::new();
+            let mut cursor = after;
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM operations WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+                ))
+                .map_err(unavailable)?;
+            let chunk = i64::try_from(SCAN_CHUNK).unwrap_or(512);
+            loop {
+                let rows: Vec<RawRow> = stmt
+                    .query_map(params![cursor, chunk], row_to_record)
+                    .and_then(Iterator::collect)
+                    .map_err(unavailable)?;
+                let exhausted = rows.len() < SCAN_CHUNK;
+                for row in rows {
+                    cursor = row.seq;
+                    let record = row.decode()?;
+                    if record_matches(&filter, &record) {
+                        out.push(record);
+                        if out.len() >= limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+                if exhausted {
+                    return Ok(out);
+                }
+            }
+        })
+        .await
+    }
+
+    async fn unfinished(&self) -> Result<Vec<OperationRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {COLUMNS} FROM operations WHERE done = 0 ORDER BY seq"
+                ))
+                .map_err(unavailable)?;
+            let rows: Vec<RawRow> = stmt
+                .query_map([], row_to_record)
+                .and_then(Iterator::collect)
+                .map_err(unavailable)?;
+            rows.into_iter().map(RawRow::decode).collect()
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        let result = self.send(Command::Close).await;
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match result {
+            Err(StoreError::Closed) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SQLite store keeps the store contract.
+    #[tokio::test]
+    async fn conforms() {
+        let dirs = Arc::new(Mutex::new(Vec::new()));
+        crate::store::conformance::run_all(|| {
+            let dirs = Arc::clone(&dirs);
+            async move {
+                let dir = tempfile::tempdir().unwrap();
+                let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+                dirs.lock().unwrap().push(dir);
+                store
+            }
+        })
+        .await;
+    }
+
+    /// What was acknowledged is read back after the store is closed and opened again.
+    #[tokio::test]
+    async fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        let rec = OperationRecord::new_queued("sleep".into(), prost_types::Any::default(), None);
+        let Inserted::New(rec) = store.insert(rec).await.unwrap() else {
+            panic!("expected a new record");
+        };
+        store.close().await.unwrap();
+        let reopened = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        assert_eq!(reopened.get(&rec.id).await.unwrap(), Some(rec));
+    }
+
+    /// A file that is not a database stops start-up with a corruption error.
+    #[test]
+    fn refuses_a_corrupt_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("oprun.sqlite3"), vec![0x5a; 8192]).unwrap();
+        let err = SqliteStore::open(dir.path(), SqliteOptions::default())
+            .err()
+            .expect("a corrupt file must not open");
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    }
+}

@@ -1,0 +1,352 @@
+//! The task API: how a kind of work is written and registered.
+//!
+//! A task kind is a Rust type implementing [`Task`]: a stable kind name, an input message, a
+//! response message, optionally a details message, and an async `run` that receives the
+//! decoded input and a [`TaskContext`]. The context reports progress (never waiting on I/O) and
+//! carries the operation's [`CancellationToken`].
+//!
+//! ```
+//! use oprun::task::{Task, TaskContext, TaskError, TaskOptions};
+//! use oprun::proto::oprun::v1::{SleepInput, SleepOutput};
+//!
+//! /// Counts to `steps`, one step at a time, and stops when cancelled.
+//! struct Count;
+//!
+//! impl Task for Count {
+//!     const KIND: &'static str = "count";
+//!     type Input = SleepInput;
+//!     type Output = SleepOutput;
+//!
+//!     async fn run(&self, input: SleepInput, ctx: TaskContext) -> Result<SleepOutput, TaskError> {
+//!         for i in 0..input.steps {
+//!             if ctx.is_cancelled() {
+//!                 return Err(TaskError::cancelled());
+//!             }
+//!             ctx.progress(i64::from(i) + 1, i64::from(input.steps), "steps");
+//!         }
+//!         Ok(SleepOutput { steps_done: input.steps })
+//!     }
+//! }
+//!
+//! let mut kinds = oprun::task::Registry::new();
+//! kinds.register(Count);
+//! assert!(kinds.get("count").is_some());
+//! ```
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use prost::{Message, Name};
+use prost_types::Any;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::model::{pack, type_name, OperationId};
+use crate::proto::google::rpc::Code;
+use crate::proto::oprun::v1::{Progress, TaskKind};
+use crate::scheduler::LiveOperation;
+
+/// How the runner treats a kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskOptions {
+    /// Whether a run interrupted by a crash or shutdown may run again (`attempt` + 1).
+    /// Kinds that are not retry-safe end ABORTED instead (at-most-once).
+    pub retry_safe: bool,
+    /// At most this many operations of the kind run at once; `None` uses the runner's
+    /// per-kind default.
+    pub max_concurrency: Option<usize>,
+}
+
+/// A kind of work that runs as an operation.
+pub trait Task: Send + Sync + 'static {
+    /// The kind's name. Stable forever once released: stored operations refer to it.
+    const KIND: &'static str;
+    /// The full name of the details message the kind reports, if any.
+    const DETAILS_TYPE: Option<&'static str> = None;
+    /// The input message.
+    type Input: Message + Name + Default + Send + 'static;
+    /// The response message.
+    type Output: Message + Name + Send + 'static;
+
+    /// How the runner treats this kind.
+    fn options(&self) -> TaskOptions {
+        TaskOptions::default()
+    }
+
+    /// Checks an input at submission, before the operation is created, so that bad input is
+    /// refused synchronously with a precise status. The default accepts everything.
+    ///
+    /// # Errors
+    /// A [`TaskError`] whose code and message the client receives as the RPC status.
+    fn validate(&self, _input: &Self::Input) -> Result<(), TaskError> {
+        Ok(())
+    }
+
+    /// Does the work. Cooperate with cancellation: check or await
+    /// [`TaskContext::cancelled`]; a run that ignores its token is aborted after the grace
+    /// period.
+    ///
+    /// # Errors
+    /// A [`TaskError`] ends the operation FAILED with that status.
+    fn run(
+        &self,
+        input: Self::Input,
+        ctx: TaskContext,
+    ) -> impl Future<Output = Result<Self::Output, TaskError>> + Send;
+}
+
+/// A worker's failure: a `google.rpc.Code` and a message for the operation's `error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct TaskError {
+    /// The status code (never OK).
+    pub code: Code,
+    /// A developer-facing message.
+    pub message: String,
+}
+
+impl TaskError {
+    /// An error with a code; `Code::Ok` is turned into `Code::Unknown`.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        let code = if code == Code::Ok {
+            Code::Unknown
+        } else {
+            code
+        };
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The worker stopped because its token was cancelled.
+    pub fn cancelled() -> Self {
+        Self::new(Code::Cancelled, "the operation was cancelled")
+    }
+
+    /// Bad input.
+    pub fn invalid_argument(message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidArgument, message)
+    }
+
+    /// A failure with no better code.
+    pub fn unknown(message: impl Into<String>) -> Self {
+        Self::new(Code::Unknown, message)
+    }
+
+    /// A bug or broken invariant.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(Code::Internal, message)
+    }
+}
+
+/// What a running worker sees of its operation.
+///
+/// Cheap to clone. Reporting methods update the live operation in memory and never wait on
+/// I/O; the runner persists progress coalesced (a few times a second at most, and at the end).
+#[derive(Clone)]
+pub struct TaskContext {
+    live: Arc<LiveOperation>,
+    token: CancellationToken,
+    attempt: u32,
+}
+
+impl TaskContext {
+    pub(crate) fn new(live: Arc<LiveOperation>, token: CancellationToken, attempt: u32) -> Self {
+        Self {
+            live,
+            token,
+            attempt,
+        }
+    }
+
+    /// The operation's id.
+    pub fn id(&self) -> &OperationId {
+        self.live.id()
+    }
+
+    /// Which run this is, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The operation's cancellation token: cancelled on a client's cancel or at shutdown.
+    pub fn cancellation_token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// Whether cancellation was requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Completes when cancellation is requested.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: race it with the work in `tokio::select!`.
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// Reports progress as `completed` of `total` `unit`s.
+    pub fn progress(&self, completed: i64, total: i64, unit: &str) {
+        self.live.update(|r| {
+            r.progress = Progress {
+                completed,
+                total,
+                unit: unit.to_owned(),
+            };
+        });
+    }
+
+    /// Sets the status message shown to clients.
+    pub fn status(&self, message: impl Into<String>) {
+        let message = message.into();
+        self.live.update(|r| r.status_message = message);
+    }
+
+    /// Sets the kind's own progress message (`metadata.details`).
+    pub fn details<M: Name>(&self, details: &M) {
+        let any = pack(details);
+        self.live.update(|r| r.details = Some(any));
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A registered kind with its types erased, as the scheduler runs it.
+pub(crate) trait ErasedTask: Send + Sync {
+    fn describe(&self) -> TaskKind;
+    fn options(&self) -> TaskOptions;
+    /// Decodes and validates an input `Any`.
+    fn check_input(&self, input: &Any) -> Result<(), Error>;
+    fn run(&self, input: Any, ctx: TaskContext) -> BoxFuture<Result<Any, TaskError>>;
+}
+
+struct Erased<T>(Arc<T>);
+
+impl<T: Task> Erased<T> {
+    fn decode(&self, input: &Any) -> Result<T::Input, Error> {
+        let expected = T::Input::full_name();
+        let got = type_name(&input.type_url);
+        if got != expected {
+            return Err(Error::invalid_argument_because(
+                "input",
+                "WRONG_INPUT_TYPE",
+                format!(
+                    "kind {:?} takes input of type {expected}, got {:?}",
+                    T::KIND,
+                    input.type_url
+                ),
+            ));
+        }
+        T::Input::decode(input.value.as_slice()).map_err(|e| {
+            Error::invalid_argument_because(
+                "input",
+                "MALFORMED_INPUT",
+                format!("input is not a valid {expected}: {e}"),
+            )
+        })
+    }
+}
+
+impl<T: Task> ErasedTask for Erased<T> {
+    fn describe(&self) -> TaskKind {
+        let options = self.0.options();
+        TaskKind {
+            name: T::KIND.to_owned(),
+            input_type: T::Input::full_name(),
+            response_type: T::Output::full_name(),
+            details_type: T::DETAILS_TYPE.unwrap_or_default().to_owned(),
+            retry_safe: options.retry_safe,
+            max_concurrency: options
+                .max_concurrency
+                .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+        }
+    }
+
+    fn options(&self) -> TaskOptions {
+        self.0.options()
+    }
+
+    fn check_input(&self, input: &Any) -> Result<(), Error> {
+        let decoded = self.decode(input)?;
+        self.0.validate(&decoded).map_err(task_error_to_rpc)
+    }
+
+    fn run(&self, input: Any, ctx: TaskContext) -> BoxFuture<Result<Any, TaskError>> {
+        let task = Arc::clone(&self.0);
+        let decoded = self.decode(&input);
+        Box::pin(async move {
+            let input = decoded.map_err(|e| TaskError::invalid_argument(e.to_string()))?;
+            let output = task.run(input, ctx).await?;
+            Ok(pack(&output))
+        })
+    }
+}
+
+/// Maps a kind's validation failure to the RPC error the submitter sees.
+fn task_error_to_rpc(e: TaskError) -> Error {
+    match e.code {
+        Code::PermissionDenied => Error::PermissionDenied { message: e.message },
+        Code::NotFound | Code::FailedPrecondition => Error::FailedPrecondition {
+            message: e.message,
+            reason: "INPUT_REFUSED",
+        },
+        Code::AlreadyExists => Error::AlreadyExists { message: e.message },
+        _ => Error::invalid_argument_because("input", "INPUT_REFUSED", e.message),
+    }
+}
+
+/// The registered kinds, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: BTreeMap<String, Arc<dyn ErasedTask>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A registry holding the built-in kinds (`sleep`).
+    pub fn with_builtins() -> Self {
+        let mut r = Self::new();
+        r.register(crate::kinds::sleep::Sleep);
+        r
+    }
+
+    /// Registers a kind, replacing any kind of the same name.
+    pub fn register<T: Task>(&mut self, task: T) -> &mut Self {
+        self.kinds
+            .insert(T::KIND.to_owned(), Arc::new(Erased(Arc::new(task))));
+        self
+    }
+
+    /// Whether a kind is registered.
+    pub fn contains(&self, kind: &str) -> bool {
+        self.kinds.contains_key(kind)
+    }
+
+    /// A kind's description.
+    pub fn get(&self, kind: &str) -> Option<TaskKind> {
+        self.kinds.get(kind).map(|k| k.describe())
+    }
+
+    /// Every kind's description, by name.
+    pub fn describe(&self) -> Vec<TaskKind> {
+        self.kinds.values().map(|k| k.describe()).collect()
+    }
+
+    /// The registered names, comma-separated (for error messages).
+    pub fn names(&self) -> String {
+        self.kinds.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+
+    pub(crate) fn erased(&self, kind: &str) -> Option<&Arc<dyn ErasedTask>> {
+        self.kinds.get(kind)
+    }
+}
