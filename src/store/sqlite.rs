@@ -243,57 +243,49 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, max_batch: usi
     }
 }
 
-enum Reply {
-    Insert(
-        oneshot::Sender<Result<Inserted, StoreError>>,
-        Result<Inserted, StoreError>,
-    ),
-    Update(
-        oneshot::Sender<Result<(), StoreError>>,
-        Result<(), StoreError>,
-    ),
-    Delete(
-        oneshot::Sender<Result<Option<bool>, StoreError>>,
-        Result<Option<bool>, StoreError>,
-    ),
-    Close(oneshot::Sender<Result<(), StoreError>>),
+/// Answers one command once the batch's commit result is known.
+type Finish = Box<dyn FnOnce(&Result<(), StoreError>)>;
+
+/// A reply that carries the command's own result if the commit succeeded, else the commit's
+/// error.
+fn reply<T: 'static>(
+    tx: oneshot::Sender<Result<T, StoreError>>,
+    result: Result<T, StoreError>,
+) -> Finish {
+    // A caller that stopped waiting is not an error, so the send result is ignored.
+    Box::new(move |commit| drop(tx.send(commit.clone().and(result))))
 }
 
 fn apply_batch(conn: &mut Connection, batch: Vec<Command>) {
-    let tx = match conn.transaction() {
-        Ok(tx) => tx,
-        Err(e) => return fail_all(batch, &unavailable(e)),
-    };
-    let replies: Vec<Reply> = batch
-        .into_iter()
-        .map(|cmd| match cmd {
-            Command::Insert(r, reply) => Reply::Insert(reply, insert(&tx, r)),
-            Command::Update(r, reply) => Reply::Update(reply, update(&tx, &r)),
-            Command::Delete(id, reply) => Reply::Delete(reply, delete_done(&tx, &id)),
-            Command::Close(reply) => Reply::Close(reply),
-        })
-        .collect();
-    let commit = tx.commit().map_err(unavailable);
-    // A caller that stopped waiting is not an error, so send results are ignored.
-    for reply in replies {
-        match reply {
-            Reply::Insert(tx, r) => drop(tx.send(commit.clone().and(r))),
-            Reply::Update(tx, r) => drop(tx.send(commit.clone().and(r))),
-            Reply::Delete(tx, r) => drop(tx.send(commit.clone().and(r))),
-            Reply::Close(tx) => drop(tx.send(commit.clone())),
+    match conn.transaction() {
+        Ok(tx) => {
+            let finishes: Vec<Finish> = batch.into_iter().map(|cmd| apply(&tx, cmd)).collect();
+            let commit = tx.commit().map_err(unavailable);
+            for finish in finishes {
+                finish(&commit);
+            }
+        }
+        Err(e) => {
+            let failed = Err(unavailable(e));
+            for cmd in batch {
+                // The placeholder result is never sent: the failed commit's error wins.
+                let finish = match cmd {
+                    Command::Insert(_, tx) => reply(tx, Err(StoreError::Closed)),
+                    Command::Update(_, tx) | Command::Close(tx) => reply(tx, Ok(())),
+                    Command::Delete(_, tx) => reply(tx, Ok(None)),
+                };
+                finish(&failed);
+            }
         }
     }
 }
 
-/// Answers every command of a batch whose transaction could not begin.
-fn fail_all(batch: Vec<Command>, e: &StoreError) {
-    for cmd in batch {
-        match cmd {
-            Command::Insert(_, tx) => drop(tx.send(Err(e.clone()))),
-            Command::Update(_, tx) => drop(tx.send(Err(e.clone()))),
-            Command::Delete(_, tx) => drop(tx.send(Err(e.clone()))),
-            Command::Close(tx) => drop(tx.send(Err(e.clone()))),
-        }
+fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command) -> Finish {
+    match cmd {
+        Command::Insert(r, reply_to) => reply(reply_to, insert(tx, r)),
+        Command::Update(r, reply_to) => reply(reply_to, update(tx, &r)),
+        Command::Delete(id, reply_to) => reply(reply_to, delete_done(tx, &id)),
+        Command::Close(reply_to) => reply(reply_to, Ok(())),
     }
 }
 

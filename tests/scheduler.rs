@@ -1,0 +1,299 @@
+//! The scheduler in process, with tokio's clock paused: grace periods, Wait timeouts and caps,
+//! progress coalescing, recovery after a crash, and shutdown. No sockets here (paused time and
+//! real sockets do not mix).
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::sleep_input;
+use oprun::filter::Filter;
+use oprun::model::{OperationId, OperationRecord, State};
+use oprun::proto::oprun::v1::{SleepInput, SleepOutput};
+use oprun::store::memory::MemoryStore;
+use oprun::store::{Inserted, Store, StoreError};
+use oprun::{Code, Registry, Runner, RunnerConfig, Task, TaskContext, TaskError, TaskOptions};
+
+/// A store that counts updates, over a MemoryStore.
+#[derive(Default)]
+struct CountingStore {
+    inner: MemoryStore,
+    updates: AtomicUsize,
+}
+
+#[async_trait]
+impl Store for CountingStore {
+    async fn insert(&self, r: OperationRecord) -> Result<Inserted, StoreError> {
+        self.inner.insert(r).await
+    }
+    async fn update(&self, r: &OperationRecord) -> Result<(), StoreError> {
+        self.updates.fetch_add(1, Ordering::SeqCst);
+        self.inner.update(r).await
+    }
+    async fn get(&self, id: &OperationId) -> Result<Option<OperationRecord>, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn delete_done(&self, id: &OperationId) -> Result<Option<bool>, StoreError> {
+        self.inner.delete_done(id).await
+    }
+    async fn list(
+        &self,
+        after: i64,
+        f: &Filter,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, StoreError> {
+        self.inner.list(after, f, limit).await
+    }
+    async fn unfinished(&self) -> Result<Vec<OperationRecord>, StoreError> {
+        self.inner.unfinished().await
+    }
+    async fn close(&self) -> Result<(), StoreError> {
+        self.inner.close().await
+    }
+}
+
+/// Reports progress `steps` times in a tight loop, yielding between reports.
+struct Chatty;
+
+impl Task for Chatty {
+    const KIND: &'static str = "chatty";
+    type Input = SleepInput;
+    type Output = SleepOutput;
+
+    async fn run(&self, input: SleepInput, ctx: TaskContext) -> Result<SleepOutput, TaskError> {
+        for i in 1..=input.steps {
+            ctx.progress(i64::from(i), i64::from(input.steps), "ticks");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(SleepOutput {
+            steps_done: input.steps,
+        })
+    }
+}
+
+/// A kind that is not safe to run twice.
+struct OnceOnly;
+
+impl Task for OnceOnly {
+    const KIND: &'static str = "once";
+    type Input = SleepInput;
+    type Output = SleepOutput;
+
+    fn options(&self) -> TaskOptions {
+        TaskOptions {
+            retry_safe: false,
+            max_concurrency: None,
+        }
+    }
+
+    async fn run(&self, _input: SleepInput, _ctx: TaskContext) -> Result<SleepOutput, TaskError> {
+        Ok(SleepOutput { steps_done: 1 })
+    }
+}
+
+fn registry() -> Registry {
+    let mut r = Registry::with_builtins();
+    r.register(common::StubbornTask);
+    r.register(Chatty);
+    r.register(OnceOnly);
+    r
+}
+
+async fn start(store: Arc<dyn Store>, config: RunnerConfig) -> Runner {
+    Runner::start(registry(), store, config)
+        .await
+        .expect("runner starts")
+}
+
+/// A worker that ignores its token is aborted after the grace period, and the operation still
+/// ends CANCELLED, saying so.
+#[tokio::test(start_paused = true)]
+async fn stubborn_worker_is_aborted_after_grace() {
+    let runner = start(Arc::new(MemoryStore::new()), RunnerConfig::default()).await;
+    let op = runner
+        .submit("stubborn", Some(sleep_input(3_600_000, 1, "")), "")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(runner.get(&op.id).await.unwrap().state, State::Running);
+    runner.cancel(&op.id).await.unwrap();
+    let before_grace = runner.wait(&op.id, Duration::from_secs(29)).await.unwrap();
+    assert!(
+        !before_grace.is_done(),
+        "still within the 30 s grace period"
+    );
+    assert!(before_grace.requested_cancellation);
+    let done = runner.wait(&op.id, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(done.state, State::Cancelled);
+    assert_eq!(done.error_code(), Some(Code::Cancelled as i32));
+    let message = match &done.outcome {
+        Some(oprun::model::Outcome::Error(s)) => s.message.clone(),
+        other => panic!("expected an error, got {other:?}"),
+    };
+    assert!(message.contains("grace period"), "{message}");
+    assert_eq!(
+        runner.running(),
+        0,
+        "the aborted worker's slot is free again"
+    );
+}
+
+/// Wait returns at its timeout with the operation not done, and never waits past the
+/// server's cap.
+#[tokio::test(start_paused = true)]
+async fn wait_times_out_and_is_capped() {
+    let runner = start(
+        Arc::new(MemoryStore::new()),
+        RunnerConfig {
+            max_wait: Duration::from_secs(60),
+            ..RunnerConfig::default()
+        },
+    )
+    .await;
+    let op = runner
+        .submit("sleep", Some(sleep_input(3_600_000, 1, "")), "")
+        .await
+        .unwrap();
+    let t0 = tokio::time::Instant::now();
+    let r = runner.wait(&op.id, Duration::from_secs(10)).await.unwrap();
+    assert!(!r.is_done());
+    assert_eq!(t0.elapsed(), Duration::from_secs(10));
+    let t0 = tokio::time::Instant::now();
+    let r = runner
+        .wait(&op.id, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(!r.is_done());
+    assert_eq!(t0.elapsed(), Duration::from_secs(60), "capped at max_wait");
+    runner.cancel(&op.id).await.unwrap();
+}
+
+/// Wait wakes at the moment the operation finishes, not at its timeout.
+#[tokio::test(start_paused = true)]
+async fn wait_wakes_on_completion() {
+    let runner = start(Arc::new(MemoryStore::new()), RunnerConfig::default()).await;
+    let op = runner
+        .submit("sleep", Some(sleep_input(5_000, 5, "")), "")
+        .await
+        .unwrap();
+    let t0 = tokio::time::Instant::now();
+    let r = runner.wait(&op.id, Duration::from_secs(50)).await.unwrap();
+    assert!(r.is_done());
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_millis(5_100),
+        "{waited:?}"
+    );
+}
+
+/// Progress is persisted coalesced (a few writes, not one per report) and always at the end.
+#[tokio::test(start_paused = true)]
+async fn progress_writes_are_coalesced() {
+    let store = Arc::new(CountingStore::default());
+    let runner = start(store.clone(), RunnerConfig::default()).await;
+    let op = runner
+        .submit("chatty", Some(sleep_input(0, 1000, "")), "")
+        .await
+        .unwrap();
+    let done = runner.wait(&op.id, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(done.state, State::Succeeded);
+    // 1000 reports over ~1 s of virtual time at one write per 250 ms: a handful of writes.
+    let updates = store.updates.load(Ordering::SeqCst);
+    assert!(
+        updates <= 12,
+        "{updates} store updates for 1000 progress reports"
+    );
+    let stored = store.get(&op.id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.progress.completed, 1000,
+        "the final progress is persisted"
+    );
+    assert_eq!(stored.state, State::Succeeded);
+}
+
+/// After a crash, queued operations are queued again; a running retry-safe one is re-run with
+/// attempt 2; a running one of a kind that is not retry-safe ends ABORTED saying why.
+#[tokio::test(start_paused = true)]
+async fn recovery_requeues_or_aborts() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let insert = |kind: &str, state: State| {
+        let store = store.clone();
+        let kind = kind.to_owned();
+        async move {
+            let mut r = OperationRecord::new_queued(kind, sleep_input(10, 1, ""), None);
+            r.state = state;
+            match store.insert(r).await.unwrap() {
+                Inserted::New(r) => r,
+                Inserted::Existing(_) => unreachable!("no request_id"),
+            }
+        }
+    };
+    let queued = insert("sleep", State::Queued).await;
+    let running_safe = insert("sleep", State::Running).await;
+    let running_once = insert("once", State::Running).await;
+    let unknown = insert("retired-kind", State::Queued).await;
+
+    let runner = start(store.clone(), RunnerConfig::default()).await;
+    let aborted = runner.get(&running_once.id).await.unwrap();
+    assert_eq!(aborted.state, State::Failed);
+    assert_eq!(aborted.error_code(), Some(Code::Aborted as i32));
+    match &aborted.outcome {
+        Some(oprun::model::Outcome::Error(s)) => {
+            assert!(s.message.contains("restarted"), "{}", s.message)
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let gone = runner.get(&unknown.id).await.unwrap();
+    assert_eq!(gone.error_code(), Some(Code::FailedPrecondition as i32));
+
+    let rerun = runner
+        .wait(&running_safe.id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(rerun.state, State::Succeeded);
+    assert_eq!(rerun.attempt, 2);
+    let q = runner
+        .wait(&queued.id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(q.state, State::Succeeded);
+    assert_eq!(q.attempt, 1);
+}
+
+/// Shutdown cancels workers with the reason "shutdown": the operation is left RUNNING in the
+/// store for recovery (never CANCELLED), Wait calls are released, and new submissions are
+/// refused as UNAVAILABLE.
+#[tokio::test(start_paused = true)]
+async fn shutdown_is_not_a_cancel() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let runner = start(store.clone(), RunnerConfig::default()).await;
+    let op = runner
+        .submit("sleep", Some(sleep_input(3_600_000, 10, "")), "")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let waiter = {
+        let runner = runner.clone();
+        let id = op.id.clone();
+        tokio::spawn(async move { runner.wait(&id, Duration::from_secs(50)).await })
+    };
+    tokio::task::yield_now().await;
+    runner.shutdown(Duration::from_secs(5)).await.unwrap();
+    let waited = waiter.await.unwrap().unwrap();
+    assert!(!waited.is_done(), "Wait is released with the latest state");
+    let stored = store.get(&op.id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.state,
+        State::Running,
+        "left for recovery, not CANCELLED"
+    );
+    assert!(stored.outcome.is_none());
+    let e = runner
+        .submit("sleep", Some(sleep_input(0, 1, "")), "")
+        .await
+        .unwrap_err();
+    assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unavailable);
+}
