@@ -46,10 +46,13 @@ pub enum Error {
         /// What conflicts.
         message: String,
     },
-    /// The caller may not do this (e.g. a path outside the snapshot root).
+    /// A kind refused the input at submission, with the code it chose (e.g. PERMISSION_DENIED
+    /// for a path outside the snapshot root, NOT_FOUND for a missing source).
     #[error("{message}")]
-    PermissionDenied {
-        /// What was refused.
+    InputRefused {
+        /// The status code the kind chose.
+        code: tonic::Code,
+        /// What was refused and why.
         message: String,
     },
     /// The server is shutting down and accepts no new work.
@@ -90,7 +93,7 @@ impl Error {
             Error::NotFound { .. } => (Code::NotFound, "OPERATION_NOT_FOUND"),
             Error::FailedPrecondition { reason, .. } => (Code::FailedPrecondition, reason),
             Error::AlreadyExists { .. } => (Code::AlreadyExists, "REQUEST_ID_REUSED"),
-            Error::PermissionDenied { .. } => (Code::PermissionDenied, "PERMISSION_DENIED"),
+            Error::InputRefused { code, .. } => (*code, "INPUT_REFUSED"),
             Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
             // Transient or not, a store failure is UNAVAILABLE: stock clients stop polling for
             // good on INTERNAL, but retry UNAVAILABLE.

@@ -444,11 +444,12 @@ impl Runner {
             self.release(&kind);
             return;
         }
-        live.update(|r| {
-            r.state = State::Running;
-            r.start_time = Some(SystemTime::now());
-        });
-        let running = live.snapshot();
+        // Persist RUNNING before publishing it: a kind that is not retry-safe must never run
+        // without the store knowing, or a crash would run it twice.
+        let mut running = live.snapshot();
+        running.state = State::Running;
+        running.start_time = Some(SystemTime::now());
+        running.update_time = SystemTime::now();
         if let Err(e) = self.shared.store.update(&running).await {
             error!(error = %e, "could not record the start; not running the worker");
             self.finish(
@@ -463,6 +464,10 @@ impl Runner {
             self.release(&kind);
             return;
         }
+        live.update(|r| {
+            r.state = State::Running;
+            r.start_time = running.start_time;
+        });
         info!(attempt = running.attempt, "started");
 
         let ctx = TaskContext::new(Arc::clone(&live), live.token.clone(), running.attempt);

@@ -287,16 +287,21 @@ impl<T: Task> ErasedTask for Erased<T> {
     }
 }
 
-/// Maps a kind's validation failure to the RPC error the submitter sees.
+/// Maps a kind's validation failure to the RPC error the submitter sees, keeping the kind's
+/// code (a code that makes no sense for a refusal becomes INVALID_ARGUMENT).
 fn task_error_to_rpc(e: TaskError) -> Error {
-    match e.code {
-        Code::PermissionDenied => Error::PermissionDenied { message: e.message },
-        Code::NotFound | Code::FailedPrecondition => Error::FailedPrecondition {
-            message: e.message,
-            reason: "INPUT_REFUSED",
-        },
-        Code::AlreadyExists => Error::AlreadyExists { message: e.message },
-        _ => Error::invalid_argument_because("input", "INPUT_REFUSED", e.message),
+    let code = match tonic::Code::from_i32(e.code as i32) {
+        tonic::Code::Ok | tonic::Code::Cancelled | tonic::Code::Unknown => {
+            tonic::Code::InvalidArgument
+        }
+        code => code,
+    };
+    if code == tonic::Code::InvalidArgument {
+        return Error::invalid_argument_because("input", "INPUT_REFUSED", e.message);
+    }
+    Error::InputRefused {
+        code,
+        message: e.message,
     }
 }
 

@@ -36,15 +36,16 @@ impl SnapshotTask {
     pub fn new(root: &Path) -> Result<Self, String> {
         std::fs::create_dir_all(root)
             .map_err(|e| format!("cannot create the snapshot root {}: {e}", root.display()))?;
-        let root = root
-            .canonicalize()
+        // Keep the root as configured (made absolute), not canonicalized: `resolve` accepts
+        // absolute paths spelled through a symlinked root and names the root as configured.
+        let root = std::path::absolute(root)
             .map_err(|e| format!("cannot resolve the snapshot root {}: {e}", root.display()))?;
         Ok(Self {
             root: Arc::new(root),
         })
     }
 
-    /// The canonical snapshot root.
+    /// The snapshot root, as configured (absolute).
     pub fn root(&self) -> &Path {
         &self.root
     }
