@@ -166,7 +166,7 @@ pub struct ServeArgs {
     /// Where the embedded store lives.
     #[arg(long, env = "OPRUN_DATA_DIR", default_value = "./oprun-data")]
     pub data_dir: PathBuf,
-    /// Root directory for the snapshot kind's paths [default: <data-dir>/snapshots].
+    /// Root directory for the snapshot kind's paths (default: `<data-dir>/snapshots`).
     #[arg(long, env = "OPRUN_SNAPSHOT_ROOT")]
     pub snapshot_root: Option<PathBuf>,
     /// Store backend.

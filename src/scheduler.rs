@@ -6,7 +6,7 @@
 //!   id, holding the current record in a `tokio::sync::watch` channel. Workers update it in
 //!   memory; Get reads it; Wait subscribes to it and is woken by the change that makes the
 //!   operation done (no polling).
-//! - Queues and running counts sit behind one std `Mutex` ([`Queues`]): FIFO per kind, a global
+//! - Queues and running counts sit behind one std `Mutex` (`Queues`): FIFO per kind, a global
 //!   and a per-kind limit. Nothing awaits while it is held.
 //! - Each operation's `CancellationToken` is a child of one root token; the reason it was
 //!   cancelled (client or shutdown) is remembered, because only a client's cancel ends an
@@ -496,8 +496,9 @@ impl Runner {
         self.release(&kind);
     }
 
-    /// Persists progress coalesced: after a change, write it, then wait `progress_interval`
-    /// before looking again. Never completes.
+    /// Persists progress coalesced: after a change, wait `progress_interval`, then write the
+    /// latest record. An operation that finishes within the interval writes no progress at all
+    /// (its final write carries it). Never completes.
     async fn flush_progress(&self, live: &LiveOperation) {
         let mut rx = live.record.subscribe();
         rx.mark_unchanged();
@@ -505,6 +506,7 @@ impl Runner {
             if rx.changed().await.is_err() {
                 std::future::pending::<()>().await;
             }
+            tokio::time::sleep(self.shared.config.progress_interval).await;
             let record = rx.borrow_and_update().clone();
             if record.is_done() {
                 std::future::pending::<()>().await;
@@ -512,7 +514,6 @@ impl Runner {
             if let Err(e) = self.shared.store.update(&record).await {
                 warn!(error = %e, "could not persist progress; will retry on the next change");
             }
-            tokio::time::sleep(self.shared.config.progress_interval).await;
         }
     }
 

@@ -1,5 +1,5 @@
 //! Durable storage of operations behind one trait, [`Store`], with one conformance suite
-//! ([`conformance`]) that every backend passes.
+//! (`store::conformance`, behind the `conformance` feature) that every backend passes.
 //!
 //! Backends: [`sqlite::SqliteStore`] (the embedded default, group-committed) and
 //! [`memory::MemoryStore`] (for tests and benchmarks; nothing survives a restart).

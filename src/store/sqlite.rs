@@ -292,21 +292,21 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command) -> Finish {
 fn insert(tx: &rusqlite::Transaction<'_>, mut r: OperationRecord) -> Result<Inserted, StoreError> {
     if let Some(rid) = &r.request_id {
         let existing = tx
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM operations WHERE request_id = ?1"),
-                params![rid],
-                row_to_record,
-            )
-            .optional()
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM operations WHERE request_id = ?1"
+            ))
+            .and_then(|mut s| s.query_row(params![rid], row_to_record).optional())
             .map_err(unavailable)?;
         if let Some(row) = existing {
             return Ok(Inserted::Existing(row.decode()?));
         }
     }
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO operations (id, request_id, kind, done, state, error_code, create_time, \
          update_time, input, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
+    )
+    .and_then(|mut s| {
+        s.execute(params![
             r.id.as_str(),
             r.request_id,
             r.kind,
@@ -317,26 +317,28 @@ fn insert(tx: &rusqlite::Transaction<'_>, mut r: OperationRecord) -> Result<Inse
             micros(r.update_time),
             encode_input(&r.input),
             encode_body(&r),
-        ],
-    )
+        ])
+    })
     .map_err(unavailable)?;
     r.seq = tx.last_insert_rowid();
     Ok(Inserted::New(r))
 }
 
 fn update(tx: &rusqlite::Transaction<'_>, r: &OperationRecord) -> Result<(), StoreError> {
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE operations SET done = ?2, state = ?3, error_code = ?4, update_time = ?5, \
          body = ?6 WHERE id = ?1",
-        params![
+    )
+    .and_then(|mut s| {
+        s.execute(params![
             r.id.as_str(),
             r.is_done(),
             r.state.to_proto() as i32,
             r.error_code(),
             micros(r.update_time),
             encode_body(r),
-        ],
-    )
+        ])
+    })
     .map_err(unavailable)?;
     Ok(())
 }
@@ -346,12 +348,11 @@ fn delete_done(
     id: &OperationId,
 ) -> Result<Option<bool>, StoreError> {
     let done: Option<bool> = tx
-        .query_row(
-            "SELECT done FROM operations WHERE id = ?1",
-            params![id.as_str()],
-            |row| row.get(0),
-        )
-        .optional()
+        .prepare_cached("SELECT done FROM operations WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row(params![id.as_str()], |row| row.get(0))
+                .optional()
+        })
         .map_err(unavailable)?;
     match done {
         None => Ok(None),
