@@ -753,6 +753,11 @@ impl Runner {
         self.shared.tracker.close();
     }
 
+    /// How many operations are not done yet (queued or running).
+    pub fn unfinished(&self) -> usize {
+        self.shared.live.len()
+    }
+
     /// How many operations are running now.
     pub fn running(&self) -> usize {
         self.lock_queues().running

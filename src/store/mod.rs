@@ -101,46 +101,18 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self) -> Result<(), StoreError>;
 }
 
-/// The filterable fields of a record.
-pub(crate) fn filter_fields(r: &OperationRecord) -> (String, FilterArgs<'_>) {
-    (
-        r.id.name(),
-        FilterArgs {
+/// Whether a record matches a filter.
+pub(crate) fn record_matches(filter: &Filter, r: &OperationRecord) -> bool {
+    filter.is_empty()
+        || filter.matches(&FilterFields {
+            name: &r.id.name(),
             done: r.is_done(),
             kind: &r.kind,
             state: r.state.as_str(),
             error_code: r.error_code(),
             create_time: r.create_time,
             update_time: r.update_time,
-        },
-    )
-}
-
-/// Everything but the name of [`FilterFields`], borrowed from a record.
-pub(crate) struct FilterArgs<'a> {
-    pub done: bool,
-    pub kind: &'a str,
-    pub state: &'a str,
-    pub error_code: Option<i32>,
-    pub create_time: SystemTime,
-    pub update_time: SystemTime,
-}
-
-/// Whether a record matches a filter.
-pub(crate) fn record_matches(filter: &Filter, r: &OperationRecord) -> bool {
-    if filter.is_empty() {
-        return true;
-    }
-    let (name, a) = filter_fields(r);
-    filter.matches(&FilterFields {
-        name: &name,
-        done: a.done,
-        kind: a.kind,
-        state: a.state,
-        error_code: a.error_code,
-        create_time: a.create_time,
-        update_time: a.update_time,
-    })
+        })
 }
 
 /// The stored body of a record: its wire `Operation` (metadata and result).
@@ -158,6 +130,16 @@ pub(crate) fn micros(t: SystemTime) -> i64 {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
+    }
+}
+
+/// The inverse of [`micros`].
+pub(crate) fn from_micros(us: i64) -> SystemTime {
+    let magnitude = std::time::Duration::from_micros(us.unsigned_abs());
+    if us >= 0 {
+        SystemTime::UNIX_EPOCH + magnitude
+    } else {
+        SystemTime::UNIX_EPOCH - magnitude
     }
 }
 

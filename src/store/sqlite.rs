@@ -13,16 +13,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{
-    decode_record, encode_body, encode_input, micros, record_matches, Inserted, Store, StoreError,
+    decode_record, encode_body, encode_input, from_micros, micros, Inserted, Store, StoreError,
 };
-use crate::filter::Filter;
-use crate::model::{OperationId, OperationRecord};
+use crate::filter::{Filter, FilterFields};
+use crate::model::{OperationId, OperationRecord, State};
 
 /// How hard a commit pushes data to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,12 +57,53 @@ impl Default for SqliteOptions {
     }
 }
 
+/// A record's columns, encoded by the caller so the writer thread only runs SQL.
+struct RowImage {
+    id: String,
+    request_id: Option<String>,
+    kind: String,
+    done: bool,
+    state: i32,
+    error_code: Option<i32>,
+    create_time: i64,
+    update_time: i64,
+    /// Encoded only for inserts (the input never changes).
+    input: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl RowImage {
+    fn of(r: &OperationRecord, with_input: bool) -> Self {
+        Self {
+            id: r.id.as_str().to_owned(),
+            request_id: r.request_id.clone(),
+            kind: r.kind.clone(),
+            done: r.is_done(),
+            state: r.state.to_proto() as i32,
+            error_code: r.error_code(),
+            create_time: micros(r.create_time),
+            update_time: micros(r.update_time),
+            input: if with_input {
+                encode_input(&r.input)
+            } else {
+                Vec::new()
+            },
+            body: encode_body(r),
+        }
+    }
+}
+
+/// What an insert found.
+enum InsertOutcome {
+    /// Stored with this `seq`.
+    New(i64),
+    /// The `request_id` was already used by this row.
+    Existing(RawRow),
+}
+
 enum Command {
-    Insert(
-        OperationRecord,
-        oneshot::Sender<Result<Inserted, StoreError>>,
-    ),
-    Update(OperationRecord, oneshot::Sender<Result<(), StoreError>>),
+    Insert(RowImage, oneshot::Sender<Result<InsertOutcome, StoreError>>),
+    Update(RowImage, oneshot::Sender<Result<(), StoreError>>),
     Delete(
         OperationId,
         oneshot::Sender<Result<Option<bool>, StoreError>>,
@@ -114,8 +156,11 @@ impl SqliteStore {
             Durability::Full => "FULL",
             Durability::Normal => "NORMAL",
         };
+        // Checkpoints run on their own thread (see `checkpointer`), never inside a commit
+        // that submitters are waiting for.
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000;"
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000; \
+             PRAGMA wal_autocheckpoint=0;"
         ))
         .and_then(|()| conn.execute_batch(SCHEMA))
         .map_err(|e| match e.sqlite_error_code() {
@@ -135,11 +180,20 @@ impl SqliteStore {
                 .map_err(unavailable)?;
             readers.push(Mutex::new(r));
         }
+        let checkpoint_conn = Connection::open(&path).map_err(unavailable)?;
+        checkpoint_conn
+            .execute_batch("PRAGMA busy_timeout=5000;")
+            .map_err(unavailable)?;
+        let (checkpoint_tx, checkpoint_rx) = mpsc::sync_channel::<()>(1);
+        thread::Builder::new()
+            .name("oprun-sqlite-checkpoint".into())
+            .spawn(move || checkpointer(checkpoint_conn, checkpoint_rx))
+            .map_err(unavailable)?;
         let (tx, rx) = mpsc::channel();
         let max_batch = options.max_batch.max(1);
         thread::Builder::new()
             .name("oprun-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, max_batch))
+            .spawn(move || writer_loop(conn, rx, max_batch, checkpoint_tx))
             .map_err(unavailable)?;
         Ok(Self {
             writer: Mutex::new(Some(tx)),
@@ -225,20 +279,75 @@ impl RawRow {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, max_batch: usize) {
+/// The longest the writer lingers for more commands before committing.
+const MAX_LINGER: Duration = Duration::from_micros(500);
+
+/// Commits between two checkpoint requests.
+const COMMITS_PER_CHECKPOINT: u32 = 256;
+
+/// Copies the WAL back into the database when the writer asks, concurrently with commits
+/// (PASSIVE: it never blocks the writer or readers). Blocks on its channel when idle.
+fn checkpointer(conn: Connection, rx: mpsc::Receiver<()>) {
+    while rx.recv().is_ok() {
+        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+            tracing::warn!(error = %e, "WAL checkpoint failed; it will be retried");
+        }
+    }
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Command>,
+    max_batch: usize,
+    checkpoint: mpsc::SyncSender<()>,
+) {
+    let mut commits_since_checkpoint = 0u32;
+    // Group commit with an adaptive linger: when the previous batch held more than one
+    // command (callers are concurrent), wait up to as long as the last commit took (capped)
+    // for more before committing, so one commit serves many and the writer spends less CPU
+    // per operation. A lone caller never waits.
+    let mut last_batch = 0usize;
+    let mut last_commit = Duration::ZERO;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
+        drain(&rx, &mut batch, max_batch);
+        if last_batch > 1 && batch.len() < max_batch {
+            let deadline = Instant::now() + last_commit.min(MAX_LINGER);
+            while batch.len() < max_batch {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(c) => {
+                        batch.push(c);
+                        drain(&rx, &mut batch, max_batch);
+                    }
+                    Err(_) => break,
+                }
             }
         }
+        last_batch = batch.len();
         let closing = batch.iter().any(|c| matches!(c, Command::Close(_)));
+        let started = Instant::now();
         apply_batch(&mut conn, batch);
+        last_commit = started.elapsed();
+        commits_since_checkpoint += 1;
+        if commits_since_checkpoint >= COMMITS_PER_CHECKPOINT {
+            // A full channel means a checkpoint is already pending: nothing to add.
+            let _ = checkpoint.try_send(());
+            commits_since_checkpoint = 0;
+        }
         if closing {
             let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
             break;
+        }
+    }
+}
+
+/// Moves every command already waiting into `batch`, up to `max`.
+fn drain(rx: &mpsc::Receiver<Command>, batch: &mut Vec<Command>, max: usize) {
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(c) => batch.push(c),
+            Err(_) => break,
         }
     }
 }
@@ -282,14 +391,14 @@ fn apply_batch(conn: &mut Connection, batch: Vec<Command>) {
 
 fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command) -> Finish {
     match cmd {
-        Command::Insert(r, reply_to) => reply(reply_to, insert(tx, r)),
+        Command::Insert(r, reply_to) => reply(reply_to, insert(tx, &r)),
         Command::Update(r, reply_to) => reply(reply_to, update(tx, &r)),
         Command::Delete(id, reply_to) => reply(reply_to, delete_done(tx, &id)),
         Command::Close(reply_to) => reply(reply_to, Ok(())),
     }
 }
 
-fn insert(tx: &rusqlite::Transaction<'_>, mut r: OperationRecord) -> Result<Inserted, StoreError> {
+fn insert(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<InsertOutcome, StoreError> {
     if let Some(rid) = &r.request_id {
         let existing = tx
             .prepare_cached(&format!(
@@ -298,7 +407,7 @@ fn insert(tx: &rusqlite::Transaction<'_>, mut r: OperationRecord) -> Result<Inse
             .and_then(|mut s| s.query_row(params![rid], row_to_record).optional())
             .map_err(unavailable)?;
         if let Some(row) = existing {
-            return Ok(Inserted::Existing(row.decode()?));
+            return Ok(InsertOutcome::Existing(row));
         }
     }
     tx.prepare_cached(
@@ -307,36 +416,35 @@ fn insert(tx: &rusqlite::Transaction<'_>, mut r: OperationRecord) -> Result<Inse
     )
     .and_then(|mut s| {
         s.execute(params![
-            r.id.as_str(),
+            r.id,
             r.request_id,
             r.kind,
-            r.is_done(),
-            r.state.to_proto() as i32,
-            r.error_code(),
-            micros(r.create_time),
-            micros(r.update_time),
-            encode_input(&r.input),
-            encode_body(&r),
+            r.done,
+            r.state,
+            r.error_code,
+            r.create_time,
+            r.update_time,
+            r.input,
+            r.body,
         ])
     })
     .map_err(unavailable)?;
-    r.seq = tx.last_insert_rowid();
-    Ok(Inserted::New(r))
+    Ok(InsertOutcome::New(tx.last_insert_rowid()))
 }
 
-fn update(tx: &rusqlite::Transaction<'_>, r: &OperationRecord) -> Result<(), StoreError> {
+fn update(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<(), StoreError> {
     tx.prepare_cached(
         "UPDATE operations SET done = ?2, state = ?3, error_code = ?4, update_time = ?5, \
          body = ?6 WHERE id = ?1",
     )
     .and_then(|mut s| {
         s.execute(params![
-            r.id.as_str(),
-            r.is_done(),
-            r.state.to_proto() as i32,
-            r.error_code(),
-            micros(r.update_time),
-            encode_body(r),
+            r.id,
+            r.done,
+            r.state,
+            r.error_code,
+            r.update_time,
+            r.body
         ])
     })
     .map_err(unavailable)?;
@@ -366,17 +474,80 @@ fn delete_done(
 }
 
 /// Rows read per query while scanning for filter matches.
-const SCAN_CHUNK: usize = 512;
+const SCAN_CHUNK: usize = 1024;
+
+fn sql_limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The `seq`s of up to `limit` rows after `after` that match `filter`, judged on the indexed
+/// columns alone (no body is decoded).
+fn scan_matching(
+    conn: &Connection,
+    filter: &Filter,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<i64>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, id, kind, done, state, error_code, create_time, update_time \
+             FROM operations WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .map_err(unavailable)?;
+    let mut out = Vec::new();
+    let mut cursor = after;
+    loop {
+        let mut rows = stmt
+            .query(params![cursor, sql_limit(SCAN_CHUNK)])
+            .map_err(unavailable)?;
+        let mut seen = 0usize;
+        while let Some(row) = rows.next().map_err(unavailable)? {
+            seen += 1;
+            let seq: i64 = row.get(0).map_err(unavailable)?;
+            cursor = seq;
+            let id: String = row.get(1).map_err(unavailable)?;
+            let kind: String = row.get(2).map_err(unavailable)?;
+            let state: i32 = row.get(4).map_err(unavailable)?;
+            let state = State::from_i32(state)
+                .ok_or_else(|| StoreError::Corrupt(format!("operations/{id}: state {state}")))?;
+            let fields = FilterFields {
+                name: &format!("operations/{id}"),
+                done: row.get(3).map_err(unavailable)?,
+                kind: &kind,
+                state: state.as_str(),
+                error_code: row.get(5).map_err(unavailable)?,
+                create_time: from_micros(row.get(6).map_err(unavailable)?),
+                update_time: from_micros(row.get(7).map_err(unavailable)?),
+            };
+            if filter.matches(&fields) {
+                out.push(seq);
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
+        }
+        if seen < SCAN_CHUNK {
+            return Ok(out);
+        }
+    }
+}
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn insert(&self, record: OperationRecord) -> Result<Inserted, StoreError> {
-        self.send(|tx| Command::Insert(record, tx)).await
+    async fn insert(&self, mut record: OperationRecord) -> Result<Inserted, StoreError> {
+        let image = RowImage::of(&record, true);
+        match self.send(|tx| Command::Insert(image, tx)).await? {
+            InsertOutcome::New(seq) => {
+                record.seq = seq;
+                Ok(Inserted::New(record))
+            }
+            InsertOutcome::Existing(row) => Ok(Inserted::Existing(row.decode()?)),
+        }
     }
 
     async fn update(&self, record: &OperationRecord) -> Result<(), StoreError> {
-        let record = record.clone();
-        self.send(|tx| Command::Update(record, tx)).await
+        let image = RowImage::of(record, false);
+        self.send(|tx| Command::Update(image, tx)).await
     }
 
     async fn get(&self, id: &OperationId) -> Result<Option<OperationRecord>, StoreError> {
@@ -404,34 +575,35 @@ impl Store for SqliteStore {
     ) -> Result<Vec<OperationRecord>, StoreError> {
         let filter = filter.clone();
         self.read(move |conn| {
-            let mut out = Vec::new();
-            let mut cursor = after;
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM operations WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-                ))
-                .map_err(unavailable)?;
-            let chunk = i64::try_from(SCAN_CHUNK).unwrap_or(512);
-            loop {
+            if filter.is_empty() {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM operations WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+                    ))
+                    .map_err(unavailable)?;
                 let rows: Vec<RawRow> = stmt
-                    .query_map(params![cursor, chunk], row_to_record)
+                    .query_map(params![after, sql_limit(limit)], row_to_record)
                     .and_then(Iterator::collect)
                     .map_err(unavailable)?;
-                let exhausted = rows.len() < SCAN_CHUNK;
-                for row in rows {
-                    cursor = row.seq;
-                    let record = row.decode()?;
-                    if record_matches(&filter, &record) {
-                        out.push(record);
-                        if out.len() >= limit {
-                            return Ok(out);
-                        }
-                    }
-                }
-                if exhausted {
-                    return Ok(out);
+                return rows.into_iter().map(RawRow::decode).collect();
+            }
+            // Evaluate the filter on the indexed columns and decode only the matches.
+            let matches = scan_matching(conn, &filter, after, limit)?;
+            let mut get = conn
+                .prepare_cached(&format!("SELECT {COLUMNS} FROM operations WHERE seq = ?1"))
+                .map_err(unavailable)?;
+            let mut out = Vec::with_capacity(matches.len());
+            for seq in matches {
+                // A row deleted since the scan is simply skipped.
+                if let Some(row) = get
+                    .query_row(params![seq], row_to_record)
+                    .optional()
+                    .map_err(unavailable)?
+                {
+                    out.push(row.decode()?);
                 }
             }
+            Ok(out)
         })
         .await
     }
