@@ -95,8 +95,10 @@ impl Error {
             Error::AlreadyExists { .. } => (Code::AlreadyExists, "REQUEST_ID_REUSED"),
             Error::InputRefused { code, .. } => (*code, "INPUT_REFUSED"),
             Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
-            // Transient or not, a store failure is UNAVAILABLE: stock clients stop polling for
-            // good on INTERNAL, but retry UNAVAILABLE.
+            // Unreadable stored data will not heal by retrying.
+            Error::Store(StoreError::Corrupt(_)) => (Code::DataLoss, "STORE_DATA_CORRUPT"),
+            // A store that cannot answer now is UNAVAILABLE, never INTERNAL: stock clients
+            // stop polling for good on INTERNAL, but retry UNAVAILABLE.
             Error::Store(_) => (Code::Unavailable, "STORE_UNAVAILABLE"),
         }
     }

@@ -294,6 +294,8 @@ impl Runner {
         };
         let request_id = check_request_id(request_id)?;
         task.check_input(&input)?;
+        // Kept only to compare with an earlier request that used the same request_id.
+        let sent = request_id.as_ref().map(|_| input.clone());
         let record = OperationRecord::new_queued(kind.to_owned(), input, request_id);
         match self.shared.store.insert(record).await? {
             Inserted::New(r) => {
@@ -303,12 +305,11 @@ impl Runner {
                 Ok(r)
             }
             Inserted::Existing(existing) => {
-                let (same_kind, same_input) = (existing.kind == kind, true);
-                if !same_kind || !same_input {
+                if existing.kind != kind || sent.as_ref() != Some(&existing.input) {
                     return Err(Error::AlreadyExists {
                         message: format!(
-                            "request_id was already used for {} of kind {:?}; use a new \
-                             request_id for a different request",
+                            "request_id was already used for {} (kind {:?}) with a different \
+                             kind or input; use a new request_id for a different request",
                             existing.id, existing.kind
                         ),
                     });
@@ -490,7 +491,7 @@ impl Runner {
                 worker.abort();
                 Err(WorkerEnd::Abandoned(grace))
             }
-            () = self.flush_progress(&live) => Err(WorkerEnd::Abandoned(grace)),
+            never = self.flush_progress(&live) => match never {},
         };
         self.conclude(&live, end).await;
         self.release(&kind);
@@ -499,17 +500,17 @@ impl Runner {
     /// Persists progress coalesced: after a change, wait `progress_interval`, then write the
     /// latest record. An operation that finishes within the interval writes no progress at all
     /// (its final write carries it). Never completes.
-    async fn flush_progress(&self, live: &LiveOperation) {
+    async fn flush_progress(&self, live: &LiveOperation) -> std::convert::Infallible {
         let mut rx = live.record.subscribe();
         rx.mark_unchanged();
         loop {
             if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
+                return std::future::pending().await;
             }
             tokio::time::sleep(self.shared.config.progress_interval).await;
             let record = rx.borrow_and_update().clone();
             if record.is_done() {
-                std::future::pending::<()>().await;
+                return std::future::pending().await;
             }
             if let Err(e) = self.shared.store.update(&record).await {
                 warn!(error = %e, "could not persist progress; will retry on the next change");

@@ -111,13 +111,7 @@ async fn submit_get_wait_happy_path() {
         }
         other => panic!("expected a response, got {other:?}"),
     }
-    let again = server
-        .operations()
-        .await
-        .get_operation(get(&op.name))
-        .await
-        .unwrap()
-        .into_inner();
+    let again = server.get_op(&op.name).await;
     assert_eq!(again, done, "a finished operation reads back unchanged");
     server.stop().await;
 }
@@ -344,14 +338,7 @@ async fn progress_is_visible_mid_run() {
         m.status_message
     );
     assert!(!mid.done);
-    server
-        .operations()
-        .await
-        .cancel_operation(CancelOperationRequest {
-            name: op.name.clone(),
-        })
-        .await
-        .unwrap();
+    server.cancel(&op.name).await;
     server.wait_done(&op.name).await;
     server.stop().await;
 }
@@ -367,14 +354,7 @@ async fn cancel_running_operation() {
     })
     .await;
     let started = Instant::now();
-    server
-        .operations()
-        .await
-        .cancel_operation(CancelOperationRequest {
-            name: op.name.clone(),
-        })
-        .await
-        .unwrap();
+    server.cancel(&op.name).await;
     let done = server.wait_done(&op.name).await;
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -384,13 +364,7 @@ async fn cancel_running_operation() {
     let m = metadata(&done);
     assert_eq!(m.state(), State::Cancelled);
     assert!(m.requested_cancellation);
-    let again = server
-        .operations()
-        .await
-        .get_operation(get(&op.name))
-        .await
-        .unwrap()
-        .into_inner();
+    let again = server.get_op(&op.name).await;
     assert_eq!(again, done, "a cancelled operation is kept, not deleted");
     server.stop().await;
 }
@@ -570,7 +544,8 @@ async fn wait_with_and_without_timeout() {
     server.stop().await;
 }
 
-/// request_id makes SubmitTask idempotent; reusing it for a different kind is ALREADY_EXISTS.
+/// request_id makes SubmitTask idempotent; reusing it for a different kind or input is
+/// ALREADY_EXISTS.
 #[tokio::test]
 async fn request_id_idempotency() {
     let server = TestServer::start().await;
@@ -594,6 +569,10 @@ async fn request_id_idempotency() {
     other.kind = "gauge".into();
     let e = tasks.submit_task(other).await.unwrap_err();
     assert_status(&e, Code::AlreadyExists, "request_id");
+    let mut other_input = req.clone();
+    other_input.input = Some(sleep_input(5, 1, ""));
+    let e = tasks.submit_task(other_input).await.unwrap_err();
+    assert_status(&e, Code::AlreadyExists, "different kind or input");
     let all = server
         .operations()
         .await

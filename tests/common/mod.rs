@@ -205,6 +205,29 @@ impl TestServer {
             .into_inner()
     }
 
+    /// GetOperation, expecting success.
+    pub async fn get_op(&self, name: &str) -> Operation {
+        self.operations()
+            .await
+            .get_operation(oprun::proto::google::longrunning::GetOperationRequest {
+                name: name.into(),
+            })
+            .await
+            .expect("get")
+            .into_inner()
+    }
+
+    /// CancelOperation, expecting success.
+    pub async fn cancel(&self, name: &str) {
+        self.operations()
+            .await
+            .cancel_operation(oprun::proto::google::longrunning::CancelOperationRequest {
+                name: name.into(),
+            })
+            .await
+            .expect("cancel");
+    }
+
     /// Waits (server side, up to 30 s) until the operation is done.
     pub async fn wait_done(&self, name: &str) -> Operation {
         let mut ops = self.operations().await;
