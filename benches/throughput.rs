@@ -37,6 +37,7 @@ fn sleep(ms: u64, steps: u32) -> prost_types::Any {
         ),
         steps,
         fail_message: String::new(),
+        ..Default::default()
     })
 }
 
@@ -106,6 +107,7 @@ async fn run(label: &str, store: Arc<dyn Store>, total: usize) -> Figures {
                         kind: "sleep".into(),
                         input: Some(sleep(0, 1)),
                         request_id: String::new(),
+                        ..Default::default()
                     })
                     .await
                     .expect("submit");
@@ -137,6 +139,7 @@ async fn run(label: &str, store: Arc<dyn Store>, total: usize) -> Figures {
                     kind: "sleep".into(),
                     input: Some(sleep(600_000, 1)),
                     request_id: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .expect("submit")

@@ -3,7 +3,8 @@
 //! Binaries only parse arguments: a binary calls [`main`] with a function that registers its
 //! own kinds (the built-in `sleep` is always there).
 
-use std::path::PathBuf;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +12,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use prost::{Message, Name};
-use tonic::transport::Channel;
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, ServerTlsConfig};
 use tracing_subscriber::EnvFilter;
 
+use crate::auth::{BearerToken, Role, Tokens};
 use crate::json::JsonCodec;
 use crate::model::type_name;
 use crate::proto::google::longrunning::operations_client::OperationsClient;
@@ -28,6 +32,7 @@ use crate::proto::oprun::v1::{
     SubmitTaskRequest,
 };
 use crate::scheduler::{Runner, RunnerConfig};
+use crate::server::error_chain;
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::{Durability, SqliteOptions, SqliteStore};
 use crate::store::Store;
@@ -55,6 +60,12 @@ enum Command {
         /// AIP-155 idempotency key: repeating it returns the same operation.
         #[arg(long, default_value = "")]
         request_id: String,
+        /// End the operation DEADLINE_EXCEEDED if not done this long after submission, e.g. `5m`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// Keep the operation queued until this time (RFC 3339, e.g. 2026-11-22T08:00:00Z).
+        #[arg(long, value_parser = parse_rfc3339)]
+        not_before: Option<prost_types::Timestamp>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -127,16 +138,60 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Manage bearer tokens for `serve --tokens-file`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Print a fresh random token (first line: give it to the client as --token or
+    /// OPRUN_TOKEN) and its tokens-file line (second line: append it to the server's tokens
+    /// file). The token is shown only here: the file stores only its hash.
+    New {
+        /// What the token may do: reader, submitter or admin.
+        #[arg(long)]
+        role: Role,
+        /// A name for the token in the server's logs, e.g. `ci-deploy`.
+        #[arg(long)]
+        label: Option<String>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
 struct ClientArgs {
-    /// Server address.
+    /// Server address; `https://` connects with TLS (and needs --ca-cert).
     #[arg(long, env = "OPRUN_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
+    /// Bearer token sent as `authorization: Bearer <token>` on every call.
+    #[arg(long, env = "OPRUN_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    token: Option<Secret>,
+    /// PEM certificate(s) of the CA that signed the server's certificate (for https://).
+    #[arg(long, env = "OPRUN_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with --client-key).
+    #[arg(long, env = "OPRUN_CLIENT_CERT")]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, env = "OPRUN_CLIENT_KEY")]
+    client_key: Option<PathBuf>,
     /// Print proto3 JSON instead of human output.
     #[arg(long)]
     json: bool,
+}
+
+/// A string that never shows in `Debug` output (the bearer token).
+#[derive(Clone)]
+struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+fn parse_secret(s: &str) -> Result<Secret, String> {
+    Ok(Secret(s.to_owned()))
 }
 
 /// Which store `serve` uses.
@@ -193,6 +248,38 @@ pub struct ServeArgs {
     /// Least time between two progress writes of one operation.
     #[arg(long, env = "OPRUN_PROGRESS_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub progress_interval: Duration,
+    /// Most operations waiting at once (queued, delayed or backing off), over all kinds.
+    #[arg(long, env = "OPRUN_MAX_QUEUED", default_value_t = 100_000)]
+    pub max_queued: usize,
+    /// Largest accepted input message, in bytes.
+    #[arg(long, env = "OPRUN_MAX_INPUT_BYTES", default_value_t = 1 << 20)]
+    pub max_input_bytes: usize,
+    /// How long finished operations are kept.
+    #[arg(long, env = "OPRUN_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+    /// Most finished operations kept (the oldest are removed first).
+    #[arg(long, env = "OPRUN_MAX_RETAINED")]
+    pub max_retained: Option<usize>,
+    /// Largest size of the SQLite file, in bytes; past it writes fail as on a full disk.
+    #[arg(long, env = "OPRUN_MAX_DB_SIZE")]
+    pub max_db_size: Option<u64>,
+    /// PEM certificate chain to serve TLS with (needs --tls-key).
+    #[arg(long, env = "OPRUN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "OPRUN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) for mutual TLS: clients must present a certificate it signed.
+    #[arg(long, env = "OPRUN_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Bearer tokens file: `sha256:<hex> <role> [label]` per line (see `oprun token new`).
+    /// Every call then needs a token whose role allows it.
+    #[arg(long, env = "OPRUN_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Serve without authentication on a non-loopback address. Without it, `serve` refuses
+    /// to listen beyond loopback unless --tokens-file is given.
+    #[arg(long, env = "OPRUN_INSECURE_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub insecure_no_auth: bool,
 }
 
 impl ServeArgs {
@@ -208,11 +295,122 @@ impl ServeArgs {
         RunnerConfig {
             max_running: self.max_running.max(1),
             kind_limits: self.kind_limits.iter().cloned().collect(),
+            max_queued: self.max_queued,
+            max_input_bytes: self.max_input_bytes,
             cancel_grace: self.cancel_grace,
             progress_interval: self.progress_interval,
             max_wait: self.max_wait,
+            retention: self.retention,
+            max_retained: self.max_retained,
         }
     }
+
+    /// The TLS settings `--tls-cert`, `--tls-key` and `--tls-client-ca` describe, read and
+    /// checked (the key must match the certificate); `None` for plaintext.
+    ///
+    /// # Errors
+    /// A one-line message when only one of cert and key is given, a client CA without them,
+    /// or a file is unreadable or not valid PEM.
+    pub fn tls_config(&self) -> Result<Option<ServerTlsConfig>, String> {
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (None, None) if self.tls_client_ca.is_some() => {
+                return Err(
+                    "--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS \
+                            with client certificates"
+                        .to_owned(),
+                )
+            }
+            (None, None) => return Ok(None),
+            (Some(_), None) => {
+                return Err("--tls-cert needs --tls-key, the certificate's private key".to_owned())
+            }
+            (None, Some(_)) => {
+                return Err(
+                    "--tls-key needs --tls-cert, the certificate chain for that key".to_owned(),
+                )
+            }
+            (Some(cert), Some(key)) => (cert, key),
+        };
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+            read_file("--tls-cert", cert)?,
+            read_file("--tls-key", key)?,
+        ));
+        if let Some(ca) = &self.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read_file("--tls-client-ca", ca)?));
+        }
+        // Building a server parses the PEM files and matches the key to the certificate, so
+        // a bad file stops start-up here rather than at the first connection.
+        tonic::transport::Server::builder()
+            .tls_config(tls.clone())
+            .map_err(|e| {
+                format!(
+                    "cannot serve TLS with --tls-cert/--tls-key/--tls-client-ca: {}",
+                    error_chain(&e)
+                )
+            })?;
+        Ok(Some(tls))
+    }
+
+    /// The tokens of `--tokens-file`, if given.
+    ///
+    /// # Errors
+    /// A one-line message naming the file and, for a malformed line, its number.
+    pub fn tokens(&self) -> Result<Option<Arc<Tokens>>, String> {
+        let Some(path) = &self.tokens_file else {
+            return Ok(None);
+        };
+        Tokens::load(path)
+            .map(|t| Some(Arc::new(t)))
+            .map_err(|e| format!("cannot use the tokens file {}: {e}", path.display()))
+    }
+
+    /// Refuses to serve without authentication beyond loopback: without `--tokens-file`,
+    /// every address `--listen` resolves to must be a loopback one, unless
+    /// `--insecure-no-auth` is given.
+    ///
+    /// # Errors
+    /// A one-line message saying what to do.
+    pub async fn check_exposure(&self) -> Result<(), String> {
+        if self.tokens_file.is_some() {
+            if self.insecure_no_auth {
+                return Err("--insecure-no-auth contradicts --tokens-file; drop one".to_owned());
+            }
+            return Ok(());
+        }
+        let addrs: Vec<_> = tokio::net::lookup_host(&self.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", self.listen))?
+            .collect();
+        let loopback_only =
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().to_canonical().is_loopback());
+        if loopback_only {
+            return Ok(());
+        }
+        if self.insecure_no_auth {
+            tracing::warn!(
+                listen = %self.listen,
+                "serving WITHOUT authentication beyond loopback (--insecure-no-auth): \
+                 anyone who can reach this address can submit and delete operations"
+            );
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to serve {} without authentication: it is not a loopback address. \
+             Give --tokens-file FILE (make tokens with `oprun token new --role ROLE`), listen on \
+             127.0.0.1, or pass --insecure-no-auth to accept anyone who can reach it",
+            self.listen
+        ))
+    }
+}
+
+/// Reads a PEM file named by `flag`.
+fn read_file(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+}
+
+fn parse_rfc3339(s: &str) -> Result<prost_types::Timestamp, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an RFC 3339 time such as 2026-11-22T08:00:00Z"))
 }
 
 fn parse_kind_limit(s: &str) -> Result<(String, usize), String> {
@@ -276,8 +474,22 @@ async fn run(
             kind,
             input,
             request_id,
+            timeout,
+            not_before,
             client,
-        } => submit(&client, kind, &input, request_id).await,
+        } => {
+            let request = SubmitTaskRequest {
+                kind,
+                request_id,
+                timeout: timeout
+                    .map(prost_types::Duration::try_from)
+                    .transpose()
+                    .map_err(|e| format!("--timeout: {e}"))?,
+                not_before,
+                input: None,
+            };
+            submit(&client, request, &input).await
+        }
         Command::Snapshot {
             source_dir,
             destination,
@@ -381,6 +593,18 @@ async fn run(
             }
             Ok(())
         }
+        Command::Token(TokenCommand::New { role, label }) => {
+            let token = crate::auth::new_token();
+            let line = crate::auth::tokens_file_line(&token, role, label.as_deref())
+                .map_err(|e| format!("--label: {e}"))?;
+            println!("{token}");
+            println!("{line}");
+            eprintln!(
+                "oprun: line 1 is the token: give it to the client (--token or OPRUN_TOKEN); \
+                 it is shown only now. Line 2 goes into the server's --tokens-file."
+            );
+            Ok(())
+        }
         Command::Kinds { client } => {
             let mut c = TaskServiceClient::new(connect(&client).await?);
             let resp = c
@@ -413,6 +637,10 @@ async fn serve(
     args: ServeArgs,
     register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), String>,
 ) -> CliResult {
+    // Every setting is checked before the store is opened or any work resumes.
+    let tls = args.tls_config()?;
+    let tokens = args.tokens()?;
+    args.check_exposure().await?;
     let mut registry = Registry::with_builtins();
     register(&mut registry, &args)?;
     let store: Arc<dyn Store> = match args.store {
@@ -425,6 +653,7 @@ async fn serve(
                         SyncMode::Full => Durability::Full,
                         SyncMode::Normal => Durability::Normal,
                     },
+                    max_size_bytes: args.max_db_size,
                     ..SqliteOptions::default()
                 },
             )
@@ -440,10 +669,24 @@ async fn serve(
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
-    tracing::info!(addr = %local, data_dir = %args.data_dir.display(), "listening");
+    tracing::info!(
+        addr = %local,
+        data_dir = %args.data_dir.display(),
+        tls = tls.is_some(),
+        mutual_tls = args.tls_client_ca.is_some(),
+        tokens = tokens.as_ref().map_or(0, |t| t.len()),
+        "listening"
+    );
     // The one line on stdout: tests and scripts read the bound port from it.
     println!("oprun listening on {local}");
-    crate::server::serve(listener, runner, shutdown_signal(), args.shutdown_grace)
+    let mut options = crate::server::ServeOptions::new().grace(args.shutdown_grace);
+    if let Some(tls) = tls {
+        options = options.tls(tls);
+    }
+    if let Some(tokens) = tokens {
+        options = options.auth(tokens);
+    }
+    crate::server::serve_with(listener, runner, shutdown_signal(), options)
         .await
         .map_err(|e| e.to_string())
 }
@@ -476,13 +719,77 @@ fn codec() -> Result<JsonCodec, String> {
     JsonCodec::new().map_err(|e| e.to_string())
 }
 
-async fn connect(client: &ClientArgs) -> Result<Channel, String> {
-    Channel::from_shared(client.addr.clone())
+/// A connection to the server that sends the client's token on every call.
+type Conn = InterceptedService<Channel, Credentials>;
+
+/// The bearer token, if the client has one.
+#[derive(Clone)]
+struct Credentials(Option<BearerToken>);
+
+impl Interceptor for Credentials {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        match &mut self.0 {
+            Some(token) => token.call(request),
+            None => Ok(request),
+        }
+    }
+}
+
+impl ClientArgs {
+    /// The TLS settings for an `https://` address.
+    fn tls_config(&self) -> Result<ClientTlsConfig, String> {
+        let Some(ca) = &self.ca_cert else {
+            return Err(format!(
+                "--addr {} is https:// and needs --ca-cert FILE, the PEM certificate of the CA \
+                 that signed the server's certificate",
+                self.addr
+            ));
+        };
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read_file("--ca-cert", ca)?));
+        match (&self.client_cert, &self.client_key) {
+            (None, None) => {}
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(
+                    read_file("--client-cert", cert)?,
+                    read_file("--client-key", key)?,
+                ));
+            }
+            (Some(_), None) => return Err("--client-cert needs --client-key".to_owned()),
+            (None, Some(_)) => return Err("--client-key needs --client-cert".to_owned()),
+        }
+        Ok(tls)
+    }
+}
+
+async fn connect(client: &ClientArgs) -> Result<Conn, String> {
+    let credentials = match &client.token {
+        Some(Secret(token)) => {
+            Some(BearerToken::new(token).map_err(|e| format!("--token / OPRUN_TOKEN: {e}"))?)
+        }
+        None => None,
+    };
+    let mut endpoint = Channel::from_shared(client.addr.clone())
         .map_err(|e| format!("invalid --addr {:?}: {e}", client.addr))?
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5));
+    if endpoint.uri().scheme_str() == Some("https") {
+        endpoint = endpoint
+            .tls_config(client.tls_config()?)
+            .map_err(|e| format!("TLS settings: {}", error_chain(&e)))?;
+    } else if client.ca_cert.is_some()
+        || client.client_cert.is_some()
+        || client.client_key.is_some()
+    {
+        return Err(format!(
+            "--ca-cert, --client-cert and --client-key are for TLS, but --addr {} is not https://",
+            client.addr
+        ));
+    }
+    let channel = endpoint
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to {}: {e}", client.addr))
+        .map_err(|e| format!("cannot connect to {}: {}", client.addr, error_chain(&e)))?;
+    Ok(InterceptedService::new(channel, Credentials(credentials)))
 }
 
 fn status_line(s: tonic::Status) -> String {
@@ -497,7 +804,8 @@ fn full_name(name: &str) -> String {
     }
 }
 
-async fn submit(client: &ClientArgs, kind: String, input: &str, request_id: String) -> CliResult {
+async fn submit(client: &ClientArgs, mut request: SubmitTaskRequest, input: &str) -> CliResult {
+    let kind = request.kind.clone();
     let channel = connect(client).await?;
     let kinds = TaskServiceClient::new(channel.clone())
         .list_task_kinds(ListTaskKindsRequest {})
@@ -512,15 +820,13 @@ async fn submit(client: &ClientArgs, kind: String, input: &str, request_id: Stri
             names.join(", ")
         ));
     };
-    let input = codec()?
-        .any_from_json(&k.input_type, input)
-        .map_err(|e| format!("--input: {e}"))?;
+    request.input = Some(
+        codec()?
+            .any_from_json(&k.input_type, input)
+            .map_err(|e| format!("--input: {e}"))?,
+    );
     let op = TaskServiceClient::new(channel)
-        .submit_task(SubmitTaskRequest {
-            kind,
-            input: Some(input),
-            request_id,
-        })
+        .submit_task(request)
         .await
         .map_err(status_line)?
         .into_inner();

@@ -55,6 +55,14 @@ pub enum Error {
         /// What was refused and why.
         message: String,
     },
+    /// A bound is reached (e.g. the queue is full); retry after `retry_after`.
+    #[error("{message}")]
+    ResourceExhausted {
+        /// Which bound, and how to get under it.
+        message: String,
+        /// When a retry may succeed (sent as a `google.rpc.RetryInfo`).
+        retry_after: std::time::Duration,
+    },
     /// The server is shutting down and accepts no new work.
     #[error("the server is shutting down and accepts no new operations; retry on another node or after restart")]
     ShuttingDown,
@@ -94,8 +102,10 @@ impl Error {
             Error::FailedPrecondition { reason, .. } => (Code::FailedPrecondition, reason),
             Error::AlreadyExists { .. } => (Code::AlreadyExists, "REQUEST_ID_REUSED"),
             Error::InputRefused { code, .. } => (*code, "INPUT_REFUSED"),
+            Error::ResourceExhausted { .. } => (Code::ResourceExhausted, "QUEUE_FULL"),
             Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
             // Unreadable stored data will not heal by retrying.
+            Error::Store(StoreError::Locked(_)) => (Code::Unavailable, "STORE_LOCKED"),
             Error::Store(StoreError::Corrupt(_)) => (Code::DataLoss, "STORE_DATA_CORRUPT"),
             // A store that cannot answer now is UNAVAILABLE, never INTERNAL: stock clients
             // stop polling for good on INTERNAL, but retry UNAVAILABLE.
@@ -116,6 +126,9 @@ impl From<Error> for tonic::Status {
             }
             Error::NotFound { name } => {
                 metadata.insert("name".to_owned(), name.clone());
+            }
+            Error::ResourceExhausted { retry_after, .. } => {
+                details.set_retry_info(Some(*retry_after));
             }
             Error::Store(e) => {
                 tracing::error!(error = %e, "store failure answered as UNAVAILABLE");

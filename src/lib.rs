@@ -18,11 +18,15 @@
 //!   recovery and graceful shutdown.
 //! - [`service`]: the gRPC services (Operations, TaskService, SnapshotService), each a value
 //!   to mount on any tonic router.
+//! - [`auth`]: bearer tokens with roles ([`auth::Tokens`], [`auth::Role`]) and the
+//!   [`auth::AuthLayer`] that checks every call before any service sees it (applied, with
+//!   TLS, by [`server::serve_with`]).
 //! - [`server`]: [`server::serve`] over a listener the caller binds, until a shutdown future.
 //! - [`json`]: proto3 JSON through prost-reflect. [`cli`]: the `oprun` command line.
 //! - [`error`]: the library's error type and its single mapping to `tonic::Status`.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod filter;
@@ -39,5 +43,5 @@ pub mod task;
 
 pub use error::Error;
 pub use proto::google::rpc::Code;
-pub use scheduler::{Runner, RunnerConfig};
-pub use task::{Registry, Task, TaskContext, TaskError, TaskOptions};
+pub use scheduler::{Runner, RunnerConfig, Submission};
+pub use task::{Registry, Retry, RetryPolicy, Task, TaskContext, TaskError, TaskOptions};

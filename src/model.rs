@@ -164,6 +164,8 @@ pub enum CancelReason {
     Client,
     /// The server is shutting down; the operation is resumed or aborted on the next start.
     Shutdown,
+    /// The operation's deadline passed; it ends DEADLINE_EXCEEDED.
+    Deadline,
 }
 
 /// An operation as oprun keeps it: the metadata fields plus the input and the result.
@@ -201,6 +203,12 @@ pub struct OperationRecord {
     pub details: Option<Any>,
     /// Set exactly when the state is done.
     pub outcome: Option<Outcome>,
+    /// While queued: not started before this time (delayed start or retry backoff).
+    pub next_attempt_time: Option<SystemTime>,
+    /// When the operation times out.
+    pub deadline: Option<SystemTime>,
+    /// The previous attempt's error, while a retry is pending or running.
+    pub last_error: Option<Status>,
 }
 
 impl OperationRecord {
@@ -224,6 +232,9 @@ impl OperationRecord {
             attempt: 1,
             details: None,
             outcome: None,
+            next_attempt_time: None,
+            deadline: None,
+            last_error: None,
         }
     }
 
@@ -248,6 +259,7 @@ impl OperationRecord {
         self.outcome = Some(outcome);
         self.end_time = Some(now);
         self.update_time = now;
+        self.next_attempt_time = None;
     }
 
     /// Ends the operation with an error status.
@@ -276,6 +288,9 @@ impl OperationRecord {
             requested_cancellation: self.requested_cancellation,
             attempt: self.attempt,
             details: self.details.clone(),
+            next_attempt_time: self.next_attempt_time.map(Timestamp::from),
+            deadline: self.deadline.map(Timestamp::from),
+            last_error: self.last_error.clone(),
         }
     }
 

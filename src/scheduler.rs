@@ -16,14 +16,14 @@
 //! Durability order: a state change is persisted before it is published, so a client never
 //! sees a state that a crash could take back.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use prost_types::Any;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, info_span, warn, Instrument};
@@ -33,7 +33,7 @@ use crate::filter::Filter;
 use crate::model::{CancelReason, OperationId, OperationRecord, Outcome, State};
 use crate::proto::google::rpc::Code;
 use crate::store::{Inserted, Store};
-use crate::task::{ErasedTask, Registry, TaskContext, TaskError};
+use crate::task::{ErasedTask, Registry, Retry, TaskContext, TaskError};
 
 /// Longest accepted `request_id`.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
@@ -45,12 +45,21 @@ pub struct RunnerConfig {
     pub max_running: usize,
     /// Per-kind limits that override what a kind declares.
     pub kind_limits: HashMap<String, usize>,
+    /// Most operations waiting at once (queued, delayed or backing off), over all kinds;
+    /// past it SubmitTask answers RESOURCE_EXHAUSTED.
+    pub max_queued: usize,
+    /// Largest accepted input message, in bytes.
+    pub max_input_bytes: usize,
     /// How long a worker may ignore a cancel before it is aborted.
     pub cancel_grace: Duration,
     /// Least time between two progress writes of one operation.
     pub progress_interval: Duration,
     /// The longest a WaitOperation call waits.
     pub max_wait: Duration,
+    /// How long finished operations are kept before the sweeper removes them.
+    pub retention: Duration,
+    /// At most this many finished operations are kept (the oldest go first).
+    pub max_retained: Option<usize>,
 }
 
 impl Default for RunnerConfig {
@@ -58,12 +67,19 @@ impl Default for RunnerConfig {
         Self {
             max_running: 64,
             kind_limits: HashMap::new(),
+            max_queued: 100_000,
+            max_input_bytes: 1 << 20,
             cancel_grace: Duration::from_secs(30),
             progress_interval: Duration::from_millis(250),
             max_wait: Duration::from_secs(60),
+            retention: Duration::from_secs(30 * 24 * 3600),
+            max_retained: None,
         }
     }
 }
+
+/// How long a client is told to wait before retrying a submission refused for a full queue.
+pub const QUEUE_FULL_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// An operation that is not done yet, as the runner holds it in memory.
 pub struct LiveOperation {
@@ -100,6 +116,17 @@ impl LiveOperation {
         });
     }
 
+    /// Replaces the whole record (never after it is done) and wakes watchers.
+    fn replace(&self, record: OperationRecord) {
+        self.record.send_if_modified(|r| {
+            if r.is_done() {
+                return false;
+            }
+            *r = record;
+            true
+        });
+    }
+
     /// A copy of the current record.
     pub fn snapshot(&self) -> OperationRecord {
         self.record.borrow().clone()
@@ -124,10 +151,60 @@ struct Queues {
     next_ticket: u64,
 }
 
+impl Queues {
+    /// Operations waiting (ready, delayed or reserved by a submission in flight).
+    fn waiting(&self) -> usize {
+        self.kinds.values().map(KindQueue::waiting).sum()
+    }
+}
+
 struct KindQueue {
-    waiting: VecDeque<(u64, OperationId)>,
+    /// Ready to start, in submission order.
+    ready: VecDeque<(u64, OperationId)>,
+    /// Waiting for their time (delayed start or retry backoff).
+    delayed: HashSet<OperationId>,
+    /// Submissions admitted but not yet queued.
+    reserved: usize,
     running: usize,
     limit: usize,
+}
+
+impl KindQueue {
+    fn new(limit: usize) -> Self {
+        Self {
+            ready: VecDeque::new(),
+            delayed: HashSet::new(),
+            reserved: 0,
+            running: 0,
+            limit,
+        }
+    }
+
+    fn waiting(&self) -> usize {
+        self.ready.len() + self.delayed.len() + self.reserved
+    }
+
+    /// Takes an operation out of the ready or delayed set; whether it was there.
+    fn remove(&mut self, id: &OperationId) -> bool {
+        let before = self.ready.len();
+        self.ready.retain(|(_, waiting)| waiting != id);
+        self.delayed.remove(id) || self.ready.len() != before
+    }
+}
+
+/// A submission's place in its kind's queue, held from admission until it is queued.
+struct Reservation<'a> {
+    runner: &'a Runner,
+    kind: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut q = self.runner.lock_queues();
+        if let Some(k) = q.kinds.get_mut(&self.kind) {
+            k.reserved = k.reserved.saturating_sub(1);
+        }
+    }
 }
 
 /// The runner: a cheap `Clone` handle over shared state.
@@ -146,6 +223,12 @@ struct Shared {
     root: CancellationToken,
     tracker: TaskTracker,
     accepting: AtomicBool,
+    /// Wakes the retention sweeper early (see `sweep_loop`).
+    sweep_wake: Notify,
+    /// Finished operations in the store, as of the last sweep plus those finished since.
+    finished: AtomicUsize,
+    /// Whether the sweeper has no expiry scheduled (so the next finish must wake it).
+    sweeper_idle: AtomicBool,
 }
 
 /// One page of a listing.
@@ -180,10 +263,18 @@ impl Runner {
                 root: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 accepting: AtomicBool::new(true),
+                sweep_wake: Notify::new(),
+                finished: AtomicUsize::new(0),
+                sweeper_idle: AtomicBool::new(false),
             }),
         };
         runner.recover().await?;
         runner.pump();
+        let sweeper = runner.clone();
+        runner
+            .shared
+            .tracker
+            .spawn(async move { sweeper.sweep_loop().await });
         Ok(runner)
     }
 
@@ -255,19 +346,22 @@ impl Runner {
     /// used for the same request, returns the earlier operation instead.
     ///
     /// # Errors
-    /// INVALID_ARGUMENT for an unknown kind, an input of the wrong type or one the kind refuses;
-    /// ALREADY_EXISTS when the `request_id` was used for a different request;
-    /// UNAVAILABLE when shutting down or the store fails.
-    pub async fn submit(
-        &self,
-        kind: &str,
-        input: Option<Any>,
-        request_id: &str,
-    ) -> Result<OperationRecord, Error> {
+    /// INVALID_ARGUMENT for an unknown kind, an input of the wrong type, too large, or refused
+    /// by the kind; ALREADY_EXISTS when the `request_id` was used for a different request;
+    /// RESOURCE_EXHAUSTED when the queue bound is reached; UNAVAILABLE when shutting down or
+    /// the store fails.
+    pub async fn submit(&self, request: Submission) -> Result<OperationRecord, Error> {
+        let Submission {
+            kind,
+            input,
+            request_id,
+            timeout,
+            not_before,
+        } = request;
         if !self.shared.accepting.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
-        let Some(task) = self.shared.registry.erased(kind) else {
+        let Some(task) = self.shared.registry.erased(&kind) else {
             let message = if kind.is_empty() {
                 format!(
                     "kind is empty; registered kinds: {}",
@@ -292,15 +386,39 @@ impl Runner {
                 format!("input is missing; kind {kind:?} takes a {expected}"),
             ));
         };
-        let request_id = check_request_id(request_id)?;
+        let limit = self.shared.config.max_input_bytes;
+        if input.value.len() > limit {
+            return Err(Error::invalid_argument_because(
+                "input",
+                "INPUT_TOO_LARGE",
+                format!(
+                    "input is {} bytes; the limit is {limit} bytes (oprun serve --max-input-bytes)",
+                    input.value.len()
+                ),
+            ));
+        }
+        let request_id = check_request_id(&request_id)?;
         task.check_input(&input)?;
+        let now = SystemTime::now();
+        let timeout = timeout.or(task.options().default_timeout);
+        if timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::invalid_argument(
+                "timeout",
+                "timeout must be positive; leave it unset for no timeout",
+            ));
+        }
+        let reservation = self.reserve(&kind, task)?;
         // Kept only to compare with an earlier request that used the same request_id.
         let sent = request_id.as_ref().map(|_| input.clone());
-        let record = OperationRecord::new_queued(kind.to_owned(), input, request_id);
-        match self.shared.store.insert(record).await? {
+        let mut record = OperationRecord::new_queued(kind.clone(), input, request_id);
+        record.deadline = timeout.map(|t| now + t);
+        record.next_attempt_time = not_before.filter(|t| *t > now);
+        let inserted = self.shared.store.insert(record).await;
+        match inserted? {
             Inserted::New(r) => {
                 info!(op.name = %r.id, op.kind = %r.kind, "submitted");
                 self.enqueue(r.clone());
+                drop(reservation);
                 self.pump();
                 Ok(r)
             }
@@ -319,6 +437,44 @@ impl Runner {
         }
     }
 
+    /// Admits one more waiting operation of `kind`, or refuses with RESOURCE_EXHAUSTED naming
+    /// the bound that is reached.
+    fn reserve(&self, kind: &str, task: &Arc<dyn ErasedTask>) -> Result<Reservation<'_>, Error> {
+        let kind_bound = task.options().max_queued;
+        let limit = self.kind_limit(kind);
+        let mut q = self.lock_queues();
+        let global = self.shared.config.max_queued;
+        if q.waiting() >= global {
+            return Err(Error::ResourceExhausted {
+                message: format!(
+                    "the queue is full: {global} operations are waiting (oprun serve \
+                     --max-queued); retry later"
+                ),
+                retry_after: QUEUE_FULL_RETRY_DELAY,
+            });
+        }
+        let k = q
+            .kinds
+            .entry(kind.to_owned())
+            .or_insert_with(|| KindQueue::new(limit));
+        if let Some(bound) = kind_bound {
+            if k.waiting() >= bound {
+                return Err(Error::ResourceExhausted {
+                    message: format!(
+                        "the queue of kind {kind:?} is full: {bound} operations are waiting; \
+                         retry later"
+                    ),
+                    retry_after: QUEUE_FULL_RETRY_DELAY,
+                });
+            }
+        }
+        k.reserved += 1;
+        Ok(Reservation {
+            runner: self,
+            kind: kind.to_owned(),
+        })
+    }
+
     /// The latest state of an operation that may be live.
     fn latest(&self, stored: OperationRecord) -> OperationRecord {
         match self.shared.live.get(&stored.id) {
@@ -327,24 +483,102 @@ impl Runner {
         }
     }
 
+    /// Makes a stored, unfinished record live: queued now or at its `next_attempt_time`, and
+    /// watched for its deadline.
     fn enqueue(&self, record: OperationRecord) {
-        let kind = record.kind.clone();
-        let id = record.id.clone();
+        let deadline = record.deadline;
+        let due = record.next_attempt_time;
         let live = Arc::new(LiveOperation::new(record, self.shared.root.child_token()));
-        self.shared.live.insert(id.clone(), live);
+        self.shared.live.insert(live.id.clone(), Arc::clone(&live));
+        self.schedule(&live, due);
+        if let Some(deadline) = deadline {
+            let runner = self.clone();
+            self.shared
+                .tracker
+                .spawn(async move { runner.expire_at(live, deadline).await });
+        }
+    }
+
+    /// Puts a live operation in its kind's ready queue, or, if `due` is in the future, in
+    /// the delayed set with a timer that moves it to the ready queue then.
+    fn schedule(&self, live: &Arc<LiveOperation>, due: Option<SystemTime>) {
+        let kind = live.record.borrow().kind.clone();
+        let id = live.id.clone();
+        let wait = due.and_then(|t| t.duration_since(SystemTime::now()).ok());
         let limit = self.kind_limit(&kind);
         let mut q = self.lock_queues();
         q.next_ticket += 1;
         let ticket = q.next_ticket;
-        q.kinds
-            .entry(kind)
-            .or_insert_with(|| KindQueue {
-                waiting: VecDeque::new(),
-                running: 0,
-                limit,
+        let k = q.kinds.entry(kind).or_insert_with(|| KindQueue::new(limit));
+        match wait {
+            Some(wait) if !wait.is_zero() => {
+                k.delayed.insert(id);
+                let runner = self.clone();
+                let live = Arc::clone(live);
+                self.shared
+                    .tracker
+                    .spawn(async move { runner.wake_after(live, wait).await });
+            }
+            _ => k.ready.push_back((ticket, id)),
+        }
+    }
+
+    /// Moves a delayed operation to the ready queue when its time comes (unless it was
+    /// cancelled or expired meanwhile).
+    async fn wake_after(self, live: Arc<LiveOperation>, wait: Duration) {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = self.shared.root.cancelled() => return,
+        }
+        let moved = {
+            let kind = live.record.borrow().kind.clone();
+            let mut q = self.lock_queues();
+            q.next_ticket += 1;
+            let ticket = q.next_ticket;
+            q.kinds.get_mut(&kind).is_some_and(|k| {
+                let was_delayed = k.delayed.remove(&live.id);
+                if was_delayed {
+                    k.ready.push_back((ticket, live.id.clone()));
+                }
+                was_delayed
             })
-            .waiting
-            .push_back((ticket, id));
+        };
+        if moved {
+            live.update(|r| r.next_attempt_time = None);
+            self.pump();
+        }
+    }
+
+    /// Ends the operation DEADLINE_EXCEEDED when its deadline passes before it is done.
+    async fn expire_at(self, live: Arc<LiveOperation>, deadline: SystemTime) {
+        let wait = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let mut rx = live.record.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = rx.wait_for(OperationRecord::is_done) => return,
+            () = self.shared.root.cancelled() => return,
+        }
+        let was_waiting = self.unqueue(&live);
+        info!(op.name = %live.id, waiting = was_waiting, "deadline passed");
+        live.cancel(CancelReason::Deadline);
+        if was_waiting {
+            self.finish(
+                &live,
+                State::Failed,
+                Outcome::Error(status(Code::DeadlineExceeded, deadline_message(&live))),
+            )
+            .await;
+        }
+    }
+
+    /// Takes a live operation out of its kind's ready queue or delayed set; whether it was
+    /// waiting there (rather than running or starting).
+    fn unqueue(&self, live: &LiveOperation) -> bool {
+        let kind = live.record.borrow().kind.clone();
+        let mut q = self.lock_queues();
+        q.kinds.get_mut(&kind).is_some_and(|k| k.remove(&live.id))
     }
 
     fn kind_limit(&self, kind: &str) -> usize {
@@ -385,13 +619,13 @@ impl Runner {
                     .kinds
                     .iter()
                     .filter(|(_, k)| k.running < k.limit)
-                    .filter_map(|(name, k)| k.waiting.front().map(|(t, _)| (*t, name.clone())))
+                    .filter_map(|(name, k)| k.ready.front().map(|(t, _)| (*t, name.clone())))
                     .min();
                 let Some((_, kind)) = next else { break };
                 let Some(kq) = q.kinds.get_mut(&kind) else {
                     break;
                 };
-                let Some((_, id)) = kq.waiting.pop_front() else {
+                let Some((_, id)) = kq.ready.pop_front() else {
                     break;
                 };
                 kq.running += 1;
@@ -441,7 +675,8 @@ impl Runner {
         let kind = record.kind.clone();
         if live.token.is_cancelled() {
             // Cancelled between leaving the queue and starting.
-            self.conclude(&live, Err(WorkerEnd::NotStarted)).await;
+            self.conclude(&live, &task, Err(WorkerEnd::NotStarted))
+                .await;
             self.release(&kind);
             return;
         }
@@ -493,7 +728,7 @@ impl Runner {
             }
             never = self.flush_progress(&live) => match never {},
         };
-        self.conclude(&live, end).await;
+        self.conclude(&live, &task, end).await;
         self.release(&kind);
     }
 
@@ -518,8 +753,22 @@ impl Runner {
         }
     }
 
-    /// Decides how a run ended and records it.
-    async fn conclude(&self, live: &Arc<LiveOperation>, end: Result<Any, WorkerEnd>) {
+    /// Decides how a run ended and records it: a response wins; then a client's cancel
+    /// (CANCELLED), the deadline (DEADLINE_EXCEEDED), a shutdown (nothing recorded); a
+    /// retryable failure with attempts left is queued again after its backoff.
+    async fn conclude(
+        &self,
+        live: &Arc<LiveOperation>,
+        task: &Arc<dyn ErasedTask>,
+        end: Result<Any, WorkerEnd>,
+    ) {
+        let abandoned = |end: &WorkerEnd| match end {
+            WorkerEnd::Abandoned(grace) => format!(
+                "; the worker did not stop within the {}s grace period and was aborted",
+                grace.as_secs_f64()
+            ),
+            _ => String::new(),
+        };
         let (state, outcome) = match (end, live.reason()) {
             // A run that completed despite a cancel keeps its real result.
             (Ok(response), _) => (State::Succeeded, Outcome::Response(response)),
@@ -531,21 +780,32 @@ impl Runner {
                 self.shared.live.remove(&live.id);
                 return;
             }
-            (Err(end), Some(CancelReason::Client)) => {
-                let message = match end {
-                    WorkerEnd::Abandoned(grace) => format!(
-                        "cancelled by client request; the worker did not stop within the {}s grace period and was aborted",
-                        grace.as_secs_f64()
-                    ),
-                    _ => "cancelled by client request".to_owned(),
-                };
-                (
-                    State::Cancelled,
-                    Outcome::Error(status(Code::Cancelled, message)),
-                )
-            }
+            (Err(end), Some(CancelReason::Client)) => (
+                State::Cancelled,
+                Outcome::Error(status(
+                    Code::Cancelled,
+                    format!("cancelled by client request{}", abandoned(&end)),
+                )),
+            ),
+            (Err(end), Some(CancelReason::Deadline)) => (
+                State::Failed,
+                Outcome::Error(status(
+                    Code::DeadlineExceeded,
+                    format!("{}{}", deadline_message(live), abandoned(&end)),
+                )),
+            ),
             (Err(WorkerEnd::Failed(e)), None) => {
-                (State::Failed, Outcome::Error(status(e.code, e.message)))
+                if let Some(due) = self.retry_due(live, task, &e) {
+                    self.retry(live, &e, due).await;
+                    return;
+                }
+                let attempts = live.record.borrow().attempt;
+                let message = if attempts > 1 {
+                    format!("{} (attempt {attempts})", e.message)
+                } else {
+                    e.message
+                };
+                (State::Failed, Outcome::Error(status(e.code, message)))
             }
             (Err(WorkerEnd::Panicked(msg)), None) => (
                 State::Failed,
@@ -565,7 +825,66 @@ impl Runner {
         self.finish(live, state, outcome).await;
     }
 
-    /// Ends a live operation: persist, then publish (waking waiters), then forget it.
+    /// When a failed attempt should run again, if it should: the failure is retryable, the
+    /// kind's policy has attempts left, and the next attempt would start before the deadline.
+    fn retry_due(
+        &self,
+        live: &LiveOperation,
+        task: &Arc<dyn ErasedTask>,
+        e: &TaskError,
+    ) -> Option<Duration> {
+        let policy = task.options().retry;
+        let (attempt, deadline) = {
+            let r = live.record.borrow();
+            (r.attempt, r.deadline)
+        };
+        // Also while shutting down: the retry is persisted QUEUED and resumed on the next start.
+        if !e.is_retryable() || attempt >= policy.max_attempts {
+            return None;
+        }
+        let delay = match e.retry {
+            Retry::After(d) => d,
+            Retry::ByCode | Retry::Never => policy.delay(attempt, rand::random::<f64>()),
+        };
+        match deadline {
+            Some(deadline) if SystemTime::now() + delay >= deadline => None,
+            _ => Some(delay),
+        }
+    }
+
+    /// Queues a failed attempt again after `delay`, with `attempt` + 1 and the error kept in
+    /// `last_error`.
+    async fn retry(&self, live: &Arc<LiveOperation>, e: &TaskError, delay: Duration) {
+        let mut record = live.snapshot();
+        let now = SystemTime::now();
+        record.state = State::Queued;
+        record.attempt += 1;
+        record.start_time = None;
+        record.next_attempt_time = Some(now + delay);
+        record.last_error = Some(status(e.code, e.message.clone()));
+        record.status_message = format!(
+            "attempt {} failed ({:?}: {}); attempt {} in {:.1}s",
+            record.attempt - 1,
+            e.code,
+            e.message,
+            record.attempt,
+            delay.as_secs_f64()
+        );
+        record.update_time = now;
+        if let Err(err) = self.shared.store.update(&record).await {
+            error!(error = %err, "could not persist a retry; it is queued in memory");
+        }
+        info!(
+            attempt = record.attempt,
+            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            code = e.code as i32,
+            "attempt failed; retrying"
+        );
+        live.replace(record.clone());
+        self.schedule(live, record.next_attempt_time);
+    }
+
+    /// Ends a live operation: persist, then forget it, then publish (waking waiters).
     async fn finish(&self, live: &Arc<LiveOperation>, state: State, outcome: Outcome) {
         let mut record = live.snapshot();
         if record.is_done() {
@@ -583,8 +902,68 @@ impl Runner {
                 info!(op.name = %record.id, op.kind = %record.kind, state = record.state.as_str(), "finished")
             }
         }
-        live.record.send_replace(record);
+        // Forget it before publishing: whoever a publication wakes (a Wait, then a Delete)
+        // must already find it finished, in the store rather than the live map.
         self.shared.live.remove(&live.id);
+        live.record.send_replace(record);
+        let finished = self.shared.finished.fetch_add(1, Ordering::AcqRel) + 1;
+        let over_cap = self
+            .shared
+            .config
+            .max_retained
+            .is_some_and(|cap| finished > cap + (cap / 100).max(1));
+        if over_cap || self.shared.sweeper_idle.swap(false, Ordering::AcqRel) {
+            self.shared.sweep_wake.notify_one();
+        }
+    }
+
+    /// Removes finished operations past the retention period, and the oldest beyond the cap.
+    /// Sleeps until the oldest kept one expires; an operation finishing while nothing is
+    /// scheduled, or the count passing the cap (by 1%), wakes it early. No polling.
+    async fn sweep_loop(self) {
+        let retention = self.shared.config.retention;
+        let cap = self.shared.config.max_retained;
+        loop {
+            let now = SystemTime::now();
+            let cutoff = now.checked_sub(retention).unwrap_or(SystemTime::UNIX_EPOCH);
+            let next = match self.shared.store.sweep(cutoff, cap).await {
+                Ok(swept) => {
+                    if swept.deleted > 0 {
+                        info!(
+                            deleted = swept.deleted,
+                            kept = swept.finished,
+                            "removed finished operations past retention"
+                        );
+                    }
+                    self.shared
+                        .finished
+                        .store(swept.finished, Ordering::Release);
+                    swept.oldest_finished.map(|oldest| {
+                        (oldest + retention)
+                            .duration_since(now)
+                            .unwrap_or_default()
+                            .max(Duration::from_secs(1))
+                    })
+                }
+                Err(e) => {
+                    warn!(error = %e, "retention sweep failed; retrying in a minute");
+                    Some(Duration::from_secs(60))
+                }
+            };
+            self.shared
+                .sweeper_idle
+                .store(next.is_none(), Ordering::Release);
+            tokio::select! {
+                () = async {
+                    match next {
+                        Some(wait) => tokio::time::sleep(wait).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                () = self.shared.sweep_wake.notified() => {}
+                () = self.shared.root.cancelled() => return,
+            }
+        }
     }
 
     /// The latest state of an operation.
@@ -638,19 +1017,11 @@ impl Runner {
         let Some(live) = self.shared.live.get(id).map(|e| Arc::clone(e.value())) else {
             return self.get(id).await.map(drop);
         };
-        let was_queued = {
-            let kind = live.record.borrow().kind.clone();
-            let mut q = self.lock_queues();
-            q.kinds.get_mut(&kind).is_some_and(|k| {
-                let before = k.waiting.len();
-                k.waiting.retain(|(_, waiting)| waiting != id);
-                k.waiting.len() != before
-            })
-        };
+        let was_waiting = self.unqueue(&live);
         live.update(|r| r.requested_cancellation = true);
-        info!(op.name = %id, queued = was_queued, "cancel requested");
+        info!(op.name = %id, waiting = was_waiting, "cancel requested");
         live.cancel(CancelReason::Client);
-        if was_queued {
+        if was_waiting {
             self.finish(
                 &live,
                 State::Cancelled,
@@ -762,6 +1133,47 @@ impl Runner {
     /// How many operations are running now.
     pub fn running(&self) -> usize {
         self.lock_queues().running
+    }
+}
+
+/// A request to run a task.
+#[derive(Debug, Clone, Default)]
+pub struct Submission {
+    /// The registered kind.
+    pub kind: String,
+    /// The kind's input message.
+    pub input: Option<Any>,
+    /// AIP-155 idempotency key (empty: none).
+    pub request_id: String,
+    /// Ends the operation DEADLINE_EXCEEDED if not done this long after submission; `None`
+    /// uses the kind's default timeout.
+    pub timeout: Option<Duration>,
+    /// Keeps the operation queued until then.
+    pub not_before: Option<SystemTime>,
+}
+
+impl Submission {
+    /// A submission of `kind` with `input` and nothing else.
+    pub fn new(kind: impl Into<String>, input: Any) -> Self {
+        Self {
+            kind: kind.into(),
+            input: Some(input),
+            ..Self::default()
+        }
+    }
+}
+
+fn deadline_message(live: &LiveOperation) -> String {
+    let r = live.record.borrow();
+    match r
+        .deadline
+        .and_then(|d| d.duration_since(r.create_time).ok())
+    {
+        Some(timeout) => format!(
+            "the operation's deadline passed ({:.1}s after submission)",
+            timeout.as_secs_f64()
+        ),
+        None => "the operation's deadline passed".to_owned(),
     }
 }
 

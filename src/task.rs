@@ -37,6 +37,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::{Message, Name};
 use prost_types::Any;
@@ -49,7 +50,7 @@ use crate::proto::oprun::v1::{Progress, TaskKind};
 use crate::scheduler::LiveOperation;
 
 /// How the runner treats a kind.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskOptions {
     /// Whether a run interrupted by a crash or shutdown may run again (`attempt` + 1).
     /// Kinds that are not retry-safe end ABORTED instead (at-most-once).
@@ -57,6 +58,61 @@ pub struct TaskOptions {
     /// At most this many operations of the kind run at once; `None` uses the runner's
     /// per-kind default.
     pub max_concurrency: Option<usize>,
+    /// How failures the worker marks retryable are retried.
+    pub retry: RetryPolicy,
+    /// The timeout applied when a submission sets none.
+    pub default_timeout: Option<Duration>,
+    /// At most this many operations of the kind wait at once (queued, delayed or backing
+    /// off); past it, submissions answer RESOURCE_EXHAUSTED. `None`: only the global bound.
+    pub max_queued: Option<usize>,
+}
+
+/// Exponential backoff with jitter for retryable failures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1: never retry).
+    pub max_attempts: u32,
+    /// The delay before the second attempt.
+    pub initial_delay: Duration,
+    /// The longest delay between attempts.
+    pub max_delay: Duration,
+    /// Each delay is the previous one times this.
+    pub multiplier: f64,
+    /// Each delay is shortened by a random fraction of itself of up to this (0 to 1).
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    /// No retries.
+    fn default() -> Self {
+        Self {
+            max_attempts: 1,
+            initial_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(300),
+            multiplier: 2.0,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Up to `max_attempts` attempts, from 1 s doubling up to 5 min, with 20% jitter.
+    pub fn exponential(max_attempts: u32) -> Self {
+        Self {
+            max_attempts: max_attempts.max(1),
+            ..Self::default()
+        }
+    }
+
+    /// The delay after failed attempt `attempt` (from 1). `unit` is a random number in
+    /// `[0, 1)` that sets the jitter.
+    pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
+        let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let base = self.initial_delay.as_secs_f64() * self.multiplier.max(1.0).powi(exponent);
+        let capped = base.min(self.max_delay.as_secs_f64());
+        let jittered = capped * (1.0 - self.jitter.clamp(0.0, 1.0) * unit.clamp(0.0, 1.0));
+        Duration::try_from_secs_f64(jittered).unwrap_or(self.max_delay)
+    }
 }
 
 /// A kind of work that runs as an operation.
@@ -97,7 +153,20 @@ pub trait Task: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Self::Output, TaskError>> + Send;
 }
 
-/// A worker's failure: a `google.rpc.Code` and a message for the operation's `error`.
+/// Whether a failure may be retried (under the kind's [`RetryPolicy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Retry {
+    /// Decided by the code: UNAVAILABLE, ABORTED and RESOURCE_EXHAUSTED are retryable.
+    #[default]
+    ByCode,
+    /// Never retry this failure.
+    Never,
+    /// Retry, not before this long (instead of the policy's backoff).
+    After(Duration),
+}
+
+/// A worker's failure: a `google.rpc.Code` and a message for the operation's `error`, and
+/// whether it may be retried.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code:?}: {message}")]
 pub struct TaskError {
@@ -105,6 +174,8 @@ pub struct TaskError {
     pub code: Code,
     /// A developer-facing message.
     pub message: String,
+    /// Whether it may be retried.
+    pub retry: Retry,
 }
 
 impl TaskError {
@@ -118,6 +189,7 @@ impl TaskError {
         Self {
             code,
             message: message.into(),
+            retry: Retry::ByCode,
         }
     }
 
@@ -139,6 +211,37 @@ impl TaskError {
     /// A bug or broken invariant.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(Code::Internal, message)
+    }
+
+    /// A passing failure (UNAVAILABLE): retried under the kind's policy.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(Code::Unavailable, message)
+    }
+
+    /// Marks the failure retryable not before `delay` (an explicit "retry after").
+    #[must_use]
+    pub fn retry_after(mut self, delay: Duration) -> Self {
+        self.retry = Retry::After(delay);
+        self
+    }
+
+    /// Marks the failure as never retryable, whatever its code.
+    #[must_use]
+    pub fn permanent(mut self) -> Self {
+        self.retry = Retry::Never;
+        self
+    }
+
+    /// Whether the failure may be retried.
+    pub fn is_retryable(&self) -> bool {
+        match self.retry {
+            Retry::Never => false,
+            Retry::After(_) => true,
+            Retry::ByCode => matches!(
+                self.code,
+                Code::Unavailable | Code::Aborted | Code::ResourceExhausted
+            ),
+        }
     }
 }
 
@@ -264,6 +367,10 @@ impl<T: Task> ErasedTask for Erased<T> {
             max_concurrency: options
                 .max_concurrency
                 .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+            max_attempts: options.retry.max_attempts.max(1),
+            default_timeout: options
+                .default_timeout
+                .and_then(|d| prost_types::Duration::try_from(d).ok()),
         }
     }
 

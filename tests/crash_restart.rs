@@ -187,6 +187,7 @@ async fn submit(
             kind: "sleep".into(),
             input: Some(sleep_input(ms, steps, "")),
             request_id: rid.into(),
+            ..Default::default()
         })
         .await
         .expect("submit")

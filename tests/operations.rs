@@ -181,6 +181,7 @@ async fn submit_refuses_bad_requests() {
             kind: kind.into(),
             input,
             request_id: request_id.into(),
+            ..Default::default()
         };
     let e = tasks
         .submit_task(submit("nope", Some(sleep_input(1, 1, "")), ""))
@@ -228,6 +229,7 @@ async fn submit_refuses_bad_requests() {
         }),
         steps: 1,
         fail_message: String::new(),
+        ..Default::default()
     });
     let e = tasks
         .submit_task(submit("sleep", Some(negative), ""))
@@ -554,6 +556,7 @@ async fn request_id_idempotency() {
         kind: "sleep".into(),
         input: Some(sleep_input(0, 1, "")),
         request_id: "3f1c7a52-5d8e-4c1b-9a57-1b2f3c4d5e6f".into(),
+        ..Default::default()
     };
     let first = tasks.submit_task(req.clone()).await.unwrap().into_inner();
     let second = tasks.submit_task(req.clone()).await.unwrap().into_inner();

@@ -15,7 +15,9 @@ use oprun::model::{OperationId, OperationRecord, State};
 use oprun::proto::oprun::v1::{SleepInput, SleepOutput};
 use oprun::store::memory::MemoryStore;
 use oprun::store::{Inserted, Store, StoreError};
-use oprun::{Code, Registry, Runner, RunnerConfig, Task, TaskContext, TaskError, TaskOptions};
+use oprun::{
+    Code, Registry, Runner, RunnerConfig, Submission, Task, TaskContext, TaskError, TaskOptions,
+};
 
 /// A store that counts updates, over a MemoryStore.
 #[derive(Default)]
@@ -49,6 +51,13 @@ impl Store for CountingStore {
     }
     async fn unfinished(&self) -> Result<Vec<OperationRecord>, StoreError> {
         self.inner.unfinished().await
+    }
+    async fn sweep(
+        &self,
+        before: std::time::SystemTime,
+        keep: Option<usize>,
+    ) -> Result<oprun::store::Swept, StoreError> {
+        self.inner.sweep(before, keep).await
     }
     async fn close(&self) -> Result<(), StoreError> {
         self.inner.close().await
@@ -86,6 +95,7 @@ impl Task for OnceOnly {
         TaskOptions {
             retry_safe: false,
             max_concurrency: None,
+            ..TaskOptions::default()
         }
     }
 
@@ -114,7 +124,7 @@ async fn start(store: Arc<dyn Store>, config: RunnerConfig) -> Runner {
 async fn stubborn_worker_is_aborted_after_grace() {
     let runner = start(Arc::new(MemoryStore::new()), RunnerConfig::default()).await;
     let op = runner
-        .submit("stubborn", Some(sleep_input(3_600_000, 1, "")), "")
+        .submit(Submission::new("stubborn", sleep_input(3_600_000, 1, "")))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -154,7 +164,7 @@ async fn wait_times_out_and_is_capped() {
     )
     .await;
     let op = runner
-        .submit("sleep", Some(sleep_input(3_600_000, 1, "")), "")
+        .submit(Submission::new("sleep", sleep_input(3_600_000, 1, "")))
         .await
         .unwrap();
     let t0 = tokio::time::Instant::now();
@@ -176,7 +186,7 @@ async fn wait_times_out_and_is_capped() {
 async fn wait_wakes_on_completion() {
     let runner = start(Arc::new(MemoryStore::new()), RunnerConfig::default()).await;
     let op = runner
-        .submit("sleep", Some(sleep_input(5_000, 5, "")), "")
+        .submit(Submission::new("sleep", sleep_input(5_000, 5, "")))
         .await
         .unwrap();
     let t0 = tokio::time::Instant::now();
@@ -195,7 +205,7 @@ async fn progress_writes_are_coalesced() {
     let store = Arc::new(CountingStore::default());
     let runner = start(store.clone(), RunnerConfig::default()).await;
     let op = runner
-        .submit("chatty", Some(sleep_input(0, 1000, "")), "")
+        .submit(Submission::new("chatty", sleep_input(0, 1000, "")))
         .await
         .unwrap();
     let done = runner.wait(&op.id, Duration::from_secs(60)).await.unwrap();
@@ -271,7 +281,7 @@ async fn shutdown_is_not_a_cancel() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let runner = start(store.clone(), RunnerConfig::default()).await;
     let op = runner
-        .submit("sleep", Some(sleep_input(3_600_000, 10, "")), "")
+        .submit(Submission::new("sleep", sleep_input(3_600_000, 10, "")))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -292,7 +302,7 @@ async fn shutdown_is_not_a_cancel() {
     );
     assert!(stored.outcome.is_none());
     let e = runner
-        .submit("sleep", Some(sleep_input(0, 1, "")), "")
+        .submit(Submission::new("sleep", sleep_input(0, 1, "")))
         .await
         .unwrap_err();
     assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unavailable);

@@ -320,6 +320,7 @@ async fn refuse_both_ways(server: &TestServer, req: &CreateSnapshotRequest) -> [
             kind: "snapshot".into(),
             input: Some(pack(req)),
             request_id: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("SubmitTask(snapshot) should be refused");

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::proto::oprun::v1::{SleepInput, SleepOutput};
-use crate::task::{Task, TaskContext, TaskError, TaskOptions};
+use crate::task::{RetryPolicy, Task, TaskContext, TaskError, TaskOptions};
 
 /// Longest sleep accepted.
 pub const MAX_SLEEP: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -12,7 +12,8 @@ pub const MAX_STEPS: u32 = 1_000_000;
 
 /// Sleeps `duration` in `steps` equal steps, reporting progress after each, and stops as soon
 /// as it is cancelled. A non-empty `fail_message` makes it fail, after the sleep, with code
-/// UNKNOWN and that message.
+/// UNKNOWN and that message; `fail_attempts` makes the first attempts fail with UNAVAILABLE,
+/// which is retried (up to 5 attempts, backoff from 100 ms).
 pub struct Sleep;
 
 fn duration_of(input: &SleepInput) -> Result<Duration, TaskError> {
@@ -37,7 +38,13 @@ impl Task for Sleep {
     fn options(&self) -> TaskOptions {
         TaskOptions {
             retry_safe: true,
-            max_concurrency: None,
+            retry: RetryPolicy {
+                max_attempts: 5,
+                initial_delay: Duration::from_millis(100),
+                max_delay: Duration::from_secs(5),
+                ..RetryPolicy::default()
+            },
+            ..TaskOptions::default()
         }
     }
 
@@ -70,6 +77,13 @@ impl Task for Sleep {
         }
         if !input.fail_message.is_empty() {
             return Err(TaskError::unknown(input.fail_message));
+        }
+        if ctx.attempt() <= input.fail_attempts {
+            return Err(TaskError::unavailable(format!(
+                "attempt {} of the first {} fails on purpose",
+                ctx.attempt(),
+                input.fail_attempts
+            )));
         }
         Ok(SleepOutput { steps_done: steps })
     }

@@ -7,7 +7,7 @@ use crate::model::pack;
 use crate::proto::google::longrunning::Operation;
 use crate::proto::oprun::v1::snapshot_service_server::{SnapshotService, SnapshotServiceServer};
 use crate::proto::oprun::v1::CreateSnapshotRequest;
-use crate::scheduler::Runner;
+use crate::scheduler::{Runner, Submission};
 
 /// The kind that CreateSnapshot submits.
 pub const SNAPSHOT_KIND: &str = "snapshot";
@@ -39,7 +39,10 @@ impl SnapshotService for SnapshotApi {
         let request_id = std::mem::take(&mut req.request_id);
         let record = self
             .runner
-            .submit(SNAPSHOT_KIND, Some(pack(&req)), &request_id)
+            .submit(Submission {
+                request_id,
+                ..Submission::new(SNAPSHOT_KIND, pack(&req))
+            })
             .await?;
         Ok(Response::new(record.to_operation()))
     }

@@ -1,12 +1,15 @@
 //! `oprun.v1.TaskService`.
 
+use std::time::{Duration, SystemTime};
+
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use crate::error::Error;
 use crate::proto::google::longrunning::Operation;
 use crate::proto::oprun::v1::task_service_server::{TaskService, TaskServiceServer};
 use crate::proto::oprun::v1::{ListTaskKindsRequest, ListTaskKindsResponse, SubmitTaskRequest};
-use crate::scheduler::Runner;
+use crate::scheduler::{Runner, Submission};
 
 /// The TaskService over a [`Runner`].
 #[derive(Clone)]
@@ -29,9 +32,37 @@ impl TaskService for TaskApi {
         request: Request<SubmitTaskRequest>,
     ) -> Result<Response<Operation>, Status> {
         let req = request.into_inner();
+        let timeout = req
+            .timeout
+            .map(|t| {
+                Duration::try_from(t).map_err(|_| {
+                    Error::invalid_argument(
+                        "timeout",
+                        "timeout must be positive; leave it unset for no timeout",
+                    )
+                })
+            })
+            .transpose()?;
+        let not_before = req
+            .not_before
+            .map(|t| {
+                SystemTime::try_from(t).map_err(|_| {
+                    Error::invalid_argument(
+                        "not_before",
+                        "not_before is not a valid timestamp (RFC 3339 range, nanos 0..1e9)",
+                    )
+                })
+            })
+            .transpose()?;
         let record = self
             .runner
-            .submit(&req.kind, req.input, &req.request_id)
+            .submit(Submission {
+                kind: req.kind,
+                input: req.input,
+                request_id: req.request_id,
+                timeout,
+                not_before,
+            })
             .await?;
         Ok(Response::new(record.to_operation()))
     }

@@ -3,10 +3,11 @@
 //! Each check panics with a message saying which promise of [`Store`] was broken.
 
 use std::future::Future;
+use std::time::{Duration, SystemTime};
 
 use prost_types::Any;
 
-use super::{Inserted, Store};
+use super::{Inserted, Store, Swept};
 use crate::filter::Filter;
 use crate::model::{OperationRecord, State};
 use crate::proto::google::rpc::Code;
@@ -24,6 +25,8 @@ where
     delete_only_done(&make().await).await;
     list_pages_in_order_with_filter(&make().await).await;
     unfinished_lists_queued_and_running(&make().await).await;
+    scheduling_fields_round_trip(&make().await).await;
+    sweep_removes_expired_then_oldest(&make().await).await;
 }
 
 fn queued(kind: &str) -> OperationRecord {
@@ -148,4 +151,67 @@ async fn unfinished_lists_queued_and_running<S: Store>(store: &S) {
         .map(|r| r.id)
         .collect();
     assert_eq!(ids, vec![q.id, run.id]);
+}
+
+async fn scheduling_fields_round_trip<S: Store>(store: &S) {
+    let mut r = queued("a");
+    let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    r.next_attempt_time = Some(base + Duration::from_millis(1500));
+    r.deadline = Some(base + Duration::from_secs(60));
+    r.last_error = Some(crate::proto::google::rpc::Status {
+        code: Code::Unavailable as i32,
+        message: "try again".into(),
+        details: Vec::new(),
+    });
+    r.attempt = 3;
+    let r = insert_new(store, r).await;
+    assert_eq!(
+        store.get(&r.id).await.expect("get"),
+        Some(r),
+        "retry and deadline fields survive the store"
+    );
+}
+
+async fn sweep_removes_expired_then_oldest<S: Store>(store: &S) {
+    let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let mut ids = Vec::new();
+    for i in 0..5u64 {
+        let mut r = insert_new(store, queued("a")).await;
+        r.fail(State::Failed, Code::Unknown, "x");
+        r.end_time = Some(base + Duration::from_secs(i));
+        store.update(&r).await.expect("update");
+        ids.push(r.id);
+    }
+    let open = insert_new(store, queued("a")).await;
+    let swept = store
+        .sweep(base + Duration::from_millis(1500), None)
+        .await
+        .expect("sweep");
+    assert_eq!(
+        swept,
+        Swept {
+            deleted: 2,
+            finished: 3,
+            oldest_finished: Some(base + Duration::from_secs(2)),
+        },
+        "operations that ended before the cutoff are removed"
+    );
+    let swept = store.sweep(base, Some(1)).await.expect("sweep");
+    assert_eq!(swept.deleted, 2, "the oldest beyond the cap are removed");
+    assert_eq!(swept.finished, 1);
+    assert!(
+        store.get(&ids[4]).await.expect("get").is_some(),
+        "the newest is kept"
+    );
+    assert!(store.get(&ids[2]).await.expect("get").is_none());
+    assert!(
+        store.get(&open.id).await.expect("get").is_some(),
+        "unfinished operations are never swept"
+    );
+    let swept = store
+        .sweep(base + Duration::from_secs(3600), Some(0))
+        .await
+        .expect("sweep");
+    assert_eq!(swept.finished, 0);
+    assert_eq!(swept.oldest_finished, None);
 }

@@ -5,7 +5,9 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{record_matches, Inserted, Store, StoreError};
+use std::time::SystemTime;
+
+use super::{record_matches, Inserted, Store, StoreError, Swept};
 use crate::filter::Filter;
 use crate::model::{OperationId, OperationRecord};
 
@@ -108,6 +110,37 @@ impl Store for MemoryStore {
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    async fn sweep(
+        &self,
+        finished_before: SystemTime,
+        keep_at_most: Option<usize>,
+    ) -> Result<Swept, StoreError> {
+        let mut g = self.lock();
+        let mut finished: Vec<(SystemTime, i64)> = g
+            .by_seq
+            .values()
+            .filter(|r| r.is_done())
+            .map(|r| (r.end_time.unwrap_or(r.update_time), r.seq))
+            .collect();
+        finished.sort();
+        let expired = finished.partition_point(|(end, _)| *end < finished_before);
+        let excess = keep_at_most.map_or(0, |keep| finished.len().saturating_sub(keep));
+        let remove = expired.max(excess);
+        for (_, seq) in finished.drain(..remove) {
+            if let Some(r) = g.by_seq.remove(&seq) {
+                g.seq_by_id.remove(&r.id);
+                if let Some(rid) = r.request_id {
+                    g.seq_by_request.remove(&rid);
+                }
+            }
+        }
+        Ok(Swept {
+            deleted: remove,
+            finished: finished.len(),
+            oldest_finished: finished.first().map(|(end, _)| *end),
+        })
     }
 
     async fn unfinished(&self) -> Result<Vec<OperationRecord>, StoreError> {

@@ -34,6 +34,20 @@ pub enum StoreError {
     /// The store has been closed.
     #[error("the operation store is closed")]
     Closed,
+    /// Another process holds the store (its data directory is locked).
+    #[error("{0}")]
+    Locked(String),
+}
+
+/// What a retention sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Finished operations removed.
+    pub deleted: usize,
+    /// Finished operations kept.
+    pub finished: usize,
+    /// When the oldest kept finished operation ended.
+    pub oldest_finished: Option<SystemTime>,
 }
 
 /// The result of an insert.
@@ -87,6 +101,17 @@ pub trait Store: Send + Sync + 'static {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError>;
+
+    /// Removes finished operations that ended before `finished_before`, then the oldest
+    /// finished ones beyond `keep_at_most`. Unfinished operations are never removed.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the write could not be made durable.
+    async fn sweep(
+        &self,
+        finished_before: SystemTime,
+        keep_at_most: Option<usize>,
+    ) -> Result<Swept, StoreError>;
 
     /// Every operation that is not done, in `seq` order (for recovery at start-up).
     ///
@@ -179,6 +204,8 @@ pub(crate) fn decode_record(
     let create_time =
         time(meta.create_time)?.ok_or_else(|| corrupt("no create_time".to_owned()))?;
     let start_time = time(meta.start_time)?;
+    let next_attempt_time = time(meta.next_attempt_time)?;
+    let deadline = time(meta.deadline)?;
     let update_time = time(meta.update_time)?.unwrap_or(create_time);
     let end_time = time(meta.end_time)?;
     Ok(OperationRecord {
@@ -198,5 +225,8 @@ pub(crate) fn decode_record(
         attempt: meta.attempt.max(1),
         details: meta.details,
         outcome,
+        next_attempt_time,
+        deadline,
+        last_error: meta.last_error,
     })
 }

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 
 use super::{
     decode_record, encode_body, encode_input, from_micros, micros, Inserted, Store, StoreError,
+    Swept,
 };
 use crate::filter::{Filter, FilterFields};
 use crate::model::{OperationId, OperationRecord, State};
@@ -45,6 +46,8 @@ pub struct SqliteOptions {
     pub max_batch: usize,
     /// Read connections.
     pub readers: usize,
+    /// Largest size of the database file; writes past it fail as on a full disk.
+    pub max_size_bytes: Option<u64>,
 }
 
 impl Default for SqliteOptions {
@@ -53,6 +56,7 @@ impl Default for SqliteOptions {
             durability: Durability::Full,
             max_batch: 2048,
             readers: 2,
+            max_size_bytes: None,
         }
     }
 }
@@ -67,6 +71,7 @@ struct RowImage {
     error_code: Option<i32>,
     create_time: i64,
     update_time: i64,
+    end_time: Option<i64>,
     /// Encoded only for inserts (the input never changes).
     input: Vec<u8>,
     body: Vec<u8>,
@@ -83,6 +88,7 @@ impl RowImage {
             error_code: r.error_code(),
             create_time: micros(r.create_time),
             update_time: micros(r.update_time),
+            end_time: r.end_time.map(micros),
             input: if with_input {
                 encode_input(&r.input)
             } else {
@@ -108,6 +114,11 @@ enum Command {
         OperationId,
         oneshot::Sender<Result<Option<bool>, StoreError>>,
     ),
+    Sweep(
+        SystemTime,
+        Option<usize>,
+        oneshot::Sender<Result<Swept, StoreError>>,
+    ),
     Close(oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -117,7 +128,12 @@ pub struct SqliteStore {
     writer: Mutex<Option<mpsc::Sender<Command>>>,
     readers: Arc<Vec<Mutex<Connection>>>,
     path: PathBuf,
+    /// The exclusive lock on `oprun.lock`, held until `close` (or the process ends).
+    lock: Mutex<Option<std::fs::File>>,
 }
+
+/// The schema version this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS operations (
@@ -130,14 +146,53 @@ CREATE TABLE IF NOT EXISTS operations (
     error_code  INTEGER,
     create_time INTEGER NOT NULL,
     update_time INTEGER NOT NULL,
+    end_time    INTEGER,
     input       BLOB NOT NULL,
     body        BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS operations_unfinished ON operations(done, seq);
+CREATE INDEX IF NOT EXISTS operations_finished ON operations(done, end_time);
+PRAGMA user_version = 1;
 ";
+
+/// The file whose exclusive lock marks a data directory as in use.
+pub const LOCK_FILE: &str = "oprun.lock";
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// Maps a SQLite error, naming a full disk (or `--max-db-size`) plainly.
+fn sql_error(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => StoreError::Unavailable(format!(
+            "the store is full (no space left on its disk, or --max-db-size reached): {e}"
+        )),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+/// Takes the data directory's exclusive lock, or says who holds it.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(format!(
+            "another oprun process is using {} (it holds {}); stop it or choose another \
+             --data-dir",
+            dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(unavailable(format!("cannot lock {}: {e}", path.display())))
+        }
+    }
 }
 
 impl SqliteStore {
@@ -149,6 +204,7 @@ impl SqliteStore {
     pub fn open(dir: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        let lock = lock_dir(dir)?;
         let path = dir.join("oprun.sqlite3");
         let conn = Connection::open(&path)
             .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
@@ -162,13 +218,31 @@ impl SqliteStore {
             "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000; \
              PRAGMA wal_autocheckpoint=0;"
         ))
-        .and_then(|()| conn.execute_batch(SCHEMA))
+        .and_then(|()| conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)))
+        .and_then(|version| {
+            if version > SCHEMA_VERSION {
+                return Ok(Some(version));
+            }
+            conn.execute_batch(SCHEMA).map(|()| None)
+        })
         .map_err(|e| match e.sqlite_error_code() {
             Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
                 StoreError::Corrupt(format!("{}: {e}", path.display()))
             }
             _ => unavailable(format!("cannot initialise {}: {e}", path.display())),
+        })?
+        .map_or(Ok(()), |version| {
+            Err(StoreError::Corrupt(format!(
+                "{} has schema version {version}, newer than this oprun understands \
+                 ({SCHEMA_VERSION}); run a newer oprun",
+                path.display()
+            )))
         })?;
+        if let Some(bytes) = options.max_size_bytes {
+            let pages = (bytes / 4096).max(8);
+            conn.execute_batch(&format!("PRAGMA max_page_count = {pages};"))
+                .map_err(unavailable)?;
+        }
         let mut readers = Vec::with_capacity(options.readers.max(1));
         for _ in 0..options.readers.max(1) {
             let r = Connection::open_with_flags(
@@ -199,6 +273,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(tx)),
             readers: Arc::new(readers),
             path,
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -325,9 +400,13 @@ fn writer_loop(
             }
         }
         last_batch = batch.len();
-        let closing = batch.iter().any(|c| matches!(c, Command::Close(_)));
+        let (closes, batch): (Vec<Command>, Vec<Command>) = batch
+            .into_iter()
+            .partition(|c| matches!(c, Command::Close(_)));
         let started = Instant::now();
-        apply_batch(&mut conn, batch);
+        if !batch.is_empty() {
+            apply_batch(&mut conn, batch);
+        }
         last_commit = started.elapsed();
         commits_since_checkpoint += 1;
         if commits_since_checkpoint >= COMMITS_PER_CHECKPOINT {
@@ -335,9 +414,21 @@ fn writer_loop(
             let _ = checkpoint.try_send(());
             commits_since_checkpoint = 0;
         }
-        if closing {
-            let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
-            break;
+        if !closes.is_empty() {
+            // Answer Close only once the database file is released, so the directory can be
+            // opened again (by this process or another) as soon as close() returns.
+            let checkpoint = conn
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                .map_err(sql_error);
+            let closed = conn.close().map_err(|(_, e)| sql_error(e));
+            let result = checkpoint.and(closed);
+            for close in closes {
+                if let Command::Close(tx) = close {
+                    // A caller that stopped waiting is not an error.
+                    let _ = tx.send(result.clone());
+                }
+            }
+            return;
         }
     }
 }
@@ -366,26 +457,53 @@ fn reply<T: 'static>(
 }
 
 fn apply_batch(conn: &mut Connection, batch: Vec<Command>) {
-    match conn.transaction() {
+    // IMMEDIATE: take the write lock when the transaction begins (waiting up to
+    // busy_timeout), rather than upgrading a read to a write midway, which SQLite refuses at
+    // once with SQLITE_BUSY when another connection has written meanwhile.
+    match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => {
-            let finishes: Vec<Finish> = batch.into_iter().map(|cmd| apply(&tx, cmd)).collect();
-            let commit = tx.commit().map_err(unavailable);
+            let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
+            let mut batch = batch.into_iter();
+            for cmd in batch.by_ref() {
+                finishes.push(apply(&tx, cmd));
+                if tx.is_autocommit() {
+                    // SQLite rolled the whole transaction back (e.g. disk full): nothing of
+                    // this batch is stored, so every command fails, and none may run outside
+                    // the transaction.
+                    break;
+                }
+            }
+            let commit = if tx.is_autocommit() {
+                Err(StoreError::Unavailable(
+                    "the store rolled back a write (is the disk full?)".to_owned(),
+                ))
+            } else {
+                tx.commit().map_err(sql_error)
+            };
             for finish in finishes {
                 finish(&commit);
             }
-        }
-        Err(e) => {
-            let failed = Err(unavailable(e));
             for cmd in batch {
-                // The placeholder result is never sent: the failed commit's error wins.
-                let finish = match cmd {
-                    Command::Insert(_, tx) => reply(tx, Err(StoreError::Closed)),
-                    Command::Update(_, tx) | Command::Close(tx) => reply(tx, Ok(())),
-                    Command::Delete(_, tx) => reply(tx, Ok(None)),
-                };
-                finish(&failed);
+                fail(cmd)(&commit);
             }
         }
+        Err(e) => {
+            let failed = Err(sql_error(e));
+            for cmd in batch {
+                fail(cmd)(&failed);
+            }
+        }
+    }
+}
+
+/// The answer to a command that was not applied: the failed commit's error is what is sent
+/// (the placeholder result never is).
+fn fail(cmd: Command) -> Finish {
+    match cmd {
+        Command::Insert(_, tx) => reply(tx, Err(StoreError::Closed)),
+        Command::Update(_, tx) | Command::Close(tx) => reply(tx, Ok(())),
+        Command::Delete(_, tx) => reply(tx, Ok(None)),
+        Command::Sweep(_, _, tx) => reply(tx, Ok(Swept::default())),
     }
 }
 
@@ -394,6 +512,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command) -> Finish {
         Command::Insert(r, reply_to) => reply(reply_to, insert(tx, &r)),
         Command::Update(r, reply_to) => reply(reply_to, update(tx, &r)),
         Command::Delete(id, reply_to) => reply(reply_to, delete_done(tx, &id)),
+        Command::Sweep(before, keep, reply_to) => reply(reply_to, sweep(tx, before, keep)),
         Command::Close(reply_to) => reply(reply_to, Ok(())),
     }
 }
@@ -412,7 +531,7 @@ fn insert(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<InsertOutcome,
     }
     tx.prepare_cached(
         "INSERT INTO operations (id, request_id, kind, done, state, error_code, create_time, \
-         update_time, input, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         update_time, end_time, input, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -424,18 +543,19 @@ fn insert(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<InsertOutcome,
             r.error_code,
             r.create_time,
             r.update_time,
+            r.end_time,
             r.input,
             r.body,
         ])
     })
-    .map_err(unavailable)?;
+    .map_err(sql_error)?;
     Ok(InsertOutcome::New(tx.last_insert_rowid()))
 }
 
 fn update(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<(), StoreError> {
     tx.prepare_cached(
         "UPDATE operations SET done = ?2, state = ?3, error_code = ?4, update_time = ?5, \
-         body = ?6 WHERE id = ?1",
+         end_time = ?6, body = ?7 WHERE id = ?1",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -444,10 +564,11 @@ fn update(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<(), StoreError
             r.state,
             r.error_code,
             r.update_time,
+            r.end_time,
             r.body
         ])
     })
-    .map_err(unavailable)?;
+    .map_err(sql_error)?;
     Ok(())
 }
 
@@ -471,6 +592,49 @@ fn delete_done(
             Ok(Some(true))
         }
     }
+}
+
+fn sweep(
+    tx: &rusqlite::Transaction<'_>,
+    finished_before: SystemTime,
+    keep_at_most: Option<usize>,
+) -> Result<Swept, StoreError> {
+    let mut deleted = tx
+        .prepare_cached("DELETE FROM operations WHERE done = 1 AND end_time < ?1")
+        .and_then(|mut s| s.execute(params![micros(finished_before)]))
+        .map_err(sql_error)?;
+    let mut finished: usize = tx
+        .query_row("SELECT COUNT(*) FROM operations WHERE done = 1", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|n| usize::try_from(n).unwrap_or(0))
+        .map_err(sql_error)?;
+    if let Some(keep) = keep_at_most {
+        if finished > keep {
+            let excess = finished - keep;
+            let n = tx
+                .execute(
+                    "DELETE FROM operations WHERE seq IN (SELECT seq FROM operations \
+                     WHERE done = 1 ORDER BY end_time, seq LIMIT ?1)",
+                    params![sql_limit(excess)],
+                )
+                .map_err(sql_error)?;
+            deleted += n;
+            finished -= n;
+        }
+    }
+    let oldest: Option<i64> = tx
+        .query_row(
+            "SELECT MIN(end_time) FROM operations WHERE done = 1",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql_error)?;
+    Ok(Swept {
+        deleted,
+        finished,
+        oldest_finished: oldest.map(from_micros),
+    })
 }
 
 /// Rows read per query while scanning for filter matches.
@@ -608,6 +772,15 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn sweep(
+        &self,
+        finished_before: SystemTime,
+        keep_at_most: Option<usize>,
+    ) -> Result<Swept, StoreError> {
+        self.send(|tx| Command::Sweep(finished_before, keep_at_most, tx))
+            .await
+    }
+
     async fn unfinished(&self) -> Result<Vec<OperationRecord>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn
@@ -627,6 +800,11 @@ impl Store for SqliteStore {
     async fn close(&self) -> Result<(), StoreError> {
         let result = self.send(Command::Close).await;
         self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        // Dropping the file releases the data directory for another process.
+        self.lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();

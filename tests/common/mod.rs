@@ -52,6 +52,7 @@ impl Task for GaugeTask {
         TaskOptions {
             retry_safe: true,
             max_concurrency: Some(3),
+            ..TaskOptions::default()
         }
     }
 
@@ -199,6 +200,7 @@ impl TestServer {
                 kind: kind.into(),
                 input: Some(input),
                 request_id: String::new(),
+                ..Default::default()
             })
             .await
             .expect("submit")
@@ -260,6 +262,7 @@ pub fn sleep_input(ms: u64, steps: u32, fail: &str) -> Any {
         }),
         steps,
         fail_message: fail.into(),
+        ..Default::default()
     })
 }
 

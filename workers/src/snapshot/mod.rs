@@ -75,6 +75,7 @@ impl Task for SnapshotTask {
             // A re-run starts from scratch into a fresh temporary file, so it is safe.
             retry_safe: true,
             max_concurrency: Some(DEFAULT_MAX_CONCURRENCY),
+            ..TaskOptions::default()
         }
     }
 
