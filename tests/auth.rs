@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::binary::{oprun, run_to_exit};
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -624,40 +626,6 @@ async fn tokens_never_appear_in_debug_logs() {
 
 /// How long the server may take to print its listening line.
 const STARTUP: Duration = Duration::from_secs(20);
-
-/// A `Command` for the binary with the caller's `OPRUN_*` and log settings removed.
-fn oprun() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oprun"));
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if k.starts_with("OPRUN_") || k == "RUST_LOG" {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("NO_COLOR", "1");
-    cmd
-}
-
-/// Runs `cmd` to its end, failing the test if it takes over 10 s.
-async fn run_to_exit(cmd: &mut Command) -> Output {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn oprun");
-    let id = child.id();
-    let waited = tokio::task::spawn_blocking(move || child.wait_with_output());
-    match tokio::time::timeout(Duration::from_secs(10), waited).await {
-        Ok(out) => out.expect("join").expect("output"),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &id.to_string()])
-                .status();
-            panic!("oprun did not exit within 10 s");
-        }
-    }
-}
 
 /// A client subcommand of the binary, with extra environment.
 async fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {

@@ -6,13 +6,17 @@
 //! The choices (what to submit, when to kill) come from a xorshift generator whose seed is
 //! printed; `OPRUN_CRASH_SEED=<seed>` replays the same choices (timing still varies).
 
+mod common;
+
+use common::binary::{oprun, tail};
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,27 +48,6 @@ const STARTUP: Duration = Duration::from_secs(20);
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the final server may take to finish everything that is left.
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
-
-/// A `Command` for the binary with the caller's `OPRUN_*` and log settings removed, so the
-/// flags given are the whole configuration.
-fn oprun() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oprun"));
-    for (key, _) in std::env::vars_os() {
-        let key_str = key.to_string_lossy();
-        if key_str.starts_with("OPRUN_") || key_str == "RUST_LOG" {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("NO_COLOR", "1");
-    cmd
-}
-
-/// The last lines of a file, for failure reports.
-fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
 
 /// `oprun serve` running as a child process. Dropping it kills the process (and, when the
 /// test is failing, prints the tail of its log).

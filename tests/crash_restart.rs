@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::binary::{oprun, tail};
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -29,27 +31,6 @@ use tonic::transport::Channel;
 const POLL: Duration = Duration::from_millis(20);
 /// How long the server may take to print its listening line.
 const STARTUP: Duration = Duration::from_secs(20);
-
-/// A `Command` for the binary with the caller's `OPRUN_*` and log settings removed, so the
-/// flags given are the whole configuration.
-fn oprun() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oprun"));
-    for (key, _) in std::env::vars_os() {
-        let key_str = key.to_string_lossy();
-        if key_str.starts_with("OPRUN_") || key_str == "RUST_LOG" {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("NO_COLOR", "1");
-    cmd
-}
-
-/// The last lines of a file, for failure reports.
-fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
 
 /// Polls `child` until it exits or `limit` passes.
 async fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {

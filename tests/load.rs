@@ -4,11 +4,15 @@
 //!
 //! Everything is measured from outside, through `/proc/<pid>`, as an operator would.
 
+mod common;
+
+use common::binary::{oprun, tail};
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -51,27 +55,6 @@ const IDLE_TICKS: u64 = 2;
 /// Most times the idle server's threads may be woken in [`IDLE_WINDOW`]: a polling loop at
 /// even 10 Hz would need 30.
 const IDLE_WAKEUPS: u64 = 10;
-
-/// A `Command` for the binary with the caller's `OPRUN_*` and log settings removed, so the
-/// flags given are the whole configuration.
-fn oprun() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oprun"));
-    for (key, _) in std::env::vars_os() {
-        let key_str = key.to_string_lossy();
-        if key_str.starts_with("OPRUN_") || key_str == "RUST_LOG" {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("NO_COLOR", "1");
-    cmd
-}
-
-/// The last lines of a file, for failure reports.
-fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
 
 /// `oprun serve` running as a child process over a fresh data directory. Dropping it kills
 /// the process (and, when the test is failing, prints the tail of its log).

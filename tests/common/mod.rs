@@ -2,6 +2,8 @@
 //! with a temporary data directory, real tonic clients, and a few test-only task kinds.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
