@@ -207,7 +207,7 @@ pub struct OperationRecord {
     pub next_attempt_time: Option<SystemTime>,
     /// When the operation times out.
     pub deadline: Option<SystemTime>,
-    /// The previous attempt's error, while a retry is pending or running.
+    /// The previous attempt's error, once a failure was retried (kept after the end).
     pub last_error: Option<Status>,
 }
 
