@@ -5,15 +5,14 @@
 
 mod common;
 
-use common::binary::{oprun, run_to_exit};
+use common::binary::{oprun, run_to_exit, spawn_serve};
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{registry, sleep_input, Gauge};
@@ -624,9 +623,6 @@ async fn tokens_never_appear_in_debug_logs() {
 
 // ---- the real binary ----
 
-/// How long the server may take to print its listening line.
-const STARTUP: Duration = Duration::from_secs(20);
-
 /// A client subcommand of the binary, with extra environment.
 async fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = oprun();
@@ -657,36 +653,11 @@ impl BinServer {
             "--data-dir",
         ])
         .arg(dir.join("data"))
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(fs::File::create(&log).expect("log file"));
+        .args(extra);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn oprun serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let Ok(line) = rx.recv_timeout(STARTUP) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "no listening line from oprun serve; its log:\n{}",
-                fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
-        let addr = line
-            .strip_prefix("oprun listening on ")
-            .unwrap_or_else(|| panic!("unexpected first stdout line: {line:?}"))
-            .parse()
-            .expect("address");
+        let (child, addr) = spawn_serve(cmd, &log);
         Self { child, addr, log }
     }
 

@@ -8,17 +8,15 @@
 
 mod common;
 
-use common::binary::{oprun, tail};
+use common::binary::{oprun, spawn_serve, tail};
 
 use std::collections::HashMap;
-use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use oprun::proto::google::longrunning::operations_client::OperationsClient;
@@ -42,8 +40,6 @@ const ROUND_MS: (u64, u64) = (100, 600);
 const PAUSE_MS: (u64, u64) = (10, 40);
 /// Attempts the `sleep` kind's retry policy allows.
 const SLEEP_MAX_ATTEMPTS: u32 = 5;
-/// How long the server may take to print its listening line.
-const STARTUP: Duration = Duration::from_secs(20);
 /// Deadline of every RPC, so a call caught by a kill cannot hang.
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the final server may take to finish everything that is left.
@@ -65,41 +61,11 @@ impl Server {
             .parent()
             .expect("data dir has a parent")
             .join(log_name);
-        let mut child = oprun()
-            .args(["serve", "--listen", "127.0.0.1:0", "--max-running", "8"])
+        let mut cmd = oprun();
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--max-running", "8"])
             .arg("--data-dir")
-            .arg(data_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn oprun serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the server never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(STARTUP) {
-            Ok(line) => line,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "no listening line from oprun serve ({e}):\n{}",
-                    tail(&log, 30)
-                );
-            }
-        };
-        let addr = line
-            .strip_prefix("oprun listening on ")
-            .unwrap_or_else(|| panic!("unexpected first stdout line: {line:?}"))
-            .parse()
-            .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+            .arg(data_dir);
+        let (child, addr) = spawn_serve(cmd, &log);
         Self { child, addr, log }
     }
 

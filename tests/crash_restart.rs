@@ -4,15 +4,13 @@
 
 mod common;
 
-use common::binary::{oprun, tail};
+use common::binary::{oprun, spawn_serve, tail};
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{error_code, metadata, sleep_input};
@@ -29,8 +27,6 @@ use tonic::transport::Channel;
 
 /// Poll interval when following an operation through GetOperation.
 const POLL: Duration = Duration::from_millis(20);
-/// How long the server may take to print its listening line.
-const STARTUP: Duration = Duration::from_secs(20);
 
 /// Polls `child` until it exits or `limit` passes.
 async fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
@@ -62,42 +58,11 @@ impl Server {
             .parent()
             .expect("data dir has a parent")
             .join(log_name);
-        let stderr = fs::File::create(&log).expect("log file");
-        let mut child = oprun()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        let mut cmd = oprun();
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn oprun serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the server never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(STARTUP) {
-            Ok(line) => line,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "no listening line from oprun serve ({e}); its log:\n{}",
-                    tail(&log, 30)
-                );
-            }
-        };
-        let addr = line
-            .strip_prefix("oprun listening on ")
-            .unwrap_or_else(|| panic!("unexpected first stdout line: {line:?}"))
-            .parse()
-            .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+            .args(extra);
+        let (child, addr) = spawn_serve(cmd, &log);
         Self { child, addr, log }
     }
 

@@ -6,15 +6,14 @@
 
 mod common;
 
-use common::binary::{oprun, tail};
+use common::binary::{oprun, spawn_serve, tail};
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oprun::proto::google::longrunning::operations_client::OperationsClient;
@@ -26,8 +25,6 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-/// How long the server may take to print its listening line.
-const STARTUP: Duration = Duration::from_secs(20);
 /// Operations the load test submits.
 const LOAD_OPERATIONS: usize = 100_000;
 /// Concurrent clients in the load test.
@@ -71,41 +68,11 @@ impl Server {
     fn start(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("stderr.log");
-        let mut child = oprun()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        let mut cmd = oprun();
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path().join("data"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn oprun serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the server never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(STARTUP) {
-            Ok(line) => line,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "no listening line from oprun serve ({e}):\n{}",
-                    tail(&log, 30)
-                );
-            }
-        };
-        let addr = line
-            .strip_prefix("oprun listening on ")
-            .unwrap_or_else(|| panic!("unexpected first stdout line: {line:?}"))
-            .parse()
-            .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+            .args(extra);
+        let (child, addr) = spawn_serve(cmd, &log);
         Self {
             child,
             addr,

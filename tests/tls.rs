@@ -5,14 +5,13 @@
 
 mod common;
 
-use common::binary::{oprun, run_to_exit};
+use common::binary::{oprun, run_to_exit, spawn_serve};
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
-use std::sync::{mpsc, Arc};
+use std::process::{Child, Output};
+use std::sync::Arc;
 use std::time::Duration;
 
 use oprun::proto::oprun::v1::task_service_client::TaskServiceClient;
@@ -408,9 +407,6 @@ async fn binary_refuses_inconsistent_tls_flags() {
 
 // ---- the real binary ----
 
-/// How long the server may take to print its listening line.
-const STARTUP: Duration = Duration::from_secs(20);
-
 /// A client subcommand of the binary.
 async fn cli(args: &[&str]) -> Output {
     run_to_exit(oprun().args(args)).await
@@ -426,44 +422,18 @@ struct BinServer {
 impl BinServer {
     fn start(dir: &Path, extra: &[&str]) -> Self {
         let log = dir.join("server.log");
-        let mut child = oprun()
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--store",
-                "memory",
-                "--data-dir",
-            ])
-            .arg(dir.join("data"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn oprun serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let Ok(line) = rx.recv_timeout(STARTUP) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "no listening line from oprun serve; its log:\n{}",
-                fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
-        let addr = line
-            .strip_prefix("oprun listening on ")
-            .unwrap_or_else(|| panic!("unexpected first stdout line: {line:?}"))
-            .parse()
-            .expect("address");
+        let mut cmd = oprun();
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "memory",
+            "--data-dir",
+        ])
+        .arg(dir.join("data"))
+        .args(extra);
+        let (child, addr) = spawn_serve(cmd, &log);
         Self { child, addr, log }
     }
 }
