@@ -490,7 +490,9 @@ impl Runner {
         let due = record.next_attempt_time;
         let live = Arc::new(LiveOperation::new(record, self.shared.root.child_token()));
         self.shared.live.insert(live.id.clone(), Arc::clone(&live));
-        self.schedule(&live, due);
+        // A fresh token is cancelled only when the runner is shutting down; the operation then
+        // stays stored as it is, for the next start.
+        let _ = self.schedule(&live, due);
         if let Some(deadline) = deadline {
             let runner = self.clone();
             self.shared
@@ -501,12 +503,19 @@ impl Runner {
 
     /// Puts a live operation in its kind's ready queue, or, if `due` is in the future, in
     /// the delayed set with a timer that moves it to the ready queue then.
-    fn schedule(&self, live: &Arc<LiveOperation>, due: Option<SystemTime>) {
+    ///
+    /// Returns false, queueing nothing, when the operation's token is already cancelled: the
+    /// check happens under the queues' lock, and `cancel`/`expire_at` cancel the token before
+    /// they look in the queues, so exactly one side ends the operation.
+    fn schedule(&self, live: &Arc<LiveOperation>, due: Option<SystemTime>) -> bool {
         let kind = live.record.borrow().kind.clone();
         let id = live.id.clone();
         let wait = due.and_then(|t| t.duration_since(SystemTime::now()).ok());
         let limit = self.kind_limit(&kind);
         let mut q = self.lock_queues();
+        if live.token.is_cancelled() {
+            return false;
+        }
         q.next_ticket += 1;
         let ticket = q.next_ticket;
         let k = q.kinds.entry(kind).or_insert_with(|| KindQueue::new(limit));
@@ -521,6 +530,7 @@ impl Runner {
             }
             _ => k.ready.push_back((ticket, id)),
         }
+        true
     }
 
     /// Moves a delayed operation to the ready queue when its time comes (unless it was
@@ -560,9 +570,10 @@ impl Runner {
             _ = rx.wait_for(OperationRecord::is_done) => return,
             () = self.shared.root.cancelled() => return,
         }
+        // Token first, then the queues: see `schedule`.
+        live.cancel(CancelReason::Deadline);
         let was_waiting = self.unqueue(&live);
         info!(op.name = %live.id, waiting = was_waiting, "deadline passed");
-        live.cancel(CancelReason::Deadline);
         if was_waiting {
             self.finish(
                 &live,
@@ -796,8 +807,12 @@ impl Runner {
             ),
             (Err(WorkerEnd::Failed(e)), None) => {
                 if let Some(due) = self.retry_due(live, task, &e) {
-                    self.retry(live, &e, due).await;
-                    return;
+                    if self.retry(live, &e, due).await {
+                        return;
+                    }
+                    // Cancelled (or expired, or shut down) while the retry was being recorded:
+                    // end it as that says, without another attempt.
+                    return Box::pin(self.conclude(live, task, Err(WorkerEnd::NotStarted))).await;
                 }
                 let attempts = live.record.borrow().attempt;
                 let message = if attempts > 1 {
@@ -853,8 +868,9 @@ impl Runner {
     }
 
     /// Queues a failed attempt again after `delay`, with `attempt` + 1 and the error kept in
-    /// `last_error`.
-    async fn retry(&self, live: &Arc<LiveOperation>, e: &TaskError, delay: Duration) {
+    /// `last_error`. Returns false when the operation's token was cancelled meanwhile (it was
+    /// not queued; the caller ends it).
+    async fn retry(&self, live: &Arc<LiveOperation>, e: &TaskError, delay: Duration) -> bool {
         let mut record = live.snapshot();
         let now = SystemTime::now();
         record.state = State::Queued;
@@ -881,7 +897,7 @@ impl Runner {
             "attempt failed; retrying"
         );
         live.replace(record.clone());
-        self.schedule(live, record.next_attempt_time);
+        self.schedule(live, record.next_attempt_time)
     }
 
     /// Ends a live operation: persist, then forget it, then publish (waking waiters).
@@ -1017,10 +1033,11 @@ impl Runner {
         let Some(live) = self.shared.live.get(id).map(|e| Arc::clone(e.value())) else {
             return self.get(id).await.map(drop);
         };
-        let was_waiting = self.unqueue(&live);
         live.update(|r| r.requested_cancellation = true);
-        info!(op.name = %id, waiting = was_waiting, "cancel requested");
+        // Token first, then the queues: see `schedule`.
         live.cancel(CancelReason::Client);
+        let was_waiting = self.unqueue(&live);
+        info!(op.name = %id, waiting = was_waiting, "cancel requested");
         if was_waiting {
             self.finish(
                 &live,

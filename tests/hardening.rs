@@ -686,3 +686,81 @@ async fn runs_never_exceed_the_policy() {
     assert_eq!(RUNS.load(Ordering::SeqCst), 3);
     assert_eq!(done.attempt, 3);
 }
+
+/// A cancel that arrives while a failed attempt's retry is being recorded ends the operation
+/// CANCELLED at once, even when every slot is then taken (it must not sit QUEUED with a
+/// cancelled token). The store holds the retry's write open until the cancel is in.
+#[tokio::test(start_paused = true)]
+async fn cancel_during_retry_bookkeeping_ends_the_operation() {
+    use tokio::sync::Notify;
+    struct Gate {
+        inner: MemoryStore,
+        reached: Notify,
+        release: Notify,
+    }
+    #[async_trait]
+    impl Store for Gate {
+        async fn insert(&self, r: OperationRecord) -> Result<Inserted, StoreError> {
+            self.inner.insert(r).await
+        }
+        async fn update(&self, r: &OperationRecord) -> Result<(), StoreError> {
+            if r.kind == "flaky" && r.state == State::Queued && r.attempt == 2 {
+                self.reached.notify_one();
+                self.release.notified().await;
+            }
+            self.inner.update(r).await
+        }
+        async fn get(&self, id: &OperationId) -> Result<Option<OperationRecord>, StoreError> {
+            self.inner.get(id).await
+        }
+        async fn delete_done(&self, id: &OperationId) -> Result<Option<bool>, StoreError> {
+            self.inner.delete_done(id).await
+        }
+        async fn list(
+            &self,
+            a: i64,
+            f: &Filter,
+            n: usize,
+        ) -> Result<Vec<OperationRecord>, StoreError> {
+            self.inner.list(a, f, n).await
+        }
+        async fn sweep(&self, t: SystemTime, k: Option<usize>) -> Result<Swept, StoreError> {
+            self.inner.sweep(t, k).await
+        }
+        async fn unfinished(&self) -> Result<Vec<OperationRecord>, StoreError> {
+            self.inner.unfinished().await
+        }
+        async fn close(&self) -> Result<(), StoreError> {
+            self.inner.close().await
+        }
+    }
+    let gate = Arc::new(Gate {
+        inner: MemoryStore::new(),
+        reached: Notify::new(),
+        release: Notify::new(),
+    });
+    let runner = runner_with(
+        gate.clone(),
+        RunnerConfig {
+            max_running: 1,
+            ..RunnerConfig::default()
+        },
+    )
+    .await;
+    let flaky_op = runner.submit(flaky(1, "unavailable")).await.unwrap();
+    // Queued behind it; takes the only slot for an hour once the flaky attempt releases it.
+    let long = runner
+        .submit(Submission::new("sleep", sleep_input(3_600_000, 1, "")))
+        .await
+        .unwrap();
+    gate.reached.notified().await;
+    runner.cancel(&flaky_op.id).await.unwrap();
+    gate.release.notify_one();
+    let done = runner
+        .wait(&flaky_op.id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(done.state, State::Cancelled, "cancelled, not left queued");
+    assert_eq!(error_of(&done).0, Code::Cancelled as i32);
+    runner.cancel(&long.id).await.unwrap();
+}
