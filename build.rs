@@ -33,6 +33,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.enable_type_names();
     config.type_name_domain(["."], "type.googleapis.com");
     tonic_prost_build::configure()
+        // Malformed requests are INVALID_ARGUMENT, not prost's INTERNAL (see src/proto/codec.rs).
+        .codec_path("crate::proto::codec::StrictCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds_with_config(fds, config)?;

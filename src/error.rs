@@ -11,7 +11,43 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::store::StoreError;
 
 /// The `ErrorInfo.domain` of every oprun error.
-pub const ERROR_DOMAIN: &str = "oprun.dev";
+pub use crate::proto::ERROR_DOMAIN;
+
+/// The longest status message sent to a client, in bytes. Longer messages are cut (with
+/// "…") so that a default client's metadata limit is never what a caller runs into.
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// How many characters of a client's input an error message quotes.
+pub const QUOTE_CHARS: usize = 64;
+
+/// Quotes a client's input for an error message: in full (Rust debug quoting) when it is
+/// short, else its first [`QUOTE_CHARS`] characters, "…" and its length in bytes, so that a
+/// huge input never comes back whole.
+///
+/// ```
+/// assert_eq!(oprun::error::quote("abc"), r#""abc""#);
+/// let long = "x".repeat(1_000_000);
+/// assert!(oprun::error::quote(&long).ends_with("…(1000000 bytes)"));
+/// ```
+pub fn quote(text: &str) -> String {
+    match text.char_indices().nth(QUOTE_CHARS) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}…({} bytes)", &text[..cut], text.len()),
+    }
+}
+
+/// `message` cut to at most `max` bytes (on a character boundary, ending with "…").
+pub fn truncate_message(message: &str, max: usize) -> String {
+    if message.len() <= max {
+        return message.to_owned();
+    }
+    let ellipsis = "…";
+    let mut cut = max.saturating_sub(ellipsis.len());
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{ellipsis}", &message[..cut])
+}
 
 /// Errors of the runner and its services.
 #[derive(Debug, thiserror::Error)]
@@ -117,10 +153,13 @@ impl Error {
 impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
         let (code, reason) = err.code_and_reason();
+        // Every message is bounded: it travels in a header (`grpc-message`), and the details
+        // repeat it.
+        let message = truncate_message(&err.to_string(), MAX_STATUS_MESSAGE);
         let mut metadata = HashMap::new();
         let mut details = ErrorDetails::new();
         match &err {
-            Error::InvalidArgument { field, message, .. } => {
+            Error::InvalidArgument { field, .. } => {
                 metadata.insert("field".to_owned(), (*field).to_owned());
                 details.add_bad_request_violation(*field, message.clone());
             }
@@ -131,11 +170,16 @@ impl From<Error> for tonic::Status {
                 details.set_retry_info(Some(*retry_after));
             }
             Error::Store(e) => {
-                tracing::error!(error = %e, "store failure answered as UNAVAILABLE");
+                let answered = if code == tonic::Code::DataLoss {
+                    "DATA_LOSS"
+                } else {
+                    "UNAVAILABLE"
+                };
+                tracing::error!(error = %e, answered, "store failure answered as {answered}");
             }
             _ => {}
         }
         details.set_error_info(reason, ERROR_DOMAIN, metadata);
-        tonic::Status::with_error_details(code, err.to_string(), details)
+        tonic::Status::with_error_details(code, message, details)
     }
 }

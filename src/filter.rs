@@ -442,7 +442,7 @@ impl Tok {
             Tok::RParen => "\")\"".to_owned(),
             Tok::Minus => "\"-\"".to_owned(),
             Tok::Op(op) => format!("\"{}\"", op.symbol()),
-            Tok::Word(word) => format!("\"{word}\""),
+            Tok::Word(word) => format!("\"{}\"", escape(word)),
             Tok::Str(text) => format!("quoted string \"{}\"", escape(text)),
             Tok::End => "end of filter".to_owned(),
         }
@@ -461,13 +461,22 @@ struct Token {
 }
 
 /// Escapes `"` and `\` for quoting a value in an error message.
+/// `text` with `"` and `\\` escaped, for quoting in an error message; long text is cut to its
+/// first [`crate::error::QUOTE_CHARS`] characters, "…" and its length in bytes.
 fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
+    let shown = match text.char_indices().nth(crate::error::QUOTE_CHARS) {
+        Some((cut, _)) => &text[..cut],
+        None => text,
+    };
+    let mut out = String::with_capacity(shown.len());
+    for c in shown.chars() {
         if c == '"' || c == '\\' {
             out.push('\\');
         }
         out.push(c);
+    }
+    if shown.len() < text.len() {
+        out.push_str(&format!("…({} bytes)", text.len()));
     }
     out
 }
@@ -773,8 +782,10 @@ impl Parser {
 
     fn restriction(&mut self, word: String, pos: usize) -> Result<Expr, FilterError> {
         let Some(field) = Field::resolve(&word) else {
-            let mut message =
-                format!("unknown field \"{word}\"; filterable fields are: {FIELD_LIST}");
+            let mut message = format!(
+                "unknown field \"{}\"; filterable fields are: {FIELD_LIST}",
+                escape(&word)
+            );
             if ["and", "or", "not"].contains(&word.to_ascii_lowercase().as_str()) {
                 message.push_str("; the keywords AND, OR and NOT must be upper-case");
             }

@@ -2,7 +2,7 @@
 //! prost-reflect and the descriptor set compiled into the library.
 
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, SerializeOptions};
 use prost_types::Any;
 
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -87,17 +87,86 @@ impl JsonCodec {
             .get_message_by_name(type_name)
             .ok_or_else(|| JsonError::UnknownType(type_name.to_owned()))?;
         let mut de = serde_json::Deserializer::from_str(json);
-        let msg = DynamicMessage::deserialize(desc, &mut de)
+        let msg = DynamicMessage::deserialize(desc.clone(), &mut de)
             .and_then(|m| de.end().map(|()| m))
             .map_err(|e| JsonError::Invalid {
                 type_name: type_name.to_owned(),
-                reason: e.to_string(),
+                // serde's words ("failed to parse duration") do not say what is accepted.
+                reason: serde_json::from_str::<serde_json::Value>(json)
+                    .ok()
+                    .and_then(|value| time_field_hint(&desc, &value, ""))
+                    .unwrap_or_else(|| e.to_string()),
             })?;
         Ok(Any {
             type_url: format!("type.googleapis.com/{type_name}"),
             value: msg.encode_to_vec(),
         })
     }
+}
+
+/// What is wrong with the first `Duration` or `Timestamp` field of `value` (a message of
+/// type `desc`, at `path`) that proto3 JSON refuses, said with what it accepts.
+fn time_field_hint(
+    desc: &MessageDescriptor,
+    value: &serde_json::Value,
+    path: &str,
+) -> Option<String> {
+    let object = value.as_object()?;
+    for (key, v) in object {
+        let Some(field) = desc
+            .get_field_by_json_name(key)
+            .or_else(|| desc.get_field_by_name(key))
+        else {
+            continue;
+        };
+        let Kind::Message(message) = field.kind() else {
+            continue;
+        };
+        let name = format!("{path}{key}");
+        let items: Vec<&serde_json::Value> = match v {
+            serde_json::Value::Array(items) if field.is_list() => items.iter().collect(),
+            _ if field.is_map() => continue,
+            other => vec![other],
+        };
+        for item in items {
+            let hint = match (message.full_name(), item.as_str()) {
+                ("google.protobuf.Duration", Some(text)) if !is_json_duration(text) => {
+                    Some(format!(
+                        "field {name:?}: {text:?} is not a Duration; proto3 JSON writes seconds \
+                         with an \"s\" suffix, e.g. \"90s\", \"1.5s\" or \"3600s\" for an hour"
+                    ))
+                }
+                ("google.protobuf.Timestamp", Some(text))
+                    if text.parse::<prost_types::Timestamp>().is_err() =>
+                {
+                    Some(format!(
+                        "field {name:?}: {text:?} is not a Timestamp; proto3 JSON writes an \
+                         RFC 3339 time ending in Z, e.g. \"2026-11-22T08:00:00Z\""
+                    ))
+                }
+                _ => time_field_hint(&message, item, &format!("{name}.")),
+            };
+            if hint.is_some() {
+                return hint;
+            }
+        }
+    }
+    None
+}
+
+/// Whether `text` is a proto3 JSON Duration: optional `-`, seconds, up to nine fractional
+/// digits, then `s`.
+fn is_json_duration(text: &str) -> bool {
+    let Some(body) = text.strip_suffix('s') else {
+        return false;
+    };
+    let body = body.strip_prefix('-').unwrap_or(body);
+    let (whole, fraction) = body.split_once('.').unwrap_or((body, ""));
+    !whole.is_empty()
+        && whole.bytes().all(|b| b.is_ascii_digit())
+        && fraction.len() <= 9
+        && fraction.bytes().all(|b| b.is_ascii_digit())
+        && !(body.contains('.') && fraction.is_empty())
 }
 
 #[cfg(test)]
@@ -128,5 +197,44 @@ mod tests {
             .any_from_json("oprun.v1.SleepInput", r#"{"nope":1}"#)
             .unwrap_err();
         assert!(err.to_string().contains("SleepInput"), "{err}");
+    }
+
+    /// A Duration or Timestamp that proto3 JSON refuses is named, with what is accepted.
+    #[test]
+    fn time_fields_say_what_is_accepted() {
+        let codec = JsonCodec::new().unwrap();
+        let err = codec
+            .any_from_json("oprun.v1.SleepInput", r#"{"duration":"1h"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(r#"field "duration": "1h" is not a Duration"#),
+            "{err}"
+        );
+        assert!(err.contains(r#""90s""#) && err.contains("3600s"), "{err}");
+        let err = codec
+            .any_from_json(
+                "oprun.v1.SubmitTaskRequest",
+                r#"{"kind":"sleep","notBefore":"tomorrow"}"#,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(r#"field "notBefore": "tomorrow" is not a Timestamp"#),
+            "{err}"
+        );
+        assert!(err.contains("2026-11-22T08:00:00Z"), "{err}");
+        for ok in ["90s", "1.5s", "-2s", "0.000000001s", "3600s"] {
+            assert!(is_json_duration(ok), "{ok}");
+        }
+        for bad in ["1h", "s", "1.s", "1.0000000001s", "1", "--1s", "1.5"] {
+            assert!(!is_json_duration(bad), "{bad}");
+        }
+        // Other mistakes keep serde's own words.
+        let err = codec
+            .any_from_json("oprun.v1.SleepInput", r#"{"steps":"many"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("Duration"), "{err}");
     }
 }

@@ -10,8 +10,9 @@
 //! - [`model`]: oprun's own operation types ([`model::OperationId`], [`model::State`],
 //!   [`model::Outcome`], [`model::OperationRecord`]) and their wire form.
 //! - [`filter`], [`page_token`]: the AIP-160 list filter and AIP-158 page tokens.
-//! - [`store`]: durable storage behind the [`store::Store`] trait: SQLite (embedded default)
-//!   and in-memory, both passing one conformance suite.
+//! - [`store`]: durable storage behind the [`store::Store`] trait: SQLite (embedded default,
+//!   with a bounded write-ahead log and integrity checks) and in-memory, both passing one
+//!   conformance suite.
 //! - [`task`]: the task API: the [`task::Task`] trait, [`task::TaskContext`] for progress and
 //!   cancellation, and the [`task::Registry`] of kinds. [`kinds`] holds the built-in `sleep`.
 //! - [`scheduler`]: the [`scheduler::Runner`]: queues, limits, workers, cancel, wait,
@@ -21,7 +22,9 @@
 //! - [`auth`]: bearer tokens with roles ([`auth::Tokens`], [`auth::Role`]) and the
 //!   [`auth::AuthLayer`] that checks every call before any service sees it (applied, with
 //!   TLS, by [`server::serve_with`]).
-//! - [`server`]: [`server::serve`] over a listener the caller binds, until a shutdown future.
+//! - [`server`]: [`server::serve`] over a listener the caller binds, until a shutdown future;
+//!   [`server::serve_with`] adds TLS, tokens and the limits that guard the process against its
+//!   clients ([`server::ServeLimits`]).
 //! - [`json`]: proto3 JSON through prost-reflect. [`cli`]: the `oprun` command line.
 //! - [`error`]: the library's error type and its single mapping to `tonic::Status`.
 #![deny(missing_docs)]

@@ -17,7 +17,7 @@
 //! sees a state that a crash could take back.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -26,13 +26,13 @@ use prost_types::Any;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 
-use crate::error::Error;
+use crate::error::{quote, Error};
 use crate::filter::Filter;
-use crate::model::{CancelReason, OperationId, OperationRecord, Outcome, State};
+use crate::model::{time, CancelReason, OperationId, OperationRecord, Outcome, State};
 use crate::proto::google::rpc::Code;
-use crate::store::{Inserted, Store};
+use crate::store::{Inserted, Store, StoreError};
 use crate::task::{ErasedTask, Registry, Retry, TaskContext, TaskError};
 
 /// Longest accepted `request_id`.
@@ -81,12 +81,25 @@ impl Default for RunnerConfig {
 /// How long a client is told to wait before retrying a submission refused for a full queue.
 pub const QUEUE_FULL_RETRY_DELAY: Duration = Duration::from_secs(1);
 
+/// The first pause before a state change the store refused is written again; it doubles up to
+/// [`STORE_RETRY_MAX`].
+pub const STORE_RETRY_MIN: Duration = Duration::from_millis(50);
+/// The longest pause between two attempts to write a refused state change.
+pub const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// How long CancelOperation waits for a queued operation's end to be written before it
+/// answers anyway (the end is written as soon as the store takes it).
+const CANCEL_ACK_WAIT: Duration = Duration::from_secs(5);
+
 /// An operation that is not done yet, as the runner holds it in memory.
 pub struct LiveOperation {
     id: OperationId,
     record: watch::Sender<OperationRecord>,
     token: CancellationToken,
     reason: OnceLock<CancelReason>,
+    /// Consecutive writes of this operation the store refused (for logging once and for the
+    /// backoff of a start that could not be recorded).
+    write_failures: AtomicU32,
 }
 
 impl LiveOperation {
@@ -96,6 +109,7 @@ impl LiveOperation {
             record: watch::Sender::new(record),
             token,
             reason: OnceLock::new(),
+            write_failures: AtomicU32::new(0),
         }
     }
 
@@ -369,7 +383,8 @@ impl Runner {
                 )
             } else {
                 format!(
-                    "unknown kind {kind:?}; registered kinds: {}",
+                    "unknown kind {}; registered kinds: {}",
+                    quote(&kind),
                     self.shared.registry.names()
                 )
             };
@@ -398,20 +413,41 @@ impl Runner {
             ));
         }
         let request_id = check_request_id(&request_id)?;
-        task.check_input(&input)?;
         let now = SystemTime::now();
         let timeout = timeout.or(task.options().default_timeout);
-        if timeout.is_some_and(|t| t.is_zero()) {
-            return Err(Error::invalid_argument(
-                "timeout",
-                "timeout must be positive; leave it unset for no timeout",
-            ));
+        let deadline = match timeout {
+            None => None,
+            Some(t) if t.is_zero() => {
+                return Err(Error::invalid_argument(
+                    "timeout",
+                    "timeout must be positive; leave it unset for no timeout",
+                ))
+            }
+            Some(t) => Some(
+                time::add(now, t)
+                    .filter(|_| t.as_secs() <= time::MAX_DURATION_SECONDS.unsigned_abs())
+                    .ok_or_else(|| {
+                        Error::invalid_argument(
+                            "timeout",
+                            "timeout is longer than 10,000 years; leave it unset for no timeout",
+                        )
+                    })?,
+            ),
+        };
+        // AIP-155: a repeated request_id returns the original operation whatever the queue or
+        // the world looks like now (a full queue, a snapshot destination that now exists), so
+        // it is looked up before the input is judged or a place in the queue is taken.
+        if let Some(rid) = &request_id {
+            if let Some(existing) = self.shared.store.find_request(rid).await? {
+                return self.repeat(existing, &kind, Some(&input));
+            }
         }
+        task.check_input(&input)?;
         let reservation = self.reserve(&kind, task)?;
-        // Kept only to compare with an earlier request that used the same request_id.
+        // Kept only to compare with an operation inserted meanwhile with the same request_id.
         let sent = request_id.as_ref().map(|_| input.clone());
         let mut record = OperationRecord::new_queued(kind.clone(), input, request_id);
-        record.deadline = timeout.map(|t| now + t);
+        record.deadline = deadline;
         record.next_attempt_time = not_before.filter(|t| *t > now);
         let inserted = self.shared.store.insert(record).await;
         match inserted? {
@@ -422,19 +458,28 @@ impl Runner {
                 self.pump();
                 Ok(r)
             }
-            Inserted::Existing(existing) => {
-                if existing.kind != kind || sent.as_ref() != Some(&existing.input) {
-                    return Err(Error::AlreadyExists {
-                        message: format!(
-                            "request_id was already used for {} (kind {:?}) with a different \
-                             kind or input; use a new request_id for a different request",
-                            existing.id, existing.kind
-                        ),
-                    });
-                }
-                Ok(self.latest(existing))
-            }
+            Inserted::Existing(existing) => self.repeat(existing, &kind, sent.as_ref()),
         }
+    }
+
+    /// The answer to a submission whose `request_id` an operation already carries: that
+    /// operation (its latest state) when the request is the same, else ALREADY_EXISTS.
+    fn repeat(
+        &self,
+        existing: OperationRecord,
+        kind: &str,
+        input: Option<&Any>,
+    ) -> Result<OperationRecord, Error> {
+        if existing.kind != kind || input != Some(&existing.input) {
+            return Err(Error::AlreadyExists {
+                message: format!(
+                    "request_id was already used for {} (kind {:?}) with a different kind or \
+                     input; use a new request_id for a different request",
+                    existing.id, existing.kind
+                ),
+            });
+        }
+        Ok(self.latest(existing))
     }
 
     /// Admits one more waiting operation of `kind`, or refuses with RESOURCE_EXHAUSTED naming
@@ -698,19 +743,17 @@ impl Runner {
         running.start_time = Some(SystemTime::now());
         running.update_time = SystemTime::now();
         if let Err(e) = self.shared.store.update(&running).await {
-            error!(error = %e, "could not record the start; not running the worker");
-            self.finish(
-                &live,
-                State::Failed,
-                Outcome::Error(status(
-                    Code::Unavailable,
-                    format!("the operation could not start: {e}"),
-                )),
-            )
-            .await;
+            // It stays QUEUED, as stored: try again after a backoff, without the slot.
+            let delay = self.note_write_failure(&live, &e, "its start");
+            let due = time::add(SystemTime::now(), delay);
+            if !self.schedule(&live, due) {
+                self.conclude(&live, &task, Err(WorkerEnd::NotStarted))
+                    .await;
+            }
             self.release(&kind);
             return;
         }
+        self.note_write_success(&live);
         live.update(|r| {
             r.state = State::Running;
             r.start_time = running.start_time;
@@ -758,8 +801,11 @@ impl Runner {
             if record.is_done() {
                 return std::future::pending().await;
             }
-            if let Err(e) = self.shared.store.update(&record).await {
-                warn!(error = %e, "could not persist progress; will retry on the next change");
+            match self.shared.store.update(&record).await {
+                Ok(()) => self.note_write_success(live),
+                Err(e) => {
+                    self.note_write_failure(live, &e, "its progress");
+                }
             }
         }
     }
@@ -806,8 +852,8 @@ impl Runner {
                 )),
             ),
             (Err(WorkerEnd::Failed(e)), None) => {
-                if let Some(due) = self.retry_due(live, task, &e) {
-                    if self.retry(live, &e, due).await {
+                if let Some(when) = self.retry_due(live, task, &e) {
+                    if self.retry(live, &e, when).await {
                         return;
                     }
                     // Cancelled (or expired, or shut down) while the retry was being recorded:
@@ -840,14 +886,15 @@ impl Runner {
         self.finish(live, state, outcome).await;
     }
 
-    /// When a failed attempt should run again, if it should: the failure is retryable, the
-    /// kind's policy has attempts left, and the next attempt would start before the deadline.
+    /// When a failed attempt should run again, if it should, and when: the failure is
+    /// retryable, the kind's policy has attempts left, and the next attempt would start
+    /// before the deadline.
     fn retry_due(
         &self,
         live: &LiveOperation,
         task: &Arc<dyn ErasedTask>,
         e: &TaskError,
-    ) -> Option<Duration> {
+    ) -> Option<(Duration, SystemTime)> {
         let policy = task.options().retry;
         let (attempt, deadline) = {
             let r = live.record.borrow();
@@ -861,22 +908,29 @@ impl Runner {
             Retry::After(d) => d,
             Retry::ByCode | Retry::Never => policy.delay(attempt, rand::random::<f64>()),
         };
+        // A delay past what a clock can hold is no retry at all.
+        let next = time::add(SystemTime::now(), delay)?;
         match deadline {
-            Some(deadline) if SystemTime::now() + delay >= deadline => None,
-            _ => Some(delay),
+            Some(deadline) if next >= deadline => None,
+            _ => Some((delay, next)),
         }
     }
 
-    /// Queues a failed attempt again after `delay`, with `attempt` + 1 and the error kept in
-    /// `last_error`. Returns false when the operation's token was cancelled meanwhile (it was
-    /// not queued; the caller ends it).
-    async fn retry(&self, live: &Arc<LiveOperation>, e: &TaskError, delay: Duration) -> bool {
+    /// Queues a failed attempt again at `next`, with `attempt` + 1 and the error kept in
+    /// `last_error`, once that is durable. Returns false when the operation's token was
+    /// cancelled meanwhile, or the runner stopped before the store took the write (it was not
+    /// queued; the caller ends it as the cancel reason says).
+    async fn retry(
+        &self,
+        live: &Arc<LiveOperation>,
+        e: &TaskError,
+        (delay, next): (Duration, SystemTime),
+    ) -> bool {
         let mut record = live.snapshot();
-        let now = SystemTime::now();
         record.state = State::Queued;
         record.attempt += 1;
         record.start_time = None;
-        record.next_attempt_time = Some(now + delay);
+        record.next_attempt_time = Some(next);
         record.last_error = Some(status(e.code, e.message.clone()));
         record.status_message = format!(
             "attempt {} failed ({:?}: {}); attempt {} in {:.1}s",
@@ -886,9 +940,9 @@ impl Runner {
             record.attempt,
             delay.as_secs_f64()
         );
-        record.update_time = now;
-        if let Err(err) = self.shared.store.update(&record).await {
-            error!(error = %err, "could not persist a retry; it is queued in memory");
+        record.update_time = SystemTime::now();
+        if !self.persist(live, &record, "a retry").await {
+            return false;
         }
         info!(
             attempt = record.attempt,
@@ -900,15 +954,18 @@ impl Runner {
         self.schedule(live, record.next_attempt_time)
     }
 
-    /// Ends a live operation: persist, then forget it, then publish (waking waiters).
+    /// Ends a live operation: persist, then forget it, then publish (waking waiters). Nothing
+    /// is published until the store took the end: while it refuses (a full disk), the
+    /// operation keeps its previous state everywhere and the write is retried with backoff.
+    /// If the runner stops first, the stored (previous) state is what the next start resumes.
     async fn finish(&self, live: &Arc<LiveOperation>, state: State, outcome: Outcome) {
         let mut record = live.snapshot();
         if record.is_done() {
             return;
         }
         record.finish(state, outcome);
-        if let Err(e) = self.shared.store.update(&record).await {
-            error!(op.name = %record.id, error = %e, "could not persist the end of an operation");
+        if !self.persist(live, &record, "its end").await {
+            return;
         }
         match &record.outcome {
             Some(Outcome::Error(s)) => {
@@ -933,6 +990,59 @@ impl Runner {
         }
     }
 
+    /// Writes a state change of `live` until the store takes it, retrying a refusal with
+    /// backoff ([`STORE_RETRY_MIN`] doubling to [`STORE_RETRY_MAX`]): the store may have room
+    /// again later. Returns false, having written nothing, when the runner shuts down or the
+    /// store is closed first.
+    async fn persist(
+        &self,
+        live: &LiveOperation,
+        record: &OperationRecord,
+        what: &'static str,
+    ) -> bool {
+        loop {
+            let e = match self.shared.store.update(record).await {
+                Ok(()) => {
+                    self.note_write_success(live);
+                    return true;
+                }
+                Err(e) => e,
+            };
+            if matches!(e, StoreError::Closed) {
+                return false;
+            }
+            let delay = self.note_write_failure(live, &e, what);
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.shared.root.cancelled() => return false,
+            }
+        }
+    }
+
+    /// Counts a refused write of `live`, logging only the first of a run of refusals, and
+    /// returns how long to wait before trying again.
+    fn note_write_failure(&self, live: &LiveOperation, e: &StoreError, what: &str) -> Duration {
+        let failures = live.write_failures.fetch_add(1, Ordering::AcqRel);
+        if failures == 0 {
+            warn!(
+                op.name = %live.id,
+                error = %e,
+                "the store refused {what}; the operation keeps its previous state until the \
+                 write succeeds (retrying with backoff; logged once)"
+            );
+        }
+        let factor = 1u32 << failures.min(16);
+        STORE_RETRY_MIN.saturating_mul(factor).min(STORE_RETRY_MAX)
+    }
+
+    /// Ends a run of refused writes of `live`, saying so if there was one.
+    fn note_write_success(&self, live: &LiveOperation) {
+        let failures = live.write_failures.swap(0, Ordering::AcqRel);
+        if failures > 0 {
+            info!(op.name = %live.id, failures, "the store took the write after refusing it");
+        }
+    }
+
     /// Removes finished operations past the retention period, and the oldest beyond the cap.
     /// Sleeps until the oldest kept one expires; an operation finishing while nothing is
     /// scheduled, or the count passing the cap (by 1%), wakes it early. No polling.
@@ -954,12 +1064,16 @@ impl Runner {
                     self.shared
                         .finished
                         .store(swept.finished, Ordering::Release);
-                    swept.oldest_finished.map(|oldest| {
-                        (oldest + retention)
-                            .duration_since(now)
-                            .unwrap_or_default()
-                            .max(Duration::from_secs(1))
-                    })
+                    // An expiry past what a clock holds is never.
+                    swept
+                        .oldest_finished
+                        .and_then(|oldest| time::add(oldest, retention))
+                        .map(|expiry| {
+                            expiry
+                                .duration_since(now)
+                                .unwrap_or_default()
+                                .max(Duration::from_secs(1))
+                        })
                 }
                 Err(e) => {
                     warn!(error = %e, "retention sweep failed; retrying in a minute");
@@ -1039,15 +1153,23 @@ impl Runner {
         let was_waiting = self.unqueue(&live);
         info!(op.name = %id, waiting = was_waiting, "cancel requested");
         if was_waiting {
-            self.finish(
-                &live,
-                State::Cancelled,
-                Outcome::Error(status(
-                    Code::Cancelled,
-                    "cancelled by client request before it started",
-                )),
-            )
-            .await;
+            // On a tracked task, so that it completes even if this call is dropped (the
+            // client gave up); answered once it is durable, or after a bound while the store
+            // refuses writes (it is written as soon as the store takes it).
+            let runner = self.clone();
+            let ending = self.shared.tracker.spawn(async move {
+                runner
+                    .finish(
+                        &live,
+                        State::Cancelled,
+                        Outcome::Error(status(
+                            Code::Cancelled,
+                            "cancelled by client request before it started",
+                        )),
+                    )
+                    .await;
+            });
+            let _ = tokio::time::timeout(CANCEL_ACK_WAIT, ending).await;
         }
         Ok(())
     }

@@ -43,7 +43,7 @@ use prost::{Message, Name};
 use prost_types::Any;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::Error;
+use crate::error::{quote, Error};
 use crate::model::{pack, type_name, OperationId};
 use crate::proto::google::rpc::Code;
 use crate::proto::oprun::v1::{Progress, TaskKind};
@@ -339,9 +339,9 @@ impl<T: Task> Erased<T> {
                 "input",
                 "WRONG_INPUT_TYPE",
                 format!(
-                    "kind {:?} takes input of type {expected}, got {:?}",
+                    "kind {:?} takes input of type {expected}, got {}",
                     T::KIND,
-                    input.type_url
+                    quote(&input.type_url)
                 ),
             ));
         }

@@ -5,12 +5,11 @@
 
 mod common;
 
-use common::binary::{oprun, run_to_exit, spawn_serve};
+use common::binary::{oprun, run_to_exit, BinServer};
 
 use std::fs;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output};
+use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -631,64 +630,4 @@ async fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     run_to_exit(&mut cmd).await
-}
-
-/// `oprun serve` as a child process over a memory store; dropping it kills the process.
-struct BinServer {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl BinServer {
-    fn start(dir: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let log = dir.join("server.log");
-        let mut cmd = oprun();
-        cmd.args([
-            "serve",
-            "--listen",
-            listen,
-            "--store",
-            "memory",
-            "--data-dir",
-        ])
-        .arg(dir.join("data"))
-        .args(extra);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let (child, addr) = spawn_serve(cmd, &log);
-        Self { child, addr, log }
-    }
-
-    /// SIGTERM, then up to 10 s for the exit.
-    fn terminate(&mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "oprun ignored SIGTERM for 10 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for BinServer {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "--- oprun serve log ---\n{}",
-                fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -420,6 +420,39 @@ async fn full_queues_push_back() {
         .expect("other kinds still accepted");
 }
 
+/// Issue 6, item 10: a repeated `request_id` returns the original operation even while the
+/// queue is full (it answered RESOURCE_EXHAUSTED before); a new request is still refused.
+#[tokio::test(start_paused = true)]
+async fn a_repeated_request_id_is_answered_while_the_queue_is_full() {
+    let runner = runner_with(
+        Arc::new(MemoryStore::new()),
+        RunnerConfig {
+            max_running: 1,
+            max_queued: 1,
+            ..RunnerConfig::default()
+        },
+    )
+    .await;
+    let _running = runner
+        .submit(Submission::new("sleep", sleep_input(1_000, 1, "")))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let request = Submission {
+        request_id: "0b1d7c1e-7a43-4e8e-9d57-5a3c2d1b0f00".into(),
+        ..Submission::new("sleep", sleep_input(0, 1, ""))
+    };
+    let original = runner.submit(request.clone()).await.unwrap();
+    // The queue is full now.
+    let refused = runner
+        .submit(Submission::new("sleep", sleep_input(0, 1, "")))
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(refused).code(), tonic::Code::ResourceExhausted);
+    let repeated = runner.submit(request).await.expect("a repeat is answered");
+    assert_eq!(repeated.id, original.id);
+}
+
 /// Oversized inputs and non-positive timeouts are INVALID_ARGUMENT naming the limit.
 #[tokio::test(start_paused = true)]
 async fn limits_are_named() {
@@ -612,6 +645,9 @@ async fn store_failures_are_unavailable() {
         async fn get(&self, _: &OperationId) -> Result<Option<OperationRecord>, StoreError> {
             Err(StoreError::Unavailable("disk I/O error".into()))
         }
+        async fn find_request(&self, _: &str) -> Result<Option<OperationRecord>, StoreError> {
+            Err(StoreError::Unavailable("disk I/O error".into()))
+        }
         async fn delete_done(&self, _: &OperationId) -> Result<Option<bool>, StoreError> {
             Err(StoreError::Unavailable("disk I/O error".into()))
         }
@@ -712,6 +748,9 @@ async fn cancel_during_retry_bookkeeping_ends_the_operation() {
         }
         async fn get(&self, id: &OperationId) -> Result<Option<OperationRecord>, StoreError> {
             self.inner.get(id).await
+        }
+        async fn find_request(&self, r: &str) -> Result<Option<OperationRecord>, StoreError> {
+            self.inner.find_request(r).await
         }
         async fn delete_done(&self, id: &OperationId) -> Result<Option<bool>, StoreError> {
             self.inner.delete_done(id).await

@@ -1396,3 +1396,130 @@ async fn an_operation_seen_done_is_deletable_at_once() {
         .await
         .expect("the runner shuts down");
 }
+
+// ---------------------------------------------------------------------------------------
+// SubmitTask's times (issue 6, item 4)
+// ---------------------------------------------------------------------------------------
+
+/// Seconds and nanos of every kind: near zero, at and past the documented edges, and the
+/// extremes of their types.
+fn any_seconds() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        -5i64..5,
+        Just(i64::MAX),
+        Just(i64::MIN),
+        Just(315_576_000_000),
+        Just(315_576_000_001),
+        Just(-315_576_000_001),
+        Just(253_402_300_799),
+        Just(253_402_300_800),
+        Just(-62_135_596_800),
+        Just(-62_135_596_801),
+        any::<i64>(),
+    ]
+}
+
+fn any_nanos() -> impl Strategy<Value = i32> {
+    prop_oneof![
+        Just(0),
+        Just(999_999_999),
+        Just(1_000_000_000),
+        Just(-1),
+        Just(-999_999_999),
+        Just(i32::MAX),
+        Just(i32::MIN),
+        any::<i32>(),
+    ]
+}
+
+/// Whether a `Duration` lies in its documented range with consistent signs, and is positive.
+fn positive_duration(seconds: i64, nanos: i32) -> bool {
+    // In range, and non-negative with at least one part positive (a positive duration's
+    // nanos cannot be negative).
+    seconds <= 315_576_000_000
+        && (0..1_000_000_000).contains(&nanos)
+        && seconds >= 0
+        && (seconds > 0 || nanos > 0)
+}
+
+/// Whether a `Timestamp` lies in 0001-01-01..=9999-12-31 with nanos in 0..1e9.
+fn valid_timestamp(seconds: i64, nanos: i32) -> bool {
+    (-62_135_596_800..=253_402_300_799).contains(&seconds) && (0..1_000_000_000).contains(&nanos)
+}
+
+proptest! {
+    #![proptest_config(config(200))]
+
+    /// Any `timeout` and `not_before` SubmitTask may carry is accepted exactly when it lies in
+    /// the documented range, and otherwise refused with INVALID_ARGUMENT naming the field;
+    /// never a panic (the reset stream of before), never another code.
+    #[test]
+    fn submit_times_are_in_range_or_invalid_argument(
+        timeout in proptest::option::of((any_seconds(), any_nanos())),
+        not_before in proptest::option::of((any_seconds(), any_nanos())),
+    ) {
+        let (rt, addr) = submit_server();
+        let result = rt.block_on(async {
+            let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            oprun::proto::oprun::v1::task_service_client::TaskServiceClient::new(channel)
+                .submit_task(oprun::proto::oprun::v1::SubmitTaskRequest {
+                    kind: "sleep".into(),
+                    input: Some(pack(&SleepInput::default())),
+                    timeout: timeout.map(|(seconds, nanos)| prost_types::Duration { seconds, nanos }),
+                    not_before: not_before
+                        .map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
+                    ..Default::default()
+                })
+                .await
+        });
+        let timeout_ok = timeout.is_none_or(|(s, n)| positive_duration(s, n));
+        let not_before_ok = not_before.is_none_or(|(s, n)| valid_timestamp(s, n));
+        match result {
+            Ok(_) => prop_assert!(timeout_ok && not_before_ok, "accepted {timeout:?} {not_before:?}"),
+            Err(status) => {
+                prop_assert_eq!(status.code(), tonic::Code::InvalidArgument, "{:?}", status);
+                let field = if timeout_ok { "not_before" } else { "timeout" };
+                prop_assert!(!(timeout_ok && not_before_ok), "refused valid times: {:?}", status);
+                prop_assert!(status.message().starts_with(field), "{}", status.message());
+            }
+        }
+    }
+}
+
+/// One server for every case of the SubmitTask property (a memory store; delayed operations
+/// simply wait), on its own runtime.
+fn submit_server() -> (&'static tokio::runtime::Runtime, std::net::SocketAddr) {
+    static SERVER: std::sync::OnceLock<(tokio::runtime::Runtime, std::net::SocketAddr)> =
+        std::sync::OnceLock::new();
+    let (rt, addr) = SERVER.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = rt.block_on(async {
+            let runner = Runner::start(
+                Registry::with_builtins(),
+                Arc::new(oprun::store::memory::MemoryStore::new()),
+                RunnerConfig::default(),
+            )
+            .await
+            .unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(oprun::server::serve(
+                listener,
+                runner,
+                std::future::pending(),
+                Duration::from_secs(1),
+            ));
+            addr
+        });
+        (rt, addr)
+    });
+    (rt, *addr)
+}

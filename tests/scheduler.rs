@@ -4,65 +4,18 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use common::sleep_input;
-use oprun::filter::Filter;
-use oprun::model::{OperationId, OperationRecord, State};
+use oprun::model::{OperationRecord, State};
 use oprun::proto::oprun::v1::{SleepInput, SleepOutput};
 use oprun::store::memory::MemoryStore;
-use oprun::store::{Inserted, Store, StoreError};
+use oprun::store::{Inserted, Store};
 use oprun::{
     Code, Registry, Runner, RunnerConfig, Submission, Task, TaskContext, TaskError, TaskOptions,
 };
-
-/// A store that counts updates, over a MemoryStore.
-#[derive(Default)]
-struct CountingStore {
-    inner: MemoryStore,
-    updates: AtomicUsize,
-}
-
-#[async_trait]
-impl Store for CountingStore {
-    async fn insert(&self, r: OperationRecord) -> Result<Inserted, StoreError> {
-        self.inner.insert(r).await
-    }
-    async fn update(&self, r: &OperationRecord) -> Result<(), StoreError> {
-        self.updates.fetch_add(1, Ordering::SeqCst);
-        self.inner.update(r).await
-    }
-    async fn get(&self, id: &OperationId) -> Result<Option<OperationRecord>, StoreError> {
-        self.inner.get(id).await
-    }
-    async fn delete_done(&self, id: &OperationId) -> Result<Option<bool>, StoreError> {
-        self.inner.delete_done(id).await
-    }
-    async fn list(
-        &self,
-        after: i64,
-        f: &Filter,
-        limit: usize,
-    ) -> Result<Vec<OperationRecord>, StoreError> {
-        self.inner.list(after, f, limit).await
-    }
-    async fn unfinished(&self) -> Result<Vec<OperationRecord>, StoreError> {
-        self.inner.unfinished().await
-    }
-    async fn sweep(
-        &self,
-        before: std::time::SystemTime,
-        keep: Option<usize>,
-    ) -> Result<oprun::store::Swept, StoreError> {
-        self.inner.sweep(before, keep).await
-    }
-    async fn close(&self) -> Result<(), StoreError> {
-        self.inner.close().await
-    }
-}
 
 /// Reports progress `steps` times in a tight loop, yielding between reports.
 struct Chatty;
@@ -202,7 +155,7 @@ async fn wait_wakes_on_completion() {
 /// Progress is persisted coalesced (a few writes, not one per report) and always at the end.
 #[tokio::test(start_paused = true)]
 async fn progress_writes_are_coalesced() {
-    let store = Arc::new(CountingStore::default());
+    let store = common::faults::FaultyStore::new(Arc::new(MemoryStore::new()));
     let runner = start(store.clone(), RunnerConfig::default()).await;
     let op = runner
         .submit(Submission::new("chatty", sleep_input(0, 1000, "")))

@@ -504,6 +504,102 @@ async fn missing_source_is_not_found() {
     server.stop().await;
 }
 
+/// Issue 6, item 7: path shapes no file system takes (a 300-byte component, a destination name
+/// too long for the archive's temporary name, a path past 4095 bytes or 256 components deep)
+/// are INVALID_ARGUMENT naming the limit, never UNAVAILABLE ("File name too long", which
+/// clients retry); no operation is created.
+#[tokio::test]
+async fn path_shapes_are_invalid_argument() {
+    let server = TestServer::start().await;
+    let root = server.snapshot_root();
+    fs::create_dir_all(root.join("tree")).unwrap();
+    let long = "n".repeat(300);
+    let deep = vec!["d"; 300].join("/");
+    for (source, destination, mention) in [
+        (long.clone(), "out/a.tar.zst".to_owned(), "255 bytes"),
+        (
+            format!("tree/{long}"),
+            "out/a.tar.zst".to_owned(),
+            "255 bytes",
+        ),
+        (
+            "tree".to_owned(),
+            format!("out/{long}/a.tar.zst"),
+            "255 bytes",
+        ),
+        (
+            "tree".to_owned(),
+            format!("out/{}", "a".repeat(240)),
+            "200 bytes",
+        ),
+        ("tree".to_owned(), "x/".repeat(2100), "4095 bytes"),
+        (deep.clone(), "out/a.tar.zst".to_owned(), "256 deep"),
+    ] {
+        let req = request(&source, &destination);
+        for status in refuse_both_ways(&server, &req).await {
+            assert_eq!(
+                status.code(),
+                tonic::Code::InvalidArgument,
+                "{}…: {}",
+                &source[..source.len().min(40)],
+                status.message()
+            );
+            assert!(status.message().contains(mention), "{}", status.message());
+            assert!(status.message().len() < 1024, "{}", status.message());
+        }
+    }
+    let mut ops = server.operations().await;
+    assert!(list_all(&mut ops).await.is_empty());
+    server.stop().await;
+}
+
+/// Issue 6, item 11: CreateSnapshot with a `request_id`, sent again after the first finished,
+/// returns the original operation although the destination exists now (it answered
+/// ALREADY_EXISTS "destination already exists"); the same id with a different request is
+/// ALREADY_EXISTS naming the request_id.
+#[tokio::test]
+async fn create_snapshot_request_id_returns_the_original() {
+    let server = TestServer::start().await;
+    let root = server.snapshot_root();
+    fs::create_dir_all(root.join("tree")).unwrap();
+    fs::write(root.join("tree/f.txt"), b"x").unwrap();
+    let mut req = request("tree", "out/once.tar.zst");
+    req.request_id = "6f2b0c5e-1f0e-4c3a-9a59-3d7e8b1c2a10".into();
+    let first = snapshots(&server)
+        .await
+        .create_snapshot(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let done = server.wait_done(&first.name).await;
+    assert_eq!(common::error_code(&done), None, "{done:?}");
+    assert!(root.join("out/once.tar.zst").exists());
+
+    let again = snapshots(&server)
+        .await
+        .create_snapshot(req.clone())
+        .await
+        .expect("the same request_id returns the original operation")
+        .into_inner();
+    assert_eq!(again.name, first.name);
+    assert!(again.done);
+
+    let mut other = req.clone();
+    other.destination = "out/other.tar.zst".into();
+    let conflict = snapshots(&server)
+        .await
+        .create_snapshot(other)
+        .await
+        .unwrap_err();
+    assert_eq!(conflict.code(), tonic::Code::AlreadyExists, "{conflict:?}");
+    assert!(
+        conflict.message().contains("request_id"),
+        "{}",
+        conflict.message()
+    );
+    server.stop().await;
+}
+
 /// Cancelling a snapshot while it is archiving ends the operation CANCELLED (error code 1)
 /// within a few seconds, and leaves neither the destination nor a partial file behind.
 #[tokio::test]

@@ -5,12 +5,12 @@
 
 mod common;
 
-use common::binary::{oprun, run_to_exit, spawn_serve};
+use common::binary::{oprun, run_to_exit, BinServer};
 
 use std::fs;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Output};
+use std::path::PathBuf;
+use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -280,12 +280,14 @@ async fn binary_serves_tls() {
     let pki = Pki::new();
     let server = BinServer::start(
         pki.dir.path(),
+        "127.0.0.1:0",
         &[
             "--tls-cert",
             pki.path("server.pem").to_str().unwrap(),
             "--tls-key",
             pki.path("server.key").to_str().unwrap(),
         ],
+        &[],
     );
     let https = format!("https://localhost:{}", server.addr.port());
     let ca = pki.path("ca.pem");
@@ -322,6 +324,7 @@ async fn binary_serves_mutual_tls_with_tokens() {
     .unwrap();
     let server = BinServer::start(
         pki.dir.path(),
+        "127.0.0.1:0",
         &[
             "--tls-cert",
             pki.path("server.pem").to_str().unwrap(),
@@ -332,6 +335,7 @@ async fn binary_serves_mutual_tls_with_tokens() {
             "--tokens-file",
             tokens.to_str().unwrap(),
         ],
+        &[],
     );
     let https = format!("https://localhost:{}", server.addr.port());
     let ca = pki.path("ca.pem");
@@ -410,43 +414,4 @@ async fn binary_refuses_inconsistent_tls_flags() {
 /// A client subcommand of the binary.
 async fn cli(args: &[&str]) -> Output {
     run_to_exit(oprun().args(args)).await
-}
-
-/// `oprun serve` on a free loopback port over a memory store; dropping it kills the process.
-struct BinServer {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl BinServer {
-    fn start(dir: &Path, extra: &[&str]) -> Self {
-        let log = dir.join("server.log");
-        let mut cmd = oprun();
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            "memory",
-            "--data-dir",
-        ])
-        .arg(dir.join("data"))
-        .args(extra);
-        let (child, addr) = spawn_serve(cmd, &log);
-        Self { child, addr, log }
-    }
-}
-
-impl Drop for BinServer {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "--- oprun serve log ---\n{}",
-                fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -6,9 +6,10 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use crate::error::quote;
 use crate::error::Error;
 use crate::filter::Filter;
-use crate::model::{OperationId, COLLECTION};
+use crate::model::{time, OperationId, COLLECTION};
 use crate::page_token;
 use crate::proto::google::longrunning::operations_server::{Operations, OperationsServer};
 use crate::proto::google::longrunning::{
@@ -69,8 +70,8 @@ impl Operations for OperationsApi {
             return Err(Error::invalid_argument(
                 "name",
                 format!(
-                    "name {:?} is not a collection of this server; use \"{COLLECTION}\" or leave it empty",
-                    req.name
+                    "name {} is not a collection of this server; use \"{COLLECTION}\" or leave it empty",
+                    quote(&req.name)
                 ),
             )
             .into());
@@ -145,10 +146,13 @@ impl Operations for OperationsApi {
         let id = OperationId::parse_name(&req.name)?;
         let mut timeout = match req.timeout {
             None => self.runner.config().max_wait,
-            Some(t) => Duration::try_from(t).map_err(|_| {
+            Some(t) => time::duration(&t).map_err(|e| {
                 Error::invalid_argument(
                     "timeout",
-                    "timeout must not be negative; leave it unset to wait up to the server's limit",
+                    format!(
+                        "timeout is not a valid non-negative duration: {e}; leave it unset to \
+                         wait up to the server's limit"
+                    ),
                 )
             })?,
         };

@@ -1,11 +1,10 @@
 //! `oprun.v1.TaskService`.
 
-use std::time::{Duration, SystemTime};
-
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::error::Error;
+use crate::model::time;
 use crate::proto::google::longrunning::Operation;
 use crate::proto::oprun::v1::task_service_server::{TaskService, TaskServiceServer};
 use crate::proto::oprun::v1::{ListTaskKindsRequest, ListTaskKindsResponse, SubmitTaskRequest};
@@ -35,10 +34,13 @@ impl TaskService for TaskApi {
         let timeout = req
             .timeout
             .map(|t| {
-                Duration::try_from(t).map_err(|_| {
+                time::duration(&t).map_err(|e| {
                     Error::invalid_argument(
                         "timeout",
-                        "timeout must be positive; leave it unset for no timeout",
+                        format!(
+                            "timeout is not a valid positive duration: {e}; send e.g. \"300s\", \
+                             or leave it unset for no timeout"
+                        ),
                     )
                 })
             })
@@ -46,10 +48,13 @@ impl TaskService for TaskApi {
         let not_before = req
             .not_before
             .map(|t| {
-                SystemTime::try_from(t).map_err(|_| {
+                time::timestamp(&t).map_err(|e| {
                     Error::invalid_argument(
                         "not_before",
-                        "not_before is not a valid timestamp (RFC 3339 range, nanos 0..1e9)",
+                        format!(
+                            "not_before is not a valid timestamp: {e}; send an RFC 3339 time \
+                             such as \"2026-11-22T08:00:00Z\""
+                        ),
                     )
                 })
             })

@@ -78,6 +78,14 @@ impl Store for MemoryStore {
         Ok(g.seq_by_id.get(id).and_then(|s| g.by_seq.get(s)).cloned())
     }
 
+    async fn find_request(&self, request_id: &str) -> Result<Option<OperationRecord>, StoreError> {
+        let g = self.lock();
+        Ok(g.seq_by_request
+            .get(request_id)
+            .and_then(|s| g.by_seq.get(s))
+            .cloned())
+    }
+
     async fn delete_done(&self, id: &OperationId) -> Result<Option<bool>, StoreError> {
         let mut g = self.lock();
         let Some(seq) = g.seq_by_id.get(id).copied() else {

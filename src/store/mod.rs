@@ -84,6 +84,12 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError`] when the store cannot be read or holds unreadable data.
     async fn get(&self, id: &OperationId) -> Result<Option<OperationRecord>, StoreError>;
 
+    /// Reads the operation that carries `request_id`, if any.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read or holds unreadable data.
+    async fn find_request(&self, request_id: &str) -> Result<Option<OperationRecord>, StoreError>;
+
     /// Deletes an operation if it is done. Returns what was there: `None` when nothing was,
     /// `Some(false)` when the operation exists but is not done (and so was kept).
     ///

@@ -4,14 +4,18 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A `Command` for the binary with the caller's `OPRUN_*` and log settings removed, so the
-/// flags a test gives are the whole configuration.
+/// flags a test gives are the whole configuration. `OPRUN_TEST_BIN` runs another binary
+/// instead (an older build, to see a regression test fail on the code before a fix).
 pub fn oprun() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oprun"));
+    let bin =
+        std::env::var_os("OPRUN_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_oprun").into());
+    let mut cmd = Command::new(bin);
     for (key, _) in std::env::vars_os() {
         let name = key.to_string_lossy();
         if name.starts_with("OPRUN_") || name == "RUST_LOG" {
@@ -92,4 +96,76 @@ pub fn spawn_serve(mut cmd: Command, log: &Path) -> (Child, SocketAddr) {
         .parse()
         .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
     (child, addr)
+}
+
+/// `oprun serve` as a child process, its log in a file; dropping it kills the process (and
+/// prints the log if the test is failing).
+pub struct BinServer {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl BinServer {
+    /// `oprun serve --listen LISTEN --store memory --data-dir DIR/data EXTRA…` with `env`.
+    pub fn start(dir: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut all = vec!["--store", "memory"];
+        all.extend_from_slice(extra);
+        Self::start_with(dir, listen, &all, env)
+    }
+
+    /// `oprun serve --listen LISTEN --data-dir DIR/data EXTRA…` with `env`.
+    pub fn start_with(dir: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let log = dir.join("server.log");
+        let mut cmd = oprun();
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
+            .arg(dir.join("data"))
+            .args(extra);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let (child, addr) = spawn_serve(cmd, &log);
+        Self { child, addr, log }
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGTERM, then up to 10 s for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "oprun ignored SIGTERM for 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for BinServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- oprun serve log ---\n{}",
+                fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

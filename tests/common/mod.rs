@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod faults;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -124,10 +125,19 @@ impl TestServer {
 
     /// Starts a server over an existing data directory.
     pub async fn start_in(dir: tempfile::TempDir, config: RunnerConfig) -> Self {
-        let gauge = Arc::new(Gauge::default());
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&dir.path().join("data"), SqliteOptions::default()).expect("store"),
         );
+        Self::start_on(dir, store, config).await
+    }
+
+    /// Starts a server over `store`, with `dir` for snapshots.
+    pub async fn start_on(
+        dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+        config: RunnerConfig,
+    ) -> Self {
+        let gauge = Arc::new(Gauge::default());
         let registry = registry(&gauge, &dir.path().join("snapshots"));
         let runner = Runner::start(registry, store, config)
             .await

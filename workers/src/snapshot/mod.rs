@@ -59,6 +59,7 @@ fn path_error(e: PathError) -> TaskError {
         PathError::SourceNotDirectory { .. }
         | PathError::DestinationInsideSource { .. }
         | PathError::Invalid { .. } => Code::InvalidArgument,
+        PathError::Io { source, .. } if paths::is_shape_error(source) => Code::InvalidArgument,
         PathError::Io { .. } => Code::Unavailable,
     };
     TaskError::new(code, e.to_string())
@@ -114,6 +115,9 @@ impl Task for SnapshotTask {
             ArchiveError::Cancelled => TaskError::cancelled(),
             ArchiveError::DestinationExists { .. } => {
                 TaskError::new(Code::AlreadyExists, e.to_string())
+            }
+            ArchiveError::Io { ref source, .. } if paths::is_shape_error(source) => {
+                TaskError::invalid_argument(e.to_string())
             }
             ArchiveError::Io { .. } => TaskError::new(Code::Unavailable, e.to_string()),
         })?;

@@ -16,8 +16,27 @@ use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
+use oprun::error::quote;
+
 /// The most symbolic links followed while resolving one path (the Linux kernel's own limit).
 const MAX_SYMLINK_HOPS: u32 = 40;
+
+/// The longest file name (one path component), in bytes, that Linux file systems take.
+pub const MAX_NAME_BYTES: usize = 255;
+/// The longest path, in bytes, that the kernel takes.
+pub const MAX_PATH_BYTES: usize = 4095;
+/// The most components a path may have.
+pub const MAX_DEPTH: usize = 256;
+/// The longest destination file name, in bytes: the archive is written first under
+/// `.<name>.partial-<pid>-<nanos>`, which must fit in [`MAX_NAME_BYTES`] too.
+pub const MAX_DESTINATION_NAME_BYTES: usize = 200;
+
+/// Whether an I/O error says a path has the wrong shape (a name or path too long, too many
+/// symbolic links, characters the file system refuses): the request's fault, not the disk's.
+pub fn is_shape_error(e: &io::Error) -> bool {
+    // ENAMETOOLONG 36, ELOOP 40, EILSEQ 84 on Linux.
+    matches!(e.raw_os_error(), Some(36 | 40 | 84)) || e.kind() == io::ErrorKind::InvalidFilename
+}
 
 /// Why a snapshot request's paths were refused.
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +44,9 @@ pub enum PathError {
     /// The path leads outside the snapshot root (absolute path elsewhere, `..`, or a symlink).
     /// → gRPC PERMISSION_DENIED
     #[error(
-        "{path:?} is outside the snapshot root {}; use a relative path or an absolute path \
+        "{} is outside the snapshot root {}; use a relative path or an absolute path \
          inside it (it may not leave the root through `..` or a symbolic link)",
+        quote(.path),
         .root.display()
     )]
     OutsideRoot {
@@ -37,23 +57,28 @@ pub enum PathError {
     },
     /// The source directory does not exist. → NOT_FOUND
     #[error(
-        "source directory {path:?} does not exist; give an existing directory inside the \
-         snapshot root"
+        "source directory {} does not exist; give an existing directory inside the \
+         snapshot root",
+        quote(.path)
     )]
     SourceMissing {
         /// The source path as the request gave it.
         path: String,
     },
     /// The source exists but is not a directory. → INVALID_ARGUMENT
-    #[error("source {path:?} is not a directory; a snapshot archives a directory tree")]
+    #[error(
+        "source {} is not a directory; a snapshot archives a directory tree",
+        quote(.path)
+    )]
     SourceNotDirectory {
         /// The source path as the request gave it.
         path: String,
     },
     /// The destination already exists. → ALREADY_EXISTS
     #[error(
-        "destination {path:?} already exists; snapshots never overwrite, give a file name \
-         that does not exist yet"
+        "destination {} already exists; snapshots never overwrite, give a file name that \
+         does not exist yet",
+        quote(.path)
     )]
     DestinationExists {
         /// The destination path as the request gave it.
@@ -61,8 +86,10 @@ pub enum PathError {
     },
     /// The destination lies inside the source tree. → INVALID_ARGUMENT
     #[error(
-        "destination {destination:?} is inside the source directory {source_dir:?}; put the \
-         archive outside the tree being archived"
+        "destination {} is inside the source directory {}; put the archive outside the tree \
+         being archived",
+        quote(.destination),
+        quote(.source_dir)
     )]
     DestinationInsideSource {
         /// The destination path as the request gave it.
@@ -72,7 +99,7 @@ pub enum PathError {
     },
     /// Empty path or otherwise unusable (e.g. destination names a directory, ends in `/` or
     /// `..`). → INVALID_ARGUMENT
-    #[error("invalid path {path:?}: {reason}")]
+    #[error("invalid path {}: {reason}", quote(.path))]
     Invalid {
         /// The path as the request gave it.
         path: String,
@@ -80,7 +107,7 @@ pub enum PathError {
         reason: String,
     },
     /// I/O failure while resolving. → INTERNAL/UNAVAILABLE
-    #[error("could not resolve {path:?}: {source}")]
+    #[error("could not resolve {}: {source}", quote(.path))]
     Io {
         /// The path being resolved.
         path: String,
@@ -166,7 +193,7 @@ impl Roots<'_> {
 }
 
 fn resolve_source(roots: &Roots<'_>, source_dir: &str) -> Result<PathBuf, PathError> {
-    check_not_empty_or_nul(source_dir, "source directory")?;
+    check_shape(source_dir, "source directory", MAX_NAME_BYTES)?;
     let absolute = roots.absolute(source_dir);
     if !roots.lexically_inside(&absolute) {
         return Err(roots.outside(source_dir));
@@ -205,7 +232,7 @@ fn resolve_destination(
     source_dir: &str,
     destination: &str,
 ) -> Result<PathBuf, PathError> {
-    check_not_empty_or_nul(destination, "destination")?;
+    check_shape(destination, "destination", MAX_DESTINATION_NAME_BYTES)?;
     let invalid = |reason: String| PathError::Invalid {
         path: destination.to_owned(),
         reason,
@@ -290,6 +317,47 @@ fn resolve_destination(
         });
     }
     Ok(resolved)
+}
+
+/// Refuses a path whose shape no file system takes: empty, a NUL byte, longer than
+/// [`MAX_PATH_BYTES`], a component longer than [`MAX_NAME_BYTES`] (the last one longer than
+/// `max_last`), or more than [`MAX_DEPTH`] components.
+fn check_shape(path: &str, what: &str, max_last: usize) -> Result<(), PathError> {
+    check_not_empty_or_nul(path, what)?;
+    let invalid = |reason: String| PathError::Invalid {
+        path: path.to_owned(),
+        reason,
+    };
+    if path.len() > MAX_PATH_BYTES {
+        return Err(invalid(format!(
+            "the {what} is {} bytes long; paths are at most {MAX_PATH_BYTES} bytes",
+            path.len()
+        )));
+    }
+    let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    if components.len() > MAX_DEPTH {
+        return Err(invalid(format!(
+            "the {what} has {} components; paths are at most {MAX_DEPTH} deep",
+            components.len()
+        )));
+    }
+    let last = components.len().saturating_sub(1);
+    for (i, component) in components.iter().enumerate() {
+        let limit = if i == last { max_last } else { MAX_NAME_BYTES };
+        if component.len() > limit {
+            return Err(invalid(format!(
+                "its component {} is {} bytes long; {} at most {limit} bytes",
+                quote(component),
+                component.len(),
+                if i == last && limit < MAX_NAME_BYTES {
+                    "the destination's file name may be"
+                } else {
+                    "file names are"
+                }
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn check_not_empty_or_nul(path: &str, what: &str) -> Result<(), PathError> {

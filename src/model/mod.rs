@@ -9,10 +9,12 @@ use std::time::SystemTime;
 use prost::Name;
 use prost_types::{Any, Timestamp};
 
-use crate::error::Error;
+use crate::error::{quote, Error};
 use crate::proto::google::longrunning::{operation, Operation};
 use crate::proto::google::rpc::{Code, Status};
 use crate::proto::oprun::v1::{operation_metadata, OperationMetadata, Progress};
+
+pub mod time;
 
 /// The collection every operation lives in.
 pub const COLLECTION: &str = "operations";
@@ -46,11 +48,17 @@ impl OperationId {
         let Some(id) = name.strip_prefix("operations/") else {
             return Err(Error::invalid_argument(
                 "name",
-                format!("name {name:?} is malformed; expected operations/{{id}}"),
+                format!(
+                    "name {} is malformed; expected operations/{{id}}",
+                    quote(name)
+                ),
             ));
         };
         Self::parse_id(id).map_err(|reason| {
-            Error::invalid_argument("name", format!("name {name:?} is malformed: {reason}"))
+            Error::invalid_argument(
+                "name",
+                format!("name {} is malformed: {reason}", quote(name)),
+            )
         })
     }
 

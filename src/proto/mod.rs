@@ -1,5 +1,11 @@
-//! Generated protobuf and gRPC code (proto glue).
+//! Generated protobuf and gRPC code (proto glue), and the codec every generated service and
+//! client uses ([`codec::StrictCodec`]).
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+pub mod codec;
+
+/// The `ErrorInfo.domain` of every oprun error.
+pub const ERROR_DOMAIN: &str = "oprun.dev";
 
 /// `google.*` packages.
 pub mod google {

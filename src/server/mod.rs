@@ -1,14 +1,24 @@
 //! Serving the runner over gRPC: the caller binds the socket and owns shutdown, which makes
 //! the server both testable (port 0) and embeddable.
+//!
+//! [`serve_with`] also guards the process against its clients ([`ServeLimits`]): a cap on open
+//! connections and on calls in flight per connection, a budget for the bytes of responses that
+//! clients have not read, HTTP/2 keepalive pings, and timeouts that close connections that never
+//! complete their handshake or stay idle (`incoming`, `limits`).
+
+mod incoming;
+mod limits;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::ServerTlsConfig;
 use tracing::info;
+
+use incoming::{accept, ConnectionRules, Connections};
+use limits::{LimitsLayer, ResponseBudget};
 
 use crate::auth::{AuthLayer, Tokens};
 use crate::error::Error;
@@ -31,16 +41,57 @@ pub enum ServeError {
 }
 
 /// An error and its sources on one line: tonic's transport errors say only "transport error"
-/// at the top.
+/// at the top, and their sources often repeat each other; a source whose text the line already
+/// holds is left out.
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut line = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
-        line.push_str(": ");
-        line.push_str(&s.to_string());
+        let text = s.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
         source = s.source();
     }
     line
+}
+
+/// What a client may hold of a server run by [`serve_with`], with documented defaults (those of
+/// `oprun serve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Connections open at once; past it, new ones wait until one closes. Default 1024.
+    pub max_connections: usize,
+    /// Calls in flight on one HTTP/2 connection (its `SETTINGS_MAX_CONCURRENT_STREAMS`).
+    /// Default 200.
+    pub max_streams_per_connection: u32,
+    /// Bytes of responses that clients have not read yet, over all connections; a response
+    /// that does not fit is answered RESOURCE_EXHAUSTED. Default 64 MiB.
+    pub max_unread_response_bytes: usize,
+    /// How often an HTTP/2 ping checks that a connection's peer is alive. Default 30 s.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed. Default 10 s.
+    pub keepalive_timeout: Duration,
+    /// How long a new connection may take to send its first bytes (the HTTP/2 preface, or a
+    /// TLS hello) and, with TLS, to complete the TLS handshake. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// How long a connection may stay open with no call in flight. Default 5 min.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_streams_per_connection: 200,
+            max_unread_response_bytes: 64 << 20,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 /// How [`serve_with`] serves, built with consuming setters:
@@ -56,6 +107,7 @@ pub struct ServeOptions {
     grace: Duration,
     tls: Option<ServerTlsConfig>,
     auth: Option<Arc<Tokens>>,
+    limits: ServeLimits,
 }
 
 impl Default for ServeOptions {
@@ -65,13 +117,20 @@ impl Default for ServeOptions {
 }
 
 impl ServeOptions {
-    /// Plaintext, no authentication, 30 s of shutdown grace.
+    /// Plaintext, no authentication, 30 s of shutdown grace, the default [`ServeLimits`].
     pub fn new() -> Self {
         Self {
             grace: Duration::from_secs(30),
             tls: None,
             auth: None,
+            limits: ServeLimits::default(),
         }
+    }
+
+    /// What a client may hold of the server.
+    pub fn limits(mut self, limits: ServeLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// How long shutdown gives running workers to stop.
@@ -121,10 +180,18 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
     options: ServeOptions,
 ) -> Result<(), ServeError> {
-    let ServeOptions { grace, tls, auth } = options;
-    let mut builder = tonic::transport::Server::builder();
+    let ServeOptions {
+        grace,
+        tls,
+        auth,
+        limits,
+    } = options;
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout));
     if let Some(tls) = tls {
-        builder = match builder.tls_config(tls) {
+        builder = match builder.tls_config(tls.timeout(limits.handshake_timeout)) {
             Ok(b) => b,
             Err(e) => {
                 runner.shutdown(grace).await?;
@@ -132,22 +199,55 @@ pub async fn serve_with(
             }
         };
     }
+    let (stopping, stopped_accepting) = tokio::sync::oneshot::channel::<()>();
     let signal = {
         let runner = runner.clone();
         async move {
             shutdown.await;
             // Release Wait calls and stop new work before tonic drains in-flight calls.
             runner.begin_shutdown();
+            let _ = stopping.send(());
         }
     };
+    let connections = Connections::new();
+    let incoming = accept(
+        listener,
+        ConnectionRules {
+            max_connections: limits.max_connections,
+            handshake_timeout: limits.handshake_timeout,
+            idle_timeout: limits.idle_timeout,
+        },
+        Arc::clone(&connections),
+    );
     // Around the whole router, so a call is refused before any service sees it.
     let served = builder
+        .layer(LimitsLayer::new(
+            ResponseBudget::new(limits.max_unread_response_bytes),
+            connections,
+        ))
         .layer(tower::util::option_layer(auth.map(AuthLayer::new)))
         .add_service(OperationsApi::server(runner.clone()))
         .add_service(TaskApi::server(runner.clone()))
         .add_optional_service(SnapshotApi::server(runner.clone()))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
-        .await;
+        .serve_with_incoming_shutdown(incoming, signal);
+    // Draining waits for every connection to close; a peer that never does must not hold the
+    // process past the grace period.
+    let drain_limit = async {
+        match stopped_accepting.await {
+            Ok(()) => tokio::time::sleep(grace).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let served = tokio::select! {
+        served = served => served,
+        () = drain_limit => {
+            tracing::warn!(
+                grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+                "connections still open after the shutdown grace period; no longer waiting for them"
+            );
+            Ok(())
+        }
+    };
     info!("stopped accepting calls");
     let stopped = runner.shutdown(grace).await;
     served?;

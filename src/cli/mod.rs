@@ -1,0 +1,479 @@
+//! The `oprun` command line: `serve` runs the server; the other subcommands are clients.
+//!
+//! Binaries only parse arguments: a binary calls [`main`] with a function that registers its
+//! own kinds (the built-in `sleep` is always there).
+//!
+//! # Exit codes
+//! Every subcommand exits with one of these ([`EXIT_CODES`]):
+//! 0 it succeeded; 1 it failed (one line on stderr says why); 2 the command line was wrong;
+//! 3 the operation it waited for (`wait`, `watch`) ended with an error; 4 `wait` timed out
+//! before the operation was done.
+
+mod client;
+mod serve;
+mod show;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::auth::Role;
+use crate::proto::google::longrunning::operations_client::OperationsClient;
+use crate::proto::google::longrunning::{
+    CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
+    WaitOperationRequest,
+};
+use crate::proto::oprun::v1::snapshot_service_client::SnapshotServiceClient;
+use crate::proto::oprun::v1::task_service_client::TaskServiceClient;
+use crate::proto::oprun::v1::{CreateSnapshotRequest, ListTaskKindsRequest, SubmitTaskRequest};
+use crate::task::Registry;
+use client::{codec, connect, full_name, status_line, ClientArgs};
+
+pub use serve::{ServeArgs, StoreKind, SyncMode};
+
+/// The exit codes of every subcommand, as documented: (code, meaning).
+pub const EXIT_CODES: [(u8, &str); 5] = [
+    (0, "succeeded"),
+    (1, "the command failed"),
+    (2, "the command line was wrong (usage)"),
+    (3, "the operation ended with an error"),
+    (4, "a wait timed out before the operation was done"),
+];
+
+/// Why a subcommand did not succeed: a one-line message and the exit code it calls for.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    /// The operation waited for ended with an error (exit code 3).
+    fn operation_failed(message: String) -> Self {
+        Self { code: 3, message }
+    }
+
+    /// The operation was not done when the wait ended (exit code 4).
+    fn timed_out(message: String) -> Self {
+        Self { code: 4, message }
+    }
+}
+
+impl From<String> for Failure {
+    /// The command failed (exit code 1).
+    fn from(message: String) -> Self {
+        Self { code: 1, message }
+    }
+}
+
+/// How a subcommand ends.
+type CliResult = Result<(), Failure>;
+
+/// Reads a PEM file named by `flag`.
+fn read_file(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+}
+
+fn parse_rfc3339(s: &str) -> Result<prost_types::Timestamp, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an RFC 3339 time such as 2026-11-22T08:00:00Z"))
+}
+
+/// oprun: background jobs as google.longrunning Operations.
+#[derive(Parser, Debug)]
+#[command(name = "oprun", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Submit a task of a registered kind.
+    Submit {
+        /// The kind, e.g. `sleep`.
+        kind: String,
+        /// The kind's input as proto3 JSON, e.g. '{"duration":"2s","steps":4}' (a Duration is
+        /// seconds with an `s`, e.g. "90s"; a Timestamp is RFC 3339, e.g. "2026-11-22T08:00:00Z").
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// AIP-155 idempotency key: repeating it returns the same operation.
+        #[arg(long, default_value = "")]
+        request_id: String,
+        /// End the operation DEADLINE_EXCEEDED if not done this long after submission, e.g. `5m`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// Keep the operation queued until this time (RFC 3339, e.g. 2026-11-22T08:00:00Z).
+        #[arg(long, value_parser = parse_rfc3339)]
+        not_before: Option<prost_types::Timestamp>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Snapshot a directory on the server into a .tar.zst file (the `snapshot` kind).
+    Snapshot {
+        /// Source directory, inside the server's snapshot root.
+        source_dir: String,
+        /// Destination file, inside the server's snapshot root.
+        destination: String,
+        /// AIP-155 idempotency key.
+        #[arg(long, default_value = "")]
+        request_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show an operation.
+    Get {
+        /// `operations/{id}` or the bare id.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List operations.
+    List {
+        /// An AIP-160 filter, e.g. 'kind = "sleep" AND done = false'.
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Page size (0: server default).
+        #[arg(long, default_value_t = 0)]
+        page_size: i32,
+        /// Continue from a previous page.
+        #[arg(long, default_value = "")]
+        page_token: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Wait until an operation is done (or the timeout passes) and show it. Exit code 3 when
+    /// it ended with an error, 4 when it is not done when the timeout passes.
+    Wait {
+        /// `operations/{id}` or the bare id.
+        name: String,
+        /// Longest wait, e.g. `30s` or `2h` (default: until it is done).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Follow an operation until it is done: a live bar on a terminal, one line per change
+    /// otherwise. Exit code 3 when it ended with an error.
+    Watch {
+        /// `operations/{id}` or the bare id.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Request cancellation of an operation.
+    Cancel {
+        /// `operations/{id}` or the bare id.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a finished operation.
+    Delete {
+        /// `operations/{id}` or the bare id.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the registered task kinds.
+    Kinds {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Manage bearer tokens for `serve --tokens-file`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Look after the embedded store.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCommand {
+    /// Check the store in a data directory thoroughly (every page, index and operation); prints
+    /// what is damaged and exits 1 if anything is. Safe beside a running server.
+    Check {
+        /// The data directory (as given to `oprun serve --data-dir`).
+        #[arg(long, env = "OPRUN_DATA_DIR", default_value = "./oprun-data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Print a fresh random token (first line: give it to the client as --token or
+    /// OPRUN_TOKEN) and its tokens-file line (second line: append it to the server's tokens
+    /// file). The token is shown only here: the file stores only its hash.
+    New {
+        /// What the token may do: reader, submitter or admin.
+        #[arg(long)]
+        role: Role,
+        /// A name for the token in the server's logs, e.g. `ci-deploy`.
+        #[arg(long)]
+        label: Option<String>,
+    },
+}
+
+/// Runs the command line. `register` adds the binary's own kinds for `serve`, given the
+/// serve settings (for example the snapshot root). Returns the exit code ([`EXIT_CODES`]).
+pub fn main(register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), String>) -> ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve(_));
+    if !serving {
+        // A client's output piped into `head` ends quietly, as other command-line tools do,
+        // instead of panicking on a broken pipe. (The server keeps Rust's default, ignoring
+        // SIGPIPE, so that a client's closed socket is only an error on that socket.)
+        #[cfg(unix)]
+        // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    init_tracing(if serving { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("oprun: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, register)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { code, message }) => {
+            eprintln!("oprun: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = EnvFilter::try_from_env("OPRUN_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(
+    cli: Cli,
+    register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), String>,
+) -> CliResult {
+    match cli.command {
+        Command::Serve(args) => serve::serve(args, register).await,
+        Command::Submit {
+            kind,
+            input,
+            request_id,
+            timeout,
+            not_before,
+            client,
+        } => {
+            let request = SubmitTaskRequest {
+                kind,
+                request_id,
+                timeout: timeout
+                    .map(prost_types::Duration::try_from)
+                    .transpose()
+                    .map_err(|e| format!("--timeout: {e}"))?,
+                not_before,
+                input: None,
+            };
+            submit(&client, request, &input).await
+        }
+        Command::Snapshot {
+            source_dir,
+            destination,
+            request_id,
+            client,
+        } => {
+            let mut c = SnapshotServiceClient::new(connect(&client).await?);
+            let op = c
+                .create_snapshot(CreateSnapshotRequest {
+                    source_dir,
+                    destination,
+                    request_id,
+                })
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            show::print_operation(&client, &op)
+        }
+        Command::Get { name, client } => {
+            let mut c = OperationsClient::new(connect(&client).await?);
+            let op = c
+                .get_operation(GetOperationRequest {
+                    name: full_name(&name),
+                })
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            show::print_operation(&client, &op)
+        }
+        Command::List {
+            filter,
+            page_size,
+            page_token,
+            client,
+        } => {
+            let mut c = OperationsClient::new(connect(&client).await?);
+            let resp = c
+                .list_operations(ListOperationsRequest {
+                    name: "operations".into(),
+                    filter,
+                    page_size,
+                    page_token,
+                    return_partial_success: false,
+                })
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            show::print_list(&client, &resp)
+        }
+        Command::Wait {
+            name,
+            timeout,
+            client,
+        } => wait(&client, &full_name(&name), timeout).await,
+        Command::Watch { name, client } => show::watch(&client, &full_name(&name)).await,
+        Command::Store(StoreCommand::Check { data_dir }) => store::check(&data_dir),
+        Command::Cancel { name, client } => {
+            let mut c = OperationsClient::new(connect(&client).await?);
+            c.cancel_operation(CancelOperationRequest {
+                name: full_name(&name),
+            })
+            .await
+            .map_err(status_line)?;
+            if !client.json {
+                println!("cancellation requested for {}", full_name(&name));
+            }
+            Ok(())
+        }
+        Command::Delete { name, client } => {
+            let mut c = OperationsClient::new(connect(&client).await?);
+            c.delete_operation(DeleteOperationRequest {
+                name: full_name(&name),
+            })
+            .await
+            .map_err(status_line)?;
+            if !client.json {
+                println!("deleted {}", full_name(&name));
+            }
+            Ok(())
+        }
+        Command::Token(TokenCommand::New { role, label }) => {
+            let token = crate::auth::new_token();
+            let line = crate::auth::tokens_file_line(&token, role, label.as_deref())
+                .map_err(|e| format!("--label: {e}"))?;
+            println!("{token}");
+            println!("{line}");
+            eprintln!(
+                "oprun: line 1 is the token: give it to the client (--token or OPRUN_TOKEN); \
+                 it is shown only now. Line 2 goes into the server's --tokens-file."
+            );
+            Ok(())
+        }
+        Command::Kinds { client } => {
+            let mut c = TaskServiceClient::new(connect(&client).await?);
+            let resp = c
+                .list_task_kinds(ListTaskKindsRequest {})
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            if client.json {
+                println!(
+                    "{}",
+                    codec()?.message_to_json(&resp).map_err(|e| e.to_string())?
+                );
+            } else {
+                for k in resp.kinds {
+                    println!(
+                        "{:<12} input {}  response {}{}",
+                        k.name,
+                        k.input_type,
+                        k.response_type,
+                        if k.retry_safe { "  (retry-safe)" } else { "" }
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Submits `request` with `input` (proto3 JSON of the kind's input type) and shows the new
+/// operation.
+async fn submit(client: &ClientArgs, mut request: SubmitTaskRequest, input: &str) -> CliResult {
+    let kind = request.kind.clone();
+    let channel = connect(client).await?;
+    let kinds = TaskServiceClient::new(channel.clone())
+        .list_task_kinds(ListTaskKindsRequest {})
+        .await
+        .map_err(status_line)?
+        .into_inner()
+        .kinds;
+    let Some(k) = kinds.iter().find(|k| k.name == kind) else {
+        let names: Vec<_> = kinds.iter().map(|k| k.name.as_str()).collect();
+        return Err(format!(
+            "unknown kind {kind:?}; registered kinds: {}",
+            names.join(", ")
+        )
+        .into());
+    };
+    request.input = Some(
+        codec()?
+            .any_from_json(&k.input_type, input)
+            .map_err(|e| format!("--input: {e}"))?,
+    );
+    let op = TaskServiceClient::new(channel)
+        .submit_task(request)
+        .await
+        .map_err(status_line)?
+        .into_inner();
+    show::print_operation(client, &op)
+}
+
+/// Waits until the operation is done, calling WaitOperation again whenever the server's own
+/// cap ends a call first, until `timeout` (none: for as long as it takes).
+async fn wait(client: &ClientArgs, name: &str, timeout: Option<Duration>) -> CliResult {
+    let mut c = OperationsClient::new(connect(client).await?);
+    let until = timeout.and_then(|t| Instant::now().checked_add(t));
+    let op = loop {
+        let left = until.map(|u| u.saturating_duration_since(Instant::now()));
+        let op = c
+            .wait_operation(WaitOperationRequest {
+                name: name.to_owned(),
+                timeout: left.and_then(|l| prost_types::Duration::try_from(l).ok()),
+            })
+            .await
+            .map_err(status_line)?
+            .into_inner();
+        if op.done
+            || left.is_some_and(|l| l.is_zero())
+            || until.is_some_and(|u| Instant::now() >= u)
+        {
+            break op;
+        }
+    };
+    show::print_operation(client, &op)?;
+    if !op.done {
+        let state = show::metadata_of(&op).map(|m| m.state).unwrap_or_default();
+        return Err(Failure::timed_out(format!(
+            "{name} is not done after {} (state {})",
+            humantime::format_duration(timeout.unwrap_or_default()),
+            crate::proto::oprun::v1::operation_metadata::State::try_from(state)
+                .map_or("UNKNOWN", |s| s.as_str_name())
+        )));
+    }
+    show::outcome(&op)
+}

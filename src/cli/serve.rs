@@ -1,0 +1,391 @@
+//! `oprun serve`: its flags, and running the server until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use super::{read_file, CliResult, Failure};
+use crate::auth::Tokens;
+use crate::scheduler::{Runner, RunnerConfig};
+use crate::server::{error_chain, ServeLimits, ServeOptions};
+use crate::store::memory::MemoryStore;
+use crate::store::sqlite::{Durability, SqliteOptions, SqliteStore};
+use crate::store::Store;
+use crate::task::Registry;
+
+/// Which store `serve` uses.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum StoreKind {
+    /// SQLite in `--data-dir` (durable; the default).
+    Sqlite,
+    /// Process memory (nothing survives a restart; for tests and benchmarks).
+    Memory,
+}
+
+/// Commit durability of the SQLite store.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Survives power loss.
+    Full,
+    /// Survives a process crash (`kill -9`), not power loss.
+    Normal,
+}
+
+/// `oprun serve` settings. Every flag also reads an `OPRUN_*` environment variable.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "OPRUN_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: String,
+    /// Where the embedded store lives.
+    #[arg(long, env = "OPRUN_DATA_DIR", default_value = "./oprun-data")]
+    pub data_dir: PathBuf,
+    /// Root directory for the snapshot kind's paths (default: `<data-dir>/snapshots`).
+    #[arg(long, env = "OPRUN_SNAPSHOT_ROOT")]
+    pub snapshot_root: Option<PathBuf>,
+    /// Store backend.
+    #[arg(long, env = "OPRUN_STORE", value_enum, default_value = "sqlite")]
+    pub store: StoreKind,
+    /// SQLite commit durability.
+    #[arg(long, env = "OPRUN_SYNC", value_enum, default_value = "full")]
+    pub sync: SyncMode,
+    /// Most operations running at once.
+    #[arg(long, env = "OPRUN_MAX_RUNNING", default_value_t = 64)]
+    pub max_running: usize,
+    /// Per-kind limit, `KIND=N` (repeatable; overrides what a kind declares).
+    #[arg(long = "kind-limit", env = "OPRUN_KIND_LIMITS", value_delimiter = ',', value_parser = parse_kind_limit)]
+    pub kind_limits: Vec<(String, usize)>,
+    /// How long a worker may ignore a cancel before it is aborted.
+    #[arg(long, env = "OPRUN_CANCEL_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub cancel_grace: Duration,
+    /// How long shutdown waits for running workers.
+    #[arg(long, env = "OPRUN_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// The longest a WaitOperation call waits.
+    #[arg(long, env = "OPRUN_MAX_WAIT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub max_wait: Duration,
+    /// Least time between two progress writes of one operation.
+    #[arg(long, env = "OPRUN_PROGRESS_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub progress_interval: Duration,
+    /// Most operations waiting at once (queued, delayed or backing off), over all kinds.
+    #[arg(long, env = "OPRUN_MAX_QUEUED", default_value_t = 100_000)]
+    pub max_queued: usize,
+    /// Largest accepted input message, in bytes.
+    #[arg(long, env = "OPRUN_MAX_INPUT_BYTES", default_value_t = 1 << 20)]
+    pub max_input_bytes: usize,
+    /// How long finished operations are kept.
+    #[arg(long, env = "OPRUN_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+    /// Most finished operations kept (the oldest are removed first).
+    #[arg(long, env = "OPRUN_MAX_RETAINED")]
+    pub max_retained: Option<usize>,
+    /// Largest size of the SQLite file (bytes, or with a unit: 512MiB, 2GiB); past it writes
+    /// fail as on a full disk.
+    #[arg(long, env = "OPRUN_MAX_DB_SIZE", value_parser = parse_bytes)]
+    pub max_db_size: Option<u64>,
+    /// Bound on the SQLite write-ahead log file (bytes, or with a unit: 64MiB).
+    #[arg(long, env = "OPRUN_WAL_LIMIT", default_value = "64MiB", value_parser = parse_bytes)]
+    pub wal_limit: u64,
+    /// Connections open at once; past it, new ones wait until one closes.
+    #[arg(long, env = "OPRUN_MAX_CONNECTIONS", default_value_t = ServeLimits::default().max_connections)]
+    pub max_connections: usize,
+    /// Calls in flight on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, env = "OPRUN_MAX_STREAMS_PER_CONNECTION", default_value_t = ServeLimits::default().max_streams_per_connection)]
+    pub max_streams_per_connection: u32,
+    /// Bytes of responses clients have not read yet, over all connections (bytes, or with a
+    /// unit); a response that does not fit is answered RESOURCE_EXHAUSTED.
+    #[arg(long, env = "OPRUN_MAX_UNREAD_RESPONSE_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub max_unread_response_bytes: u64,
+    /// How often an HTTP/2 ping checks that a connection's peer is alive.
+    #[arg(long, env = "OPRUN_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub keepalive_interval: Duration,
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    #[arg(long, env = "OPRUN_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub keepalive_timeout: Duration,
+    /// How long a new connection may take to send its first bytes (and finish TLS).
+    #[arg(long, env = "OPRUN_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// How long a connection may stay open with no call in flight.
+    #[arg(long, env = "OPRUN_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// PEM certificate chain to serve TLS with (needs --tls-key).
+    #[arg(long, env = "OPRUN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "OPRUN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) for mutual TLS: clients must present a certificate it signed.
+    #[arg(long, env = "OPRUN_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Bearer tokens file: `sha256:<hex> <role> [label]` per line (see `oprun token new`).
+    /// Every call then needs a token whose role allows it.
+    #[arg(long, env = "OPRUN_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Serve without authentication on a non-loopback address. Without it, `serve` refuses
+    /// to listen beyond loopback unless --tokens-file is given.
+    #[arg(long, env = "OPRUN_INSECURE_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub insecure_no_auth: bool,
+}
+
+impl ServeArgs {
+    /// The snapshot root (`--snapshot-root`, or `<data-dir>/snapshots`).
+    pub fn snapshot_root(&self) -> PathBuf {
+        self.snapshot_root
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("snapshots"))
+    }
+
+    /// The runner configuration these flags describe.
+    pub fn runner_config(&self) -> RunnerConfig {
+        RunnerConfig {
+            max_running: self.max_running.max(1),
+            kind_limits: self.kind_limits.iter().cloned().collect(),
+            max_queued: self.max_queued,
+            max_input_bytes: self.max_input_bytes,
+            cancel_grace: self.cancel_grace,
+            progress_interval: self.progress_interval,
+            max_wait: self.max_wait,
+            retention: self.retention,
+            max_retained: self.max_retained,
+        }
+    }
+
+    /// The connection limits these flags describe.
+    pub fn limits(&self) -> ServeLimits {
+        ServeLimits {
+            max_connections: self.max_connections.max(1),
+            max_streams_per_connection: self.max_streams_per_connection.max(1),
+            max_unread_response_bytes: usize::try_from(self.max_unread_response_bytes)
+                .unwrap_or(usize::MAX),
+            keepalive_interval: self.keepalive_interval,
+            keepalive_timeout: self.keepalive_timeout,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+
+    /// The TLS settings `--tls-cert`, `--tls-key` and `--tls-client-ca` describe, read and
+    /// checked (the key must match the certificate); `None` for plaintext.
+    ///
+    /// # Errors
+    /// A one-line message when only one of cert and key is given, a client CA without them,
+    /// or a file is unreadable or not valid PEM.
+    pub fn tls_config(&self) -> Result<Option<ServerTlsConfig>, String> {
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (None, None) if self.tls_client_ca.is_some() => {
+                return Err(
+                    "--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS \
+                            with client certificates"
+                        .to_owned(),
+                )
+            }
+            (None, None) => return Ok(None),
+            (Some(_), None) => {
+                return Err("--tls-cert needs --tls-key, the certificate's private key".to_owned())
+            }
+            (None, Some(_)) => {
+                return Err(
+                    "--tls-key needs --tls-cert, the certificate chain for that key".to_owned(),
+                )
+            }
+            (Some(cert), Some(key)) => (cert, key),
+        };
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+            read_file("--tls-cert", cert)?,
+            read_file("--tls-key", key)?,
+        ));
+        if let Some(ca) = &self.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read_file("--tls-client-ca", ca)?));
+        }
+        // Building a server parses the PEM files and matches the key to the certificate, so
+        // a bad file stops start-up here rather than at the first connection.
+        tonic::transport::Server::builder()
+            .tls_config(tls.clone())
+            .map_err(|e| {
+                format!(
+                    "cannot serve TLS with --tls-cert/--tls-key/--tls-client-ca: {}",
+                    error_chain(&e)
+                )
+            })?;
+        Ok(Some(tls))
+    }
+
+    /// The tokens of `--tokens-file`, if given.
+    ///
+    /// # Errors
+    /// A one-line message naming the file and, for a malformed line, its number.
+    pub fn tokens(&self) -> Result<Option<Arc<Tokens>>, String> {
+        let Some(path) = &self.tokens_file else {
+            return Ok(None);
+        };
+        Tokens::load(path)
+            .map(|t| Some(Arc::new(t)))
+            .map_err(|e| format!("cannot use the tokens file {}: {e}", path.display()))
+    }
+
+    /// Refuses to serve without authentication beyond loopback: without `--tokens-file`,
+    /// every address `--listen` resolves to must be a loopback one, unless
+    /// `--insecure-no-auth` is given.
+    ///
+    /// # Errors
+    /// A one-line message saying what to do.
+    pub async fn check_exposure(&self) -> Result<(), String> {
+        if self.tokens_file.is_some() {
+            if self.insecure_no_auth {
+                return Err("--insecure-no-auth contradicts --tokens-file; drop one".to_owned());
+            }
+            return Ok(());
+        }
+        let addrs: Vec<_> = tokio::net::lookup_host(&self.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", self.listen))?
+            .collect();
+        let loopback_only =
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().to_canonical().is_loopback());
+        if loopback_only {
+            return Ok(());
+        }
+        if self.insecure_no_auth {
+            tracing::warn!(
+                listen = %self.listen,
+                "serving WITHOUT authentication beyond loopback (--insecure-no-auth): \
+                 anyone who can reach this address can submit and delete operations"
+            );
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to serve {} without authentication: it is not a loopback address. \
+             Give --tokens-file FILE (make tokens with `oprun token new --role ROLE`), listen on \
+             127.0.0.1, or pass --insecure-no-auth to accept anyone who can reach it",
+            self.listen
+        ))
+    }
+}
+
+/// Parses a size: a number of bytes, or a number with a unit (`KiB`, `MiB`, `GiB`, or `KB`,
+/// `MB`, `GB` in powers of 1000), e.g. `64MiB`.
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 1048576, 64MiB or 2GiB"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "{s:?} has an unknown unit; use B, KiB, MiB, GiB (or KB, MB, GB)"
+            ))
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn parse_kind_limit(s: &str) -> Result<(String, usize), String> {
+    let (kind, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KIND=N"))?;
+    let n: usize = n
+        .parse()
+        .map_err(|_| format!("{n:?} in {s:?} is not a whole number"))?;
+    if kind.is_empty() || n == 0 {
+        return Err(format!("{s:?}: the kind must be named and N at least 1"));
+    }
+    Ok((kind.to_owned(), n))
+}
+
+pub(super) async fn serve(
+    args: ServeArgs,
+    register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), String>,
+) -> CliResult {
+    // Every setting is checked before the store is opened or any work resumes.
+    let tls = args.tls_config()?;
+    let tokens = args.tokens()?;
+    args.check_exposure().await?;
+    let mut registry = Registry::with_builtins();
+    register(&mut registry, &args)?;
+    let store: Arc<dyn Store> = match args.store {
+        StoreKind::Memory => Arc::new(MemoryStore::new()),
+        StoreKind::Sqlite => Arc::new(
+            SqliteStore::open(
+                &args.data_dir,
+                SqliteOptions {
+                    durability: match args.sync {
+                        SyncMode::Full => Durability::Full,
+                        SyncMode::Normal => Durability::Normal,
+                    },
+                    max_size_bytes: args.max_db_size,
+                    wal_limit_bytes: args.wal_limit,
+                    ..SqliteOptions::default()
+                },
+            )
+            .map_err(|e| format!("cannot open the store in {}: {e}", args.data_dir.display()))?,
+        ),
+    };
+    let runner = Runner::start(registry, store, args.runner_config())
+        .await
+        .map_err(|e| format!("cannot start: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    tracing::info!(
+        addr = %local,
+        data_dir = %args.data_dir.display(),
+        tls = tls.is_some(),
+        mutual_tls = args.tls_client_ca.is_some(),
+        tokens = tokens.as_ref().map_or(0, |t| t.len()),
+        "listening"
+    );
+    // The one line on stdout: tests and scripts read the bound port from it.
+    println!("oprun listening on {local}");
+    let mut options = ServeOptions::new()
+        .grace(args.shutdown_grace)
+        .limits(args.limits());
+    if let Some(tls) = tls {
+        options = options.tls(tls);
+    }
+    if let Some(tokens) = tokens {
+        options = options.auth(tokens);
+    }
+    crate::server::serve_with(listener, runner, shutdown_signal(), options)
+        .await
+        .map_err(|e| Failure::from(e.to_string()))
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,330 @@
+//! How the client subcommands show operations: one line for a list, the times and attempt a
+//! person needs for one operation, and `watch`'s live view.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use prost::{Message, Name};
+
+use super::client::{codec, connect, status_line, ClientArgs};
+use super::{CliResult, Failure};
+use crate::model::type_name;
+use crate::proto::google::longrunning::operations_client::OperationsClient;
+use crate::proto::google::longrunning::{
+    operation, GetOperationRequest, ListOperationsResponse, Operation,
+};
+use crate::proto::oprun::v1::{operation_metadata, OperationMetadata};
+
+/// How often `watch` asks for the operation.
+const WATCH_POLL: Duration = Duration::from_millis(200);
+/// At most one progress line per this long when `watch` writes lines (stdout not a terminal);
+/// a change of state is written at once.
+const LINE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The operation's metadata, if it carries oprun's.
+pub(super) fn metadata_of(op: &Operation) -> Option<OperationMetadata> {
+    let any = op.metadata.as_ref()?;
+    if type_name(&any.type_url) != OperationMetadata::full_name() {
+        return None;
+    }
+    OperationMetadata::decode(any.value.as_slice()).ok()
+}
+
+fn state_name(m: &OperationMetadata) -> &'static str {
+    operation_metadata::State::try_from(m.state)
+        .unwrap_or(operation_metadata::State::Unspecified)
+        .as_str_name()
+}
+
+/// A timestamp to the second, RFC 3339 in UTC; `-` when unset.
+fn time(t: Option<&prost_types::Timestamp>) -> String {
+    t.map_or_else(
+        || "-".to_owned(),
+        |t| {
+            prost_types::Timestamp {
+                seconds: t.seconds,
+                nanos: 0,
+            }
+            .to_string()
+        },
+    )
+}
+
+/// `completed/total unit`, or nothing when there is no total.
+fn progress(m: &OperationMetadata) -> String {
+    m.progress
+        .as_ref()
+        .filter(|p| p.total > 0)
+        .map(|p| {
+            format!("{}/{} {}", p.completed, p.total, p.unit)
+                .trim_end()
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+/// The error of a done operation, as `CODE (n): message`.
+fn error_line(status: &crate::proto::google::rpc::Status) -> String {
+    format!(
+        "{:?} ({}): {}",
+        tonic::Code::from_i32(status.code),
+        status.code,
+        status.message
+    )
+}
+
+/// One operation on one line: name, kind, state, progress.
+pub(super) fn summary(op: &Operation) -> String {
+    let meta = metadata_of(op).unwrap_or_default();
+    let progress = progress(&meta);
+    format!(
+        "{}  {}  {}{}",
+        op.name,
+        meta.kind,
+        state_name(&meta),
+        if progress.is_empty() {
+            String::new()
+        } else {
+            format!("  {progress}")
+        }
+    )
+}
+
+/// An operation, as JSON or in full for a person.
+pub(super) fn print_operation(client: &ClientArgs, op: &Operation) -> CliResult {
+    let codec = codec()?;
+    if client.json {
+        println!("{}", codec.message_to_json(op).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    let meta = metadata_of(op).unwrap_or_default();
+    println!("{}", summary(op));
+    let mut fields: Vec<(&str, String)> = vec![
+        ("created", time(meta.create_time.as_ref())),
+        ("started", time(meta.start_time.as_ref())),
+        ("updated", time(meta.update_time.as_ref())),
+    ];
+    if meta.end_time.is_some() {
+        fields.push(("ended", time(meta.end_time.as_ref())));
+    }
+    fields.push(("attempt", meta.attempt.max(1).to_string()));
+    if meta.deadline.is_some() {
+        fields.push(("deadline", time(meta.deadline.as_ref())));
+    }
+    if meta.next_attempt_time.is_some() {
+        fields.push(("next attempt", time(meta.next_attempt_time.as_ref())));
+    }
+    if meta.requested_cancellation && !op.done {
+        fields.push(("cancel", "requested".to_owned()));
+    }
+    if !meta.status_message.is_empty() {
+        fields.push(("status", meta.status_message.clone()));
+    }
+    if let Some(last) = &meta.last_error {
+        fields.push(("last error", error_line(last)));
+    }
+    match &op.result {
+        Some(operation::Result::Response(any)) => {
+            let body = codec
+                .to_json(type_name(&any.type_url), &any.value)
+                .map(|j| j.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_else(|_| format!("({} bytes of {})", any.value.len(), any.type_url));
+            fields.push(("response", body));
+        }
+        Some(operation::Result::Error(status)) => fields.push(("error", error_line(status))),
+        None => {}
+    }
+    for (name, value) in fields {
+        println!("  {:<13}{value}", format!("{name}:"));
+    }
+    Ok(())
+}
+
+/// A page of operations, as JSON or as a table with a header.
+pub(super) fn print_list(client: &ClientArgs, resp: &ListOperationsResponse) -> CliResult {
+    if client.json {
+        println!(
+            "{}",
+            codec()?.message_to_json(resp).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    let rows: Vec<[String; 5]> = resp
+        .operations
+        .iter()
+        .map(|op| {
+            let meta = metadata_of(op).unwrap_or_default();
+            [
+                op.name.clone(),
+                meta.kind.clone(),
+                state_name(&meta).to_owned(),
+                time(meta.create_time.as_ref()),
+                progress(&meta),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "KIND", "STATE", "CREATED", "PROGRESS"].map(str::to_owned);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let line = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        println!("{}", line.trim_end());
+    }
+    if rows.is_empty() {
+        println!("(no operations)");
+    }
+    if !resp.next_page_token.is_empty() {
+        println!("next page: --page-token {}", resp.next_page_token);
+    }
+    Ok(())
+}
+
+/// The exit status an operation's end calls for: success, or exit code 3 when it ended with an
+/// error.
+pub(super) fn outcome(op: &Operation) -> CliResult {
+    match &op.result {
+        Some(operation::Result::Error(s)) => Err(Failure::operation_failed(format!(
+            "{} ended with {}",
+            op.name,
+            error_line(s)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Follows an operation until it is done: a live bar on a terminal, else one line per change
+/// (at most one a second, a change of state at once). It polls GetOperation every 200 ms:
+/// progress does not make WaitOperation return.
+pub(super) async fn watch(client: &ClientArgs, name: &str) -> CliResult {
+    let mut c = OperationsClient::new(connect(client).await?);
+    let mut view = if std::io::stdout().is_terminal() && !client.json {
+        View::Bar(Bar::new())
+    } else {
+        View::Lines(Lines::default())
+    };
+    let op = loop {
+        let op = c
+            .get_operation(GetOperationRequest { name: name.into() })
+            .await
+            .map_err(status_line)?
+            .into_inner();
+        let meta = metadata_of(&op).unwrap_or_default();
+        match &mut view {
+            View::Bar(bar) => bar.show(&meta),
+            View::Lines(lines) if !client.json => lines.show(&meta),
+            View::Lines(_) => {}
+        }
+        if op.done {
+            break op;
+        }
+        tokio::time::sleep(WATCH_POLL).await;
+    };
+    if let View::Bar(bar) = view {
+        bar.finish();
+    }
+    print_operation(client, &op)?;
+    outcome(&op)
+}
+
+enum View {
+    Bar(Bar),
+    Lines(Lines),
+}
+
+/// The terminal view: a spinner while queued (or without a total), a bar with the unit,
+/// elapsed time and ETA while the worker reports a total.
+struct Bar {
+    bar: ProgressBar,
+    with_total: Option<bool>,
+}
+
+impl Bar {
+    fn new() -> Self {
+        Self {
+            bar: ProgressBar::new_spinner(),
+            with_total: None,
+        }
+    }
+
+    fn show(&mut self, meta: &OperationMetadata) {
+        let total = meta
+            .progress
+            .as_ref()
+            .map_or(0, |p| u64::try_from(p.total).unwrap_or(0));
+        let with_total = total > 0 && meta.state != operation_metadata::State::Queued as i32;
+        if self.with_total != Some(with_total) {
+            let template = if with_total {
+                "{spinner} [{bar:30}] {pos}/{len} {msg} [{elapsed}, ETA {eta}]"
+            } else {
+                "{spinner} {msg} [{elapsed}]"
+            };
+            if let Ok(style) = ProgressStyle::with_template(template) {
+                self.bar.set_style(style.progress_chars("=> "));
+            }
+            self.bar.enable_steady_tick(Duration::from_millis(120));
+            self.with_total = Some(with_total);
+        }
+        if let Some(p) = &meta.progress {
+            self.bar.set_length(total);
+            self.bar
+                .set_position(u64::try_from(p.completed.max(0)).unwrap_or(0));
+        }
+        let unit = meta.progress.as_ref().map_or("", |p| p.unit.as_str());
+        let mut msg = state_name(meta).to_owned();
+        if with_total && !unit.is_empty() {
+            msg = format!("{unit} {msg}");
+        }
+        if !meta.status_message.is_empty() {
+            msg = format!("{msg} {}", meta.status_message);
+        }
+        self.bar.set_message(msg);
+    }
+
+    fn finish(self) {
+        self.bar.finish();
+    }
+}
+
+/// The line view, for a pipe or a file.
+#[derive(Default)]
+struct Lines {
+    last: Option<(i32, String)>,
+    written: Option<Instant>,
+}
+
+impl Lines {
+    fn show(&mut self, meta: &OperationMetadata) {
+        let line = format!(
+            "{} {}{}{}",
+            state_name(meta),
+            progress(meta),
+            if meta.status_message.is_empty() {
+                ""
+            } else {
+                " — "
+            },
+            meta.status_message
+        )
+        .replace("  ", " ")
+        .trim_end()
+        .to_owned();
+        let changed_state = self.last.as_ref().is_none_or(|(s, _)| *s != meta.state);
+        let changed = self.last.as_ref().is_none_or(|(_, l)| *l != line);
+        let due = self.written.is_none_or(|at| at.elapsed() >= LINE_INTERVAL);
+        if changed_state || (changed && due) {
+            println!("{} {line}", time(meta.update_time.as_ref()));
+            self.written = Some(Instant::now());
+            self.last = Some((meta.state, line));
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The accept loop and the connections it hands to the HTTP/2 server.
+//!
+//! - At most `max_connections` connections are open at once; past that, new ones wait in the
+//!   kernel's backlog until one closes (logged at most once a minute).
+//! - Accept errors that mean the process is out of a resource (file descriptors, memory) pause
+//!   accepting with a growing backoff (10 ms to 1 s) and are logged at most once a minute,
+//!   instead of spinning on a listener that stays readable; other accept errors (a peer that
+//!   reset before it was accepted) are skipped.
+//! - Each connection must send its first bytes (the HTTP/2 preface, or a TLS hello) within the
+//!   handshake timeout, and is closed when it has had no call in flight for the idle timeout.
+//!   Which calls are in flight is known from [`Activity`], kept by the limits layer
+//!   (`super::limits`) and found through the connection's addresses.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tracing::{debug, info, warn};
+
+/// Bytes of the HTTP/2 client preface (`PRI * HTTP/2.0…`).
+const PREFACE_LEN: u64 = 24;
+
+/// The least time between two warnings about the same trouble.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// The first and longest pauses after an accept error that says the process is out of a
+/// resource.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// What one connection is doing, shared by its socket and the calls it carries.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    /// Calls in flight (from request to the end of the response body).
+    active: AtomicUsize,
+    /// When the last call ended (or the connection opened), in ms since the registry's epoch.
+    idle_since_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Activity {
+    fn new(epoch: Instant) -> Self {
+        Self {
+            active: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(ms_since(epoch)),
+            epoch,
+        }
+    }
+
+    /// Marks a call started; it ends when the returned guard drops.
+    pub(crate) fn begin(self: &Arc<Self>) -> CallGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        CallGuard(Arc::clone(self))
+    }
+
+    /// When the connection became idle, if it is.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let ms = self.idle_since_ms.load(Ordering::Acquire);
+        Some(self.epoch + Duration::from_millis(ms))
+    }
+}
+
+fn ms_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A call in flight on a connection.
+#[derive(Debug)]
+pub(crate) struct CallGuard(Arc<Activity>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.0
+            .idle_since_ms
+            .store(ms_since(self.0.epoch), Ordering::Release);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The open connections, by (local, remote) address: how a call finds its connection's
+/// [`Activity`] from the `TcpConnectInfo` tonic puts into each request.
+#[derive(Debug)]
+pub(crate) struct Connections {
+    // std Mutex: held for a map lookup or change only, never across an await.
+    open: Mutex<HashMap<(SocketAddr, SocketAddr), Arc<Activity>>>,
+    epoch: Instant,
+}
+
+impl Connections {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            open: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+        })
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(SocketAddr, SocketAddr), Arc<Activity>>> {
+        // Every critical section is a single insert, remove or lookup.
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The activity of the connection with these addresses, if it is open.
+    pub(crate) fn find(&self, info: &TcpConnectInfo) -> Option<Arc<Activity>> {
+        let key = (info.local_addr()?, info.remote_addr()?);
+        self.map().get(&key).cloned()
+    }
+}
+
+/// How connections are accepted and kept.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectionRules {
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// The stream of accepted connections `serve_with` hands to tonic. It never yields an error.
+pub(crate) fn accept(
+    listener: TcpListener,
+    rules: ConnectionRules,
+    connections: Arc<Connections>,
+) -> impl Stream<Item = io::Result<Conn>> {
+    let slots = Arc::new(Semaphore::new(rules.max_connections.max(1)));
+    let state = Acceptor {
+        listener,
+        rules,
+        connections,
+        slots,
+        cap_warned: None,
+        starved: None,
+        starved_warned: None,
+    };
+    futures::stream::unfold(state, |mut a| async move {
+        let conn = a.next().await;
+        Some((Ok(conn), a))
+    })
+}
+
+struct Acceptor {
+    listener: TcpListener,
+    rules: ConnectionRules,
+    connections: Arc<Connections>,
+    slots: Arc<Semaphore>,
+    /// When reaching the connection cap was last logged.
+    cap_warned: Option<Instant>,
+    /// Whether accepting is paused for lack of a resource, and whether that was logged.
+    starved: Option<bool>,
+    /// When running out of a resource was last logged.
+    starved_warned: Option<Instant>,
+}
+
+/// Whether a warning last given at `last` may be given again now (and notes it if so).
+fn due(last: &mut Option<Instant>) -> bool {
+    if last.is_some_and(|at| at.elapsed() < WARN_EVERY) {
+        return false;
+    }
+    *last = Some(Instant::now());
+    true
+}
+
+impl Acceptor {
+    async fn next(&mut self) -> Conn {
+        let slot = match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if due(&mut self.cap_warned) {
+                    warn!(
+                        max_connections = self.rules.max_connections,
+                        "at the connection limit (--max-connections); new connections wait \
+                         until one closes (logged at most once a minute)"
+                    );
+                }
+                let slot = Arc::clone(&self.slots)
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                debug!("below the connection limit again");
+                slot
+            }
+        };
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        loop {
+            match self.listener.accept().await {
+                Ok((tcp, _)) => {
+                    match self.starved.take() {
+                        Some(true) => info!("accepting connections again"),
+                        Some(false) => debug!("accepting connections again"),
+                        None => {}
+                    }
+                    return Conn::new(tcp, slot, &self.connections, self.rules);
+                }
+                Err(e) if out_of_resources(&e) => {
+                    if self.starved.is_none() {
+                        let warned = due(&mut self.starved_warned);
+                        self.starved = Some(warned);
+                        if warned {
+                            warn!(
+                                error = %e,
+                                "cannot accept connections: the process is out of a resource \
+                                 (raise its open-file limit, or lower --max-connections); \
+                                 pausing accepts and retrying with backoff (logged at most once \
+                                 a minute)"
+                            );
+                        }
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+                Err(e) => debug!(error = %e, "accept failed; skipped"),
+            }
+        }
+    }
+}
+
+/// Whether an accept error means the process (or system) is out of file descriptors or memory.
+fn out_of_resources(e: &io::Error) -> bool {
+    // EMFILE 24, ENFILE 23, ENOBUFS 105, ENOMEM 12 on Linux.
+    matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12)) || e.kind() == io::ErrorKind::OutOfMemory
+}
+
+/// An accepted connection: the socket, its place under the connection cap, and the timers that
+/// close it when it never speaks or stays idle.
+pub(crate) struct Conn {
+    tcp: TcpStream,
+    key: Option<(SocketAddr, SocketAddr)>,
+    connections: Arc<Connections>,
+    activity: Arc<Activity>,
+    rules: ConnectionRules,
+    _slot: OwnedSemaphorePermit,
+    /// Bytes read so far, up to the preface's length (the handshake is done then).
+    read: u64,
+    opened: Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Conn {
+    fn new(
+        tcp: TcpStream,
+        slot: OwnedSemaphorePermit,
+        connections: &Arc<Connections>,
+        rules: ConnectionRules,
+    ) -> Self {
+        // gRPC calls are small messages: send them at once.
+        let _ = tcp.set_nodelay(true);
+        let key = tcp.local_addr().ok().zip(tcp.peer_addr().ok());
+        let activity = Arc::new(Activity::new(connections.epoch));
+        if let Some(key) = key {
+            connections.map().insert(key, Arc::clone(&activity));
+        }
+        let opened = Instant::now();
+        let first_check = opened + rules.handshake_timeout.min(rules.idle_timeout);
+        Self {
+            tcp,
+            key,
+            connections: Arc::clone(connections),
+            activity,
+            rules,
+            _slot: slot,
+            read: 0,
+            opened,
+            timer: Box::pin(tokio::time::sleep_until(first_check)),
+        }
+    }
+
+    /// Called when the socket has nothing to read: whether the connection must be closed now,
+    /// else arms the timer for the next check.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            let now = Instant::now();
+            let handshake_deadline = self.opened + self.rules.handshake_timeout;
+            if self.read < PREFACE_LEN && now >= handshake_deadline {
+                return Some(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no HTTP/2 preface within the handshake timeout",
+                ));
+            }
+            let idle_deadline = self
+                .activity
+                .idle_since()
+                .map(|since| since + self.rules.idle_timeout);
+            if idle_deadline.is_some_and(|d| now >= d) {
+                return Some(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no call within the idle timeout",
+                ));
+            }
+            // Busy: look again an idle timeout from now (the earliest it could expire).
+            let mut next = idle_deadline.unwrap_or(now + self.rules.idle_timeout);
+            if self.read < PREFACE_LEN {
+                next = next.min(handshake_deadline);
+            }
+            self.timer.as_mut().reset(next);
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.connections.map().remove(&key);
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.tcp).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                self.read = self.read.saturating_add(n as u64).min(PREFACE_LEN);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match self.expired(cx) {
+                Some(e) => {
+                    debug!(error = %e, "closing a connection");
+                    Poll::Ready(Err(e))
+                }
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+impl Connected for Conn {
+    // The same info as a plain TcpStream, so `Request::remote_addr` and the auth log's peer
+    // address keep working.
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.tcp.connect_info()
+    }
+}

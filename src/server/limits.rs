@@ -1,0 +1,305 @@
+//! What one client may hold of the server: the tower layer around every call that bounds the
+//! bytes of responses waiting for clients to read them, and tells the connection a call is in
+//! flight (so it is not closed as idle).
+//!
+//! A response that a client does not read (an HTTP/2 flow-control window of zero) stays in the
+//! server's memory until the client reads it or goes away. Each response's encoded size is
+//! taken from one budget, shared by every connection, when the response is ready, and given
+//! back when the call ends (sent, or reset when the connection closes); a response that does
+//! not fit in what is left is answered RESOURCE_EXHAUSTED instead (with a `RetryInfo`).
+//!
+//! The response is handed to the connection in [`CHUNK`]-byte pieces: the HTTP/2 layer asks for
+//! the next piece only when the client's window has room, so what it buffers per call is at
+//! most its own send buffer (hyper's 400 KiB) while the rest stays here, counted.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic_types::{ErrorDetails, StatusExt};
+use tower::{Layer, Service};
+
+use super::incoming::{CallGuard, Connections};
+use crate::error::ERROR_DOMAIN;
+
+/// The pieces a budgeted response is handed to the connection in.
+const CHUNK: usize = 16 << 10;
+
+/// When a client refused for a full response budget is told to retry.
+const BUDGET_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Responses at least this large count as a burst worth giving memory back after.
+const LARGE_RESPONSE: usize = 1 << 20;
+
+/// The least time between two attempts to give freed memory back to the OS.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+
+/// The bytes all unread responses together may hold.
+#[derive(Debug, Clone)]
+pub(crate) struct ResponseBudget {
+    bytes: Arc<Semaphore>,
+    limit: usize,
+    /// When memory was last given back (ms since `epoch`), see [`ResponseBudget::release`].
+    trimmed_ms: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl ResponseBudget {
+    pub(crate) fn new(limit: usize) -> Self {
+        let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            bytes: Arc::new(Semaphore::new(limit)),
+            limit,
+            trimmed_ms: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Takes `n` bytes, if that many are left.
+    fn take(&self, n: usize) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(n).ok()?;
+        Arc::clone(&self.bytes).try_acquire_many_owned(n).ok()
+    }
+
+    /// Gives back a response's share; after a burst of large responses, once none is held any
+    /// more, also gives the memory they freed back to the OS. (glibc keeps freed memory in its
+    /// arenas, so the process would stay at the burst's peak; `malloc_trim` returns it. It runs
+    /// on a blocking thread, at most once a second.)
+    fn release(&self, permit: OwnedSemaphorePermit) {
+        let size = permit.num_permits();
+        drop(permit);
+        if size < LARGE_RESPONSE || self.bytes.available_permits() < self.limit {
+            return;
+        }
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.trimmed_ms.load(Ordering::Acquire);
+        let every = u64::try_from(TRIM_EVERY.as_millis()).unwrap_or(u64::MAX);
+        if now.saturating_sub(last) < every
+            || self
+                .trimmed_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn_blocking(|| {
+                // SAFETY: malloc_trim only walks glibc's own heaps; it takes no pointers.
+                unsafe { libc::malloc_trim(0) };
+            });
+        }
+    }
+}
+
+/// The layer: every call is counted on its connection and its response is budgeted.
+#[derive(Debug, Clone)]
+pub(crate) struct LimitsLayer {
+    budget: ResponseBudget,
+    connections: Arc<Connections>,
+}
+
+impl LimitsLayer {
+    pub(crate) fn new(budget: ResponseBudget, connections: Arc<Connections>) -> Self {
+        Self {
+            budget,
+            connections,
+        }
+    }
+}
+
+impl<S> Layer<S> for LimitsLayer {
+    type Service = Limits<S>;
+
+    fn layer(&self, inner: S) -> Limits<S> {
+        Limits {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`LimitsLayer`] makes.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits<S> {
+    inner: S,
+    layer: LimitsLayer,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Limits<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + Unpin + 'static,
+    ResBody::Error: Into<tonic::codegen::StdError>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let ext = req.extensions();
+        let info = ext.get::<TcpConnectInfo>().cloned().or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .map(|i| i.get_ref().clone())
+        });
+        let call = info
+            .and_then(|info| self.layer.connections.find(&info))
+            .map(|activity| activity.begin());
+        let budget = self.layer.budget.clone();
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let (parts, mut body) = response.await?.into_parts();
+            // A unary response is ready at once: take its first frame now to learn its size.
+            // (A stream's first message may not be; it then passes through unbudgeted.)
+            let first = match futures::FutureExt::now_or_never(std::future::poll_fn(|cx| {
+                Pin::new(&mut body).poll_frame(cx)
+            })) {
+                Some(Some(Ok(frame))) => Some(frame),
+                Some(Some(Err(e))) => {
+                    let status = tonic::Status::from_error(e.into());
+                    return Ok(status.into_http());
+                }
+                Some(None) | None => None,
+            };
+            let size = first
+                .as_ref()
+                .and_then(Frame::data_ref)
+                .map_or(0, Bytes::len);
+            let permit = if size == 0 {
+                None
+            } else {
+                match budget.take(size) {
+                    Some(permit) => Some(permit),
+                    None => return Ok(budget_exhausted(&budget, size).into_http()),
+                }
+            };
+            let (first, rest) = match first.map(Frame::into_data) {
+                Some(Ok(data)) => (None, data),
+                Some(Err(frame)) => (Some(frame), Bytes::new()),
+                None => (None, Bytes::new()),
+            };
+            let body = Budgeted {
+                inner: body,
+                rest,
+                first,
+                permit: permit.map(|p| (budget, p)),
+                _call: call,
+            };
+            Ok(http::Response::from_parts(
+                parts,
+                tonic::body::Body::new(body),
+            ))
+        })
+    }
+}
+
+/// The refusal of a response that does not fit in the budget.
+fn budget_exhausted(budget: &ResponseBudget, size: usize) -> tonic::Status {
+    let mut details = ErrorDetails::new();
+    details.set_retry_info(Some(BUDGET_RETRY_AFTER));
+    details.set_error_info(
+        "RESPONSE_BUDGET_EXHAUSTED",
+        ERROR_DOMAIN,
+        std::collections::HashMap::new(),
+    );
+    tonic::Status::with_error_details(
+        tonic::Code::ResourceExhausted,
+        format!(
+            "the server already holds its limit of {} MiB of responses that clients have not \
+             read, so this {size}-byte response was not kept; retry later, or ask for smaller \
+             pages (oprun serve --max-unread-response-bytes)",
+            budget.limit >> 20
+        ),
+        details,
+    )
+}
+
+/// A response body that holds its bytes' share of the budget until it ends, hands its first
+/// message on in [`CHUNK`]-byte pieces, and keeps its call counted on the connection.
+struct Budgeted<B> {
+    inner: B,
+    /// What is left of the message taken early to learn the response's size.
+    rest: Bytes,
+    /// A first frame that was not data (trailers of an empty response), to pass on as is.
+    first: Option<Frame<Bytes>>,
+    /// The response's share of the budget, given back when the body is dropped.
+    permit: Option<(ResponseBudget, OwnedSemaphorePermit)>,
+    _call: Option<CallGuard>,
+}
+
+impl<B> Drop for Budgeted<B> {
+    fn drop(&mut self) {
+        if let Some((budget, permit)) = self.permit.take() {
+            budget.release(permit);
+        }
+    }
+}
+
+impl<B> Body for Budgeted<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        if !self.rest.is_empty() {
+            let n = self.rest.len().min(CHUNK);
+            let piece = self.rest.split_to(n);
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
+        }
+        if let Some(frame) = self.first.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty() && self.first.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.inner.size_hint();
+        let n = self.rest.len() as u64;
+        hint.set_lower(hint.lower().saturating_add(n));
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper.saturating_add(n));
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The budget hands out bytes until it is spent and takes them back when released.
+    #[test]
+    fn budget_is_bounded() {
+        let budget = ResponseBudget::new(1000);
+        let a = budget.take(600).expect("fits");
+        assert!(budget.take(600).is_none(), "600 + 600 > 1000");
+        drop(a);
+        assert!(budget.take(600).is_some());
+        let msg = budget_exhausted(&budget, 600).message().to_owned();
+        assert!(msg.contains("600-byte"), "{msg}");
+    }
+}

@@ -1,0 +1,497 @@
+//! The writer thread: group commit, and the write-ahead log kept within its bound.
+//!
+//! # Group commit
+//! One thread owns the write connection. Callers send [`Command`]s over a channel and await a
+//! reply; the writer takes every command waiting, applies them in one transaction and commits
+//! once, so concurrent submissions share one WAL sync instead of paying one each. A reply is
+//! sent only after the commit returned: `Ok` means durable.
+//!
+//! # The log's bound
+//! Each commit appends pages to `oprun.sqlite3-wal`; a checkpoint copies them into the
+//! database, and the log starts again from its beginning only when a checkpoint has copied all
+//! of it and no reader still reads from it. A checkpointer on another thread, racing commits
+//! that never stop, never reaches the end: under sustained load the log grew without bound
+//! (10 GB). So:
+//! - a checkpointer thread runs PASSIVE checkpoints (which block nobody) each time the log has
+//!   grown by [`PASSIVE_STEP`], keeping what is left to copy small;
+//! - once the log passes half its bound, the writer itself runs a RESTART checkpoint between
+//!   two commits, when no background checkpoint is copying (it would wait for that one):
+//!   nothing is appended meanwhile, so it copies the small rest, waits for the readers still
+//!   in the log (reads are short), and the next commit writes the log from its beginning;
+//!   `journal_size_limit` trims a file that grew past the bound back to it;
+//! - when a reader holds on and the checkpoint cannot finish, the writer tries again after the
+//!   next commit; at the bound itself it holds commits back until the checkpoint succeeds.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant, SystemTime};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use super::{row_to_record, sql_error, sql_limit, RawRow, COLUMNS};
+use crate::model::{OperationId, OperationRecord};
+use crate::store::{encode_body, encode_input, from_micros, micros, StoreError, Swept};
+
+/// A record's columns, encoded by the caller so the writer thread only runs SQL.
+pub(super) struct RowImage {
+    id: String,
+    request_id: Option<String>,
+    kind: String,
+    done: bool,
+    state: i32,
+    error_code: Option<i32>,
+    create_time: i64,
+    update_time: i64,
+    end_time: Option<i64>,
+    /// Encoded only for inserts (the input never changes).
+    input: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl RowImage {
+    pub(super) fn of(r: &OperationRecord, with_input: bool) -> Self {
+        Self {
+            id: r.id.as_str().to_owned(),
+            request_id: r.request_id.clone(),
+            kind: r.kind.clone(),
+            done: r.is_done(),
+            state: r.state.to_proto() as i32,
+            error_code: r.error_code(),
+            create_time: micros(r.create_time),
+            update_time: micros(r.update_time),
+            end_time: r.end_time.map(micros),
+            input: if with_input {
+                encode_input(&r.input)
+            } else {
+                Vec::new()
+            },
+            body: encode_body(r),
+        }
+    }
+}
+
+/// What an insert found.
+pub(super) enum InsertOutcome {
+    /// Stored with this `seq`.
+    New(i64),
+    /// The `request_id` was already used by this row.
+    Existing(RawRow),
+}
+
+/// What the writer thread is asked to do; each carries the channel its answer goes to.
+pub(super) enum Command {
+    Insert(RowImage, oneshot::Sender<Result<InsertOutcome, StoreError>>),
+    Update(RowImage, oneshot::Sender<Result<(), StoreError>>),
+    Delete(
+        OperationId,
+        oneshot::Sender<Result<Option<bool>, StoreError>>,
+    ),
+    Sweep(
+        SystemTime,
+        Option<usize>,
+        oneshot::Sender<Result<Swept, StoreError>>,
+    ),
+    Close(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// The longest the writer lingers for more commands before committing.
+const MAX_LINGER: Duration = Duration::from_micros(500);
+
+/// How much the log grows between two requests for a background (PASSIVE) checkpoint.
+pub(super) const PASSIVE_STEP: u64 = 4 << 20;
+
+/// How long the writer keeps commits back, at the log's bound, for a checkpoint to succeed
+/// before it gives up for this commit (and says so).
+const HARD_WAIT: Duration = Duration::from_secs(30);
+
+/// Copies the log into the database when the writer asks, concurrently with commits
+/// (PASSIVE: it never blocks the writer or readers), saying in `running` when it is at it.
+/// Blocks on its channel when idle.
+pub(super) fn checkpointer(conn: Connection, rx: mpsc::Receiver<()>, running: Arc<AtomicBool>) {
+    while rx.recv().is_ok() {
+        running.store(true, Ordering::Release);
+        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+            tracing::warn!(error = %e, "WAL checkpoint failed; it will be retried");
+        }
+        running.store(false, Ordering::Release);
+    }
+}
+
+/// Keeps the log within its bound (see the module docs).
+pub(super) struct WalBound {
+    /// Pages in the log after the last commit, as SQLite's WAL hook reports them.
+    frames: Arc<AtomicI64>,
+    page_size: u64,
+    /// The log's bound, in bytes.
+    limit: u64,
+    /// `frames` when the last background checkpoint was requested.
+    requested_at: i64,
+    checkpoint: mpsc::SyncSender<()>,
+    /// Whether the background checkpoint is copying now.
+    copying: Arc<AtomicBool>,
+    /// Whether the log is known to be past its bound (logged once per episode).
+    over: bool,
+}
+
+impl WalBound {
+    /// Watches `conn`'s log (through its WAL hook) and bounds it at `limit` bytes.
+    pub(super) fn new(
+        conn: &mut Connection,
+        limit: u64,
+        checkpoint: mpsc::SyncSender<()>,
+        copying: Arc<AtomicBool>,
+    ) -> rusqlite::Result<Self> {
+        let frames = Arc::new(AtomicI64::new(0));
+        let hook = Arc::clone(&frames);
+        conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
+            hook.store(i64::from(pages), Ordering::Relaxed);
+            Ok(())
+        }))?;
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        conn.execute_batch(&format!("PRAGMA journal_size_limit = {limit};"))?;
+        Ok(Self {
+            frames,
+            page_size: u64::try_from(page_size).unwrap_or(4096).max(512),
+            limit,
+            requested_at: 0,
+            checkpoint,
+            copying,
+            over: false,
+        })
+    }
+
+    fn log_bytes(&self) -> u64 {
+        u64::try_from(self.frames.load(Ordering::Relaxed))
+            .unwrap_or(0)
+            .saturating_mul(self.page_size)
+    }
+
+    /// Runs after each commit: asks for a background checkpoint as the log grows, and
+    /// restarts the log past half its bound.
+    fn after_commit(&mut self, conn: &Connection) {
+        let frames = self.frames.load(Ordering::Relaxed);
+        if frames < self.requested_at {
+            // The log started again from its beginning.
+            self.requested_at = 0;
+        }
+        let grown = u64::try_from(frames - self.requested_at).unwrap_or(0) * self.page_size;
+        if grown >= PASSIVE_STEP {
+            // A full channel means a checkpoint is already pending: nothing to add.
+            let _ = self.checkpoint.try_send(());
+            self.requested_at = frames;
+        }
+        let bytes = self.log_bytes();
+        let hard = bytes >= self.limit;
+        // Below the bound, restart only while no background checkpoint is copying: the
+        // restart would wait for it, holding commits back; the next commit tries again.
+        if hard || (bytes >= self.limit / 2 && !self.copying.load(Ordering::Acquire)) {
+            self.restart(conn, hard);
+        }
+    }
+
+    /// Copies the whole log into the database so that the next commit starts it again from
+    /// its beginning. At the bound (`hard`), keeps trying (holding commits back) for up to
+    /// [`HARD_WAIT`]; below it, one try.
+    fn restart(&mut self, conn: &Connection, hard: bool) {
+        let started = Instant::now();
+        loop {
+            // (busy, pages in the log, pages copied): busy is 1 when a reader or another
+            // checkpoint kept it from finishing within the busy handler's patience.
+            let attempt = Instant::now();
+            let result =
+                conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
+            tracing::debug!(
+                elapsed_us = u64::try_from(attempt.elapsed().as_micros()).unwrap_or(u64::MAX),
+                wal_bytes = self.log_bytes(),
+                ?result,
+                "WAL restart checkpoint"
+            );
+            match result {
+                Ok(0) => {
+                    self.frames.store(0, Ordering::Relaxed);
+                    self.requested_at = 0;
+                    if self.over {
+                        tracing::info!("the write-ahead log is back within its bound");
+                        self.over = false;
+                    }
+                    return;
+                }
+                Ok(_) if hard && started.elapsed() < HARD_WAIT => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; it will be retried"),
+            }
+            if hard && !self.over {
+                self.over = true;
+                tracing::warn!(
+                    wal_bytes = self.log_bytes(),
+                    limit = self.limit,
+                    "the write-ahead log is at its bound and a long read keeps it from being \
+                     reset; commits are held back while it is retried"
+                );
+            }
+            return;
+        }
+    }
+}
+
+/// Applies commands in batches until every sender is gone or a Close arrives.
+pub(super) fn writer_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Command>,
+    max_batch: usize,
+    mut wal: WalBound,
+) {
+    // Group commit with an adaptive linger: when the previous batch held more than one
+    // command (callers are concurrent), wait up to as long as the last commit took (capped)
+    // for more before committing, so one commit serves many and the writer spends less CPU
+    // per operation. A lone caller never waits.
+    let mut last_batch = 0usize;
+    let mut last_commit = Duration::ZERO;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        drain(&rx, &mut batch, max_batch);
+        if last_batch > 1 && batch.len() < max_batch {
+            let deadline = Instant::now() + last_commit.min(MAX_LINGER);
+            while batch.len() < max_batch {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(c) => {
+                        batch.push(c);
+                        drain(&rx, &mut batch, max_batch);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        last_batch = batch.len();
+        let (closes, batch): (Vec<Command>, Vec<Command>) = batch
+            .into_iter()
+            .partition(|c| matches!(c, Command::Close(_)));
+        let started = Instant::now();
+        if !batch.is_empty() {
+            apply_batch(&mut conn, batch);
+            wal.after_commit(&conn);
+        }
+        last_commit = started.elapsed();
+        if !closes.is_empty() {
+            // Answer Close only once the database file is released, so the directory can be
+            // opened again (by this process or another) as soon as close() returns.
+            let checkpoint = conn
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                .map_err(sql_error);
+            let closed = conn.close().map_err(|(_, e)| sql_error(e));
+            let result = checkpoint.and(closed);
+            for close in closes {
+                if let Command::Close(tx) = close {
+                    // A caller that stopped waiting is not an error.
+                    let _ = tx.send(result.clone());
+                }
+            }
+            return;
+        }
+    }
+}
+/// Moves every command already waiting into `batch`, up to `max`.
+fn drain(rx: &mpsc::Receiver<Command>, batch: &mut Vec<Command>, max: usize) {
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(c) => batch.push(c),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Answers one command once the batch's commit result is known.
+type Finish = Box<dyn FnOnce(&Result<(), StoreError>)>;
+
+/// A reply that carries the command's own result if the commit succeeded, else the commit's
+/// error.
+fn reply<T: 'static>(
+    tx: oneshot::Sender<Result<T, StoreError>>,
+    result: Result<T, StoreError>,
+) -> Finish {
+    // A caller that stopped waiting is not an error, so the send result is ignored.
+    Box::new(move |commit| drop(tx.send(commit.clone().and(result))))
+}
+
+fn apply_batch(conn: &mut Connection, batch: Vec<Command>) {
+    // IMMEDIATE: take the write lock when the transaction begins (waiting up to
+    // busy_timeout), rather than upgrading a read to a write midway, which SQLite refuses at
+    // once with SQLITE_BUSY when another connection has written meanwhile.
+    match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => {
+            let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
+            let mut batch = batch.into_iter();
+            for cmd in batch.by_ref() {
+                finishes.push(apply(&tx, cmd));
+                if tx.is_autocommit() {
+                    // SQLite rolled the whole transaction back (e.g. disk full): nothing of
+                    // this batch is stored, so every command fails, and none may run outside
+                    // the transaction.
+                    break;
+                }
+            }
+            let commit = if tx.is_autocommit() {
+                Err(StoreError::Unavailable(
+                    "the store rolled back a write (is the disk full?)".to_owned(),
+                ))
+            } else {
+                tx.commit().map_err(sql_error)
+            };
+            for finish in finishes {
+                finish(&commit);
+            }
+            for cmd in batch {
+                fail(cmd)(&commit);
+            }
+        }
+        Err(e) => {
+            let failed = Err(sql_error(e));
+            for cmd in batch {
+                fail(cmd)(&failed);
+            }
+        }
+    }
+}
+
+/// The answer to a command that was not applied: the failed commit's error is what is sent
+/// (the placeholder result never is).
+fn fail(cmd: Command) -> Finish {
+    match cmd {
+        Command::Insert(_, tx) => reply(tx, Err(StoreError::Closed)),
+        Command::Update(_, tx) | Command::Close(tx) => reply(tx, Ok(())),
+        Command::Delete(_, tx) => reply(tx, Ok(None)),
+        Command::Sweep(_, _, tx) => reply(tx, Ok(Swept::default())),
+    }
+}
+
+fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command) -> Finish {
+    match cmd {
+        Command::Insert(r, reply_to) => reply(reply_to, insert(tx, &r)),
+        Command::Update(r, reply_to) => reply(reply_to, update(tx, &r)),
+        Command::Delete(id, reply_to) => reply(reply_to, delete_done(tx, &id)),
+        Command::Sweep(before, keep, reply_to) => reply(reply_to, sweep(tx, before, keep)),
+        Command::Close(reply_to) => reply(reply_to, Ok(())),
+    }
+}
+
+fn insert(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<InsertOutcome, StoreError> {
+    if let Some(rid) = &r.request_id {
+        let existing = tx
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM operations WHERE request_id = ?1"
+            ))
+            .and_then(|mut s| s.query_row(params![rid], row_to_record).optional())
+            .map_err(sql_error)?;
+        if let Some(row) = existing {
+            return Ok(InsertOutcome::Existing(row));
+        }
+    }
+    tx.prepare_cached(
+        "INSERT INTO operations (id, request_id, kind, done, state, error_code, create_time, \
+         update_time, end_time, input, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            r.id,
+            r.request_id,
+            r.kind,
+            r.done,
+            r.state,
+            r.error_code,
+            r.create_time,
+            r.update_time,
+            r.end_time,
+            r.input,
+            r.body,
+        ])
+    })
+    .map_err(sql_error)?;
+    Ok(InsertOutcome::New(tx.last_insert_rowid()))
+}
+
+fn update(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE operations SET done = ?2, state = ?3, error_code = ?4, update_time = ?5, \
+         end_time = ?6, body = ?7 WHERE id = ?1",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            r.id,
+            r.done,
+            r.state,
+            r.error_code,
+            r.update_time,
+            r.end_time,
+            r.body
+        ])
+    })
+    .map_err(sql_error)?;
+    Ok(())
+}
+
+fn delete_done(
+    tx: &rusqlite::Transaction<'_>,
+    id: &OperationId,
+) -> Result<Option<bool>, StoreError> {
+    let done: Option<bool> = tx
+        .prepare_cached("SELECT done FROM operations WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row(params![id.as_str()], |row| row.get(0))
+                .optional()
+        })
+        .map_err(sql_error)?;
+    match done {
+        None => Ok(None),
+        Some(false) => Ok(Some(false)),
+        Some(true) => {
+            tx.execute("DELETE FROM operations WHERE id = ?1", params![id.as_str()])
+                .map_err(sql_error)?;
+            Ok(Some(true))
+        }
+    }
+}
+
+fn sweep(
+    tx: &rusqlite::Transaction<'_>,
+    finished_before: SystemTime,
+    keep_at_most: Option<usize>,
+) -> Result<Swept, StoreError> {
+    let mut deleted = tx
+        .prepare_cached("DELETE FROM operations WHERE done = 1 AND end_time < ?1")
+        .and_then(|mut s| s.execute(params![micros(finished_before)]))
+        .map_err(sql_error)?;
+    let mut finished: usize = tx
+        .query_row("SELECT COUNT(*) FROM operations WHERE done = 1", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|n| usize::try_from(n).unwrap_or(0))
+        .map_err(sql_error)?;
+    if let Some(keep) = keep_at_most {
+        if finished > keep {
+            let excess = finished - keep;
+            let n = tx
+                .execute(
+                    "DELETE FROM operations WHERE seq IN (SELECT seq FROM operations \
+                     WHERE done = 1 ORDER BY end_time, seq LIMIT ?1)",
+                    params![sql_limit(excess)],
+                )
+                .map_err(sql_error)?;
+            deleted += n;
+            finished -= n;
+        }
+    }
+    let oldest: Option<i64> = tx
+        .query_row(
+            "SELECT MIN(end_time) FROM operations WHERE done = 1",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql_error)?;
+    Ok(Swept {
+        deleted,
+        finished,
+        oldest_finished: oldest.map(from_micros),
+    })
+}
