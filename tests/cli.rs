@@ -1,0 +1,236 @@
+//! The `oprun` client subcommands as a person meets them: what they print, how they fail, and
+//! their exit codes (0 succeeded, 1 failed, 2 usage, 3 the operation ended with an error,
+//! 4 a wait timed out).
+
+mod common;
+
+use std::process::Output;
+
+use common::binary::{oprun, run_to_exit, BinServer};
+
+async fn cli(args: &[&str]) -> Output {
+    run_to_exit(oprun().args(args)).await
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The name on the first line of a command's human output.
+fn name_of(o: &Output) -> String {
+    stdout(o)
+        .split_whitespace()
+        .next()
+        .expect("an operation name")
+        .to_owned()
+}
+
+/// Issue 6, item 12: the README tour's `{"duration":"1h"}` failed with "failed to parse
+/// duration"; now the message names the field and says what proto3 JSON accepts (exit 1).
+#[tokio::test]
+async fn a_bad_duration_says_what_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinServer::start(dir.path(), "127.0.0.1:0", &[], &[]);
+    let addr = server.addr.to_string();
+    let out = cli(&[
+        "submit",
+        "sleep",
+        "--input",
+        r#"{"duration":"1h"}"#,
+        "--addr",
+        &addr,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(r#"field "duration": "1h" is not a Duration"#),
+        "{err}"
+    );
+    assert!(err.contains(r#""90s""#) && err.contains("3600s"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
+
+/// Issue 6, item 14: a connection failure is one line with the OS's words once and a hint, and
+/// an address without a scheme means http://.
+#[tokio::test]
+async fn connection_errors_are_one_line_with_a_hint() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    for addr in [
+        format!("http://127.0.0.1:{port}"),
+        format!("127.0.0.1:{port}"),
+    ] {
+        let out = cli(&["get", "operations/x", "--addr", &addr]).await;
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert_eq!(
+            err.matches("Connection refused").count(),
+            1,
+            "no repeats: {err}"
+        );
+        assert!(
+            err.contains(&format!("is `oprun serve` running on 127.0.0.1:{port}?")),
+            "{err}"
+        );
+        assert!(!err.contains("scheme is missing"), "{err}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinServer::start(dir.path(), "127.0.0.1:0", &[], &[]);
+    let out = cli(&["kinds", "--addr", &server.addr.to_string()]).await;
+    assert!(
+        out.status.success(),
+        "host:port alone works: {}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("sleep"));
+}
+
+/// Issue 6, item 15: `wait` and `watch` agree on exit codes: 0 when the operation succeeded,
+/// 3 when it ended with an error, 4 when a wait timed out; 2 for a wrong command line.
+#[tokio::test]
+async fn wait_and_watch_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinServer::start(dir.path(), "127.0.0.1:0", &[], &[]);
+    let addr = server.addr.to_string();
+    let submit = |input: &'static str| {
+        let addr = addr.clone();
+        async move { cli(&["submit", "sleep", "--input", input, "--addr", &addr]).await }
+    };
+
+    let ok = name_of(&submit(r#"{"duration":"0.2s"}"#).await);
+    let failing = name_of(&submit(r#"{"duration":"0.2s","failMessage":"boom"}"#).await);
+    let long = name_of(&submit(r#"{"duration":"30s"}"#).await);
+
+    for (cmd, name, code) in [
+        ("wait", &ok, 0),
+        ("watch", &ok, 0),
+        ("wait", &failing, 3),
+        ("watch", &failing, 3),
+    ] {
+        let out = cli(&[cmd, name, "--addr", &addr]).await;
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{cmd} {name}: {}",
+            stderr(&out)
+        );
+        if code == 3 {
+            assert!(
+                stderr(&out).contains("ended with Unknown (2): boom"),
+                "{}",
+                stderr(&out)
+            );
+        }
+    }
+    let out = cli(&["wait", &long, "--timeout", "1s", "--addr", &addr]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not done after 1s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("RUNNING"),
+        "it shows the state: {}",
+        stdout(&out)
+    );
+
+    let usage = cli(&["wait"]).await;
+    assert_eq!(usage.status.code(), Some(2));
+    let unknown = cli(&["get", "operations/nope", "--addr", &addr]).await;
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("NotFound"),
+        "{}",
+        stderr(&unknown)
+    );
+}
+
+/// Issue 6, item 15: `watch` with stdout not a terminal prints one line per change (a QUEUED
+/// operation shows as QUEUED, not as a full bar); `list` has a header and create times; `get`
+/// shows the times, attempt and deadline.
+#[tokio::test]
+async fn watch_list_and_get_show_what_a_person_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinServer::start(dir.path(), "127.0.0.1:0", &["--max-running", "1"], &[]);
+    let addr = server.addr.to_string();
+    let first = cli(&[
+        "submit",
+        "sleep",
+        "--input",
+        r#"{"duration":"1s","steps":4}"#,
+        "--addr",
+        &addr,
+    ])
+    .await;
+    // Waits behind the first (one at a time), so watch sees it QUEUED first.
+    let second = cli(&[
+        "submit",
+        "sleep",
+        "--input",
+        r#"{"duration":"1.2s","steps":4}"#,
+        "--timeout",
+        "1h",
+        "--addr",
+        &addr,
+    ])
+    .await;
+    let name = name_of(&second);
+    let out = cli(&["watch", &name, "--addr", &addr]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    // The change lines, then the operation as `get` shows it.
+    let lines: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("operations/"))
+        .collect();
+    assert!(lines[0].contains(" QUEUED"), "{text}");
+    assert!(!lines[0].contains("0/0"), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" RUNNING") && l.contains("steps")),
+        "{text}"
+    );
+    assert!(
+        lines.len() <= 6,
+        "one line per change, at most one a second: {text}"
+    );
+    assert!(lines.last().unwrap().contains(" SUCCEEDED"), "{text}");
+
+    let list = cli(&["list", "--addr", &addr]).await;
+    let table = stdout(&list);
+    let header = table.lines().next().unwrap();
+    for column in ["NAME", "KIND", "STATE", "CREATED", "PROGRESS"] {
+        assert!(header.contains(column), "{table}");
+    }
+    assert!(
+        table.contains(&name_of(&first)) && table.contains(&name),
+        "{table}"
+    );
+    assert!(
+        table.contains("T") && table.contains("Z"),
+        "create times: {table}"
+    );
+
+    let get = cli(&["get", &name, "--addr", &addr]).await;
+    let shown = stdout(&get);
+    for field in [
+        "created:",
+        "started:",
+        "ended:",
+        "attempt:",
+        "deadline:",
+        "response:",
+    ] {
+        assert!(shown.contains(field), "{field} in {shown}");
+    }
+}

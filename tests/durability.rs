@@ -1,0 +1,376 @@
+//! What the store makes durable, and what the runner shows of it: a refused write is never
+//! published (done never reverts), the write-ahead log stays within its bound under sustained
+//! writes, and a damaged database file is refused at start-up and answered DATA_LOSS at run
+//! time.
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::binary::{oprun, run_to_exit};
+use common::faults::FaultyStore;
+use common::{error_code, metadata, sleep_input, TestServer};
+use oprun::model::{OperationRecord, State};
+use oprun::proto::google::longrunning::{DeleteOperationRequest, WaitOperationRequest};
+use oprun::proto::oprun::v1::operation_metadata;
+use oprun::store::sqlite::{SqliteOptions, SqliteStore};
+use oprun::store::{Inserted, Store, StoreError};
+
+use oprun::RunnerConfig;
+
+/// A `tracing` writer into a shared buffer, to count what the runner logs.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Everything logged in this test process. Installed once as the global subscriber: a
+    /// per-thread one misses events whose call sites another thread registered first.
+    fn global() -> &'static Captured {
+        static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Captured::default();
+            let writer = logs.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+            logs
+        })
+    }
+
+    /// The lines that mention `needle`.
+    fn lines_with(&self, needle: &str) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(needle))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn state(op: &oprun::proto::google::longrunning::Operation) -> operation_metadata::State {
+    operation_metadata::State::try_from(metadata(op).state).unwrap()
+}
+
+/// Issue 6, item 1: while the store refuses an operation's final write (a full disk), nothing
+/// shows it done: WaitOperation keeps waiting, GetOperation answers RUNNING, Delete refuses a
+/// running operation. The write is retried with backoff and logged once, not once per retry;
+/// when the store takes it, Wait and Get agree on the result.
+#[tokio::test]
+async fn a_refused_end_is_never_published() {
+    let logs = Captured::global();
+
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&dir.path().join("data"), SqliteOptions::default()).unwrap();
+    let store = FaultyStore::new(Arc::new(sqlite));
+    let server = TestServer::start_on(dir, store.clone(), RunnerConfig::default()).await;
+    let op = server
+        .submit("sleep", sleep_input(400, 2, "the end, 3,000 bytes long"))
+        .await;
+    // Wait until it runs, then fill the store.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state(&server.get_op(&op.name).await) != operation_metadata::State::Running {
+        assert!(Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    store.refuse_writes.store(true, Ordering::SeqCst);
+
+    // The worker ends within 400 ms; its end cannot be written.
+    let mut ops = server.operations().await;
+    let waited = ops
+        .wait_operation(WaitOperationRequest {
+            name: op.name.clone(),
+            timeout: Some(prost_types::Duration {
+                seconds: 2,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !waited.done,
+        "Wait showed an end the store never took: {waited:?}"
+    );
+    let got = server.get_op(&op.name).await;
+    assert!(!got.done);
+    assert_eq!(state(&got), operation_metadata::State::Running);
+    let deleted = ops
+        .delete_operation(DeleteOperationRequest {
+            name: op.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        deleted.code(),
+        tonic::Code::FailedPrecondition,
+        "{deleted:?}"
+    );
+    let refused = store.refused.load(Ordering::SeqCst);
+    assert!(
+        refused >= 3,
+        "the end was tried {refused} times in 2 s; it must be retried"
+    );
+
+    // Room again: the retried write goes through and everyone sees the same end.
+    store.refuse_writes.store(false, Ordering::SeqCst);
+    let waited = server.wait_done(&op.name).await;
+    assert_eq!(error_code(&waited), Some(2), "UNKNOWN, from fail_message");
+    let got = server.get_op(&op.name).await;
+    assert_eq!(got, waited, "Get and Wait disagree after the write");
+    assert_eq!(state(&got), operation_metadata::State::Failed);
+    let stored = server
+        .runner
+        .get(&oprun::model::OperationId::parse_name(&op.name).unwrap())
+        .await
+        .unwrap();
+    assert!(stored.is_done());
+
+    let text = logs.lines_with(&op.name);
+    assert_eq!(
+        text.matches("the store refused").count(),
+        1,
+        "logged once per operation, not once per retry:\n{text}"
+    );
+    assert!(
+        text.contains("the store took the write after refusing it"),
+        "{text}"
+    );
+    server.stop().await;
+}
+
+/// A start the store refuses leaves the operation QUEUED (it never runs unrecorded); it starts
+/// once the store takes writes again.
+#[tokio::test]
+async fn a_refused_start_leaves_the_operation_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FaultyStore::new(Arc::new(oprun::store::memory::MemoryStore::new()));
+    let server = TestServer::start_on(dir, store.clone(), RunnerConfig::default()).await;
+    // The submission is taken; the RUNNING write that follows it is refused. (One thread: the
+    // start cannot run before the refusal is switched on.)
+    let op = server
+        .runner
+        .submit(oprun::Submission::new("gauge", sleep_input(0, 1, "")))
+        .await
+        .unwrap();
+    store.refuse_writes.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let now = server.runner.get(&op.id).await.unwrap();
+    assert_eq!(now.state, State::Queued, "{now:?}");
+    assert_eq!(
+        server.gauge.runs.load(Ordering::SeqCst),
+        0,
+        "it ran unrecorded"
+    );
+    assert!(
+        store.refused.load(Ordering::SeqCst) >= 2,
+        "the start is retried"
+    );
+    store.refuse_writes.store(false, Ordering::SeqCst);
+    let done = server.wait_done(&op.id.name()).await;
+    assert!(done.done);
+    assert_eq!(error_code(&done), None);
+    server.stop().await;
+}
+
+/// Issue 6, item 2: under sustained writes with readers alongside, the write-ahead log file
+/// never grows past its bound (plus one commit's pages), whereas it grew without bound before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_ahead_log_stays_bounded() {
+    const LIMIT: u64 = 2 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(
+            dir.path(),
+            SqliteOptions {
+                wal_limit_bytes: LIMIT,
+                durability: oprun::store::sqlite::Durability::Normal,
+                ..SqliteOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let wal = dir.path().join("oprun.sqlite3-wal");
+    let largest = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (wal, largest, stop) = (wal.clone(), Arc::clone(&largest), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+                largest.fetch_max(size, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    // A reader that keeps read transactions coming, as Get and List do.
+    let reader = {
+        let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let _ = store
+                    .list(0, &oprun::filter::Filter::parse("").unwrap(), 50)
+                    .await;
+            }
+        })
+    };
+    // 8 writers; every record carries 2 KB, so 12,000 writes put ~25 MB through the log.
+    let mut writers = Vec::new();
+    for _ in 0..8 {
+        let store = Arc::clone(&store);
+        writers.push(tokio::spawn(async move {
+            for _ in 0..750 {
+                let mut r =
+                    OperationRecord::new_queued("sleep".into(), sleep_input(0, 1, ""), None);
+                r.status_message = "x".repeat(2048);
+                let Inserted::New(mut r) = store.insert(r).await.unwrap() else {
+                    panic!("new");
+                };
+                r.state = State::Running;
+                store.update(&r).await.unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    reader.await.unwrap();
+    sampler.join().unwrap();
+    let largest = largest.load(Ordering::SeqCst);
+    // One commit may add up to a batch's pages past the point where the log restarts.
+    assert!(
+        largest <= LIMIT + LIMIT / 2,
+        "the WAL reached {largest} bytes; its bound is {LIMIT}"
+    );
+    assert!(largest > 0, "the WAL was never seen");
+    store.close().await.unwrap();
+}
+
+/// Writes `len` bytes of garbage in the middle of `path`.
+fn damage(path: &std::path::Path, len: usize) {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let size = f.seek(SeekFrom::End(0)).unwrap();
+    assert!(
+        size > 16 * 4096,
+        "the file is too small to damage meaningfully: {size}"
+    );
+    let mut probe = [0u8; 1];
+    f.seek(SeekFrom::Start(size / 2)).unwrap();
+    f.read_exact(&mut probe).unwrap();
+    f.seek(SeekFrom::Start(size / 2)).unwrap();
+    let garbage: Vec<u8> = (0..len).map(|i| (i * 7 + 13) as u8 ^ 0xa5).collect();
+    f.write_all(&garbage).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Fills a fresh store in `dir` with `n` finished operations and closes it (the WAL is copied
+/// into the database file).
+async fn filled_store(dir: &std::path::Path, n: usize) {
+    let store = SqliteStore::open(dir, SqliteOptions::default()).unwrap();
+    for i in 0..n {
+        let mut r = OperationRecord::new_queued("sleep".into(), sleep_input(0, 1, ""), None);
+        r.status_message = format!("operation {i} {}", "y".repeat(300));
+        let Inserted::New(mut r) = store.insert(r).await.unwrap() else {
+            panic!("new");
+        };
+        r.fail(State::Failed, oprun::Code::Unknown, "done");
+        store.update(&r).await.unwrap();
+    }
+    store.close().await.unwrap();
+}
+
+/// Issue 6, item 3: a database file with damaged pages stops `oprun serve` with a clear
+/// message (it started, and wrote into it, before); `oprun store check` names the damage and
+/// exits non-zero, and says a sound file is sound.
+#[tokio::test]
+async fn a_damaged_file_is_refused_at_start_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    filled_store(&data, 600).await;
+    let check = run_to_exit(oprun().args(["store", "check", "--data-dir"]).arg(&data)).await;
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "a sound store: {out}");
+    assert!(out.contains("sound (600 operations"), "{out}");
+
+    damage(&data.join("oprun.sqlite3"), 3000);
+    let serve = run_to_exit(
+        oprun()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data),
+    )
+    .await;
+    let err = String::from_utf8_lossy(&serve.stderr);
+    assert!(
+        !serve.status.success(),
+        "oprun served a damaged store: {err}"
+    );
+    assert!(err.contains("is damaged"), "{err}");
+    assert!(
+        err.contains("oprun store check"),
+        "the message says what to do: {err}"
+    );
+
+    let check = run_to_exit(oprun().args(["store", "check", "--data-dir"]).arg(&data)).await;
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{out}");
+    assert!(out.contains("DAMAGED"), "{out}");
+}
+
+/// Issue 6, item 3: corruption met at run time is DATA_LOSS (never UNAVAILABLE, which clients
+/// retry forever), logged as DATA_LOSS, and from then on the store refuses writes.
+#[tokio::test]
+async fn corruption_at_run_time_is_data_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    filled_store(dir.path(), 1000).await;
+    damage(&dir.path().join("oprun.sqlite3"), 64 << 10);
+    let store = SqliteStore::open(
+        dir.path(),
+        SqliteOptions {
+            integrity_check: false,
+            ..SqliteOptions::default()
+        },
+    )
+    .unwrap();
+    let mut after = 0;
+    let failure = loop {
+        match store
+            .list(after, &oprun::filter::Filter::parse("").unwrap(), 100)
+            .await
+        {
+            Ok(page) if page.is_empty() => panic!("read every row of a damaged file"),
+            Ok(page) => after = page.last().unwrap().seq,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(failure, StoreError::Corrupt(_)), "{failure:?}");
+    let status = tonic::Status::from(oprun::Error::from(failure));
+    assert_eq!(status.code(), tonic::Code::DataLoss, "{status:?}");
+    let write = store
+        .insert(OperationRecord::new_queued(
+            "sleep".into(),
+            sleep_input(0, 1, ""),
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(write, StoreError::Corrupt(_)), "{write:?}");
+}
