@@ -1,0 +1,256 @@
+//! Every code snippet in README.md is compiled or executed: each fenced block carries a
+//! `<!-- readme: … -->` marker saying how, and this test holds each to it.
+//!
+//! - `newcomer`: the newcomer's block must stay exactly those two commands (CI runs
+//!   the second, `bash tests/run.sh`; the first is the binary every other test here runs).
+//! - `run`: the tour, run as a bash script against a fresh directory with the built `oprun`
+//!   on `PATH` (its server on a free port, through `OPRUN_LISTEN`/`OPRUN_ADDR`).
+//! - `rust`: identical to the `examples/` file its first line names; `cargo test` builds the
+//!   examples, and the embedding example is run here until it serves, then stopped with
+//!   SIGINT.
+//! - `python`: run by `tests/interop/test_readme.py` against a real server.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use oprun::proto::oprun::v1::task_service_client::TaskServiceClient;
+use oprun::proto::oprun::v1::ListTaskKindsRequest;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workers/ has a parent")
+        .to_path_buf()
+}
+
+/// A fenced block of the README: its marker, language and text.
+#[derive(Debug)]
+struct Block {
+    marker: String,
+    lang: String,
+    text: String,
+    line: usize,
+}
+
+/// Every fenced block, with the `<!-- readme: … -->` marker on the line before it (empty if
+/// none); fails on an indented code block, which could hold an unchecked snippet.
+fn blocks() -> Vec<Block> {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let lines: Vec<&str> = readme.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut previous_blank = true;
+    while i < lines.len() {
+        let line = lines[i];
+        if let Some(lang) = line.strip_prefix("```") {
+            let marker = lines[..i]
+                .iter()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .and_then(|l| l.strip_prefix("<!-- readme: "))
+                .map(|m| m.trim_end_matches("-->").trim().to_owned())
+                .unwrap_or_default();
+            let start = i;
+            let mut text = String::new();
+            i += 1;
+            while i < lines.len() && !lines[i].starts_with("```") {
+                text.push_str(lines[i]);
+                text.push('\n');
+                i += 1;
+            }
+            out.push(Block {
+                marker,
+                lang: lang.trim().to_owned(),
+                text,
+                line: start + 1,
+            });
+            previous_blank = false;
+        } else {
+            assert!(
+                !(previous_blank && line.starts_with("    ") && !line.trim().is_empty()),
+                "README.md line {}: an indented code block; make it a fenced block with a \
+                 `<!-- readme: … -->` marker",
+                i + 1
+            );
+            previous_blank = line.trim().is_empty();
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Each block says how it is checked, and the two commands stay what the README promises.
+#[test]
+fn every_block_is_checked() {
+    let blocks = blocks();
+    let mut kinds = Vec::new();
+    for b in &blocks {
+        let kind = b.marker.split_whitespace().next().unwrap_or_default();
+        assert!(
+            ["newcomer", "run", "rust", "python"].contains(&kind),
+            "README.md line {}: a ```{} block without a `<!-- readme: … -->` marker saying \
+             how it is checked",
+            b.line,
+            b.lang
+        );
+        kinds.push(kind);
+        if kind == "newcomer" {
+            let commands: Vec<&str> = b
+                .text
+                .lines()
+                .map(|l| l.split('#').next().unwrap_or_default().trim())
+                .collect();
+            assert_eq!(
+                commands,
+                [
+                    "cargo run --release --bin oprun -- serve",
+                    "bash tests/run.sh"
+                ]
+            );
+        }
+    }
+    assert_eq!(
+        blocks[0].marker.split_whitespace().next(),
+        Some("newcomer"),
+        "the README starts with the two commands"
+    );
+    for kind in ["run", "rust", "python"] {
+        assert!(kinds.contains(&kind), "no {kind} block");
+    }
+}
+
+/// The Rust blocks are the example files, which `cargo test` compiles.
+#[test]
+fn rust_blocks_are_the_examples() {
+    for b in blocks().iter().filter(|b| b.lang == "rust") {
+        let first = b.text.lines().next().unwrap_or_default();
+        let file = first
+            .strip_prefix("// ")
+            .and_then(|rest| rest.split(':').next())
+            .filter(|f| f.starts_with("examples/"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "README.md line {}: the block must start with `// examples/NAME.rs: …`",
+                    b.line
+                )
+            });
+        let example = std::fs::read_to_string(repo().join(file)).unwrap();
+        assert_eq!(
+            b.text, example,
+            "README.md line {} differs from {file}",
+            b.line
+        );
+    }
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The tour runs as written, every command succeeding.
+#[test]
+fn the_tour_runs() {
+    let tour = blocks()
+        .into_iter()
+        .find(|b| b.marker.starts_with("run"))
+        .expect("the tour");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_oprun"), bin.join("oprun")).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let port = free_port();
+    let mut cmd = Command::new("bash");
+    cmd.args(["-euo", "pipefail", "-c", &tour.text])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("OPRUN_LISTEN", format!("127.0.0.1:{port}"))
+        .env("OPRUN_ADDR", format!("127.0.0.1:{port}"))
+        .env("NO_COLOR", "1")
+        .env_remove("OPRUN_DATA_DIR")
+        .env_remove("OPRUN_STORE");
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the tour failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    for expected in [
+        "sleep",
+        "SUCCEEDED",
+        "exit code 3: it ended with an error",
+        "CANCELLED",
+        "index.html",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} missing from:\n{stdout}"
+        );
+    }
+}
+
+/// The embedding example serves the services and stops cleanly on SIGINT.
+#[tokio::test]
+async fn the_embedding_example_serves_and_stops() {
+    // cargo test builds examples next to the test binaries: target/<profile>/examples.
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join("examples").join("embed"))
+        .filter(|p| p.is_file())
+        .expect("target/<profile>/examples/embed: run `cargo test`, which builds the examples");
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(example)
+        .env("OPRUN_LISTEN", "127.0.0.1:0")
+        .env("OPRUN_DATA_DIR", dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    let kinds = TaskServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+        .list_task_kinds(ListTaskKindsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .kinds;
+    assert!(kinds.iter().any(|k| k.name == "sleep"));
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the example ignored SIGINT");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}
