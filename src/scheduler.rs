@@ -423,16 +423,13 @@ impl Runner {
                     "timeout must be positive; leave it unset for no timeout",
                 ))
             }
-            Some(t) => Some(
-                time::add(now, t)
-                    .filter(|_| t.as_secs() <= time::MAX_DURATION_SECONDS.unsigned_abs())
-                    .ok_or_else(|| {
-                        Error::invalid_argument(
-                            "timeout",
-                            "timeout is longer than 10,000 years; leave it unset for no timeout",
-                        )
-                    })?,
-            ),
+            Some(t) => Some(time::add(now, t).ok_or_else(|| {
+                Error::invalid_argument(
+                    "timeout",
+                    "timeout ends after 9999-12-31T23:59:59Z, the latest time an operation can \
+                     show; leave it unset for no timeout",
+                )
+            })?),
         };
         // AIP-155: a repeated request_id returns the original operation whatever the queue or
         // the world looks like now (a full queue, a snapshot destination that now exists), so
@@ -730,10 +727,11 @@ impl Runner {
     ) {
         let kind = record.kind.clone();
         if live.token.is_cancelled() {
-            // Cancelled between leaving the queue and starting.
+            // Cancelled between leaving the queue and starting: it never ran, so its slot goes
+            // before its end is written (which may wait for a store that refuses writes).
+            self.release(&kind);
             self.conclude(&live, &task, Err(WorkerEnd::NotStarted))
                 .await;
-            self.release(&kind);
             return;
         }
         // Persist RUNNING before publishing it: a kind that is not retry-safe must never run
@@ -746,11 +744,11 @@ impl Runner {
             // It stays QUEUED, as stored: try again after a backoff, without the slot.
             let delay = self.note_write_failure(&live, &e, "its start");
             let due = time::add(SystemTime::now(), delay);
+            self.release(&kind);
             if !self.schedule(&live, due) {
                 self.conclude(&live, &task, Err(WorkerEnd::NotStarted))
                     .await;
             }
-            self.release(&kind);
             return;
         }
         self.note_write_success(&live);

@@ -106,14 +106,27 @@ async fn out_of_range_times_are_invalid_argument() {
         "timeout",
         "a Wait timeout of i64::MIN",
     );
+    // A timeout within range whose deadline would fall after year 9999 cannot be shown in a
+    // Timestamp: refused too.
+    assert_invalid(
+        tasks
+            .submit_task(submit(dur(315_576_000_000, 0), None))
+            .await,
+        "timeout",
+        "10,000 years from now",
+    );
     // The edges of the ranges are accepted.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     tasks
         .submit_task(submit(
-            dur(315_576_000_000, 0),
+            dur(253_402_300_799 - now - 3600, 0),
             ts(253_402_300_799, 999_999_999),
         ))
         .await
-        .expect("the largest timeout and latest not_before are valid");
+        .expect("a deadline in year 9999 and the latest not_before are valid");
     alive(&server).await;
 }
 
@@ -713,4 +726,99 @@ async fn connections_past_the_limit_wait_for_one_to_close() {
     let log = server.log_text();
     assert_eq!(log.matches("at the connection limit").count(), 1, "{log}");
     drop(second);
+}
+
+/// A client that keeps its window shut on a response, while its HTTP/2 stack still answers
+/// pings (so keepalive never closes it), loses its connection after `--unread-timeout`: one
+/// client cannot hold the shared budget for unread responses for long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_left_unread_closes_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinServer::start(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--unread-timeout", "1s", "--keepalive-interval", "300ms"],
+        &[],
+    );
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    // Driven: it answers the server's pings.
+    let driver = tokio::spawn(connection);
+    let mut ready = client.ready().await.unwrap();
+    let req = http::Request::post(format!(
+        "http://{}/oprun.v1.TaskService/ListTaskKinds",
+        server.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (response, mut send) = ready.send_request(req, false).unwrap();
+    send.send_data(grpc_frame(&ListTaskKindsRequest {}), true)
+        .unwrap();
+    let _head = response.await.unwrap();
+    let started = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(6), driver).await;
+    assert!(
+        closed.is_ok(),
+        "a connection with a response unread for 6 s was kept"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    alive(&server).await;
+}
+
+/// Embedded (`server::serve` in the caller's process), a connection still open when the
+/// shutdown grace ends is closed, not left serving a shut-down runner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_closed_after_the_shutdown_grace() {
+    let runner = oprun::Runner::start(
+        oprun::Registry::with_builtins(),
+        std::sync::Arc::new(oprun::store::memory::MemoryStore::new()),
+        oprun::RunnerConfig::default(),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(oprun::server::serve(
+        listener,
+        runner,
+        async {
+            let _ = stopped.await;
+        },
+        Duration::from_millis(500),
+    ));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let mut ready = client.ready().await.unwrap();
+    let req = http::Request::post(format!("http://{addr}/oprun.v1.TaskService/ListTaskKinds"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = ready.send_request(req, false).unwrap();
+    send.send_data(grpc_frame(&ListTaskKindsRequest {}), true)
+        .unwrap();
+    let _head = response.await.unwrap();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("serve returns after the grace period")
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(3), driver)
+        .await
+        .expect("the connection is closed, not left running")
+        .expect("the connection task")
+        .ok();
 }

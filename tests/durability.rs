@@ -374,3 +374,81 @@ async fn corruption_at_run_time_is_data_loss() {
         .unwrap_err();
     assert!(matches!(write, StoreError::Corrupt(_)), "{write:?}");
 }
+
+/// A read that outlasts the writer's patience (here a read transaction held for 5 s, as
+/// `oprun store check` beside a running server would) never stalls commits for much more than a
+/// second: the log passes its bound while the read lasts, and is cut back to it once the read
+/// ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_read_delays_the_bound_not_the_writes() {
+    const LIMIT: u64 = 2 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(
+            dir.path(),
+            SqliteOptions {
+                wal_limit_bytes: LIMIT,
+                durability: oprun::store::sqlite::Durability::Normal,
+                ..SqliteOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let insert = |store: Arc<SqliteStore>| async move {
+        let mut r = OperationRecord::new_queued("sleep".into(), sleep_input(0, 1, ""), None);
+        r.status_message = "x".repeat(2048);
+        let started = Instant::now();
+        store.insert(r).await.unwrap();
+        started.elapsed()
+    };
+    for _ in 0..100 {
+        insert(Arc::clone(&store)).await;
+    }
+    // A reader that holds its snapshot (and so the log) for 5 s.
+    let path = dir.path().join("oprun.sqlite3");
+    let reading = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = {
+        let reading = Arc::clone(&reading);
+        std::thread::spawn(move || {
+            let conn = rusqlite_reader(&path);
+            conn.execute_batch("BEGIN").unwrap();
+            let _: i64 = conn
+                .query_row("SELECT COUNT(*) FROM operations", [], |r| r.get(0))
+                .unwrap();
+            std::thread::sleep(Duration::from_secs(5));
+            conn.execute_batch("COMMIT").unwrap();
+            reading.store(false, Ordering::SeqCst);
+        })
+    };
+    let mut slowest = Duration::ZERO;
+    while reading.load(Ordering::SeqCst) {
+        slowest = slowest.max(insert(Arc::clone(&store)).await);
+    }
+    reader.join().unwrap();
+    let wal = dir.path().join("oprun.sqlite3-wal");
+    let grown = std::fs::metadata(&wal).unwrap().len();
+    assert!(
+        slowest < Duration::from_millis(2500),
+        "a write waited {slowest:?} behind the long read"
+    );
+    assert!(
+        grown > LIMIT,
+        "the log ({grown} bytes) never reached its bound"
+    );
+    // The read is over: the next restarts cut the log back to its bound.
+    for _ in 0..1500 {
+        insert(Arc::clone(&store)).await;
+    }
+    let after = std::fs::metadata(&wal).unwrap().len();
+    assert!(
+        after <= LIMIT + LIMIT / 2,
+        "the WAL is {after} bytes after the long read ended (it reached {grown}); its bound is \
+         {LIMIT}"
+    );
+    store.close().await.unwrap();
+}
+
+/// A plain read-only connection to a database file.
+fn rusqlite_reader(path: &std::path::Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+}

@@ -100,17 +100,21 @@ pub struct ServeArgs {
     #[arg(long, env = "OPRUN_MAX_UNREAD_RESPONSE_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub max_unread_response_bytes: u64,
     /// How often an HTTP/2 ping checks that a connection's peer is alive.
-    #[arg(long, env = "OPRUN_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "OPRUN_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_positive_duration)]
     pub keepalive_interval: Duration,
     /// How long a keepalive ping may go unanswered before the connection is closed.
-    #[arg(long, env = "OPRUN_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "OPRUN_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub keepalive_timeout: Duration,
     /// How long a new connection may take to send its first bytes (and finish TLS).
-    #[arg(long, env = "OPRUN_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "OPRUN_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub handshake_timeout: Duration,
     /// How long a connection may stay open with no call in flight.
-    #[arg(long, env = "OPRUN_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "OPRUN_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_positive_duration)]
     pub idle_timeout: Duration,
+    /// How long a response may wait for a client that does not read it before its connection
+    /// is closed.
+    #[arg(long, env = "OPRUN_UNREAD_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
+    pub unread_timeout: Duration,
     /// PEM certificate chain to serve TLS with (needs --tls-key).
     #[arg(long, env = "OPRUN_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -164,6 +168,7 @@ impl ServeArgs {
             keepalive_timeout: self.keepalive_timeout,
             handshake_timeout: self.handshake_timeout,
             idle_timeout: self.idle_timeout,
+            unread_timeout: self.unread_timeout,
         }
     }
 
@@ -263,6 +268,17 @@ impl ServeArgs {
             self.listen
         ))
     }
+}
+
+/// Parses a duration of at least a millisecond and at most ten years, e.g. `30s`, `5m`.
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if d < Duration::from_millis(1) || d > Duration::from_secs(10 * 365 * 24 * 3600) {
+        return Err(format!(
+            "{s:?} is out of range: give at least 1ms and at most 10 years"
+        ));
+    }
+    Ok(d)
 }
 
 /// Parses a size: a number of bytes, or a number with a unit (`KiB`, `MiB`, `GiB`, or `KB`,

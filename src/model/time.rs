@@ -89,9 +89,19 @@ pub fn duration(d: &prost_types::Duration) -> Result<Duration, TimeError> {
     ))
 }
 
-/// `t + d`, or `None` where that is past what a `SystemTime` holds.
+/// The latest instant a `Timestamp` can carry: 9999-12-31T23:59:59.999999999Z.
+pub fn latest() -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        + Duration::new(
+            MAX_TIMESTAMP_SECONDS.unsigned_abs(),
+            NANOS_PER_SECOND.unsigned_abs() - 1,
+        )
+}
+
+/// `t + d`, or `None` where that is past the latest valid `Timestamp` (so it could not be
+/// shown to a client: a deadline or next attempt that far away is never).
 pub fn add(t: SystemTime, d: Duration) -> Option<SystemTime> {
-    t.checked_add(d)
+    t.checked_add(d).filter(|sum| *sum <= latest())
 }
 
 #[cfg(test)]
@@ -154,10 +164,15 @@ mod tests {
         assert_eq!(duration(&dur(0, -5)), Err(TimeError::Negative));
     }
 
-    /// Adding never panics.
+    /// Adding never panics, and never gives an instant a `Timestamp` cannot carry.
     #[test]
     fn add_is_checked() {
         assert!(add(SystemTime::now(), Duration::MAX).is_none());
         assert!(add(SystemTime::UNIX_EPOCH, Duration::from_secs(1)).is_some());
+        let ten_thousand_years = Duration::from_secs(MAX_DURATION_SECONDS.unsigned_abs());
+        assert!(add(SystemTime::now(), ten_thousand_years).is_none());
+        let latest = prost_types::Timestamp::from(latest());
+        assert_eq!(latest.seconds, MAX_TIMESTAMP_SECONDS);
+        assert!(timestamp(&latest).is_ok());
     }
 }

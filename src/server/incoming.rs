@@ -7,20 +7,24 @@
 //!   instead of spinning on a listener that stays readable; other accept errors (a peer that
 //!   reset before it was accepted) are skipped.
 //! - Each connection must send its first bytes (the HTTP/2 preface, or a TLS hello) within the
-//!   handshake timeout, and is closed when it has had no call in flight for the idle timeout.
-//!   Which calls are in flight is known from [`Activity`], kept by the limits layer
+//!   handshake timeout, and is closed when it has had no call in flight for the idle timeout,
+//!   or when a response has waited unread (the client's flow-control window kept shut) for the
+//!   unread timeout: closing it is what gives that response's memory back. Which calls are in
+//!   flight, and which responses wait, is known from [`Activity`], kept by the limits layer
 //!   (`super::limits`) and found through the connection's addresses.
+//! - [`Connections::close_all`] closes every connection at once (after the shutdown grace).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use futures::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -48,6 +52,14 @@ pub(crate) struct Activity {
     /// When the last call ended (or the connection opened), in ms since the registry's epoch.
     idle_since_ms: AtomicU64,
     epoch: Instant,
+    /// Responses waiting for the client's window, by id, with when they were ready.
+    // std Mutex: held for one insert, remove or scan, never across an await.
+    unread: Mutex<HashMap<u64, Instant>>,
+    next_unread: AtomicU64,
+    /// Set to close the connection; its reader fails at its next poll.
+    closing: AtomicBool,
+    /// The connection's reader, woken to see `closing`.
+    reader: AtomicWaker,
 }
 
 impl Activity {
@@ -56,6 +68,10 @@ impl Activity {
             active: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(ms_since(epoch)),
             epoch,
+            unread: Mutex::new(HashMap::new()),
+            next_unread: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            reader: AtomicWaker::new(),
         }
     }
 
@@ -63,6 +79,37 @@ impl Activity {
     pub(crate) fn begin(self: &Arc<Self>) -> CallGuard {
         self.active.fetch_add(1, Ordering::AcqRel);
         CallGuard(Arc::clone(self))
+    }
+
+    fn unread(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
+        // Every critical section is a single insert, remove or scan.
+        self.unread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks a response ready and waiting for the client to read it, until the returned guard
+    /// drops (the response was handed on, or the call ended).
+    pub(crate) fn hold_unread(self: &Arc<Self>) -> UnreadGuard {
+        let id = self.next_unread.fetch_add(1, Ordering::Relaxed);
+        self.unread().insert(id, Instant::now());
+        // The reader arms its timer for this response's deadline.
+        self.reader.wake();
+        UnreadGuard {
+            activity: Arc::clone(self),
+            id,
+        }
+    }
+
+    /// When the response waiting longest became ready, if one waits.
+    fn oldest_unread(&self) -> Option<Instant> {
+        self.unread().values().min().copied()
+    }
+
+    /// Closes the connection: its reader fails at once.
+    fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.reader.wake();
     }
 
     /// When the connection became idle, if it is.
@@ -88,7 +135,23 @@ impl Drop for CallGuard {
         self.0
             .idle_since_ms
             .store(ms_since(self.0.epoch), Ordering::Release);
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Idle now: the reader arms its idle timer.
+            self.0.reader.wake();
+        }
+    }
+}
+
+/// A response waiting for the client to read it (see [`Activity::hold_unread`]).
+#[derive(Debug)]
+pub(crate) struct UnreadGuard {
+    activity: Arc<Activity>,
+    id: u64,
+}
+
+impl Drop for UnreadGuard {
+    fn drop(&mut self) {
+        self.activity.unread().remove(&self.id);
     }
 }
 
@@ -121,6 +184,13 @@ impl Connections {
         let key = (info.local_addr()?, info.remote_addr()?);
         self.map().get(&key).cloned()
     }
+
+    /// Closes every open connection (their calls end with them).
+    pub(crate) fn close_all(&self) {
+        for activity in self.map().values() {
+            activity.close();
+        }
+    }
 }
 
 /// How connections are accepted and kept.
@@ -129,6 +199,7 @@ pub(crate) struct ConnectionRules {
     pub max_connections: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    pub unread_timeout: Duration,
 }
 
 /// The stream of accepted connections `serve_with` hands to tonic. It never yields an error.
@@ -265,7 +336,8 @@ impl Conn {
             connections.map().insert(key, Arc::clone(&activity));
         }
         let opened = Instant::now();
-        let first_check = opened + rules.handshake_timeout.min(rules.idle_timeout);
+        let first_check = later(opened, rules.handshake_timeout.min(rules.idle_timeout));
+        // (Re-armed at the first poll, from what the connection is doing.)
         Self {
             tcp,
             key,
@@ -280,38 +352,63 @@ impl Conn {
     }
 
     /// Called when the socket has nothing to read: whether the connection must be closed now,
-    /// else arms the timer for the next check.
+    /// else arms the timer for the earliest moment it could have to be. (The calls' guards
+    /// wake the reader when that moment changes: a response starts waiting, the last call
+    /// ends.)
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
         loop {
+            let now = Instant::now();
+            let rules = self.rules;
+            let mut next: Option<Instant> = None;
+            let mut earliest = |d: Instant| next = Some(next.map_or(d, |n| n.min(d)));
+            if self.read < PREFACE_LEN {
+                let deadline = later(self.opened, rules.handshake_timeout);
+                if now >= deadline {
+                    return Some(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no HTTP/2 preface within the handshake timeout",
+                    ));
+                }
+                earliest(deadline);
+            }
+            if let Some(since) = self.activity.idle_since() {
+                let deadline = later(since, rules.idle_timeout);
+                if now >= deadline {
+                    return Some(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no call within the idle timeout",
+                    ));
+                }
+                earliest(deadline);
+            }
+            if let Some(ready) = self.activity.oldest_unread() {
+                let deadline = later(ready, rules.unread_timeout);
+                if now >= deadline {
+                    return Some(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "a response waited unread for the unread timeout",
+                    ));
+                }
+                earliest(deadline);
+            }
+            // Nothing can expire while calls are in flight and none waits unread.
+            let next = next.unwrap_or_else(|| later(now, FAR));
+            if self.timer.deadline() != next {
+                self.timer.as_mut().reset(next);
+            }
             if self.timer.as_mut().poll(cx).is_pending() {
                 return None;
             }
-            let now = Instant::now();
-            let handshake_deadline = self.opened + self.rules.handshake_timeout;
-            if self.read < PREFACE_LEN && now >= handshake_deadline {
-                return Some(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no HTTP/2 preface within the handshake timeout",
-                ));
-            }
-            let idle_deadline = self
-                .activity
-                .idle_since()
-                .map(|since| since + self.rules.idle_timeout);
-            if idle_deadline.is_some_and(|d| now >= d) {
-                return Some(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no call within the idle timeout",
-                ));
-            }
-            // Busy: look again an idle timeout from now (the earliest it could expire).
-            let mut next = idle_deadline.unwrap_or(now + self.rules.idle_timeout);
-            if self.read < PREFACE_LEN {
-                next = next.min(handshake_deadline);
-            }
-            self.timer.as_mut().reset(next);
         }
     }
+}
+
+/// Far enough to mean never, near enough to add to any instant.
+const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// `t + d`, or [`FAR`] on where that overflows (a limit set absurdly high).
+fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d).or_else(|| t.checked_add(FAR)).unwrap_or(t)
 }
 
 impl Drop for Conn {
@@ -328,6 +425,13 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.activity.reader.register(cx.waker());
+        if self.activity.closing.load(Ordering::Acquire) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server closed the connection",
+            )));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut self.tcp).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {

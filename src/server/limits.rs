@@ -8,9 +8,13 @@
 //! back when the call ends (sent, or reset when the connection closes); a response that does
 //! not fit in what is left is answered RESOURCE_EXHAUSTED instead (with a `RetryInfo`).
 //!
-//! The response is handed to the connection in [`CHUNK`]-byte pieces: the HTTP/2 layer asks for
-//! the next piece only when the client's window has room, so what it buffers per call is at
-//! most its own send buffer (hyper's 400 KiB) while the rest stays here, counted.
+//! A response still waiting after the unread timeout has its connection closed (see
+//! `super::incoming`), which ends every call on it and gives their bytes back: one client
+//! cannot hold the budget for long.
+//!
+//! The response is handed to the connection in [`CHUNK`]-byte pieces: hyper takes one piece,
+//! then waits for the client's window before it takes the next, so what it holds per call is
+//! one piece (and h2's send buffer what the window allows) while the rest stays here, counted.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,7 +30,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
-use super::incoming::{CallGuard, Connections};
+use super::incoming::{CallGuard, Connections, UnreadGuard};
 use crate::error::ERROR_DOMAIN;
 
 /// The pieces a budgeted response is handed to the connection in.
@@ -157,9 +161,8 @@ where
             ext.get::<TlsConnectInfo<TcpConnectInfo>>()
                 .map(|i| i.get_ref().clone())
         });
-        let call = info
-            .and_then(|info| self.layer.connections.find(&info))
-            .map(|activity| activity.begin());
+        let activity = info.and_then(|info| self.layer.connections.find(&info));
+        let call = activity.as_ref().map(|activity| activity.begin());
         let budget = self.layer.budget.clone();
         let response = self.inner.call(req);
         Box::pin(async move {
@@ -193,11 +196,17 @@ where
                 Some(Err(frame)) => (Some(frame), Bytes::new()),
                 None => (None, Bytes::new()),
             };
+            // Until the call ends (hyper takes the next piece only once the client's window
+            // has room, and ends the call after the last), the unread timeout watches it.
+            let unread = activity
+                .filter(|_| !rest.is_empty())
+                .map(|activity| activity.hold_unread());
             let body = Budgeted {
                 inner: body,
                 rest,
                 first,
                 permit: permit.map(|p| (budget, p)),
+                _unread: unread,
                 _call: call,
             };
             Ok(http::Response::from_parts(
@@ -239,6 +248,8 @@ struct Budgeted<B> {
     first: Option<Frame<Bytes>>,
     /// The response's share of the budget, given back when the body is dropped.
     permit: Option<(ResponseBudget, OwnedSemaphorePermit)>,
+    /// Held until the call ends: the response waits for the client's window meanwhile.
+    _unread: Option<UnreadGuard>,
     _call: Option<CallGuard>,
 }
 

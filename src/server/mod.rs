@@ -78,6 +78,9 @@ pub struct ServeLimits {
     pub handshake_timeout: Duration,
     /// How long a connection may stay open with no call in flight. Default 5 min.
     pub idle_timeout: Duration,
+    /// How long a response may wait for a client that does not read it (its flow-control
+    /// window kept shut) before the connection is closed. Default 60 s.
+    pub unread_timeout: Duration,
 }
 
 impl Default for ServeLimits {
@@ -90,6 +93,7 @@ impl Default for ServeLimits {
             keepalive_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            unread_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -216,6 +220,7 @@ pub async fn serve_with(
             max_connections: limits.max_connections,
             handshake_timeout: limits.handshake_timeout,
             idle_timeout: limits.idle_timeout,
+            unread_timeout: limits.unread_timeout,
         },
         Arc::clone(&connections),
     );
@@ -223,7 +228,7 @@ pub async fn serve_with(
     let served = builder
         .layer(LimitsLayer::new(
             ResponseBudget::new(limits.max_unread_response_bytes),
-            connections,
+            Arc::clone(&connections),
         ))
         .layer(tower::util::option_layer(auth.map(AuthLayer::new)))
         .add_service(OperationsApi::server(runner.clone()))
@@ -243,8 +248,10 @@ pub async fn serve_with(
         () = drain_limit => {
             tracing::warn!(
                 grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
-                "connections still open after the shutdown grace period; no longer waiting for them"
+                "connections still open after the shutdown grace period; closing them"
             );
+            // Their tasks are tonic's own: closing their sockets ends them.
+            connections.close_all();
             Ok(())
         }
     };

@@ -81,7 +81,9 @@ pub fn run(dir: &Path) -> Result<Report, StoreError> {
             dir.display()
         )));
     }
-    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+    // Read-only: the check must not change the file an operator may want to restore (a
+    // read-write connection that is the last to close would checkpoint the log into it).
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
     let mut problems = match pragma_check(&conn, "integrity_check") {
         Ok(problems) => problems,

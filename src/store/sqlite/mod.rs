@@ -161,14 +161,14 @@ fn sql_error(e: rusqlite::Error) -> StoreError {
 }
 
 /// Makes `conn` wait for other connections' locks in fine steps (20 µs doubling to 1 ms), for
-/// up to [`BUSY_PATIENCE`].
-fn wait_patiently(conn: &mut Connection) -> rusqlite::Result<()> {
+/// up to `patience`.
+fn wait_patiently(conn: &mut Connection, patience: Duration) -> rusqlite::Result<()> {
     let mut since = Instant::now();
     conn.busy_handler(Some(move |attempt: i32| {
         if attempt == 0 {
             since = Instant::now();
         }
-        if since.elapsed() >= BUSY_PATIENCE {
+        if since.elapsed() >= patience {
             return false;
         }
         let shift = u32::try_from(attempt.clamp(0, 6)).unwrap_or(6);
@@ -200,11 +200,11 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
     }
 }
 
-/// Opens a connection to `path` with `flags` that waits patiently for locks.
-fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+/// Opens a connection to `path` with `flags` that waits for locks for up to `patience`.
+fn connect(path: &Path, flags: OpenFlags, patience: Duration) -> Result<Connection, StoreError> {
     let mut conn = Connection::open_with_flags(path, flags)
         .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
-    wait_patiently(&mut conn).map_err(sql_error)?;
+    wait_patiently(&mut conn, patience).map_err(sql_error)?;
     Ok(conn)
 }
 
@@ -220,7 +220,7 @@ impl SqliteStore {
             .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         let lock = lock_dir(dir)?;
         let path = dir.join(DATABASE_FILE);
-        let mut conn = connect(&path, OpenFlags::default())?;
+        let mut conn = connect(&path, OpenFlags::default(), BUSY_PATIENCE)?;
         let sync = match options.durability {
             Durability::Full => "FULL",
             Durability::Normal => "NORMAL",
@@ -275,9 +275,10 @@ impl SqliteStore {
             readers.push(Mutex::new(connect(
                 &path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                BUSY_PATIENCE,
             )?));
         }
-        let checkpoint_conn = connect(&path, OpenFlags::default())?;
+        let checkpoint_conn = connect(&path, OpenFlags::default(), BUSY_PATIENCE)?;
         let (checkpoint_tx, checkpoint_rx) = mpsc::sync_channel::<()>(1);
         let copying = Arc::new(AtomicBool::new(false));
         let running = Arc::clone(&copying);
@@ -285,6 +286,9 @@ impl SqliteStore {
             .name("oprun-sqlite-checkpoint".into())
             .spawn(move || checkpointer(checkpoint_conn, checkpoint_rx, running))
             .map_err(unavailable)?;
+        // From here on the connection is the writer's: it only ever waits for readers still in
+        // the log during a restart, briefly.
+        wait_patiently(&mut conn, writer::WRITER_PATIENCE).map_err(sql_error)?;
         let wal = WalBound::new(
             &mut conn,
             options.wal_limit_bytes.max(1 << 20),

@@ -20,7 +20,9 @@
 //!   in the log (reads are short), and the next commit writes the log from its beginning;
 //!   `journal_size_limit` trims a file that grew past the bound back to it;
 //! - when a reader holds on and the checkpoint cannot finish, the writer tries again after the
-//!   next commit; at the bound itself it holds commits back until the checkpoint succeeds.
+//!   next commit; at the bound itself it holds commits back (up to a second) until the
+//!   checkpoint succeeds. Only a read that lasts longer (`oprun store check` beside a running
+//!   server) lets the log pass its bound, until that read ends.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -102,8 +104,15 @@ const MAX_LINGER: Duration = Duration::from_micros(500);
 pub(super) const PASSIVE_STEP: u64 = 4 << 20;
 
 /// How long the writer keeps commits back, at the log's bound, for a checkpoint to succeed
-/// before it gives up for this commit (and says so).
-const HARD_WAIT: Duration = Duration::from_secs(30);
+/// before it lets them go on (and says so).
+const HARD_WAIT: Duration = Duration::from_secs(1);
+
+/// After a restart failed (a read held the log), how long commits go on before the next try.
+const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How long the writer's connection waits for readers still in the log during a restart
+/// (its busy handler's patience; nothing else makes the only writer wait).
+pub(super) const WRITER_PATIENCE: Duration = Duration::from_millis(250);
 
 /// Copies the log into the database when the writer asks, concurrently with commits
 /// (PASSIVE: it never blocks the writer or readers), saying in `running` when it is at it.
@@ -132,6 +141,8 @@ pub(super) struct WalBound {
     copying: Arc<AtomicBool>,
     /// Whether the log is known to be past its bound (logged once per episode).
     over: bool,
+    /// No restart before this, after one failed.
+    backoff_until: Option<Instant>,
 }
 
 impl WalBound {
@@ -158,6 +169,7 @@ impl WalBound {
             checkpoint,
             copying,
             over: false,
+            backoff_until: None,
         })
     }
 
@@ -191,46 +203,62 @@ impl WalBound {
     }
 
     /// Copies the whole log into the database so that the next commit starts it again from
-    /// its beginning. At the bound (`hard`), keeps trying (holding commits back) for up to
-    /// [`HARD_WAIT`]; below it, one try.
+    /// its beginning. Below the bound, one try; at the bound (`hard`), commits wait while it
+    /// keeps trying for up to [`HARD_WAIT`]. When a read still holds the log (one that lasts
+    /// longer than the writer's patience, such as `oprun store check` beside the server),
+    /// commits go on and the next try is [`RESTART_BACKOFF`] later; past the bound the log
+    /// grows until that read ends (logged once per episode).
     fn restart(&mut self, conn: &Connection, hard: bool) {
+        if self.backoff_until.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
         let started = Instant::now();
         loop {
-            // (busy, pages in the log, pages copied): busy is 1 when a reader or another
-            // checkpoint kept it from finishing within the busy handler's patience.
-            let attempt = Instant::now();
-            let result =
-                conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
-            tracing::debug!(
-                elapsed_us = u64::try_from(attempt.elapsed().as_micros()).unwrap_or(u64::MAX),
-                wal_bytes = self.log_bytes(),
-                ?result,
-                "WAL restart checkpoint"
-            );
-            match result {
-                Ok(0) => {
-                    self.frames.store(0, Ordering::Relaxed);
-                    self.requested_at = 0;
-                    if self.over {
-                        tracing::info!("the write-ahead log is back within its bound");
-                        self.over = false;
-                    }
-                    return;
-                }
-                Ok(_) if hard && started.elapsed() < HARD_WAIT => continue,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; it will be retried"),
-            }
-            if hard && !self.over {
-                self.over = true;
-                tracing::warn!(
+            if !self.copying.load(Ordering::Acquire) {
+                // (busy, pages in the log, pages copied): busy is 1 when a reader outlasted
+                // the busy handler's patience, or another checkpoint held the checkpoint lock.
+                let attempt = Instant::now();
+                let result =
+                    conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
+                tracing::debug!(
+                    elapsed_us = u64::try_from(attempt.elapsed().as_micros()).unwrap_or(u64::MAX),
                     wal_bytes = self.log_bytes(),
-                    limit = self.limit,
-                    "the write-ahead log is at its bound and a long read keeps it from being \
-                     reset; commits are held back while it is retried"
+                    ?result,
+                    "WAL restart checkpoint"
                 );
+                match result {
+                    Ok(0) => {
+                        self.frames.store(0, Ordering::Relaxed);
+                        self.requested_at = 0;
+                        self.backoff_until = None;
+                        if self.over {
+                            tracing::info!("the write-ahead log is back within its bound");
+                            self.over = false;
+                        }
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; it will be retried");
+                    }
+                }
             }
-            return;
+            if !hard || started.elapsed() >= HARD_WAIT {
+                break;
+            }
+            // A background checkpoint is copying, or held the lock a moment ago.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // A read holds the log: let commits go on for a while before the next try.
+        self.backoff_until = Some(Instant::now() + RESTART_BACKOFF);
+        if hard && !self.over {
+            self.over = true;
+            tracing::warn!(
+                wal_bytes = self.log_bytes(),
+                limit = self.limit,
+                "the write-ahead log is at its bound and a long read keeps it from being \
+                 reset; it grows past the bound until that read ends"
+            );
         }
     }
 }
