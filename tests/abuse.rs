@@ -474,6 +474,35 @@ async fn a_client_that_never_reads_is_bounded() {
     alive(&server).await;
 }
 
+/// Opens an HTTP/2 connection with a zero flow-control window, makes a ListTaskKinds call and
+/// waits for its response headers, leaving the body unread. Returns the connection's task
+/// (which answers the server's pings) and the response (dropping it would reset the call).
+async fn unread_call(
+    addr: std::net::SocketAddr,
+) -> (
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+    http::Response<h2::RecvStream>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let mut ready = client.clone().ready().await.unwrap();
+    let req = http::Request::post(format!("http://{addr}/oprun.v1.TaskService/ListTaskKinds"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = ready.send_request(req, false).unwrap();
+    send.send_data(grpc_frame(&ListTaskKindsRequest {}), true)
+        .unwrap();
+    let head = response.await.unwrap();
+    (driver, head)
+}
+
 /// Whether the peer closes `stream` within `limit` (EOF or a reset), reading and dropping what
 /// it sends meanwhile.
 fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
@@ -661,26 +690,7 @@ async fn running_out_of_file_descriptors_backs_off() {
 async fn shutdown_does_not_wait_for_a_peer_that_never_reads() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = BinServer::start(dir.path(), "127.0.0.1:0", &["--shutdown-grace", "1s"], &[]);
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .unwrap();
-    let _driver = tokio::spawn(connection);
-    let mut ready = client.ready().await.unwrap();
-    let req = http::Request::post(format!(
-        "http://{}/oprun.v1.TaskService/ListTaskKinds",
-        server.addr
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(())
-    .unwrap();
-    let (response, mut send) = ready.send_request(req, false).unwrap();
-    send.send_data(grpc_frame(&ListTaskKindsRequest {}), true)
-        .unwrap();
-    let _head = response.await.unwrap();
+    let (_driver, _response) = unread_call(server.addr).await;
     let started = Instant::now();
     let status = tokio::task::spawn_blocking(move || server.terminate())
         .await
@@ -740,27 +750,7 @@ async fn a_response_left_unread_closes_its_connection() {
         &["--unread-timeout", "1s", "--keepalive-interval", "300ms"],
         &[],
     );
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .unwrap();
-    // Driven: it answers the server's pings.
-    let driver = tokio::spawn(connection);
-    let mut ready = client.ready().await.unwrap();
-    let req = http::Request::post(format!(
-        "http://{}/oprun.v1.TaskService/ListTaskKinds",
-        server.addr
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(())
-    .unwrap();
-    let (response, mut send) = ready.send_request(req, false).unwrap();
-    send.send_data(grpc_frame(&ListTaskKindsRequest {}), true)
-        .unwrap();
-    let _head = response.await.unwrap();
+    let (driver, _response) = unread_call(server.addr).await;
     let started = Instant::now();
     let closed = tokio::time::timeout(Duration::from_secs(6), driver).await;
     assert!(
@@ -793,23 +783,7 @@ async fn connections_are_closed_after_the_shutdown_grace() {
         },
         Duration::from_millis(500),
     ));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .unwrap();
-    let driver = tokio::spawn(connection);
-    let mut ready = client.ready().await.unwrap();
-    let req = http::Request::post(format!("http://{addr}/oprun.v1.TaskService/ListTaskKinds"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, mut send) = ready.send_request(req, false).unwrap();
-    send.send_data(grpc_frame(&ListTaskKindsRequest {}), true)
-        .unwrap();
-    let _head = response.await.unwrap();
+    let (driver, _response) = unread_call(addr).await;
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), served)
         .await

@@ -193,17 +193,7 @@ async fn a_refused_start_leaves_the_operation_queued() {
 async fn the_write_ahead_log_stays_bounded() {
     const LIMIT: u64 = 2 << 20;
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        SqliteStore::open(
-            dir.path(),
-            SqliteOptions {
-                wal_limit_bytes: LIMIT,
-                durability: oprun::store::sqlite::Durability::Normal,
-                ..SqliteOptions::default()
-            },
-        )
-        .unwrap(),
-    );
+    let store = Arc::new(bounded_store(dir.path(), LIMIT));
     let wal = dir.path().join("oprun.sqlite3-wal");
     let largest = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -383,17 +373,7 @@ async fn corruption_at_run_time_is_data_loss() {
 async fn a_long_read_delays_the_bound_not_the_writes() {
     const LIMIT: u64 = 2 << 20;
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        SqliteStore::open(
-            dir.path(),
-            SqliteOptions {
-                wal_limit_bytes: LIMIT,
-                durability: oprun::store::sqlite::Durability::Normal,
-                ..SqliteOptions::default()
-            },
-        )
-        .unwrap(),
-    );
+    let store = Arc::new(bounded_store(dir.path(), LIMIT));
     let insert = |store: Arc<SqliteStore>| async move {
         let mut r = OperationRecord::new_queued("sleep".into(), sleep_input(0, 1, ""), None);
         r.status_message = "x".repeat(2048);
@@ -446,6 +426,20 @@ async fn a_long_read_delays_the_bound_not_the_writes() {
          {LIMIT}"
     );
     store.close().await.unwrap();
+}
+
+/// A store in `dir` whose write-ahead log is bounded at `limit` bytes (commits synced as for a
+/// process crash, to write fast).
+fn bounded_store(dir: &std::path::Path, limit: u64) -> SqliteStore {
+    SqliteStore::open(
+        dir,
+        SqliteOptions {
+            wal_limit_bytes: limit,
+            durability: oprun::store::sqlite::Durability::Normal,
+            ..SqliteOptions::default()
+        },
+    )
+    .unwrap()
 }
 
 /// A plain read-only connection to a database file.
