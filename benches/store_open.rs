@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oprun::model::{pack, OperationRecord, State};
+use oprun::model::{pack, Fence, OperationRecord, State};
 use oprun::proto::oprun::v1::SleepInput;
 use oprun::store::sqlite::{check, Durability, SqliteOptions, SqliteStore};
 use oprun::store::{Inserted, Store};
@@ -55,16 +55,21 @@ async fn fill(dir: &std::path::Path, total: usize) {
                     ..SleepInput::default()
                 });
                 let r = OperationRecord::new_queued("sleep".into(), input, None);
-                let Inserted::New(mut r) = store.insert(r).await.expect("insert") else {
+                let Inserted::New(r) = store.insert(r).await.expect("insert") else {
                     unreachable!("no request_id")
                 };
-                r.status_message = "step 1 of 1".into();
-                r.fail(
+                let mut done = r.clone();
+                done.status_message = "step 1 of 1".into();
+                done.fail(
                     State::Failed,
                     Code::Unknown,
                     "a failure message of ordinary length",
                 );
-                store.update(&r).await.expect("update");
+                done.version += 1;
+                store
+                    .write(&done, &Fence::Version(r.version))
+                    .await
+                    .expect("write");
             }
         }));
     }

@@ -13,41 +13,7 @@ use crate::store::StoreError;
 /// The `ErrorInfo.domain` of every oprun error.
 pub use crate::proto::ERROR_DOMAIN;
 
-/// The longest status message sent to a client, in bytes. Longer messages are cut (with
-/// "…") so that a default client's metadata limit is never what a caller runs into.
-pub const MAX_STATUS_MESSAGE: usize = 1024;
-
-/// How many characters of a client's input an error message quotes.
-pub const QUOTE_CHARS: usize = 64;
-
-/// Quotes a client's input for an error message: in full (Rust debug quoting) when it is
-/// short, else its first [`QUOTE_CHARS`] characters, "…" and its length in bytes, so that a
-/// huge input never comes back whole.
-///
-/// ```
-/// assert_eq!(oprun::error::quote("abc"), r#""abc""#);
-/// let long = "x".repeat(1_000_000);
-/// assert!(oprun::error::quote(&long).ends_with("…(1000000 bytes)"));
-/// ```
-pub fn quote(text: &str) -> String {
-    match text.char_indices().nth(QUOTE_CHARS) {
-        None => format!("{text:?}"),
-        Some((cut, _)) => format!("{:?}…({} bytes)", &text[..cut], text.len()),
-    }
-}
-
-/// `message` cut to at most `max` bytes (on a character boundary, ending with "…").
-pub fn truncate_message(message: &str, max: usize) -> String {
-    if message.len() <= max {
-        return message.to_owned();
-    }
-    let ellipsis = "…";
-    let mut cut = max.saturating_sub(ellipsis.len());
-    while !message.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}{ellipsis}", &message[..cut])
-}
+pub use crate::text::{quote, truncate_message, MAX_STATUS_MESSAGE, QUOTE_CHARS};
 
 /// Errors of the runner and its services.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +71,12 @@ pub enum Error {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<crate::model::NameError> for Error {
+    fn from(e: crate::model::NameError) -> Self {
+        Error::invalid_argument("name", e.message)
+    }
 }
 
 impl Error {

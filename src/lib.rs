@@ -25,11 +25,14 @@
 //! - [`server`]: [`server::serve`] over a listener the caller binds, until a shutdown future;
 //!   [`server::serve_with`] adds TLS, tokens and the limits that guard the process against its
 //!   clients ([`server::ServeLimits`]).
-//! - [`json`]: proto3 JSON through prost-reflect. [`cli`]: the `oprun` command line.
+//! - [`json`]: proto3 JSON through prost-reflect. `cli` (feature `cli`, off by default): the
+//!   `oprun` command line.
 //! - [`error`]: the library's error type and its single mapping to `tonic::Status`.
+//! - [`text`]: bounded quoting of client input in messages (the bottom layer).
 #![deny(missing_docs)]
 
 pub mod auth;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod error;
 pub mod filter;
@@ -43,6 +46,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod task;
+pub mod text;
 
 pub use error::Error;
 pub use proto::google::rpc::Code;

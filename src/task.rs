@@ -43,11 +43,13 @@ use prost::{Message, Name};
 use prost_types::Any;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{quote, Error};
+use tokio::sync::watch;
+
+use crate::error::Error;
 use crate::model::{pack, type_name, OperationId};
 use crate::proto::google::rpc::Code;
 use crate::proto::oprun::v1::{Progress, TaskKind};
-use crate::scheduler::LiveOperation;
+use crate::text::quote;
 
 /// How the runner treats a kind.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -245,21 +247,72 @@ impl TaskError {
     }
 }
 
+/// What a worker has reported and the runner has not written yet.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    /// Work done so far.
+    pub progress: Progress,
+    /// The worker's latest words.
+    pub status_message: String,
+    /// The kind's own progress message.
+    pub details: Option<Any>,
+}
+
+/// A worker's reports, kept in memory: the worker changes them without waiting; the runner
+/// watches them and writes them (coalesced), and only what it wrote is shown to clients.
+#[derive(Debug)]
+pub struct Draft {
+    // watch: the writer wants only the latest report, and to be woken when it changes.
+    report: watch::Sender<Report>,
+}
+
+impl Draft {
+    /// A draft starting from what the operation showed last.
+    pub fn new(report: Report) -> Arc<Self> {
+        Arc::new(Self {
+            report: watch::Sender::new(report),
+        })
+    }
+
+    /// Changes the report and wakes whoever watches it.
+    fn update(&self, f: impl FnOnce(&mut Report)) {
+        self.report.send_modify(f);
+    }
+
+    /// The latest report.
+    pub fn current(&self) -> Report {
+        self.report.borrow().clone()
+    }
+
+    /// A receiver woken at every change.
+    pub fn subscribe(&self) -> watch::Receiver<Report> {
+        self.report.subscribe()
+    }
+}
+
 /// What a running worker sees of its operation.
 ///
-/// Cheap to clone. Reporting methods update the live operation in memory and never wait on
-/// I/O; the runner persists progress coalesced (a few times a second at most, and at the end).
+/// Cheap to clone. Reporting methods change the operation's [`Draft`] in memory and never
+/// wait on I/O; the runner writes progress coalesced (a few times a second at most, and at the
+/// end), and clients see it once written.
 #[derive(Clone)]
 pub struct TaskContext {
-    live: Arc<LiveOperation>,
+    id: OperationId,
+    draft: Arc<Draft>,
     token: CancellationToken,
     attempt: u32,
 }
 
 impl TaskContext {
-    pub(crate) fn new(live: Arc<LiveOperation>, token: CancellationToken, attempt: u32) -> Self {
+    pub(crate) fn new(
+        id: OperationId,
+        draft: Arc<Draft>,
+        token: CancellationToken,
+        attempt: u32,
+    ) -> Self {
         Self {
-            live,
+            id,
+            draft,
             token,
             attempt,
         }
@@ -267,7 +320,7 @@ impl TaskContext {
 
     /// The operation's id.
     pub fn id(&self) -> &OperationId {
-        self.live.id()
+        &self.id
     }
 
     /// Which run this is, from 1.
@@ -275,7 +328,8 @@ impl TaskContext {
         self.attempt
     }
 
-    /// The operation's cancellation token: cancelled on a client's cancel or at shutdown.
+    /// The operation's cancellation token: cancelled on a client's cancel, the deadline, or
+    /// at shutdown.
     pub fn cancellation_token(&self) -> &CancellationToken {
         &self.token
     }
@@ -295,7 +349,7 @@ impl TaskContext {
 
     /// Reports progress as `completed` of `total` `unit`s.
     pub fn progress(&self, completed: i64, total: i64, unit: &str) {
-        self.live.update(|r| {
+        self.draft.update(|r| {
             r.progress = Progress {
                 completed,
                 total,
@@ -307,13 +361,13 @@ impl TaskContext {
     /// Sets the status message shown to clients.
     pub fn status(&self, message: impl Into<String>) {
         let message = message.into();
-        self.live.update(|r| r.status_message = message);
+        self.draft.update(|r| r.status_message = message);
     }
 
     /// Sets the kind's own progress message (`metadata.details`).
     pub fn details<M: Name>(&self, details: &M) {
         let any = pack(details);
-        self.live.update(|r| r.details = Some(any));
+        self.draft.update(|r| r.details = Some(any));
     }
 }
 
@@ -460,5 +514,10 @@ impl Registry {
 
     pub(crate) fn erased(&self, kind: &str) -> Option<&Arc<dyn ErasedTask>> {
         self.kinds.get(kind)
+    }
+
+    /// Every kind, by name.
+    pub(crate) fn kinds(&self) -> impl Iterator<Item = (&str, &Arc<dyn ErasedTask>)> {
+        self.kinds.iter().map(|(name, task)| (name.as_str(), task))
     }
 }

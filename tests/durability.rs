@@ -8,12 +8,12 @@ mod common;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::binary::{oprun, run_to_exit};
 use common::faults::FaultyStore;
 use common::{error_code, metadata, sleep_input, TestServer};
-use oprun::model::{OperationRecord, State};
+use oprun::model::{Change, Fence, OperationRecord, State};
 use oprun::proto::google::longrunning::{DeleteOperationRequest, WaitOperationRequest};
 use oprun::proto::oprun::v1::operation_metadata;
 use oprun::store::sqlite::{SqliteOptions, SqliteStore};
@@ -227,11 +227,16 @@ async fn the_write_ahead_log_stays_bounded() {
                 let mut r =
                     OperationRecord::new_queued("sleep".into(), sleep_input(0, 1, ""), None);
                 r.status_message = "x".repeat(2048);
-                let Inserted::New(mut r) = store.insert(r).await.unwrap() else {
+                let Inserted::New(r) = store.insert(r).await.unwrap() else {
                     panic!("new");
                 };
-                r.state = State::Running;
-                store.update(&r).await.unwrap();
+                let running = r
+                    .apply(Change::Start { node: "n".into() }, SystemTime::now())
+                    .unwrap();
+                store
+                    .write(&running, &Fence::Version(r.version))
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -279,11 +284,16 @@ async fn filled_store(dir: &std::path::Path, n: usize) {
     for i in 0..n {
         let mut r = OperationRecord::new_queued("sleep".into(), sleep_input(0, 1, ""), None);
         r.status_message = format!("operation {i} {}", "y".repeat(300));
-        let Inserted::New(mut r) = store.insert(r).await.unwrap() else {
+        let Inserted::New(r) = store.insert(r).await.unwrap() else {
             panic!("new");
         };
-        r.fail(State::Failed, oprun::Code::Unknown, "done");
-        store.update(&r).await.unwrap();
+        let mut done = r.clone();
+        done.fail(State::Failed, oprun::Code::Unknown, "done");
+        done.version += 1;
+        store
+            .write(&done, &Fence::Version(r.version))
+            .await
+            .unwrap();
     }
     store.close().await.unwrap();
 }

@@ -8,14 +8,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
 use common::sleep_input;
 use oprun::filter::Filter;
 use oprun::model::{OperationId, OperationRecord, Outcome, State};
 use oprun::proto::oprun::v1::{SleepInput, SleepOutput};
 use oprun::store::memory::MemoryStore;
 use oprun::store::sqlite::{SqliteOptions, SqliteStore};
-use oprun::store::{Inserted, Store, StoreError, Swept};
+use oprun::store::{Store, StoreError};
 use oprun::{
     Code, Registry, RetryPolicy, Runner, RunnerConfig, Submission, Task, TaskContext, TaskError,
     TaskOptions,
@@ -105,7 +104,12 @@ fn registry() -> Registry {
     r
 }
 
+/// A runner whose wall clock follows tokio's (paused) clock.
 async fn runner_with(store: Arc<dyn Store>, config: RunnerConfig) -> Runner {
+    let config = RunnerConfig {
+        clock: Arc::new(oprun::scheduler::PausedClock::new()),
+        ..config
+    };
     Runner::start(registry(), store, config)
         .await
         .expect("runner starts")
@@ -302,7 +306,10 @@ async fn delayed_start_waits_and_survives_restart() {
     let op = runner.submit(delayed(0)).await.unwrap();
     let cancelled = runner.submit(delayed(0)).await.unwrap();
     let survivor = runner.submit(delayed(0)).await.unwrap();
-    assert_eq!(op.next_attempt_time, Some(at));
+    assert_eq!(
+        op.next_attempt_time,
+        Some(oprun::model::time::to_micros(at))
+    );
 
     runner.cancel(&cancelled.id).await.unwrap();
     let c = runner.get(&cancelled.id).await.unwrap();
@@ -633,43 +640,10 @@ async fn full_store_fails_submissions_cleanly() {
 /// A store failure is answered UNAVAILABLE (which clients retry), never INTERNAL.
 #[tokio::test]
 async fn store_failures_are_unavailable() {
-    struct Down;
-    #[async_trait]
-    impl Store for Down {
-        async fn insert(&self, _: OperationRecord) -> Result<Inserted, StoreError> {
-            Err(StoreError::Unavailable("disk I/O error".into()))
-        }
-        async fn update(&self, _: &OperationRecord) -> Result<(), StoreError> {
-            Err(StoreError::Unavailable("disk I/O error".into()))
-        }
-        async fn get(&self, _: &OperationId) -> Result<Option<OperationRecord>, StoreError> {
-            Err(StoreError::Unavailable("disk I/O error".into()))
-        }
-        async fn find_request(&self, _: &str) -> Result<Option<OperationRecord>, StoreError> {
-            Err(StoreError::Unavailable("disk I/O error".into()))
-        }
-        async fn delete_done(&self, _: &OperationId) -> Result<Option<bool>, StoreError> {
-            Err(StoreError::Unavailable("disk I/O error".into()))
-        }
-        async fn list(
-            &self,
-            _: i64,
-            _: &Filter,
-            _: usize,
-        ) -> Result<Vec<OperationRecord>, StoreError> {
-            Err(StoreError::Unavailable("disk I/O error".into()))
-        }
-        async fn sweep(&self, _: SystemTime, _: Option<usize>) -> Result<Swept, StoreError> {
-            Ok(Swept::default())
-        }
-        async fn unfinished(&self) -> Result<Vec<OperationRecord>, StoreError> {
-            Ok(Vec::new())
-        }
-        async fn close(&self) -> Result<(), StoreError> {
-            Ok(())
-        }
-    }
-    let runner = runner_with(Arc::new(Down), RunnerConfig::default()).await;
+    let down = common::faults::FaultyStore::new(Arc::new(MemoryStore::new()));
+    let runner = runner_with(down.clone(), RunnerConfig::default()).await;
+    down.refuse_writes.store(true, Ordering::SeqCst);
+    down.refuse_reads.store(true, Ordering::SeqCst);
     let submit = runner
         .submit(Submission::new("sleep", sleep_input(0, 1, "")))
         .await
@@ -710,9 +684,16 @@ async fn runs_never_exceed_the_policy() {
     }
     let mut r = registry();
     r.register(Counted);
-    let runner = Runner::start(r, Arc::new(MemoryStore::new()), RunnerConfig::default())
-        .await
-        .unwrap();
+    let runner = Runner::start(
+        r,
+        Arc::new(MemoryStore::new()),
+        RunnerConfig {
+            clock: Arc::new(oprun::scheduler::PausedClock::new()),
+            ..RunnerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
     let op = runner
         .submit(Submission::new("counted", sleep_input(0, 1, "")))
         .await
@@ -728,56 +709,9 @@ async fn runs_never_exceed_the_policy() {
 /// cancelled token). The store holds the retry's write open until the cancel is in.
 #[tokio::test(start_paused = true)]
 async fn cancel_during_retry_bookkeeping_ends_the_operation() {
-    use tokio::sync::Notify;
-    struct Gate {
-        inner: MemoryStore,
-        reached: Notify,
-        release: Notify,
-    }
-    #[async_trait]
-    impl Store for Gate {
-        async fn insert(&self, r: OperationRecord) -> Result<Inserted, StoreError> {
-            self.inner.insert(r).await
-        }
-        async fn update(&self, r: &OperationRecord) -> Result<(), StoreError> {
-            if r.kind == "flaky" && r.state == State::Queued && r.attempt == 2 {
-                self.reached.notify_one();
-                self.release.notified().await;
-            }
-            self.inner.update(r).await
-        }
-        async fn get(&self, id: &OperationId) -> Result<Option<OperationRecord>, StoreError> {
-            self.inner.get(id).await
-        }
-        async fn find_request(&self, r: &str) -> Result<Option<OperationRecord>, StoreError> {
-            self.inner.find_request(r).await
-        }
-        async fn delete_done(&self, id: &OperationId) -> Result<Option<bool>, StoreError> {
-            self.inner.delete_done(id).await
-        }
-        async fn list(
-            &self,
-            a: i64,
-            f: &Filter,
-            n: usize,
-        ) -> Result<Vec<OperationRecord>, StoreError> {
-            self.inner.list(a, f, n).await
-        }
-        async fn sweep(&self, t: SystemTime, k: Option<usize>) -> Result<Swept, StoreError> {
-            self.inner.sweep(t, k).await
-        }
-        async fn unfinished(&self) -> Result<Vec<OperationRecord>, StoreError> {
-            self.inner.unfinished().await
-        }
-        async fn close(&self) -> Result<(), StoreError> {
-            self.inner.close().await
-        }
-    }
-    let gate = Arc::new(Gate {
-        inner: MemoryStore::new(),
-        reached: Notify::new(),
-        release: Notify::new(),
-    });
+    let gate = common::faults::FaultyStore::new(Arc::new(MemoryStore::new()));
+    let (reached, release) =
+        gate.hold_writes(|r| r.kind == "flaky" && r.state == State::Queued && r.attempt == 2);
     let runner = runner_with(
         gate.clone(),
         RunnerConfig {
@@ -792,9 +726,9 @@ async fn cancel_during_retry_bookkeeping_ends_the_operation() {
         .submit(Submission::new("sleep", sleep_input(3_600_000, 1, "")))
         .await
         .unwrap();
-    gate.reached.notified().await;
+    reached.notified().await;
     runner.cancel(&flaky_op.id).await.unwrap();
-    gate.release.notify_one();
+    release.notify_one();
     let done = runner
         .wait(&flaky_op.id, Duration::from_secs(5))
         .await

@@ -1,28 +1,38 @@
 //! Property tests (proptest): the filter parser and the page-token decoder take any input
 //! without panicking and refuse garbage with INVALID_ARGUMENT, a well-formed filter means what
-//! it says, and random histories of submit / cancel / delete / wait / restart / list against a
-//! real runner over SQLite keep the operation invariants of `spec/LRO.md`. The last tests
+//! it says, the SQLite store's SQL-compiled filters select what the Rust evaluator selects,
+//! and random histories of submit / cancel / delete / wait / restart / list / store failures
+//! against a real runner over SQLite keep the operation invariants of `spec/LRO.md` and
+//! publish only what the store holds. The last tests
 //! are fast, deterministic checks of bugs the histories found.
 //!
 //! Failing inputs are not persisted to a regressions file: proptest prints the minimal failing
 //! case, which belongs in a named regression test.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oprun::filter::{Filter, FilterError, FilterFields, MAX_FILTER_LEN};
-use oprun::model::{pack, OperationId, OperationRecord, State};
+use oprun::model::{pack, OperationId, OperationRecord, Outcome, State};
 use oprun::page_token;
 use oprun::proto::google::longrunning::operation;
+use oprun::proto::google::rpc::Status;
 use oprun::proto::oprun::v1::{OperationMetadata, SleepInput, SleepOutput};
 use oprun::store::sqlite::{Durability, SqliteOptions, SqliteStore};
+use oprun::store::{Inserted, Store};
 use oprun::{Error, Registry, Runner, RunnerConfig, Submission};
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use proptest::test_runner::TestCaseError;
 use prost::Message;
+use tokio::sync::{broadcast, oneshot};
+
+use common::faults::FaultyStore;
 
 /// `cases` cases, and no regressions file (see the module docs).
 fn config(cases: u32) -> ProptestConfig {
@@ -557,6 +567,360 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------
+// Filters compiled to SQL
+// ---------------------------------------------------------------------------------------
+
+/// Ids of stored operations: look-alikes of each other and of the name prefix, LIKE's
+/// wildcards, and upper case (the store keeps whatever id it is given).
+const SQL_IDS: &[&str] = &[
+    "abc",
+    "abd",
+    "xabc",
+    "ab",
+    "abcabc",
+    "operations",
+    "x_c",
+    "a%c",
+    "xyz",
+    "A-b_9",
+];
+
+/// Kinds of stored operations: look-alikes, case, the empty kind, LIKE's wildcards, NUL and
+/// non-ASCII text.
+const SQL_KINDS: &[&str] = &[
+    "sleep",
+    "snapshot",
+    "sleepy",
+    "asleep",
+    "Sleep",
+    "",
+    "sl%p",
+    "sl_ep",
+    "a\0b",
+    "日本語",
+];
+
+/// Pieces of the strings filters compare: ids, kinds, fragments of them, and characters
+/// that are wildcards in LIKE or GLOB.
+const SQL_TEXTS: &[&str] = &[
+    "abc",
+    "ab",
+    "bc",
+    "b",
+    "x",
+    "xyz",
+    "operations",
+    "ions",
+    "A-b_9",
+    "a%c",
+    "x_c",
+    "sleep",
+    "sl",
+    "eep",
+    "Sleep",
+    "sl%p",
+    "sl_ep",
+    "%",
+    "_",
+    "?",
+    "[a]",
+    "a\0",
+    "\0b",
+    "本",
+    "",
+    "*",
+];
+
+/// Timestamps as written in a filter: on and between the microseconds around the instants the
+/// stored times are near, with offsets, dates alone and the ends of the valid range.
+const SQL_TIMES: &[&str] = &[
+    "2026-01-02T15:04:05Z",
+    "2026-01-02T15:04:05.000001Z",
+    "2026-01-02T15:04:05.0000005Z",
+    "2026-01-02T15:04:04.9999995Z",
+    "2026-01-02T16:04:05+01:00",
+    "2026-01-02T15:04:05.5+01:00",
+    "2026-01-02",
+    "1970-01-01T00:00:00Z",
+    "1970-01-01T00:00:00.000001Z",
+    "1969-12-31T23:59:59.999999Z",
+    "1969-12-31T23:59:59.9999995Z",
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59.999999999Z",
+];
+
+/// `text` as a double-quoted filter string.
+fn quoted(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A comparison the parser accepts, drawn wider than the oracle's: every field spelling,
+/// operator and value form, patterns made of wildcard look-alikes, and times between two
+/// microseconds.
+fn any_comparison() -> impl Strategy<Value = String> {
+    let equality = select(&["=", "!=", ":"][..]);
+    let any_op = select(&["=", "!=", ":", "<", "<=", ">", ">="][..]);
+    let star = select(&["", "*"][..]);
+    let name = (
+        equality.clone(),
+        star.clone(),
+        select(&["", "operations/", "s/", "operations"][..]),
+        select(SQL_TEXTS),
+        star.clone(),
+    )
+        .prop_map(|(op, lead, prefix, text, trail)| {
+            format!(
+                "name{op}{}",
+                quoted(&format!("{lead}{prefix}{text}{trail}"))
+            )
+        });
+    let kind = (
+        select(&["kind", "metadata.kind"][..]),
+        equality.clone(),
+        star.clone(),
+        select(SQL_TEXTS),
+        star,
+    )
+        .prop_map(|(field, op, lead, text, trail)| {
+            format!("{field} {op} {}", quoted(&format!("{lead}{text}{trail}")))
+        });
+    let code = prop_oneof![
+        (0..=16i32).prop_map(|n| n.to_string()),
+        select(CODE_NAMES).prop_map(str::to_owned),
+    ];
+    prop_oneof![
+        3 => name,
+        3 => kind,
+        1 => (equality.clone(), any::<bool>()).prop_map(|(op, v)| format!("done{op}{v}")),
+        2 => (select(&["state", "metadata.state"][..]), equality, select(STATES))
+            .prop_map(|(field, op, v)| format!("{field}{op}{v}")),
+        3 => (any_op.clone(), code).prop_map(|(op, v)| format!("error.code {op} {v}")),
+        3 => (
+            select(&["create_time", "update_time", "metadata.create_time", "metadata.update_time"][..]),
+            any_op,
+            select(SQL_TIMES),
+        )
+            .prop_map(|(field, op, v)| format!("{field}{op}{}", quoted(v))),
+        1 => select(&FIELDS[..12])
+            .prop_map(|field| format!("{field}:*")),
+    ]
+}
+
+/// Any filter the parser accepts: comparisons negated with NOT or `-`, joined with AND, OR
+/// or juxtaposition in any mix (so the parser's precedence decides the grouping), with or
+/// without parentheses. The flag says whether the text is one comparison, which may be
+/// negated without parentheses.
+fn any_parsable() -> impl Strategy<Value = String> {
+    let leaf = any_comparison().prop_map(|text| (text, true));
+    let tree = leaf.prop_recursive(3, 16, 4, |inner| {
+        let joint = select(&[" ", " AND ", " OR "][..]);
+        prop_oneof![
+            (inner.clone(), select(&["NOT ", "-"][..]), any::<bool>()).prop_map(
+                |((text, simple), keyword, bare)| {
+                    if simple && bare {
+                        (format!("{keyword}{text}"), false)
+                    } else {
+                        (format!("{keyword}({text})"), false)
+                    }
+                }
+            ),
+            (prop::collection::vec((inner, joint), 2..4), any::<bool>()).prop_map(
+                |(parts, grouped)| {
+                    let mut text = String::new();
+                    for (i, ((part, _), joint)) in parts.iter().enumerate() {
+                        if i > 0 {
+                            text.push_str(joint);
+                        }
+                        text.push_str(part);
+                    }
+                    if grouped {
+                        (format!("({text})"), false)
+                    } else {
+                        (text, false)
+                    }
+                }
+            ),
+        ]
+    });
+    tree.prop_map(|(text, _)| text)
+}
+
+/// A time in whole microseconds (the precision of the SQLite store's time columns) near the
+/// instants [`SQL_TIMES`] name, or far from them on either side.
+fn any_micros_time() -> impl Strategy<Value = SystemTime> {
+    let t0 = UNIX_EPOCH + Duration::from_secs(T0);
+    let t0_plus_one = UNIX_EPOCH + Duration::from_millis((T0 - 3600) * 1000 + 500);
+    let near = prop_oneof![Just(t0), Just(t0_plus_one), Just(UNIX_EPOCH)];
+    let offset = prop_oneof![
+        Just(Duration::ZERO),
+        Just(Duration::from_micros(1)),
+        Just(Duration::from_secs(1)),
+        (0u64..1 << 36).prop_map(Duration::from_secs),
+    ];
+    (near, offset, any::<bool>()).prop_map(|(at, by, later)| if later { at + by } else { at - by })
+}
+
+/// An operation to store: any state, done ones ending with a response or an error of any
+/// code (OK and codes outside google.rpc.Code included).
+fn any_record() -> impl Strategy<Value = OperationRecord> {
+    let state = select(
+        &[
+            State::Queued,
+            State::Running,
+            State::Succeeded,
+            State::Failed,
+            State::Cancelled,
+        ][..],
+    );
+    let code = prop_oneof![
+        Just(None),
+        (0..=16i32).prop_map(Some),
+        any::<i32>().prop_map(Some),
+    ];
+    (
+        select(SQL_IDS),
+        select(SQL_KINDS),
+        state,
+        code,
+        any_micros_time(),
+        any_micros_time(),
+    )
+        .prop_map(|(id, kind, state, code, create_time, update_time)| {
+            let mut record =
+                OperationRecord::new_queued(kind.to_owned(), prost_types::Any::default(), None);
+            record.id = OperationId::from_stored(id.to_owned());
+            record.state = state;
+            record.create_time = create_time;
+            record.update_time = update_time;
+            if state.is_done() {
+                record.end_time = Some(update_time);
+                record.outcome = Some(match code {
+                    Some(code) => Outcome::Error(Status {
+                        code,
+                        message: "failed".to_owned(),
+                        details: Vec::new(),
+                    }),
+                    None => Outcome::Response(prost_types::Any::default()),
+                });
+            }
+            record
+        })
+}
+
+/// Whether `record` matches `filter` by the Rust evaluator, on the fields the memory store
+/// gives it.
+fn rust_verdict(filter: &Filter, record: &OperationRecord) -> bool {
+    filter.matches(&FilterFields {
+        name: &record.id.name(),
+        done: record.is_done(),
+        kind: &record.kind,
+        state: record.state.as_str(),
+        error_code: record.error_code(),
+        create_time: record.create_time,
+        update_time: record.update_time,
+    })
+}
+
+/// Stores `records` (the first of each id) in a new SQLite store, lists them through `filter`
+/// in pages of `page`, and checks the pages against the Rust evaluator.
+fn check_sql_listing(
+    text: &str,
+    filter: &Filter,
+    records: Vec<OperationRecord>,
+    page: usize,
+) -> Result<(), TestCaseError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    rt.block_on(async {
+        let options = SqliteOptions {
+            durability: Durability::Normal,
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open(dir.path(), options).map_err(|e| fail(e.to_string()))?;
+        let mut seen = HashSet::new();
+        let mut stored = Vec::new();
+        for record in records {
+            if !seen.insert(record.id.clone()) {
+                continue;
+            }
+            match store.insert(record).await {
+                Ok(Inserted::New(record)) => stored.push(record),
+                other => return Err(fail(format!("insert: {other:?}"))),
+            }
+        }
+        let expected: Vec<&OperationRecord> =
+            stored.iter().filter(|r| rust_verdict(filter, r)).collect();
+        let mut listed = Vec::new();
+        let mut after = 0;
+        loop {
+            let batch = store
+                .list(after, filter, page)
+                .await
+                .map_err(|e| fail(format!("{text:?}: {e}")))?;
+            prop_assert!(batch.len() <= page);
+            let full = batch.len() == page;
+            for record in batch {
+                prop_assert!(
+                    record.seq > after,
+                    "{:?}: seq {} after {}",
+                    text,
+                    record.seq,
+                    after
+                );
+                after = record.seq;
+                listed.push(record);
+            }
+            if !full {
+                break;
+            }
+        }
+        let names = |records: &[&OperationRecord]| -> Vec<String> {
+            records.iter().map(|r| r.id.name()).collect()
+        };
+        prop_assert_eq!(
+            names(&listed.iter().collect::<Vec<_>>()),
+            names(&expected),
+            "{:?} over {} operations",
+            text,
+            stored.len()
+        );
+        for (got, want) in listed.iter().zip(expected) {
+            prop_assert_eq!(got, want);
+        }
+        store.close().await.map_err(|e| fail(e.to_string()))
+    })
+}
+
+proptest! {
+    #![proptest_config(config(64))]
+
+    /// The SQLite store's filters, compiled to SQL, select exactly the operations the Rust
+    /// evaluator (the memory store's) selects, in `seq` order and across pages: for
+    /// well-formed filters and for any filter the parser accepts, over operations whose ids,
+    /// kinds, codes and times sit on the edges the translation must get right (look-alike
+    /// and wildcard-like text, NUL, case, missing and present error codes, times a
+    /// microsecond either side of the filter's, sub-microsecond filter times).
+    #[test]
+    fn sqlite_filters_select_what_the_evaluator_selects(
+        text in prop_oneof![
+            2 => well_formed().prop_map(|expr| expr.render()),
+            3 => any_parsable(),
+        ],
+        records in prop::collection::vec(any_record(), 20..40),
+        page in 1usize..=40,
+    ) {
+        let filter = match Filter::parse(&text) {
+            Ok(filter) => filter,
+            Err(err) => return Err(TestCaseError::fail(format!("{text:?} refused: {err}"))),
+        };
+        check_sql_listing(&text, &filter, records, page)?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Page tokens
 // ---------------------------------------------------------------------------------------
 
@@ -711,6 +1075,13 @@ enum Action {
         page_size: usize,
         filter: &'static str,
     },
+    /// The store refuses every write (and, with `reads`, every read) for `ms`, as a full or
+    /// failing disk does; the runner's own writes and reads meet it (the history's calls come
+    /// after it).
+    Fault {
+        reads: bool,
+        ms: u64,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -738,6 +1109,8 @@ fn action() -> impl Strategy<Value = Action> {
         1 => Just(Action::Restart),
         2 => (1usize..10, select(LIST_FILTERS))
             .prop_map(|(page_size, filter)| Action::List { page_size, filter }),
+        2 => (any::<bool>(), select(&[5u64, 60, 250][..]))
+            .prop_map(|(reads, ms)| Action::Fault { reads, ms }),
     ]
 }
 
@@ -759,9 +1132,114 @@ struct Known {
 struct History<'a> {
     dir: &'a Path,
     runner: Option<Runner>,
+    /// The store the runner uses, which refuses on demand.
+    faults: Arc<FaultyStore>,
+    /// Checks what the runner publishes.
+    publications: Option<Publications>,
+    /// The done state and version of every operation published done (across restarts).
+    published_done: Arc<Mutex<HashMap<OperationId, (u64, State)>>>,
     known: Vec<Known>,
     /// The live (not deleted) operation each request id belongs to.
     by_request_id: HashMap<&'static str, usize>,
+}
+
+/// Checks every change a runner publishes, as it arrives, against the store under the
+/// runner (read directly, past the injected faults): the version published is stored (it was
+/// durable before anyone could see it), a state published done is stored done, and no later
+/// change undoes a done one.
+struct Publications {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Publications {
+    fn watch(
+        runner: &Runner,
+        store: Arc<dyn Store>,
+        published_done: Arc<Mutex<HashMap<OperationId, (u64, State)>>>,
+    ) -> Self {
+        let mut events = runner.subscribe();
+        let (stop, mut stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut wrong = Vec::new();
+            loop {
+                let event = tokio::select! {
+                    biased;
+                    event = events.recv() => event,
+                    _ = &mut stopped => {
+                        // Check what was published before the stop, then end.
+                        while let Ok(event) = events.try_recv() {
+                            check_publication(&event, &*store, &published_done, &mut wrong).await;
+                        }
+                        return wrong;
+                    }
+                };
+                match event {
+                    Ok(event) => {
+                        check_publication(&event, &*store, &published_done, &mut wrong).await;
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        wrong.push(format!("the checker fell {n} events behind"));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return wrong,
+                }
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Stops checking (once what was published so far is checked) and fails on any wrong
+    /// publication.
+    async fn finish(self) -> Result<(), TestCaseError> {
+        let _ = self.stop.send(());
+        let wrong = self
+            .task
+            .await
+            .map_err(|e| fail(format!("the publication checker failed: {e}")))?;
+        prop_assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        Ok(())
+    }
+}
+
+async fn check_publication(
+    event: &oprun::scheduler::OperationChanged,
+    store: &dyn Store,
+    published_done: &Mutex<HashMap<OperationId, (u64, State)>>,
+    wrong: &mut Vec<String>,
+) {
+    let (id, version, state) = (&event.id, event.version, event.state);
+    match store.get(id).await {
+        Ok(Some(stored)) => {
+            if stored.version < version || (stored.version == version && stored.state != state) {
+                wrong.push(format!(
+                    "{id} was published at version {version} ({state:?}) while the store holds \
+                     version {} ({:?})",
+                    stored.version, stored.state
+                ));
+            }
+            if event.done && (!stored.is_done() || stored.state != state) {
+                wrong.push(format!(
+                    "{id} was published done ({state:?}) while the store holds {:?}",
+                    stored.state
+                ));
+            }
+        }
+        // Deleted since (only a done operation can be): nothing left to compare.
+        Ok(None) => {}
+        Err(e) => wrong.push(format!("reading {id} back failed: {e}")),
+    }
+    let mut done = published_done.lock().unwrap();
+    if let Some(&(done_at, done_state)) = done.get(id) {
+        if version > done_at && (!event.done || state != done_state) {
+            wrong.push(format!(
+                "{id}, published done ({done_state:?}) at version {done_at}, was published \
+                 {state:?} at version {version}"
+            ));
+        }
+    }
+    if event.done {
+        done.entry(id.clone()).or_insert((version, state));
+    }
 }
 
 fn submission(job: &Job, request_id: Option<&str>) -> Submission {
@@ -790,34 +1268,76 @@ fn fail(message: String) -> TestCaseError {
 }
 
 async fn start_runner(dir: &Path) -> Result<Runner, TestCaseError> {
+    start_runner_over(Arc::new(open_store(dir)?)).await
+}
+
+fn open_store(dir: &Path) -> Result<SqliteStore, TestCaseError> {
     // NORMAL durability: a commit survives a process crash, which is all a graceful restart
     // needs, and the test does not pay for an fsync per commit.
-    let store = SqliteStore::open(
+    SqliteStore::open(
         dir,
         SqliteOptions {
             durability: Durability::Normal,
             ..SqliteOptions::default()
         },
     )
-    .map_err(|e| fail(format!("the store does not open: {e}")))?;
+    .map_err(|e| fail(format!("the store does not open: {e}")))
+}
+
+async fn start_runner_over(store: Arc<dyn Store>) -> Result<Runner, TestCaseError> {
     // Two running at once, so that operations also wait in the queue.
     let config = RunnerConfig {
         max_running: 2,
         ..RunnerConfig::default()
     };
-    Runner::start(Registry::with_builtins(), Arc::new(store), config)
+    Runner::start(Registry::with_builtins(), store, config)
         .await
         .map_err(|e| fail(format!("the runner does not start: {e}")))
 }
 
 impl<'a> History<'a> {
     async fn start(dir: &'a Path) -> Result<Self, TestCaseError> {
-        Ok(Self {
+        let mut history = Self {
             dir,
-            runner: Some(start_runner(dir).await?),
+            runner: None,
+            faults: FaultyStore::new(Arc::new(oprun::store::memory::MemoryStore::new())),
+            publications: None,
+            published_done: Arc::default(),
             known: Vec::new(),
             by_request_id: HashMap::new(),
-        })
+        };
+        history.start_runner().await?;
+        Ok(history)
+    }
+
+    /// Starts a runner over the directory's store, through a store that refuses on demand,
+    /// and checks what it publishes.
+    async fn start_runner(&mut self) -> Result<(), TestCaseError> {
+        let store: Arc<dyn Store> = Arc::new(open_store(self.dir)?);
+        self.faults = FaultyStore::new(Arc::clone(&store));
+        let runner = start_runner_over(Arc::clone(&self.faults) as Arc<dyn Store>).await?;
+        self.publications = Some(Publications::watch(
+            &runner,
+            store,
+            Arc::clone(&self.published_done),
+        ));
+        self.runner = Some(runner);
+        Ok(())
+    }
+
+    /// Stops the runner (gracefully), once what it published is checked.
+    async fn stop_runner(&mut self, grace: Duration) -> Result<(), TestCaseError> {
+        if let Some(publications) = self.publications.take() {
+            publications.finish().await?;
+        }
+        let runner = self
+            .runner
+            .take()
+            .expect("a runner is running between actions");
+        runner
+            .shutdown(grace)
+            .await
+            .map_err(|e| fail(format!("shutdown failed: {e}")))
     }
 
     fn runner(&self) -> &Runner {
@@ -839,6 +1359,14 @@ impl<'a> History<'a> {
             Action::Wait(index, ms) => self.wait(index, Duration::from_millis(*ms)).await,
             Action::Restart => self.restart().await,
             Action::List { page_size, filter } => self.list(filter, *page_size).await,
+            Action::Fault { reads, ms } => {
+                self.faults.refuse_writes.store(true, Ordering::SeqCst);
+                self.faults.refuse_reads.store(*reads, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(*ms)).await;
+                self.faults.refuse_writes.store(false, Ordering::SeqCst);
+                self.faults.refuse_reads.store(false, Ordering::SeqCst);
+                Ok(())
+            }
         }
     }
 
@@ -957,17 +1485,8 @@ impl<'a> History<'a> {
     }
 
     async fn restart(&mut self) -> Result<(), TestCaseError> {
-        let runner = self
-            .runner
-            .take()
-            .expect("a runner is running between actions");
-        runner
-            .shutdown(Duration::from_millis(200))
-            .await
-            .map_err(|e| fail(format!("shutdown failed: {e}")))?;
-        drop(runner);
-        self.runner = Some(start_runner(self.dir).await?);
-        Ok(())
+        self.stop_runner(Duration::from_millis(200)).await?;
+        self.start_runner().await
     }
 
     /// Lists everything in pages of `page_size`, passing the position on through a page
@@ -1133,9 +1652,11 @@ impl<'a> History<'a> {
         if let Some((result, state)) = &k.outcome {
             prop_assert!(
                 op.done,
-                "{} was done ({:?}) and is not any more",
+                "{} was done ({:?}) and is not any more: {:?} at version {}",
                 k.id,
-                state
+                state,
+                record.state,
+                record.version
             );
             prop_assert_eq!(
                 op.result.as_ref(),
@@ -1224,20 +1745,29 @@ impl<'a> History<'a> {
         }
         self.check_all().await?;
         prop_assert_eq!(
-            self.runner().unfinished(),
+            unfinished_once_settled(self.runner()).await,
             0,
             "the runner still counts operations as unfinished after every one was seen done"
         );
-        let runner = self.runner.take().expect("a runner is running");
-        runner
-            .shutdown(Duration::from_secs(5))
-            .await
-            .map_err(|e| fail(format!("shutdown failed: {e}")))
+        self.stop_runner(Duration::from_secs(5)).await
     }
 }
 
 /// Whether operation `k` matches `filter` in every state it may be in now: its final state
 /// once seen done, otherwise any state it could still reach.
+/// What the runner counts as unfinished once its counts have caught up with the store: they
+/// follow the store's answers to this node's writes, and a read may see a write committed
+/// before its answer arrived. Waits for the count to reach zero, up to 10 s.
+async fn unfinished_once_settled(runner: &Runner) -> usize {
+    let settled = tokio::time::timeout(Duration::from_secs(10), async {
+        while runner.unfinished() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let _ = settled.await;
+    runner.unfinished()
+}
+
 fn must_match(k: &Known, filter: &Filter) -> bool {
     let name = k.id.name();
     let now = SystemTime::now();
@@ -1379,7 +1909,7 @@ async fn an_operation_seen_done_is_deletable_at_once() {
             .expect("the operation exists");
         assert!(done.is_done(), "round {round}: not done after 10 s");
         assert_eq!(
-            runner.unfinished(),
+            unfinished_once_settled(&runner).await,
             0,
             "round {round}: {} was returned done but is still counted as unfinished",
             record.id

@@ -65,7 +65,12 @@ fn registry() -> Registry {
     r
 }
 
+/// A runner whose wall clock follows tokio's (paused) clock.
 async fn start(store: Arc<dyn Store>, config: RunnerConfig) -> Runner {
+    let config = RunnerConfig {
+        clock: Arc::new(oprun::scheduler::PausedClock::new()),
+        ..config
+    };
     Runner::start(registry(), store, config)
         .await
         .expect("runner starts")

@@ -154,6 +154,7 @@ impl ServeArgs {
             max_wait: self.max_wait,
             retention: self.retention,
             max_retained: self.max_retained,
+            ..RunnerConfig::default()
         }
     }
 

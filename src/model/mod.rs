@@ -9,17 +9,37 @@ use std::time::SystemTime;
 use prost::Name;
 use prost_types::{Any, Timestamp};
 
-use crate::error::{quote, Error};
 use crate::proto::google::longrunning::{operation, Operation};
 use crate::proto::google::rpc::{Code, Status};
 use crate::proto::oprun::v1::{operation_metadata, OperationMetadata, Progress};
+use crate::text::quote;
 
 pub mod time;
+mod transition;
+
+pub use transition::{Change, Fence, IllegalTransition};
 
 /// The collection every operation lives in.
 pub const COLLECTION: &str = "operations";
 /// Longest accepted operation id (the part after `operations/`).
 pub const MAX_ID_LEN: usize = 128;
+
+/// A resource name that is not `operations/{id}` with a valid id; the message says what is
+/// wrong and what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct NameError {
+    /// What is wrong, quoting (a bounded prefix of) the name.
+    pub message: String,
+}
+
+impl NameError {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
 
 /// A validated operation id: the `{id}` in `operations/{id}`.
 ///
@@ -36,29 +56,20 @@ impl OperationId {
     /// Parses a resource name `operations/{id}`.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] naming what is wrong when the name is empty, has another
-    /// collection, or an id with characters outside `[A-Za-z0-9_-]`.
-    pub fn parse_name(name: &str) -> Result<Self, Error> {
+    /// [`NameError`] naming what is wrong when the name is empty, has another collection, or
+    /// an id with characters outside `[A-Za-z0-9_-]`.
+    pub fn parse_name(name: &str) -> Result<Self, NameError> {
         if name.is_empty() {
-            return Err(Error::invalid_argument(
-                "name",
-                "name is empty; expected operations/{id}",
-            ));
+            return Err(NameError::new("name is empty; expected operations/{id}"));
         }
         let Some(id) = name.strip_prefix("operations/") else {
-            return Err(Error::invalid_argument(
-                "name",
-                format!(
-                    "name {} is malformed; expected operations/{{id}}",
-                    quote(name)
-                ),
-            ));
+            return Err(NameError::new(format!(
+                "name {} is malformed; expected operations/{{id}}",
+                quote(name)
+            )));
         };
         Self::parse_id(id).map_err(|reason| {
-            Error::invalid_argument(
-                "name",
-                format!("name {} is malformed: {reason}", quote(name)),
-            )
+            NameError::new(format!("name {} is malformed: {reason}", quote(name)))
         })
     }
 
@@ -174,6 +185,9 @@ pub enum CancelReason {
     Shutdown,
     /// The operation's deadline passed; it ends DEADLINE_EXCEEDED.
     Deadline,
+    /// This node no longer holds the operation (its lease ended and another node took it
+    /// over, or it was removed): the worker stops and writes nothing.
+    Lost,
 }
 
 /// An operation as oprun keeps it: the metadata fields plus the input and the result.
@@ -217,12 +231,17 @@ pub struct OperationRecord {
     pub deadline: Option<SystemTime>,
     /// The previous attempt's error, once a failure was retried (kept after the end).
     pub last_error: Option<Status>,
+    /// How many times the stored operation has changed, from 1 at its insert. Writes that
+    /// expect an older version are refused (fencing): see [`Fence`].
+    pub version: u64,
+    /// The node running it (while RUNNING), or that ran it last.
+    pub owner: Option<String>,
 }
 
 impl OperationRecord {
     /// A new queued operation.
     pub fn new_queued(kind: String, input: Any, request_id: Option<String>) -> Self {
-        let now = SystemTime::now();
+        let now = time::to_micros(SystemTime::now());
         Self {
             seq: 0,
             id: OperationId::generate(),
@@ -243,6 +262,8 @@ impl OperationRecord {
             next_attempt_time: None,
             deadline: None,
             last_error: None,
+            version: 1,
+            owner: None,
         }
     }
 
@@ -262,7 +283,7 @@ impl OperationRecord {
     /// Ends the operation. `state` must be a done state matching the outcome.
     pub fn finish(&mut self, state: State, outcome: Outcome) {
         debug_assert!(state.is_done());
-        let now = SystemTime::now();
+        let now = time::to_micros(SystemTime::now());
         self.state = state;
         self.outcome = Some(outcome);
         self.end_time = Some(now);
@@ -349,10 +370,7 @@ mod tests {
             "operations/a b",
         ] {
             let err = OperationId::parse_name(bad).unwrap_err();
-            assert!(
-                matches!(err, Error::InvalidArgument { .. }),
-                "{bad:?}: {err}"
-            );
+            assert!(err.message.contains("name"), "{bad:?}: {err}");
         }
         let long = format!("operations/{}", "a".repeat(MAX_ID_LEN + 1));
         assert!(OperationId::parse_name(&long).is_err());

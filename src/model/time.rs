@@ -89,6 +89,27 @@ pub fn duration(d: &prost_types::Duration) -> Result<Duration, TimeError> {
     ))
 }
 
+/// `t` to the microsecond (towards the past): the precision operations keep their times at, so
+/// that a store's integer columns hold them exactly.
+pub fn to_micros(t: SystemTime) -> SystemTime {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => {
+            SystemTime::UNIX_EPOCH
+                + Duration::from_micros(d.as_micros().try_into().unwrap_or(u64::MAX))
+        }
+        Err(e) => {
+            let before = e.duration();
+            let whole = Duration::from_micros(before.as_micros().try_into().unwrap_or(u64::MAX));
+            let up = if whole < before {
+                whole + Duration::from_micros(1)
+            } else {
+                whole
+            };
+            SystemTime::UNIX_EPOCH - up
+        }
+    }
+}
+
 /// The latest instant a `Timestamp` can carry: 9999-12-31T23:59:59.999999999Z.
 pub fn latest() -> SystemTime {
     SystemTime::UNIX_EPOCH

@@ -111,7 +111,7 @@ impl Operations for OperationsApi {
         &self,
         request: Request<GetOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
-        let id = OperationId::parse_name(&request.get_ref().name)?;
+        let id = OperationId::parse_name(&request.get_ref().name).map_err(Error::from)?;
         let record = self.runner.get(&id).await?;
         Ok(Response::new(record.to_operation()))
     }
@@ -121,7 +121,7 @@ impl Operations for OperationsApi {
         &self,
         request: Request<DeleteOperationRequest>,
     ) -> Result<Response<()>, Status> {
-        let id = OperationId::parse_name(&request.get_ref().name)?;
+        let id = OperationId::parse_name(&request.get_ref().name).map_err(Error::from)?;
         self.runner.delete(&id).await?;
         Ok(Response::new(()))
     }
@@ -131,7 +131,7 @@ impl Operations for OperationsApi {
         &self,
         request: Request<CancelOperationRequest>,
     ) -> Result<Response<()>, Status> {
-        let id = OperationId::parse_name(&request.get_ref().name)?;
+        let id = OperationId::parse_name(&request.get_ref().name).map_err(Error::from)?;
         self.runner.cancel(&id).await?;
         Ok(Response::new(()))
     }
@@ -143,7 +143,7 @@ impl Operations for OperationsApi {
     ) -> Result<Response<Operation>, Status> {
         let deadline = call_deadline(&request);
         let req = request.into_inner();
-        let id = OperationId::parse_name(&req.name)?;
+        let id = OperationId::parse_name(&req.name).map_err(Error::from)?;
         let mut timeout = match req.timeout {
             None => self.runner.config().max_wait,
             Some(t) => time::duration(&t).map_err(|e| {

@@ -7,9 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use prost_types::Any;
 
-use super::{Inserted, Store, Swept};
+use super::{Claim, Inserted, Store, Swept, Written};
 use crate::filter::Filter;
-use crate::model::{OperationRecord, State};
+use crate::model::{Change, Fence, OperationRecord, Outcome, State};
 use crate::proto::google::rpc::Code;
 
 /// Runs every check against fresh stores made by `make`.
@@ -21,12 +21,65 @@ where
 {
     insert_assigns_increasing_seq(&make().await).await;
     request_id_returns_existing(&make().await).await;
-    update_replaces_state(&make().await).await;
+    write_replaces_state(&make().await).await;
     delete_only_done(&make().await).await;
     list_pages_in_order_with_filter(&make().await).await;
     unfinished_lists_queued_and_running(&make().await).await;
     scheduling_fields_round_trip(&make().await).await;
     sweep_removes_expired_then_oldest(&make().await).await;
+    a_stale_version_is_refused(&make().await).await;
+    a_stale_owner_is_refused_and_a_cancel_request_kept(&make().await).await;
+    claims_take_due_work_in_order_within_limits(&make().await).await;
+    orphans_are_the_work_of_expired_leases(&make().await).await;
+    deadlines_of_queued_work(&make().await).await;
+    let shared = std::sync::Arc::new(make().await);
+    two_claimers_never_get_the_same_operation(shared).await;
+    let store = make().await;
+    if !store.is_exclusive() {
+        the_feed_shows_each_latest_change_once_in_order(&store).await;
+        a_cancel_request_reaches_the_owner_through_the_feed(&make().await).await;
+    }
+}
+
+/// A base instant far from the epoch, for tests that set times.
+fn base() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+/// Writes a change of `r` fenced by its version, expecting the store to take it.
+async fn change<S: Store>(store: &S, r: &OperationRecord, change: Change) -> OperationRecord {
+    let next = r.apply(change, base()).expect("a legal change");
+    match store
+        .write(&next, &Fence::Version(r.version))
+        .await
+        .expect("write")
+    {
+        Written::Applied { version, .. } => {
+            assert_eq!(version, next.version, "the version a write stores");
+            next
+        }
+        Written::Stale(now) => panic!("a write at the stored version was refused: {now:?}"),
+    }
+}
+
+fn failed() -> Change {
+    Change::Finish {
+        state: State::Failed,
+        outcome: Outcome::Error(crate::proto::google::rpc::Status {
+            code: Code::Unknown as i32,
+            message: "x".into(),
+            details: Vec::new(),
+        }),
+    }
+}
+
+fn claim(node: &str, kinds: &[(&str, usize)], total: usize, now: SystemTime) -> Claim {
+    Claim {
+        node: node.to_owned(),
+        kinds: kinds.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
+        total,
+        now,
+    }
 }
 
 fn queued(kind: &str) -> OperationRecord {
@@ -85,30 +138,39 @@ async fn request_id_returns_existing<S: Store>(store: &S) {
     );
 }
 
-async fn update_replaces_state<S: Store>(store: &S) {
-    let mut r = insert_new(store, queued("a")).await;
-    r.state = State::Running;
-    r.progress.completed = 3;
-    r.progress.total = 10;
-    r.status_message = "working".into();
-    store.update(&r).await.expect("update");
+async fn write_replaces_state<S: Store>(store: &S) {
+    let r = insert_new(store, queued("a")).await;
+    let r = change(store, &r, Change::Start { node: "n".into() }).await;
+    let r = change(
+        store,
+        &r,
+        Change::Progress {
+            progress: crate::proto::oprun::v1::Progress {
+                completed: 3,
+                total: 10,
+                unit: "steps".into(),
+            },
+            status_message: "working".into(),
+            details: None,
+        },
+    )
+    .await;
     assert_eq!(store.get(&r.id).await.expect("get"), Some(r.clone()));
-    r.fail(State::Failed, Code::Unknown, "boom");
-    store.update(&r).await.expect("update");
+    let r = change(store, &r, failed()).await;
     let got = store.get(&r.id).await.expect("get").expect("exists");
     assert_eq!(got.error_code(), Some(Code::Unknown as i32));
     assert!(got.is_done());
+    assert_eq!(got, r, "get returns what was written");
 }
 
 async fn delete_only_done<S: Store>(store: &S) {
-    let mut r = insert_new(store, queued("a")).await;
+    let r = insert_new(store, queued("a")).await;
     assert_eq!(store.delete_done(&r.id).await.expect("delete"), Some(false));
     assert!(
         store.get(&r.id).await.expect("get").is_some(),
         "unfinished ones are kept"
     );
-    r.fail(State::Cancelled, Code::Cancelled, "cancelled");
-    store.update(&r).await.expect("update");
+    let r = change(store, &r, failed()).await;
     assert_eq!(store.delete_done(&r.id).await.expect("delete"), Some(true));
     assert_eq!(store.get(&r.id).await.expect("get"), None);
     assert_eq!(store.delete_done(&r.id).await.expect("delete"), None);
@@ -137,12 +199,10 @@ async fn list_pages_in_order_with_filter<S: Store>(store: &S) {
 
 async fn unfinished_lists_queued_and_running<S: Store>(store: &S) {
     let q = insert_new(store, queued("a")).await;
-    let mut run = insert_new(store, queued("a")).await;
-    run.state = State::Running;
-    store.update(&run).await.expect("update");
-    let mut done = insert_new(store, queued("a")).await;
-    done.fail(State::Failed, Code::Aborted, "x");
-    store.update(&done).await.expect("update");
+    let run = insert_new(store, queued("a")).await;
+    let run = change(store, &run, Change::Start { node: "n".into() }).await;
+    let done = insert_new(store, queued("a")).await;
+    change(store, &done, failed()).await;
     let ids: Vec<_> = store
         .unfinished()
         .await
@@ -176,10 +236,13 @@ async fn sweep_removes_expired_then_oldest<S: Store>(store: &S) {
     let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let mut ids = Vec::new();
     for i in 0..5u64 {
-        let mut r = insert_new(store, queued("a")).await;
-        r.fail(State::Failed, Code::Unknown, "x");
-        r.end_time = Some(base + Duration::from_secs(i));
-        store.update(&r).await.expect("update");
+        let r = insert_new(store, queued("a")).await;
+        let mut next = r.apply(failed(), base).expect("legal");
+        next.end_time = Some(base + Duration::from_secs(i));
+        store
+            .write(&next, &Fence::Version(r.version))
+            .await
+            .expect("write");
         ids.push(r.id);
     }
     let open = insert_new(store, queued("a")).await;
@@ -214,4 +277,325 @@ async fn sweep_removes_expired_then_oldest<S: Store>(store: &S) {
         .expect("sweep");
     assert_eq!(swept.finished, 0);
     assert_eq!(swept.oldest_finished, None);
+}
+
+/// A write fenced by a version that is no longer stored is refused and changes nothing; the
+/// store answers what it holds.
+async fn a_stale_version_is_refused<S: Store>(store: &S) {
+    let r = insert_new(store, queued("a")).await;
+    let started = change(store, &r, Change::Start { node: "n".into() }).await;
+    let late = r.apply(failed(), base()).expect("legal from QUEUED");
+    match store
+        .write(&late, &Fence::Version(r.version))
+        .await
+        .expect("write")
+    {
+        Written::Stale(Some(now)) => assert_eq!(*now, started),
+        other => panic!("a stale version was not refused: {other:?}"),
+    }
+    assert_eq!(store.get(&r.id).await.expect("get"), Some(started));
+    let gone = OperationRecord::new_queued("a".into(), Any::default(), None);
+    assert_eq!(
+        store.write(&gone, &Fence::Version(1)).await.expect("write"),
+        Written::Stale(None),
+        "a write of an operation that is not stored"
+    );
+}
+
+/// The node that runs an operation writes it fenced by owner and attempt: once another node
+/// took it over (a new attempt), the old owner's write is refused. A cancel request written
+/// meanwhile does not stop the owner's write, and the write keeps it: that is how the owner
+/// learns of it.
+async fn a_stale_owner_is_refused_and_a_cancel_request_kept<S: Store>(store: &S) {
+    let r = insert_new(store, queued("a")).await;
+    let run = change(store, &r, Change::Start { node: "a".into() }).await;
+    let owner = Fence::Owner {
+        node: "a".into(),
+        attempt: run.attempt,
+    };
+    let asked = change(store, &run, Change::RequestCancel).await;
+    let progress = run
+        .apply(
+            Change::Progress {
+                progress: Default::default(),
+                status_message: "still going".into(),
+                details: None,
+            },
+            base(),
+        )
+        .expect("legal");
+    match store.write(&progress, &owner).await.expect("write") {
+        Written::Applied {
+            version,
+            requested_cancellation,
+        } => {
+            assert!(
+                requested_cancellation,
+                "the cancel request is kept and told"
+            );
+            assert_eq!(version, asked.version + 1);
+        }
+        other => panic!("the owner's write was refused: {other:?}"),
+    }
+    let stored = store.get(&r.id).await.expect("get").expect("exists");
+    assert!(stored.requested_cancellation);
+    assert_eq!(stored.status_message, "still going");
+    // Another node takes it over: attempt 2 on node b.
+    let requeued = change(
+        store,
+        &stored,
+        Change::Requeue {
+            status_message: "taken over".into(),
+        },
+    )
+    .await;
+    let taken = change(store, &requeued, Change::Start { node: "b".into() }).await;
+    let late = run.apply(failed(), base()).expect("legal");
+    match store.write(&late, &owner).await.expect("write") {
+        Written::Stale(Some(now)) => assert_eq!(*now, taken),
+        other => panic!("a stale owner's write was not refused: {other:?}"),
+    }
+    assert_eq!(store.get(&r.id).await.expect("get"), Some(taken));
+}
+
+/// Follows the feed from `after` to its end, in pages of `page`; the ids seen and the next
+/// position.
+async fn follow<S: Store>(store: &S, mut after: i64, page: usize) -> (Vec<OperationRecord>, i64) {
+    let mut seen = Vec::new();
+    loop {
+        let changes = store.changes(Some(after), page).await.expect("changes");
+        assert!(changes.operations.len() <= page, "a page beyond its limit");
+        if changes.operations.is_empty() {
+            assert_eq!(changes.next, after, "an empty page moves the position");
+            return (seen, after);
+        }
+        assert!(changes.next > after, "the position goes forward");
+        after = changes.next;
+        seen.extend(changes.operations);
+    }
+}
+
+/// A shared store's feed: from its head, every insert, write and claim shows, each operation
+/// once as it is now, in the order of their latest change, paged by the limit; a deleted one
+/// drops out; nothing shows twice once followed.
+async fn the_feed_shows_each_latest_change_once_in_order<S: Store>(store: &S) {
+    let before = insert_new(store, queued("a")).await;
+    let head = store.changes(None, 10).await.expect("the head");
+    assert!(head.operations.is_empty(), "the head alone is asked");
+    let (nothing, at) = follow(store, head.next, 10).await;
+    assert!(
+        nothing.is_empty(),
+        "{before:?} changed before the head: {nothing:?}"
+    );
+    let a = insert_new(store, queued("a")).await;
+    let b = insert_new(store, queued("b")).await;
+    let c = insert_new(store, queued("a")).await;
+    let a = change(store, &a, Change::Start { node: "n".into() }).await;
+    let claimed = store
+        .claim(&claim("m", &[("b", 1)], 1, base() + Duration::from_secs(1)))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.operations.len(), 1);
+    assert_eq!(claimed.operations[0].id, b.id);
+    let b = claimed.operations[0].clone();
+    let (seen, at) = follow(store, at, 2).await;
+    assert_eq!(
+        seen,
+        vec![c.clone(), a.clone(), b.clone()],
+        "latest changes in order"
+    );
+    let (again, at) = follow(store, at, 2).await;
+    assert!(again.is_empty(), "nothing shows twice: {again:?}");
+    let c = change(store, &c, failed()).await;
+    assert_eq!(store.delete_done(&c.id).await.expect("delete"), Some(true));
+    let a = change(store, &a, failed()).await;
+    let (seen, _) = follow(store, at, 10).await;
+    assert_eq!(seen, vec![a], "a deleted operation drops out of the feed");
+}
+
+/// A cancel request written by one node reaches the node that runs the operation through
+/// the feed, before that node writes anything.
+async fn a_cancel_request_reaches_the_owner_through_the_feed<S: Store>(store: &S) {
+    let r = insert_new(store, queued("a")).await;
+    let run = change(
+        store,
+        &r,
+        Change::Start {
+            node: "owner".into(),
+        },
+    )
+    .await;
+    let head = store.changes(None, 0).await.expect("the head").next;
+    // Another node reads the operation and records the request, fenced by the version it read.
+    let read = store.get(&r.id).await.expect("get").expect("stored");
+    change(store, &read, Change::RequestCancel).await;
+    let (seen, _) = follow(store, head, 10).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].requested_cancellation, "the owner sees the request");
+    assert_eq!(seen[0].owner.as_deref(), Some("owner"));
+    assert_eq!(seen[0].version, run.version + 1);
+}
+
+/// A claim starts the oldest due work first, within each kind's room and the total; work whose
+/// time has not come stays queued, and its time is told.
+async fn claims_take_due_work_in_order_within_limits<S: Store>(store: &S) {
+    let now = base() + Duration::from_secs(100);
+    let mut made = Vec::new();
+    for (kind, due) in [("a", 5), ("b", 1), ("a", 2), ("a", 3), ("b", 4), ("a", 200)] {
+        let mut r = queued(kind);
+        r.create_time = base();
+        r.next_attempt_time = Some(base() + Duration::from_secs(due));
+        made.push(insert_new(store, r).await);
+    }
+    let claimed = store
+        .claim(&claim("n1", &[("a", 2), ("b", 5)], 3, now))
+        .await
+        .expect("claim");
+    let ids: Vec<_> = claimed.operations.iter().map(|r| r.id.clone()).collect();
+    // Due order over both kinds: b@1, a@2, a@3 (then a is at its room of 2).
+    assert_eq!(
+        ids,
+        vec![made[1].id.clone(), made[2].id.clone(), made[3].id.clone()]
+    );
+    for r in &claimed.operations {
+        assert_eq!(r.state, State::Running);
+        assert_eq!(r.owner.as_deref(), Some("n1"));
+        assert_eq!(r.start_time, Some(now));
+        assert_eq!(store.get(&r.id).await.expect("get").as_ref(), Some(r));
+    }
+    assert_eq!(claimed.next_due, Some(base() + Duration::from_secs(200)));
+    let again = store
+        .claim(&claim("n2", &[("a", 10), ("b", 10)], 10, now))
+        .await
+        .expect("claim");
+    let ids: Vec<_> = again.operations.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(
+        ids,
+        vec![made[4].id.clone(), made[0].id.clone()],
+        "the rest that is due"
+    );
+    let later = store
+        .claim(&claim(
+            "n2",
+            &[("a", 10)],
+            10,
+            base() + Duration::from_secs(300),
+        ))
+        .await
+        .expect("claim");
+    assert_eq!(later.operations.len(), 1, "due at last");
+    assert_eq!(later.next_due, None);
+    let none = store
+        .claim(&claim("n2", &[("c", 10)], 10, now))
+        .await
+        .expect("claim");
+    assert!(none.operations.is_empty(), "only the kinds asked for");
+}
+
+/// RUNNING work of a node whose lease ended (or that has none) is an orphan to others; a node
+/// with a live lease keeps its work; a node's own work is never its orphan.
+async fn orphans_are_the_work_of_expired_leases<S: Store>(store: &S) {
+    let now = base() + Duration::from_secs(1000);
+    for _ in 0..2 {
+        insert_new(store, queued("a")).await;
+    }
+    store
+        .heartbeat("alive", now + Duration::from_secs(30))
+        .await
+        .expect("heartbeat");
+    store
+        .heartbeat("dead", now - Duration::from_secs(1))
+        .await
+        .expect("heartbeat");
+    let a = store
+        .claim(&claim("alive", &[("a", 1)], 1, now))
+        .await
+        .expect("claim");
+    let d = store
+        .claim(&claim("dead", &[("a", 1)], 1, now))
+        .await
+        .expect("claim");
+    let orphans: Vec<_> = store
+        .orphans("rescuer", now, 10)
+        .await
+        .expect("orphans")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(orphans, vec![d.operations[0].id.clone()]);
+    assert!(
+        store
+            .orphans("dead", now, 10)
+            .await
+            .expect("orphans")
+            .is_empty(),
+        "a node's own work is not its orphan"
+    );
+    store
+        .heartbeat("alive", now - Duration::from_secs(1))
+        .await
+        .expect("heartbeat");
+    assert_eq!(
+        store
+            .orphans("rescuer", now, 10)
+            .await
+            .expect("orphans")
+            .len(),
+        2,
+        "a lease that ended leaves its work to others"
+    );
+    assert_eq!(a.operations.len(), 1);
+}
+
+/// Queued work past its deadline is found; the next deadline is told; running work is its
+/// worker's.
+async fn deadlines_of_queued_work<S: Store>(store: &S) {
+    let now = base() + Duration::from_secs(50);
+    let mut ids = Vec::new();
+    for secs in [10, 40, 90, 60] {
+        let mut r = queued("a");
+        r.deadline = Some(base() + Duration::from_secs(secs));
+        ids.push(insert_new(store, r).await);
+    }
+    // The one due at 40 runs: its deadline is its worker's.
+    change(store, &ids[1], Change::Start { node: "n".into() }).await;
+    let found = store.deadlines(now, 10).await.expect("deadlines");
+    let passed: Vec<_> = found.passed.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(passed, vec![ids[0].id.clone()]);
+    assert_eq!(found.next, Some(base() + Duration::from_secs(60)));
+}
+
+/// Two nodes claiming at once from the same store never both get an operation.
+async fn two_claimers_never_get_the_same_operation<S: Store>(store: std::sync::Arc<S>) {
+    for _ in 0..200 {
+        insert_new(&*store, queued("a")).await;
+    }
+    let now = base() + Duration::from_secs(10_000);
+    let mut handles = Vec::new();
+    for node in ["x", "y"] {
+        let store = std::sync::Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let c = store
+                    .claim(&claim(node, &[("a", 7)], 7, now))
+                    .await
+                    .expect("claim");
+                if c.operations.is_empty() {
+                    return got;
+                }
+                got.extend(c.operations.into_iter().map(|r| r.id));
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.expect("claimer"));
+    }
+    let count = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), count, "an operation was claimed twice");
+    assert_eq!(count, 200, "every operation was claimed once");
 }

@@ -1,21 +1,26 @@
-//! An in-memory [`Store`]: fast, and nothing survives a restart. For tests and benchmarks.
+//! An in-memory [`Store`]: fast, and nothing survives a restart. For tests and benchmarks,
+//! and, [shared](MemoryStore::shared) by several runners in one process, for testing what
+//! nodes sharing a store do.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use std::time::SystemTime;
-
-use super::{record_matches, Inserted, Store, StoreError, Swept};
+use super::{
+    record_matches, Changes, Claim, Claimed, Deadlines, Inserted, Store, StoreError, Swept, Written,
+};
 use crate::filter::Filter;
-use crate::model::{OperationId, OperationRecord};
+use crate::model::{Fence, OperationId, OperationRecord, State};
 
 /// Operations kept in process memory.
 #[derive(Default)]
 pub struct MemoryStore {
     // std Mutex, not tokio's: nothing awaits while it is held.
     inner: Mutex<Inner>,
+    /// Shared by several runners (see [`MemoryStore::shared`]).
+    shared: bool,
 }
 
 #[derive(Default)]
@@ -24,12 +29,95 @@ struct Inner {
     by_seq: BTreeMap<i64, OperationRecord>,
     seq_by_id: HashMap<OperationId, i64>,
     seq_by_request: HashMap<String, i64>,
+    /// QUEUED operations by kind, in due order (the claim order).
+    queued: HashMap<String, BTreeSet<(SystemTime, i64)>>,
+    /// Queued operations with a deadline, by deadline.
+    deadlines: BTreeSet<(SystemTime, i64)>,
+    /// RUNNING operations.
+    running: BTreeSet<i64>,
+    /// Nodes' leases.
+    leases: HashMap<String, SystemTime>,
+    /// The change feed: each operation's `seq` at the position of its latest change.
+    feed: BTreeMap<i64, i64>,
+    /// Each operation's position in the feed, by `seq`.
+    position: HashMap<i64, i64>,
+    /// The latest feed position.
+    head: i64,
+}
+
+/// When a queued operation may start.
+fn due(r: &OperationRecord) -> SystemTime {
+    r.next_attempt_time.unwrap_or(r.create_time)
+}
+
+impl Inner {
+    /// Stores `r` (new or changed), keeping the indexes in step with the record it replaces.
+    fn put(&mut self, r: OperationRecord) {
+        if let Some(old) = self.by_seq.get(&r.seq) {
+            let (old_kind, old_due, old_state, old_deadline) =
+                (old.kind.clone(), due(old), old.state, old.deadline);
+            if old_state == State::Queued {
+                if let Some(q) = self.queued.get_mut(&old_kind) {
+                    q.remove(&(old_due, r.seq));
+                }
+            }
+            if let Some(d) = old_deadline {
+                self.deadlines.remove(&(d, r.seq));
+            }
+            self.running.remove(&r.seq);
+        }
+        if r.state == State::Queued {
+            self.queued
+                .entry(r.kind.clone())
+                .or_default()
+                .insert((due(&r), r.seq));
+        }
+        if r.state == State::Running {
+            self.running.insert(r.seq);
+        }
+        if let (Some(d), State::Queued) = (r.deadline, r.state) {
+            self.deadlines.insert((d, r.seq));
+        }
+        self.head += 1;
+        if let Some(old) = self.position.insert(r.seq, self.head) {
+            self.feed.remove(&old);
+        }
+        self.feed.insert(self.head, r.seq);
+        self.by_seq.insert(r.seq, r);
+    }
+
+    fn remove(&mut self, seq: i64) {
+        if let Some(r) = self.by_seq.get(&seq).cloned() {
+            let mut gone = r.clone();
+            gone.state = State::Succeeded;
+            gone.deadline = None;
+            self.put(gone);
+            self.by_seq.remove(&seq);
+            if let Some(position) = self.position.remove(&seq) {
+                self.feed.remove(&position);
+            }
+            self.seq_by_id.remove(&r.id);
+            if let Some(rid) = r.request_id {
+                self.seq_by_request.remove(&rid);
+            }
+        }
+    }
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store, owned by one runner.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that several runners in this process share, as nodes share a database:
+    /// each claims its own work under its own lease, and follows the change feed to learn
+    /// what the others did.
+    pub fn shared() -> Self {
+        Self {
+            shared: true,
+            ..Self::default()
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -59,18 +147,113 @@ impl Store for MemoryStore {
             g.seq_by_request.insert(rid.clone(), seq);
         }
         g.seq_by_id.insert(record.id.clone(), seq);
-        g.by_seq.insert(seq, record.clone());
+        g.put(record.clone());
         Ok(Inserted::New(record))
     }
 
-    async fn update(&self, record: &OperationRecord) -> Result<(), StoreError> {
+    async fn write(&self, record: &OperationRecord, fence: &Fence) -> Result<Written, StoreError> {
         let mut g = self.lock();
-        if let Some(seq) = g.seq_by_id.get(&record.id).copied() {
-            let mut r = record.clone();
-            r.seq = seq;
-            g.by_seq.insert(seq, r);
+        let Some(seq) = g.seq_by_id.get(&record.id).copied() else {
+            return Ok(Written::Stale(None));
+        };
+        let Some(stored) = g.by_seq.get(&seq).cloned() else {
+            return Ok(Written::Stale(None));
+        };
+        let mut next = record.clone();
+        next.seq = seq;
+        match fence {
+            Fence::Version(v) if stored.version == *v => {}
+            Fence::Owner { node, attempt }
+                if stored.state == State::Running
+                    && stored.owner.as_deref() == Some(node.as_str())
+                    && stored.attempt == *attempt =>
+            {
+                next.version = stored.version + 1;
+                next.requested_cancellation |= stored.requested_cancellation;
+            }
+            _ => return Ok(Written::Stale(Some(Box::new(stored)))),
         }
+        let written = Written::Applied {
+            version: next.version,
+            requested_cancellation: next.requested_cancellation,
+        };
+        g.put(next);
+        Ok(written)
+    }
+
+    async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError> {
+        let mut g = self.lock();
+        let mut candidates: Vec<(SystemTime, i64)> = Vec::new();
+        let mut next_due: Option<SystemTime> = None;
+        for (kind, room) in &claim.kinds {
+            let Some(q) = g.queued.get(kind) else {
+                continue;
+            };
+            let mut due_now = q.iter().take_while(|(d, _)| *d <= claim.now);
+            candidates.extend(due_now.by_ref().take(*room).copied());
+            if let Some((later, _)) = q.range((claim.now, i64::MAX)..).next() {
+                if *later > claim.now {
+                    next_due = Some(next_due.map_or(*later, |n| n.min(*later)));
+                }
+            }
+        }
+        candidates.sort();
+        candidates.truncate(claim.total);
+        let mut operations = Vec::with_capacity(candidates.len());
+        for (_, seq) in candidates {
+            let Some(mut r) = g.by_seq.get(&seq).cloned() else {
+                continue;
+            };
+            r.state = State::Running;
+            r.owner = Some(claim.node.clone());
+            r.start_time = Some(claim.now);
+            r.update_time = claim.now;
+            r.next_attempt_time = None;
+            r.version += 1;
+            g.put(r.clone());
+            operations.push(r);
+        }
+        Ok(Claimed {
+            operations,
+            next_due,
+        })
+    }
+
+    async fn heartbeat(&self, node: &str, lease_until: SystemTime) -> Result<(), StoreError> {
+        self.lock().leases.insert(node.to_owned(), lease_until);
         Ok(())
+    }
+
+    async fn orphans(
+        &self,
+        node: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, StoreError> {
+        let g = self.lock();
+        Ok(g.running
+            .iter()
+            .filter_map(|seq| g.by_seq.get(seq))
+            .filter(|r| {
+                let owner = r.owner.as_deref().unwrap_or_default();
+                owner != node && g.leases.get(owner).is_none_or(|until| *until < now)
+            })
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn deadlines(&self, now: SystemTime, limit: usize) -> Result<Deadlines, StoreError> {
+        let g = self.lock();
+        let passed = g
+            .deadlines
+            .iter()
+            .take_while(|(d, _)| *d <= now)
+            .take(limit)
+            .filter_map(|(_, seq)| g.by_seq.get(seq).cloned())
+            .collect();
+        let next = g.deadlines.iter().map(|(d, _)| *d).find(|d| *d > now);
+        Ok(Deadlines { passed, next })
     }
 
     async fn get(&self, id: &OperationId) -> Result<Option<OperationRecord>, StoreError> {
@@ -95,12 +278,7 @@ impl Store for MemoryStore {
         if !done {
             return Ok(Some(false));
         }
-        if let Some(r) = g.by_seq.remove(&seq) {
-            if let Some(rid) = r.request_id {
-                g.seq_by_request.remove(&rid);
-            }
-        }
-        g.seq_by_id.remove(id);
+        g.remove(seq);
         Ok(Some(true))
     }
 
@@ -137,12 +315,7 @@ impl Store for MemoryStore {
         let excess = keep_at_most.map_or(0, |keep| finished.len().saturating_sub(keep));
         let remove = expired.max(excess);
         for (_, seq) in finished.drain(..remove) {
-            if let Some(r) = g.by_seq.remove(&seq) {
-                g.seq_by_id.remove(&r.id);
-                if let Some(rid) = r.request_id {
-                    g.seq_by_request.remove(&rid);
-                }
-            }
+            g.remove(seq);
         }
         Ok(Swept {
             deleted: remove,
@@ -160,6 +333,27 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    fn is_exclusive(&self) -> bool {
+        !self.shared
+    }
+
+    async fn changes(&self, after: Option<i64>, limit: usize) -> Result<Changes, StoreError> {
+        let g = self.lock();
+        let Some(after) = after else {
+            return Ok(Changes {
+                operations: Vec::new(),
+                next: g.head,
+            });
+        };
+        let mut next = after;
+        let mut operations = Vec::new();
+        for (position, seq) in g.feed.range(after.saturating_add(1)..).take(limit) {
+            next = *position;
+            operations.extend(g.by_seq.get(seq).cloned());
+        }
+        Ok(Changes { operations, next })
+    }
+
     async fn close(&self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -173,5 +367,11 @@ mod tests {
     #[tokio::test]
     async fn conforms() {
         crate::store::conformance::run_all(|| async { MemoryStore::new() }).await;
+    }
+
+    /// Shared, it keeps the contract of a store several nodes share, feed included.
+    #[tokio::test]
+    async fn conforms_shared() {
+        crate::store::conformance::run_all(|| async { MemoryStore::shared() }).await;
     }
 }

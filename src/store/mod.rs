@@ -1,9 +1,22 @@
 //! Durable storage of operations behind one trait, [`Store`], with one conformance suite
 //! (`store::conformance`, behind the `conformance` feature) that every backend passes.
 //!
-//! Backends: [`sqlite::SqliteStore`] (the embedded default, group-committed) and
-//! [`memory::MemoryStore`] (for tests and benchmarks; nothing survives a restart).
-//! A PostgreSQL backend for several nodes fits the same trait.
+//! The store is the source of work: a node [`claim`](Store::claim)s the queued operations that
+//! are due, holds them under a lease it renews with [`heartbeat`](Store::heartbeat), writes
+//! every change [`fenced`](Store::write) (so a node that lost an operation cannot change it),
+//! and any node takes over the work of a node whose lease ended ([`orphans`](Store::orphans)).
+//!
+//! A store several nodes share also keeps a [change feed](Store::changes): each operation's
+//! latest change in the order they happened, which a node follows to learn what other nodes
+//! did (an operation it waits for ended, a cancel request for work it runs, new work to
+//! claim). An *exclusive* store (one process owns the data) needs none: every change passes
+//! through that process.
+//!
+//! Backends: [`sqlite::SqliteStore`] (the embedded default, group-committed; exclusive, its
+//! data directory is locked) and [`memory::MemoryStore`] (for tests and benchmarks; nothing
+//! survives a restart; exclusive, or shared by several runners in one process with
+//! [`memory::MemoryStore::shared`], which is how the multi-node protocol is tested). A
+//! PostgreSQL backend for several nodes fits the same trait.
 
 pub mod memory;
 pub mod sqlite;
@@ -18,7 +31,7 @@ use prost::Message;
 use prost_types::{Any, Timestamp};
 
 use crate::filter::{Filter, FilterFields};
-use crate::model::{OperationId, OperationRecord, Outcome, State};
+use crate::model::{Fence, OperationId, OperationRecord, Outcome, State};
 use crate::proto::google::longrunning::{operation, Operation};
 use crate::proto::oprun::v1::OperationMetadata;
 
@@ -50,6 +63,68 @@ pub struct Swept {
     pub oldest_finished: Option<SystemTime>,
 }
 
+/// The result of a fenced [`Store::write`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written {
+    /// Stored. `version` is the stored version now, and `requested_cancellation` whether a
+    /// cancel request is recorded (an owner's write keeps one written meanwhile by someone
+    /// else).
+    Applied {
+        /// The stored version after the write.
+        version: u64,
+        /// Whether a cancel request is recorded.
+        requested_cancellation: bool,
+    },
+    /// The fence did not hold: the operation changed since (another node took it, or a
+    /// cancel, deadline or rescue came first). Nothing was written; this is what is stored
+    /// (`None` when the operation is gone).
+    Stale(Option<Box<OperationRecord>>),
+}
+
+/// What a node asks of [`Store::claim`].
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The node that will run what it claims.
+    pub node: String,
+    /// The kinds the node runs, each with how many more of it the node may start now.
+    pub kinds: Vec<(String, usize)>,
+    /// How many more the node may start now, over all kinds.
+    pub total: usize,
+    /// Operations due at or before this time may start.
+    pub now: SystemTime,
+}
+
+/// What [`Store::claim`] started.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Claimed {
+    /// The operations now RUNNING on the node (version one higher, `owner` the node,
+    /// `start_time` the claim's `now`), oldest due first.
+    pub operations: Vec<OperationRecord>,
+    /// When the next queued operation of the claimed kinds becomes due, if one waits for its
+    /// time (a delayed start or a retry's backoff).
+    pub next_due: Option<SystemTime>,
+}
+
+/// Queued operations whose deadline has passed, and the next deadline to come.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Deadlines {
+    /// Queued operations whose deadline is at or before the asked time.
+    pub passed: Vec<OperationRecord>,
+    /// The earliest deadline of a queued operation after the asked time.
+    pub next: Option<SystemTime>,
+}
+
+/// A page of the change feed ([`Store::changes`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    /// Operations changed after the asked position, each once, as it is now, in the order of
+    /// their latest change. (An operation deleted meanwhile is not in it.)
+    pub operations: Vec<OperationRecord>,
+    /// The position to ask after next: the latest change in this page, or the asked
+    /// position when nothing changed since (the feed's head when none was given).
+    pub next: i64,
+}
+
 /// The result of an insert.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inserted {
@@ -71,12 +146,51 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::Unavailable`] when the write could not be made durable.
     async fn insert(&self, record: OperationRecord) -> Result<Inserted, StoreError>;
 
-    /// Replaces the stored state of an existing operation (matched by id). Updating a
-    /// missing operation is not an error (it may have been deleted meanwhile).
+    /// Writes `record`, a change of a stored operation, if `fence` still holds: for
+    /// [`Fence::Version`], the stored version is the one given (and `record.version` is the
+    /// next); for [`Fence::Owner`], the operation is still RUNNING that attempt on that node
+    /// (the stored version is then incremented, and a cancel request recorded meanwhile is
+    /// kept). Otherwise writes nothing and answers [`Written::Stale`].
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the write could not be made durable.
-    async fn update(&self, record: &OperationRecord) -> Result<(), StoreError>;
+    async fn write(&self, record: &OperationRecord, fence: &Fence) -> Result<Written, StoreError>;
+
+    /// Starts queued operations for a node: up to `claim.total`, at most the given number of
+    /// each kind, oldest due first (due: `next_attempt_time`, or `create_time`), none whose
+    /// time has not come. Each is made RUNNING and owned by the node in the same write, so
+    /// two claimers never get the same operation.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the write could not be made durable.
+    async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError>;
+
+    /// Renews (or takes) `node`'s lease until `lease_until`. Operations a node runs are its
+    /// own while its lease lasts.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the write could not be made durable.
+    async fn heartbeat(&self, node: &str, lease_until: SystemTime) -> Result<(), StoreError>;
+
+    /// Up to `limit` RUNNING operations owned by a node other than `node` whose lease ended
+    /// before `now` (or that has none): work to take over by the restart rule.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read or holds unreadable data.
+    async fn orphans(
+        &self,
+        node: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, StoreError>;
+
+    /// Up to `limit` QUEUED operations whose deadline is at or before `now`, and the next
+    /// deadline of a queued operation after it. (A running operation's deadline is its
+    /// worker's own.)
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read or holds unreadable data.
+    async fn deadlines(&self, now: SystemTime, limit: usize) -> Result<Deadlines, StoreError>;
 
     /// Reads one operation.
     ///
@@ -124,6 +238,31 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError`] when the store cannot be read or holds unreadable data.
     async fn unfinished(&self) -> Result<Vec<OperationRecord>, StoreError>;
+
+    /// Whether one process owns the store (true for the embedded stores): at open every lease
+    /// of an earlier process ended, work of a kind this process does not register can run
+    /// nowhere else, and every change passes through this process (no feed is followed).
+    fn is_exclusive(&self) -> bool {
+        true
+    }
+
+    /// The change feed, for a store several nodes share: up to `limit` operations changed
+    /// after position `after` (by an insert, a write or a claim), each once as it is now, in
+    /// the order of their latest change. `after: None` asks only for the feed's head (the
+    /// position to follow from). An exclusive store need not keep a feed; the runner never
+    /// asks one for it.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read; [`StoreError::Unavailable`] from a store
+    /// that keeps no feed.
+    async fn changes(&self, after: Option<i64>, limit: usize) -> Result<Changes, StoreError> {
+        let _ = (after, limit);
+        Err(StoreError::Unavailable(
+            "this store keeps no change feed: one process owns it, and every change passes \
+             through that process"
+                .to_owned(),
+        ))
+    }
 
     /// Makes every acknowledged write durable and releases the store.
     ///
@@ -174,15 +313,36 @@ pub(crate) fn from_micros(us: i64) -> SystemTime {
     }
 }
 
-/// Rebuilds a record from its stored parts.
+/// The columns a backend keeps next to a record's body: what a claim, a cancel request or a
+/// fenced write changes without rewriting the body. Where `current` (every row written since
+/// the columns exist), they win over the body, an absent time included; otherwise (a row
+/// finished before they existed, which never changes again) the body holds those fields.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Columns {
+    pub current: bool,
+    pub state: i32,
+    pub version: u64,
+    pub owner: Option<String>,
+    pub attempt: u32,
+    pub start_time: Option<i64>,
+    pub update_time: i64,
+    pub end_time: Option<i64>,
+    pub next_attempt_time: Option<i64>,
+    pub deadline: Option<i64>,
+    pub requested_cancellation: bool,
+}
+
+/// Rebuilds a record from its stored parts: the body, with the columns laid over it.
 pub(crate) fn decode_record(
     seq: i64,
     id: String,
     request_id: Option<String>,
     input: &[u8],
     body: &[u8],
+    columns: &Columns,
 ) -> Result<OperationRecord, StoreError> {
-    let corrupt = |what: String| StoreError::Corrupt(format!("operations/{id}: {what}"));
+    let name = format!("operations/{id}");
+    let corrupt = |what: String| StoreError::Corrupt(format!("{name}: {what}"));
     let op = Operation::decode(body).map_err(|e| corrupt(format!("body: {e}")))?;
     let input = Any::decode(input).map_err(|e| corrupt(format!("input: {e}")))?;
     let meta_any = op
@@ -190,11 +350,18 @@ pub(crate) fn decode_record(
         .ok_or_else(|| corrupt("no metadata".to_owned()))?;
     let meta = OperationMetadata::decode(meta_any.value.as_slice())
         .map_err(|e| corrupt(format!("metadata: {e}")))?;
-    let state =
-        State::from_i32(meta.state).ok_or_else(|| corrupt(format!("state {}", meta.state)))?;
+    let state = State::from_i32(columns.state)
+        .ok_or_else(|| corrupt(format!("state {}", columns.state)))?;
     let time = |t: Option<Timestamp>| -> Result<Option<SystemTime>, StoreError> {
         t.map(|t| SystemTime::try_from(t).map_err(|e| corrupt(format!("timestamp: {e}"))))
             .transpose()
+    };
+    let column_or = |column: Option<i64>, body: Option<Timestamp>| {
+        if columns.current {
+            Ok(column.map(from_micros))
+        } else {
+            time(body)
+        }
     };
     let outcome = match op.result {
         Some(operation::Result::Response(any)) => Some(Outcome::Response(any)),
@@ -209,11 +376,6 @@ pub(crate) fn decode_record(
     }
     let create_time =
         time(meta.create_time)?.ok_or_else(|| corrupt("no create_time".to_owned()))?;
-    let start_time = time(meta.start_time)?;
-    let next_attempt_time = time(meta.next_attempt_time)?;
-    let deadline = time(meta.deadline)?;
-    let update_time = time(meta.update_time)?.unwrap_or(create_time);
-    let end_time = time(meta.end_time)?;
     Ok(OperationRecord {
         seq,
         id: OperationId::from_stored(id),
@@ -222,17 +384,28 @@ pub(crate) fn decode_record(
         request_id,
         state,
         create_time,
-        start_time,
-        update_time,
-        end_time,
+        start_time: column_or(columns.start_time, meta.start_time)?,
+        update_time: from_micros(columns.update_time),
+        end_time: column_or(columns.end_time, meta.end_time)?,
         progress: meta.progress.unwrap_or_default(),
         status_message: meta.status_message,
-        requested_cancellation: meta.requested_cancellation,
-        attempt: meta.attempt.max(1),
+        requested_cancellation: if columns.current {
+            columns.requested_cancellation
+        } else {
+            meta.requested_cancellation
+        },
+        attempt: if columns.current {
+            columns.attempt
+        } else {
+            meta.attempt
+        }
+        .max(1),
         details: meta.details,
         outcome,
-        next_attempt_time,
-        deadline,
+        next_attempt_time: column_or(columns.next_attempt_time, meta.next_attempt_time)?,
+        deadline: column_or(columns.deadline, meta.deadline)?,
         last_error: meta.last_error,
+        version: columns.version.max(1),
+        owner: columns.owner.clone(),
     })
 }

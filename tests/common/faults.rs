@@ -2,25 +2,36 @@
 //! be told to refuse writes (as a full disk does) or reads.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use oprun::filter::Filter;
-use oprun::model::{OperationId, OperationRecord};
-use oprun::store::{Inserted, Store, StoreError, Swept};
+use oprun::model::{Fence, OperationId, OperationRecord};
+use oprun::store::{
+    Changes, Claim, Claimed, Deadlines, Inserted, Store, StoreError, Swept, Written,
+};
+use tokio::sync::Notify;
 
-/// A store over `inner` whose writes or reads can be refused at will.
+/// Holds the writes a predicate picks until released.
+type Hold = (
+    Box<dyn Fn(&OperationRecord) -> bool + Send + Sync>,
+    Arc<Notify>,
+    Arc<Notify>,
+);
+
+/// A store over `inner` whose writes or reads can be refused at will, or held.
 pub struct FaultyStore {
     inner: Arc<dyn Store>,
     /// Refuse inserts, updates, deletes and sweeps with UNAVAILABLE, as a full disk does.
     pub refuse_writes: AtomicBool,
     /// Refuse reads with UNAVAILABLE.
     pub refuse_reads: AtomicBool,
-    /// Updates asked for (taken or refused).
+    /// Writes of a change asked for (taken or refused).
     pub updates: AtomicUsize,
     /// Writes refused.
     pub refused: AtomicUsize,
+    hold: Mutex<Option<Hold>>,
 }
 
 impl FaultyStore {
@@ -31,10 +42,23 @@ impl FaultyStore {
             refuse_reads: AtomicBool::new(false),
             updates: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
+            hold: Mutex::new(None),
         })
     }
 
-    fn write(&self) -> Result<(), StoreError> {
+    /// From now on, a write of a record `when` picks waits: `reached` is notified, then the
+    /// write waits for `release`. Returns (reached, release).
+    pub fn hold_writes(
+        &self,
+        when: impl Fn(&OperationRecord) -> bool + Send + Sync + 'static,
+    ) -> (Arc<Notify>, Arc<Notify>) {
+        let (reached, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        *self.hold.lock().unwrap() =
+            Some((Box::new(when), Arc::clone(&reached), Arc::clone(&release)));
+        (reached, release)
+    }
+
+    fn refuse_write(&self) -> Result<(), StoreError> {
         if self.refuse_writes.load(Ordering::SeqCst) {
             self.refused.fetch_add(1, Ordering::SeqCst);
             return Err(StoreError::Unavailable(
@@ -55,13 +79,44 @@ impl FaultyStore {
 #[async_trait]
 impl Store for FaultyStore {
     async fn insert(&self, r: OperationRecord) -> Result<Inserted, StoreError> {
-        self.write()?;
+        self.refuse_write()?;
         self.inner.insert(r).await
     }
-    async fn update(&self, r: &OperationRecord) -> Result<(), StoreError> {
+    async fn write(&self, r: &OperationRecord, fence: &Fence) -> Result<Written, StoreError> {
         self.updates.fetch_add(1, Ordering::SeqCst);
-        self.write()?;
-        self.inner.update(r).await
+        self.refuse_write()?;
+        let held = {
+            let hold = self.hold.lock().unwrap();
+            hold.as_ref()
+                .filter(|(when, _, _)| when(r))
+                .map(|(_, reached, release)| (Arc::clone(reached), Arc::clone(release)))
+        };
+        if let Some((reached, release)) = held {
+            reached.notify_one();
+            release.notified().await;
+        }
+        self.inner.write(r, fence).await
+    }
+    async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError> {
+        self.refuse_write()?;
+        self.inner.claim(claim).await
+    }
+    async fn heartbeat(&self, node: &str, until: SystemTime) -> Result<(), StoreError> {
+        self.refuse_write()?;
+        self.inner.heartbeat(node, until).await
+    }
+    async fn orphans(
+        &self,
+        node: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, StoreError> {
+        self.read()?;
+        self.inner.orphans(node, now, limit).await
+    }
+    async fn deadlines(&self, now: SystemTime, limit: usize) -> Result<Deadlines, StoreError> {
+        self.read()?;
+        self.inner.deadlines(now, limit).await
     }
     async fn get(&self, id: &OperationId) -> Result<Option<OperationRecord>, StoreError> {
         self.read()?;
@@ -72,7 +127,7 @@ impl Store for FaultyStore {
         self.inner.find_request(r).await
     }
     async fn delete_done(&self, id: &OperationId) -> Result<Option<bool>, StoreError> {
-        self.write()?;
+        self.refuse_write()?;
         self.inner.delete_done(id).await
     }
     async fn list(
@@ -85,12 +140,19 @@ impl Store for FaultyStore {
         self.inner.list(after, filter, limit).await
     }
     async fn sweep(&self, before: SystemTime, keep: Option<usize>) -> Result<Swept, StoreError> {
-        self.write()?;
+        self.refuse_write()?;
         self.inner.sweep(before, keep).await
     }
     async fn unfinished(&self) -> Result<Vec<OperationRecord>, StoreError> {
         self.read()?;
         self.inner.unfinished().await
+    }
+    fn is_exclusive(&self) -> bool {
+        self.inner.is_exclusive()
+    }
+    async fn changes(&self, after: Option<i64>, limit: usize) -> Result<Changes, StoreError> {
+        self.read()?;
+        self.inner.changes(after, limit).await
     }
     async fn close(&self) -> Result<(), StoreError> {
         self.inner.close().await

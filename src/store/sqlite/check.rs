@@ -91,8 +91,20 @@ pub fn run(dir: &Path) -> Result<Report, StoreError> {
     };
     let mut readable = 0;
     let mut undecodable = 0usize;
+    // A database of the first schema version (not opened by a newer oprun yet) lacks the
+    // columns the current one reads; its bodies hold those fields.
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap_or(0);
+    let columns = if version < 2 {
+        "seq, id, request_id, input, body, NULL, state, 1, NULL, 1, NULL, update_time, \
+         end_time, NULL, NULL, 0"
+            .to_owned()
+    } else {
+        COLUMNS.to_owned()
+    };
     let rows = conn
-        .prepare(&format!("SELECT {COLUMNS} FROM operations ORDER BY seq"))
+        .prepare(&format!("SELECT {columns} FROM operations ORDER BY seq"))
         .and_then(|mut stmt| {
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {

@@ -7,7 +7,9 @@
 //!
 //! # Reads
 //! A small pool of read connections used from blocking threads; WAL lets them read while the
-//! writer commits.
+//! writer commits. A list's filter is compiled to SQL ([`Filter::to_sqlite`]) and runs as the
+//! query's `WHERE` condition, so a selective filter on `done`, `state`, `kind`, `error.code` or
+//! `name` reads one index range in `seq` order instead of scanning the table.
 //!
 //! # Damage
 //! The file's integrity is checked before it is used ([`check`]); a damaged file stops
@@ -21,6 +23,7 @@
 //! request in a hundred wait ~40 ms under load.
 
 pub mod check;
+mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -30,13 +33,16 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
-use super::{decode_record, from_micros, Inserted, Store, StoreError, Swept};
-use crate::filter::{Filter, FilterFields};
-use crate::model::{OperationId, OperationRecord, State};
-use writer::{checkpointer, writer_loop, Command, InsertOutcome, RowImage, WalBound};
+use super::{
+    from_micros, micros, Claim, Claimed, Deadlines, Inserted, Store, StoreError, Swept, Written,
+};
+use crate::filter::{Filter, SqlColumns, SqlValue};
+use crate::model::{Fence, OperationId, OperationRecord};
+use schema::{row_to_record, RawRow, COLUMNS};
+use writer::{checkpointer, writer_loop, Command, InsertOutcome, RowImage, WalBound, WriteOutcome};
 
 /// How hard a commit pushes data to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -97,28 +103,18 @@ pub struct SqliteStore {
     damaged: AtomicBool,
 }
 
-/// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS operations (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    id          TEXT NOT NULL UNIQUE,
-    request_id  TEXT UNIQUE,
-    kind        TEXT NOT NULL,
-    done        INTEGER NOT NULL,
-    state       INTEGER NOT NULL,
-    error_code  INTEGER,
-    create_time INTEGER NOT NULL,
-    update_time INTEGER NOT NULL,
-    end_time    INTEGER,
-    input       BLOB NOT NULL,
-    body        BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS operations_unfinished ON operations(done, seq);
-CREATE INDEX IF NOT EXISTS operations_finished ON operations(done, end_time);
-PRAGMA user_version = 1;
-";
+/// The columns of `operations` as a filter sees them (see [`Filter::to_sqlite`]): times are
+/// microseconds since the epoch, `state` the `OperationMetadata.State` number, `done` 0 or 1,
+/// `error_code` NULL unless the operation ended with an error.
+const FILTER_COLUMNS: SqlColumns = SqlColumns {
+    id: "id",
+    kind: "kind",
+    done: "done",
+    state: "state",
+    error_code: "error_code",
+    create_time: "create_time",
+    update_time: "update_time",
+};
 
 /// The file whose exclusive lock marks a data directory as in use.
 pub const LOCK_FILE: &str = "oprun.lock";
@@ -239,11 +235,12 @@ impl SqliteStore {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(damaged)?;
-        if version > SCHEMA_VERSION {
+        if version > schema::VERSION {
             return Err(StoreError::Corrupt(format!(
                 "{} has schema version {version}, newer than this oprun understands \
-                 ({SCHEMA_VERSION}); run a newer oprun",
-                path.display()
+                 ({}); run a newer oprun",
+                path.display(),
+                schema::VERSION
             )));
         }
         if options.integrity_check {
@@ -264,7 +261,10 @@ impl SqliteStore {
                 )));
             }
         }
-        conn.execute_batch(SCHEMA).map_err(damaged)?;
+        schema::prepare(&mut conn, version)?;
+        // The store is exclusive (the directory's lock): no earlier process's lease lives on.
+        conn.execute_batch("UPDATE nodes SET lease_until = 0;")
+            .map_err(sql_error)?;
         if let Some(bytes) = options.max_size_bytes {
             let pages = (bytes / 4096).max(8);
             conn.execute_batch(&format!("PRAGMA max_page_count = {pages};"))
@@ -401,89 +401,23 @@ fn thread_index() -> usize {
     usize::try_from(h.finish() % 1024).unwrap_or(0)
 }
 
-const COLUMNS: &str = "seq, id, request_id, input, body";
-
-fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
-    Ok(RawRow {
-        seq: row.get(0)?,
-        id: row.get(1)?,
-        request_id: row.get(2)?,
-        input: row.get(3)?,
-        body: row.get(4)?,
-    })
+/// [`COLUMNS`] of the table named `alias` in a join.
+fn qualified(alias: &str) -> String {
+    COLUMNS
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
-
-struct RawRow {
-    seq: i64,
-    id: String,
-    request_id: Option<String>,
-    input: Vec<u8>,
-    body: Vec<u8>,
-}
-
-impl RawRow {
-    fn decode(self) -> Result<OperationRecord, StoreError> {
-        decode_record(self.seq, self.id, self.request_id, &self.input, &self.body)
-    }
-}
-
-/// Rows read per query while scanning for filter matches.
-const SCAN_CHUNK: usize = 1024;
 
 fn sql_limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// The `seq`s of up to `limit` rows after `after` that match `filter`, judged on the indexed
-/// columns alone (no body is decoded).
-fn scan_matching(
-    conn: &Connection,
-    filter: &Filter,
-    after: i64,
-    limit: usize,
-) -> Result<Vec<i64>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT seq, id, kind, done, state, error_code, create_time, update_time \
-             FROM operations WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )
-        .map_err(sql_error)?;
-    let mut out = Vec::new();
-    let mut cursor = after;
-    loop {
-        let mut rows = stmt
-            .query(params![cursor, sql_limit(SCAN_CHUNK)])
-            .map_err(sql_error)?;
-        let mut seen = 0usize;
-        while let Some(row) = rows.next().map_err(sql_error)? {
-            seen += 1;
-            let seq: i64 = row.get(0).map_err(sql_error)?;
-            cursor = seq;
-            let id: String = row.get(1).map_err(sql_error)?;
-            let kind: String = row.get(2).map_err(sql_error)?;
-            let state: i32 = row.get(4).map_err(sql_error)?;
-            let state = State::from_i32(state)
-                .ok_or_else(|| StoreError::Corrupt(format!("operations/{id}: state {state}")))?;
-            let fields = FilterFields {
-                name: &format!("operations/{id}"),
-                done: row.get(3).map_err(sql_error)?,
-                kind: &kind,
-                state: state.as_str(),
-                error_code: row.get(5).map_err(sql_error)?,
-                create_time: from_micros(row.get(6).map_err(sql_error)?),
-                update_time: from_micros(row.get(7).map_err(sql_error)?),
-            };
-            if filter.matches(&fields) {
-                out.push(seq);
-                if out.len() >= limit {
-                    return Ok(out);
-                }
-            }
-        }
-        if seen < SCAN_CHUNK {
-            return Ok(out);
-        }
-    }
+/// The query of `list`: rows after a `seq` that match a filter (its SQL in `clause`), in
+/// `seq` order, up to a limit. Placeholders: the `seq`, the filter's, the limit.
+fn list_query(clause: &str) -> String {
+    format!("SELECT {COLUMNS} FROM operations WHERE seq > ? AND ({clause}) ORDER BY seq LIMIT ?")
 }
 
 #[async_trait]
@@ -499,9 +433,92 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn update(&self, record: &OperationRecord) -> Result<(), StoreError> {
+    async fn write(&self, record: &OperationRecord, fence: &Fence) -> Result<Written, StoreError> {
         let image = RowImage::of(record, false);
-        self.send(|tx| Command::Update(image, tx)).await
+        let fence = fence.clone();
+        match self.send(|tx| Command::Write(image, fence, tx)).await? {
+            WriteOutcome::Applied(version, requested_cancellation) => Ok(Written::Applied {
+                version: u64::try_from(version).unwrap_or(0),
+                requested_cancellation,
+            }),
+            WriteOutcome::Stale(row) => Ok(Written::Stale(
+                row.map(|r| r.decode().map(Box::new)).transpose()?,
+            )),
+        }
+    }
+
+    async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError> {
+        let claim = claim.clone();
+        let (rows, next_due) = self.send(|tx| Command::Claim(claim, tx)).await?;
+        Ok(Claimed {
+            operations: rows
+                .into_iter()
+                .map(RawRow::decode)
+                .collect::<Result<_, _>>()?,
+            next_due: next_due.map(from_micros),
+        })
+    }
+
+    async fn heartbeat(&self, node: &str, lease_until: SystemTime) -> Result<(), StoreError> {
+        let node = node.to_owned();
+        let until = micros(lease_until);
+        self.send(|tx| Command::Heartbeat(node, until, tx)).await
+    }
+
+    async fn orphans(
+        &self,
+        node: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, StoreError> {
+        let node = node.to_owned();
+        let now = micros(now);
+        self.read(move |conn| {
+            let rows: Vec<RawRow> = conn
+                .prepare_cached(&format!(
+                    "SELECT {} FROM operations o LEFT JOIN nodes n ON n.id = o.owner \
+                     WHERE o.state = 2 AND (o.owner IS NULL OR o.owner != ?1) \
+                     AND (n.lease_until IS NULL OR n.lease_until < ?2) ORDER BY o.seq LIMIT ?3",
+                    qualified("o")
+                ))
+                .and_then(|mut s| {
+                    s.query_map(params![node, now, sql_limit(limit)], row_to_record)?
+                        .collect()
+                })
+                .map_err(sql_error)?;
+            rows.into_iter().map(RawRow::decode).collect()
+        })
+        .await
+    }
+
+    async fn deadlines(&self, now: SystemTime, limit: usize) -> Result<Deadlines, StoreError> {
+        let now = micros(now);
+        self.read(move |conn| {
+            let rows: Vec<RawRow> = conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM operations WHERE state = 1 AND deadline <= ?1 \
+                     ORDER BY deadline LIMIT ?2"
+                ))
+                .and_then(|mut s| {
+                    s.query_map(params![now, sql_limit(limit)], row_to_record)?
+                        .collect()
+                })
+                .map_err(sql_error)?;
+            let next: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT MIN(deadline) FROM operations WHERE state = 1 AND deadline > ?1",
+                )
+                .and_then(|mut s| s.query_row(params![now], |r| r.get(0)))
+                .map_err(sql_error)?;
+            Ok(Deadlines {
+                passed: rows
+                    .into_iter()
+                    .map(RawRow::decode)
+                    .collect::<Result<_, _>>()?,
+                next: next.map(from_micros),
+            })
+        })
+        .await
     }
 
     async fn get(&self, id: &OperationId) -> Result<Option<OperationRecord>, StoreError> {
@@ -523,37 +540,19 @@ impl Store for SqliteStore {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError> {
-        let filter = filter.clone();
+        let filter = filter.to_sqlite(&FILTER_COLUMNS);
         self.read(move |conn| {
-            if filter.is_empty() {
-                let mut stmt = conn
-                    .prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM operations WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-                    ))
-                    .map_err(sql_error)?;
-                let rows: Vec<RawRow> = stmt
-                    .query_map(params![after, sql_limit(limit)], row_to_record)
-                    .and_then(Iterator::collect)
-                    .map_err(sql_error)?;
-                return rows.into_iter().map(RawRow::decode).collect();
-            }
-            // Evaluate the filter on the indexed columns and decode only the matches.
-            let matches = scan_matching(conn, &filter, after, limit)?;
-            let mut get = conn
-                .prepare_cached(&format!("SELECT {COLUMNS} FROM operations WHERE seq = ?1"))
+            let mut stmt = conn
+                .prepare_cached(&list_query(&filter.clause))
                 .map_err(sql_error)?;
-            let mut out = Vec::with_capacity(matches.len());
-            for seq in matches {
-                // A row deleted since the scan is simply skipped.
-                if let Some(row) = get
-                    .query_row(params![seq], row_to_record)
-                    .optional()
-                    .map_err(sql_error)?
-                {
-                    out.push(row.decode()?);
-                }
-            }
-            Ok(out)
+            let params = std::iter::once(SqlValue::Integer(after))
+                .chain(filter.params)
+                .chain(std::iter::once(SqlValue::Integer(sql_limit(limit))));
+            let rows: Vec<RawRow> = stmt
+                .query_map(params_from_iter(params), row_to_record)
+                .and_then(Iterator::collect)
+                .map_err(sql_error)?;
+            rows.into_iter().map(RawRow::decode).collect()
         })
         .await
     }
@@ -604,6 +603,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::State;
 
     /// The SQLite store keeps the store contract.
     #[tokio::test]
@@ -644,5 +644,139 @@ mod tests {
             .err()
             .expect("a corrupt file must not open");
         assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    }
+
+    /// The plan SQLite chooses for `list` with `filter`, its steps joined by "; ".
+    fn plan(conn: &Connection, filter: &str) -> String {
+        let sql = Filter::parse(filter).unwrap().to_sqlite(&FILTER_COLUMNS);
+        let params = std::iter::once(SqlValue::Integer(0))
+            .chain(sql.params)
+            .chain(std::iter::once(SqlValue::Integer(50)));
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", list_query(&sql.clause)))
+            .unwrap();
+        let steps: Vec<String> = stmt
+            .query_map(params_from_iter(params), |r| r.get(3))
+            .and_then(Iterator::collect)
+            .unwrap();
+        steps.join("; ")
+    }
+
+    /// Stores `n` sleeps, a third of them failed with NOT_FOUND, a third running.
+    async fn fill(store: &SqliteStore, n: usize) -> Vec<OperationRecord> {
+        let mut stored = Vec::new();
+        for i in 0..n {
+            let mut rec =
+                OperationRecord::new_queued("sleep".into(), prost_types::Any::default(), None);
+            match i % 3 {
+                0 => rec.fail(State::Failed, crate::Code::NotFound, "gone"),
+                1 => rec.state = State::Running,
+                _ => {}
+            }
+            let Inserted::New(rec) = store.insert(rec).await.unwrap() else {
+                panic!("expected a new record");
+            };
+            stored.push(rec);
+        }
+        stored
+    }
+
+    /// A list whose filter tests `done`, `state`, `kind`, `error.code` or `name` reads one
+    /// index range, already in `seq` order: no scan of the table and no sort, however many
+    /// operations the filter skips.
+    #[tokio::test]
+    async fn selective_filters_read_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        fill(&store, 6).await;
+        let conn = Connection::open(store.path()).unwrap();
+        for (filter, index) in [
+            ("done = false", "operations_unfinished (done=? AND seq>?)"),
+            ("done=true", "operations_unfinished (done=? AND seq>?)"),
+            ("state=RUNNING", "operations_by_state (state=? AND seq>?)"),
+            ("kind=sleep", "operations_by_kind (kind=? AND seq>?)"),
+            (
+                "error.code = 1",
+                "operations_failed (error_code=? AND seq>?)",
+            ),
+            (
+                "error.code=NOT_FOUND done=true",
+                "operations_failed (error_code=? AND seq>?)",
+            ),
+            (
+                "name=operations/abc",
+                "sqlite_autoindex_operations_1 (id=?)",
+            ),
+        ] {
+            let plan = plan(&conn, filter);
+            assert!(
+                plan.contains(&format!("USING INDEX {index}")),
+                "{filter}: {plan}"
+            );
+            assert!(!plan.contains("SCAN"), "{filter}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{filter}: {plan}");
+        }
+        // A filter no index serves in `seq` order (a time, a range of codes, a pattern) walks
+        // `seq` from the page's start and stops at the limit, rather than sort.
+        for filter in [
+            "create_time > 2026-01-02T15:04:05Z",
+            "error.code >= 5",
+            "kind = sl*",
+        ] {
+            let plan = plan(&conn, filter);
+            assert!(
+                plan.contains("USING INTEGER PRIMARY KEY (rowid>?)"),
+                "{plan}"
+            );
+        }
+    }
+
+    /// A store made before the filter indexes existed opens, gets them, and lists with
+    /// filters as before.
+    #[tokio::test]
+    async fn a_store_without_the_filter_indexes_gets_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        let stored = fill(&store, 6).await;
+        store.close().await.unwrap();
+        let indexes = |conn: &Connection| -> Vec<String> {
+            let mut stmt = conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name")
+                .unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .and_then(Iterator::collect)
+                .unwrap()
+        };
+        const FILTER_INDEXES: [&str; 3] = [
+            "operations_by_kind",
+            "operations_by_state",
+            "operations_failed",
+        ];
+        let all = {
+            let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+            let all = indexes(&conn);
+            conn.execute_batch(
+                "DROP INDEX operations_by_state; DROP INDEX operations_by_kind; \
+                 DROP INDEX operations_failed;",
+            )
+            .unwrap();
+            let left = indexes(&conn);
+            assert!(
+                FILTER_INDEXES.iter().all(|i| !left.iter().any(|l| l == i)),
+                "{left:?}"
+            );
+            all
+        };
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        let conn = Connection::open(store.path()).unwrap();
+        assert_eq!(indexes(&conn), all);
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, schema::VERSION);
+        let failed = Filter::parse("error.code=NOT_FOUND").unwrap();
+        let listed = store.list(0, &failed, 10).await.unwrap();
+        let expected: Vec<_> = stored.iter().step_by(3).cloned().collect();
+        assert_eq!(listed, expected);
     }
 }

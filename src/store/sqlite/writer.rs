@@ -31,9 +31,10 @@ use std::time::{Duration, Instant, SystemTime};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
-use super::{row_to_record, sql_error, sql_limit, RawRow, COLUMNS};
-use crate::model::{OperationId, OperationRecord};
-use crate::store::{encode_body, encode_input, from_micros, micros, StoreError, Swept};
+use super::schema::{due, row_to_record, RawRow, COLUMNS, LAYOUT_CURRENT};
+use super::{sql_error, sql_limit};
+use crate::model::{Fence, OperationId, OperationRecord};
+use crate::store::{encode_body, encode_input, from_micros, micros, Claim, StoreError, Swept};
 
 /// A record's columns, encoded by the caller so the writer thread only runs SQL.
 pub(super) struct RowImage {
@@ -49,6 +50,14 @@ pub(super) struct RowImage {
     /// Encoded only for inserts (the input never changes).
     input: Vec<u8>,
     body: Vec<u8>,
+    version: i64,
+    owner: Option<String>,
+    attempt: u32,
+    start_time: Option<i64>,
+    next_attempt_time: Option<i64>,
+    deadline: Option<i64>,
+    cancel_requested: bool,
+    due: Option<i64>,
 }
 
 impl RowImage {
@@ -69,6 +78,14 @@ impl RowImage {
                 Vec::new()
             },
             body: encode_body(r),
+            version: i64::try_from(r.version).unwrap_or(i64::MAX),
+            owner: r.owner.clone(),
+            attempt: r.attempt,
+            start_time: r.start_time.map(micros),
+            next_attempt_time: r.next_attempt_time.map(micros),
+            deadline: r.deadline.map(micros),
+            cancel_requested: r.requested_cancellation,
+            due: due(r),
         }
     }
 }
@@ -78,13 +95,22 @@ pub(super) enum InsertOutcome {
     /// Stored with this `seq`.
     New(i64),
     /// The `request_id` was already used by this row.
-    Existing(RawRow),
+    Existing(Box<RawRow>),
 }
+
+/// The rows a claim started, and the next due time of a queued operation of its kinds.
+pub(super) type ClaimedRows = (Vec<RawRow>, Option<i64>);
 
 /// What the writer thread is asked to do; each carries the channel its answer goes to.
 pub(super) enum Command {
     Insert(RowImage, oneshot::Sender<Result<InsertOutcome, StoreError>>),
-    Update(RowImage, oneshot::Sender<Result<(), StoreError>>),
+    Write(
+        RowImage,
+        Fence,
+        oneshot::Sender<Result<WriteOutcome, StoreError>>,
+    ),
+    Claim(Claim, oneshot::Sender<Result<ClaimedRows, StoreError>>),
+    Heartbeat(String, i64, oneshot::Sender<Result<(), StoreError>>),
     Delete(
         OperationId,
         oneshot::Sender<Result<Option<bool>, StoreError>>,
@@ -95,6 +121,14 @@ pub(super) enum Command {
         oneshot::Sender<Result<Swept, StoreError>>,
     ),
     Close(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// What a fenced write found.
+pub(super) enum WriteOutcome {
+    /// Written: the stored version and cancel request now.
+    Applied(i64, bool),
+    /// The fence did not hold: the stored row (if any), not decoded.
+    Stale(Option<Box<RawRow>>),
 }
 
 /// The longest the writer lingers for more commands before committing.
@@ -388,7 +422,9 @@ fn apply_batch(conn: &mut Connection, batch: Vec<Command>) {
 fn fail(cmd: Command) -> Finish {
     match cmd {
         Command::Insert(_, tx) => reply(tx, Err(StoreError::Closed)),
-        Command::Update(_, tx) | Command::Close(tx) => reply(tx, Ok(())),
+        Command::Write(_, _, tx) => reply(tx, Ok(WriteOutcome::Stale(None))),
+        Command::Claim(_, tx) => reply(tx, Ok((Vec::new(), None))),
+        Command::Heartbeat(_, _, tx) | Command::Close(tx) => reply(tx, Ok(())),
         Command::Delete(_, tx) => reply(tx, Ok(None)),
         Command::Sweep(_, _, tx) => reply(tx, Ok(Swept::default())),
     }
@@ -397,7 +433,9 @@ fn fail(cmd: Command) -> Finish {
 fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command) -> Finish {
     match cmd {
         Command::Insert(r, reply_to) => reply(reply_to, insert(tx, &r)),
-        Command::Update(r, reply_to) => reply(reply_to, update(tx, &r)),
+        Command::Write(r, fence, reply_to) => reply(reply_to, write(tx, &r, &fence)),
+        Command::Claim(claim, reply_to) => reply(reply_to, self::claim(tx, &claim)),
+        Command::Heartbeat(node, until, reply_to) => reply(reply_to, heartbeat(tx, &node, until)),
         Command::Delete(id, reply_to) => reply(reply_to, delete_done(tx, &id)),
         Command::Sweep(before, keep, reply_to) => reply(reply_to, sweep(tx, before, keep)),
         Command::Close(reply_to) => reply(reply_to, Ok(())),
@@ -413,12 +451,14 @@ fn insert(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<InsertOutcome,
             .and_then(|mut s| s.query_row(params![rid], row_to_record).optional())
             .map_err(sql_error)?;
         if let Some(row) = existing {
-            return Ok(InsertOutcome::Existing(row));
+            return Ok(InsertOutcome::Existing(Box::new(row)));
         }
     }
     tx.prepare_cached(
         "INSERT INTO operations (id, request_id, kind, done, state, error_code, create_time, \
-         update_time, end_time, input, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+         update_time, end_time, input, body, layout, version, owner, attempt, start_time, \
+         next_attempt_time, deadline, cancel_requested, due) VALUES (?1, ?2, ?3, ?4, ?5, ?6, \
+         ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -433,28 +473,146 @@ fn insert(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<InsertOutcome,
             r.end_time,
             r.input,
             r.body,
+            LAYOUT_CURRENT,
+            r.version,
+            r.owner,
+            r.attempt,
+            r.start_time,
+            r.next_attempt_time,
+            r.deadline,
+            r.cancel_requested,
+            r.due,
         ])
     })
     .map_err(sql_error)?;
     Ok(InsertOutcome::New(tx.last_insert_rowid()))
 }
 
-fn update(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<(), StoreError> {
+/// The columns a write sets (`?1` is the id; the fence's parameters follow).
+const SET: &str = "done = ?2, state = ?3, error_code = ?4, update_time = ?5, end_time = ?6, \
+     body = ?7, layout = 2, owner = ?8, attempt = ?9, start_time = ?10, \
+     next_attempt_time = ?11, deadline = ?12, due = ?13";
+
+fn write(
+    tx: &rusqlite::Transaction<'_>,
+    r: &RowImage,
+    fence: &Fence,
+) -> Result<WriteOutcome, StoreError> {
+    let columns = params![
+        r.id,
+        r.done,
+        r.state,
+        r.error_code,
+        r.update_time,
+        r.end_time,
+        r.body,
+        r.owner,
+        r.attempt,
+        r.start_time,
+        r.next_attempt_time,
+        r.deadline,
+        r.due,
+    ];
+    let returned = |row: &rusqlite::Row<'_>| Ok((row.get::<_, i64>(0)?, row.get::<_, bool>(1)?));
+    let written = match fence {
+        Fence::Version(expected) => {
+            let mut all: Vec<&dyn rusqlite::ToSql> = columns.to_vec();
+            let expected = i64::try_from(*expected).unwrap_or(i64::MAX);
+            all.extend([
+                &r.version as &dyn rusqlite::ToSql,
+                &r.cancel_requested,
+                &expected,
+            ]);
+            tx.prepare_cached(&format!(
+                "UPDATE operations SET {SET}, version = ?14, cancel_requested = ?15 \
+                 WHERE id = ?1 AND version = ?16 RETURNING version, cancel_requested"
+            ))
+            .and_then(|mut s| s.query_row(all.as_slice(), returned).optional())
+        }
+        Fence::Owner { node, attempt } => {
+            let mut all: Vec<&dyn rusqlite::ToSql> = columns.to_vec();
+            all.extend([&r.cancel_requested as &dyn rusqlite::ToSql, node, attempt]);
+            tx.prepare_cached(&format!(
+                "UPDATE operations SET {SET}, version = version + 1, \
+                 cancel_requested = MAX(cancel_requested, ?14) \
+                 WHERE id = ?1 AND state = 2 AND owner = ?15 AND attempt = ?16 \
+                 RETURNING version, cancel_requested"
+            ))
+            .and_then(|mut s| s.query_row(all.as_slice(), returned).optional())
+        }
+    }
+    .map_err(sql_error)?;
+    if let Some((version, cancel_requested)) = written {
+        return Ok(WriteOutcome::Applied(version, cancel_requested));
+    }
+    let stored = tx
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM operations WHERE id = ?1"))
+        .and_then(|mut s| s.query_row(params![r.id], row_to_record).optional())
+        .map_err(sql_error)?;
+    Ok(WriteOutcome::Stale(stored.map(Box::new)))
+}
+
+/// Starts the oldest due operations of the claim's kinds on its node (see `Store::claim`);
+/// answers the rows, and the next due time of a queued operation of those kinds.
+fn claim(tx: &rusqlite::Transaction<'_>, claim: &Claim) -> Result<ClaimedRows, StoreError> {
+    let now = micros(claim.now);
+    let mut candidates: Vec<(i64, i64)> = Vec::new();
+    let mut next_due: Option<i64> = None;
+    for (kind, room) in &claim.kinds {
+        if *room == 0 {
+            continue;
+        }
+        let mut due_now = tx
+            .prepare_cached(
+                "SELECT due, seq FROM operations WHERE state = 1 AND kind = ?1 AND due <= ?2 \
+                 ORDER BY due, seq LIMIT ?3",
+            )
+            .map_err(sql_error)?;
+        let rows = due_now
+            .query_map(params![kind, now, sql_limit(*room)], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+            })
+            .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+            .map_err(sql_error)?;
+        candidates.extend(rows);
+        let later: Option<i64> = tx
+            .prepare_cached(
+                "SELECT MIN(due) FROM operations WHERE state = 1 AND kind = ?1 AND due > ?2",
+            )
+            .and_then(|mut s| s.query_row(params![kind, now], |row| row.get(0)))
+            .map_err(sql_error)?;
+        if let Some(later) = later {
+            next_due = Some(next_due.map_or(later, |n| n.min(later)));
+        }
+    }
+    candidates.sort_unstable();
+    candidates.truncate(claim.total);
+    let mut start = tx
+        .prepare_cached(&format!(
+            "UPDATE operations SET state = 2, owner = ?2, start_time = ?3, update_time = ?3, \
+             next_attempt_time = NULL, due = NULL, version = version + 1 \
+             WHERE seq = ?1 AND state = 1 RETURNING {COLUMNS}"
+        ))
+        .map_err(sql_error)?;
+    let mut started = Vec::with_capacity(candidates.len());
+    for (_, seq) in candidates {
+        if let Some(row) = start
+            .query_row(params![seq, claim.node, now], row_to_record)
+            .optional()
+            .map_err(sql_error)?
+        {
+            started.push(row);
+        }
+    }
+    Ok((started, next_due))
+}
+
+fn heartbeat(tx: &rusqlite::Transaction<'_>, node: &str, until: i64) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "UPDATE operations SET done = ?2, state = ?3, error_code = ?4, update_time = ?5, \
-         end_time = ?6, body = ?7 WHERE id = ?1",
+        "INSERT INTO nodes (id, lease_until) VALUES (?1, ?2) \
+         ON CONFLICT(id) DO UPDATE SET lease_until = excluded.lease_until",
     )
-    .and_then(|mut s| {
-        s.execute(params![
-            r.id,
-            r.done,
-            r.state,
-            r.error_code,
-            r.update_time,
-            r.end_time,
-            r.body
-        ])
-    })
+    .and_then(|mut s| s.execute(params![node, until]))
     .map_err(sql_error)?;
     Ok(())
 }

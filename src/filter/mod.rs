@@ -1,8 +1,11 @@
 //! AIP-160 list filters over operations.
 //!
 //! [`Filter::parse`] turns the `filter` string of a `ListOperations` request into a
-//! typed expression, and [`Filter::matches`] tests one operation, described by
-//! [`FilterFields`], against it.
+//! typed expression. [`Filter::matches`] tests one operation, described by
+//! [`FilterFields`], against it: the memory store uses it, and it is the reference the
+//! SQL translation is tested against. [`Filter::to_sqlite`] compiles the
+//! expression into a SQL `WHERE` condition with bound parameters, which the SQLite store
+//! runs so that a selective filter is answered from its indexes.
 //!
 //! The language is the subset of [AIP-160](https://google.aip.dev/160) that makes
 //! sense for operations:
@@ -35,6 +38,10 @@
 //! Values are checked against the field's type while parsing, so a misspelt state
 //! or a `<` on a boolean is reported as an error rather than silently matching
 //! nothing.
+
+mod sql;
+
+pub use sql::{SqlColumns, SqlFilter, SqlValue};
 
 use std::str::FromStr;
 use std::time::SystemTime;
@@ -462,9 +469,9 @@ struct Token {
 
 /// Escapes `"` and `\` for quoting a value in an error message.
 /// `text` with `"` and `\\` escaped, for quoting in an error message; long text is cut to its
-/// first [`crate::error::QUOTE_CHARS`] characters, "…" and its length in bytes.
+/// first [`crate::text::QUOTE_CHARS`] characters, "…" and its length in bytes.
 fn escape(text: &str) -> String {
-    let shown = match text.char_indices().nth(crate::error::QUOTE_CHARS) {
+    let shown = match text.char_indices().nth(crate::text::QUOTE_CHARS) {
         Some((cut, _)) => &text[..cut],
         None => text,
     };

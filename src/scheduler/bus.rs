@@ -1,0 +1,233 @@
+//! Where durable changes are published: an event for every change, for whoever follows them
+//! all (the coming streams, metrics, a dashboard), and per-operation watchers for Wait.
+//!
+//! Only the transition point (`super::transition`) publishes, and only after the store took
+//! the change, so nothing here ever shows a state a crash could take back. On a store several
+//! nodes share, the changes other nodes made come from the store's feed (`super::follow`);
+//! the bus remembers which versions it published itself until the feed has shown them, so
+//! that each change is published once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use dashmap::DashMap;
+use tokio::sync::{broadcast, watch};
+
+use crate::model::{OperationId, OperationRecord, State};
+
+/// How many events a slow subscriber may fall behind before it misses some (it is told, by
+/// `RecvError::Lagged`, and can re-read what it follows).
+const EVENTS_BUFFER: usize = 4096;
+
+/// An operation changed, durably.
+///
+/// The events of one operation come in the order of their versions but for a rare race (two
+/// changes whose writes returned at the same moment): a subscriber that keeps the latest
+/// state compares versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationChanged {
+    /// The operation.
+    pub id: OperationId,
+    /// Its version after the change.
+    pub version: u64,
+    /// Its state after the change.
+    pub state: State,
+    /// Whether it is done.
+    pub done: bool,
+}
+
+/// The events and the watchers.
+pub(crate) struct Bus {
+    // broadcast: every subscriber gets every event; a slow one lags rather than slows the
+    // runner.
+    events: broadcast::Sender<OperationChanged>,
+    // watch per operation: a Wait needs only the latest state of one operation, and an
+    // operation nobody waits for costs nothing.
+    watchers: DashMap<OperationId, watch::Sender<Option<OperationRecord>>>,
+    /// On a shared store: the latest version of each operation this node published and the
+    /// feed has not shown yet. (`None` on an exclusive store, which has no feed.)
+    // std Mutex: held only to look up or change one entry.
+    local: Option<Mutex<HashMap<OperationId, u64>>>,
+}
+
+impl Bus {
+    /// A bus for a runner over an exclusive store (`followed: false`) or one whose changes
+    /// by other nodes it follows.
+    pub(crate) fn new(followed: bool) -> Self {
+        Self {
+            events: broadcast::channel(EVENTS_BUFFER).0,
+            watchers: DashMap::new(),
+            local: followed.then(|| Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Publishes a change this node made, once the store took it.
+    pub(crate) fn publish(&self, record: &OperationRecord) {
+        if let Some(local) = &self.local {
+            let mut local = local.lock().unwrap_or_else(PoisonError::into_inner);
+            let version = local.entry(record.id.clone()).or_default();
+            *version = (*version).max(record.version);
+        }
+        self.send(record);
+    }
+
+    /// Publishes a change read from the store's feed, unless this node published it (or a
+    /// later one) itself. Whether it was published.
+    pub(crate) fn publish_followed(&self, record: &OperationRecord) -> bool {
+        if let Some(local) = &self.local {
+            let mut local = local.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(mine) = local.get(&record.id).copied() {
+                if mine >= record.version {
+                    if mine == record.version {
+                        // The feed has caught up with this node's own change.
+                        local.remove(&record.id);
+                    }
+                    return false;
+                }
+                local.remove(&record.id);
+            }
+        }
+        self.send(record);
+        true
+    }
+
+    fn send(&self, record: &OperationRecord) {
+        // No subscriber is not an error.
+        let _ = self.events.send(OperationChanged {
+            id: record.id.clone(),
+            version: record.version,
+            state: record.state,
+            done: record.is_done(),
+        });
+        if let Some(watcher) = self.watchers.get(&record.id) {
+            // Two changes of one operation may be published in the other order than they
+            // were written (each after its own write returned): a watcher keeps the newer.
+            watcher.send_if_modified(|latest| {
+                let newer = latest.as_ref().is_none_or(|l| l.version < record.version);
+                if newer {
+                    *latest = Some(record.clone());
+                }
+                newer
+            });
+        }
+    }
+
+    /// Every event from now on.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<OperationChanged> {
+        self.events.subscribe()
+    }
+
+    /// The changes of one operation from now on (subscribe before reading its state, so that
+    /// no change falls between the two).
+    pub(crate) fn watch(self: &Arc<Self>, id: &OperationId) -> Watch {
+        let receiver = self
+            .watchers
+            .entry(id.clone())
+            .or_insert_with(|| watch::Sender::new(None))
+            .subscribe();
+        Watch {
+            bus: Arc::clone(self),
+            id: id.clone(),
+            receiver,
+        }
+    }
+}
+
+/// A watcher of one operation; its sender goes away with its last watcher.
+pub(crate) struct Watch {
+    bus: Arc<Bus>,
+    id: OperationId,
+    pub(crate) receiver: watch::Receiver<Option<OperationRecord>>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // The receiver is still alive here: one left means it was the last.
+        self.bus
+            .watchers
+            .remove_if(&self.id, |_, sender| sender.receiver_count() <= 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A watcher sees the changes of its operation only; the map forgets an operation when
+    /// its last watcher goes.
+    #[tokio::test]
+    async fn watchers_see_their_operation() {
+        let bus = Arc::new(Bus::new(false));
+        let a = OperationRecord::new_queued("k".into(), Default::default(), None);
+        let b = OperationRecord::new_queued("k".into(), Default::default(), None);
+        let mut events = bus.subscribe();
+        let mut wa = bus.watch(&a.id);
+        let second = bus.watch(&a.id);
+        bus.publish(&b);
+        assert!(!wa.receiver.has_changed().unwrap());
+        bus.publish(&a);
+        assert!(wa.receiver.has_changed().unwrap());
+        assert_eq!(
+            wa.receiver
+                .borrow_and_update()
+                .as_ref()
+                .map(|r| r.id.clone()),
+            Some(a.id.clone())
+        );
+        assert_eq!(events.recv().await.unwrap().id, b.id);
+        assert_eq!(events.recv().await.unwrap().id, a.id);
+        drop(second);
+        assert!(bus.watchers.contains_key(&a.id));
+        drop(wa);
+        assert!(!bus.watchers.contains_key(&a.id));
+    }
+
+    /// A change published after a newer one of the same operation (their writes returned in
+    /// one order, their publications came in the other) does not take a watcher back.
+    #[tokio::test]
+    async fn a_watcher_never_goes_back_to_an_older_version() {
+        let bus = Arc::new(Bus::new(false));
+        let mut a = OperationRecord::new_queued("k".into(), Default::default(), None);
+        let mut watch = bus.watch(&a.id);
+        a.version = 3;
+        a.state = State::Cancelled;
+        bus.publish(&a);
+        let mut older = a.clone();
+        older.version = 2;
+        older.state = State::Running;
+        bus.publish(&older);
+        let seen = watch.receiver.borrow_and_update().clone().unwrap();
+        assert_eq!((seen.version, seen.state), (3, State::Cancelled));
+    }
+
+    /// Following a feed, the bus publishes each change once: one this node published is not
+    /// published again when the feed shows it (nor an older one the feed read before it), and
+    /// one made elsewhere is.
+    #[tokio::test]
+    async fn a_followed_change_is_published_once() {
+        let bus = Arc::new(Bus::new(true));
+        let mut events = bus.subscribe();
+        let mut a = OperationRecord::new_queued("k".into(), Default::default(), None);
+        bus.publish(&a);
+        assert_eq!(events.recv().await.unwrap().version, 1);
+        assert!(!bus.publish_followed(&a), "this node's own change");
+        a.version = 2;
+        assert!(bus.publish_followed(&a), "another node's change");
+        assert_eq!(events.recv().await.unwrap().version, 2);
+        a.version = 3;
+        bus.publish(&a);
+        assert_eq!(events.recv().await.unwrap().version, 3);
+        a.version = 2;
+        assert!(!bus.publish_followed(&a), "older than what was published");
+        a.version = 3;
+        assert!(
+            !bus.publish_followed(&a),
+            "this node's own change, once the feed caught up"
+        );
+        assert!(
+            bus.local.as_ref().unwrap().lock().unwrap().is_empty(),
+            "nothing kept"
+        );
+        assert!(events.try_recv().is_err(), "nothing published twice");
+    }
+}

@@ -1,0 +1,106 @@
+//! The dispatcher: claims due work from the store within this node's running limits and
+//! starts it. One task; it sleeps until it is woken (a submission, a slot freed, a retry
+//! queued) or the next queued operation becomes due, so delayed starts and backoffs need no
+//! timer of their own. On a shared store, where other nodes queue work and free it, a slow
+//! safety poll backs up the wake-ups the feed brings; on an exclusive store every change
+//! passes through this process and an idle node sleeps without a timer.
+
+use std::time::Duration;
+
+use tracing::warn;
+
+use super::{clock, Runner};
+use crate::store::Claim;
+
+/// The longest the dispatcher sleeps without looking at a shared store.
+const SAFETY_POLL: Duration = Duration::from_secs(5);
+
+/// The first and longest pauses after a claim the store refused.
+const CLAIM_RETRY_MIN: Duration = Duration::from_millis(50);
+const CLAIM_RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl Runner {
+    /// The kinds this node runs, with their running limits.
+    fn kind_limits(&self) -> impl Iterator<Item = (String, usize)> + '_ {
+        self.shared.registry.kinds().map(|(name, task)| {
+            let limit = self
+                .shared
+                .config
+                .kind_limits
+                .get(name)
+                .copied()
+                .or(task.options().max_concurrency)
+                .unwrap_or(self.shared.config.max_running)
+                .max(1);
+            (name.to_owned(), limit)
+        })
+    }
+
+    pub(crate) async fn dispatch_loop(self) {
+        let mut retry = CLAIM_RETRY_MIN;
+        let mut refused = false;
+        loop {
+            let (kinds, total) = self
+                .lock_slots()
+                .room(self.kind_limits(), self.shared.config.max_running);
+            let mut next_due = None;
+            if total > 0 && !kinds.is_empty() {
+                let claim = Claim {
+                    node: self.shared.config.node.clone(),
+                    kinds,
+                    total,
+                    now: self.now(),
+                };
+                match self.claim(&claim).await {
+                    Ok(claimed) => {
+                        if refused {
+                            refused = false;
+                            warn!("the store takes claims again");
+                        }
+                        retry = CLAIM_RETRY_MIN;
+                        let started = claimed.operations.len();
+                        for record in claimed.operations {
+                            self.launch(record);
+                        }
+                        if started == total {
+                            // There may be more due work than room: look again at once (a
+                            // slot freed meanwhile wakes this loop).
+                            tokio::task::yield_now().await;
+                            continue;
+                        }
+                        next_due = claimed.next_due;
+                    }
+                    Err(e) => {
+                        if !refused {
+                            refused = true;
+                            warn!(error = %e, "the store refused a claim; retrying with backoff");
+                        }
+                        tokio::select! {
+                            () = tokio::time::sleep(retry) => {}
+                            () = self.shared.root.cancelled() => return,
+                        }
+                        retry = (retry * 2).min(CLAIM_RETRY_MAX);
+                        continue;
+                    }
+                }
+            }
+            let poll = (!self.shared.store.is_exclusive()).then_some(SAFETY_POLL);
+            let sleep = next_due
+                .map(|due| clock::until(self.now(), due))
+                .into_iter()
+                .chain(poll)
+                .min();
+            let timer = async {
+                match sleep {
+                    Some(sleep) => tokio::time::sleep(sleep).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = self.shared.dispatch_wake.notified() => {}
+                () = timer => {}
+                () = self.shared.root.cancelled() => return,
+            }
+        }
+    }
+}

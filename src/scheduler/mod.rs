@@ -1,0 +1,380 @@
+//! The runner: turns submissions into running workers through one state machine, with the
+//! store as the source of work.
+//!
+//! # Layout
+//! - `transition`: the one place an operation's state changes: the change is checked
+//!   ([`crate::model::OperationRecord::apply`]), written fenced, and only then published.
+//! - `bus`: what publishing reaches: an event per change ([`OperationChanged`]) and
+//!   per-operation watchers for Wait.
+//! - `outcome`: how a run ended → what happens next (pure).
+//! - `admission`: SubmitTask: validation, request ids, the queue bounds.
+//! - `slots`: running and waiting counts by kind (limits and bounds).
+//! - `dispatch`: claims due work from the store within the running limits, starts workers.
+//! - `run`: drives one worker: its deadline, cancellation, progress, and its end.
+//! - `deadlines`: the deadlines of queued work.
+//! - `recovery`: leases and the work of nodes that went away (at start: this data directory's
+//!   last process).
+//! - `follow`: on a store several nodes share, the changes other nodes made (the store's
+//!   feed), brought to this node's bus, workers and dispatcher.
+//! - `retention`: the sweeper of finished operations.
+//! - `queries`: Get, List, Wait, Cancel, Delete.
+//! - `clock`: the clock timers read, injected.
+//!
+//! # How it holds state
+//! The store holds every operation; this process holds only the ones it runs (`run::Running`:
+//! the last durable record, the worker's [`crate::task::Draft`], its cancellation token and
+//! why it was cancelled), and counts by kind. Each token is a child of one root token; every
+//! spawned task is tracked by a `TaskTracker` so shutdown can wait for them.
+
+mod admission;
+mod bus;
+pub mod clock;
+mod deadlines;
+mod dispatch;
+mod follow;
+mod outcome;
+mod queries;
+mod recovery;
+mod retention;
+mod run;
+mod slots;
+mod transition;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use prost_types::Any;
+use tokio::sync::{broadcast, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::error::Error;
+use crate::model::OperationId;
+use crate::store::Store;
+use crate::task::Registry;
+pub use bus::OperationChanged;
+pub use clock::{Clock, PausedClock, SystemClock};
+pub use queries::Page;
+
+/// Longest accepted `request_id`.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// How long a client is told to wait before retrying a submission refused for a full queue.
+pub const QUEUE_FULL_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The first pause before a state change the store refused is written again; it doubles up to
+/// [`STORE_RETRY_MAX`].
+pub const STORE_RETRY_MIN: Duration = Duration::from_millis(50);
+/// The longest pause between two attempts to write a refused state change.
+pub const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// How the runner schedules work.
+#[derive(Clone)]
+pub struct RunnerConfig {
+    /// Most operations running at once on this node, over all kinds.
+    pub max_running: usize,
+    /// Per-kind limits that override what a kind declares.
+    pub kind_limits: HashMap<String, usize>,
+    /// Most operations waiting at once (queued, delayed or backing off), over all kinds;
+    /// past it SubmitTask answers RESOURCE_EXHAUSTED.
+    pub max_queued: usize,
+    /// Largest accepted input message, in bytes.
+    pub max_input_bytes: usize,
+    /// How long a worker may ignore a cancel before it is aborted.
+    pub cancel_grace: Duration,
+    /// Least time between two progress writes of one operation.
+    pub progress_interval: Duration,
+    /// The longest a WaitOperation call waits.
+    pub max_wait: Duration,
+    /// How long finished operations are kept before the sweeper removes them.
+    pub retention: Duration,
+    /// At most this many finished operations are kept (the oldest go first).
+    pub max_retained: Option<usize>,
+    /// This node's name in the store (owner of what it runs); by default the host's name and
+    /// a short random suffix.
+    pub node: String,
+    /// How long this node's hold on what it runs lasts without a renewal (renewed every third
+    /// of it). Another node takes the work over once it ends.
+    pub lease: Duration,
+    /// How often a node that shares its store with other nodes reads the store's change feed
+    /// (what the others did: an end a Wait here waits for, a cancel request for work running
+    /// here). Unused on an exclusive store.
+    pub follow_interval: Duration,
+    /// The clock that times and timestamps read.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for RunnerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunnerConfig")
+            .field("max_running", &self.max_running)
+            .field("kind_limits", &self.kind_limits)
+            .field("max_queued", &self.max_queued)
+            .field("max_input_bytes", &self.max_input_bytes)
+            .field("cancel_grace", &self.cancel_grace)
+            .field("progress_interval", &self.progress_interval)
+            .field("max_wait", &self.max_wait)
+            .field("retention", &self.retention)
+            .field("max_retained", &self.max_retained)
+            .field("node", &self.node)
+            .field("lease", &self.lease)
+            .field("follow_interval", &self.follow_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            max_running: 64,
+            kind_limits: HashMap::new(),
+            max_queued: 100_000,
+            max_input_bytes: 1 << 20,
+            cancel_grace: Duration::from_secs(30),
+            progress_interval: Duration::from_millis(250),
+            max_wait: Duration::from_secs(60),
+            retention: Duration::from_secs(30 * 24 * 3600),
+            max_retained: None,
+            node: default_node(),
+            lease: Duration::from_secs(30),
+            follow_interval: Duration::from_millis(100),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// The host's name and a short random suffix (so that two processes on one host differ).
+pub fn default_node() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "oprun".to_owned());
+    let suffix: u32 = rand::random();
+    format!("{host}-{:06x}", suffix & 0x00ff_ffff)
+}
+
+/// The runner: a cheap `Clone` handle over shared state.
+#[derive(Clone)]
+pub struct Runner {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    registry: Registry,
+    store: Arc<dyn Store>,
+    config: RunnerConfig,
+    /// The operations this node runs now.
+    running: DashMap<OperationId, Arc<run::Running>>,
+    // std Mutex, not tokio's: nothing awaits while it is held.
+    slots: Mutex<slots::Slots>,
+    /// Wakes the dispatcher: work may be due, or a slot free.
+    dispatch_wake: Notify,
+    /// Wakes the deadline sweeper: a submission carries a deadline.
+    deadline_wake: Notify,
+    bus: Arc<bus::Bus>,
+    root: CancellationToken,
+    tracker: TaskTracker,
+    accepting: AtomicBool,
+    /// Wakes the retention sweeper early (see `retention`).
+    sweep_wake: Notify,
+    /// Finished operations in the store, as of the last sweep plus those finished since.
+    finished: AtomicUsize,
+    /// Whether the sweeper has no expiry scheduled (so the next finish must wake it).
+    sweeper_idle: AtomicBool,
+}
+
+impl Runner {
+    /// Starts a runner over `store`: takes this node's lease, takes over the work of nodes
+    /// whose lease ended (at start, for the embedded stores: everything the last process was
+    /// running) by the restart rule, then starts work.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store cannot be read or holds unreadable data; the runner
+    /// never starts on a store it could not recover.
+    pub async fn start(
+        registry: Registry,
+        store: Arc<dyn Store>,
+        config: RunnerConfig,
+    ) -> Result<Self, Error> {
+        // The feed is followed from its head as it is before recovery, so that no change made
+        // by another node meanwhile is missed.
+        let followed = if store.is_exclusive() {
+            None
+        } else {
+            Some(store.changes(None, 0).await?.next)
+        };
+        let runner = Self {
+            shared: Arc::new(Shared {
+                registry,
+                store,
+                running: DashMap::new(),
+                slots: Mutex::new(slots::Slots::default()),
+                dispatch_wake: Notify::new(),
+                deadline_wake: Notify::new(),
+                bus: Arc::new(bus::Bus::new(followed.is_some())),
+                root: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+                accepting: AtomicBool::new(true),
+                sweep_wake: Notify::new(),
+                finished: AtomicUsize::new(0),
+                sweeper_idle: AtomicBool::new(false),
+                config,
+            }),
+        };
+        runner.recover().await?;
+        // On an exclusive store no other node holds work or can take this node's over: no
+        // lease to renew, no orphans but the last process's (taken over by `recover`).
+        let leases = followed.is_some().then_some(Task::Leases);
+        for task in [Task::Dispatch, Task::Deadlines, Task::Retention]
+            .into_iter()
+            .chain(leases)
+        {
+            let runner = runner.clone();
+            runner.shared.tracker.clone().spawn(async move {
+                match task {
+                    Task::Dispatch => runner.dispatch_loop().await,
+                    Task::Deadlines => runner.deadline_loop().await,
+                    Task::Leases => runner.lease_loop().await,
+                    Task::Retention => runner.sweep_loop().await,
+                }
+            });
+        }
+        if let Some(after) = followed {
+            let follower = runner.clone();
+            runner
+                .shared
+                .tracker
+                .spawn(async move { follower.follow_loop(after).await });
+        }
+        info!(node = %runner.shared.config.node, shared_store = followed.is_some(), "runner started");
+        Ok(runner)
+    }
+
+    /// The registered kinds.
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RunnerConfig {
+        &self.shared.config
+    }
+
+    /// Every change of every operation from now on, after it is durable.
+    pub fn subscribe(&self) -> broadcast::Receiver<OperationChanged> {
+        self.shared.bus.subscribe()
+    }
+
+    /// Stops gracefully: [`begin_shutdown`](Self::begin_shutdown), then waits up to `grace`
+    /// for running workers, gives up this node's lease and closes the store. Operations
+    /// interrupted this way stay RUNNING in the store and are resumed or aborted by the
+    /// restart rule (on the next start, or by another node); they are never reported as
+    /// CANCELLED, because no client cancelled them.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the final flush of the store fails.
+    pub async fn shutdown(&self, grace: Duration) -> Result<(), Error> {
+        self.begin_shutdown();
+        if tokio::time::timeout(grace, self.shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+                "workers still running after the shutdown grace period; leaving them to recovery"
+            );
+        }
+        // Others may take over what this node left at once, rather than when its lease ends.
+        if let Err(e) = self
+            .shared
+            .store
+            .heartbeat(&self.shared.config.node, std::time::SystemTime::UNIX_EPOCH)
+            .await
+        {
+            warn!(error = %e, "could not give up this node's lease");
+        }
+        self.shared.store.close().await?;
+        info!("shut down");
+        Ok(())
+    }
+
+    /// The first, synchronous half of shutdown: refuse new submissions, start nothing new,
+    /// cancel every running worker with the reason "shutdown", and release Wait calls.
+    pub fn begin_shutdown(&self) {
+        if !self.shared.accepting.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        info!(running = self.running(), "shutting down");
+        for entry in &self.shared.running {
+            entry.value().mark(crate::model::CancelReason::Shutdown);
+        }
+        self.shared.root.cancel();
+        self.shared.tracker.close();
+    }
+
+    /// How many operations are not done yet, as this node counts them (queued or running).
+    /// The counts follow the store's answers to this node's writes, so for a moment after an
+    /// end is committed a read may show it done while it is still counted here.
+    pub fn unfinished(&self) -> usize {
+        self.lock_slots().unfinished()
+    }
+
+    /// How many operations this node runs now.
+    pub fn running(&self) -> usize {
+        self.lock_slots().running()
+    }
+
+    fn lock_slots(&self) -> std::sync::MutexGuard<'_, slots::Slots> {
+        // Every critical section leaves the counts consistent before anything can panic.
+        self.shared
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Now, to the microsecond (the precision operations keep).
+    fn now(&self) -> std::time::SystemTime {
+        crate::model::time::to_micros(self.shared.config.clock.now())
+    }
+}
+
+/// The runner's background tasks.
+#[derive(Clone, Copy)]
+enum Task {
+    Dispatch,
+    Deadlines,
+    Leases,
+    Retention,
+}
+
+/// A request to run a task.
+#[derive(Debug, Clone, Default)]
+pub struct Submission {
+    /// The registered kind.
+    pub kind: String,
+    /// The kind's input message.
+    pub input: Option<Any>,
+    /// AIP-155 idempotency key (empty: none).
+    pub request_id: String,
+    /// Ends the operation DEADLINE_EXCEEDED if not done this long after submission; `None`
+    /// uses the kind's default timeout.
+    pub timeout: Option<Duration>,
+    /// Keeps the operation queued until then.
+    pub not_before: Option<std::time::SystemTime>,
+}
+
+impl Submission {
+    /// A submission of `kind` with `input` and nothing else.
+    pub fn new(kind: impl Into<String>, input: Any) -> Self {
+        Self {
+            kind: kind.into(),
+            input: Some(input),
+            ..Self::default()
+        }
+    }
+}

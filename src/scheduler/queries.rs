@@ -1,0 +1,207 @@
+//! Get, List, Wait, Cancel and Delete: what clients ask of operations. Reads show only what
+//! is durable; Cancel and Delete change operations through the transition point.
+
+use std::time::Duration;
+
+use tracing::info;
+
+use super::transition::TransitionError;
+use super::Runner;
+use crate::error::Error;
+use crate::filter::Filter;
+use crate::model::{CancelReason, Change, Fence, OperationId, OperationRecord, Outcome, State};
+use crate::proto::google::rpc::{Code, Status};
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The operations, in creation order.
+    pub operations: Vec<OperationRecord>,
+    /// The `seq` to continue after, if more may follow.
+    pub next_after: Option<i64>,
+}
+
+impl Runner {
+    /// The latest durable state of an operation.
+    ///
+    /// # Errors
+    /// NOT_FOUND when there is no such operation; UNAVAILABLE when the store fails.
+    pub async fn get(&self, id: &OperationId) -> Result<OperationRecord, Error> {
+        // Always the store: this node's copy of an operation it runs may lag behind it (an end
+        // committed whose answer is still on its way).
+        self.shared
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound { name: id.name() })
+    }
+
+    /// Waits until the operation is done or `timeout` (capped at the configured maximum)
+    /// passes, then returns its latest state.
+    ///
+    /// # Errors
+    /// NOT_FOUND when there is no such operation; UNAVAILABLE when the store fails.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn wait(
+        &self,
+        id: &OperationId,
+        timeout: Duration,
+    ) -> Result<OperationRecord, Error> {
+        let timeout = timeout.min(self.shared.config.max_wait);
+        // Watch first, then read: a change between the two is not missed.
+        let mut watch = self.shared.bus.watch(id);
+        let current = self.get(id).await?;
+        if current.is_done() || timeout.is_zero() {
+            return Ok(current);
+        }
+        let changed = tokio::select! {
+            seen = tokio::time::timeout(
+                timeout,
+                watch.receiver.wait_for(|r| r.as_ref().is_some_and(OperationRecord::is_done)),
+            ) => seen.ok().and_then(Result::ok).and_then(|r| r.clone()),
+            // At shutdown, answer now with the latest state rather than hold the server open.
+            () = self.shared.root.cancelled() => None,
+        };
+        match changed {
+            Some(done) => Ok(done),
+            None => self.get(id).await,
+        }
+    }
+
+    /// Requests cancellation. A queued operation ends CANCELLED at once; a running one has
+    /// `requested_cancellation` recorded and its worker's token cancelled, and ends when the
+    /// worker stops (or is aborted after the grace period). A finished operation is left as
+    /// it is.
+    ///
+    /// # Errors
+    /// NOT_FOUND when there is no such operation; UNAVAILABLE when the store fails (nothing
+    /// was cancelled then).
+    pub async fn cancel(&self, id: &OperationId) -> Result<(), Error> {
+        let mut current = self.get(id).await?;
+        loop {
+            let (change, queued) = match current.state {
+                s if s.is_done() => return Ok(()),
+                State::Queued => (
+                    Change::Finish {
+                        state: State::Cancelled,
+                        outcome: Outcome::Error(Status {
+                            code: Code::Cancelled as i32,
+                            message: "cancelled by client request before it started".into(),
+                            details: Vec::new(),
+                        }),
+                    },
+                    true,
+                ),
+                _ if current.requested_cancellation => {
+                    self.cancel_worker(id);
+                    return Ok(());
+                }
+                _ => (Change::RequestCancel, false),
+            };
+            match self
+                .transition(&current, change, Fence::Version(current.version))
+                .await
+            {
+                Ok(written) => {
+                    info!(op.name = %id, queued, "cancel requested");
+                    if queued {
+                        self.ended(&written);
+                    } else {
+                        // Its worker learnt of it as the request was written; one claimed on
+                        // this node meanwhile learns of it here.
+                        self.cancel_worker(id);
+                    }
+                    return Ok(());
+                }
+                // Claimed, finished or cancelled meanwhile: look again.
+                Err(TransitionError::Stale(Some(stored))) => current = *stored,
+                Err(TransitionError::Stale(None)) => {
+                    return Err(Error::NotFound { name: id.name() })
+                }
+                Err(TransitionError::Illegal(_)) => return Ok(()),
+                Err(TransitionError::Store(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Ends a queued operation that carries a cancel request CANCELLED (a retry written while
+    /// the cancel came). If it changed meanwhile, whoever changed it sees the request.
+    pub(crate) async fn cancel_queued(&self, record: &OperationRecord) {
+        let change = Change::Finish {
+            state: State::Cancelled,
+            outcome: Outcome::Error(Status {
+                code: Code::Cancelled as i32,
+                message: "cancelled by client request".into(),
+                details: Vec::new(),
+            }),
+        };
+        if let Ok(written) = self
+            .transition(record, change, Fence::Version(record.version))
+            .await
+        {
+            self.ended(&written);
+        }
+    }
+
+    /// Cancels the worker of `id` with the reason "client", if it runs on this node.
+    fn cancel_worker(&self, id: &OperationId) {
+        if let Some(running) = self
+            .shared
+            .running
+            .get(id)
+            .map(|e| std::sync::Arc::clone(e.value()))
+        {
+            running.cancel(CancelReason::Client);
+        }
+    }
+
+    /// Deletes a finished operation.
+    ///
+    /// # Errors
+    /// FAILED_PRECONDITION when it is not done; NOT_FOUND when there is no such operation;
+    /// UNAVAILABLE when the store fails.
+    pub async fn delete(&self, id: &OperationId) -> Result<(), Error> {
+        let not_done = || Error::FailedPrecondition {
+            message: format!("{id} is not done; cancel it first and delete it once it is done"),
+            reason: "OPERATION_NOT_DONE",
+        };
+        // Read first: an operation not done is refused without asking the store to write
+        // (which it may not be able to do just then).
+        if !self.get(id).await?.is_done() {
+            return Err(not_done());
+        }
+        match self.shared.store.delete_done(id).await? {
+            Some(true) => {
+                info!(op.name = %id, "deleted");
+                Ok(())
+            }
+            Some(false) => Err(not_done()),
+            None => Err(Error::NotFound { name: id.name() }),
+        }
+    }
+
+    /// Lists up to `limit` operations after `after` (a `seq`) that match `filter`.
+    ///
+    /// # Errors
+    /// UNAVAILABLE when the store fails.
+    pub async fn list(&self, filter: &Filter, after: i64, limit: usize) -> Result<Page, Error> {
+        let mut operations = self
+            .shared
+            .store
+            .list(after, filter, limit.saturating_add(1))
+            .await?;
+        let more = operations.len() > limit;
+        operations.truncate(limit);
+        let next_after = if more {
+            operations.last().map(|r| r.seq)
+        } else {
+            None
+        };
+        Ok(Page {
+            operations,
+            next_after,
+        })
+    }
+}

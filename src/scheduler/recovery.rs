@@ -1,0 +1,189 @@
+//! Leases and the work of nodes that went away.
+//!
+//! This node holds what it runs under a lease it renews every third of `lease`. Any node takes
+//! over the RUNNING work of a node whose lease ended, by the restart rule: a retry-safe kind is
+//! queued again with `attempt` + 1; another kind ends ABORTED (it may have done part of its
+//! work: it is never run twice); a kind no node here registers ends FAILED_PRECONDITION (on an
+//! exclusive store, where nothing else could run it). At start on an exclusive store (the
+//! embedded ones), every lease of the last process has ended: what it was running is taken
+//! over at once.
+
+use tracing::{info, warn};
+
+use super::transition::TransitionError;
+use super::Runner;
+use crate::error::Error;
+use crate::model::{Change, Fence, OperationRecord, Outcome, State};
+use crate::proto::google::rpc::{Code, Status};
+use crate::store::StoreError;
+
+/// Orphans taken over per look at the store.
+const BATCH: usize = 256;
+
+/// The longest between two looks for the work of nodes that went away.
+const RESCUE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn error(code: Code, message: String) -> Outcome {
+    Outcome::Error(Status {
+        code: code as i32,
+        message,
+        details: Vec::new(),
+    })
+}
+
+impl Runner {
+    /// At start: takes this node's lease, takes over the work of nodes whose lease ended,
+    /// counts the queued work, and (on an exclusive store) ends unfinished work of kinds no
+    /// longer registered.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store cannot be read or written.
+    pub(crate) async fn recover(&self) -> Result<(), Error> {
+        self.renew_lease().await?;
+        let exclusive = self.shared.store.is_exclusive();
+        let (mut queued, mut unregistered) = (0usize, 0usize);
+        for r in self.shared.store.unfinished().await? {
+            if r.state == State::Queued {
+                // Counted whatever its kind: ending one of an unregistered kind below counts
+                // it out.
+                self.lock_slots().queued(&r.kind);
+            }
+            if self.shared.registry.erased(&r.kind).is_some() {
+                if r.state == State::Queued {
+                    queued += 1;
+                }
+            } else if exclusive {
+                let change = Change::Finish {
+                    state: State::Failed,
+                    outcome: error(
+                        Code::FailedPrecondition,
+                        format!(
+                            "kind {:?} is not registered on this server; registered kinds: {}",
+                            r.kind,
+                            self.shared.registry.names()
+                        ),
+                    ),
+                };
+                match self.transition(&r, change, Fence::Version(r.version)).await {
+                    Ok(written) => {
+                        self.ended(&written);
+                        unregistered += 1;
+                    }
+                    Err(TransitionError::Store(e)) => return Err(e.into()),
+                    Err(_) => {}
+                }
+            }
+        }
+        // After the count: what it takes over is counted as it is queued again.
+        let rescued = self.rescue().await?;
+        if queued + rescued + unregistered > 0 {
+            info!(
+                queued,
+                rescued, unregistered, "recovered operations from the store"
+            );
+        }
+        Ok(())
+    }
+
+    /// Renews this node's lease.
+    async fn renew_lease(&self) -> Result<(), StoreError> {
+        let until = self.now() + self.shared.config.lease;
+        self.shared
+            .store
+            .heartbeat(&self.shared.config.node, until)
+            .await
+    }
+
+    /// Takes over the RUNNING work of nodes whose lease ended; how many it took over.
+    async fn rescue(&self) -> Result<usize, StoreError> {
+        let node = self.shared.config.node.clone();
+        let mut rescued = 0;
+        loop {
+            let orphans = self.shared.store.orphans(&node, self.now(), BATCH).await?;
+            let full = orphans.len() == BATCH;
+            let mut changed = 0;
+            for r in orphans {
+                let Some(change) = self.restart_rule(&r) else {
+                    continue;
+                };
+                match self.transition(&r, change, Fence::Version(r.version)).await {
+                    Ok(written) => {
+                        rescued += 1;
+                        changed += 1;
+                        self.ended(&written);
+                    }
+                    Err(TransitionError::Store(e)) => return Err(e),
+                    Err(_) => {}
+                }
+            }
+            if !full || changed == 0 {
+                return Ok(rescued);
+            }
+        }
+    }
+
+    /// What becomes of a RUNNING operation whose node went away; `None` to leave it (a kind
+    /// this node does not run, on a shared store: a node that runs it decides).
+    fn restart_rule(&self, r: &OperationRecord) -> Option<Change> {
+        let owner = r.owner.as_deref().unwrap_or("an unknown node");
+        let exclusive = self.shared.store.is_exclusive();
+        let gone = if exclusive {
+            "the server restarted while this operation was running".to_owned()
+        } else {
+            format!("node {owner}, which was running this operation, went away (its lease ended)")
+        };
+        let Some(task) = self.shared.registry.erased(&r.kind) else {
+            return exclusive.then(|| Change::Finish {
+                state: State::Failed,
+                outcome: error(
+                    Code::FailedPrecondition,
+                    format!(
+                        "{gone}, and kind {:?} is not registered here; registered kinds: {}",
+                        r.kind,
+                        self.shared.registry.names()
+                    ),
+                ),
+            });
+        };
+        Some(if task.options().retry_safe {
+            Change::Requeue {
+                status_message: format!("queued again: {gone}"),
+            }
+        } else {
+            Change::Finish {
+                state: State::Failed,
+                outcome: error(
+                    Code::Aborted,
+                    format!(
+                        "{gone}; kind {:?} is not safe to retry, so it was not run again",
+                        r.kind
+                    ),
+                ),
+            }
+        })
+    }
+
+    /// Renews this node's lease every third of it, and looks for the work of nodes whose
+    /// lease ended at least every [`RESCUE_EVERY`] (a node that stops gracefully gives its
+    /// lease up, so its work moves within that), taking it over.
+    pub(crate) async fn lease_loop(self) {
+        let renew_every = self.shared.config.lease / 3;
+        let tick = renew_every.min(RESCUE_EVERY);
+        let mut renewed = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(tick) => {}
+                () = self.shared.root.cancelled() => return,
+            }
+            if renewed.elapsed() >= renew_every {
+                match self.renew_lease().await {
+                    Ok(()) => renewed = tokio::time::Instant::now(),
+                    Err(e) => warn!(error = %e, "could not renew this node's lease"),
+                }
+            }
+            if let Err(e) = self.rescue().await {
+                warn!(error = %e, "could not take over the work of nodes that went away");
+            }
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! Drives one worker: from its claim to the write of its end.
+//!
+//! A claimed operation becomes [`Running`] and a tracked task races three things: the worker
+//! (on its own task, so a panic is caught as a `JoinError`); the token being cancelled (a
+//! client, the deadline, shutdown, a lost lease) followed by the grace period, after which the
+//! worker is aborted; and the progress writer, which writes the worker's [`Draft`] after a
+//! change and then waits `progress_interval` (coalescing). The end is decided by
+//! [`super::outcome::conclude`] and written by [`Runner::settle`]: fenced by owner and
+//! attempt, retried with backoff while the store refuses it, and never if this node no longer
+//! holds the operation.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use super::outcome::{conclude, Decision, Situation, WorkerEnd};
+use super::transition::TransitionError;
+use super::{clock, Runner, STORE_RETRY_MAX, STORE_RETRY_MIN};
+use crate::model::{CancelReason, Change, Fence, OperationId, OperationRecord};
+use crate::store::StoreError;
+use crate::task::{Draft, ErasedTask, Report, TaskContext};
+
+/// An operation this node runs.
+pub(crate) struct Running {
+    pub(crate) id: OperationId,
+    kind: String,
+    /// The operation as last written (durable); its owner and attempt fence this node's
+    /// writes.
+    // std Mutex: held only to read or replace the record.
+    record: Mutex<OperationRecord>,
+    /// What the worker reports, not yet written.
+    draft: Arc<Draft>,
+    token: CancellationToken,
+    reason: OnceLock<CancelReason>,
+    /// Consecutive writes of this operation the store refused (for logging once, and the
+    /// backoff).
+    write_failures: AtomicU32,
+}
+
+impl Running {
+    /// The operation as last written.
+    pub(crate) fn record(&self) -> OperationRecord {
+        self.record
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the record with a newer durable one (an older one, written concurrently and
+    /// answered later, is ignored).
+    pub(crate) fn set_record(&self, record: OperationRecord) {
+        let mut current = self
+            .record
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if record.version > current.version {
+            *current = record;
+        }
+    }
+
+    /// Cancels the worker's token, remembering why (the first reason wins).
+    pub(crate) fn cancel(&self, reason: CancelReason) {
+        self.mark(reason);
+        self.token.cancel();
+    }
+
+    /// The operation's kind.
+    pub(crate) fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// Remembers why the token is (about to be) cancelled.
+    pub(crate) fn mark(&self, reason: CancelReason) {
+        let _ = self.reason.set(reason);
+    }
+
+    fn fence(&self) -> Fence {
+        let r = self
+            .record
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Fence::Owner {
+            node: r.owner.clone().unwrap_or_default(),
+            attempt: r.attempt,
+        }
+    }
+}
+
+impl Runner {
+    /// Runs a claimed operation on a tracked task.
+    pub(crate) fn launch(&self, record: OperationRecord) {
+        let Some(task) = self.shared.registry.erased(&record.kind).map(Arc::clone) else {
+            // Claims name only registered kinds.
+            error!(op.name = %record.id, op.kind = %record.kind, "claimed an operation of a kind not registered here");
+            self.lock_slots().stopped(&record.kind);
+            return;
+        };
+        let running = Arc::new(Running {
+            id: record.id.clone(),
+            kind: record.kind.clone(),
+            draft: Draft::new(Report {
+                progress: record.progress.clone(),
+                status_message: record.status_message.clone(),
+                details: record.details.clone(),
+            }),
+            token: self.shared.root.child_token(),
+            reason: OnceLock::new(),
+            write_failures: AtomicU32::new(0),
+            record: Mutex::new(record),
+        });
+        if !self.shared.accepting.load(Ordering::Acquire) {
+            // Shutting down: it stays RUNNING in the store for the restart rule.
+            running.mark(CancelReason::Shutdown);
+        } else if running.record().requested_cancellation {
+            // A cancel asked for before it started (on another node, or while its retry was
+            // being written): it ends CANCELLED without running.
+            running.mark(CancelReason::Client);
+        }
+        self.shared
+            .running
+            .insert(running.id.clone(), Arc::clone(&running));
+        let runner = self.clone();
+        let span = info_span!("operation", op.name = %running.id, op.kind = %running.kind);
+        self.shared
+            .tracker
+            .spawn(async move { runner.drive(running, task).await }.instrument(span));
+    }
+
+    async fn drive(self, running: Arc<Running>, task: Arc<dyn ErasedTask>) {
+        let record = running.record();
+        let end = if running.reason.get().is_some() {
+            WorkerEnd::NotStarted
+        } else {
+            info!(attempt = record.attempt, "started");
+            self.work(&running, &task, &record).await
+        };
+        let decision = conclude(&Situation {
+            end: &end,
+            reason: running.reason.get().copied(),
+            policy: &task.options().retry,
+            attempt: record.attempt,
+            created: record.create_time,
+            deadline: record.deadline,
+            now: self.now(),
+            jitter: rand::random::<f64>(),
+        });
+        self.settle(&running, decision).await;
+        // Released already if its end was written; not if nothing was (interrupted, lost).
+        self.release(&running.id);
+    }
+
+    /// Runs the worker to its end, racing it with its cancellation (and the grace after it),
+    /// its deadline and the progress writer.
+    async fn work(
+        &self,
+        running: &Arc<Running>,
+        task: &Arc<dyn ErasedTask>,
+        record: &OperationRecord,
+    ) -> WorkerEnd {
+        let ctx = TaskContext::new(
+            running.id.clone(),
+            Arc::clone(&running.draft),
+            running.token.clone(),
+            record.attempt,
+        );
+        let mut worker = self
+            .shared
+            .tracker
+            .spawn(task.run(record.input.clone(), ctx).in_current_span());
+        let grace = self.shared.config.cancel_grace;
+        let deadline = record.deadline.map(|d| clock::until(self.now(), d));
+        let token = running.token.clone();
+        tokio::select! {
+            biased;
+            joined = &mut worker => match joined {
+                Ok(Ok(response)) => WorkerEnd::Succeeded(response),
+                Ok(Err(e)) => WorkerEnd::Failed(e),
+                Err(e) if e.is_panic() => WorkerEnd::Panicked(panic_message(e.into_panic())),
+                Err(_) => WorkerEnd::Abandoned(grace),
+            },
+            () = async {
+                tokio::select! {
+                    () = token.cancelled() => {}
+                    () = async {
+                        match deadline {
+                            Some(d) => tokio::time::sleep(d).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        info!("deadline passed");
+                        running.cancel(CancelReason::Deadline);
+                    }
+                }
+                tokio::time::sleep(grace).await;
+            } => {
+                warn!(grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX), "worker ignored its cancellation past the grace period; aborting it");
+                worker.abort();
+                WorkerEnd::Abandoned(grace)
+            }
+            never = self.write_progress(running) => match never {},
+        }
+    }
+
+    /// Writes the worker's reports coalesced: after a change, wait `progress_interval`, then
+    /// write the latest. A run that ends within the interval writes no progress at all (its
+    /// end carries it). A refused write is tried again at the next change; a stale one means
+    /// this node no longer holds the operation: its worker is stopped. Never completes.
+    async fn write_progress(&self, running: &Arc<Running>) -> std::convert::Infallible {
+        let mut reports = running.draft.subscribe();
+        reports.mark_unchanged();
+        loop {
+            if reports.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            tokio::time::sleep(self.shared.config.progress_interval).await;
+            let report = reports.borrow_and_update().clone();
+            let current = running.record();
+            let change = Change::Progress {
+                progress: report.progress,
+                status_message: report.status_message,
+                details: report.details,
+            };
+            match self.transition(&current, change, running.fence()).await {
+                Ok(_) => self.note_write_success(running),
+                Err(TransitionError::Store(e)) => {
+                    self.note_write_failure(running, &e, "its progress");
+                }
+                Err(TransitionError::Stale(stored)) => {
+                    self.lost(running, stored.as_deref());
+                    return std::future::pending().await;
+                }
+                Err(TransitionError::Illegal(e)) => {
+                    error!(error = %e, "progress of an operation that does not run");
+                    return std::future::pending().await;
+                }
+            }
+        }
+    }
+
+    /// This node no longer holds `running` (another node took it over, or it is gone): its
+    /// worker stops and nothing more of it is written here.
+    fn lost(&self, running: &Running, stored: Option<&OperationRecord>) {
+        warn!(
+            owner = stored.and_then(|r| r.owner.as_deref()).unwrap_or("none"),
+            state = stored.map_or("gone", |r| r.state.as_str()),
+            "this node no longer holds the operation; stopping its worker"
+        );
+        running.cancel(CancelReason::Lost);
+    }
+
+    /// Writes how the run ended (the final report folded in), fenced by owner and attempt.
+    /// While the store refuses the write it is retried with backoff ([`STORE_RETRY_MIN`]
+    /// doubling to [`STORE_RETRY_MAX`]) and nothing is published: the operation keeps its
+    /// previous state everywhere. Gives up, writing nothing, when the runner shuts down or the
+    /// store is closed (the restart rule then resumes it), or when this node no longer holds
+    /// the operation.
+    async fn settle(&self, running: &Arc<Running>, decision: Decision) {
+        let report = running.draft.current();
+        let change = match decision {
+            Decision::Leave => {
+                info!("interrupted; it will be resumed or aborted by the restart rule");
+                return;
+            }
+            Decision::Finish { state, outcome } => Change::Finish { state, outcome },
+            Decision::Retry {
+                next_attempt,
+                last_error,
+                status_message,
+                delay,
+            } => {
+                info!(
+                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    code = last_error.code,
+                    "attempt failed; retrying"
+                );
+                Change::Retry {
+                    next_attempt,
+                    last_error,
+                    status_message,
+                }
+            }
+        };
+        loop {
+            // The final report rides along with the end (or the retry's own message).
+            let mut current = running.record();
+            current.progress = report.progress.clone();
+            current.details = report.details.clone();
+            if !matches!(change, Change::Retry { .. }) {
+                current.status_message = report.status_message.clone();
+            }
+            let e = match self
+                .transition(&current, change.clone(), running.fence())
+                .await
+            {
+                Ok(written) => {
+                    self.note_write_success(running);
+                    self.ended(&written);
+                    if !written.is_done() && written.requested_cancellation {
+                        // A cancel came while the retry was being written: no next attempt.
+                        self.cancel_queued(&written).await;
+                    }
+                    return;
+                }
+                Err(TransitionError::Stale(stored)) => {
+                    self.lost(running, stored.as_deref());
+                    return;
+                }
+                Err(TransitionError::Illegal(e)) => {
+                    error!(error = %e, "the end of an operation could not be recorded");
+                    return;
+                }
+                Err(TransitionError::Store(e)) => e,
+            };
+            if matches!(e, StoreError::Closed) {
+                return;
+            }
+            let delay = self.note_write_failure(running, &e, "its end");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.shared.root.cancelled() => return,
+            }
+        }
+    }
+
+    /// Follows up a written end or retry: logs it, counts it, wakes who it concerns.
+    pub(crate) fn ended(&self, written: &OperationRecord) {
+        if written.is_done() {
+            match written.error_code() {
+                Some(code) => {
+                    info!(op.name = %written.id, op.kind = %written.kind, state = written.state.as_str(), code, "finished")
+                }
+                None => {
+                    info!(op.name = %written.id, op.kind = %written.kind, state = written.state.as_str(), "finished")
+                }
+            }
+            self.finished_one();
+        } else {
+            // Queued again: the dispatcher learns its due time, the deadline sweeper its
+            // deadline.
+            self.shared.dispatch_wake.notify_one();
+            if written.deadline.is_some() {
+                self.shared.deadline_wake.notify_one();
+            }
+        }
+    }
+
+    /// Counts a refused write of `running`, logging only the first of a run of refusals, and
+    /// returns how long to wait before trying again.
+    fn note_write_failure(&self, running: &Running, e: &StoreError, what: &str) -> Duration {
+        let failures = running.write_failures.fetch_add(1, Ordering::AcqRel);
+        if failures == 0 {
+            warn!(
+                op.name = %running.id,
+                error = %e,
+                "the store refused {what}; the operation keeps its previous state until the \
+                 write succeeds (retrying with backoff; logged once)"
+            );
+        }
+        let factor = 1u32 << failures.min(16);
+        STORE_RETRY_MIN.saturating_mul(factor).min(STORE_RETRY_MAX)
+    }
+
+    /// Ends a run of refused writes of `running`, saying so if there was one.
+    fn note_write_success(&self, running: &Running) {
+        let failures = running.write_failures.swap(0, Ordering::AcqRel);
+        if failures > 0 {
+            info!(op.name = %running.id, failures, "the store took the write after refusing it");
+        }
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}

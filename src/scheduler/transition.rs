@@ -1,0 +1,155 @@
+//! The one place an operation's state changes.
+//!
+//! [`Runner::transition`] checks that the change is legal from the operation's state (done
+//! never reverts, a result never changes: [`OperationRecord::apply`]), writes it with a fence
+//! (the version it was read at, or the owner and attempt this node runs), and only once the
+//! store took it publishes it on the bus. A creation ([`Runner::create`]) and a claim
+//! ([`Runner::claim`], the store's own transition of many queued operations at once) are
+//! published the same way. Nothing else
+//! changes an operation: a write the store refuses is never shown.
+
+use tracing::warn;
+
+use super::Runner;
+use crate::model::{
+    CancelReason, Change, Fence, IllegalTransition, OperationId, OperationRecord, State,
+};
+use crate::store::{Claim, Claimed, Inserted, StoreError, Written};
+
+/// Where a change of an operation was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// By this node, through [`Runner::transition`].
+    Here,
+    /// By another node sharing the store (read from its feed).
+    Elsewhere,
+}
+
+/// Why a transition did not happen.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TransitionError {
+    /// The change is not allowed from the operation's state (as read).
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+    /// The fence did not hold: the operation changed since it was read; this is what is
+    /// stored now (`None`: it is gone).
+    #[error("the operation changed meanwhile")]
+    Stale(Option<Box<OperationRecord>>),
+    /// The store did not take the write (it may later).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Runner {
+    /// Changes `current` by `change`, written under `fence`, then published. Returns the
+    /// record as stored.
+    ///
+    /// # Errors
+    /// [`TransitionError::Illegal`] when the change does not apply (nothing is written);
+    /// [`TransitionError::Stale`] when the fence did not hold; [`TransitionError::Store`] when
+    /// the store did not take it. In every error case nothing is published.
+    pub(crate) async fn transition(
+        &self,
+        current: &OperationRecord,
+        change: Change,
+        fence: Fence,
+    ) -> Result<OperationRecord, TransitionError> {
+        let mut next = current.apply(change, self.now())?;
+        match self.shared.store.write(&next, &fence).await? {
+            Written::Applied {
+                version,
+                requested_cancellation,
+            } => {
+                next.version = version;
+                next.requested_cancellation = requested_cancellation;
+                self.count(current.state, &next);
+                self.follow_locally(&next, Origin::Here);
+                self.shared.bus.publish(&next);
+                Ok(next)
+            }
+            Written::Stale(stored) => Err(TransitionError::Stale(stored)),
+        }
+    }
+
+    /// Keeps the queue counts (what the queue bounds are checked against) in step with a
+    /// written change from `before`.
+    fn count(&self, before: State, written: &OperationRecord) {
+        match (before, written.state) {
+            (State::Queued, after) if after != State::Queued => {
+                self.lock_slots().unqueued(&written.kind);
+            }
+            (before, State::Queued) if before != State::Queued => {
+                self.lock_slots().queued(&written.kind);
+            }
+            _ => {}
+        }
+    }
+
+    /// Brings this node's view of a written operation up to date (before the change is
+    /// published, when this node made it), so that whoever sees the change (a Wait, then a
+    /// Delete) finds this node agreeing. One it runs and still holds gets the new record, and
+    /// its worker the cancel request it carries. One it ran that this node ended or queued
+    /// again leaves the running map and frees its slot; one that another node took over or
+    /// ended has its worker stopped (the slot is freed when the worker is gone).
+    pub(crate) fn follow_locally(&self, written: &OperationRecord, origin: Origin) {
+        let Some(running) = self
+            .shared
+            .running
+            .get(&written.id)
+            .map(|e| std::sync::Arc::clone(e.value()))
+        else {
+            return;
+        };
+        let still_here = written.state == State::Running
+            && written.owner.as_deref() == Some(self.shared.config.node.as_str());
+        if still_here {
+            running.set_record(written.clone());
+            if written.requested_cancellation {
+                running.cancel(CancelReason::Client);
+            }
+        } else {
+            match origin {
+                Origin::Here => self.release(&written.id),
+                Origin::Elsewhere => running.cancel(CancelReason::Lost),
+            }
+        }
+    }
+
+    /// Forgets an operation this node ran, freeing its slot (once, however often asked).
+    pub(crate) fn release(&self, id: &OperationId) {
+        if let Some((_, running)) = self.shared.running.remove(id) {
+            self.lock_slots().stopped(running.kind());
+            self.shared.dispatch_wake.notify_one();
+        }
+    }
+
+    /// Stores a new operation (or finds the one its request id names) and publishes a new one.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store did not take it.
+    pub(crate) async fn create(&self, record: OperationRecord) -> Result<Inserted, StoreError> {
+        let inserted = self.shared.store.insert(record).await?;
+        if let Inserted::New(r) = &inserted {
+            self.lock_slots().queued(&r.kind);
+            self.shared.bus.publish(r);
+        }
+        Ok(inserted)
+    }
+
+    /// Claims due work for this node (see [`crate::store::Store::claim`]) and publishes what
+    /// it started.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store did not take the claim; nothing started then.
+    pub(crate) async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError> {
+        let claimed = self.shared.store.claim(claim).await?;
+        for record in &claimed.operations {
+            if record.owner.as_deref() != Some(claim.node.as_str()) {
+                warn!(op.name = %record.id, "the store answered a claim with an operation of another node");
+            }
+            self.lock_slots().started(&record.kind);
+            self.shared.bus.publish(record);
+        }
+        Ok(claimed)
+    }
+}

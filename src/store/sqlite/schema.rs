@@ -1,0 +1,313 @@
+//! The SQLite schema, its versions, and how a row is read back.
+//!
+//! # Version 2
+//! Next to each operation's body (its wire `Operation`), the fields that a claim, a cancel
+//! request or a fenced write change are columns, authoritative where `layout = 2`: `state`,
+//! `version`, `owner`, `attempt`, `start_time`, `update_time`, `end_time`,
+//! `next_attempt_time`, `deadline`, `cancel_requested`; `due` orders the queue (the next
+//! attempt's time, or the creation time, while QUEUED). A claim is then one `UPDATE` of
+//! columns, never a rewrite of the body. `nodes` holds the nodes' leases.
+//!
+//! Version 1 (before) kept those fields in the body only. Opening one adds the columns, fills
+//! them for the unfinished operations from their bodies (a finished one never changes again:
+//! its body stays authoritative, `layout` NULL), and sets the version, in one transaction.
+
+use rusqlite::{params, Connection, Transaction};
+
+use super::sql_error;
+use crate::model::{OperationRecord, State};
+use crate::store::{decode_record, micros, Columns, StoreError};
+
+/// The schema version this build writes (`PRAGMA user_version`).
+pub(super) const VERSION: i64 = 2;
+
+/// The `layout` of a row whose columns are authoritative.
+pub(super) const LAYOUT_CURRENT: i64 = 2;
+
+/// The table as version 2 creates it, with its indexes.
+const CREATE: &str = "
+CREATE TABLE IF NOT EXISTS operations (
+    seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+    id                TEXT NOT NULL UNIQUE,
+    request_id        TEXT UNIQUE,
+    kind              TEXT NOT NULL,
+    done              INTEGER NOT NULL,
+    state             INTEGER NOT NULL,
+    error_code        INTEGER,
+    create_time       INTEGER NOT NULL,
+    update_time       INTEGER NOT NULL,
+    end_time          INTEGER,
+    input             BLOB NOT NULL,
+    body              BLOB NOT NULL,
+    layout            INTEGER,
+    version           INTEGER NOT NULL DEFAULT 1,
+    owner             TEXT,
+    attempt           INTEGER NOT NULL DEFAULT 1,
+    start_time        INTEGER,
+    next_attempt_time INTEGER,
+    deadline          INTEGER,
+    cancel_requested  INTEGER NOT NULL DEFAULT 0,
+    due               INTEGER
+);
+";
+
+/// The columns version 2 adds to a version 1 table.
+const ADD_COLUMNS: &str = "
+ALTER TABLE operations ADD COLUMN layout INTEGER;
+ALTER TABLE operations ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE operations ADD COLUMN owner TEXT;
+ALTER TABLE operations ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE operations ADD COLUMN start_time INTEGER;
+ALTER TABLE operations ADD COLUMN next_attempt_time INTEGER;
+ALTER TABLE operations ADD COLUMN deadline INTEGER;
+ALTER TABLE operations ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE operations ADD COLUMN due INTEGER;
+";
+
+/// Indexes and tables both versions end with. `operations_unfinished` serves recovery,
+/// `operations_finished` retention, `operations_queue` claims (due work of a kind, oldest
+/// first), `operations_owner` the rescue of a node's work, `operations_deadline` the queued
+/// deadline sweep. The `by_*` indexes and `operations_failed` serve filtered lists: each holds
+/// an equality column then `seq`, so that `col = ? AND seq > ?` is one range read, already in
+/// `seq` order (the unfinished index does the same for `done`). `kind` never changes once
+/// inserted and `state` a few times in an operation's life, so they cost little on writes;
+/// `operations_failed` holds only the operations that ended with an error. A database made
+/// before an index existed gets it when next opened (IF NOT EXISTS): an index changes no
+/// table, so the schema version stays.
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS operations_unfinished ON operations(done, seq);
+CREATE INDEX IF NOT EXISTS operations_finished ON operations(done, end_time);
+CREATE INDEX IF NOT EXISTS operations_by_state ON operations(state, seq);
+CREATE INDEX IF NOT EXISTS operations_by_kind ON operations(kind, seq);
+CREATE INDEX IF NOT EXISTS operations_failed ON operations(error_code, seq)
+    WHERE error_code IS NOT NULL;
+CREATE INDEX IF NOT EXISTS operations_queue ON operations(state, kind, due, seq);
+CREATE INDEX IF NOT EXISTS operations_owner ON operations(state, owner);
+CREATE INDEX IF NOT EXISTS operations_deadline ON operations(state, deadline);
+CREATE TABLE IF NOT EXISTS nodes (
+    id          TEXT PRIMARY KEY,
+    lease_until INTEGER NOT NULL
+);
+";
+
+/// Creates the schema in a database of version `from` (0: empty), or brings one of version 1
+/// up to this one, in one transaction.
+///
+/// # Errors
+/// [`StoreError`] when a statement fails or an unfinished operation's body cannot be read.
+pub(super) fn prepare(conn: &mut Connection, from: i64) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(sql_error)?;
+    match from {
+        0 => tx.execute_batch(CREATE).map_err(sql_error)?,
+        1 => {
+            tx.execute_batch(ADD_COLUMNS).map_err(sql_error)?;
+            fill_unfinished(&tx)?;
+        }
+        _ => {}
+    }
+    tx.execute_batch(INDEXES).map_err(sql_error)?;
+    tx.execute_batch(&format!("PRAGMA user_version = {VERSION};"))
+        .map_err(sql_error)?;
+    tx.commit().map_err(sql_error)
+}
+
+/// Fills the new columns of every unfinished version-1 row from its body.
+fn fill_unfinished(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    let rows: Vec<RawRow> = tx
+        .prepare(&format!(
+            "SELECT {COLUMNS} FROM operations WHERE done = 0 AND layout IS NULL"
+        ))
+        .and_then(|mut s| s.query_map([], row_to_record)?.collect())
+        .map_err(sql_error)?;
+    let mut update = tx
+        .prepare(
+            "UPDATE operations SET layout = ?2, attempt = ?3, start_time = ?4, \
+             next_attempt_time = ?5, deadline = ?6, cancel_requested = ?7, due = ?8 \
+             WHERE seq = ?1",
+        )
+        .map_err(sql_error)?;
+    for row in rows {
+        let r = row.decode()?;
+        update
+            .execute(params![
+                r.seq,
+                LAYOUT_CURRENT,
+                r.attempt,
+                r.start_time.map(micros),
+                r.next_attempt_time.map(micros),
+                r.deadline.map(micros),
+                r.requested_cancellation,
+                due(&r),
+            ])
+            .map_err(sql_error)?;
+    }
+    Ok(())
+}
+
+/// Where a queued operation stands in the queue: its next attempt's time, or its creation
+/// time; none when it is not queued.
+pub(super) fn due(r: &OperationRecord) -> Option<i64> {
+    (r.state == State::Queued).then(|| micros(r.next_attempt_time.unwrap_or(r.create_time)))
+}
+
+/// The columns a read selects, in [`row_to_record`]'s order.
+pub(super) const COLUMNS: &str = "seq, id, request_id, input, body, layout, state, version, \
+     owner, attempt, start_time, update_time, end_time, next_attempt_time, deadline, \
+     cancel_requested";
+
+/// A row as read, before its body is decoded (which callers do off the writer thread).
+pub(super) struct RawRow {
+    seq: i64,
+    id: String,
+    request_id: Option<String>,
+    input: Vec<u8>,
+    body: Vec<u8>,
+    columns: Columns,
+}
+
+/// Reads a row selected with [`COLUMNS`].
+pub(super) fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    let layout: Option<i64> = row.get(5)?;
+    let version: i64 = row.get(7)?;
+    let attempt: i64 = row.get(9)?;
+    Ok(RawRow {
+        seq: row.get(0)?,
+        id: row.get(1)?,
+        request_id: row.get(2)?,
+        input: row.get(3)?,
+        body: row.get(4)?,
+        columns: Columns {
+            current: layout == Some(LAYOUT_CURRENT),
+            state: row.get(6)?,
+            version: u64::try_from(version).unwrap_or(0),
+            owner: row.get(8)?,
+            attempt: u32::try_from(attempt).unwrap_or(0),
+            start_time: row.get(10)?,
+            update_time: row.get(11)?,
+            end_time: row.get(12)?,
+            next_attempt_time: row.get(13)?,
+            deadline: row.get(14)?,
+            requested_cancellation: row.get(15)?,
+        },
+    })
+}
+
+impl RawRow {
+    /// The record the row holds.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when its body cannot be decoded or disagrees with its state.
+    pub(super) fn decode(self) -> Result<OperationRecord, StoreError> {
+        decode_record(
+            self.seq,
+            self.id,
+            self.request_id,
+            &self.input,
+            &self.body,
+            &self.columns,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{encode_body, encode_input};
+
+    /// The version 1 table, as the first releases created it.
+    const VERSION_1: &str = "
+CREATE TABLE operations (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT NOT NULL UNIQUE,
+    request_id  TEXT UNIQUE,
+    kind        TEXT NOT NULL,
+    done        INTEGER NOT NULL,
+    state       INTEGER NOT NULL,
+    error_code  INTEGER,
+    create_time INTEGER NOT NULL,
+    update_time INTEGER NOT NULL,
+    end_time    INTEGER,
+    input       BLOB NOT NULL,
+    body        BLOB NOT NULL
+);
+PRAGMA user_version = 1;
+";
+
+    fn insert_v1(conn: &Connection, r: &OperationRecord) {
+        conn.execute(
+            "INSERT INTO operations (id, kind, done, state, error_code, create_time, \
+             update_time, end_time, input, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                r.id.as_str(),
+                r.kind,
+                r.is_done(),
+                r.state.to_proto() as i32,
+                r.error_code(),
+                micros(r.create_time),
+                micros(r.update_time),
+                r.end_time.map(micros),
+                encode_input(&r.input),
+                encode_body(r),
+            ],
+        )
+        .unwrap();
+    }
+
+    /// A version 1 database opens as version 2 with every operation as it was: the unfinished
+    /// ones (a delayed start, a retry's attempt) get their columns from their bodies, the
+    /// finished ones keep their bodies authoritative.
+    #[test]
+    fn version_1_is_migrated() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(VERSION_1).unwrap();
+        let base =
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let mut delayed = OperationRecord::new_queued("sleep".into(), Default::default(), None);
+        delayed.next_attempt_time = Some(base);
+        delayed.attempt = 3;
+        delayed.deadline = Some(base + std::time::Duration::from_secs(60));
+        let mut finished = OperationRecord::new_queued("sleep".into(), Default::default(), None);
+        finished.start_time = Some(base);
+        finished.attempt = 2;
+        finished.fail(State::Failed, crate::Code::Unknown, "x");
+        insert_v1(&conn, &delayed);
+        insert_v1(&conn, &finished);
+
+        prepare(&mut conn, 1).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, VERSION);
+        let read = |id: &str| {
+            conn.query_row(
+                &format!("SELECT {COLUMNS} FROM operations WHERE id = ?1"),
+                params![id],
+                row_to_record,
+            )
+            .unwrap()
+            .decode()
+            .unwrap()
+        };
+        let got = read(delayed.id.as_str());
+        assert_eq!(
+            (
+                got.attempt,
+                got.next_attempt_time,
+                got.deadline,
+                got.version
+            ),
+            (3, Some(base), delayed.deadline, 1)
+        );
+        let due: i64 = conn
+            .query_row(
+                "SELECT due FROM operations WHERE id = ?1",
+                params![delayed.id.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(due, micros(base));
+        let got = read(finished.id.as_str());
+        assert_eq!((got.attempt, got.start_time), (2, Some(base)));
+        assert!(got.is_done());
+    }
+}

@@ -1,0 +1,425 @@
+//! Several nodes sharing one store: each a real server (its own runner, its own tokio runtime,
+//! its own loopback port) over one [`MemoryStore::shared`], driven by real gRPC clients. This
+//! is the protocol a PostgreSQL backend will carry between machines: work is claimed from the
+//! store, each node holds what it runs under a lease, changes reach the other nodes through
+//! the store's feed, and a node that dies has its work taken over when its lease ends.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{error_code, metadata, sleep_input};
+use oprun::model::OperationId;
+use oprun::proto::google::longrunning::operations_client::OperationsClient;
+use oprun::proto::google::longrunning::{
+    CancelOperationRequest, GetOperationRequest, Operation, WaitOperationRequest,
+};
+use oprun::proto::oprun::v1::operation_metadata::State;
+use oprun::proto::oprun::v1::task_service_client::TaskServiceClient;
+use oprun::proto::oprun::v1::{SleepInput, SleepOutput, SubmitTaskRequest};
+use oprun::store::memory::MemoryStore;
+use oprun::store::Store;
+use oprun::{Code, Registry, Runner, RunnerConfig, Task, TaskContext, TaskError, TaskOptions};
+use prost_types::Any;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// How many times each operation's worker started, over all nodes.
+#[derive(Default)]
+struct Tally(Mutex<HashMap<OperationId, usize>>);
+
+impl Tally {
+    fn runs(&self) -> HashMap<OperationId, usize> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Sleeps like `sleep` (cooperatively cancelled), counting its runs in a [`Tally`].
+struct Counted(Arc<Tally>);
+
+impl Task for Counted {
+    const KIND: &'static str = "counted";
+    type Input = SleepInput;
+    type Output = SleepOutput;
+
+    fn options(&self) -> TaskOptions {
+        TaskOptions {
+            retry_safe: true,
+            ..TaskOptions::default()
+        }
+    }
+
+    async fn run(&self, input: SleepInput, ctx: TaskContext) -> Result<SleepOutput, TaskError> {
+        *self
+            .0
+             .0
+            .lock()
+            .unwrap()
+            .entry(ctx.id().clone())
+            .or_default() += 1;
+        let duration = input
+            .duration
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or_default();
+        tokio::select! {
+            () = tokio::time::sleep(duration) => Ok(SleepOutput { steps_done: 1 }),
+            () = ctx.cancelled() => Err(TaskError::cancelled()),
+        }
+    }
+}
+
+/// Like [`Counted`], but not safe to run twice: a node that dies while running it leaves it
+/// ABORTED.
+struct Once(Arc<Tally>);
+
+impl Task for Once {
+    const KIND: &'static str = "once";
+    type Input = SleepInput;
+    type Output = SleepOutput;
+
+    fn options(&self) -> TaskOptions {
+        TaskOptions {
+            retry_safe: false,
+            ..TaskOptions::default()
+        }
+    }
+
+    async fn run(&self, input: SleepInput, ctx: TaskContext) -> Result<SleepOutput, TaskError> {
+        Counted(Arc::clone(&self.0)).run(input, ctx).await
+    }
+}
+
+/// A node: a runner and its server on a runtime of their own, so that the node can die (its
+/// runtime dropped mid-flight: no shutdown, no last write, its lease left to run out) while
+/// the others go on.
+struct Node {
+    name: String,
+    addr: SocketAddr,
+    runner: Runner,
+    runtime: Option<tokio::runtime::Runtime>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Node {
+    /// Starts a node named `name` over `store`.
+    fn start(
+        name: &str,
+        store: &Arc<MemoryStore>,
+        tally: &Arc<Tally>,
+        config: RunnerConfig,
+    ) -> Self {
+        let mut registry = Registry::with_builtins();
+        registry.register(Counted(Arc::clone(tally)));
+        registry.register(Once(Arc::clone(tally)));
+        let store: Arc<dyn Store> = Arc::clone(store) as Arc<dyn Store>;
+        let config = RunnerConfig {
+            node: name.to_owned(),
+            follow_interval: Duration::from_millis(20),
+            ..config
+        };
+        // Built and entered on a plain thread: a runtime cannot be blocked on from the test's.
+        let (runtime, runner, addr, shutdown) = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            let (runner, addr, shutdown) = runtime.block_on(async move {
+                let runner = Runner::start(registry, store, config)
+                    .await
+                    .expect("the runner starts");
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                let addr = listener.local_addr().expect("addr");
+                let (tx, rx) = oneshot::channel::<()>();
+                tokio::spawn(oprun::server::serve(
+                    listener,
+                    runner.clone(),
+                    async {
+                        let _ = rx.await;
+                    },
+                    Duration::from_secs(5),
+                ));
+                (runner, addr, tx)
+            });
+            (runtime, runner, addr, shutdown)
+        })
+        .join()
+        .expect("the node starts");
+        Self {
+            name: name.to_owned(),
+            addr,
+            runner,
+            runtime: Some(runtime),
+            shutdown: Some(shutdown),
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    async fn submit(&self, kind: &str, input: Any) -> Operation {
+        TaskServiceClient::new(self.channel().await)
+            .submit_task(SubmitTaskRequest {
+                kind: kind.into(),
+                input: Some(input),
+                ..Default::default()
+            })
+            .await
+            .expect("submit")
+            .into_inner()
+    }
+
+    async fn get(&self, name: &str) -> Operation {
+        OperationsClient::new(self.channel().await)
+            .get_operation(GetOperationRequest { name: name.into() })
+            .await
+            .expect("get")
+            .into_inner()
+    }
+
+    async fn cancel(&self, name: &str) {
+        OperationsClient::new(self.channel().await)
+            .cancel_operation(CancelOperationRequest { name: name.into() })
+            .await
+            .expect("cancel");
+    }
+
+    /// WaitOperation on this node, up to `seconds`.
+    async fn wait(&self, name: &str, seconds: i64) -> Operation {
+        OperationsClient::new(self.channel().await)
+            .wait_operation(WaitOperationRequest {
+                name: name.into(),
+                timeout: Some(prost_types::Duration { seconds, nanos: 0 }),
+            })
+            .await
+            .expect("wait")
+            .into_inner()
+    }
+
+    /// Polls GetOperation on this node until `ready` holds, up to 10 s.
+    async fn until(&self, name: &str, what: &str, ready: impl Fn(&Operation) -> bool) -> Operation {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let op = self.get(name).await;
+            if ready(&op) {
+                return op;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} never {what} (seen from node {}): {:?}",
+                self.name,
+                metadata(&op)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the node gracefully: it gives up its lease.
+    async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.runner
+            .shutdown(Duration::from_secs(5))
+            .await
+            .expect("the node shuts down");
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// The node dies: its runtime is dropped with everything on it, nothing more is written.
+    fn kill(mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn counted(ms: u64) -> Any {
+    sleep_input(ms, 1, "")
+}
+
+fn running(op: &Operation) -> bool {
+    metadata(op).state == State::Running as i32
+}
+
+/// The node that runs (or ran) an operation, from the store.
+async fn owner(store: &MemoryStore, name: &str) -> Option<String> {
+    let id = OperationId::parse_name(name).expect("a name");
+    store.get(&id).await.expect("get").and_then(|r| r.owner)
+}
+
+/// Work submitted to a full node runs on another; a Wait on the first returns as soon as the
+/// other ends it; a cancel sent to one node stops the worker on the other, which ends the
+/// operation CANCELLED for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_the_work_and_follow_each_other() {
+    let store = Arc::new(MemoryStore::shared());
+    let tally = Arc::new(Tally::default());
+    let config = RunnerConfig {
+        max_running: 1,
+        ..RunnerConfig::default()
+    };
+    let a = Node::start("a", &store, &tally, config.clone());
+    // Alone, `a` takes the long one, and is full.
+    let long = a.submit("counted", counted(3_600_000)).await;
+    a.until(&long.name, "ran on a", running).await;
+    assert_eq!(owner(&store, &long.name).await.as_deref(), Some("a"));
+
+    let b = Node::start("b", &store, &tally, config);
+    let short = a.submit("counted", counted(50)).await;
+    // Wait answers when the operation ends (well within its 60 s), not at its timeout.
+    let done = tokio::time::timeout(Duration::from_secs(10), a.wait(&short.name, 60))
+        .await
+        .expect("a Wait on a still waits 10 s after b ended the operation");
+    assert!(
+        done.done,
+        "a Wait on a returned before b ended it: {done:?}"
+    );
+    assert_eq!(error_code(&done), None, "{done:?}");
+    assert_eq!(owner(&store, &short.name).await.as_deref(), Some("b"));
+
+    // Cancelled through b, stopped on a; both see the one result.
+    b.cancel(&long.name).await;
+    let on_b = b.wait(&long.name, 10).await;
+    assert!(
+        on_b.done,
+        "the worker on a never stopped: {:?}",
+        metadata(&on_b)
+    );
+    assert_eq!(error_code(&on_b), Some(Code::Cancelled as i32));
+    assert_eq!(a.get(&long.name).await, on_b);
+    assert_eq!(
+        tally
+            .runs()
+            .get(&OperationId::parse_name(&long.name).unwrap()),
+        Some(&1)
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A node that dies mid-work loses it when its lease ends: a node still up takes it over by
+/// the restart rule (a retry-safe kind runs again there, attempt 2; another ends ABORTED, never
+/// run twice). A node that stops gracefully gives its lease up, so its work moves at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_work_of_a_node_that_dies_is_taken_over() {
+    let store = Arc::new(MemoryStore::shared());
+    let tally = Arc::new(Tally::default());
+    let config = RunnerConfig {
+        lease: Duration::from_millis(600),
+        ..RunnerConfig::default()
+    };
+    let doomed = Node::start("doomed", &store, &tally, config.clone());
+    let again = doomed.submit("counted", counted(3_600_000)).await;
+    let once = doomed.submit("once", counted(3_600_000)).await;
+    doomed.until(&again.name, "ran", running).await;
+    doomed.until(&once.name, "ran", running).await;
+
+    let survivor = Node::start("survivor", &store, &tally, config);
+    doomed.kill();
+    let moved = survivor
+        .until(&again.name, "ran again on the survivor", |op| {
+            running(op) && metadata(op).attempt == 2
+        })
+        .await;
+    assert!(!moved.done);
+    assert_eq!(
+        owner(&store, &again.name).await.as_deref(),
+        Some("survivor")
+    );
+    let aborted = survivor.until(&once.name, "ended", |op| op.done).await;
+    assert_eq!(
+        error_code(&aborted),
+        Some(Code::Aborted as i32),
+        "{aborted:?}"
+    );
+    let runs = tally.runs();
+    assert_eq!(
+        runs.get(&OperationId::parse_name(&again.name).unwrap()),
+        Some(&2)
+    );
+    assert_eq!(
+        runs.get(&OperationId::parse_name(&once.name).unwrap()),
+        Some(&1)
+    );
+
+    // A graceful stop hands the work over without waiting for the lease.
+    let heir = Node::start(
+        "heir",
+        &store,
+        &tally,
+        RunnerConfig {
+            lease: Duration::from_secs(3600),
+            ..RunnerConfig::default()
+        },
+    );
+    survivor.stop().await;
+    let inherited = heir
+        .until(&again.name, "ran on the heir", |op| {
+            running(op) && metadata(op).attempt == 3
+        })
+        .await;
+    assert!(!inherited.done);
+    heir.cancel(&again.name).await;
+    assert_eq!(
+        error_code(&heir.wait(&again.name, 10).await),
+        Some(Code::Cancelled as i32)
+    );
+    heir.stop().await;
+}
+
+/// Two nodes taking work from one store, submissions spread over both, never start one
+/// operation twice, and both take part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_never_run_one_operation_twice() {
+    let store = Arc::new(MemoryStore::shared());
+    let tally = Arc::new(Tally::default());
+    let config = RunnerConfig {
+        max_running: 2,
+        ..RunnerConfig::default()
+    };
+    let nodes = [
+        Node::start("one", &store, &tally, config.clone()),
+        Node::start("two", &store, &tally, config),
+    ];
+    let mut names = Vec::new();
+    for i in 0..60 {
+        names.push(nodes[i % 2].submit("counted", counted(20)).await.name);
+    }
+    let mut owners = HashMap::<String, usize>::new();
+    for (i, name) in names.iter().enumerate() {
+        let op = nodes[(i + 1) % 2].wait(name, 30).await;
+        assert!(op.done, "{name} not done");
+        assert_eq!(error_code(&op), None, "{op:?}");
+        *owners
+            .entry(owner(&store, name).await.expect("an owner"))
+            .or_default() += 1;
+    }
+    let runs = tally.runs();
+    assert_eq!(runs.len(), names.len());
+    assert!(runs.values().all(|n| *n == 1), "{runs:?}");
+    assert_eq!(owners.len(), 2, "one node did all the work: {owners:?}");
+    let [one, two] = nodes;
+    one.stop().await;
+    two.stop().await;
+}
