@@ -194,16 +194,35 @@ impl Builder<'_> {
                 }
                 self.pattern(columns.kind, pattern);
             }
+            // `done` and `state` are written as numbers, not bound: they are the conditions of
+            // the store's partial indexes (unfinished operations, final states), which SQLite
+            // uses only when the query names the same condition literally; and a statement
+            // with a bound equality and an ORDER BY is prepared again at every binding. They
+            // come from the enum, never from the client's text.
             Test::Done { negate, value } => {
                 let wanted = *value != *negate;
-                self.compare(columns.done, "=", SqlValue::Integer(i64::from(wanted)));
+                let _ = write!(self.clause, "({} = {})", columns.done, u8::from(wanted));
             }
             Test::State { negate, value } => {
                 let state = operation_metadata::State::from_str_name(value)
                     .expect("every state a filter accepts is an enum value name");
-                let number = i64::from(state as i32);
-                let operator = if *negate { "!=" } else { "=" };
-                self.compare(columns.state, operator, SqlValue::Integer(number));
+                let number = state as i32;
+                if *negate {
+                    let _ = write!(self.clause, "({} != {number})", columns.state);
+                } else {
+                    // A state is done or not: saying which lets the index of either side serve.
+                    let done = u8::from(matches!(
+                        state,
+                        operation_metadata::State::Succeeded
+                            | operation_metadata::State::Failed
+                            | operation_metadata::State::Cancelled
+                    ));
+                    let _ = write!(
+                        self.clause,
+                        "({} = {done} AND {} = {number})",
+                        columns.done, columns.state
+                    );
+                }
             }
             Test::ErrorCode { op, value } => self.error_code(*op, *value),
             Test::HasError => {
@@ -689,13 +708,14 @@ mod tests {
         selects("kind:*", &ROWS.map(|r| r.id));
     }
 
-    /// `done` and `state` compare with the 0/1 column and the enum number, with `=`, `!=`
-    /// and `:`; `:*` holds for every operation.
+    /// `done` and `state` compare with the 0/1 column and the enum number, written as numbers
+    /// (the store's partial indexes need them literal), with `=`, `!=` and `:`; a state says
+    /// whether it is done; `:*` holds for every operation.
     #[test]
     fn done_and_state() {
         let sql = parse("done=false").to_sqlite(&COLUMNS);
-        assert_eq!(sql.clause, "(done = ?)");
-        assert_eq!(sql.params, [SqlValue::Integer(0)]);
+        assert_eq!(sql.clause, "(done = 0)");
+        assert!(sql.params.is_empty());
         selects("done=false", &["abc", "abd", "[a]*?"]);
         selects("done!=true", &["abc", "abd", "[a]*?"]);
         selects("done:false", &["abc", "abd", "[a]*?"]);
@@ -709,8 +729,16 @@ mod tests {
         );
         selects("done:*", &ROWS.map(|r| r.id));
         let sql = parse("state=RUNNING").to_sqlite(&COLUMNS);
-        assert_eq!(sql.clause, "(state = ?)");
-        assert_eq!(sql.params, [SqlValue::Integer(2)]);
+        assert_eq!(sql.clause, "(done = 0 AND state = 2)");
+        assert!(sql.params.is_empty());
+        assert_eq!(
+            parse("state=CANCELLED").to_sqlite(&COLUMNS).clause,
+            "(done = 1 AND state = 5)"
+        );
+        assert_eq!(
+            parse("-state=CANCELLED").to_sqlite(&COLUMNS).clause,
+            "NOT (done = 1 AND state = 5)"
+        );
         selects("state=QUEUED", &["abc"]);
         selects("metadata.state:RUNNING", &["abd", "[a]*?"]);
         selects("state=SUCCEEDED", &["xabc"]);

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
 use tokio::sync::{broadcast, watch};
 
 use crate::model::{OperationId, OperationRecord, State};
@@ -48,6 +48,12 @@ pub(crate) struct Bus {
     /// feed has not shown yet. (`None` on an exclusive store, which has no feed.)
     // std Mutex: held only to look up or change one entry.
     local: Option<Mutex<HashMap<OperationId, u64>>>,
+    /// On an exclusive store, the operations not done yet: every change passes through this
+    /// process, so the set is exact, and a Wait for one of them need not read the store
+    /// first (its end comes through its watcher). An id enters before its operation is
+    /// stored (so no end can be published before it enters) and leaves when the end is
+    /// published. (`None` on a shared store, where other nodes end operations.)
+    unfinished: Option<DashSet<OperationId>>,
 }
 
 impl Bus {
@@ -58,7 +64,27 @@ impl Bus {
             events: broadcast::channel(EVENTS_BUFFER).0,
             watchers: DashMap::new(),
             local: followed.then(|| Mutex::new(HashMap::new())),
+            unfinished: (!followed).then(DashSet::new),
         }
+    }
+
+    /// Notes an operation about to be stored (or found unfinished in the store at start).
+    pub(crate) fn expect(&self, id: &OperationId) {
+        if let Some(unfinished) = &self.unfinished {
+            unfinished.insert(id.clone());
+        }
+    }
+
+    /// Forgets an operation [`Bus::expect`]ed that was not stored after all.
+    pub(crate) fn forget(&self, id: &OperationId) {
+        if let Some(unfinished) = &self.unfinished {
+            unfinished.remove(id);
+        }
+    }
+
+    /// Whether the operation is known to exist and not to be done (`false` when unknown).
+    pub(crate) fn is_unfinished(&self, id: &OperationId) -> bool {
+        self.unfinished.as_ref().is_some_and(|u| u.contains(id))
     }
 
     /// Publishes a change this node made, once the store took it.
@@ -109,6 +135,10 @@ impl Bus {
                 }
                 newer
             });
+        }
+        // After the watcher has it: a Wait that found the operation unfinished watches it.
+        if record.is_done() {
+            self.forget(&record.id);
         }
     }
 
@@ -198,6 +228,26 @@ mod tests {
         bus.publish(&older);
         let seen = watch.receiver.borrow_and_update().clone().unwrap();
         assert_eq!((seen.version, seen.state), (3, State::Cancelled));
+    }
+
+    /// On an exclusive store the bus knows which operations are unfinished: from before they
+    /// are stored until their end is published; a shared store's bus knows none.
+    #[test]
+    fn the_unfinished_are_known_until_their_end_is_published() {
+        let bus = Bus::new(false);
+        let mut a = OperationRecord::new_queued("k".into(), Default::default(), None);
+        assert!(!bus.is_unfinished(&a.id));
+        bus.expect(&a.id);
+        assert!(bus.is_unfinished(&a.id));
+        bus.publish(&a);
+        assert!(bus.is_unfinished(&a.id), "queued is unfinished");
+        a.version = 2;
+        a.fail(State::Cancelled, crate::Code::Cancelled, "cancelled");
+        bus.publish(&a);
+        assert!(!bus.is_unfinished(&a.id), "its end was published");
+        let shared = Bus::new(true);
+        shared.expect(&a.id);
+        assert!(!shared.is_unfinished(&a.id));
     }
 
     /// Following a feed, the bus publishes each change once: one this node published is not

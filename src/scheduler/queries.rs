@@ -50,11 +50,15 @@ impl Runner {
         timeout: Duration,
     ) -> Result<OperationRecord, Error> {
         let timeout = timeout.min(self.shared.config.max_wait);
-        // Watch first, then read: a change between the two is not missed.
+        // Watch first, then read: a change between the two is not missed. An operation the
+        // bus knows to be unfinished (on an exclusive store) needs no read: its end will come
+        // through the watcher.
         let mut watch = self.shared.bus.watch(id);
-        let current = self.get(id).await?;
-        if current.is_done() || timeout.is_zero() {
-            return Ok(current);
+        if timeout.is_zero() || !self.shared.bus.is_unfinished(id) {
+            let current = self.get(id).await?;
+            if current.is_done() || timeout.is_zero() {
+                return Ok(current);
+            }
         }
         let changed = tokio::select! {
             seen = tokio::time::timeout(

@@ -43,6 +43,7 @@ impl Runner {
         let exclusive = self.shared.store.is_exclusive();
         let (mut queued, mut unregistered) = (0usize, 0usize);
         for r in self.shared.store.unfinished().await? {
+            self.shared.bus.expect(&r.id);
             if r.state == State::Queued {
                 // Counted whatever its kind: ending one of an unregistered kind below counts
                 // it out.

@@ -128,12 +128,17 @@ impl Runner {
     /// # Errors
     /// [`StoreError`] when the store did not take it.
     pub(crate) async fn create(&self, record: OperationRecord) -> Result<Inserted, StoreError> {
-        let inserted = self.shared.store.insert(record).await?;
-        if let Inserted::New(r) = &inserted {
-            self.lock_slots().queued(&r.kind);
-            self.shared.bus.publish(r);
+        let id = record.id.clone();
+        self.shared.bus.expect(&id);
+        let inserted = self.shared.store.insert(record).await;
+        match &inserted {
+            Ok(Inserted::New(r)) => {
+                self.lock_slots().queued(&r.kind);
+                self.shared.bus.publish(r);
+            }
+            Ok(Inserted::Existing(_)) | Err(_) => self.shared.bus.forget(&id),
         }
-        Ok(inserted)
+        inserted
     }
 
     /// Claims due work for this node (see [`crate::store::Store::claim`]) and publishes what

@@ -144,11 +144,16 @@ fn sql_error(e: rusqlite::Error) -> StoreError {
         ));
     }
     match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
-            StoreError::Corrupt(format!(
-                "{e}; stop oprun and run `oprun store check` on its data directory"
-            ))
-        }
+        // TOOBIG: a record header whose lengths are garbage reads as a value past SQLite's
+        // 1 GB limit; oprun never writes one (inputs are bounded by `--max-input-bytes` and
+        // gRPC's message limit), so it is damage.
+        Some(
+            rusqlite::ErrorCode::DatabaseCorrupt
+            | rusqlite::ErrorCode::NotADatabase
+            | rusqlite::ErrorCode::TooBig,
+        ) => StoreError::Corrupt(format!(
+            "{e}; stop oprun and run `oprun store check` on its data directory"
+        )),
         Some(rusqlite::ErrorCode::DiskFull) => StoreError::Unavailable(format!(
             "the store is full (no space left on its disk, or --max-db-size reached): {e}"
         )),
@@ -197,6 +202,9 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
 }
 
 /// Opens a connection to `path` with `flags` that waits for locks for up to `patience`.
+/// How many prepared statements the writer keeps.
+const WRITER_STATEMENTS: usize = 128;
+
 fn connect(path: &Path, flags: OpenFlags, patience: Duration) -> Result<Connection, StoreError> {
     let mut conn = Connection::open_with_flags(path, flags)
         .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
@@ -296,6 +304,9 @@ impl SqliteStore {
             copying,
         )
         .map_err(sql_error)?;
+        // Room for every statement the writer runs, two per registered kind among them (see
+        // `writer::for_kind`): an evicted statement is prepared again.
+        conn.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
         let (tx, rx) = mpsc::channel();
         let max_batch = options.max_batch.max(1);
         thread::Builder::new()
@@ -691,9 +702,14 @@ mod tests {
         fill(&store, 6).await;
         let conn = Connection::open(store.path()).unwrap();
         for (filter, index) in [
-            ("done = false", "operations_unfinished (done=? AND seq>?)"),
-            ("done=true", "operations_unfinished (done=? AND seq>?)"),
-            ("state=RUNNING", "operations_by_state (state=? AND seq>?)"),
+            ("done = false", "operations_unfinished (seq>?)"),
+            ("state=RUNNING", "operations_unfinished (seq>?)"),
+            ("state=QUEUED", "operations_unfinished (seq>?)"),
+            ("state=FAILED", "operations_end_state (state=? AND seq>?)"),
+            (
+                "state=CANCELLED",
+                "operations_end_state (state=? AND seq>?)",
+            ),
             ("kind=sleep", "operations_by_kind (kind=? AND seq>?)"),
             (
                 "error.code = 1",
@@ -719,6 +735,7 @@ mod tests {
         // A filter no index serves in `seq` order (a time, a range of codes, a pattern) walks
         // `seq` from the page's start and stops at the limit, rather than sort.
         for filter in [
+            "done=true",
             "create_time > 2026-01-02T15:04:05Z",
             "error.code >= 5",
             "kind = sl*",
@@ -749,14 +766,14 @@ mod tests {
         };
         const FILTER_INDEXES: [&str; 3] = [
             "operations_by_kind",
-            "operations_by_state",
+            "operations_end_state",
             "operations_failed",
         ];
         let all = {
             let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
             let all = indexes(&conn);
             conn.execute_batch(
-                "DROP INDEX operations_by_state; DROP INDEX operations_by_kind; \
+                "DROP INDEX operations_end_state; DROP INDEX operations_by_kind; \
                  DROP INDEX operations_failed;",
             )
             .unwrap();

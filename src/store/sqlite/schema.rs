@@ -64,26 +64,33 @@ ALTER TABLE operations ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE operations ADD COLUMN due INTEGER;
 ";
 
-/// Indexes and tables both versions end with. `operations_unfinished` serves recovery,
-/// `operations_finished` retention, `operations_queue` claims (due work of a kind, oldest
-/// first), `operations_owner` the rescue of a node's work, `operations_deadline` the queued
-/// deadline sweep. The `by_*` indexes and `operations_failed` serve filtered lists: each holds
-/// an equality column then `seq`, so that `col = ? AND seq > ?` is one range read, already in
-/// `seq` order (the unfinished index does the same for `done`). `kind` never changes once
-/// inserted and `state` a few times in an operation's life, so they cost little on writes;
-/// `operations_failed` holds only the operations that ended with an error. A database made
-/// before an index existed gets it when next opened (IF NOT EXISTS): an index changes no
-/// table, so the schema version stays.
+/// Indexes and tables both versions end with. `operations_unfinished` serves recovery and
+/// `done = false` filters, `operations_ended` retention, `operations_end_state` filters on a
+/// final state, `operations_queue` claims (due work of a kind, oldest first),
+/// `operations_owner` the rescue of a node's work, `operations_deadline` the queued deadline
+/// sweep; `operations_by_kind` and `operations_failed` filters on the kind and the error
+/// code. A filter's index holds an equality column (or none) then `seq`, so that
+/// `col = ? AND seq > ?` is one range read, already in `seq` order.
+///
+/// Every index is written on every change of a column it holds, and the writer's cost (its
+/// pages in the log, the B-tree work) grows with them: so most are partial, holding only the
+/// rows they look for (unfinished, queued or running operations, queued deadlines, finished
+/// ones), and an operation enters and leaves each at most once in its life; their queries
+/// name the same condition, literally (SQLite uses a partial index only then: the filter
+/// compiler writes `done` and `state` as numbers for this). `kind` never changes once
+/// inserted. A database made before an index existed gets it when next opened (IF NOT
+/// EXISTS): an index changes no table, so the schema version stays.
 const INDEXES: &str = "
-CREATE INDEX IF NOT EXISTS operations_unfinished ON operations(done, seq);
-CREATE INDEX IF NOT EXISTS operations_finished ON operations(done, end_time);
-CREATE INDEX IF NOT EXISTS operations_by_state ON operations(state, seq);
+CREATE INDEX IF NOT EXISTS operations_unfinished ON operations(seq) WHERE done = 0;
+CREATE INDEX IF NOT EXISTS operations_ended ON operations(end_time) WHERE done = 1;
+CREATE INDEX IF NOT EXISTS operations_end_state ON operations(state, seq) WHERE done = 1;
 CREATE INDEX IF NOT EXISTS operations_by_kind ON operations(kind, seq);
 CREATE INDEX IF NOT EXISTS operations_failed ON operations(error_code, seq)
     WHERE error_code IS NOT NULL;
-CREATE INDEX IF NOT EXISTS operations_queue ON operations(state, kind, due, seq);
-CREATE INDEX IF NOT EXISTS operations_owner ON operations(state, owner);
-CREATE INDEX IF NOT EXISTS operations_deadline ON operations(state, deadline);
+CREATE INDEX IF NOT EXISTS operations_queue ON operations(kind, due, seq) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS operations_owner ON operations(owner) WHERE state = 2;
+CREATE INDEX IF NOT EXISTS operations_deadline ON operations(deadline)
+    WHERE state = 1 AND deadline IS NOT NULL;
 CREATE TABLE IF NOT EXISTS nodes (
     id          TEXT PRIMARY KEY,
     lease_until INTEGER NOT NULL
@@ -100,6 +107,13 @@ pub(super) fn prepare(conn: &mut Connection, from: i64) -> Result<(), StoreError
     match from {
         0 => tx.execute_batch(CREATE).map_err(sql_error)?,
         1 => {
+            // Version 1's indexes held every operation; their successors hold only the rows
+            // they serve.
+            tx.execute_batch(
+                "DROP INDEX IF EXISTS operations_finished; \
+                 DROP INDEX IF EXISTS operations_unfinished;",
+            )
+            .map_err(sql_error)?;
             tx.execute_batch(ADD_COLUMNS).map_err(sql_error)?;
             fill_unfinished(&tx)?;
         }
