@@ -187,6 +187,57 @@ async fn a_refused_start_leaves_the_operation_queued() {
     server.stop().await;
 }
 
+/// A CancelOperation whose client goes away after the store took the cancel (its deadline
+/// passed, its connection closed: the server drops the call) still has the cancel published:
+/// the runner counts the operation done, and a Wait returns it at once. (The write and its
+/// publication were one future that the caller could drop between the two: the operation
+/// stayed counted as queued, and Waits slept until their timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_whose_caller_went_away_is_still_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FaultyStore::new(Arc::new(oprun::store::memory::MemoryStore::new()));
+    let server = TestServer::start_on(dir, store.clone(), RunnerConfig::default()).await;
+    // Queued for a day: only the cancel ends it.
+    let op = server
+        .runner
+        .submit(oprun::Submission {
+            not_before: Some(SystemTime::now() + Duration::from_secs(86_400)),
+            ..oprun::Submission::new("sleep", sleep_input(0, 1, ""))
+        })
+        .await
+        .unwrap();
+    assert_eq!(server.runner.unfinished(), 1);
+    let (reached, release) = store.hold_replies(|r| r.state == State::Cancelled);
+    let cancel = {
+        let (runner, id) = (server.runner.clone(), op.id.clone());
+        tokio::spawn(async move { runner.cancel(&id).await })
+    };
+    reached.notified().await;
+    // The store took the cancel; its caller goes away before the answer.
+    cancel.abort();
+    let _ = cancel.await;
+    release.notify_one();
+    let waited = tokio::time::timeout(
+        Duration::from_secs(10),
+        server.runner.wait(&op.id, Duration::from_secs(60)),
+    )
+    .await
+    .expect("a Wait for the cancelled operation returns at once, not at its timeout")
+    .unwrap();
+    assert_eq!(waited.state, State::Cancelled);
+    let settled = tokio::time::timeout(Duration::from_secs(10), async {
+        while server.runner.unfinished() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    assert!(
+        settled.is_ok(),
+        "the runner still counts the cancelled operation as unfinished"
+    );
+    server.stop().await;
+}
+
 /// Issue 6, item 2: under sustained writes with readers alongside, the write-ahead log file
 /// never grows past its bound (plus one commit's pages), whereas it grew without bound before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

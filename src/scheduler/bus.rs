@@ -125,6 +125,14 @@ impl Bus {
             state: record.state,
             done: record.is_done(),
         });
+        // Forgotten before its watcher is looked for: a Wait watches first, then asks whether
+        // the operation is unfinished. Asked before this, it has a watcher that the lookup
+        // below finds; asked after, it reads the store, which holds the end already. (The
+        // other order let a Wait make its watcher between the lookup and the forgetting, find
+        // the operation unfinished, and sleep until its timeout.)
+        if record.is_done() {
+            self.forget(&record.id);
+        }
         if let Some(watcher) = self.watchers.get(&record.id) {
             // Two changes of one operation may be published in the other order than they
             // were written (each after its own write returned): a watcher keeps the newer.
@@ -135,10 +143,6 @@ impl Bus {
                 }
                 newer
             });
-        }
-        // After the watcher has it: a Wait that found the operation unfinished watches it.
-        if record.is_done() {
-            self.forget(&record.id);
         }
     }
 

@@ -8,7 +8,7 @@
 //! published the same way. Nothing else
 //! changes an operation: a write the store refuses is never shown.
 
-use tracing::warn;
+use tracing::{warn, Instrument};
 
 use super::Runner;
 use crate::model::{
@@ -54,7 +54,28 @@ impl Runner {
         change: Change,
         fence: Fence,
     ) -> Result<OperationRecord, TransitionError> {
-        let mut next = current.apply(change, self.now())?;
+        let next = current.apply(change, self.now())?;
+        let before = current.state;
+        // Written and published on a task of its own: a caller that stops waiting (a client
+        // that went away, a branch of a select that lost) cannot leave a write the store took
+        // unpublished, uncounted and unknown to this node.
+        let runner = self.clone();
+        self.shared
+            .tracker
+            .spawn(
+                async move { runner.write_and_publish(before, next, fence).await }
+                    .in_current_span(),
+            )
+            .await
+            .unwrap_or_else(|e| Err(TransitionError::Store(joined(&e))))
+    }
+
+    async fn write_and_publish(
+        &self,
+        before: State,
+        mut next: OperationRecord,
+        fence: Fence,
+    ) -> Result<OperationRecord, TransitionError> {
         match self.shared.store.write(&next, &fence).await? {
             Written::Applied {
                 version,
@@ -62,7 +83,7 @@ impl Runner {
             } => {
                 next.version = version;
                 next.requested_cancellation = requested_cancellation;
-                self.count(current.state, &next);
+                self.count(before, &next);
                 self.follow_locally(&next, Origin::Here);
                 self.shared.bus.publish(&next);
                 Ok(next)
@@ -128,17 +149,29 @@ impl Runner {
     /// # Errors
     /// [`StoreError`] when the store did not take it.
     pub(crate) async fn create(&self, record: OperationRecord) -> Result<Inserted, StoreError> {
-        let id = record.id.clone();
-        self.shared.bus.expect(&id);
-        let inserted = self.shared.store.insert(record).await;
-        match &inserted {
-            Ok(Inserted::New(r)) => {
-                self.lock_slots().queued(&r.kind);
-                self.shared.bus.publish(r);
-            }
-            Ok(Inserted::Existing(_)) | Err(_) => self.shared.bus.forget(&id),
-        }
-        inserted
+        // On a task of its own, as a transition (a submission whose client went away may
+        // still be stored, and is then counted and published).
+        let runner = self.clone();
+        self.shared
+            .tracker
+            .spawn(
+                async move {
+                    let id = record.id.clone();
+                    runner.shared.bus.expect(&id);
+                    let inserted = runner.shared.store.insert(record).await;
+                    match &inserted {
+                        Ok(Inserted::New(r)) => {
+                            runner.lock_slots().queued(&r.kind);
+                            runner.shared.bus.publish(r);
+                        }
+                        Ok(Inserted::Existing(_)) | Err(_) => runner.shared.bus.forget(&id),
+                    }
+                    inserted
+                }
+                .in_current_span(),
+            )
+            .await
+            .unwrap_or_else(|e| Err(joined(&e)))
     }
 
     /// Claims due work for this node (see [`crate::store::Store::claim`]) and publishes what
@@ -156,5 +189,15 @@ impl Runner {
             self.shared.bus.publish(record);
         }
         Ok(claimed)
+    }
+}
+
+/// What a write task that did not finish means to its caller: the runtime is going away
+/// (cancelled), or a bug (a panic), reported as the store being unavailable.
+fn joined(e: &tokio::task::JoinError) -> StoreError {
+    if e.is_cancelled() {
+        StoreError::Closed
+    } else {
+        StoreError::Unavailable(format!("a write task failed: {e}"))
     }
 }

@@ -32,6 +32,7 @@ pub struct FaultyStore {
     /// Writes refused.
     pub refused: AtomicUsize,
     hold: Mutex<Option<Hold>>,
+    hold_replies: Mutex<Option<Hold>>,
 }
 
 impl FaultyStore {
@@ -43,6 +44,7 @@ impl FaultyStore {
             updates: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
             hold: Mutex::new(None),
+            hold_replies: Mutex::new(None),
         })
     }
 
@@ -54,6 +56,20 @@ impl FaultyStore {
     ) -> (Arc<Notify>, Arc<Notify>) {
         let (reached, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         *self.hold.lock().unwrap() =
+            Some((Box::new(when), Arc::clone(&reached), Arc::clone(&release)));
+        (reached, release)
+    }
+
+    /// From now on, a write of a record `when` picks is made at once (on a task of its own,
+    /// whatever becomes of the caller), then its answer waits: `reached` is notified once the
+    /// store took it, and the caller gets the answer after `release`. Returns (reached,
+    /// release).
+    pub fn hold_replies(
+        &self,
+        when: impl Fn(&OperationRecord) -> bool + Send + Sync + 'static,
+    ) -> (Arc<Notify>, Arc<Notify>) {
+        let (reached, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        *self.hold_replies.lock().unwrap() =
             Some((Box::new(when), Arc::clone(&reached), Arc::clone(&release)));
         (reached, release)
     }
@@ -94,6 +110,21 @@ impl Store for FaultyStore {
         if let Some((reached, release)) = held {
             reached.notify_one();
             release.notified().await;
+        }
+        let held_reply = {
+            let hold = self.hold_replies.lock().unwrap();
+            hold.as_ref()
+                .filter(|(when, _, _)| when(r))
+                .map(|(_, reached, release)| (Arc::clone(reached), Arc::clone(release)))
+        };
+        if let Some((reached, release)) = held_reply {
+            let (inner, r, fence) = (Arc::clone(&self.inner), r.clone(), fence.clone());
+            let written = tokio::spawn(async move { inner.write(&r, &fence).await })
+                .await
+                .expect("the write task ends");
+            reached.notify_one();
+            release.notified().await;
+            return written;
         }
         self.inner.write(r, fence).await
     }
