@@ -13,12 +13,36 @@ use oprun::store::{
 };
 use tokio::sync::Notify;
 
-/// Holds the writes a predicate picks until released.
-type Hold = (
-    Box<dyn Fn(&OperationRecord) -> bool + Send + Sync>,
-    Arc<Notify>,
-    Arc<Notify>,
-);
+/// Picks the writes to hold.
+type Picker = Box<dyn Fn(&OperationRecord) -> bool + Send + Sync>;
+
+/// A write picked to hold: the picker, and the two signals of a held one (reached, release).
+type Held = (Picker, Arc<Notify>, Arc<Notify>);
+
+/// Which writes to hold, if any.
+#[derive(Default)]
+struct Hold(Mutex<Option<Held>>);
+
+impl Hold {
+    /// From now on, holds the writes `when` picks. Returns (reached, release).
+    fn set(
+        &self,
+        when: impl Fn(&OperationRecord) -> bool + Send + Sync + 'static,
+    ) -> (Arc<Notify>, Arc<Notify>) {
+        let (reached, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        *self.0.lock().unwrap() =
+            Some((Box::new(when), Arc::clone(&reached), Arc::clone(&release)));
+        (reached, release)
+    }
+
+    /// The signals for a write of `r`, when it is one to hold.
+    fn picks(&self, r: &OperationRecord) -> Option<(Arc<Notify>, Arc<Notify>)> {
+        let hold = self.0.lock().unwrap();
+        hold.as_ref()
+            .filter(|(when, _, _)| when(r))
+            .map(|(_, reached, release)| (Arc::clone(reached), Arc::clone(release)))
+    }
+}
 
 /// A store over `inner` whose writes or reads can be refused at will, or held.
 pub struct FaultyStore {
@@ -31,8 +55,8 @@ pub struct FaultyStore {
     pub updates: AtomicUsize,
     /// Writes refused.
     pub refused: AtomicUsize,
-    hold: Mutex<Option<Hold>>,
-    hold_replies: Mutex<Option<Hold>>,
+    hold: Hold,
+    hold_replies: Hold,
 }
 
 impl FaultyStore {
@@ -43,8 +67,8 @@ impl FaultyStore {
             refuse_reads: AtomicBool::new(false),
             updates: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
-            hold: Mutex::new(None),
-            hold_replies: Mutex::new(None),
+            hold: Hold::default(),
+            hold_replies: Hold::default(),
         })
     }
 
@@ -54,10 +78,7 @@ impl FaultyStore {
         &self,
         when: impl Fn(&OperationRecord) -> bool + Send + Sync + 'static,
     ) -> (Arc<Notify>, Arc<Notify>) {
-        let (reached, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-        *self.hold.lock().unwrap() =
-            Some((Box::new(when), Arc::clone(&reached), Arc::clone(&release)));
-        (reached, release)
+        self.hold.set(when)
     }
 
     /// From now on, a write of a record `when` picks is made at once (on a task of its own,
@@ -68,10 +89,7 @@ impl FaultyStore {
         &self,
         when: impl Fn(&OperationRecord) -> bool + Send + Sync + 'static,
     ) -> (Arc<Notify>, Arc<Notify>) {
-        let (reached, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-        *self.hold_replies.lock().unwrap() =
-            Some((Box::new(when), Arc::clone(&reached), Arc::clone(&release)));
-        (reached, release)
+        self.hold_replies.set(when)
     }
 
     fn refuse_write(&self) -> Result<(), StoreError> {
@@ -101,23 +119,11 @@ impl Store for FaultyStore {
     async fn write(&self, r: &OperationRecord, fence: &Fence) -> Result<Written, StoreError> {
         self.updates.fetch_add(1, Ordering::SeqCst);
         self.refuse_write()?;
-        let held = {
-            let hold = self.hold.lock().unwrap();
-            hold.as_ref()
-                .filter(|(when, _, _)| when(r))
-                .map(|(_, reached, release)| (Arc::clone(reached), Arc::clone(release)))
-        };
-        if let Some((reached, release)) = held {
+        if let Some((reached, release)) = self.hold.picks(r) {
             reached.notify_one();
             release.notified().await;
         }
-        let held_reply = {
-            let hold = self.hold_replies.lock().unwrap();
-            hold.as_ref()
-                .filter(|(when, _, _)| when(r))
-                .map(|(_, reached, release)| (Arc::clone(reached), Arc::clone(release)))
-        };
-        if let Some((reached, release)) = held_reply {
+        if let Some((reached, release)) = self.hold_replies.picks(r) {
             let (inner, r, fence) = (Arc::clone(&self.inner), r.clone(), fence.clone());
             let written = tokio::spawn(async move { inner.write(&r, &fence).await })
                 .await
