@@ -692,10 +692,17 @@ async fn shutdown_does_not_wait_for_a_peer_that_never_reads() {
     let mut server = BinServer::start(dir.path(), "127.0.0.1:0", &["--shutdown-grace", "1s"], &[]);
     let (_driver, _response) = unread_call(server.addr).await;
     let started = Instant::now();
-    let status = tokio::task::spawn_blocking(move || server.terminate())
-        .await
-        .unwrap();
-    assert!(status.success(), "{status}");
+    let (server, status) = tokio::task::spawn_blocking(move || {
+        let status = server.terminate();
+        (server, status)
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.success(),
+        "{status}; its log:\n{}",
+        server.log_text()
+    );
     assert!(started.elapsed() < Duration::from_secs(8));
 }
 

@@ -367,6 +367,8 @@ pub(super) async fn serve(
         tokens = tokens.as_ref().map_or(0, |t| t.len()),
         "listening"
     );
+    let shutdown =
+        shutdown_signal().map_err(|e| format!("cannot install the signal handlers: {e}"))?;
     // The one line on stdout: tests and scripts read the bound port from it.
     println!("oprun listening on {local}");
     let mut options = ServeOptions::new()
@@ -378,31 +380,55 @@ pub(super) async fn serve(
     if let Some(tokens) = tokens {
         options = options.auth(tokens);
     }
-    crate::server::serve_with(listener, runner, shutdown_signal(), options)
+    crate::server::serve_with(listener, runner, shutdown, options)
         .await
         .map_err(|e| Failure::from(e.to_string()))
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// A future that completes on SIGINT or SIGTERM. The handlers are installed when this
+/// returns, not when the future is first polled: a supervisor may signal as soon as it reads
+/// the listening line, and that signal must start a graceful shutdown, not kill the process.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
     #[cfg(unix)]
-    {
+    let received = {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
         }
-    }
+    };
     #[cfg(not(unix))]
-    {
+    let received = async {
         let _ = tokio::signal::ctrl_c().await;
+    };
+    Ok(async move {
+        received.await;
+        tracing::info!("shutdown signal received");
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::shutdown_signal;
+
+    /// A SIGTERM that arrives after `shutdown_signal` returned but before its future is first
+    /// polled (the window between the listening line and the server's first poll) is caught,
+    /// not fatal. With handlers installed on first poll, the raise below kills the test process.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_signal_before_the_first_poll_is_caught() {
+        let shutdown = shutdown_signal().expect("install the handlers");
+        // SAFETY: raise only sends a signal to this process; the handler above is installed.
+        let raised = unsafe { libc::raise(libc::SIGTERM) };
+        assert_eq!(raised, 0);
+        tokio::time::timeout(Duration::from_secs(5), shutdown)
+            .await
+            .expect("the shutdown future completes on the SIGTERM raised before it was polled");
     }
-    tracing::info!("shutdown signal received");
 }
