@@ -18,7 +18,10 @@
 //! * `AND` and `OR` are written as balanced trees, so the expression stays shallow (SQLite
 //!   limits an expression's depth) however many terms the filter joins.
 //!
-//! The dialect is SQLite's: anonymous `?` placeholders, `instr`, `substr` on BLOBs and `IS`.
+//! Two dialects: SQLite's ([`Filter::to_sqlite`]: anonymous `?` placeholders, `1`/`0`, `instr`
+//! and `substr` on BLOBs, `IS`) and PostgreSQL's ([`Filter::to_postgres`]: numbered `$n`
+//! placeholders with their type cast, `TRUE`/`FALSE`, `position` and `substring` on the
+//! column's UTF-8 bytes (`convert_to`), `IS DISTINCT FROM`). Both mean the same.
 
 use std::fmt::Write as _;
 use std::time::SystemTime;
@@ -63,12 +66,12 @@ pub enum SqlValue {
     Blob(Vec<u8>),
 }
 
-/// A filter as a SQL boolean expression, from [`Filter::to_sqlite`].
+/// A filter as a SQL boolean expression, from [`Filter::to_sqlite`] or [`Filter::to_postgres`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqlFilter {
-    /// The expression: 0 or 1 for every row, never NULL; `1` for the empty filter. It holds
-    /// one anonymous `?` placeholder per entry of `params`, in order, and none of the user's
-    /// text. Put it in parentheses when joining it with other conditions.
+    /// The expression: false or true for every row, never NULL; true for the empty filter. It
+    /// holds one placeholder per entry of `params`, in order, and none of the user's text. Put
+    /// it in parentheses when joining it with other conditions.
     pub clause: String,
     /// The values of the placeholders, in the order they appear in `clause`.
     pub params: Vec<SqlValue>,
@@ -107,13 +110,43 @@ impl Filter {
     /// assert_eq!(sql.params, [SqlValue::Text("sleep".into())]);
     /// ```
     pub fn to_sqlite(&self, columns: &SqlColumns) -> SqlFilter {
+        self.to_sql(columns, Dialect::Sqlite)
+    }
+
+    /// The filter as a PostgreSQL `WHERE` condition over `columns`, with the same meaning as
+    /// [`Filter::to_sqlite`]'s. Its placeholders are numbered from `$first` (so the query can
+    /// bind its own parameters before them), each cast to its type.
+    ///
+    /// ```
+    /// use oprun::filter::{Filter, SqlColumns, SqlValue};
+    ///
+    /// let columns = SqlColumns {
+    ///     id: "id",
+    ///     kind: "kind",
+    ///     done: "done",
+    ///     state: "state",
+    ///     error_code: "error_code",
+    ///     create_time: "create_time",
+    ///     update_time: "update_time",
+    /// };
+    /// let filter = Filter::parse("kind = sleep AND NOT error:*").unwrap();
+    /// let sql = filter.to_postgres(&columns, 3);
+    /// assert_eq!(sql.clause, "((kind = $3::text) AND NOT (error_code IS NOT NULL))");
+    /// assert_eq!(sql.params, [SqlValue::Text("sleep".into())]);
+    /// ```
+    pub fn to_postgres(&self, columns: &SqlColumns, first: usize) -> SqlFilter {
+        self.to_sql(columns, Dialect::Postgres { next: first })
+    }
+
+    fn to_sql(&self, columns: &SqlColumns, dialect: Dialect) -> SqlFilter {
         let mut builder = Builder {
             columns,
+            dialect,
             clause: String::new(),
             params: Vec::new(),
         };
         match &self.expr {
-            None => builder.clause.push('1'),
+            None => builder.constant(true),
             Some(expr) => builder.expr(expr),
         }
         SqlFilter {
@@ -123,9 +156,20 @@ impl Filter {
     }
 }
 
+/// The SQL a [`Builder`] writes.
+#[derive(Debug, Clone, Copy)]
+enum Dialect {
+    Sqlite,
+    /// `next` is the number of the next placeholder.
+    Postgres {
+        next: usize,
+    },
+}
+
 /// Writes the SQL of an expression, collecting its parameters.
 struct Builder<'c> {
     columns: &'c SqlColumns,
+    dialect: Dialect,
     clause: String,
     params: Vec<SqlValue>,
 }
@@ -134,8 +178,8 @@ impl Builder<'_> {
     /// Writes `expr`: a constant, a parenthesized expression, or `NOT` followed by one.
     fn expr(&mut self, expr: &Expr) {
         match expr {
-            Expr::And(parts) => self.join(parts, " AND ", '1'),
-            Expr::Or(parts) => self.join(parts, " OR ", '0'),
+            Expr::And(parts) => self.join(parts, " AND ", true),
+            Expr::Or(parts) => self.join(parts, " OR ", false),
             Expr::Not(inner) => {
                 self.clause.push_str("NOT ");
                 self.expr(inner);
@@ -146,9 +190,9 @@ impl Builder<'_> {
 
     /// Joins `parts` with `joint` as a balanced tree (its depth grows with the logarithm of
     /// the number of parts); no parts at all is `empty`.
-    fn join(&mut self, parts: &[Expr], joint: &str, empty: char) {
+    fn join(&mut self, parts: &[Expr], joint: &str, empty: bool) {
         match parts {
-            [] => self.clause.push(empty),
+            [] => self.constant(empty),
             [only] => self.expr(only),
             _ => {
                 let (left, right) = parts.split_at(parts.len() / 2);
@@ -161,14 +205,33 @@ impl Builder<'_> {
         }
     }
 
-    /// Appends `?` bound to `value`.
+    /// Appends a placeholder bound to `value`.
     fn bind(&mut self, value: SqlValue) {
-        self.clause.push('?');
+        match &mut self.dialect {
+            Dialect::Sqlite => self.clause.push('?'),
+            Dialect::Postgres { next } => {
+                let cast = match value {
+                    SqlValue::Integer(_) => "bigint",
+                    SqlValue::Text(_) => "text",
+                    SqlValue::Blob(_) => "bytea",
+                };
+                let _ = write!(self.clause, "${next}::{cast}");
+                *next += 1;
+            }
+        }
         self.params.push(value);
     }
 
     /// Appends `(column OPERATOR ?)` with `value` bound.
     fn compare(&mut self, column: &str, operator: &str, value: SqlValue) {
+        if let (Dialect::Postgres { .. }, SqlValue::Text(text)) = (self.dialect, &value) {
+            if text.contains('\0') {
+                // PostgreSQL's text holds no NUL (it refuses one as a parameter), so no stored
+                // value equals this one: only `=` reaches here with text.
+                self.constant(false);
+                return;
+            }
+        }
         let _ = write!(self.clause, "({column} {operator} ");
         self.bind(value);
         self.clause.push(')');
@@ -177,7 +240,7 @@ impl Builder<'_> {
     fn test(&mut self, test: &Test) {
         let columns = self.columns;
         match test {
-            Test::Always => self.clause.push('1'),
+            Test::Always => self.constant(true),
             Test::Name {
                 negate,
                 bare,
@@ -271,11 +334,15 @@ impl Builder<'_> {
         }
         if text.is_empty() {
             // Every string starts with, ends with and contains the empty string.
-            self.clause.push('1');
+            self.constant(true);
             return;
         }
         let bytes = SqlValue::Blob(text.as_bytes().to_vec());
         let length = SqlValue::Integer(i64::try_from(text.len()).unwrap_or(i64::MAX));
+        if let Dialect::Postgres { .. } = self.dialect {
+            self.postgres_pattern(subject, *any_prefix, *any_suffix, bytes, length);
+            return;
+        }
         let blob = format!("CAST({subject} AS BLOB)");
         // SQLite's substr and instr answer NULL for an empty BLOB, so the length is tested
         // first: `0 AND NULL` is 0.
@@ -304,13 +371,59 @@ impl Builder<'_> {
         self.clause.push(')');
     }
 
+    /// [`Builder::pattern`] in PostgreSQL, on the subject's UTF-8 bytes (`bytea` compares byte
+    /// by byte, whatever the database's collation). `substring` and `position` are defined for
+    /// every length, the empty one included, so no guard is needed for NULLs; the length test
+    /// stays for the suffix, whose start must not fall before the first byte.
+    fn postgres_pattern(
+        &mut self,
+        subject: &str,
+        any_prefix: bool,
+        any_suffix: bool,
+        bytes: SqlValue,
+        length: SqlValue,
+    ) {
+        let utf8 = format!("convert_to({subject}, 'UTF8')");
+        match (any_prefix, any_suffix) {
+            // `substring` takes `integer` positions and lengths; the bound length is a
+            // `bigint` (a pattern is far shorter than either's range).
+            (false, true) => {
+                let _ = write!(self.clause, "(substring({utf8} from 1 for ");
+                self.bind(length);
+                self.clause.push_str("::integer) = ");
+            }
+            (true, false) => {
+                let _ = write!(self.clause, "(octet_length({utf8}) >= ");
+                self.bind(length.clone());
+                let _ = write!(
+                    self.clause,
+                    " AND substring({utf8} from octet_length({utf8}) + 1 - "
+                );
+                self.bind(length);
+                self.clause.push_str("::integer) = ");
+            }
+            _ => {
+                self.clause.push_str("(position(");
+                self.bind(bytes);
+                let _ = write!(self.clause, " in {utf8}) > 0)");
+                return;
+            }
+        }
+        self.bind(bytes);
+        self.clause.push(')');
+    }
+
     /// `error.code OP value`. Without an error (NULL) only `!=` holds.
     fn error_code(&mut self, op: Op, value: i32) {
         let column = self.columns.error_code;
         let value = SqlValue::Integer(i64::from(value));
         if op == Op::Ne {
             // NULL IS NOT n is 1, as an absent code differs from every code.
-            self.compare(column, "IS NOT", value);
+            let distinct = match self.dialect {
+                Dialect::Sqlite => "IS NOT",
+                Dialect::Postgres { .. } => "IS DISTINCT FROM",
+            };
+            self.compare(column, distinct, value);
             return;
         }
         // The guard makes a NULL code 0 rather than NULL, so NOT turns it into 1. `column OP ?`
@@ -354,7 +467,12 @@ impl Builder<'_> {
     }
 
     fn constant(&mut self, value: bool) {
-        self.clause.push(if value { '1' } else { '0' });
+        self.clause.push_str(match (self.dialect, value) {
+            (Dialect::Sqlite, true) => "1",
+            (Dialect::Sqlite, false) => "0",
+            (Dialect::Postgres { .. }, true) => "TRUE",
+            (Dialect::Postgres { .. }, false) => "FALSE",
+        });
     }
 }
 
