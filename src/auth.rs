@@ -11,7 +11,7 @@
 //!
 //! `oprun token new --role ROLE` prints a fresh token and its line. Roles are ordered, each
 //! allowing what the one below it does ([`required_role`] is the table):
-//! - `reader`: GetOperation, ListOperations, WaitOperation, ListTaskKinds;
+//! - `reader`: GetOperation, ListOperations, WaitOperation, ListTaskKinds, ListNodes;
 //! - `submitter`: also SubmitTask, CreateSnapshot, CancelOperation;
 //! - `admin`: also DeleteOperation (and any method the table does not name).
 //!
@@ -48,7 +48,7 @@ use crate::error::ERROR_DOMAIN;
 /// What a caller may do. Roles are ordered: each allows everything the ones below it allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
-    /// Reads operations and kinds: Get, List, Wait, ListTaskKinds.
+    /// Reads operations, kinds and nodes: Get, List, Wait, ListTaskKinds, ListNodes.
     Reader,
     /// Also starts and stops work: SubmitTask, CreateSnapshot, CancelOperation.
     Submitter,
@@ -108,7 +108,8 @@ pub fn required_role(grpc_path: &str) -> Option<Role> {
         "/google.longrunning.Operations/GetOperation"
         | "/google.longrunning.Operations/ListOperations"
         | "/google.longrunning.Operations/WaitOperation"
-        | "/oprun.v1.TaskService/ListTaskKinds" => Role::Reader,
+        | "/oprun.v1.TaskService/ListTaskKinds"
+        | "/oprun.v1.TaskService/ListNodes" => Role::Reader,
         "/oprun.v1.TaskService/SubmitTask"
         | "/oprun.v1.SnapshotService/CreateSnapshot"
         | "/google.longrunning.Operations/CancelOperation" => Role::Submitter,
@@ -557,7 +558,7 @@ where
 mod tests {
     use super::*;
 
-    const PATHS: [&str; 8] = [
+    const PATHS: [&str; 9] = [
         "/google.longrunning.Operations/GetOperation",
         "/google.longrunning.Operations/ListOperations",
         "/google.longrunning.Operations/WaitOperation",
@@ -565,6 +566,7 @@ mod tests {
         "/google.longrunning.Operations/DeleteOperation",
         "/oprun.v1.TaskService/SubmitTask",
         "/oprun.v1.TaskService/ListTaskKinds",
+        "/oprun.v1.TaskService/ListNodes",
         "/oprun.v1.SnapshotService/CreateSnapshot",
     ];
 

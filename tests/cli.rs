@@ -156,11 +156,16 @@ async fn wait_and_watch_exit_codes() {
 
 /// Issue 6, item 15: `watch` with stdout not a terminal prints one line per change (a QUEUED
 /// operation shows as QUEUED, not as a full bar); `list` has a header and create times; `get`
-/// shows the times, attempt and deadline.
+/// shows the times, attempt and deadline; both show the node that ran it (issue 8).
 #[tokio::test]
 async fn watch_list_and_get_show_what_a_person_needs() {
     let dir = tempfile::tempdir().unwrap();
-    let server = BinServer::start(dir.path(), "127.0.0.1:0", &["--max-running", "1"], &[]);
+    let server = BinServer::start(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--max-running", "1", "--node-id", "node-a"],
+        &[],
+    );
     let addr = server.addr.to_string();
     let first = cli(&[
         "submit",
@@ -209,9 +214,16 @@ async fn watch_list_and_get_show_what_a_person_needs() {
     let list = cli(&["list", "--addr", &addr]).await;
     let table = stdout(&list);
     let header = table.lines().next().unwrap();
-    for column in ["NAME", "KIND", "STATE", "CREATED", "PROGRESS"] {
+    for column in ["NAME", "KIND", "STATE", "CREATED", "PROGRESS", "NODE"] {
         assert!(header.contains(column), "{table}");
     }
+    assert!(
+        table
+            .lines()
+            .filter(|l| l.starts_with("operations/"))
+            .all(|l| l.trim_end().ends_with("node-a")),
+        "every row ran on node-a: {table}"
+    );
     assert!(
         table.contains(&name_of(&first)) && table.contains(&name),
         "{table}"
@@ -233,4 +245,10 @@ async fn watch_list_and_get_show_what_a_person_needs() {
     ] {
         assert!(shown.contains(field), "{field} in {shown}");
     }
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.trim_start().starts_with("node:") && l.trim_end().ends_with(" node-a")),
+        "the node in {shown}"
+    );
 }

@@ -29,7 +29,9 @@ use crate::proto::google::longrunning::{
 };
 use crate::proto::oprun::v1::snapshot_service_client::SnapshotServiceClient;
 use crate::proto::oprun::v1::task_service_client::TaskServiceClient;
-use crate::proto::oprun::v1::{CreateSnapshotRequest, ListTaskKindsRequest, SubmitTaskRequest};
+use crate::proto::oprun::v1::{
+    CreateSnapshotRequest, ListNodesRequest, ListTaskKindsRequest, SubmitTaskRequest,
+};
 use crate::task::Registry;
 use client::{codec, connect, full_name, status_line, ClientArgs};
 
@@ -94,7 +96,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Submit a task of a registered kind.
     Submit {
         /// The kind, e.g. `sleep`.
@@ -186,12 +188,25 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List the nodes on the server's store: each one's lease and how many operations it
+    /// runs (one node on the embedded store; every node on a shared PostgreSQL store).
+    Nodes {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Manage bearer tokens for `serve --tokens-file`.
     #[command(subcommand)]
     Token(TokenCommand),
     /// Look after the embedded store.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Bring a PostgreSQL store's schema up to date (`serve` also does this at start; nodes
+    /// starting at once take turns).
+    Migrate {
+        /// The PostgreSQL URL, as given to `oprun serve --store`.
+        #[arg(long, env = "OPRUN_STORE")]
+        store: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -270,7 +285,7 @@ async fn run(
     register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), String>,
 ) -> CliResult {
     match cli.command {
-        Command::Serve(args) => serve::serve(args, register).await,
+        Command::Serve(args) => serve::serve(*args, register).await,
         Command::Submit {
             kind,
             input,
@@ -347,6 +362,7 @@ async fn run(
         } => wait(&client, &full_name(&name), timeout).await,
         Command::Watch { name, client } => show::watch(&client, &full_name(&name)).await,
         Command::Store(StoreCommand::Check { data_dir }) => store::check(&data_dir),
+        Command::Migrate { store } => store::migrate(&store).await,
         Command::Cancel { name, client } => {
             let mut c = OperationsClient::new(connect(&client).await?);
             c.cancel_operation(CancelOperationRequest {
@@ -391,10 +407,7 @@ async fn run(
                 .map_err(status_line)?
                 .into_inner();
             if client.json {
-                println!(
-                    "{}",
-                    codec()?.message_to_json(&resp).map_err(|e| e.to_string())?
-                );
+                show::print_json(&resp)?;
             } else {
                 for k in resp.kinds {
                     println!(
@@ -407,6 +420,15 @@ async fn run(
                 }
             }
             Ok(())
+        }
+        Command::Nodes { client } => {
+            let mut c = TaskServiceClient::new(connect(&client).await?);
+            let resp = c
+                .list_nodes(ListNodesRequest {})
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            show::print_nodes(&client, &resp)
         }
     }
 }

@@ -12,17 +12,47 @@ use crate::auth::Tokens;
 use crate::scheduler::{Runner, RunnerConfig};
 use crate::server::{error_chain, ServeLimits, ServeOptions};
 use crate::store::memory::MemoryStore;
+use crate::store::postgres::{PostgresOptions, PostgresStore};
 use crate::store::sqlite::{Durability, SqliteOptions, SqliteStore};
 use crate::store::Store;
 use crate::task::Registry;
 
 /// Which store `serve` uses.
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreKind {
     /// SQLite in `--data-dir` (durable; the default).
     Sqlite,
     /// Process memory (nothing survives a restart; for tests and benchmarks).
     Memory,
+    /// A PostgreSQL database that several nodes may share: its libpq URL.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite => f.write_str("Sqlite"),
+            Self::Memory => f.write_str("Memory"),
+            // The URL may carry a password.
+            Self::Postgres(_) => f.write_str("Postgres(..)"),
+        }
+    }
+}
+
+/// Parses `--store`: `sqlite`, `memory`, or a PostgreSQL URL.
+pub fn parse_store(s: &str) -> Result<StoreKind, String> {
+    match s {
+        "sqlite" => Ok(StoreKind::Sqlite),
+        "memory" => Ok(StoreKind::Memory),
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(StoreKind::Postgres(url.to_owned()))
+        }
+        _ => Err(
+            "expected `sqlite` (the embedded default), `memory`, or a PostgreSQL URL such as \
+             postgres://USER@HOST:5432/DB"
+                .to_owned(),
+        ),
+    }
 }
 
 /// Commit durability of the SQLite store.
@@ -46,9 +76,21 @@ pub struct ServeArgs {
     /// Root directory for the snapshot kind's paths (default: `<data-dir>/snapshots`).
     #[arg(long, env = "OPRUN_SNAPSHOT_ROOT")]
     pub snapshot_root: Option<PathBuf>,
-    /// Store backend.
-    #[arg(long, env = "OPRUN_STORE", value_enum, default_value = "sqlite")]
+    /// Store backend: `sqlite` (embedded, in --data-dir), `memory`, or a PostgreSQL URL
+    /// (`postgres://USER@HOST:PORT/DB`, libpq syntax) that several nodes share.
+    #[arg(long, env = "OPRUN_STORE", default_value = "sqlite", value_parser = parse_store)]
     pub store: StoreKind,
+    /// On a PostgreSQL store: the most operations running at once over all nodes (each node
+    /// also keeps its own --max-running). Per-kind limits hold over all nodes there anyway.
+    #[arg(long, env = "OPRUN_CLUSTER_MAX_RUNNING")]
+    pub cluster_max_running: Option<usize>,
+    /// This node's name in a shared store (default: the host name and a short random suffix).
+    #[arg(long, env = "OPRUN_NODE_ID")]
+    pub node_id: Option<String>,
+    /// How long this node's hold on what it runs lasts without a renewal (renewed every third
+    /// of it); after it, other nodes take the work over.
+    #[arg(long, env = "OPRUN_LEASE", default_value = "30s", value_parser = parse_positive_duration)]
+    pub lease: Duration,
     /// SQLite commit durability.
     #[arg(long, env = "OPRUN_SYNC", value_enum, default_value = "full")]
     pub sync: SyncMode,
@@ -154,6 +196,12 @@ impl ServeArgs {
             max_wait: self.max_wait,
             retention: self.retention,
             max_retained: self.max_retained,
+            node: self
+                .node_id
+                .clone()
+                .unwrap_or_else(crate::scheduler::default_node),
+            lease: self.lease,
+            cluster_max_running: self.cluster_max_running,
             ..RunnerConfig::default()
         }
     }
@@ -332,8 +380,13 @@ pub(super) async fn serve(
     args.check_exposure().await?;
     let mut registry = Registry::with_builtins();
     register(&mut registry, &args)?;
-    let store: Arc<dyn Store> = match args.store {
+    let store: Arc<dyn Store> = match &args.store {
         StoreKind::Memory => Arc::new(MemoryStore::new()),
+        StoreKind::Postgres(url) => Arc::new(
+            PostgresStore::connect(url, PostgresOptions::default())
+                .await
+                .map_err(|e| format!("cannot open the PostgreSQL store: {e}"))?,
+        ),
         StoreKind::Sqlite => Arc::new(
             SqliteStore::open(
                 &args.data_dir,

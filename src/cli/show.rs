@@ -14,7 +14,7 @@ use crate::proto::google::longrunning::operations_client::OperationsClient;
 use crate::proto::google::longrunning::{
     operation, GetOperationRequest, ListOperationsResponse, Operation,
 };
-use crate::proto::oprun::v1::{operation_metadata, OperationMetadata};
+use crate::proto::oprun::v1::{operation_metadata, ListNodesResponse, OperationMetadata};
 
 /// How often `watch` asks for the operation.
 const WATCH_POLL: Duration = Duration::from_millis(200);
@@ -109,6 +109,9 @@ pub(super) fn print_operation(client: &ClientArgs, op: &Operation) -> CliResult 
         fields.push(("ended", time(meta.end_time.as_ref())));
     }
     fields.push(("attempt", meta.attempt.max(1).to_string()));
+    if !meta.node.is_empty() {
+        fields.push(("node", meta.node.clone()));
+    }
     if meta.deadline.is_some() {
         fields.push(("deadline", time(meta.deadline.as_ref())));
     }
@@ -144,13 +147,9 @@ pub(super) fn print_operation(client: &ClientArgs, op: &Operation) -> CliResult 
 /// A page of operations, as JSON or as a table with a header.
 pub(super) fn print_list(client: &ClientArgs, resp: &ListOperationsResponse) -> CliResult {
     if client.json {
-        println!(
-            "{}",
-            codec()?.message_to_json(resp).map_err(|e| e.to_string())?
-        );
-        return Ok(());
+        return print_json(resp);
     }
-    let rows: Vec<[String; 5]> = resp
+    let rows: Vec<[String; 6]> = resp
         .operations
         .iter()
         .map(|op| {
@@ -161,17 +160,42 @@ pub(super) fn print_list(client: &ClientArgs, resp: &ListOperationsResponse) -> 
                 state_name(&meta).to_owned(),
                 time(meta.create_time.as_ref()),
                 progress(&meta),
+                meta.node.clone(),
             ]
         })
         .collect();
-    let header = ["NAME", "KIND", "STATE", "CREATED", "PROGRESS"].map(str::to_owned);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
+    print_table(
+        ["NAME", "KIND", "STATE", "CREATED", "PROGRESS", "NODE"],
+        &rows,
+    );
+    if rows.is_empty() {
+        println!("(no operations)");
+    }
+    if !resp.next_page_token.is_empty() {
+        println!("next page: --page-token {}", resp.next_page_token);
+    }
+    Ok(())
+}
+
+/// Prints a response as proto3 JSON.
+pub(super) fn print_json<M: Message + Name>(resp: &M) -> CliResult {
+    println!(
+        "{}",
+        codec()?.message_to_json(resp).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+/// Prints `rows` under `header`, each column as wide as its widest cell.
+fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let header = header.map(str::to_owned);
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    for row in std::iter::once(&header).chain(&rows) {
+    for row in std::iter::once(&header).chain(rows) {
         let line = row
             .iter()
             .zip(widths)
@@ -180,12 +204,26 @@ pub(super) fn print_list(client: &ClientArgs, resp: &ListOperationsResponse) -> 
             .join("  ");
         println!("{}", line.trim_end());
     }
-    if rows.is_empty() {
-        println!("(no operations)");
+}
+
+/// The nodes on the server's store, as JSON or as a table.
+pub(super) fn print_nodes(client: &ClientArgs, resp: &ListNodesResponse) -> CliResult {
+    if client.json {
+        return print_json(resp);
     }
-    if !resp.next_page_token.is_empty() {
-        println!("next page: --page-token {}", resp.next_page_token);
-    }
+    let rows: Vec<[String; 4]> = resp
+        .nodes
+        .iter()
+        .map(|n| {
+            [
+                n.id.clone(),
+                if n.live { "live" } else { "lease ended" }.to_owned(),
+                time(n.lease_expire_time.as_ref()),
+                n.running.to_string(),
+            ]
+        })
+        .collect();
+    print_table(["NODE", "STATE", "LEASE UNTIL", "RUNNING"], &rows);
     Ok(())
 }
 

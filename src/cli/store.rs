@@ -1,7 +1,9 @@
-//! `oprun store check`: the operator's look at a data directory's store.
+//! `oprun store check` (the operator's look at a data directory's store) and `oprun migrate`
+//! (a PostgreSQL store's schema).
 
 use std::path::Path;
 
+use super::serve::{parse_store, StoreKind};
 use super::{CliResult, Failure};
 use crate::store::sqlite::check;
 
@@ -31,4 +33,27 @@ pub(super) fn check(dir: &Path) -> CliResult {
         report.path.display(),
         report.problems.len()
     )))
+}
+
+/// Brings the schema of the PostgreSQL store at `store` up to date and says what it did.
+pub(super) async fn migrate(store: &str) -> CliResult {
+    let url = match parse_store(store).map_err(|e| Failure::from(format!("--store: {e}")))? {
+        StoreKind::Postgres(url) => url,
+        StoreKind::Sqlite | StoreKind::Memory => {
+            return Err(Failure::from(
+                "--store: `oprun migrate` is for a PostgreSQL store (postgres://USER@HOST:PORT/DB); \
+                 the embedded store brings its schema up to date itself when `oprun serve` opens it"
+                    .to_owned(),
+            ))
+        }
+    };
+    let migrated = crate::store::postgres::migrate(&url, None)
+        .await
+        .map_err(|e| Failure::from(format!("cannot migrate the PostgreSQL store: {e}")))?;
+    if migrated.from == migrated.to {
+        println!("schema version {}: up to date", migrated.to);
+    } else {
+        println!("schema version {} (was {})", migrated.to, migrated.from);
+    }
+    Ok(())
 }

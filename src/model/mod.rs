@@ -320,6 +320,7 @@ impl OperationRecord {
             next_attempt_time: self.next_attempt_time.map(Timestamp::from),
             deadline: self.deadline.map(Timestamp::from),
             last_error: self.last_error.clone(),
+            node: self.owner.clone().unwrap_or_default(),
         }
     }
 

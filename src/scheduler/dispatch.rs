@@ -5,12 +5,13 @@
 //! safety poll backs up the wake-ups the feed brings; on an exclusive store every change
 //! passes through this process and an idle node sleeps without a timer.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tracing::warn;
 
 use super::{clock, Runner};
-use crate::store::Claim;
+use crate::store::{Claim, RunningLimits};
 
 /// The longest the dispatcher sleeps without looking at a shared store.
 const SAFETY_POLL: Duration = Duration::from_secs(5);
@@ -20,20 +21,36 @@ const CLAIM_RETRY_MIN: Duration = Duration::from_millis(50);
 const CLAIM_RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Runner {
-    /// The kinds this node runs, with their running limits.
+    /// The kinds this node runs, with their running limits (a kind without one of its own
+    /// has the node's).
     fn kind_limits(&self) -> impl Iterator<Item = (String, usize)> + '_ {
-        self.shared.registry.kinds().map(|(name, task)| {
+        self.shared.registry.kinds().map(|(name, _)| {
             let limit = self
-                .shared
-                .config
-                .kind_limits
-                .get(name)
-                .copied()
-                .or(task.options().max_concurrency)
-                .unwrap_or(self.shared.config.max_running)
-                .max(1);
+                .own_limit(name)
+                .unwrap_or(self.shared.config.max_running);
             (name.to_owned(), limit)
         })
+    }
+
+    /// The kinds with a running limit of their own (`--kind-limit`, or what the kind
+    /// declares), which hold over all nodes of a shared store.
+    fn cluster_kind_limits(&self) -> Vec<(String, usize)> {
+        self.shared
+            .registry
+            .kinds()
+            .filter_map(|(name, _)| Some((name.to_owned(), self.own_limit(name)?)))
+            .collect()
+    }
+
+    fn own_limit(&self, kind: &str) -> Option<usize> {
+        let declared = || self.shared.registry.erased(kind)?.options().max_concurrency;
+        self.shared
+            .config
+            .kind_limits
+            .get(kind)
+            .copied()
+            .or_else(declared)
+            .map(|n| n.max(1))
     }
 
     pub(crate) async fn dispatch_loop(self) {
@@ -44,12 +61,18 @@ impl Runner {
                 .lock_slots()
                 .room(self.kind_limits(), self.shared.config.max_running);
             let mut next_due = None;
-            if total > 0 && !kinds.is_empty() {
+            // Without a lease, what this node claimed would look abandoned to the others.
+            let leased = !self.shared.lease_lost.load(Ordering::Acquire);
+            if leased && total > 0 && !kinds.is_empty() {
                 let claim = Claim {
                     node: self.shared.config.node.clone(),
                     kinds,
                     total,
                     now: self.now(),
+                    limits: RunningLimits {
+                        kinds: self.cluster_kind_limits(),
+                        total: self.shared.config.cluster_max_running,
+                    },
                 };
                 match self.claim(&claim).await {
                     Ok(claimed) => {

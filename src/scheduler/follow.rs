@@ -16,13 +16,21 @@ use crate::model::State;
 /// Changes read from the feed per look.
 const PAGE: usize = 1024;
 
+/// How often the feed is read while the store signals its changes: a safety net only.
+const SAFETY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Runner {
     /// Follows the feed from position `after` (taken before recovery, so nothing between is
-    /// missed) until shutdown: a page at a time while pages come full, then every
-    /// `follow_interval`. A store that refuses is asked again with backoff.
+    /// missed) until shutdown: a page at a time while pages come full, then when the store
+    /// signals a change (with a read every [`SAFETY_POLL`] all the same), or every
+    /// `follow_interval` while it cannot signal. A store that refuses is asked again with
+    /// backoff.
     pub(crate) async fn follow_loop(self, mut after: i64) {
         let mut retry = STORE_RETRY_MIN;
         let mut refused = false;
+        let signal = self.shared.store.change_signal();
+        // Whether this read followed a signal.
+        let mut nudged = false;
         loop {
             let pause = match self.shared.store.changes(Some(after), PAGE).await {
                 Ok(changes) => {
@@ -31,7 +39,8 @@ impl Runner {
                         info!("the store's change feed answers again");
                     }
                     retry = STORE_RETRY_MIN;
-                    let full = changes.operations.len() == PAGE;
+                    let full = changes.operations.len() >= PAGE;
+                    let empty = changes.operations.is_empty();
                     for record in &changes.operations {
                         self.followed(record);
                     }
@@ -39,7 +48,12 @@ impl Runner {
                     if full {
                         continue;
                     }
-                    self.shared.config.follow_interval
+                    match &signal {
+                        // Signalled news the feed does not show yet (a change that committed
+                        // while an older transaction still ran) is looked for again soon.
+                        Some(signal) if signal.is_live() && !(empty && nudged) => SAFETY_POLL,
+                        _ => self.shared.config.follow_interval,
+                    }
                 }
                 Err(e) => {
                     if !refused {
@@ -51,8 +65,16 @@ impl Runner {
                     pause
                 }
             };
+            let news = async {
+                match &signal {
+                    Some(signal) if !refused => signal.news().await,
+                    _ => std::future::pending().await,
+                }
+            };
+            nudged = false;
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
+                () = news => nudged = true,
                 () = self.shared.root.cancelled() => return,
             }
         }

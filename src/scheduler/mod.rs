@@ -97,6 +97,10 @@ pub struct RunnerConfig {
     /// This node's name in the store (owner of what it runs); by default the host's name and
     /// a short random suffix.
     pub node: String,
+    /// On a store several nodes share: the most operations running at once over all of them
+    /// (`None`: each node's `max_running` is the only bound). Per-kind limits always hold
+    /// over all nodes of a shared store.
+    pub cluster_max_running: Option<usize>,
     /// How long this node's hold on what it runs lasts without a renewal (renewed every third
     /// of it). Another node takes the work over once it ends.
     pub lease: Duration,
@@ -120,6 +124,7 @@ impl std::fmt::Debug for RunnerConfig {
             .field("max_wait", &self.max_wait)
             .field("retention", &self.retention)
             .field("max_retained", &self.max_retained)
+            .field("cluster_max_running", &self.cluster_max_running)
             .field("node", &self.node)
             .field("lease", &self.lease)
             .field("follow_interval", &self.follow_interval)
@@ -140,6 +145,7 @@ impl Default for RunnerConfig {
             retention: Duration::from_secs(30 * 24 * 3600),
             max_retained: None,
             node: default_node(),
+            cluster_max_running: None,
             lease: Duration::from_secs(30),
             follow_interval: Duration::from_millis(100),
             clock: Arc::new(SystemClock),
@@ -186,6 +192,9 @@ struct Shared {
     finished: AtomicUsize,
     /// Whether the sweeper has no expiry scheduled (so the next finish must wake it).
     sweeper_idle: AtomicBool,
+    /// Whether this node's lease ended before it could renew it: it claims nothing until it
+    /// holds one again (see `recovery`).
+    lease_lost: AtomicBool,
 }
 
 impl Runner {
@@ -223,6 +232,7 @@ impl Runner {
                 sweep_wake: Notify::new(),
                 finished: AtomicUsize::new(0),
                 sweeper_idle: AtomicBool::new(false),
+                lease_lost: AtomicBool::new(false),
                 config,
             }),
         };

@@ -22,6 +22,26 @@ pub struct Page {
 }
 
 impl Runner {
+    /// The nodes on this runner's store, with their leases and what runs under each, and
+    /// whether each lease holds now (by this runner's clock).
+    ///
+    /// # Errors
+    /// UNAVAILABLE when the store fails.
+    pub async fn nodes(&self) -> Result<Vec<(crate::store::NodeLease, bool)>, Error> {
+        let now = self.now();
+        Ok(self
+            .shared
+            .store
+            .nodes()
+            .await?
+            .into_iter()
+            .map(|n| {
+                let live = n.lease_until >= now;
+                (n, live)
+            })
+            .collect())
+    }
+
     /// The latest durable state of an operation.
     ///
     /// # Errors

@@ -8,12 +8,14 @@
 //! embedded ones), every lease of the last process has ended: what it was running is taken
 //! over at once.
 
+use std::sync::atomic::Ordering;
+
 use tracing::{info, warn};
 
 use super::transition::TransitionError;
 use super::Runner;
 use crate::error::Error;
-use crate::model::{Change, Fence, OperationRecord, Outcome, State};
+use crate::model::{CancelReason, Change, Fence, OperationRecord, Outcome, State};
 use crate::proto::google::rpc::{Code, Status};
 use crate::store::StoreError;
 
@@ -167,18 +169,40 @@ impl Runner {
     /// Renews this node's lease every third of it, and looks for the work of nodes whose
     /// lease ended at least every [`RESCUE_EVERY`] (a node that stops gracefully gives its
     /// lease up, so its work moves within that), taking it over.
+    ///
+    /// A node whose lease ends before it could renew it (the store unreachable, the process
+    /// paused) has lost what it runs: others may take it over at any moment. It stops its
+    /// workers (reason "lease lost"; they write nothing, and a write they tried would be
+    /// refused by its fence once the work was taken over) and claims nothing until it holds a
+    /// lease again; then it queues again, by the restart rule, whatever of its own was left
+    /// RUNNING and not taken over meanwhile.
     pub(crate) async fn lease_loop(self) {
-        let renew_every = self.shared.config.lease / 3;
+        let lease = self.shared.config.lease;
+        let renew_every = lease / 3;
         let tick = renew_every.min(RESCUE_EVERY);
+        // Taken at start (in `recover`), just before this loop.
         let mut renewed = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = tokio::time::sleep(tick) => {}
                 () = self.shared.root.cancelled() => return,
             }
-            if renewed.elapsed() >= renew_every {
+            // Checked before renewing: a node paused past its lease (a stopped process, a
+            // machine that slept) has lost it even if the renewal then succeeds at once.
+            if !self.shared.lease_lost.load(Ordering::Acquire) && renewed.elapsed() >= lease {
+                self.lease_ended();
+            }
+            let lost = self.shared.lease_lost.load(Ordering::Acquire);
+            if lost || renewed.elapsed() >= renew_every {
+                // The lease written runs from (at least) now.
+                let asked = tokio::time::Instant::now();
                 match self.renew_lease().await {
-                    Ok(()) => renewed = tokio::time::Instant::now(),
+                    Ok(()) => {
+                        renewed = asked;
+                        if lost {
+                            self.lease_regained().await;
+                        }
+                    }
                     Err(e) => warn!(error = %e, "could not renew this node's lease"),
                 }
             }
@@ -186,5 +210,59 @@ impl Runner {
                 warn!(error = %e, "could not take over the work of nodes that went away");
             }
         }
+    }
+
+    /// This node's lease ended: stops every worker, writing nothing for them.
+    fn lease_ended(&self) {
+        self.shared.lease_lost.store(true, Ordering::Release);
+        let stopped = self.shared.running.len();
+        warn!(
+            node = %self.shared.config.node,
+            stopped,
+            "this node's lease ended before it could renew it: its workers are stopped \
+             (lease lost) and it claims nothing until it holds a lease again"
+        );
+        for entry in &self.shared.running {
+            entry.value().cancel(CancelReason::Lost);
+        }
+    }
+
+    /// This node holds a lease again: queues again (by the restart rule) what it had left
+    /// RUNNING when it lost the last one, unless another node took it over meanwhile, then
+    /// claims again. Every worker it still runs was stopped when the lease ended (it claimed
+    /// nothing since), so all of its RUNNING work is left work; a worker still finishing
+    /// writes nothing (its fence names the attempt it ran).
+    async fn lease_regained(&self) {
+        let node = self.shared.config.node.as_str();
+        let left = match self.shared.store.unfinished().await {
+            Ok(all) => all,
+            Err(e) => {
+                warn!(error = %e, "could not read the work this node left when its lease ended");
+                return;
+            }
+        };
+        let mut requeued = 0;
+        for r in left {
+            if r.state != State::Running || r.owner.as_deref() != Some(node) {
+                continue;
+            }
+            let Some(change) = self.restart_rule(&r) else {
+                continue;
+            };
+            match self.transition(&r, change, Fence::Version(r.version)).await {
+                Ok(written) => {
+                    requeued += 1;
+                    self.ended(&written);
+                }
+                Err(TransitionError::Store(e)) => {
+                    warn!(error = %e, "could not take back the work this node left");
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
+        self.shared.lease_lost.store(false, Ordering::Release);
+        self.shared.dispatch_wake.notify_one();
+        info!(requeued, "this node holds a lease again");
     }
 }

@@ -7,7 +7,10 @@ use crate::error::Error;
 use crate::model::time;
 use crate::proto::google::longrunning::Operation;
 use crate::proto::oprun::v1::task_service_server::{TaskService, TaskServiceServer};
-use crate::proto::oprun::v1::{ListTaskKindsRequest, ListTaskKindsResponse, SubmitTaskRequest};
+use crate::proto::oprun::v1::{
+    ListNodesRequest, ListNodesResponse, ListTaskKindsRequest, ListTaskKindsResponse, Node,
+    SubmitTaskRequest,
+};
 use crate::scheduler::{Runner, Submission};
 
 /// The TaskService over a [`Runner`].
@@ -80,5 +83,25 @@ impl TaskService for TaskApi {
         Ok(Response::new(ListTaskKindsResponse {
             kinds: self.runner.registry().describe(),
         }))
+    }
+
+    #[instrument(skip_all, name = "rpc.ListNodes")]
+    async fn list_nodes(
+        &self,
+        _request: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        let nodes = self
+            .runner
+            .nodes()
+            .await?
+            .into_iter()
+            .map(|(n, live)| Node {
+                live,
+                lease_expire_time: Some(prost_types::Timestamp::from(n.lease_until)),
+                running: i64::try_from(n.running).unwrap_or(i64::MAX),
+                id: n.id,
+            })
+            .collect();
+        Ok(Response::new(ListNodesResponse { nodes }))
     }
 }

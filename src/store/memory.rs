@@ -9,7 +9,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use super::{
-    record_matches, Changes, Claim, Claimed, Deadlines, Inserted, Store, StoreError, Swept, Written,
+    record_matches, Changes, Claim, Claimed, Deadlines, Inserted, NodeLease, Store, StoreError,
+    Swept, Written,
 };
 use crate::filter::Filter;
 use crate::model::{Fence, OperationId, OperationRecord, State};
@@ -183,9 +184,19 @@ impl Store for MemoryStore {
 
     async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError> {
         let mut g = self.lock();
+        let (kinds, total) = if self.shared {
+            // Under the lock: no other claim can take the same room meanwhile.
+            let mut running: HashMap<String, usize> = HashMap::new();
+            for r in g.running.iter().filter_map(|seq| g.by_seq.get(seq)) {
+                *running.entry(r.kind.clone()).or_default() += 1;
+            }
+            claim.limits.narrow(&claim.kinds, claim.total, &running)
+        } else {
+            (claim.kinds.clone(), claim.total)
+        };
         let mut candidates: Vec<(SystemTime, i64)> = Vec::new();
         let mut next_due: Option<SystemTime> = None;
-        for (kind, room) in &claim.kinds {
+        for (kind, room) in &kinds {
             let Some(q) = g.queued.get(kind) else {
                 continue;
             };
@@ -198,7 +209,7 @@ impl Store for MemoryStore {
             }
         }
         candidates.sort();
-        candidates.truncate(claim.total);
+        candidates.truncate(total);
         let mut operations = Vec::with_capacity(candidates.len());
         for (_, seq) in candidates {
             let Some(mut r) = g.by_seq.get(&seq).cloned() else {
@@ -335,6 +346,34 @@ impl Store for MemoryStore {
 
     fn is_exclusive(&self) -> bool {
         !self.shared
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeLease>, StoreError> {
+        let g = self.lock();
+        let mut nodes: BTreeMap<String, NodeLease> = g
+            .leases
+            .iter()
+            .map(|(id, until)| {
+                let lease = NodeLease {
+                    id: id.clone(),
+                    lease_until: *until,
+                    running: 0,
+                };
+                (id.clone(), lease)
+            })
+            .collect();
+        for r in g.running.iter().filter_map(|seq| g.by_seq.get(seq)) {
+            let owner = r.owner.clone().unwrap_or_default();
+            nodes
+                .entry(owner.clone())
+                .or_insert(NodeLease {
+                    id: owner,
+                    lease_until: SystemTime::UNIX_EPOCH,
+                    running: 0,
+                })
+                .running += 1;
+        }
+        Ok(nodes.into_values().collect())
     }
 
     async fn changes(&self, after: Option<i64>, limit: usize) -> Result<Changes, StoreError> {

@@ -19,7 +19,10 @@
 //! PostgreSQL backend for several nodes fits the same trait.
 
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
+
+pub(crate) mod row;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -92,6 +95,56 @@ pub struct Claim {
     pub total: usize,
     /// Operations due at or before this time may start.
     pub now: SystemTime,
+    /// The running limits that hold over every node of a shared store: how many of each kind
+    /// may run at once, and how many in all. A shared store counts what runs on every node
+    /// and claims no more than these allow (claims serialised so that two nodes cannot both
+    /// take the last room). An exclusive store ignores them: its one node's room says it.
+    pub limits: RunningLimits,
+}
+
+/// Running limits over a whole cluster (see [`Claim::limits`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunningLimits {
+    /// The most operations of a kind running at once; a kind not listed has no limit of its
+    /// own.
+    pub kinds: Vec<(String, usize)>,
+    /// The most operations running at once, over all kinds (`None`: no limit).
+    pub total: Option<usize>,
+}
+
+impl RunningLimits {
+    /// No limit beyond each node's own room.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Narrows a node's `room` (per kind, and in all) to what the limits leave, given what
+    /// runs over the cluster now (`running`: per kind).
+    pub fn narrow(
+        &self,
+        room: &[(String, usize)],
+        total: usize,
+        running: &std::collections::HashMap<String, usize>,
+    ) -> (Vec<(String, usize)>, usize) {
+        let all: usize = running.values().sum();
+        let total = match self.total {
+            Some(limit) => total.min(limit.saturating_sub(all)),
+            None => total,
+        };
+        let kinds = room
+            .iter()
+            .map(|(kind, n)| {
+                let limit = self
+                    .kinds
+                    .iter()
+                    .find(|(k, _)| k == kind)
+                    .map_or(usize::MAX, |(_, l)| *l);
+                let busy = running.get(kind).copied().unwrap_or(0);
+                (kind.clone(), (*n).min(limit.saturating_sub(busy)))
+            })
+            .collect();
+        (kinds, total)
+    }
 }
 
 /// What [`Store::claim`] started.
@@ -123,6 +176,17 @@ pub struct Changes {
     /// The position to ask after next: the latest change in this page, or the asked
     /// position when nothing changed since (the feed's head when none was given).
     pub next: i64,
+}
+
+/// A node's lease and what it runs, from [`Store::nodes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLease {
+    /// The node's name.
+    pub id: String,
+    /// When its lease ends unless renewed.
+    pub lease_until: SystemTime,
+    /// Operations RUNNING under it.
+    pub running: usize,
 }
 
 /// The result of an insert.
@@ -249,8 +313,11 @@ pub trait Store: Send + Sync + 'static {
     /// The change feed, for a store several nodes share: up to `limit` operations changed
     /// after position `after` (by an insert, a write or a claim), each once as it is now, in
     /// the order of their latest change. `after: None` asks only for the feed's head (the
-    /// position to follow from). An exclusive store need not keep a feed; the runner never
-    /// asks one for it.
+    /// position to follow from: every change made after it shows after it; a change made
+    /// just before it may show too, as the operation is now). A store may show a change a
+    /// moment after it was made (PostgreSQL's once every older transaction has ended), never
+    /// before it can be read. An exclusive store need not keep a feed; the runner never asks
+    /// one for it.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be read; [`StoreError::Unavailable`] from a store
@@ -264,12 +331,64 @@ pub trait Store: Send + Sync + 'static {
         ))
     }
 
+    /// Every node that holds (or held) a lease, with how many operations run under it, by
+    /// id; a node owning running work without a lease is listed with a lease at the epoch.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    async fn nodes(&self) -> Result<Vec<NodeLease>, StoreError>;
+
+    /// A signal the store raises when its feed may have news (a database that pushes
+    /// notifications, as PostgreSQL's `LISTEN` does), so that a node reads the feed when it
+    /// fires and otherwise polls only as a safety net. `None` (the default): poll.
+    fn change_signal(&self) -> Option<std::sync::Arc<ChangeSignal>> {
+        None
+    }
+
     /// Makes every acknowledged write durable and releases the store.
     ///
     /// # Errors
     /// [`StoreError`] when the final flush fails.
     async fn close(&self) -> Result<(), StoreError>;
 }
+
+/// What [`Store::change_signal`] returns: raised when the feed may have news, and whether
+/// the store can raise it now (while it cannot, followers poll).
+#[derive(Debug, Default)]
+pub struct ChangeSignal {
+    news: tokio::sync::Notify,
+    live: std::sync::atomic::AtomicBool,
+}
+
+impl ChangeSignal {
+    /// Says the feed may have news.
+    pub fn raise(&self) {
+        self.news.notify_one();
+    }
+
+    /// Completes once news came since the last call (at most one raise is remembered).
+    pub async fn news(&self) {
+        self.news.notified().await;
+    }
+
+    /// Sets whether the store raises the signal for every change now.
+    pub fn set_live(&self, live: bool) {
+        self.live.store(live, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the store raises the signal for every change now.
+    pub fn is_live(&self) -> bool {
+        self.live.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// For the SQL backends' `nodes`: every node with a lease, then owners of running work without one; with what they run.
+pub(crate) const NODES_SQL: &str = "SELECT n.id, n.lease_until, count(o.seq) FROM nodes n \
+     LEFT JOIN operations o ON o.owner = n.id AND o.state = 2 GROUP BY n.id, n.lease_until \
+     UNION ALL \
+     SELECT o.owner, 0, count(*) FROM operations o WHERE o.state = 2 \
+     AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = o.owner) GROUP BY o.owner \
+     ORDER BY 1";
 
 /// Whether a record matches a filter.
 pub(crate) fn record_matches(filter: &Filter, r: &OperationRecord) -> bool {

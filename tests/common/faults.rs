@@ -184,6 +184,10 @@ impl Store for FaultyStore {
         self.read()?;
         self.inner.unfinished().await
     }
+    async fn nodes(&self) -> Result<Vec<oprun::store::NodeLease>, StoreError> {
+        self.read()?;
+        self.inner.nodes().await
+    }
     fn is_exclusive(&self) -> bool {
         self.inner.is_exclusive()
     }

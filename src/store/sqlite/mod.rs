@@ -37,12 +37,14 @@ use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtensio
 use tokio::sync::oneshot;
 
 use super::{
-    from_micros, micros, Claim, Claimed, Deadlines, Inserted, Store, StoreError, Swept, Written,
+    from_micros, micros, Claim, Claimed, Deadlines, Inserted, NodeLease, Store, StoreError, Swept,
+    Written, NODES_SQL,
 };
-use crate::filter::{Filter, SqlColumns, SqlValue};
+use crate::filter::{Filter, SqlValue};
 use crate::model::{Fence, OperationId, OperationRecord};
+use crate::store::row::{RowImage, FILTER_COLUMNS};
 use schema::{row_to_record, RawRow, COLUMNS};
-use writer::{checkpointer, writer_loop, Command, InsertOutcome, RowImage, WalBound, WriteOutcome};
+use writer::{checkpointer, writer_loop, Command, InsertOutcome, WalBound, WriteOutcome};
 
 /// How hard a commit pushes data to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -102,19 +104,6 @@ pub struct SqliteStore {
     /// Set at the first corruption error: from then on writes are refused.
     damaged: AtomicBool,
 }
-
-/// The columns of `operations` as a filter sees them (see [`Filter::to_sqlite`]): times are
-/// microseconds since the epoch, `state` the `OperationMetadata.State` number, `done` 0 or 1,
-/// `error_code` NULL unless the operation ended with an error.
-const FILTER_COLUMNS: SqlColumns = SqlColumns {
-    id: "id",
-    kind: "kind",
-    done: "done",
-    state: "state",
-    error_code: "error_code",
-    create_time: "create_time",
-    update_time: "update_time",
-};
 
 /// The file whose exclusive lock marks a data directory as in use.
 pub const LOCK_FILE: &str = "oprun.lock";
@@ -575,6 +564,26 @@ impl Store for SqliteStore {
     ) -> Result<Swept, StoreError> {
         self.send(|tx| Command::Sweep(finished_before, keep_at_most, tx))
             .await
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeLease>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(NODES_SQL).map_err(sql_error)?;
+            let rows = stmt
+                .query_map([], |row| {
+                    let id: Option<String> = row.get(0)?;
+                    let running: i64 = row.get(2)?;
+                    Ok(NodeLease {
+                        id: id.unwrap_or_default(),
+                        lease_until: from_micros(row.get(1)?),
+                        running: usize::try_from(running).unwrap_or(0),
+                    })
+                })
+                .and_then(Iterator::collect)
+                .map_err(sql_error)?;
+            Ok(rows)
+        })
+        .await
     }
 
     async fn unfinished(&self) -> Result<Vec<OperationRecord>, StoreError> {

@@ -15,7 +15,8 @@
 use rusqlite::{params, Connection, Transaction};
 
 use super::sql_error;
-use crate::model::{OperationRecord, State};
+use crate::model::OperationRecord;
+use crate::store::row::due;
 use crate::store::{decode_record, micros, Columns, StoreError};
 
 /// The schema version this build writes (`PRAGMA user_version`).
@@ -158,12 +159,6 @@ fn fill_unfinished(tx: &Transaction<'_>) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Where a queued operation stands in the queue: its next attempt's time, or its creation
-/// time; none when it is not queued.
-pub(super) fn due(r: &OperationRecord) -> Option<i64> {
-    (r.state == State::Queued).then(|| micros(r.next_attempt_time.unwrap_or(r.create_time)))
-}
-
 /// The columns a read selects, in [`row_to_record`]'s order.
 pub(super) const COLUMNS: &str = "seq, id, request_id, input, body, layout, state, version, \
      owner, attempt, start_time, update_time, end_time, next_attempt_time, deadline, \
@@ -226,6 +221,7 @@ impl RawRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::State;
     use crate::store::{encode_body, encode_input};
 
     /// The version 1 table, as the first releases created it.

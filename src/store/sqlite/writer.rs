@@ -31,64 +31,11 @@ use std::time::{Duration, Instant, SystemTime};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
-use super::schema::{due, row_to_record, RawRow, COLUMNS, LAYOUT_CURRENT};
+use super::schema::{row_to_record, RawRow, COLUMNS, LAYOUT_CURRENT};
 use super::{sql_error, sql_limit};
-use crate::model::{Fence, OperationId, OperationRecord};
-use crate::store::{encode_body, encode_input, from_micros, micros, Claim, StoreError, Swept};
-
-/// A record's columns, encoded by the caller so the writer thread only runs SQL.
-pub(super) struct RowImage {
-    id: String,
-    request_id: Option<String>,
-    kind: String,
-    done: bool,
-    state: i32,
-    error_code: Option<i32>,
-    create_time: i64,
-    update_time: i64,
-    end_time: Option<i64>,
-    /// Encoded only for inserts (the input never changes).
-    input: Vec<u8>,
-    body: Vec<u8>,
-    version: i64,
-    owner: Option<String>,
-    attempt: u32,
-    start_time: Option<i64>,
-    next_attempt_time: Option<i64>,
-    deadline: Option<i64>,
-    cancel_requested: bool,
-    due: Option<i64>,
-}
-
-impl RowImage {
-    pub(super) fn of(r: &OperationRecord, with_input: bool) -> Self {
-        Self {
-            id: r.id.as_str().to_owned(),
-            request_id: r.request_id.clone(),
-            kind: r.kind.clone(),
-            done: r.is_done(),
-            state: r.state.to_proto() as i32,
-            error_code: r.error_code(),
-            create_time: micros(r.create_time),
-            update_time: micros(r.update_time),
-            end_time: r.end_time.map(micros),
-            input: if with_input {
-                encode_input(&r.input)
-            } else {
-                Vec::new()
-            },
-            body: encode_body(r),
-            version: i64::try_from(r.version).unwrap_or(i64::MAX),
-            owner: r.owner.clone(),
-            attempt: r.attempt,
-            start_time: r.start_time.map(micros),
-            next_attempt_time: r.next_attempt_time.map(micros),
-            deadline: r.deadline.map(micros),
-            cancel_requested: r.requested_cancellation,
-            due: due(r),
-        }
-    }
-}
+use crate::model::{Fence, OperationId};
+use crate::store::row::RowImage;
+use crate::store::{from_micros, micros, Claim, StoreError, Swept};
 
 /// What an insert found.
 pub(super) enum InsertOutcome {
@@ -713,6 +660,7 @@ fn sweep(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::OperationRecord;
     use rusqlite::StatementStatus;
 
     /// Claims whose room changes from one to the next (as a node's free slots do), over two
@@ -742,6 +690,7 @@ mod tests {
                     kinds: vec![(kinds[round % 2].into(), room)],
                     total: 8,
                     now: SystemTime::now(),
+                    limits: crate::store::RunningLimits::none(),
                 },
             )
             .unwrap();

@@ -1,0 +1,1057 @@
+//! [`PostgresStore`]: operations in a PostgreSQL database that several oprun nodes share.
+//!
+//! The driver is `tokio-postgres` with a `deadpool-postgres` pool: async all the way down,
+//! statements prepared once per connection (and cached), queries pipelined on a connection,
+//! and the connection's own message stream for `LISTEN`; no compile-time database access
+//! (sqlx's checked macros would need a database to build).
+//!
+//! Every method is one statement, or one short transaction, so no lock is held across a
+//! round trip to the runner. How the shared-store promises are kept:
+//! * a claim takes due rows with `FOR UPDATE SKIP LOCKED` and starts them in the same
+//!   statement, so two nodes never claim one operation and neither waits for the other;
+//! * a write is fenced in its `WHERE` (the version read, or owner + attempt while RUNNING);
+//! * `seq` order is commit order (see [`schema`]), so paging by `seq` is AIP-158-correct;
+//! * the change feed orders rows by the transaction that last changed them and stops below
+//!   the oldest transaction still running, so no change is passed while it is in flight.
+//!
+//! Filters are compiled to SQL ([`Filter::to_postgres`]) over the same partial indexes as the
+//! SQLite schema.
+
+mod listen;
+pub mod schema;
+#[cfg(any(test, feature = "conformance"))]
+pub mod testing;
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::{NoTls, Row};
+use tokio_util::sync::CancellationToken;
+
+pub use schema::Migrated;
+
+use super::row::{RowImage, FILTER_COLUMNS};
+use super::{
+    decode_record, from_micros, micros, ChangeSignal, Changes, Claim, Claimed, Columns, Deadlines,
+    Inserted, NodeLease, Store, StoreError, Swept, Written,
+};
+use crate::filter::{Filter, SqlValue};
+use crate::model::{Fence, OperationId, OperationRecord};
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// The schema to keep oprun's tables in (created if missing), instead of the
+    /// connection's default (`public`, usually). Several oprun clusters, or tests, can share
+    /// one database this way.
+    pub schema: Option<String>,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: 16,
+            schema: None,
+        }
+    }
+}
+
+/// Operations in PostgreSQL, shared by every node that connects to the same database.
+pub struct PostgresStore {
+    pool: Pool,
+    closed: AtomicBool,
+    /// Raised by the `LISTEN` connection for every change any node commits.
+    signal: Arc<ChangeSignal>,
+    /// Stops the `LISTEN` connection.
+    stop: CancellationToken,
+    /// The `LISTEN` connection's task, awaited at close.
+    listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The columns a read selects, in [`raw`]'s order.
+const COLUMNS: &str = "seq, id, request_id, input, body, state, version, owner, attempt, \
+     start_time, update_time, end_time, next_attempt_time, deadline, cancel_requested";
+
+/// The key of the advisory lock claims take turns on.
+const CLAIM_LOCK: i64 = 0x6f70_7275_6e5f_636c; // "oprun_cl"
+
+/// The key of the advisory lock a retention sweep holds, so that one node sweeps at a time.
+const SWEEP_LOCK: i64 = 0x6f70_7275_6e5f_7377; // "oprun_sw"
+
+/// How many columns [`COLUMNS`] names.
+const COLUMN_COUNT: usize = 15;
+
+/// The id of the current transaction, as stored in `changed_by`.
+const THIS_TRANSACTION: &str = "pg_current_xact_id()::text::bigint";
+
+/// The oldest transaction still running: changes below it are all committed (or gone).
+const SETTLED: &str = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+
+/// Maps a driver error to a store error: damaged data is [`StoreError::Corrupt`]; everything
+/// else (a lost connection, a full disk, a timeout, a refused statement) is
+/// [`StoreError::Unavailable`], worth a retry.
+pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    use tokio_postgres::error::SqlState;
+    let text = match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    };
+    match e.code() {
+        Some(c) if *c == SqlState::DATA_CORRUPTED || *c == SqlState::INDEX_CORRUPTED => {
+            StoreError::Corrupt(text)
+        }
+        Some(c) if *c == SqlState::DISK_FULL => {
+            StoreError::Unavailable(format!("the store is full: {text}"))
+        }
+        _ => StoreError::Unavailable(text),
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_error(e),
+        deadpool_postgres::PoolError::Closed => StoreError::Closed,
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+/// A `usize` count as a SQL `bigint`.
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Reads a row selected with [`COLUMNS`] into a record.
+fn raw(row: &Row) -> Result<OperationRecord, StoreError> {
+    let get = |e: tokio_postgres::Error| StoreError::Corrupt(format!("a stored row: {e}"));
+    let version: i64 = row.try_get(6).map_err(get)?;
+    let attempt: i32 = row.try_get(8).map_err(get)?;
+    let input: &[u8] = row.try_get(3).map_err(get)?;
+    let body: &[u8] = row.try_get(4).map_err(get)?;
+    decode_record(
+        row.try_get(0).map_err(get)?,
+        row.try_get(1).map_err(get)?,
+        row.try_get(2).map_err(get)?,
+        input,
+        body,
+        &Columns {
+            current: true,
+            state: row.try_get(5).map_err(get)?,
+            version: u64::try_from(version).unwrap_or(0),
+            owner: row.try_get(7).map_err(get)?,
+            attempt: u32::try_from(attempt).unwrap_or(0),
+            start_time: row.try_get(9).map_err(get)?,
+            update_time: row.try_get(10).map_err(get)?,
+            end_time: row.try_get(11).map_err(get)?,
+            next_attempt_time: row.try_get(12).map_err(get)?,
+            deadline: row.try_get(13).map_err(get)?,
+            requested_cancellation: row.try_get(14).map_err(get)?,
+        },
+    )
+}
+
+fn records(rows: &[Row]) -> Result<Vec<OperationRecord>, StoreError> {
+    rows.iter().map(raw).collect()
+}
+
+impl ToSql for SqlValue {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            SqlValue::Integer(n) => n.to_sql(ty, out),
+            SqlValue::Text(text) => text.as_str().to_sql(ty, out),
+            SqlValue::Blob(bytes) => bytes.as_slice().to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        // The filter compiler casts each placeholder to the type of its value.
+        *ty == Type::INT8 || *ty == Type::TEXT || *ty == Type::BYTEA
+    }
+
+    to_sql_checked!();
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (libpq syntax: `postgres://USER@HOST:PORT/DB` or
+    /// `host=… dbname=…`), brings its schema up to date and returns the store.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the URL is malformed or the database cannot be
+    /// reached; [`StoreError::Corrupt`] when its schema is newer than this build.
+    pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        let config = config(url, options.schema.as_deref())?;
+        if let Some(schema) = &options.schema {
+            let (client, connection) = config.connect(NoTls).await.map_err(pg_error)?;
+            let driver = tokio::spawn(connection);
+            let created = client
+                .batch_execute(&format!(
+                    "CREATE SCHEMA IF NOT EXISTS {}",
+                    quote_identifier(schema)
+                ))
+                .await
+                .map_err(pg_error);
+            drop(client);
+            let _ = driver.await;
+            created?;
+        }
+        migrate_with(&config).await?;
+        let signal = Arc::new(ChangeSignal::default());
+        let stop = CancellationToken::new();
+        let listener = tokio::spawn(listen::run(
+            config.clone(),
+            Arc::clone(&signal),
+            stop.clone(),
+        ));
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("cannot make a connection pool: {e}")))?;
+        Ok(Self {
+            pool,
+            closed: AtomicBool::new(false),
+            signal,
+            stop,
+            listener: std::sync::Mutex::new(Some(listener)),
+        })
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Runs one statement and returns its rows.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+        client.query(&statement, params).await.map_err(pg_error)
+    }
+
+    async fn select_by(
+        &self,
+        column: &str,
+        value: &str,
+    ) -> Result<Option<OperationRecord>, StoreError> {
+        let rows = self
+            .query(
+                &format!("SELECT {COLUMNS} FROM operations WHERE {column} = $1"),
+                &[&value],
+            )
+            .await?;
+        rows.first().map(raw).transpose()
+    }
+}
+
+/// Brings the schema of the database at `url` up to date (what `oprun migrate` runs).
+///
+/// # Errors
+/// As [`PostgresStore::connect`].
+pub async fn migrate(url: &str, schema: Option<&str>) -> Result<Migrated, StoreError> {
+    migrate_with(&config(url, schema)?).await
+}
+
+async fn migrate_with(config: &tokio_postgres::Config) -> Result<Migrated, StoreError> {
+    let (mut client, connection) = config.connect(NoTls).await.map_err(pg_error)?;
+    let driver = tokio::spawn(connection);
+    let migrated = schema::migrate(&mut client).await;
+    drop(client);
+    let _ = driver.await;
+    migrated
+}
+
+fn config(url: &str, schema: Option<&str>) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "not a PostgreSQL connection string ({e}); expected postgres://USER@HOST:PORT/DB"
+        ))
+    })?;
+    if config.get_application_name().is_none() {
+        config.application_name("oprun");
+    }
+    if let Some(schema) = schema {
+        config.options(format!("-c search_path={}", quote_identifier(schema)));
+    }
+    Ok(config)
+}
+
+/// `name` as a quoted SQL identifier.
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The parameters of a row image's columns, for an insert (`$1`…`$19`).
+const INSERT: &str = "WITH next AS (UPDATE oprun_counters SET value = value + 1 \
+     WHERE name = 'seq' RETURNING value) \
+     INSERT INTO operations (seq, id, request_id, kind, done, state, error_code, create_time, \
+     update_time, end_time, input, body, version, owner, attempt, start_time, \
+     next_attempt_time, deadline, cancel_requested, due, changed_by) \
+     SELECT next.value, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+     $17, $18, $19, pg_current_xact_id()::text::bigint FROM next \
+     ON CONFLICT (request_id) DO NOTHING RETURNING seq";
+
+/// The columns a write sets (`$1` is the id; the fence's parameters follow `$13`).
+const SET: &str = "done = $2, state = $3, error_code = $4, update_time = $5, end_time = $6, \
+     body = $7, owner = $8, attempt = $9, start_time = $10, next_attempt_time = $11, \
+     deadline = $12, due = $13, changed_by = pg_current_xact_id()::text::bigint";
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn insert(&self, mut record: OperationRecord) -> Result<Inserted, StoreError> {
+        if let Some(rid) = &record.request_id {
+            if let Some(existing) = self.find_request(rid).await? {
+                return Ok(Inserted::Existing(existing));
+            }
+        }
+        let r = RowImage::of(&record, true);
+        let attempt = i32::try_from(r.attempt).unwrap_or(i32::MAX);
+        let done = i16::from(r.done);
+        let rows = self
+            .query(
+                INSERT,
+                &[
+                    &r.id,
+                    &r.request_id,
+                    &r.kind,
+                    &done,
+                    &r.state,
+                    &r.error_code,
+                    &r.create_time,
+                    &r.update_time,
+                    &r.end_time,
+                    &r.input,
+                    &r.body,
+                    &r.version,
+                    &r.owner,
+                    &attempt,
+                    &r.start_time,
+                    &r.next_attempt_time,
+                    &r.deadline,
+                    &r.cancel_requested,
+                    &r.due,
+                ],
+            )
+            .await?;
+        match rows.first() {
+            Some(row) => {
+                record.seq = row.try_get(0).map_err(pg_error)?;
+                Ok(Inserted::New(record))
+            }
+            // The request id was taken meanwhile (by another node, in a race with ours).
+            None => {
+                let rid = record.request_id.as_deref().unwrap_or_default();
+                match self.find_request(rid).await? {
+                    Some(existing) => Ok(Inserted::Existing(existing)),
+                    None => Err(StoreError::Unavailable(
+                        "an insert was refused and its request id is not stored; retry".into(),
+                    )),
+                }
+            }
+        }
+    }
+
+    async fn write(&self, record: &OperationRecord, fence: &Fence) -> Result<Written, StoreError> {
+        let r = RowImage::of(record, false);
+        let attempt = i32::try_from(r.attempt).unwrap_or(i32::MAX);
+        let done = i16::from(r.done);
+        let columns: [&(dyn ToSql + Sync); 13] = [
+            &r.id,
+            &done,
+            &r.state,
+            &r.error_code,
+            &r.update_time,
+            &r.end_time,
+            &r.body,
+            &r.owner,
+            &attempt,
+            &r.start_time,
+            &r.next_attempt_time,
+            &r.deadline,
+            &r.due,
+        ];
+        let rows = match fence {
+            Fence::Version(expected) => {
+                let expected = i64::try_from(*expected).unwrap_or(i64::MAX);
+                let mut all = columns.to_vec();
+                all.extend([
+                    &r.version as &(dyn ToSql + Sync),
+                    &r.cancel_requested,
+                    &expected,
+                ]);
+                self.query(
+                    &format!(
+                        "UPDATE operations SET {SET}, version = $14, cancel_requested = $15 \
+                         WHERE id = $1 AND version = $16 RETURNING version, cancel_requested"
+                    ),
+                    &all,
+                )
+                .await?
+            }
+            Fence::Owner {
+                node,
+                attempt: fenced,
+            } => {
+                let fenced = i32::try_from(*fenced).unwrap_or(i32::MAX);
+                let mut all = columns.to_vec();
+                all.extend([&r.cancel_requested as &(dyn ToSql + Sync), node, &fenced]);
+                self.query(
+                    &format!(
+                        "UPDATE operations SET {SET}, version = version + 1, \
+                         cancel_requested = cancel_requested OR $14 \
+                         WHERE id = $1 AND state = 2 AND owner = $15 AND attempt = $16 \
+                         RETURNING version, cancel_requested"
+                    ),
+                    &all,
+                )
+                .await?
+            }
+        };
+        if let Some(row) = rows.first() {
+            let version: i64 = row.try_get(0).map_err(pg_error)?;
+            return Ok(Written::Applied {
+                version: u64::try_from(version).unwrap_or(0),
+                requested_cancellation: row.try_get(1).map_err(pg_error)?,
+            });
+        }
+        let stored = self.select_by("id", &r.id).await?;
+        Ok(Written::Stale(stored.map(Box::new)))
+    }
+
+    async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        // Claims take turns over the cluster, so that what runs (read next, after the lock:
+        // each statement reads what was committed before it started) is what the last claim
+        // left, and two nodes cannot both take the last room under a limit.
+        let lock = tx
+            .prepare_cached("SELECT pg_advisory_xact_lock($1)")
+            .await
+            .map_err(pg_error)?;
+        let counted = tx
+            .prepare_cached("SELECT kind, count(*) FROM operations WHERE state = 2 GROUP BY kind")
+            .await
+            .map_err(pg_error)?;
+        let (_, counts) =
+            tokio::try_join!(tx.query(&lock, &[&CLAIM_LOCK]), tx.query(&counted, &[]))
+                .map_err(pg_error)?;
+        let mut running = std::collections::HashMap::new();
+        for row in &counts {
+            let kind: String = row.try_get(0).map_err(pg_error)?;
+            let n: i64 = row.try_get(1).map_err(pg_error)?;
+            running.insert(kind, usize::try_from(n).unwrap_or(usize::MAX));
+        }
+        let (room, total) = claim.limits.narrow(&claim.kinds, claim.total, &running);
+        let (kinds, rooms): (Vec<&str>, Vec<i64>) = room
+            .iter()
+            .filter(|(_, room)| *room > 0)
+            .map(|(kind, room)| (kind.as_str(), count(*room)))
+            .unzip();
+        let all_kinds: Vec<&str> = claim.kinds.iter().map(|(k, _)| k.as_str()).collect();
+        let now = micros(claim.now);
+        // Each kind's due work, oldest first, skipping rows another node is claiming; then the
+        // oldest of those over all kinds, up to the node's room. Rows locked but left out are
+        // free again at commit.
+        let start = tx
+            .prepare_cached(&format!(
+                "WITH wanted AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS w(kind, room)), \
+                 due AS (SELECT c.seq, c.due FROM wanted CROSS JOIN LATERAL ( \
+                     SELECT o.seq, o.due FROM operations o \
+                     WHERE o.state = 1 AND o.kind = wanted.kind AND o.due <= $3 \
+                     ORDER BY o.due, o.seq LIMIT wanted.room FOR UPDATE SKIP LOCKED) c \
+                   ORDER BY c.due, c.seq LIMIT $4) \
+                 UPDATE operations o SET state = 2, owner = $5, start_time = $3, \
+                   update_time = $3, next_attempt_time = NULL, due = NULL, \
+                   version = o.version + 1, changed_by = {THIS_TRANSACTION} \
+                 FROM due WHERE o.seq = due.seq \
+                 RETURNING {}, due.due",
+                COLUMNS
+                    .split(", ")
+                    .map(|c| format!("o.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .await
+            .map_err(pg_error)?;
+        let next = tx
+            .prepare_cached(
+                "SELECT min(due) FROM operations \
+                 WHERE state = 1 AND kind = ANY($1::text[]) AND due > $2",
+            )
+            .await
+            .map_err(pg_error)?;
+        let limit = count(total);
+        let started = async {
+            if kinds.is_empty() || total == 0 {
+                return Ok(Vec::new());
+            }
+            tx.query(&start, &[&kinds, &rooms, &now, &limit, &claim.node])
+                .await
+        };
+        // Pipelined on one connection: one round trip for both.
+        let next_params: [&(dyn ToSql + Sync); 2] = [&all_kinds, &now];
+        let next_due = tx.query_one(&next, &next_params);
+        let (started, next) = tokio::try_join!(started, next_due).map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        // Oldest due first (the claim cleared `due` in the row; the statement returns it).
+        let mut operations = Vec::with_capacity(started.len());
+        for row in &started {
+            let due: i64 = row.try_get(COLUMN_COUNT).map_err(pg_error)?;
+            operations.push((due, raw(row)?));
+        }
+        operations.sort_by_key(|(due, r)| (*due, r.seq));
+        let operations = operations.into_iter().map(|(_, r)| r).collect();
+        let next_due: Option<i64> = next.try_get(0).map_err(pg_error)?;
+        Ok(Claimed {
+            operations,
+            next_due: next_due.map(from_micros),
+        })
+    }
+
+    async fn heartbeat(&self, node: &str, lease_until: SystemTime) -> Result<(), StoreError> {
+        self.query(
+            "INSERT INTO nodes (id, lease_until) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until",
+            &[&node, &micros(lease_until)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn orphans(
+        &self,
+        node: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, StoreError> {
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM operations o WHERE o.state = 2 \
+                     AND o.owner IS DISTINCT FROM $1 AND NOT EXISTS (SELECT 1 FROM nodes n \
+                     WHERE n.id = o.owner AND n.lease_until >= $2) \
+                     ORDER BY o.seq LIMIT $3"
+                ),
+                &[&node, &micros(now), &count(limit)],
+            )
+            .await?;
+        records(&rows)
+    }
+
+    async fn deadlines(&self, now: SystemTime, limit: usize) -> Result<Deadlines, StoreError> {
+        let now = micros(now);
+        let passed = self
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM operations WHERE state = 1 AND deadline IS NOT NULL \
+                     AND deadline <= $1 ORDER BY deadline, seq LIMIT $2"
+                ),
+                &[&now, &count(limit)],
+            )
+            .await?;
+        let next = self
+            .query(
+                "SELECT min(deadline) FROM operations WHERE state = 1 \
+                 AND deadline IS NOT NULL AND deadline > $1",
+                &[&now],
+            )
+            .await?;
+        let next: Option<i64> = match next.first() {
+            Some(row) => row.try_get(0).map_err(pg_error)?,
+            None => None,
+        };
+        Ok(Deadlines {
+            passed: records(&passed)?,
+            next: next.map(from_micros),
+        })
+    }
+
+    async fn get(&self, id: &OperationId) -> Result<Option<OperationRecord>, StoreError> {
+        self.select_by("id", id.as_str()).await
+    }
+
+    async fn find_request(&self, request_id: &str) -> Result<Option<OperationRecord>, StoreError> {
+        self.select_by("request_id", request_id).await
+    }
+
+    async fn delete_done(&self, id: &OperationId) -> Result<Option<bool>, StoreError> {
+        let deleted = self
+            .query(
+                "DELETE FROM operations WHERE id = $1 AND done = 1 RETURNING seq",
+                &[&id.as_str()],
+            )
+            .await?;
+        if !deleted.is_empty() {
+            return Ok(Some(true));
+        }
+        let kept = self
+            .query("SELECT done FROM operations WHERE id = $1", &[&id.as_str()])
+            .await?;
+        Ok(kept.first().map(|_| false))
+    }
+
+    async fn list(
+        &self,
+        after: i64,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, StoreError> {
+        let filter = filter.to_postgres(&FILTER_COLUMNS, 3);
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(filter.params.len() + 2);
+        let limit = count(limit);
+        params.push(&after);
+        params.push(&limit);
+        params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM operations WHERE seq > $1 AND ({}) \
+                     ORDER BY seq LIMIT $2",
+                    filter.clause
+                ),
+                &params,
+            )
+            .await?;
+        records(&rows)
+    }
+
+    async fn sweep(
+        &self,
+        finished_before: SystemTime,
+        keep_at_most: Option<usize>,
+    ) -> Result<Swept, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        // One node sweeps at a time; the others only read what is left.
+        let sweeping: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&SWEEP_LOCK])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(pg_error)?;
+        let mut deleted = if sweeping {
+            tx.execute(
+                "DELETE FROM operations WHERE done = 1 AND end_time < $1",
+                &[&micros(finished_before)],
+            )
+            .await
+            .map_err(pg_error)?
+        } else {
+            0
+        };
+        let finished: i64 = tx
+            .query_one("SELECT count(*) FROM operations WHERE done = 1", &[])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(pg_error)?;
+        let mut finished = u64::try_from(finished).unwrap_or(0);
+        if let (Some(keep), true) = (keep_at_most, sweeping) {
+            let keep = u64::try_from(keep).unwrap_or(u64::MAX);
+            if finished > keep {
+                let excess = i64::try_from(finished - keep).unwrap_or(i64::MAX);
+                let n = tx
+                    .execute(
+                        "DELETE FROM operations WHERE seq IN (SELECT seq FROM operations \
+                         WHERE done = 1 ORDER BY end_time, seq LIMIT $1)",
+                        &[&excess],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                deleted += n;
+                finished -= n;
+            }
+        }
+        let oldest: Option<i64> = tx
+            .query_one("SELECT min(end_time) FROM operations WHERE done = 1", &[])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(Swept {
+            deleted: usize::try_from(deleted).unwrap_or(usize::MAX),
+            finished: usize::try_from(finished).unwrap_or(usize::MAX),
+            oldest_finished: oldest.map(from_micros),
+        })
+    }
+
+    async fn unfinished(&self) -> Result<Vec<OperationRecord>, StoreError> {
+        let rows = self
+            .query(
+                &format!("SELECT {COLUMNS} FROM operations WHERE done = 0 ORDER BY seq"),
+                &[],
+            )
+            .await?;
+        records(&rows)
+    }
+
+    fn is_exclusive(&self) -> bool {
+        false
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeLease>, StoreError> {
+        let rows = self.query(super::NODES_SQL, &[]).await?;
+        rows.iter()
+            .map(|row| {
+                let until: i64 = row.try_get(1).map_err(pg_error)?;
+                let running: i64 = row.try_get(2).map_err(pg_error)?;
+                Ok(NodeLease {
+                    id: row
+                        .try_get::<_, Option<String>>(0)
+                        .map_err(pg_error)?
+                        .unwrap_or_default(),
+                    lease_until: from_micros(until),
+                    running: usize::try_from(running).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn changes(&self, after: Option<i64>, limit: usize) -> Result<Changes, StoreError> {
+        let Some(after) = after else {
+            let rows = self.query(&format!("SELECT {SETTLED} - 1"), &[]).await?;
+            let head: i64 = match rows.first() {
+                Some(row) => row.try_get(0).map_err(pg_error)?,
+                None => 0,
+            };
+            return Ok(Changes {
+                operations: Vec::new(),
+                next: head,
+            });
+        };
+        let limit = count(limit.max(1));
+        let mut rows = self
+            .query(
+                &format!(
+                    "SELECT {COLUMNS}, changed_by FROM operations \
+                     WHERE changed_by > $1 AND changed_by < {SETTLED} \
+                     ORDER BY changed_by, seq LIMIT $2"
+                ),
+                &[&after, &limit],
+            )
+            .await?;
+        let last = |rows: &[Row]| -> Result<Option<(i64, i64)>, StoreError> {
+            rows.last()
+                .map(|row| {
+                    Ok((
+                        row.try_get(COLUMN_COUNT).map_err(pg_error)?,
+                        row.try_get(0).map_err(pg_error)?,
+                    ))
+                })
+                .transpose()
+        };
+        // A page ends with the whole of its last transaction's changes, so that the position
+        // (a transaction) can be resumed after without missing any.
+        if rows.len() == usize::try_from(limit).unwrap_or(usize::MAX) {
+            if let Some((xact, seq)) = last(&rows)? {
+                let rest = self
+                    .query(
+                        &format!(
+                            "SELECT {COLUMNS}, changed_by FROM operations \
+                             WHERE changed_by = $1 AND seq > $2 ORDER BY seq"
+                        ),
+                        &[&xact, &seq],
+                    )
+                    .await?;
+                rows.extend(rest);
+            }
+        }
+        let next = last(&rows)?.map_or(after, |(xact, _)| xact);
+        Ok(Changes {
+            operations: records(&rows)?,
+            next,
+        })
+    }
+
+    fn change_signal(&self) -> Option<Arc<ChangeSignal>> {
+        Some(Arc::clone(&self.signal))
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.closed.store(true, Ordering::Release);
+        self.stop.cancel();
+        let listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(listener) = listener {
+            let _ = listener.await;
+        }
+        self.pool.close();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::TestDatabase;
+    use super::*;
+
+    /// The PostgreSQL store keeps the store contract, feed included; each store the suite
+    /// asks for is a fresh schema of this test's own database.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conforms() {
+        let db = TestDatabase::create("conformance").await;
+        let url = db.url();
+        let made = std::sync::atomic::AtomicUsize::new(0);
+        crate::store::conformance::run_all(|| {
+            let n = made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let url = url.clone();
+            async move {
+                let options = PostgresOptions {
+                    pool_size: 4,
+                    schema: Some(format!("store_{n}")),
+                };
+                PostgresStore::connect(&url, options)
+                    .await
+                    .expect("connect")
+            }
+        })
+        .await;
+    }
+
+    /// Paging by `seq` while eight connections insert: every page resumes after the last
+    /// `seq` it showed, and the pages together show every operation once, in order. (With
+    /// `seq` from a plain sequence, a later value can commit first and a page then passes the
+    /// earlier one for good.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn paging_under_concurrent_inserts_never_skips_or_repeats() {
+        use std::collections::HashSet;
+        let db = TestDatabase::create("paging").await;
+        let store = Arc::new(
+            PostgresStore::connect(
+                &db.url(),
+                PostgresOptions {
+                    pool_size: 10,
+                    schema: None,
+                },
+            )
+            .await
+            .expect("connect"),
+        );
+        let stop = CancellationToken::new();
+        let inserters: Vec<_> = (0..8)
+            .map(|_| {
+                let store = Arc::clone(&store);
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut ids = Vec::new();
+                    while !stop.is_cancelled() {
+                        let r =
+                            OperationRecord::new_queued("sleep".into(), Default::default(), None);
+                        ids.push(r.id.clone());
+                        store.insert(r).await.expect("insert");
+                    }
+                    ids
+                })
+            })
+            .collect();
+        let everything = Filter::parse("").expect("the empty filter");
+        let mut seen = Vec::new();
+        let mut after = 0;
+        let page = |after: i64| {
+            let store = Arc::clone(&store);
+            let everything = everything.clone();
+            async move { store.list(after, &everything, 3).await.expect("list") }
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while std::time::Instant::now() < until {
+            for r in page(after).await {
+                after = r.seq;
+                seen.push((r.seq, r.id));
+            }
+        }
+        stop.cancel();
+        let mut inserted = HashSet::new();
+        for task in inserters {
+            inserted.extend(task.await.expect("an inserter"));
+        }
+        loop {
+            let rest = page(after).await;
+            if rest.is_empty() {
+                break;
+            }
+            for r in rest {
+                after = r.seq;
+                seen.push((r.seq, r.id));
+            }
+        }
+        assert!(
+            seen.windows(2).all(|w| w[0].0 < w[1].0),
+            "pages repeat or go back"
+        );
+        let shown: HashSet<_> = seen.iter().map(|(_, id)| id.clone()).collect();
+        let skipped = inserted.difference(&shown).count();
+        assert_eq!(
+            skipped,
+            0,
+            "{skipped} of {} operations were never shown",
+            inserted.len()
+        );
+        assert!(inserted.len() > 100, "only {} inserts", inserted.len());
+    }
+
+    /// A List with a selective filter reads an index, never the whole table: the plan
+    /// PostgreSQL makes for each (with statistics over 20,000 operations) neither scans the
+    /// table nor walks it in `seq` order testing each row.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn selective_filters_read_an_index() {
+        let db = TestDatabase::create("plans").await;
+        let store = PostgresStore::connect(&db.url(), PostgresOptions::default())
+            .await
+            .expect("connect");
+        let client = store.client().await.expect("a connection");
+        // Ten common kinds and a rare one; nine in ten finished (one in a hundred FAILED with
+        // code 5), the rest queued or running.
+        client
+            .batch_execute(
+                "INSERT INTO operations (seq, id, request_id, kind, done, state, error_code, \
+                 create_time, update_time, end_time, input, body, version, owner, attempt, \
+                 cancel_requested, due, changed_by) \
+                 SELECT n, 'op' || n, NULL, \
+                   CASE WHEN n % 1000 = 7 THEN 'rare' ELSE 'k' || (n % 10) END, \
+                   CASE WHEN n % 10 = 0 THEN 0 ELSE 1 END, \
+                   CASE WHEN n % 10 = 0 THEN 1 + n % 2 WHEN n % 100 = 1 THEN 4 ELSE 3 END, \
+                   CASE WHEN n % 100 = 1 THEN 5 END, n, n, \
+                   CASE WHEN n % 10 = 0 THEN NULL ELSE n END, '', '', 1, NULL, 1, FALSE, \
+                   CASE WHEN n % 20 = 0 THEN n END, 1 \
+                 FROM generate_series(1, 20000) AS n; \
+                 ANALYZE operations;",
+            )
+            .await
+            .expect("fill");
+        for text in [
+            r#"kind = "rare""#,
+            "done = false",
+            "error.code = 5",
+            "state = FAILED",
+            r#"name = "operations/op77""#,
+            r#"kind = "rare" AND done = false"#,
+        ] {
+            let filter = Filter::parse(text)
+                .expect("a filter")
+                .to_postgres(&FILTER_COLUMNS, 3);
+            let after = 0_i64;
+            let limit = 100_i64;
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&after, &limit];
+            params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));
+            let plan: Vec<String> = client
+                .query(
+                    &format!(
+                        "EXPLAIN SELECT {COLUMNS} FROM operations WHERE seq > $1 AND ({}) \
+                         ORDER BY seq LIMIT $2",
+                        filter.clause
+                    ),
+                    &params,
+                )
+                .await
+                .expect("explain")
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            let plan = plan.join("\n");
+            // Neither the table nor the whole of it in `seq` order with the filter on top.
+            let walks_all = plan.contains("operations_pkey") && plan.contains("Filter");
+            assert!(!plan.contains("Seq Scan") && !walks_all, "{text}: {plan}");
+        }
+    }
+
+    /// While one node sweeps (it holds the sweep lock), another node's sweep removes nothing
+    /// and reports what is there; once the first is done, the second sweeps.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_node_sweeps_at_a_time() {
+        use crate::model::{Change, Fence, Outcome, State};
+        let db = TestDatabase::create("sweep").await;
+        let store = PostgresStore::connect(&db.url(), PostgresOptions::default())
+            .await
+            .expect("connect");
+        let now = SystemTime::now();
+        for _ in 0..3 {
+            let r = OperationRecord::new_queued("sleep".into(), Default::default(), None);
+            let Inserted::New(r) = store.insert(r).await.expect("insert") else {
+                panic!("a new operation");
+            };
+            let end = Change::Finish {
+                state: State::Succeeded,
+                outcome: Outcome::Response(Default::default()),
+            };
+            let done = r.apply(end, now).expect("a legal change");
+            store
+                .write(&done, &Fence::Version(r.version))
+                .await
+                .expect("write");
+        }
+        let later = now + std::time::Duration::from_secs(60);
+        let mut other = store.client().await.expect("a connection");
+        let holder = other.transaction().await.expect("begin");
+        holder
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&SWEEP_LOCK])
+            .await
+            .expect("the sweep lock");
+        let meanwhile = store.sweep(later, None).await.expect("sweep");
+        assert_eq!((meanwhile.deleted, meanwhile.finished), (0, 3));
+        holder.rollback().await.expect("release");
+        let after = store.sweep(later, None).await.expect("sweep");
+        assert_eq!((after.deleted, after.finished), (3, 0));
+    }
+
+    /// Closing the store closes its connections, the `LISTEN` one included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_closes_every_connection() {
+        let db = TestDatabase::create("close").await;
+        let url = db.url();
+        for _ in 0..3 {
+            let store = PostgresStore::connect(&url, PostgresOptions::default())
+                .await
+                .expect("connect");
+            store.find_request("none").await.expect("a read");
+            store.close().await.expect("close");
+        }
+        let (admin, connection) = tokio_postgres::connect(&testing::server_url(), NoTls)
+            .await
+            .expect("the server");
+        let driver = tokio::spawn(connection);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let open: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                    &[&db.name()],
+                )
+                .await
+                .expect("count")
+                .get(0);
+            if open == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "{open} connections left open after close"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        drop(admin);
+        let _ = driver.await;
+    }
+}

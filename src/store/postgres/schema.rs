@@ -1,0 +1,152 @@
+//! The PostgreSQL schema and its versioned migrations, embedded in the binary.
+//!
+//! Migrations run in order, each in its own transaction, under a session advisory lock, so
+//! nodes that start at once apply each one exactly once (the others wait, then find it
+//! applied). `oprun_schema` records the version; a database newer than this build is refused.
+//!
+//! # Version 1
+//! `operations` keeps each operation's body (its wire `Operation`) next to the columns that
+//! a claim, a cancel request or a fenced write change, as the SQLite schema does, and:
+//! * `seq` comes from the `seq` counter in `oprun_counters`, taken by an `UPDATE` in the
+//!   inserting statement. The row lock it takes is held until commit, so inserts commit in
+//!   `seq` order: a reader that sees an operation sees every one with a lower `seq` (paging
+//!   by `seq` never skips one that commits late, which a plain sequence would allow).
+//! * `changed_by` is the id of the transaction that last changed the row (an `xid8`, as a
+//!   `bigint`): the change feed reads rows whose `changed_by` is below the oldest transaction
+//!   still running, so a change that commits late is never passed by a follower.
+//! * `nodes` holds each node's lease, renewed by one statement per node.
+//! * every insert or update of an operation sends a notification on `oprun_changes` (its id
+//!   and version: a few bytes), delivered at commit to the nodes that `LISTEN`, which then
+//!   read the feed.
+
+use tokio_postgres::Client;
+
+use super::pg_error;
+use crate::store::StoreError;
+
+/// The schema version this build writes.
+pub const VERSION: i32 = 1;
+
+/// The key of the advisory lock migrations hold (any constant shared by every build).
+const MIGRATION_LOCK: i64 = 0x6f70_7275_6e5f_6d67; // "oprun_mg"
+
+/// Migration `n` is `MIGRATIONS[n - 1]`.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE operations (
+    seq               BIGINT PRIMARY KEY,
+    id                TEXT NOT NULL UNIQUE,
+    request_id        TEXT UNIQUE,
+    kind              TEXT NOT NULL,
+    done              SMALLINT NOT NULL,
+    state             INTEGER NOT NULL,
+    error_code        INTEGER,
+    create_time       BIGINT NOT NULL,
+    update_time       BIGINT NOT NULL,
+    end_time          BIGINT,
+    input             BYTEA NOT NULL,
+    body              BYTEA NOT NULL,
+    version           BIGINT NOT NULL,
+    owner             TEXT,
+    attempt           INTEGER NOT NULL,
+    start_time        BIGINT,
+    next_attempt_time BIGINT,
+    deadline          BIGINT,
+    cancel_requested  BOOLEAN NOT NULL,
+    due               BIGINT,
+    changed_by        BIGINT NOT NULL
+);
+CREATE INDEX operations_unfinished ON operations(seq) WHERE done = 0;
+CREATE INDEX operations_ended ON operations(end_time) WHERE done = 1;
+CREATE INDEX operations_end_state ON operations(state, seq) WHERE done = 1;
+CREATE INDEX operations_by_kind ON operations(kind, seq);
+CREATE INDEX operations_failed ON operations(error_code, seq) WHERE error_code IS NOT NULL;
+CREATE INDEX operations_queue ON operations(kind, due, seq) WHERE state = 1;
+CREATE INDEX operations_owner ON operations(owner) WHERE state = 2;
+CREATE INDEX operations_deadline ON operations(deadline)
+    WHERE state = 1 AND deadline IS NOT NULL;
+CREATE INDEX operations_changes ON operations(changed_by, seq);
+CREATE TABLE oprun_counters (
+    name  TEXT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+INSERT INTO oprun_counters (name, value) VALUES ('seq', 0);
+CREATE TABLE nodes (
+    id          TEXT PRIMARY KEY,
+    lease_until BIGINT NOT NULL
+);
+CREATE FUNCTION oprun_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('oprun_changes', NEW.id || ' ' || NEW.version);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER operations_notify AFTER INSERT OR UPDATE ON operations
+    FOR EACH ROW EXECUTE FUNCTION oprun_notify();
+"];
+
+/// What [`migrate`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    /// The version the database had.
+    pub from: i32,
+    /// The version it has now.
+    pub to: i32,
+}
+
+/// Brings the database's schema to [`VERSION`], applying each missing migration in its own
+/// transaction, under an advisory lock so that concurrent starters serialise.
+///
+/// # Errors
+/// [`StoreError::Unavailable`] when a statement fails; [`StoreError::Corrupt`] when the
+/// database was made by a newer build.
+pub async fn migrate(client: &mut Client) -> Result<Migrated, StoreError> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg_error)?;
+    let result = migrate_locked(client).await;
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg_error);
+    let migrated = result?;
+    unlocked?;
+    Ok(migrated)
+}
+
+async fn migrate_locked(client: &mut Client) -> Result<Migrated, StoreError> {
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS oprun_schema (version INTEGER NOT NULL)")
+        .await
+        .map_err(pg_error)?;
+    let from: i32 = client
+        .query_opt("SELECT max(version) FROM oprun_schema", &[])
+        .await
+        .map_err(pg_error)?
+        .and_then(|row| row.get::<_, Option<i32>>(0))
+        .unwrap_or(0);
+    if from > VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "the database has schema version {from}, made by a newer oprun; this build knows \
+             versions up to {VERSION}: run the newer build"
+        )));
+    }
+    for (index, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(from).unwrap_or(0))
+    {
+        let version = i32::try_from(index + 1).unwrap_or(i32::MAX);
+        let tx = client.transaction().await.map_err(pg_error)?;
+        tx.batch_execute(sql).await.map_err(pg_error)?;
+        tx.execute(
+            "INSERT INTO oprun_schema (version) VALUES ($1)",
+            &[&version],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        tracing::info!(version, "applied a PostgreSQL schema migration");
+    }
+    Ok(Migrated { from, to: VERSION })
+}

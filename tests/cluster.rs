@@ -1,0 +1,392 @@
+//! Three real `oprun serve` processes on one PostgreSQL database (a fresh one per test,
+//! dropped after it), each on its own loopback port, driven by real gRPC clients: they act as
+//! one service.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::binary::{oprun, run_to_exit, BinServer};
+use common::{error_code, metadata, sleep_input};
+use oprun::proto::google::longrunning::operations_client::OperationsClient;
+use oprun::proto::google::longrunning::{
+    CancelOperationRequest, GetOperationRequest, ListOperationsRequest, Operation,
+    WaitOperationRequest,
+};
+use oprun::proto::oprun::v1::operation_metadata::State;
+use oprun::proto::oprun::v1::task_service_client::TaskServiceClient;
+use oprun::proto::oprun::v1::SubmitTaskRequest;
+use oprun::store::postgres::testing::TestDatabase;
+use tonic::transport::Channel;
+
+/// The lease the nodes hold their work under: short, so that a rescue comes quickly.
+const LEASE: &str = "2s";
+
+struct Node {
+    id: String,
+    server: BinServer,
+    channel: Channel,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    async fn start(db: &TestDatabase, id: &str) -> Self {
+        Self::start_with(db, id, &[]).await
+    }
+
+    async fn start_with(db: &TestDatabase, id: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = db.url();
+        let mut args = vec!["--store", &url, "--node-id", id, "--lease", LEASE];
+        args.extend_from_slice(extra);
+        let server = BinServer::start_with(dir.path(), "127.0.0.1:0", &args, &[]);
+        let channel = Channel::from_shared(server.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            id: id.to_owned(),
+            server,
+            channel,
+            _dir: dir,
+        }
+    }
+
+    fn ops(&self) -> OperationsClient<Channel> {
+        OperationsClient::new(self.channel.clone())
+    }
+
+    async fn submit_sleep(&self, ms: u64) -> String {
+        TaskServiceClient::new(self.channel.clone())
+            .submit_task(SubmitTaskRequest {
+                kind: "sleep".into(),
+                input: Some(sleep_input(ms, 10, "")),
+                ..Default::default()
+            })
+            .await
+            .expect("submit")
+            .into_inner()
+            .name
+    }
+
+    /// WaitOperation on this node, for at most `seconds`.
+    async fn wait(&self, name: &str, seconds: i64) -> Operation {
+        self.ops()
+            .wait_operation(WaitOperationRequest {
+                name: name.to_owned(),
+                timeout: Some(prost_types::Duration { seconds, nanos: 0 }),
+            })
+            .await
+            .expect("wait")
+            .into_inner()
+    }
+
+    async fn get(&self, name: &str) -> Operation {
+        self.ops()
+            .get_operation(GetOperationRequest { name: name.into() })
+            .await
+            .expect("get")
+            .into_inner()
+    }
+}
+
+async fn cluster(db: &TestDatabase) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for id in ["node-a", "node-b", "node-c"] {
+        nodes.push(Node::start(db, id).await);
+    }
+    nodes
+}
+
+/// Polls `node` until every operation in `names` is RUNNING; returns each one's node.
+async fn running_on(node: &Node, names: &[String]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut owners = Vec::new();
+        for name in names {
+            let meta = metadata(&node.get(name).await);
+            if meta.state == State::Running as i32 {
+                owners.push(meta.node);
+            }
+        }
+        if owners.len() == names.len() {
+            return owners;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} operations RUNNING after 20 s",
+            owners.len(),
+            names.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((sorted.len() as f64) * p).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// An operation submitted on one node is seen by Get, List and Wait on the others, and a
+/// cancel sent to a node that does not run it ends it CANCELLED, quickly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_sees_and_cancels_every_operation() {
+    let db = TestDatabase::create("cluster_cancel").await;
+    let nodes = cluster(&db).await;
+
+    // Visibility: submitted on a, read on b and c at once (the insert was committed before
+    // the answer), listed with a filter on c, waited for on b.
+    let quick = nodes[0].submit_sleep(300).await;
+    for node in &nodes[1..] {
+        assert_eq!(node.get(&quick).await.name, quick);
+    }
+    let listed = nodes[2]
+        .ops()
+        .list_operations(ListOperationsRequest {
+            name: "operations".into(),
+            filter: r#"kind = "sleep""#.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.operations.iter().any(|op| op.name == quick));
+    let waited = nodes[1].wait(&quick, 20).await;
+    assert!(waited.done, "Wait on another node returns when it ends");
+    assert_eq!(error_code(&waited), None);
+    assert!(!metadata(&waited).node.is_empty(), "it names its node");
+
+    // Cross-node cancel: 60 long operations, each cancelled on a node that does not run it,
+    // waited for there.
+    let mut names = Vec::new();
+    for i in 0..60 {
+        names.push(nodes[i % 3].submit_sleep(120_000).await);
+    }
+    let owners = running_on(&nodes[0], &names).await;
+    // `oprun nodes` on any node lists all three, live, with what each runs.
+    let shown =
+        run_to_exit(oprun().args(["nodes", "--addr", &nodes[1].server.addr.to_string()])).await;
+    assert!(shown.status.success(), "{shown:?}");
+    let table = String::from_utf8_lossy(&shown.stdout).into_owned();
+    for node in &nodes {
+        let runs = owners.iter().filter(|o| **o == node.id).count();
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&node.id))
+            .unwrap_or_else(|| panic!("{} not in {table}", node.id));
+        let cells: Vec<&str> = row
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(cells[1], "live", "{table}");
+        assert_eq!(
+            cells.last().copied(),
+            Some(runs.to_string().as_str()),
+            "{table}"
+        );
+    }
+    let mut latencies = Vec::new();
+    for (name, owner) in names.iter().zip(&owners) {
+        let other = nodes
+            .iter()
+            .find(|n| &n.id != owner)
+            .expect("a node that does not run it");
+        let started = Instant::now();
+        other
+            .ops()
+            .cancel_operation(CancelOperationRequest { name: name.clone() })
+            .await
+            .expect("cancel");
+        let op = other.wait(name, 10).await;
+        latencies.push(started.elapsed());
+        assert!(op.done, "{name} cancelled on {} did not end", other.id);
+        assert_eq!(error_code(&op), Some(1), "{name} ends CANCELLED");
+        assert_eq!(&metadata(&op).node, owner, "it ran where it was claimed");
+    }
+    let spread: std::collections::HashSet<&String> = owners.iter().collect();
+    assert!(
+        spread.len() >= 2,
+        "work is spread over the nodes: {owners:?}"
+    );
+    latencies.sort();
+    let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
+    eprintln!("cross-node cancel→done over 60 operations: p50 {p50:?}, p99 {p99:?}");
+    assert!(
+        p99 < Duration::from_millis(1500),
+        "cross-node cancel p99 {p99:?} (p50 {p50:?})"
+    );
+}
+
+/// kill -9 of the node running several retry-safe operations: once its lease ends the others
+/// take them over (QUEUED again with attempt 2, then run to the end on a live node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_work_is_rescued() {
+    let db = TestDatabase::create("cluster_rescue").await;
+    let mut nodes = cluster(&db).await;
+    let mut names = Vec::new();
+    for _ in 0..9 {
+        names.push(nodes[0].submit_sleep(4_000).await);
+    }
+    let owners = running_on(&nodes[0], &names).await;
+    // The node running the most of them dies.
+    let victim = ["node-a", "node-b", "node-c"]
+        .into_iter()
+        .max_by_key(|id| owners.iter().filter(|o| o.as_str() == *id).count())
+        .unwrap()
+        .to_owned();
+    let lost: Vec<&String> = names
+        .iter()
+        .zip(&owners)
+        .filter(|(_, o)| **o == victim)
+        .map(|(n, _)| n)
+        .collect();
+    let index = nodes.iter().position(|n| n.id == victim).unwrap();
+    let mut dead = nodes.remove(index);
+    let killed = Instant::now();
+    dead.server.child.kill().unwrap();
+    dead.server.child.wait().unwrap();
+
+    let survivor = &nodes[0];
+    let mut rescued_after = Duration::ZERO;
+    for name in &lost {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let meta = metadata(&survivor.get(name).await);
+            if meta.attempt >= 2 && meta.node != victim {
+                rescued_after = rescued_after.max(killed.elapsed());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} not taken over from {victim} within 30 s: {meta:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    eprintln!(
+        "{} operations of {victim} rescued {rescued_after:?} after kill -9 (lease {LEASE})",
+        lost.len()
+    );
+    for name in &names {
+        let op = survivor.wait(name, 30).await;
+        assert!(op.done, "{name} finished");
+        assert_eq!(error_code(&op), None, "{name} succeeded: {op:?}");
+        let meta = metadata(&op);
+        assert_ne!(meta.node, victim, "{name} finished on a live node");
+        if lost.contains(&name) {
+            assert_eq!(meta.attempt, 2, "{name} ran again once");
+        } else {
+            assert_eq!(meta.attempt, 1, "{name} was left alone");
+        }
+    }
+}
+
+/// A node stopped (SIGSTOP) past its lease, while the others take its work over and finish
+/// it, changes nothing when it resumes: its workers' writes are refused by their fence, and it
+/// says it lost its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_resumes_after_its_lease_changes_nothing() {
+    let db = TestDatabase::create("cluster_fencing").await;
+    // The first node alone claims the work; then the others join.
+    let paused = Node::start(&db, "node-a").await;
+    let mut names = Vec::new();
+    for _ in 0..6 {
+        names.push(paused.submit_sleep(3_000).await);
+    }
+    let owners = running_on(&paused, &names).await;
+    assert!(owners.iter().all(|o| o == "node-a"), "{owners:?}");
+    let others = [
+        Node::start(&db, "node-b").await,
+        Node::start(&db, "node-c").await,
+    ];
+    let pid = paused.server.child.id().to_string();
+    let signal = |sig: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let mut ended = Vec::new();
+    for name in &names {
+        let op = others[0].wait(name, 30).await;
+        assert!(
+            op.done,
+            "{name} finished elsewhere while node-a was stopped"
+        );
+        assert_eq!(error_code(&op), None, "{op:?}");
+        let meta = metadata(&op);
+        assert_eq!(meta.attempt, 2, "{name} ran again once");
+        assert_ne!(meta.node, "node-a");
+        ended.push(op);
+    }
+    signal("-CONT");
+    // Its workers' sleeps ended while it was stopped: they finish at once and try to write.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !paused.server.log_text().contains("lease ended") {
+        assert!(
+            Instant::now() < deadline,
+            "node-a did not notice it lost its lease: {}",
+            paused.server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for before in &ended {
+        for node in [&paused, &others[1]] {
+            let now = node.get(&before.name).await;
+            assert_eq!(&now, before, "{} changed after node-a resumed", before.name);
+        }
+    }
+    // And it serves and works again.
+    let after = paused.submit_sleep(100).await;
+    let op = paused.wait(&after, 20).await;
+    assert!(op.done && error_code(&op).is_none(), "{op:?}");
+}
+
+/// A kind's running limit and the cluster's total hold over all nodes: with `sleep` limited to
+/// 2 and each node free to run 64, no more than 2 run at once anywhere, and the rest wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_limits_hold_over_all_nodes() {
+    let db = TestDatabase::create("cluster_limits").await;
+    let mut nodes = Vec::new();
+    for id in ["node-a", "node-b", "node-c"] {
+        nodes.push(Node::start_with(&db, id, &["--kind-limit", "sleep=2"]).await);
+    }
+    let mut names = Vec::new();
+    for i in 0..6 {
+        names.push(nodes[i % 3].submit_sleep(600).await);
+    }
+    // One List is one snapshot of the database: what it shows RUNNING ran at the same time.
+    let count = |filter: &'static str| {
+        let mut ops = nodes[0].ops();
+        async move {
+            ops.list_operations(ListOperationsRequest {
+                name: "operations".into(),
+                filter: filter.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .operations
+            .len()
+        }
+    };
+    let mut most = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count("done = true").await < names.len() {
+        assert!(Instant::now() < deadline, "not all finished within 30 s");
+        let running = count("state = RUNNING").await;
+        most = most.max(running);
+        assert!(
+            running <= 2,
+            "{running} sleeps run at once over the cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(most, 2, "the limit is used, not just respected");
+}
