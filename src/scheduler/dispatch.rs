@@ -61,6 +61,7 @@ impl Runner {
                 .lock_slots()
                 .room(self.kind_limits(), self.shared.config.max_running);
             let mut next_due = None;
+            let mut gate = Some(self.shared.claiming.lock().await);
             // Without a lease, what this node claimed would look abandoned to the others.
             let leased = !self.shared.lease_lost.load(Ordering::Acquire);
             if leased && total > 0 && !kinds.is_empty() {
@@ -82,9 +83,12 @@ impl Runner {
                         }
                         retry = CLAIM_RETRY_MIN;
                         let started = claimed.operations.len();
+                        // A lease that ended while the claim was on its way makes each of
+                        // these Lost before its worker starts (see `launch`).
                         for record in claimed.operations {
                             self.launch(record);
                         }
+                        drop(gate.take());
                         if started == total {
                             // There may be more due work than room: look again at once (a
                             // slot freed meanwhile wakes this loop).
@@ -94,6 +98,7 @@ impl Runner {
                         next_due = claimed.next_due;
                     }
                     Err(e) => {
+                        drop(gate.take());
                         if !refused {
                             refused = true;
                             warn!(error = %e, "the store refused a claim; retrying with backoff");
@@ -107,6 +112,7 @@ impl Runner {
                     }
                 }
             }
+            drop(gate);
             let poll = (!self.shared.store.is_exclusive()).then_some(SAFETY_POLL);
             let sleep = next_due
                 .map(|due| clock::until(self.now(), due))

@@ -195,6 +195,9 @@ struct Shared {
     /// Whether this node's lease ended before it could renew it: it claims nothing until it
     /// holds one again (see `recovery`).
     lease_lost: AtomicBool,
+    /// Held across a claim and the launch of what it claimed, and while this node takes back
+    /// the work it left when its lease ended: neither sees the other half done.
+    claiming: tokio::sync::Mutex<()>,
 }
 
 impl Runner {
@@ -233,6 +236,7 @@ impl Runner {
                 finished: AtomicUsize::new(0),
                 sweeper_idle: AtomicBool::new(false),
                 lease_lost: AtomicBool::new(false),
+                claiming: tokio::sync::Mutex::new(()),
                 config,
             }),
         };

@@ -187,27 +187,35 @@ impl Runner {
                 () = tokio::time::sleep(tick) => {}
                 () = self.shared.root.cancelled() => return,
             }
-            // Checked before renewing: a node paused past its lease (a stopped process, a
-            // machine that slept) has lost it even if the renewal then succeeds at once.
+            // Checked before renewing: a node paused past its lease (a stopped process) has
+            // lost it even if the renewal then succeeds at once.
             if !self.shared.lease_lost.load(Ordering::Acquire) && renewed.elapsed() >= lease {
                 self.lease_ended();
             }
             let lost = self.shared.lease_lost.load(Ordering::Acquire);
             if lost || renewed.elapsed() >= renew_every {
-                // The lease written runs from (at least) now.
+                // The lease written runs from (at least) now. A renewal that hangs (a
+                // silent network) is given up after a third of the lease, so that the check
+                // above still runs in time.
                 let asked = tokio::time::Instant::now();
-                match self.renew_lease().await {
-                    Ok(()) => {
+                match tokio::time::timeout(renew_every, self.renew_lease()).await {
+                    Ok(Ok(())) => {
                         renewed = asked;
                         if lost {
                             self.lease_regained().await;
                         }
                     }
-                    Err(e) => warn!(error = %e, "could not renew this node's lease"),
+                    Ok(Err(e)) => warn!(error = %e, "could not renew this node's lease"),
+                    Err(_) => warn!("renewing this node's lease timed out"),
                 }
             }
-            if let Err(e) = self.rescue().await {
-                warn!(error = %e, "could not take over the work of nodes that went away");
+            // Bounded too: a large backlog is taken over a part at a time, between renewals.
+            match tokio::time::timeout(renew_every, self.rescue()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, "could not take over the work of nodes that went away");
+                }
+                Err(_) => {}
             }
         }
     }
@@ -229,10 +237,13 @@ impl Runner {
 
     /// This node holds a lease again: queues again (by the restart rule) what it had left
     /// RUNNING when it lost the last one, unless another node took it over meanwhile, then
-    /// claims again. Every worker it still runs was stopped when the lease ended (it claimed
-    /// nothing since), so all of its RUNNING work is left work; a worker still finishing
-    /// writes nothing (its fence names the attempt it ran).
+    /// claims again. Every worker it still runs was told to stop when the lease ended (and
+    /// what it claimed since never started), so its RUNNING work is left work; an operation
+    /// whose worker has not stopped yet is taken back at a later look (the node claims
+    /// nothing until then).
     async fn lease_regained(&self) {
+        // No claim is on its way meanwhile (its work would look left behind).
+        let _gate = self.shared.claiming.lock().await;
         let node = self.shared.config.node.as_str();
         let left = match self.shared.store.unfinished().await {
             Ok(all) => all,
@@ -242,8 +253,15 @@ impl Runner {
             }
         };
         let mut requeued = 0;
+        let mut stopping = 0;
         for r in left {
             if r.state != State::Running || r.owner.as_deref() != Some(node) {
+                continue;
+            }
+            if self.shared.running.contains_key(&r.id) {
+                // Its worker (told to stop when the lease ended) has not stopped yet: taken
+                // back at a later look, so that it never runs beside its next attempt.
+                stopping += 1;
                 continue;
             }
             let Some(change) = self.restart_rule(&r) else {
@@ -260,6 +278,13 @@ impl Runner {
                 }
                 Err(_) => {}
             }
+        }
+        if stopping > 0 {
+            info!(
+                requeued,
+                stopping, "waiting for stopped workers before claiming again"
+            );
+            return;
         }
         self.shared.lease_lost.store(false, Ordering::Release);
         self.shared.dispatch_wake.notify_one();

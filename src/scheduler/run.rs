@@ -111,6 +111,11 @@ impl Runner {
             write_failures: AtomicU32::new(0),
             record: Mutex::new(record),
         });
+        if self.shared.lease_lost.load(Ordering::Acquire) {
+            // Claimed as the lease ended: it is not this node's to run; taken back (queued
+            // again) when the node holds a lease again.
+            running.mark(CancelReason::Lost);
+        }
         if !self.shared.accepting.load(Ordering::Acquire) {
             // Shutting down: it stays RUNNING in the store for the restart rule.
             running.mark(CancelReason::Shutdown);

@@ -80,6 +80,12 @@ pub struct PostgresStore {
 const COLUMNS: &str = "seq, id, request_id, input, body, state, version, owner, attempt, \
      start_time, update_time, end_time, next_attempt_time, deadline, cancel_requested";
 
+/// How long connecting to the database may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a call may wait for a pooled connection.
+const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The key of the advisory lock claims take turns on.
 const CLAIM_LOCK: i64 = 0x6f70_7275_6e5f_636c; // "oprun_cl"
 
@@ -206,15 +212,8 @@ impl PostgresStore {
             created?;
         }
         migrate_with(&config).await?;
-        let signal = Arc::new(ChangeSignal::default());
-        let stop = CancellationToken::new();
-        let listener = tokio::spawn(listen::run(
-            config.clone(),
-            Arc::clone(&signal),
-            stop.clone(),
-        ));
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -222,8 +221,14 @@ impl PostgresStore {
         );
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Unavailable(format!("cannot make a connection pool: {e}")))?;
+        let signal = Arc::new(ChangeSignal::default());
+        let stop = CancellationToken::new();
+        let listener = tokio::spawn(listen::run(config, Arc::clone(&signal), stop.clone()));
         Ok(Self {
             pool,
             closed: AtomicBool::new(false),
@@ -292,9 +297,19 @@ fn config(url: &str, schema: Option<&str>) -> Result<tokio_postgres::Config, Sto
     if config.get_application_name().is_none() {
         config.application_name("oprun");
     }
-    if let Some(schema) = schema {
-        config.options(format!("-c search_path={}", quote_identifier(schema)));
+    // A database that stops answering is noticed: connections time out, idle ones are probed,
+    // and a session that dies inside a transaction (a claim holds the claim lock) has it
+    // ended by the server rather than by TCP's two hours.
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
     }
+    config.keepalives_idle(std::time::Duration::from_secs(30));
+    let mut options = config.get_options().unwrap_or_default().to_owned();
+    options.push_str(" -c idle_in_transaction_session_timeout=60000");
+    if let Some(schema) = schema {
+        options.push_str(&format!(" -c search_path={}", quote_identifier(schema)));
+    }
+    config.options(options.trim_start());
     Ok(config)
 }
 
@@ -442,7 +457,14 @@ impl Store for PostgresStore {
 
     async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
+        // READ COMMITTED whatever the database's default: the count below must see what
+        // claims committed while this one waited for the lock.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+            .start()
+            .await
+            .map_err(pg_error)?;
         // Claims take turns over the cluster, so that what runs (read next, after the lock:
         // each statement reads what was committed before it started) is what the last claim
         // left, and two nodes cannot both take the last room under a limit.
@@ -624,16 +646,14 @@ impl Store for PostgresStore {
         params.push(&after);
         params.push(&limit);
         params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));
-        let rows = self
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM operations WHERE seq > $1 AND ({}) \
-                     ORDER BY seq LIMIT $2",
-                    filter.clause
-                ),
-                &params,
-            )
-            .await?;
+        // Not cached: clients' filters have endless shapes, and each prepared statement stays
+        // on its connection (and the server) for good.
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM operations WHERE seq > $1 AND ({}) ORDER BY seq LIMIT $2",
+            filter.clause
+        );
+        let rows = client.query(&sql, &params).await.map_err(pg_error)?;
         records(&rows)
     }
 

@@ -123,7 +123,10 @@ async fn migrate_locked(client: &mut Client) -> Result<Migrated, StoreError> {
         .query_opt("SELECT max(version) FROM oprun_schema", &[])
         .await
         .map_err(pg_error)?
-        .and_then(|row| row.get::<_, Option<i32>>(0))
+        .map(|row| row.try_get::<_, Option<i32>>(0))
+        .transpose()
+        .map_err(pg_error)?
+        .flatten()
         .unwrap_or(0);
     if from > VERSION {
         return Err(StoreError::Corrupt(format!(
