@@ -423,3 +423,55 @@ async fn two_nodes_never_run_one_operation_twice() {
     one.stop().await;
     two.stop().await;
 }
+
+/// A node that cannot renew its lease (its store refuses writes) stops its worker once the
+/// lease has ended, writes none of its result, and when it can write again queues the
+/// operation again by the restart rule (attempt 2), which then runs to its end. Without the
+/// lease check the worker would finish and its end would land once writes came back, as
+/// attempt 1, although another node could have taken the work over meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_renew_its_lease_stops_its_workers() {
+    use common::faults::FaultyStore;
+    use std::sync::atomic::Ordering;
+    let store = FaultyStore::new(Arc::new(MemoryStore::shared()));
+    let config = RunnerConfig {
+        node: "alone".into(),
+        lease: Duration::from_millis(600),
+        follow_interval: Duration::from_millis(20),
+        ..RunnerConfig::default()
+    };
+    let runner = Runner::start(
+        Registry::with_builtins(),
+        Arc::clone(&store) as Arc<dyn Store>,
+        config,
+    )
+    .await
+    .expect("the runner starts");
+    let op = runner
+        .submit(oprun::Submission::new("sleep", sleep_input(1_500, 3, "")))
+        .await
+        .expect("submit");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while runner.get(&op.id).await.expect("get").state != oprun::model::State::Running {
+        assert!(std::time::Instant::now() < deadline, "it never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    store.refuse_writes.store(true, Ordering::SeqCst);
+    // Past the lease and past the worker's own end: nothing it did may land.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    store.refuse_writes.store(false, Ordering::SeqCst);
+    let done = runner
+        .wait(&op.id, Duration::from_secs(20))
+        .await
+        .expect("wait");
+    assert!(done.is_done(), "{done:?}");
+    assert_eq!(done.state, oprun::model::State::Succeeded, "{done:?}");
+    assert_eq!(
+        done.attempt, 2,
+        "the first run was stopped, not finished: {done:?}"
+    );
+    runner
+        .shutdown(Duration::from_secs(5))
+        .await
+        .expect("shutdown");
+}
