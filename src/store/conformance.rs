@@ -34,6 +34,7 @@ where
     deadlines_of_queued_work(&make().await).await;
     let shared = std::sync::Arc::new(make().await);
     two_claimers_never_get_the_same_operation(shared).await;
+    one_request_id_inserted_at_once_makes_one_operation(std::sync::Arc::new(make().await)).await;
     let store = make().await;
     if !store.is_exclusive() {
         the_feed_shows_each_latest_change_once_in_order(&store).await;
@@ -117,6 +118,37 @@ async fn insert_assigns_increasing_seq<S: Store>(store: &S) {
         .expect("get")
         .expect("inserted record exists");
     assert_eq!(got, a, "get must return exactly what was inserted");
+}
+
+/// Inserts with one request id at the same moment (a client's retries racing each other, or
+/// one batch of a group commit) store one operation; every caller gets it.
+async fn one_request_id_inserted_at_once_makes_one_operation<S: Store>(store: std::sync::Arc<S>) {
+    let inserts: Vec<_> = (0..8)
+        .map(|_| {
+            let store = std::sync::Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut r = queued("a");
+                r.request_id = Some("req-race".into());
+                match store.insert(r).await.expect("insert") {
+                    Inserted::New(r) => (true, r.id),
+                    Inserted::Existing(r) => (false, r.id),
+                }
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for insert in inserts {
+        answers.push(insert.await.expect("an insert"));
+    }
+    assert_eq!(
+        answers.iter().filter(|(new, _)| *new).count(),
+        1,
+        "{answers:?}"
+    );
+    assert!(
+        answers.iter().all(|(_, id)| *id == answers[0].1),
+        "every caller gets the one operation: {answers:?}"
+    );
 }
 
 async fn request_id_returns_existing<S: Store>(store: &S) {

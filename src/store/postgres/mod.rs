@@ -17,6 +17,7 @@
 //! Filters are compiled to SQL ([`Filter::to_postgres`]) over the same partial indexes as the
 //! SQLite schema.
 
+mod inserts;
 mod listen;
 pub mod schema;
 #[cfg(any(test, feature = "conformance"))]
@@ -74,6 +75,8 @@ pub struct PostgresStore {
     stop: CancellationToken,
     /// The `LISTEN` connection's task, awaited at close.
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Inserts, committed in groups.
+    inserter: inserts::Inserter,
 }
 
 /// The columns a read selects, in [`raw`]'s order.
@@ -229,12 +232,14 @@ impl PostgresStore {
         let signal = Arc::new(ChangeSignal::default());
         let stop = CancellationToken::new();
         let listener = tokio::spawn(listen::run(config, Arc::clone(&signal), stop.clone()));
+        let (inserter, _) = inserts::Inserter::start(pool.clone());
         Ok(Self {
             pool,
             closed: AtomicBool::new(false),
             signal,
             stop,
             listener: std::sync::Mutex::new(Some(listener)),
+            inserter,
         })
     }
 
@@ -318,16 +323,6 @@ fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The parameters of a row image's columns, for an insert (`$1`…`$19`).
-const INSERT: &str = "WITH next AS (UPDATE oprun_counters SET value = value + 1 \
-     WHERE name = 'seq' RETURNING value) \
-     INSERT INTO operations (seq, id, request_id, kind, done, state, error_code, create_time, \
-     update_time, end_time, input, body, version, owner, attempt, start_time, \
-     next_attempt_time, deadline, cancel_requested, due, changed_by) \
-     SELECT next.value, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-     $17, $18, $19, pg_current_xact_id()::text::bigint FROM next \
-     ON CONFLICT (request_id) DO NOTHING RETURNING seq";
-
 /// The columns a write sets (`$1` is the id; the fence's parameters follow `$13`).
 const SET: &str = "done = $2, state = $3, error_code = $4, update_time = $5, end_time = $6, \
      body = $7, owner = $8, attempt = $9, start_time = $10, next_attempt_time = $11, \
@@ -341,41 +336,15 @@ impl Store for PostgresStore {
                 return Ok(Inserted::Existing(existing));
             }
         }
-        let r = RowImage::of(&record, true);
-        let attempt = i32::try_from(r.attempt).unwrap_or(i32::MAX);
-        let done = i16::from(r.done);
-        let rows = self
-            .query(
-                INSERT,
-                &[
-                    &r.id,
-                    &r.request_id,
-                    &r.kind,
-                    &done,
-                    &r.state,
-                    &r.error_code,
-                    &r.create_time,
-                    &r.update_time,
-                    &r.end_time,
-                    &r.input,
-                    &r.body,
-                    &r.version,
-                    &r.owner,
-                    &attempt,
-                    &r.start_time,
-                    &r.next_attempt_time,
-                    &r.deadline,
-                    &r.cancel_requested,
-                    &r.due,
-                ],
-            )
-            .await?;
-        match rows.first() {
-            Some(row) => {
-                record.seq = row.try_get(0).map_err(pg_error)?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        match self.inserter.insert(RowImage::of(&record, true)).await? {
+            Some(seq) => {
+                record.seq = seq;
                 Ok(Inserted::New(record))
             }
-            // The request id was taken meanwhile (by another node, in a race with ours).
+            // The request id was taken meanwhile (by another node, or in the same batch).
             None => {
                 let rid = record.request_id.as_deref().unwrap_or_default();
                 match self.find_request(rid).await? {

@@ -1,0 +1,159 @@
+//! Group commit for inserts. Every insert takes the `seq` counter row's lock until it commits
+//! (that is what keeps paging in commit order), so inserts made one by one commit one at a
+//! time: one WAL flush each. Instead, one task inserts everything waiting in one statement
+//! (`unnest` over arrays of the columns, one counter update for the batch), and the next batch
+//! gathers while that one commits.
+
+use std::collections::HashMap;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
+
+use super::{pg_error, pool_error};
+use crate::store::row::RowImage;
+use crate::store::StoreError;
+
+/// The most inserts in one statement.
+const MAX_BATCH: usize = 512;
+
+/// What an insert came to: its `seq`, or `None` when its request id was already taken.
+type Outcome = Result<Option<i64>, StoreError>;
+
+struct Pending {
+    image: RowImage,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// The inserting task's mailbox.
+pub(super) struct Inserter {
+    tx: mpsc::UnboundedSender<Pending>,
+}
+
+impl Inserter {
+    /// Starts the inserting task over `pool`; it ends when the `Inserter` is dropped.
+    pub(super) fn start(pool: Pool) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { tx }, tokio::spawn(run(pool, rx)))
+    }
+
+    /// Inserts `image` with whatever else is waiting; its `seq`, or `None` when its request
+    /// id was already taken.
+    pub(super) async fn insert(&self, image: RowImage) -> Outcome {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Pending { image, reply })
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        match insert_batch(&pool, &batch).await {
+            Ok(seqs) => {
+                for p in batch.drain(..) {
+                    let _ = p.reply.send(Ok(seqs.get(&p.image.id).copied()));
+                }
+            }
+            Err(e) => {
+                for p in batch.drain(..) {
+                    let _ = p.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The statement: the batch's columns as arrays, numbered in order, given `seq`s after the
+/// counter's value (which the batch moves on by its size). A request id already taken (or
+/// taken twice in the batch) inserts nothing for that row.
+const INSERT_BATCH: &str = "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], \
+     $3::text[], $4::smallint[], $5::int[], $6::int[], $7::bigint[], $8::bigint[], \
+     $9::bigint[], $10::bytea[], $11::bytea[], $12::bigint[], $13::text[], $14::int[], \
+     $15::bigint[], $16::bigint[], $17::bigint[], $18::bool[], $19::bigint[]) WITH ORDINALITY \
+     AS i(id, request_id, kind, done, state, error_code, create_time, update_time, end_time, \
+     input, body, version, owner, attempt, start_time, next_attempt_time, deadline, \
+     cancel_requested, due, ord)), \
+     next AS (UPDATE oprun_counters SET value = value + $20 WHERE name = 'seq' RETURNING value) \
+     INSERT INTO operations (seq, id, request_id, kind, done, state, error_code, create_time, \
+     update_time, end_time, input, body, version, owner, attempt, start_time, \
+     next_attempt_time, deadline, cancel_requested, due, changed_by) \
+     SELECT next.value - $20 + input.ord, input.id, input.request_id, input.kind, input.done, \
+     input.state, input.error_code, input.create_time, input.update_time, input.end_time, \
+     input.input, input.body, input.version, input.owner, input.attempt, input.start_time, \
+     input.next_attempt_time, input.deadline, input.cancel_requested, input.due, \
+     pg_current_xact_id()::text::bigint FROM input, next ORDER BY input.ord \
+     ON CONFLICT (request_id) DO NOTHING RETURNING id, seq";
+
+async fn insert_batch(pool: &Pool, batch: &[Pending]) -> Result<HashMap<String, i64>, StoreError> {
+    let rows: Vec<&RowImage> = batch.iter().map(|p| &p.image).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let request_ids: Vec<Option<&str>> = rows.iter().map(|r| r.request_id.as_deref()).collect();
+    let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
+    let done: Vec<i16> = rows.iter().map(|r| i16::from(r.done)).collect();
+    let states: Vec<i32> = rows.iter().map(|r| r.state).collect();
+    let codes: Vec<Option<i32>> = rows.iter().map(|r| r.error_code).collect();
+    let created: Vec<i64> = rows.iter().map(|r| r.create_time).collect();
+    let updated: Vec<i64> = rows.iter().map(|r| r.update_time).collect();
+    let ended: Vec<Option<i64>> = rows.iter().map(|r| r.end_time).collect();
+    let inputs: Vec<&[u8]> = rows.iter().map(|r| r.input.as_slice()).collect();
+    let bodies: Vec<&[u8]> = rows.iter().map(|r| r.body.as_slice()).collect();
+    let versions: Vec<i64> = rows.iter().map(|r| r.version).collect();
+    let owners: Vec<Option<&str>> = rows.iter().map(|r| r.owner.as_deref()).collect();
+    let attempts: Vec<i32> = rows
+        .iter()
+        .map(|r| i32::try_from(r.attempt).unwrap_or(i32::MAX))
+        .collect();
+    let started: Vec<Option<i64>> = rows.iter().map(|r| r.start_time).collect();
+    let next_attempts: Vec<Option<i64>> = rows.iter().map(|r| r.next_attempt_time).collect();
+    let deadlines: Vec<Option<i64>> = rows.iter().map(|r| r.deadline).collect();
+    let cancels: Vec<bool> = rows.iter().map(|r| r.cancel_requested).collect();
+    let dues: Vec<Option<i64>> = rows.iter().map(|r| r.due).collect();
+    let size = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+    let params: [&(dyn ToSql + Sync); 20] = [
+        &ids,
+        &request_ids,
+        &kinds,
+        &done,
+        &states,
+        &codes,
+        &created,
+        &updated,
+        &ended,
+        &inputs,
+        &bodies,
+        &versions,
+        &owners,
+        &attempts,
+        &started,
+        &next_attempts,
+        &deadlines,
+        &cancels,
+        &dues,
+        &size,
+    ];
+    let client = pool.get().await.map_err(pool_error)?;
+    let statement = client
+        .prepare_cached(INSERT_BATCH)
+        .await
+        .map_err(pg_error)?;
+    let inserted = client.query(&statement, &params).await.map_err(pg_error)?;
+    inserted
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get(0).map_err(pg_error)?,
+                row.try_get(1).map_err(pg_error)?,
+            ))
+        })
+        .collect()
+}
