@@ -44,8 +44,17 @@ impl Runner {
         self.renew_lease().await?;
         let exclusive = self.shared.store.is_exclusive();
         let (mut queued, mut unregistered) = (0usize, 0usize);
+        // RUNNING under this node's own name: left by an earlier process with the same
+        // `--node-id` (killed, or stopped), which nothing runs now. Its lease is this one now,
+        // so no look for expired leases would ever find that work.
+        let mut left = Vec::new();
         for r in self.shared.store.unfinished().await? {
             self.shared.bus.expect(&r.id);
+            if r.state == State::Running
+                && r.owner.as_deref() == Some(self.shared.config.node.as_str())
+            {
+                left.push(r.clone());
+            }
             if r.state == State::Queued {
                 // Counted whatever its kind: ending one of an unregistered kind below counts
                 // it out.
@@ -78,7 +87,10 @@ impl Runner {
             }
         }
         // After the count: what it takes over is counted as it is queued again.
-        let rescued = self.rescue().await?;
+        let mut rescued = self.rescue().await?;
+        for r in left {
+            rescued += usize::from(self.take_over(&r).await?);
+        }
         if queued + rescued + unregistered > 0 {
             info!(
                 queued,
@@ -106,22 +118,30 @@ impl Runner {
             let full = orphans.len() == BATCH;
             let mut changed = 0;
             for r in orphans {
-                let Some(change) = self.restart_rule(&r) else {
-                    continue;
-                };
-                match self.transition(&r, change, Fence::Version(r.version)).await {
-                    Ok(written) => {
-                        rescued += 1;
-                        changed += 1;
-                        self.ended(&written);
-                    }
-                    Err(TransitionError::Store(e)) => return Err(e),
-                    Err(_) => {}
+                if self.take_over(&r).await? {
+                    rescued += 1;
+                    changed += 1;
                 }
             }
             if !full || changed == 0 {
                 return Ok(rescued);
             }
+        }
+    }
+
+    /// Applies the restart rule to `r`, RUNNING under a node that went away (fenced by the
+    /// version read); whether it changed the operation.
+    async fn take_over(&self, r: &OperationRecord) -> Result<bool, StoreError> {
+        let Some(change) = self.restart_rule(r) else {
+            return Ok(false);
+        };
+        match self.transition(r, change, Fence::Version(r.version)).await {
+            Ok(written) => {
+                self.ended(&written);
+                Ok(true)
+            }
+            Err(TransitionError::Store(e)) => Err(e),
+            Err(_) => Ok(false),
         }
     }
 
@@ -264,19 +284,12 @@ impl Runner {
                 stopping += 1;
                 continue;
             }
-            let Some(change) = self.restart_rule(&r) else {
-                continue;
-            };
-            match self.transition(&r, change, Fence::Version(r.version)).await {
-                Ok(written) => {
-                    requeued += 1;
-                    self.ended(&written);
-                }
-                Err(TransitionError::Store(e)) => {
+            match self.take_over(&r).await {
+                Ok(changed) => requeued += usize::from(changed),
+                Err(e) => {
                     warn!(error = %e, "could not take back the work this node left");
                     return;
                 }
-                Err(_) => {}
             }
         }
         if stopping > 0 {
