@@ -252,3 +252,40 @@ async fn watch_list_and_get_show_what_a_person_needs() {
         "the node in {shown}"
     );
 }
+
+/// `oprun migrate` brings a PostgreSQL schema up to date (then says it is up to date), and
+/// when it cannot, says why in one line: the reason the driver keeps behind "error
+/// connecting to server", a URL that is not PostgreSQL's, the embedded store.
+#[tokio::test]
+async fn migrate_says_what_it_did_or_why_not() {
+    let db = oprun::store::postgres::testing::TestDatabase::create("migrate").await;
+    let url = db.url();
+    let first = cli(&["migrate", "--store", &url]).await;
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(stdout(&first).trim(), "schema version 1 (was 0)");
+    let again = cli(&["migrate", "--store", &url]).await;
+    assert_eq!(stdout(&again).trim(), "schema version 1: up to date");
+
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let refused = cli(&[
+        "migrate",
+        "--store",
+        &format!("postgres://root@127.0.0.1:{port}/nothing"),
+    ])
+    .await;
+    assert_eq!(refused.status.code(), Some(1));
+    let said = stderr(&refused);
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+    assert!(said.contains("refused"), "the reason: {said}");
+
+    for (store, expected) in [
+        ("sqlite", "brings its schema up to date itself"),
+        ("mysql://x", "expected `sqlite`"),
+    ] {
+        let out = cli(&["migrate", "--store", store]).await;
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(expected), "{store}: {}", stderr(&out));
+    }
+}
