@@ -31,6 +31,7 @@ where
     a_stale_owner_is_refused_and_a_cancel_request_kept(&make().await).await;
     claims_take_due_work_in_order_within_limits(&make().await).await;
     orphans_are_the_work_of_expired_leases(&make().await).await;
+    long_gone_idle_nodes_are_forgotten(&make().await).await;
     deadlines_of_queued_work(&make().await).await;
     let shared = std::sync::Arc::new(make().await);
     two_claimers_never_get_the_same_operation(shared).await;
@@ -526,6 +527,44 @@ async fn claims_keep_the_running_limits_over_all_nodes<S: Store>(store: std::syn
     let a = all.iter().filter(|r| r.kind == "a").count();
     assert_eq!(a, 2, "kind a's limit over all nodes: {all:?}");
     assert_eq!(all.len(), 5, "the total over all nodes: {all:?}");
+}
+
+/// A heartbeat forgets the nodes whose lease ended long before (a day) and that run nothing;
+/// one that still owns running work stays listed, as does every recent one.
+async fn long_gone_idle_nodes_are_forgotten<S: Store>(store: &S) {
+    let day = Duration::from_secs(24 * 3600);
+    store.heartbeat("old", base()).await.expect("heartbeat");
+    store.heartbeat("busy", base()).await.expect("heartbeat");
+    store
+        .heartbeat("recent", base() + day)
+        .await
+        .expect("heartbeat");
+    insert_new(store, queued("a")).await;
+    let claimed = store
+        .claim(&claim("busy", &[("a", 1)], 1, base() + day))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.operations.len(), 1);
+    store
+        .heartbeat("new", base() + day + Duration::from_secs(2))
+        .await
+        .expect("heartbeat");
+    let listed: Vec<(String, usize)> = store
+        .nodes()
+        .await
+        .expect("nodes")
+        .into_iter()
+        .map(|n| (n.id, n.running))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("busy".to_owned(), 1),
+            ("new".to_owned(), 0),
+            ("recent".to_owned(), 0)
+        ],
+        "the old idle node is forgotten, the others are listed by id"
+    );
 }
 
 /// A claim starts the oldest due work first, within each kind's room and the total; work whose

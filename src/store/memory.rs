@@ -231,7 +231,16 @@ impl Store for MemoryStore {
     }
 
     async fn heartbeat(&self, node: &str, lease_until: SystemTime) -> Result<(), StoreError> {
-        self.lock().leases.insert(node.to_owned(), lease_until);
+        let mut g = self.lock();
+        let before = super::forget_before(super::micros(lease_until));
+        let busy: std::collections::HashSet<String> = g
+            .running
+            .iter()
+            .filter_map(|seq| g.by_seq.get(seq)?.owner.clone())
+            .collect();
+        g.leases
+            .retain(|id, until| super::micros(*until) >= before || busy.contains(id));
+        g.leases.insert(node.to_owned(), lease_until);
         Ok(())
     }
 

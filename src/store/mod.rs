@@ -55,6 +55,15 @@ pub enum StoreError {
     Locked(String),
 }
 
+/// How long after its lease ended a node with no running work is still listed.
+pub const FORGET_NODES_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The time (microseconds) before which a node's lease must have ended for a heartbeat
+/// renewing until `lease_until` (microseconds) to forget it.
+pub(crate) fn forget_before(lease_until: i64) -> i64 {
+    lease_until.saturating_sub(i64::try_from(FORGET_NODES_AFTER.as_micros()).unwrap_or(i64::MAX))
+}
+
 /// What a retention sweep did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Swept {
@@ -230,7 +239,9 @@ pub trait Store: Send + Sync + 'static {
     async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError>;
 
     /// Renews (or takes) `node`'s lease until `lease_until`. Operations a node runs are its
-    /// own while its lease lasts.
+    /// own while its lease lasts. Nodes whose lease ended more than [`FORGET_NODES_AFTER`]
+    /// before `lease_until` and that own no RUNNING work are forgotten (a node started with
+    /// a fresh name each time would otherwise stay listed for good).
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the write could not be made durable.

@@ -532,9 +532,15 @@ impl Store for PostgresStore {
 
     async fn heartbeat(&self, node: &str, lease_until: SystemTime) -> Result<(), StoreError> {
         self.query(
-            "INSERT INTO nodes (id, lease_until) VALUES ($1, $2) \
+            "WITH gone AS (DELETE FROM nodes n WHERE n.lease_until < $3 AND n.id <> $1 \
+               AND NOT EXISTS (SELECT 1 FROM operations o WHERE o.state = 2 AND o.owner = n.id)) \
+             INSERT INTO nodes (id, lease_until) VALUES ($1, $2) \
              ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until",
-            &[&node, &micros(lease_until)],
+            &[
+                &node,
+                &micros(lease_until),
+                &super::forget_before(micros(lease_until)),
+            ],
         )
         .await?;
         Ok(())

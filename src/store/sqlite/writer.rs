@@ -583,6 +583,13 @@ fn claim(tx: &rusqlite::Transaction<'_>, claim: &Claim) -> Result<ClaimedRows, S
 }
 
 fn heartbeat(tx: &rusqlite::Transaction<'_>, node: &str, until: i64) -> Result<(), StoreError> {
+    let before = crate::store::forget_before(until);
+    tx.prepare_cached(
+        "DELETE FROM nodes WHERE lease_until < ?1 AND id <> ?2 AND NOT EXISTS \
+         (SELECT 1 FROM operations o WHERE o.state = 2 AND o.owner = nodes.id)",
+    )
+    .and_then(|mut s| s.execute(params![before, node]))
+    .map_err(sql_error)?;
     tx.prepare_cached(
         "INSERT INTO nodes (id, lease_until) VALUES (?1, ?2) \
          ON CONFLICT(id) DO UPDATE SET lease_until = excluded.lease_until",
