@@ -56,6 +56,16 @@ impl Runner {
     pub(crate) async fn dispatch_loop(self) {
         let mut retry = CLAIM_RETRY_MIN;
         let mut refused = false;
+        // Fixed once the runner has started; an exclusive store ignores them (its one node's
+        // room says everything).
+        let limits = if self.shared.store.is_exclusive() {
+            RunningLimits::none()
+        } else {
+            RunningLimits {
+                kinds: self.cluster_kind_limits(),
+                total: self.shared.config.cluster_max_running,
+            }
+        };
         loop {
             let (kinds, total) = self
                 .lock_slots()
@@ -70,10 +80,7 @@ impl Runner {
                     kinds,
                     total,
                     now: self.now(),
-                    limits: RunningLimits {
-                        kinds: self.cluster_kind_limits(),
-                        total: self.shared.config.cluster_max_running,
-                    },
+                    limits: limits.clone(),
                 };
                 match self.claim(&claim).await {
                     Ok(claimed) => {

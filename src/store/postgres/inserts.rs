@@ -32,9 +32,10 @@ pub(super) struct Inserter {
 
 impl Inserter {
     /// Starts the inserting task over `pool`; it ends when the `Inserter` is dropped.
-    pub(super) fn start(pool: Pool) -> (Self, tokio::task::JoinHandle<()>) {
+    pub(super) fn start(pool: Pool) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Self { tx }, tokio::spawn(run(pool, rx)))
+        tokio::spawn(run(pool, rx));
+        Self { tx }
     }
 
     /// Inserts `image` with whatever else is waiting; its `seq`, or `None` when its request
@@ -76,7 +77,8 @@ async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Pending>) {
 /// The statement: the batch's columns as arrays, numbered in order, given `seq`s after the
 /// counter's value (which the batch moves on by its size). A request id already taken (or
 /// taken twice in the batch) inserts nothing for that row.
-const INSERT_BATCH: &str = "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], \
+const INSERT_BATCH: &str =
+    concat!("WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], \
      $3::text[], $4::smallint[], $5::int[], $6::int[], $7::bigint[], $8::bigint[], \
      $9::bigint[], $10::bytea[], $11::bytea[], $12::bigint[], $13::text[], $14::int[], \
      $15::bigint[], $16::bigint[], $17::bigint[], $18::bool[], $19::bigint[]) WITH ORDINALITY \
@@ -90,9 +92,10 @@ const INSERT_BATCH: &str = "WITH input AS (SELECT * FROM unnest($1::text[], $2::
      SELECT next.value - $20 + input.ord, input.id, input.request_id, input.kind, input.done, \
      input.state, input.error_code, input.create_time, input.update_time, input.end_time, \
      input.input, input.body, input.version, input.owner, input.attempt, input.start_time, \
-     input.next_attempt_time, input.deadline, input.cancel_requested, input.due, \
-     pg_current_xact_id()::text::bigint FROM input, next ORDER BY input.ord \
-     ON CONFLICT (request_id) DO NOTHING RETURNING id, seq";
+     input.next_attempt_time, input.deadline, input.cancel_requested, input.due, ",
+    this_transaction!(),
+    " FROM input, next ORDER BY input.ord ON CONFLICT (request_id) DO NOTHING RETURNING id, seq"
+);
 
 async fn insert_batch(pool: &Pool, batch: &[Pending]) -> Result<HashMap<String, i64>, StoreError> {
     let rows: Vec<&RowImage> = batch.iter().map(|p| &p.image).collect();

@@ -17,6 +17,31 @@
 //! Filters are compiled to SQL ([`Filter::to_postgres`]) over the same partial indexes as the
 //! SQLite schema.
 
+// Pieces of SQL as macros, so that every statement is one literal (`concat!`), built at
+// compile time rather than at each call.
+
+/// The columns a read selects, in [`raw`]'s order.
+macro_rules! columns {
+    () => {
+        "seq, id, request_id, input, body, state, version, owner, attempt, start_time, \
+         update_time, end_time, next_attempt_time, deadline, cancel_requested"
+    };
+}
+
+/// The id of the current transaction, as stored in `changed_by`.
+macro_rules! this_transaction {
+    () => {
+        "pg_current_xact_id()::text::bigint"
+    };
+}
+
+/// The oldest transaction still running: changes below it are all committed (or gone).
+macro_rules! settled {
+    () => {
+        "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+    };
+}
+
 mod inserts;
 mod listen;
 pub mod schema;
@@ -80,8 +105,7 @@ pub struct PostgresStore {
 }
 
 /// The columns a read selects, in [`raw`]'s order.
-const COLUMNS: &str = "seq, id, request_id, input, body, state, version, owner, attempt, \
-     start_time, update_time, end_time, next_attempt_time, deadline, cancel_requested";
+const COLUMNS: &str = columns!();
 
 /// How long connecting to the database may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -97,12 +121,6 @@ const SWEEP_LOCK: i64 = 0x6f70_7275_6e5f_7377; // "oprun_sw"
 
 /// How many columns [`COLUMNS`] names.
 const COLUMN_COUNT: usize = 15;
-
-/// The id of the current transaction, as stored in `changed_by`.
-const THIS_TRANSACTION: &str = "pg_current_xact_id()::text::bigint";
-
-/// The oldest transaction still running: changes below it are all committed (or gone).
-const SETTLED: &str = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
 
 /// Maps a driver error to a store error: damaged data is [`StoreError::Corrupt`]; everything
 /// else (a lost connection, a full disk, a timeout, a refused statement) is
@@ -241,7 +259,7 @@ impl PostgresStore {
         let signal = Arc::new(ChangeSignal::default());
         let stop = CancellationToken::new();
         let listener = tokio::spawn(listen::run(config, Arc::clone(&signal), stop.clone()));
-        let (inserter, _) = inserts::Inserter::start(pool.clone());
+        let inserter = inserts::Inserter::start(pool.clone());
         Ok(Self {
             pool,
             closed: AtomicBool::new(false),
@@ -270,17 +288,13 @@ impl PostgresStore {
         client.query(&statement, params).await.map_err(pg_error)
     }
 
-    async fn select_by(
+    /// The one operation `sql` (a `SELECT` of [`COLUMNS`] with one parameter) finds.
+    async fn select_one(
         &self,
-        column: &str,
+        sql: &str,
         value: &str,
     ) -> Result<Option<OperationRecord>, StoreError> {
-        let rows = self
-            .query(
-                &format!("SELECT {COLUMNS} FROM operations WHERE {column} = $1"),
-                &[&value],
-            )
-            .await?;
+        let rows = self.query(sql, &[&value]).await?;
         rows.first().map(raw).transpose()
     }
 }
@@ -333,9 +347,98 @@ fn quote_identifier(name: &str) -> String {
 }
 
 /// The columns a write sets (`$1` is the id; the fence's parameters follow `$13`).
-const SET: &str = "done = $2, state = $3, error_code = $4, update_time = $5, end_time = $6, \
-     body = $7, owner = $8, attempt = $9, start_time = $10, next_attempt_time = $11, \
-     deadline = $12, due = $13, changed_by = pg_current_xact_id()::text::bigint";
+macro_rules! set {
+    () => {
+        concat!(
+            "done = $2, state = $3, error_code = $4, update_time = $5, end_time = $6, \
+             body = $7, owner = $8, attempt = $9, start_time = $10, next_attempt_time = $11, \
+             deadline = $12, due = $13, changed_by = ",
+            this_transaction!()
+        )
+    };
+}
+
+const BY_ID: &str = concat!("SELECT ", columns!(), " FROM operations WHERE id = $1");
+const BY_REQUEST: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM operations WHERE request_id = $1"
+);
+
+/// A write fenced by the version read.
+const WRITE_AT_VERSION: &str = concat!(
+    "UPDATE operations SET ",
+    set!(),
+    ", version = $14, cancel_requested = $15 \
+     WHERE id = $1 AND version = $16 RETURNING version, cancel_requested"
+);
+
+/// A write fenced by the owner and attempt of a RUNNING operation.
+const WRITE_AS_OWNER: &str = concat!(
+    "UPDATE operations SET ",
+    set!(),
+    ", version = version + 1, cancel_requested = cancel_requested OR $14 \
+     WHERE id = $1 AND state = 2 AND owner = $15 AND attempt = $16 \
+     RETURNING version, cancel_requested"
+);
+
+/// Each kind's due work, oldest first, skipping rows another node is claiming; then the
+/// oldest of those over all kinds, up to the node's room; made RUNNING. Rows locked but left
+/// out are free again at commit.
+const CLAIM: &str = concat!(
+    "WITH wanted AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS w(kind, room)), \
+     picked AS (SELECT c.seq AS claimed, c.due AS due_at FROM wanted CROSS JOIN LATERAL ( \
+         SELECT o.seq, o.due FROM operations o \
+         WHERE o.state = 1 AND o.kind = wanted.kind AND o.due <= $3 \
+         ORDER BY o.due, o.seq LIMIT wanted.room FOR UPDATE SKIP LOCKED) c \
+       ORDER BY c.due, c.seq LIMIT $4) \
+     UPDATE operations SET state = 2, owner = $5, start_time = $3, update_time = $3, \
+       next_attempt_time = NULL, due = NULL, version = version + 1, changed_by = ",
+    this_transaction!(),
+    " FROM picked WHERE seq = picked.claimed RETURNING ",
+    columns!(),
+    ", picked.due_at"
+);
+
+const UNFINISHED: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM operations WHERE done = 0 ORDER BY seq"
+);
+
+const ORPHANS: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM operations o WHERE o.state = 2 AND o.owner IS DISTINCT FROM $1 AND NOT EXISTS \
+     (SELECT 1 FROM nodes n WHERE n.id = o.owner AND n.lease_until >= $2) \
+     ORDER BY o.seq LIMIT $3"
+);
+
+const DEADLINES_PASSED: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM operations WHERE state = 1 AND deadline IS NOT NULL AND deadline <= $1 \
+     ORDER BY deadline, seq LIMIT $2"
+);
+
+/// The feed's head: the position before the oldest running transaction.
+const HEAD: &str = concat!("SELECT ", settled!(), " - 1");
+
+/// A page of the feed: changes of settled transactions after the position.
+const CHANGES: &str = concat!(
+    "SELECT ",
+    columns!(),
+    ", changed_by FROM operations WHERE changed_by > $1 AND changed_by < ",
+    settled!(),
+    " ORDER BY changed_by, seq LIMIT $2"
+);
+
+/// The rest of one transaction's changes, after a page that ended inside them.
+const CHANGES_REST: &str = concat!(
+    "SELECT ",
+    columns!(),
+    ", changed_by FROM operations WHERE changed_by = $1 AND seq > $2 ORDER BY seq"
+);
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -394,14 +497,7 @@ impl Store for PostgresStore {
                     &r.cancel_requested,
                     &expected,
                 ]);
-                self.query(
-                    &format!(
-                        "UPDATE operations SET {SET}, version = $14, cancel_requested = $15 \
-                         WHERE id = $1 AND version = $16 RETURNING version, cancel_requested"
-                    ),
-                    &all,
-                )
-                .await?
+                self.query(WRITE_AT_VERSION, &all).await?
             }
             Fence::Owner {
                 node,
@@ -410,16 +506,7 @@ impl Store for PostgresStore {
                 let fenced = i32::try_from(*fenced).unwrap_or(i32::MAX);
                 let mut all = columns.to_vec();
                 all.extend([&r.cancel_requested as &(dyn ToSql + Sync), node, &fenced]);
-                self.query(
-                    &format!(
-                        "UPDATE operations SET {SET}, version = version + 1, \
-                         cancel_requested = cancel_requested OR $14 \
-                         WHERE id = $1 AND state = 2 AND owner = $15 AND attempt = $16 \
-                         RETURNING version, cancel_requested"
-                    ),
-                    &all,
-                )
-                .await?
+                self.query(WRITE_AS_OWNER, &all).await?
             }
         };
         if let Some(row) = rows.first() {
@@ -429,7 +516,7 @@ impl Store for PostgresStore {
                 requested_cancellation: row.try_get(1).map_err(pg_error)?,
             });
         }
-        let stored = self.select_by("id", &r.id).await?;
+        let stored = self.select_one(BY_ID, &r.id).await?;
         Ok(Written::Stale(stored.map(Box::new)))
     }
 
@@ -471,30 +558,7 @@ impl Store for PostgresStore {
             .unzip();
         let all_kinds: Vec<&str> = claim.kinds.iter().map(|(k, _)| k.as_str()).collect();
         let now = micros(claim.now);
-        // Each kind's due work, oldest first, skipping rows another node is claiming; then the
-        // oldest of those over all kinds, up to the node's room. Rows locked but left out are
-        // free again at commit.
-        let start = tx
-            .prepare_cached(&format!(
-                "WITH wanted AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS w(kind, room)), \
-                 due AS (SELECT c.seq, c.due FROM wanted CROSS JOIN LATERAL ( \
-                     SELECT o.seq, o.due FROM operations o \
-                     WHERE o.state = 1 AND o.kind = wanted.kind AND o.due <= $3 \
-                     ORDER BY o.due, o.seq LIMIT wanted.room FOR UPDATE SKIP LOCKED) c \
-                   ORDER BY c.due, c.seq LIMIT $4) \
-                 UPDATE operations o SET state = 2, owner = $5, start_time = $3, \
-                   update_time = $3, next_attempt_time = NULL, due = NULL, \
-                   version = o.version + 1, changed_by = {THIS_TRANSACTION} \
-                 FROM due WHERE o.seq = due.seq \
-                 RETURNING {}, due.due",
-                COLUMNS
-                    .split(", ")
-                    .map(|c| format!("o.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-            .await
-            .map_err(pg_error)?;
+        let start = tx.prepare_cached(CLAIM).await.map_err(pg_error)?;
         let next = tx
             .prepare_cached(
                 "SELECT min(due) FROM operations \
@@ -553,30 +617,14 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError> {
         let rows = self
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM operations o WHERE o.state = 2 \
-                     AND o.owner IS DISTINCT FROM $1 AND NOT EXISTS (SELECT 1 FROM nodes n \
-                     WHERE n.id = o.owner AND n.lease_until >= $2) \
-                     ORDER BY o.seq LIMIT $3"
-                ),
-                &[&node, &micros(now), &count(limit)],
-            )
+            .query(ORPHANS, &[&node, &micros(now), &count(limit)])
             .await?;
         records(&rows)
     }
 
     async fn deadlines(&self, now: SystemTime, limit: usize) -> Result<Deadlines, StoreError> {
         let now = micros(now);
-        let passed = self
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM operations WHERE state = 1 AND deadline IS NOT NULL \
-                     AND deadline <= $1 ORDER BY deadline, seq LIMIT $2"
-                ),
-                &[&now, &count(limit)],
-            )
-            .await?;
+        let passed = self.query(DEADLINES_PASSED, &[&now, &count(limit)]).await?;
         let next = self
             .query(
                 "SELECT min(deadline) FROM operations WHERE state = 1 \
@@ -595,11 +643,11 @@ impl Store for PostgresStore {
     }
 
     async fn get(&self, id: &OperationId) -> Result<Option<OperationRecord>, StoreError> {
-        self.select_by("id", id.as_str()).await
+        self.select_one(BY_ID, id.as_str()).await
     }
 
     async fn find_request(&self, request_id: &str) -> Result<Option<OperationRecord>, StoreError> {
-        self.select_by("request_id", request_id).await
+        self.select_one(BY_REQUEST, request_id).await
     }
 
     async fn delete_done(&self, id: &OperationId) -> Result<Option<bool>, StoreError> {
@@ -700,13 +748,7 @@ impl Store for PostgresStore {
     }
 
     async fn unfinished(&self) -> Result<Vec<OperationRecord>, StoreError> {
-        let rows = self
-            .query(
-                &format!("SELECT {COLUMNS} FROM operations WHERE done = 0 ORDER BY seq"),
-                &[],
-            )
-            .await?;
-        records(&rows)
+        records(&self.query(UNFINISHED, &[]).await?)
     }
 
     fn is_exclusive(&self) -> bool {
@@ -733,7 +775,7 @@ impl Store for PostgresStore {
 
     async fn changes(&self, after: Option<i64>, limit: usize) -> Result<Changes, StoreError> {
         let Some(after) = after else {
-            let rows = self.query(&format!("SELECT {SETTLED} - 1"), &[]).await?;
+            let rows = self.query(HEAD, &[]).await?;
             let head: i64 = match rows.first() {
                 Some(row) => row.try_get(0).map_err(pg_error)?,
                 None => 0,
@@ -744,16 +786,7 @@ impl Store for PostgresStore {
             });
         };
         let limit = count(limit.max(1));
-        let mut rows = self
-            .query(
-                &format!(
-                    "SELECT {COLUMNS}, changed_by FROM operations \
-                     WHERE changed_by > $1 AND changed_by < {SETTLED} \
-                     ORDER BY changed_by, seq LIMIT $2"
-                ),
-                &[&after, &limit],
-            )
-            .await?;
+        let mut rows = self.query(CHANGES, &[&after, &limit]).await?;
         let last = |rows: &[Row]| -> Result<Option<(i64, i64)>, StoreError> {
             rows.last()
                 .map(|row| {
@@ -768,15 +801,7 @@ impl Store for PostgresStore {
         // (a transaction) can be resumed after without missing any.
         if rows.len() == usize::try_from(limit).unwrap_or(usize::MAX) {
             if let Some((xact, seq)) = last(&rows)? {
-                let rest = self
-                    .query(
-                        &format!(
-                            "SELECT {COLUMNS}, changed_by FROM operations \
-                             WHERE changed_by = $1 AND seq > $2 ORDER BY seq"
-                        ),
-                        &[&xact, &seq],
-                    )
-                    .await?;
+                let rest = self.query(CHANGES_REST, &[&xact, &seq]).await?;
                 rows.extend(rest);
             }
         }
