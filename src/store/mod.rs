@@ -127,6 +127,11 @@ impl RunningLimits {
         Self::default()
     }
 
+    /// Whether there is no limit beyond each node's own room.
+    pub fn is_none(&self) -> bool {
+        self.kinds.is_empty() && self.total.is_none()
+    }
+
     /// Narrows a node's `room` (per kind, and in all) to what the limits leave, given what
     /// runs over the cluster now (`running`: per kind).
     pub fn narrow(

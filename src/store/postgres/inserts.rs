@@ -1,15 +1,15 @@
 //! Group commit for inserts. Every insert takes the `seq` counter row's lock until it commits
 //! (that is what keeps paging in commit order), so inserts made one by one commit one at a
 //! time: one WAL flush each. Instead, one task inserts everything waiting in one statement
-//! (`unnest` over arrays of the columns, one counter update for the batch), and the next batch
-//! gathers while that one commits.
+//! (`unnest` over arrays of the columns, one counter update for the batch): see
+//! [`super::batch`].
 
 use std::collections::HashMap;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
+use super::batch::Batcher;
 use super::{pg_error, pool_error};
 use crate::store::row::RowImage;
 use crate::store::StoreError;
@@ -17,61 +17,18 @@ use crate::store::StoreError;
 /// The most inserts in one statement.
 const MAX_BATCH: usize = 512;
 
-/// What an insert came to: its `seq`, or `None` when its request id was already taken.
-type Outcome = Result<Option<i64>, StoreError>;
+/// What an insert comes to: its `seq`, or `None` when its request id was already taken.
+pub(super) type Inserter = Batcher<RowImage, Option<i64>>;
 
-struct Pending {
-    image: RowImage,
-    reply: oneshot::Sender<Outcome>,
-}
-
-/// The inserting task's mailbox.
-pub(super) struct Inserter {
-    tx: mpsc::UnboundedSender<Pending>,
-}
-
-impl Inserter {
-    /// Starts the inserting task over `pool`; it ends when the `Inserter` is dropped.
-    pub(super) fn start(pool: Pool) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, rx));
-        Self { tx }
-    }
-
-    /// Inserts `image` with whatever else is waiting; its `seq`, or `None` when its request
-    /// id was already taken.
-    pub(super) async fn insert(&self, image: RowImage) -> Outcome {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Pending { image, reply })
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
-    }
-}
-
-async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
+/// Starts the inserting task over `pool`; it ends when the `Inserter` is dropped.
+pub(super) fn start(pool: Pool) -> Inserter {
+    Batcher::start(MAX_BATCH, move |rows: Vec<RowImage>| {
+        let pool = pool.clone();
+        async move {
+            let seqs = insert_batch(&pool, &rows).await?;
+            Ok(rows.iter().map(|r| seqs.get(&r.id).copied()).collect())
         }
-        match insert_batch(&pool, &batch).await {
-            Ok(seqs) => {
-                for p in batch.drain(..) {
-                    let _ = p.reply.send(Ok(seqs.get(&p.image.id).copied()));
-                }
-            }
-            Err(e) => {
-                for p in batch.drain(..) {
-                    let _ = p.reply.send(Err(e.clone()));
-                }
-            }
-        }
-    }
+    })
 }
 
 /// The statement: the batch's columns as arrays, numbered in order, given `seq`s after the
@@ -97,8 +54,7 @@ const INSERT_BATCH: &str =
     " FROM input, next ORDER BY input.ord ON CONFLICT (request_id) DO NOTHING RETURNING id, seq"
 );
 
-async fn insert_batch(pool: &Pool, batch: &[Pending]) -> Result<HashMap<String, i64>, StoreError> {
-    let rows: Vec<&RowImage> = batch.iter().map(|p| &p.image).collect();
+async fn insert_batch(pool: &Pool, rows: &[RowImage]) -> Result<HashMap<String, i64>, StoreError> {
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     let request_ids: Vec<Option<&str>> = rows.iter().map(|r| r.request_id.as_deref()).collect();
     let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();

@@ -42,11 +42,13 @@ macro_rules! settled {
     };
 }
 
+mod batch;
 mod inserts;
 mod listen;
 pub mod schema;
 #[cfg(any(test, feature = "conformance"))]
 pub mod testing;
+mod writes;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,7 +57,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{NoTls, Row};
 use tokio_util::sync::CancellationToken;
@@ -102,6 +104,8 @@ pub struct PostgresStore {
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Inserts, committed in groups.
     inserter: inserts::Inserter,
+    /// Fenced writes, committed in groups.
+    writer: writes::Writer,
 }
 
 /// The columns a read selects, in [`raw`]'s order.
@@ -197,6 +201,54 @@ fn records(rows: &[Row]) -> Result<Vec<OperationRecord>, StoreError> {
     rows.iter().map(raw).collect()
 }
 
+/// Runs [`CLAIM`] for `room` (per kind; `total` in all) on `client` (a connection, or the
+/// transaction holding the claim lock), pipelined with the read of when the next queued
+/// operation of `claim`'s kinds is due: one round trip.
+async fn claim_on(
+    client: &impl GenericClient,
+    claim: &Claim,
+    room: &[(&str, usize)],
+    total: usize,
+) -> Result<Claimed, StoreError> {
+    let (kinds, rooms): (Vec<&str>, Vec<i64>) = room
+        .iter()
+        .filter(|(_, room)| *room > 0)
+        .map(|(kind, room)| (*kind, count(*room)))
+        .unzip();
+    let all_kinds: Vec<&str> = claim.kinds.iter().map(|(k, _)| k.as_str()).collect();
+    let now = micros(claim.now);
+    let limit = count(total);
+    let (start, next) = tokio::try_join!(
+        client.prepare_cached(CLAIM),
+        client.prepare_cached(NEXT_DUE)
+    )
+    .map_err(pg_error)?;
+    let started = async {
+        if kinds.is_empty() || total == 0 {
+            return Ok(Vec::new());
+        }
+        client
+            .query(&start, &[&kinds, &rooms, &now, &limit, &claim.node])
+            .await
+    };
+    let next_params: [&(dyn ToSql + Sync); 2] = [&all_kinds, &now];
+    let next_due = client.query_one(&next, &next_params);
+    let (started, next) = tokio::try_join!(started, next_due).map_err(pg_error)?;
+    // Oldest due first (the claim cleared `due` in the row; the statement returns it).
+    let mut operations = Vec::with_capacity(started.len());
+    for row in &started {
+        let due: i64 = row.try_get(COLUMN_COUNT).map_err(pg_error)?;
+        operations.push((due, raw(row)?));
+    }
+    operations.sort_by_key(|(due, r)| (*due, r.seq));
+    let operations = operations.into_iter().map(|(_, r)| r).collect();
+    let next_due: Option<i64> = next.try_get(0).map_err(pg_error)?;
+    Ok(Claimed {
+        operations,
+        next_due: next_due.map(from_micros),
+    })
+}
+
 impl ToSql for SqlValue {
     fn to_sql(
         &self,
@@ -259,7 +311,8 @@ impl PostgresStore {
         let signal = Arc::new(ChangeSignal::default());
         let stop = CancellationToken::new();
         let listener = tokio::spawn(listen::run(config, Arc::clone(&signal), stop.clone()));
-        let inserter = inserts::Inserter::start(pool.clone());
+        let inserter = inserts::start(pool.clone());
+        let writer = writes::start(pool.clone());
         Ok(Self {
             pool,
             closed: AtomicBool::new(false),
@@ -267,6 +320,7 @@ impl PostgresStore {
             stop,
             listener: std::sync::Mutex::new(Some(listener)),
             inserter,
+            writer,
         })
     }
 
@@ -346,40 +400,11 @@ fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The columns a write sets (`$1` is the id; the fence's parameters follow `$13`).
-macro_rules! set {
-    () => {
-        concat!(
-            "done = $2, state = $3, error_code = $4, update_time = $5, end_time = $6, \
-             body = $7, owner = $8, attempt = $9, start_time = $10, next_attempt_time = $11, \
-             deadline = $12, due = $13, changed_by = ",
-            this_transaction!()
-        )
-    };
-}
-
 const BY_ID: &str = concat!("SELECT ", columns!(), " FROM operations WHERE id = $1");
 const BY_REQUEST: &str = concat!(
     "SELECT ",
     columns!(),
     " FROM operations WHERE request_id = $1"
-);
-
-/// A write fenced by the version read.
-const WRITE_AT_VERSION: &str = concat!(
-    "UPDATE operations SET ",
-    set!(),
-    ", version = $14, cancel_requested = $15 \
-     WHERE id = $1 AND version = $16 RETURNING version, cancel_requested"
-);
-
-/// A write fenced by the owner and attempt of a RUNNING operation.
-const WRITE_AS_OWNER: &str = concat!(
-    "UPDATE operations SET ",
-    set!(),
-    ", version = version + 1, cancel_requested = cancel_requested OR $14 \
-     WHERE id = $1 AND state = 2 AND owner = $15 AND attempt = $16 \
-     RETURNING version, cancel_requested"
 );
 
 /// Each kind's due work, oldest first, skipping rows another node is claiming; then the
@@ -399,6 +424,10 @@ const CLAIM: &str = concat!(
     columns!(),
     ", picked.due_at"
 );
+
+/// When the next queued operation of the kinds (`$1`) is due, after now (`$2`).
+const NEXT_DUE: &str = "SELECT min(due) FROM operations \
+     WHERE state = 1 AND kind = ANY($1::text[]) AND due > $2";
 
 const UNFINISHED: &str = concat!(
     "SELECT ",
@@ -451,7 +480,7 @@ impl Store for PostgresStore {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
-        match self.inserter.insert(RowImage::of(&record, true)).await? {
+        match self.inserter.call(RowImage::of(&record, true)).await? {
             Some(seq) => {
                 record.seq = seq;
                 Ok(Inserted::New(record))
@@ -470,58 +499,26 @@ impl Store for PostgresStore {
     }
 
     async fn write(&self, record: &OperationRecord, fence: &Fence) -> Result<Written, StoreError> {
-        let r = RowImage::of(record, false);
-        let attempt = i32::try_from(r.attempt).unwrap_or(i32::MAX);
-        let done = i16::from(r.done);
-        let columns: [&(dyn ToSql + Sync); 13] = [
-            &r.id,
-            &done,
-            &r.state,
-            &r.error_code,
-            &r.update_time,
-            &r.end_time,
-            &r.body,
-            &r.owner,
-            &attempt,
-            &r.start_time,
-            &r.next_attempt_time,
-            &r.deadline,
-            &r.due,
-        ];
-        let rows = match fence {
-            Fence::Version(expected) => {
-                let expected = i64::try_from(*expected).unwrap_or(i64::MAX);
-                let mut all = columns.to_vec();
-                all.extend([
-                    &r.version as &(dyn ToSql + Sync),
-                    &r.cancel_requested,
-                    &expected,
-                ]);
-                self.query(WRITE_AT_VERSION, &all).await?
-            }
-            Fence::Owner {
-                node,
-                attempt: fenced,
-            } => {
-                let fenced = i32::try_from(*fenced).unwrap_or(i32::MAX);
-                let mut all = columns.to_vec();
-                all.extend([&r.cancel_requested as &(dyn ToSql + Sync), node, &fenced]);
-                self.query(WRITE_AS_OWNER, &all).await?
-            }
-        };
-        if let Some(row) = rows.first() {
-            let version: i64 = row.try_get(0).map_err(pg_error)?;
-            return Ok(Written::Applied {
-                version: u64::try_from(version).unwrap_or(0),
-                requested_cancellation: row.try_get(1).map_err(pg_error)?,
-            });
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
         }
-        let stored = self.select_one(BY_ID, &r.id).await?;
-        Ok(Written::Stale(stored.map(Box::new)))
+        let write = writes::Write {
+            row: RowImage::of(record, false),
+            fence: fence.clone(),
+        };
+        self.writer.call(write).await
     }
 
     async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError> {
         let mut client = self.client().await?;
+        if claim.limits.is_none() {
+            // No limit over the cluster: each node claims within its own room, and the claim
+            // is one statement (its rows locked with SKIP LOCKED), pipelined with the
+            // next-due read: one round trip.
+            let room: Vec<(&str, usize)> =
+                claim.kinds.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+            return claim_on(&client, claim, &room, claim.total).await;
+        }
         // READ COMMITTED whatever the database's default: the count below must see what
         // claims committed while this one waited for the lock.
         let tx = client
@@ -530,9 +527,9 @@ impl Store for PostgresStore {
             .start()
             .await
             .map_err(pg_error)?;
-        // Claims take turns over the cluster, so that what runs (read next, after the lock:
-        // each statement reads what was committed before it started) is what the last claim
-        // left, and two nodes cannot both take the last room under a limit.
+        // Claims under a limit take turns over the cluster, so that what runs (read next,
+        // after the lock: each statement reads what was committed before it started) is what
+        // the last claim left, and two nodes cannot both take the last room under a limit.
         let lock = tx
             .prepare_cached("SELECT pg_advisory_xact_lock($1)")
             .await
@@ -551,47 +548,10 @@ impl Store for PostgresStore {
             running.insert(kind, usize::try_from(n).unwrap_or(usize::MAX));
         }
         let (room, total) = claim.limits.narrow(&claim.kinds, claim.total, &running);
-        let (kinds, rooms): (Vec<&str>, Vec<i64>) = room
-            .iter()
-            .filter(|(_, room)| *room > 0)
-            .map(|(kind, room)| (kind.as_str(), count(*room)))
-            .unzip();
-        let all_kinds: Vec<&str> = claim.kinds.iter().map(|(k, _)| k.as_str()).collect();
-        let now = micros(claim.now);
-        let start = tx.prepare_cached(CLAIM).await.map_err(pg_error)?;
-        let next = tx
-            .prepare_cached(
-                "SELECT min(due) FROM operations \
-                 WHERE state = 1 AND kind = ANY($1::text[]) AND due > $2",
-            )
-            .await
-            .map_err(pg_error)?;
-        let limit = count(total);
-        let started = async {
-            if kinds.is_empty() || total == 0 {
-                return Ok(Vec::new());
-            }
-            tx.query(&start, &[&kinds, &rooms, &now, &limit, &claim.node])
-                .await
-        };
-        // Pipelined on one connection: one round trip for both.
-        let next_params: [&(dyn ToSql + Sync); 2] = [&all_kinds, &now];
-        let next_due = tx.query_one(&next, &next_params);
-        let (started, next) = tokio::try_join!(started, next_due).map_err(pg_error)?;
+        let room: Vec<(&str, usize)> = room.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+        let claimed = claim_on(&tx, claim, &room, total).await?;
         tx.commit().await.map_err(pg_error)?;
-        // Oldest due first (the claim cleared `due` in the row; the statement returns it).
-        let mut operations = Vec::with_capacity(started.len());
-        for row in &started {
-            let due: i64 = row.try_get(COLUMN_COUNT).map_err(pg_error)?;
-            operations.push((due, raw(row)?));
-        }
-        operations.sort_by_key(|(due, r)| (*due, r.seq));
-        let operations = operations.into_iter().map(|(_, r)| r).collect();
-        let next_due: Option<i64> = next.try_get(0).map_err(pg_error)?;
-        Ok(Claimed {
-            operations,
-            next_due: next_due.map(from_micros),
-        })
+        Ok(claimed)
     }
 
     async fn heartbeat(&self, node: &str, lease_until: SystemTime) -> Result<(), StoreError> {
@@ -1043,6 +1003,52 @@ mod tests {
         holder.rollback().await.expect("release");
         let after = store.sweep(later, None).await.expect("sweep");
         assert_eq!((after.deleted, after.finished), (3, 0));
+    }
+
+    /// Writes made at once go to the database in groups, each under its own fence: of two
+    /// writes of one operation at the version both read, one is applied and the other is
+    /// stale and shown what is stored, whether they share a group or not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grouped_writes_keep_each_fence() {
+        use crate::model::Change;
+        let db = TestDatabase::create("grouped_writes").await;
+        let store = PostgresStore::connect(&db.url(), PostgresOptions::default())
+            .await
+            .expect("connect");
+        let mut stored = Vec::new();
+        for _ in 0..20 {
+            let r = OperationRecord::new_queued("sleep".into(), Default::default(), None);
+            match store.insert(r).await.expect("insert") {
+                Inserted::New(r) => stored.push(r),
+                Inserted::Existing(_) => panic!("no request id was given"),
+            }
+        }
+        let now = SystemTime::now();
+        let writes: Vec<_> = stored
+            .iter()
+            .flat_map(|r| {
+                // A queued operation asked to cancel ends CANCELLED: twice the same change,
+                // as two clients would send it.
+                let next = r.apply(Change::RequestCancel, now).expect("cancel");
+                [next.clone(), next].map(|next| (next, Fence::Version(r.version)))
+            })
+            .collect();
+        let answers =
+            futures::future::join_all(writes.iter().map(|(next, fence)| store.write(next, fence)))
+                .await;
+        for (pair, r) in answers.chunks(2).zip(&stored) {
+            let applied = pair
+                .iter()
+                .filter(|a| matches!(a, Ok(Written::Applied { .. })))
+                .count();
+            assert_eq!(applied, 1, "{}: {pair:?}", r.id);
+            let stale = pair.iter().find_map(|a| match a {
+                Ok(Written::Stale(Some(now))) => Some(now.version),
+                _ => None,
+            });
+            assert_eq!(stale, Some(r.version + 1), "{}: {pair:?}", r.id);
+        }
+        store.close().await.expect("close");
     }
 
     /// Closing the store closes its connections, the `LISTEN` one included.
