@@ -475,3 +475,70 @@ async fn a_node_that_cannot_renew_its_lease_stops_its_workers() {
         .await
         .expect("shutdown");
 }
+
+/// `max_queued` holds over all nodes of a shared store: what one node queued fills the queue
+/// for the others once they count the store (every `queue_recount`), and work one node
+/// queued and another ran leaves the queue of both. (Counted by each node alone, the second
+/// node took a full queue more, and the first stayed full for good of work it never ran.)
+#[tokio::test(start_paused = true)]
+async fn the_queue_bound_holds_over_all_nodes() {
+    use oprun::model::State as Stored;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::shared());
+    let start = |node: &str, max_running: usize| {
+        let config = RunnerConfig {
+            node: node.into(),
+            max_queued: 3,
+            max_running,
+            queue_recount: Duration::from_millis(100),
+            ..RunnerConfig::default()
+        };
+        Runner::start(Registry::with_builtins(), Arc::clone(&store), config)
+    };
+    let a = start("a", 1).await.expect("a starts");
+    let b = start("b", 3).await.expect("b starts");
+    let submit = |runner: &Runner, ms: u64| {
+        let runner = runner.clone();
+        async move {
+            runner
+                .submit(oprun::Submission::new("sleep", sleep_input(ms, 1, "")))
+                .await
+        }
+    };
+    // `a` runs a long one and queues three more; the dispatchers take what they can.
+    let long = submit(&a, 3_600_000).await.expect("a takes the first");
+    let mut queued = Vec::new();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    for _ in 0..3 {
+        queued.push(submit(&a, 3_600_000).await.expect("a has room"));
+    }
+    // `b` (room for three) runs what `a` queued, once it hears of it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let states = futures::future::join_all(queued.iter().map(|op| a.get(&op.id))).await;
+    let running = states
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.state == Stored::Running))
+        .count();
+    assert_eq!(running, 3, "b runs what a queued: {states:?}");
+    assert_eq!(a.get(&long.id).await.expect("get").state, Stored::Running);
+    // Nothing waits: `a` has room again although it queued three it never ran.
+    for _ in 0..3 {
+        submit(&a, 3_600_000)
+            .await
+            .expect("a's queue emptied when b ran its work");
+    }
+    // Those three wait (`a` is full, `b` is full): once `b` counts the store, it refuses.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = submit(&b, 1)
+        .await
+        .expect_err("the cluster's queue is full");
+    assert_eq!(
+        tonic::Status::from(refused).code(),
+        tonic::Code::ResourceExhausted
+    );
+    for runner in [a, b] {
+        runner
+            .shutdown(Duration::from_secs(1))
+            .await
+            .expect("shutdown");
+    }
+}

@@ -112,7 +112,8 @@ pub struct ServeArgs {
     /// Least time between two progress writes of one operation.
     #[arg(long, env = "OPRUN_PROGRESS_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub progress_interval: Duration,
-    /// Most operations waiting at once (queued, delayed or backing off), over all kinds.
+    /// Most operations waiting at once (queued, delayed or backing off), over all kinds (and,
+    /// on a PostgreSQL store, over all nodes: each counts the store's queue twice a second).
     #[arg(long, env = "OPRUN_MAX_QUEUED", default_value_t = 100_000)]
     pub max_queued: usize,
     /// Largest accepted input message, in bytes.

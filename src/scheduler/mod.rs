@@ -34,6 +34,7 @@ mod dispatch;
 mod follow;
 mod outcome;
 mod queries;
+mod recount;
 mod recovery;
 mod retention;
 mod run;
@@ -108,6 +109,10 @@ pub struct RunnerConfig {
     /// (what the others did: an end a Wait here waits for, a cancel request for work running
     /// here). Unused on an exclusive store.
     pub follow_interval: Duration,
+    /// How often a node that shares its store counts the queued operations of all nodes,
+    /// which `max_queued` (and each kind's bound) are checked against. Unused on an
+    /// exclusive store.
+    pub queue_recount: Duration,
     /// The clock that times and timestamps read.
     pub clock: Arc<dyn Clock>,
 }
@@ -128,6 +133,7 @@ impl std::fmt::Debug for RunnerConfig {
             .field("node", &self.node)
             .field("lease", &self.lease)
             .field("follow_interval", &self.follow_interval)
+            .field("queue_recount", &self.queue_recount)
             .finish_non_exhaustive()
     }
 }
@@ -148,6 +154,7 @@ impl Default for RunnerConfig {
             cluster_max_running: None,
             lease: Duration::from_secs(30),
             follow_interval: Duration::from_millis(100),
+            queue_recount: Duration::from_millis(500),
             clock: Arc::new(SystemClock),
         }
     }
@@ -241,12 +248,16 @@ impl Runner {
             }),
         };
         runner.recover().await?;
+        if followed.is_some() {
+            // The queue bounds hold over all nodes from the first submission.
+            runner.recount().await?;
+        }
         // On an exclusive store no other node holds work or can take this node's over: no
         // lease to renew, no orphans but the last process's (taken over by `recover`).
-        let leases = followed.is_some().then_some(Task::Leases);
+        let shared_store = followed.is_some().then_some([Task::Leases, Task::Recount]);
         for task in [Task::Dispatch, Task::Deadlines, Task::Retention]
             .into_iter()
-            .chain(leases)
+            .chain(shared_store.into_iter().flatten())
         {
             let runner = runner.clone();
             runner.shared.tracker.clone().spawn(async move {
@@ -255,6 +266,7 @@ impl Runner {
                     Task::Deadlines => runner.deadline_loop().await,
                     Task::Leases => runner.lease_loop().await,
                     Task::Retention => runner.sweep_loop().await,
+                    Task::Recount => runner.recount_loop().await,
                 }
             });
         }
@@ -364,6 +376,7 @@ enum Task {
     Deadlines,
     Leases,
     Retention,
+    Recount,
 }
 
 /// A request to run a task.

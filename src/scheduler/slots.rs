@@ -17,17 +17,22 @@ pub(crate) struct Slots {
 struct KindSlots {
     /// Running on this node.
     running: usize,
-    /// Queued (ready, delayed or backing off). Signed: a claim may count an operation out
-    /// before its creation or requeue counted it in (both follow the store's answer); the sum
-    /// is right once both are counted.
+    /// Queued (ready, delayed or backing off), as this node counted its own changes: since
+    /// the last [`Slots::recount`] on a shared store, or ever on an exclusive one. Signed: a
+    /// claim may count an operation out before its creation or requeue counted it in (both
+    /// follow the store's answer), and a node claims work other nodes queued; the sum is
+    /// right once both are counted.
     waiting: i64,
+    /// Queued, as the store counted at the last [`Slots::recount`] (a shared store's, where
+    /// other nodes queue and take work too; always 0 on an exclusive store).
+    counted: i64,
     /// Submissions admitted but not yet stored.
     reserved: usize,
 }
 
 impl KindSlots {
     fn waiting(&self) -> usize {
-        usize::try_from(self.waiting.max(0))
+        usize::try_from(self.counted.saturating_add(self.waiting).max(0))
             .unwrap_or(usize::MAX)
             .saturating_add(self.reserved)
     }
@@ -46,6 +51,32 @@ impl Slots {
     /// Queued or running, over all kinds.
     pub(crate) fn unfinished(&self) -> usize {
         self.kinds.values().map(|k| k.waiting() + k.running).sum()
+    }
+
+    /// This node's own counts of queued operations by kind, to pass to
+    /// [`Slots::recount`] once the store has been counted.
+    pub(crate) fn own_counts(&self) -> HashMap<String, i64> {
+        self.kinds
+            .iter()
+            .map(|(kind, k)| (kind.clone(), k.waiting))
+            .collect()
+    }
+
+    /// Takes the store's count of queued operations by kind (read after `before`, this
+    /// node's counts then): from now on a kind's queue is that count plus what this node
+    /// changed since `before`.
+    pub(crate) fn recount(
+        &mut self,
+        before: &HashMap<String, i64>,
+        counted: &HashMap<String, usize>,
+    ) {
+        for (kind, k) in &mut self.kinds {
+            k.waiting -= before.get(kind).copied().unwrap_or(0);
+            k.counted = 0;
+        }
+        for (kind, n) in counted {
+            self.kind(kind).counted = i64::try_from(*n).unwrap_or(i64::MAX);
+        }
     }
 
     /// Running, over all kinds.
@@ -161,5 +192,28 @@ mod tests {
         assert_eq!(room, vec![("b".to_owned(), 2)]);
         s.stopped("a");
         assert_eq!((s.running(), s.unfinished()), (0, 0));
+    }
+
+    /// A recount takes the store's count (what other nodes queued and took included) and
+    /// keeps what this node changed while the store was read.
+    #[test]
+    fn a_recount_takes_the_stores_count_and_keeps_later_changes() {
+        let mut s = Slots::default();
+        s.queued("a");
+        s.queued("a");
+        let before = s.own_counts();
+        // Queued here while the store was read (which saw the first two and three of
+        // other nodes).
+        s.queued("a");
+        s.recount(&before, &HashMap::from([("a".to_owned(), 5)]));
+        assert_eq!(s.waiting(), 6);
+        // Work another node queued, started here.
+        s.started("a");
+        assert_eq!(s.waiting(), 5);
+        // Everything ran or ended: the store has nothing queued.
+        let before = s.own_counts();
+        s.recount(&before, &HashMap::new());
+        assert_eq!(s.waiting(), 0);
+        s.reserve("a", None, 1).expect("room again");
     }
 }

@@ -33,6 +33,7 @@ where
     orphans_are_the_work_of_expired_leases(&make().await).await;
     long_gone_idle_nodes_are_forgotten(&make().await).await;
     deadlines_of_queued_work(&make().await).await;
+    queued_counts_follow_claims_and_ends(&make().await).await;
     let shared = std::sync::Arc::new(make().await);
     two_claimers_never_get_the_same_operation(shared).await;
     one_request_id_inserted_at_once_makes_one_operation(std::sync::Arc::new(make().await)).await;
@@ -531,6 +532,29 @@ async fn claims_keep_the_running_limits_over_all_nodes<S: Store>(store: std::syn
 
 /// A heartbeat forgets the nodes whose lease ended long before (a day) and that run nothing;
 /// one that still owns running work stays listed, as does every recent one.
+/// `queued` counts what waits, by kind: not what a claim started, not what ended.
+async fn queued_counts_follow_claims_and_ends<S: Store>(store: &S) {
+    let counts = |pairs: &[(&str, usize)]| -> std::collections::HashMap<String, usize> {
+        pairs.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect()
+    };
+    assert_eq!(store.queued().await.expect("queued"), counts(&[]));
+    for _ in 0..3 {
+        insert_new(store, queued("a")).await;
+    }
+    let b = insert_new(store, queued("b")).await;
+    assert_eq!(
+        store.queued().await.expect("queued"),
+        counts(&[("a", 3), ("b", 1)])
+    );
+    let claimed = store
+        .claim(&claim("n1", &[("a", 1)], 1, base()))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.operations.len(), 1);
+    change(store, &b, failed()).await;
+    assert_eq!(store.queued().await.expect("queued"), counts(&[("a", 2)]));
+}
+
 async fn long_gone_idle_nodes_are_forgotten<S: Store>(store: &S) {
     let day = Duration::from_secs(24 * 3600);
     store.heartbeat("old", base()).await.expect("heartbeat");

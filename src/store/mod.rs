@@ -313,6 +313,13 @@ pub trait Store: Send + Sync + 'static {
         keep_at_most: Option<usize>,
     ) -> Result<Swept, StoreError>;
 
+    /// How many operations are queued (ready, delayed or backing off), by kind: what a node
+    /// sharing the store checks the queue bounds against.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    async fn queued(&self) -> Result<std::collections::HashMap<String, usize>, StoreError>;
+
     /// Every operation that is not done, in `seq` order (for recovery at start-up).
     ///
     /// # Errors
@@ -544,3 +551,7 @@ pub(crate) fn decode_record(
         owner: columns.owner.clone(),
     })
 }
+
+/// For the SQL backends' `queued`: queued operations by kind (the queue index's rows).
+pub(crate) const QUEUED_SQL: &str =
+    "SELECT kind, count(*) FROM operations WHERE state = 1 GROUP BY kind";

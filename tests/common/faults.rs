@@ -180,6 +180,10 @@ impl Store for FaultyStore {
         self.refuse_write()?;
         self.inner.sweep(before, keep).await
     }
+    async fn queued(&self) -> Result<std::collections::HashMap<String, usize>, StoreError> {
+        self.read()?;
+        self.inner.queued().await
+    }
     async fn unfinished(&self) -> Result<Vec<OperationRecord>, StoreError> {
         self.read()?;
         self.inner.unfinished().await

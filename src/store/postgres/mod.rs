@@ -707,6 +707,20 @@ impl Store for PostgresStore {
         })
     }
 
+    async fn queued(&self) -> Result<std::collections::HashMap<String, usize>, StoreError> {
+        self.query(super::QUEUED_SQL, &[])
+            .await?
+            .iter()
+            .map(|row| {
+                let n: i64 = row.try_get(1).map_err(pg_error)?;
+                Ok((
+                    row.try_get(0).map_err(pg_error)?,
+                    usize::try_from(n).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
     async fn unfinished(&self) -> Result<Vec<OperationRecord>, StoreError> {
         records(&self.query(UNFINISHED, &[]).await?)
     }
@@ -1027,8 +1041,7 @@ mod tests {
         let writes: Vec<_> = stored
             .iter()
             .flat_map(|r| {
-                // A queued operation asked to cancel ends CANCELLED: twice the same change,
-                // as two clients would send it.
+                // Twice the same cancel request, as two clients would send it.
                 let next = r.apply(Change::RequestCancel, now).expect("cancel");
                 [next.clone(), next].map(|next| (next, Fence::Version(r.version)))
             })

@@ -38,7 +38,7 @@ use tokio::sync::oneshot;
 
 use super::{
     from_micros, micros, Claim, Claimed, Deadlines, Inserted, NodeLease, Store, StoreError, Swept,
-    Written, NODES_SQL,
+    Written, NODES_SQL, QUEUED_SQL,
 };
 use crate::filter::{Filter, SqlValue};
 use crate::model::{Fence, OperationId, OperationRecord};
@@ -578,6 +578,21 @@ impl Store for SqliteStore {
                         lease_until: from_micros(row.get(1)?),
                         running: usize::try_from(running).unwrap_or(0),
                     })
+                })
+                .and_then(Iterator::collect)
+                .map_err(sql_error)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn queued(&self) -> Result<std::collections::HashMap<String, usize>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(QUEUED_SQL).map_err(sql_error)?;
+            let rows = stmt
+                .query_map([], |row| {
+                    let n: i64 = row.get(1)?;
+                    Ok((row.get(0)?, usize::try_from(n).unwrap_or(0)))
                 })
                 .and_then(Iterator::collect)
                 .map_err(sql_error)?;
