@@ -436,11 +436,64 @@ fn outcome(op: &Operation) -> (bool, i32, Option<String>) {
     (op.done, meta.state, Some(format!("{:?}", op.result)))
 }
 
+/// When each worker ran, from one `oprun serve` process's log ("started" and "worker
+/// returned", with the operation's name in its span): (operation, start, end) in microseconds
+/// since the epoch. A run the log does not end ended by `killed` (the process was killed then)
+/// or is reported as still running.
+fn runs(log: &str, process: &str, killed: Option<i64>) -> Vec<(String, String, i64, i64)> {
+    let mut open: std::collections::HashMap<String, i64> = Default::default();
+    let mut runs = Vec::new();
+    for line in log.lines() {
+        let started = line.contains(" started attempt=");
+        if !started && !line.contains(" worker returned") {
+            continue;
+        }
+        let Some(name) = line
+            .split("op.name=")
+            .nth(1)
+            .and_then(|rest| rest.split([' ', '}']).next())
+        else {
+            continue;
+        };
+        let at = line
+            .split_whitespace()
+            .next()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .unwrap_or_else(|| panic!("a log line without a time: {line}"));
+        let at = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64;
+        if started {
+            assert!(
+                open.insert(name.to_owned(), at).is_none(),
+                "{process} started {name} while it ran it"
+            );
+        } else if let Some(from) = open.remove(name) {
+            runs.push((name.to_owned(), process.to_owned(), from, at));
+        }
+    }
+    for (name, from) in open {
+        let until = killed.unwrap_or_else(|| panic!("{process} still runs {name}"));
+        runs.push((name, process.to_owned(), from, until));
+    }
+    runs
+}
+
+/// Microseconds since the epoch, now.
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
 /// A crash loop across the cluster: 20 times a random node is killed (kill -9) at a random
 /// moment under submissions (request ids, some repeated) and cancels, then started again
 /// under its name. No acknowledged operation is lost (each ends), a repeated request id
-/// always answers the same operation, and no result changes once seen. Replay a run with
-/// OPRUN_CRASH_SEED.
+/// always answers the same operation, no result changes once seen, and no operation ever
+/// ran in two places at once (each process's log says when its workers ran). Replay a run
+/// with OPRUN_CRASH_SEED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_loop_across_the_cluster_loses_nothing() {
     let seed = std::env::var("OPRUN_CRASH_SEED")
@@ -460,6 +513,7 @@ async fn a_crash_loop_across_the_cluster_loses_nothing() {
     let mut by_request: std::collections::HashMap<String, String> = Default::default();
     let mut seen: std::collections::HashMap<String, (bool, i32, Option<String>)> =
         Default::default();
+    let mut all_runs = Vec::new();
     for round in 0..20 {
         for i in 0..6 {
             // One submission in three repeats an earlier request id.
@@ -500,6 +554,13 @@ async fn a_crash_loop_across_the_cluster_loses_nothing() {
         let id = nodes[victim].id.clone();
         nodes[victim].server.child.kill().unwrap();
         nodes[victim].server.child.wait().unwrap();
+        let killed = now_micros();
+        let process = format!("{id} (process {round})");
+        all_runs.extend(runs(
+            &nodes[victim].server.log_text(),
+            &process,
+            Some(killed),
+        ));
         nodes[victim] = Node::start(&db, &id).await;
         // Results seen so far stay as they were.
         for name in &acknowledged {
@@ -525,8 +586,35 @@ async fn a_crash_loop_across_the_cluster_loses_nothing() {
             assert_eq!(&outcome(&op), before, "{name} changed after it was done");
         }
     }
+    // Every run of an operation ended before the next began, wherever each ran.
+    for node in &nodes {
+        all_runs.extend(runs(&node.server.log_text(), &node.id, None));
+    }
+    all_runs.sort_by(|a, b| (&a.0, a.2).cmp(&(&b.0, b.2)));
+    for pair in all_runs.windows(2) {
+        let (earlier, later) = (&pair[0], &pair[1]);
+        if earlier.0 == later.0 {
+            assert!(
+                later.2 >= earlier.3,
+                "{} ran on {} (from {} to {} µs) and on {} (from {} µs) at once",
+                earlier.0,
+                earlier.1,
+                earlier.2,
+                earlier.3,
+                later.1,
+                later.2
+            );
+        }
+    }
+    let reruns = all_runs.len() - {
+        let mut names: Vec<&String> = all_runs.iter().map(|r| &r.0).collect();
+        names.dedup();
+        names.len()
+    };
     eprintln!(
-        "crash loop: 20 kills, {} acknowledged operations, all ended",
-        acknowledged.len()
+        "crash loop: 20 kills, {} acknowledged operations, all ended; {} runs, {reruns} of \
+         them a later attempt, never two at once",
+        acknowledged.len(),
+        all_runs.len()
     );
 }

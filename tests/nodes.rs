@@ -542,3 +542,62 @@ async fn the_queue_bound_holds_over_all_nodes() {
             .expect("shutdown");
     }
 }
+
+/// Waits for its cancellation and notes when it came.
+struct Watched(Arc<Mutex<Option<tokio::time::Instant>>>);
+
+impl Task for Watched {
+    const KIND: &'static str = "watched";
+    type Input = SleepInput;
+    type Output = SleepOutput;
+
+    async fn run(&self, _: SleepInput, ctx: TaskContext) -> Result<SleepOutput, TaskError> {
+        ctx.cancelled().await;
+        *self.0.lock().unwrap() = Some(tokio::time::Instant::now());
+        Err(TaskError::cancelled())
+    }
+}
+
+/// A node whose lease renewal hangs (a silent network) stops its workers when its lease ends
+/// by its own count. (Checked only between renewals, it stopped them after the hung renewal
+/// and the hung rescue had each timed out: up to two thirds of a lease late, while another
+/// node could already run the work.)
+#[tokio::test(start_paused = true)]
+async fn workers_stop_when_the_lease_ends_though_the_renewal_hangs() {
+    use common::faults::FaultyStore;
+    use std::sync::atomic::Ordering;
+    let store = FaultyStore::new(Arc::new(MemoryStore::shared()));
+    let cancelled = Arc::new(Mutex::new(None));
+    let mut registry = Registry::with_builtins();
+    registry.register(Watched(Arc::clone(&cancelled)));
+    let lease = Duration::from_secs(3);
+    let config = RunnerConfig {
+        node: "alone".into(),
+        lease,
+        ..RunnerConfig::default()
+    };
+    let runner = Runner::start(registry, Arc::clone(&store) as Arc<dyn Store>, config)
+        .await
+        .expect("the runner starts");
+    let started = tokio::time::Instant::now();
+    runner
+        .submit(oprun::Submission::new("watched", sleep_input(0, 1, "")))
+        .await
+        .expect("submit");
+    // The renewal a third of a lease in goes through; every one after it hangs.
+    tokio::time::sleep(lease / 2).await;
+    store.hang_leases.store(true, Ordering::SeqCst);
+    tokio::time::sleep(lease * 3).await;
+    let at = cancelled
+        .lock()
+        .unwrap()
+        .expect("the worker was stopped")
+        .duration_since(started);
+    let ends = lease / 3 + lease;
+    assert!(
+        at <= ends,
+        "the lease ended {ends:?} in (renewed {:?} in), the worker was stopped {at:?} in",
+        lease / 3
+    );
+    runner.begin_shutdown();
+}

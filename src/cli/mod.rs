@@ -274,8 +274,10 @@ fn init_tracing(default: &str) {
     let filter = EnvFilter::try_from_env("OPRUN_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(default));
+    // Colours only for a person at a terminal, not in a file or a journal.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -203,39 +203,63 @@ impl Runner {
         // Taken at start (in `recover`), just before this loop.
         let mut renewed = tokio::time::Instant::now();
         loop {
+            let held = !self.shared.lease_lost.load(Ordering::Acquire);
+            // The lease ends at `renewed + lease` as this node counts (earlier than the
+            // others do: they count from when the renewal reached the store). It is watched
+            // by its own timer, so that neither a renewal nor a rescue that hangs delays
+            // stopping the workers past it.
+            let ends = renewed.checked_add(lease);
+            let lease_end = async {
+                match ends {
+                    Some(at) if held => tokio::time::sleep_until(at).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::pin!(lease_end);
             tokio::select! {
+                // The lease's end first: a node paused past it (a stopped process) has lost
+                // it, even if a renewal would then succeed at once.
+                biased;
+                () = &mut lease_end => {
+                    self.lease_ended();
+                    continue;
+                }
                 () = tokio::time::sleep(tick) => {}
                 () = self.shared.root.cancelled() => return,
             }
-            // Checked before renewing: a node paused past its lease (a stopped process) has
-            // lost it even if the renewal then succeeds at once.
-            if !self.shared.lease_lost.load(Ordering::Acquire) && renewed.elapsed() >= lease {
-                self.lease_ended();
-            }
-            let lost = self.shared.lease_lost.load(Ordering::Acquire);
-            if lost || renewed.elapsed() >= renew_every {
-                // The lease written runs from (at least) now. A renewal that hangs (a
-                // silent network) is given up after a third of the lease, so that the check
-                // above still runs in time.
-                let asked = tokio::time::Instant::now();
-                match tokio::time::timeout(renew_every, self.renew_lease()).await {
-                    Ok(Ok(())) => {
-                        renewed = asked;
-                        if lost {
-                            self.lease_regained().await;
+            let work = async {
+                let lost = self.shared.lease_lost.load(Ordering::Acquire);
+                if lost || renewed.elapsed() >= renew_every {
+                    // The lease written runs from (at least) now. A renewal that hangs (a
+                    // silent network) is given up after a third of the lease.
+                    let asked = tokio::time::Instant::now();
+                    match tokio::time::timeout(renew_every, self.renew_lease()).await {
+                        Ok(Ok(())) => {
+                            renewed = asked;
+                            if lost {
+                                self.lease_regained().await;
+                            }
                         }
+                        Ok(Err(e)) => warn!(error = %e, "could not renew this node's lease"),
+                        Err(_) => warn!("renewing this node's lease timed out"),
                     }
-                    Ok(Err(e)) => warn!(error = %e, "could not renew this node's lease"),
-                    Err(_) => warn!("renewing this node's lease timed out"),
                 }
-            }
-            // Bounded too: a large backlog is taken over a part at a time, between renewals.
-            match tokio::time::timeout(renew_every, self.rescue()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    warn!(error = %e, "could not take over the work of nodes that went away");
+                // Bounded too: a large backlog is taken over a part at a time, between
+                // renewals.
+                match tokio::time::timeout(renew_every, self.rescue()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "could not take over the work of nodes that went away");
+                    }
+                    Err(_) => {}
                 }
-                Err(_) => {}
+            };
+            tokio::select! {
+                biased;
+                // A renewal that has not answered by then is too late: the others may take
+                // the work over from now on.
+                () = &mut lease_end => self.lease_ended(),
+                () = work => {}
             }
         }
     }

@@ -140,7 +140,11 @@ impl Runner {
             WorkerEnd::NotStarted
         } else {
             info!(attempt = record.attempt, "started");
-            self.work(&running, &task, &record).await
+            let end = self.work(&running, &task, &record).await;
+            // With "started", when the worker ran here (what an audit of where work ran, or
+            // the cluster tests, read from the log).
+            info!(attempt = record.attempt, "worker returned");
+            end
         };
         let decision = conclude(&Situation {
             end: &end,

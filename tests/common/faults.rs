@@ -51,6 +51,8 @@ pub struct FaultyStore {
     pub refuse_writes: AtomicBool,
     /// Refuse reads with UNAVAILABLE.
     pub refuse_reads: AtomicBool,
+    /// Lease renewals and rescues never answer (a silent network) while set.
+    pub hang_leases: AtomicBool,
     /// Writes of a change asked for (taken or refused).
     pub updates: AtomicUsize,
     /// Writes refused.
@@ -65,6 +67,7 @@ impl FaultyStore {
             inner,
             refuse_writes: AtomicBool::new(false),
             refuse_reads: AtomicBool::new(false),
+            hang_leases: AtomicBool::new(false),
             updates: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
             hold: Hold::default(),
@@ -90,6 +93,12 @@ impl FaultyStore {
         when: impl Fn(&OperationRecord) -> bool + Send + Sync + 'static,
     ) -> (Arc<Notify>, Arc<Notify>) {
         self.hold_replies.set(when)
+    }
+
+    async fn hang_if_leases_hang(&self) {
+        if self.hang_leases.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
     }
 
     fn refuse_write(&self) -> Result<(), StoreError> {
@@ -139,6 +148,7 @@ impl Store for FaultyStore {
         self.inner.claim(claim).await
     }
     async fn heartbeat(&self, node: &str, until: SystemTime) -> Result<(), StoreError> {
+        self.hang_if_leases_hang().await;
         self.refuse_write()?;
         self.inner.heartbeat(node, until).await
     }
@@ -148,6 +158,7 @@ impl Store for FaultyStore {
         now: SystemTime,
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError> {
+        self.hang_if_leases_hang().await;
         self.read()?;
         self.inner.orphans(node, now, limit).await
     }
