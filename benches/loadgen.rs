@@ -10,6 +10,9 @@
 //! Environment (all optional):
 //! - `LOADGEN_TARGETS`: `;`-separated `label=program args…`; `{oprun}` is this build's binary,
 //!   `{ref}` the reference server (built with the command in `../shared/refserver/README.md`).
+//!   `label*N=…` starts N processes with the same command (nodes on one PostgreSQL store)
+//!   and spreads the clients' connections over them; CPU is summed over them, RSS is the
+//!   largest.
 //!   `--listen 127.0.0.1:0 --data-dir DIR` are appended. Default:
 //!   `sqlite={oprun} serve;memory={oprun} serve --store memory;ref={ref} serve` (ref when built).
 //! - `LOADGEN_MODE`: `closed` (default: each client submits a no-op `sleep`, waits for it with
@@ -23,7 +26,7 @@
 //!
 //! Figures: operations per second (completed in `closed` mode, acknowledged in `submit`
 //! mode), SubmitTask p50/p99, submit→done p50/p99 (`closed`), the server's CPU time per
-//! operation (from `/proc/PID/stat`), its peak RSS, and the largest `*-wal` file seen in its
+//! operation (from `/proc/PID/stat`; the nodes' sum), its peak RSS, and the largest `*-wal` file seen in its
 //! data directory (sampled every 20 ms).
 
 use std::io::{BufRead, BufReader};
@@ -46,6 +49,8 @@ struct Target {
     label: String,
     program: String,
     args: Vec<String>,
+    /// Processes started with the same command (several nodes on one shared store).
+    nodes: usize,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -110,6 +115,15 @@ fn targets() -> Vec<Target> {
             let (label, command) = t
                 .split_once('=')
                 .unwrap_or_else(|| panic!("LOADGEN_TARGETS entry {t:?} is not label=command"));
+            let (label, nodes) = match label.split_once('*') {
+                Some((label, n)) => (
+                    label,
+                    n.trim()
+                        .parse()
+                        .unwrap_or_else(|_| panic!("{t:?}: label*N needs a number of nodes")),
+                ),
+                None => (label, 1),
+            };
             let command = command
                 .replace("{oprun}", &oprun)
                 .replace("{ref}", &reference.display().to_string());
@@ -118,6 +132,7 @@ fn targets() -> Vec<Target> {
                 label: label.trim().to_owned(),
                 program: words.next().expect("a program"),
                 args: words.collect(),
+                nodes: usize::max(nodes, 1),
             }
         })
         .collect()
@@ -337,12 +352,15 @@ async fn client(channel: Channel, mode: Mode, warmup_end: Instant, end: Instant)
 }
 
 async fn round(target: &Target, s: &Settings) -> Figures {
-    let server = Server::start(target);
-    let endpoint = format!("http://{}", server.addr);
+    // One after the other: each applies (or finds) the store's schema at start.
+    let servers: Vec<Server> = (0..target.nodes).map(|_| Server::start(target)).collect();
+    let server = &servers[0];
     let mut channels = Vec::new();
-    for _ in 0..s.connections {
+    // Clients spread over the nodes: at least one connection to each.
+    for c in 0..s.connections.max(servers.len()) {
+        let endpoint = format!("http://{}", servers[c % servers.len()].addr);
         channels.push(
-            Channel::from_shared(endpoint.clone())
+            Channel::from_shared(endpoint)
                 .expect("uri")
                 .connect()
                 .await
@@ -373,17 +391,20 @@ async fn round(target: &Target, s: &Settings) -> Figures {
         )));
     }
     tokio::time::sleep_until(warmup_end.into()).await;
-    let cpu_start = server.cpu_seconds();
+    let cpu_of_all = || servers.iter().map(Server::cpu_seconds).sum::<f64>();
+    let cpu_start = cpu_of_all();
     let mut results = Vec::new();
     for h in handles {
         results.push(h.await.expect("client task"));
     }
     let measured = Instant::now().duration_since(warmup_end).as_secs_f64();
-    let cpu = server.cpu_seconds() - cpu_start;
+    let cpu = cpu_of_all() - cpu_start;
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.join();
-    let rss_mb = server.peak_rss_mb();
-    server.stop();
+    let rss_mb = servers.iter().map(Server::peak_rss_mb).fold(0.0, f64::max);
+    for server in servers {
+        server.stop();
+    }
 
     let mut submits: Vec<Duration> = results.iter().flat_map(|r| r.submits.clone()).collect();
     let mut dones: Vec<Duration> = results.iter().flat_map(|r| r.dones.clone()).collect();

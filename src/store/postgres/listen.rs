@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -26,7 +26,7 @@ const PROBE_WAIT: Duration = Duration::from_secs(2);
 
 /// Keeps a `LISTEN` connection open until `stop`, reconnecting with backoff.
 pub(super) async fn run(
-    config: tokio_postgres::Config,
+    database: super::Database,
     signal: Arc<ChangeSignal>,
     stop: CancellationToken,
 ) {
@@ -34,7 +34,7 @@ pub(super) async fn run(
     let mut said = false;
     loop {
         let failure = tokio::select! {
-            ended = listen(&config, &signal) => ended,
+            ended = listen(&database, &signal) => ended,
             () = stop.cancelled() => return,
         };
         signal.set_live(false);
@@ -57,8 +57,8 @@ pub(super) async fn run(
 }
 
 /// One `LISTEN` connection, until it fails; answers why.
-async fn listen(config: &tokio_postgres::Config, signal: &ChangeSignal) -> String {
-    let (client, mut connection) = match config.connect(NoTls).await {
+async fn listen(database: &super::Database, signal: &ChangeSignal) -> String {
+    let (client, mut connection) = match database.config.connect(database.tls.clone()).await {
         Ok(c) => c,
         Err(e) => return format!("cannot connect: {e}"),
     };

@@ -48,6 +48,7 @@ mod listen;
 pub mod schema;
 #[cfg(any(test, feature = "conformance"))]
 pub mod testing;
+mod tls;
 mod writes;
 
 use std::str::FromStr;
@@ -59,7 +60,7 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 
 pub use schema::Migrated;
@@ -278,9 +279,13 @@ impl PostgresStore {
     /// [`StoreError::Unavailable`] when the URL is malformed or the database cannot be
     /// reached; [`StoreError::Corrupt`] when its schema is newer than this build.
     pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
-        let config = config(url, options.schema.as_deref())?;
+        let database = database(url, options.schema.as_deref())?;
         if let Some(schema) = &options.schema {
-            let (client, connection) = config.connect(NoTls).await.map_err(pg_error)?;
+            let (client, connection) = database
+                .config
+                .connect(database.tls.clone())
+                .await
+                .map_err(pg_error)?;
             let driver = tokio::spawn(connection);
             let created = client
                 .batch_execute(&format!(
@@ -293,10 +298,10 @@ impl PostgresStore {
             let _ = driver.await;
             created?;
         }
-        migrate_with(&config).await?;
+        migrate_with(&database).await?;
         let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
+            database.config.clone(),
+            database.tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -310,7 +315,7 @@ impl PostgresStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot make a connection pool: {e}")))?;
         let signal = Arc::new(ChangeSignal::default());
         let stop = CancellationToken::new();
-        let listener = tokio::spawn(listen::run(config, Arc::clone(&signal), stop.clone()));
+        let listener = tokio::spawn(listen::run(database, Arc::clone(&signal), stop.clone()));
         let inserter = inserts::start(pool.clone());
         let writer = writes::start(pool.clone());
         Ok(Self {
@@ -358,11 +363,15 @@ impl PostgresStore {
 /// # Errors
 /// As [`PostgresStore::connect`].
 pub async fn migrate(url: &str, schema: Option<&str>) -> Result<Migrated, StoreError> {
-    migrate_with(&config(url, schema)?).await
+    migrate_with(&database(url, schema)?).await
 }
 
-async fn migrate_with(config: &tokio_postgres::Config) -> Result<Migrated, StoreError> {
-    let (mut client, connection) = config.connect(NoTls).await.map_err(pg_error)?;
+async fn migrate_with(database: &Database) -> Result<Migrated, StoreError> {
+    let (mut client, connection) = database
+        .config
+        .connect(database.tls.clone())
+        .await
+        .map_err(pg_error)?;
     let driver = tokio::spawn(connection);
     let migrated = schema::migrate(&mut client).await;
     drop(client);
@@ -370,8 +379,16 @@ async fn migrate_with(config: &tokio_postgres::Config) -> Result<Migrated, Store
     migrated
 }
 
-fn config(url: &str, schema: Option<&str>) -> Result<tokio_postgres::Config, StoreError> {
-    let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+/// Where the database is and how to reach it.
+struct Database {
+    config: tokio_postgres::Config,
+    /// TLS as the connection string's `sslmode` asks (see [`tls`]).
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+}
+
+fn database(url: &str, schema: Option<&str>) -> Result<Database, StoreError> {
+    let (url, tls) = tls::split(url)?;
+    let mut config = tokio_postgres::Config::from_str(&url).map_err(|e| {
         StoreError::Unavailable(format!(
             "not a PostgreSQL connection string ({e}); expected postgres://USER@HOST:PORT/DB"
         ))
@@ -392,7 +409,11 @@ fn config(url: &str, schema: Option<&str>) -> Result<tokio_postgres::Config, Sto
         options.push_str(&format!(" -c search_path={}", quote_identifier(schema)));
     }
     config.options(options.trim_start());
-    Ok(config)
+    config.ssl_mode(tls.driver_mode());
+    Ok(Database {
+        config,
+        tls: tls.connector()?,
+    })
 }
 
 /// `name` as a quoted SQL identifier.
@@ -1064,6 +1085,87 @@ mod tests {
         store.close().await.expect("close");
     }
 
+    /// TLS to the database as libpq's `sslmode` asks: with `verify-full` every connection of
+    /// the pool is encrypted and the server's certificate (this machine's PostgreSQL serves
+    /// Debian's self-signed one, for `localhost`) is checked against `sslrootcert` and the
+    /// host name; reached by an address the certificate does not name, `verify-full` refuses
+    /// and `verify-ca` connects; a CA that did not sign it is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_to_the_database_is_verified_as_sslmode_asks() {
+        const CA: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+        let db = TestDatabase::create("tls").await;
+        let plain = PostgresStore::connect(&db.url(), PostgresOptions::default())
+            .await
+            .expect("connect");
+        let ssl_on: String = plain.query("SHOW ssl", &[]).await.expect("show ssl")[0].get(0);
+        plain.close().await.expect("close");
+        assert_eq!(
+            ssl_on, "on",
+            "the test PostgreSQL serves no TLS (ssl = off); this test needs it on, with {CA}"
+        );
+        let by_name = db.url().replace("127.0.0.1", "localhost");
+        let encrypted = |store: &PostgresStore| {
+            let pool = store.pool.clone();
+            async move {
+                let client = pool.get().await.expect("a connection");
+                let row = client
+                    .query_one(
+                        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                        &[],
+                    )
+                    .await
+                    .expect("pg_stat_ssl");
+                row.get::<_, bool>(0)
+            }
+        };
+        let full = PostgresStore::connect(
+            &format!("{by_name}?sslmode=verify-full&sslrootcert={CA}"),
+            PostgresOptions::default(),
+        )
+        .await
+        .expect("verify-full by the certificate's name connects");
+        assert!(
+            encrypted(&full).await,
+            "verify-full gave a plain connection"
+        );
+        full.close().await.expect("close");
+        assert!(
+            !encrypted(&{
+                PostgresStore::connect(&db.url(), PostgresOptions::default())
+                    .await
+                    .expect("connect")
+            })
+            .await,
+            "no sslmode gave TLS"
+        );
+
+        let by_address = format!("{}?sslmode=verify-full&sslrootcert={CA}", db.url());
+        let refused = PostgresStore::connect(&by_address, PostgresOptions::default())
+            .await
+            .err()
+            .expect("verify-full by an address the certificate does not name");
+        assert!(refused.to_string().contains("certificate"), "{refused}");
+        let ca = PostgresStore::connect(
+            &format!("{}?sslmode=verify-ca&sslrootcert={CA}", db.url()),
+            PostgresOptions::default(),
+        )
+        .await
+        .expect("verify-ca by address connects");
+        assert!(encrypted(&ca).await, "verify-ca gave a plain connection");
+        ca.close().await.expect("close");
+
+        // Public roots did not sign the server's certificate.
+        const PUBLIC: &str = "/etc/ssl/certs/ca-certificates.crt";
+        let unknown = PostgresStore::connect(
+            &format!("{by_name}?sslmode=verify-full&sslrootcert={PUBLIC}"),
+            PostgresOptions::default(),
+        )
+        .await
+        .err()
+        .expect("a certificate no root signed");
+        assert!(unknown.to_string().contains("UnknownIssuer"), "{unknown}");
+    }
+
     /// Closing the store closes its connections, the `LISTEN` one included.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn close_closes_every_connection() {
@@ -1076,9 +1178,10 @@ mod tests {
             store.find_request("none").await.expect("a read");
             store.close().await.expect("close");
         }
-        let (admin, connection) = tokio_postgres::connect(&testing::server_url(), NoTls)
-            .await
-            .expect("the server");
+        let (admin, connection) =
+            tokio_postgres::connect(&testing::server_url(), tokio_postgres::NoTls)
+                .await
+                .expect("the server");
         let driver = tokio::spawn(connection);
         let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
