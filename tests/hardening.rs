@@ -737,3 +737,45 @@ async fn cancel_during_retry_bookkeeping_ends_the_operation() {
     assert_eq!(error_of(&done).0, Code::Cancelled as i32);
     runner.cancel(&long.id).await.unwrap();
 }
+
+/// A worker that returned gives its slot to the next operation while its end is written:
+/// with one slot, the next operation starts although the store holds the first one's end
+/// open. (Held until the end was written, the slot made every run wait a commit.)
+#[tokio::test(start_paused = true)]
+async fn a_returned_worker_frees_its_slot_before_its_end_is_written() {
+    let gate = common::faults::FaultyStore::new(Arc::new(MemoryStore::new()));
+    let (reached, release) = gate.hold_writes(|r| r.kind == "sleep" && r.is_done());
+    let runner = runner_with(
+        gate.clone(),
+        RunnerConfig {
+            max_running: 1,
+            ..RunnerConfig::default()
+        },
+    )
+    .await;
+    let first = runner
+        .submit(Submission::new("sleep", sleep_input(0, 1, "")))
+        .await
+        .unwrap();
+    let next = runner
+        .submit(Submission::new("sleep", sleep_input(3_600_000, 1, "")))
+        .await
+        .unwrap();
+    reached.notified().await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while runner.get(&next.id).await.unwrap().state != State::Running {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the next operation waited for the first one's end to be written"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(runner.get(&first.id).await.unwrap().state, State::Running);
+    release.notify_one();
+    let done = runner
+        .wait(&first.id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(done.state, State::Succeeded);
+    runner.cancel(&next.id).await.unwrap();
+}

@@ -9,7 +9,7 @@
 //! attempt, retried with backoff while the store refuses it, and never if this node no longer
 //! holds the operation.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -38,6 +38,10 @@ pub(crate) struct Running {
     /// Consecutive writes of this operation the store refused (for logging once, and the
     /// backoff).
     write_failures: AtomicU32,
+    /// Whether it still holds a running slot: its worker has not returned yet. (One whose
+    /// worker returned waits for its end to be written without one: see
+    /// [`Runner::worker_returned`].)
+    holds_slot: AtomicBool,
 }
 
 impl Running {
@@ -65,6 +69,11 @@ impl Running {
     pub(crate) fn cancel(&self, reason: CancelReason) {
         self.mark(reason);
         self.token.cancel();
+    }
+
+    /// Gives up its running slot: whether it held one until now (true once).
+    pub(crate) fn give_up_slot(&self) -> bool {
+        self.holds_slot.swap(false, Ordering::AcqRel)
     }
 
     /// The operation's kind.
@@ -109,6 +118,7 @@ impl Runner {
             token: self.shared.root.child_token(),
             reason: OnceLock::new(),
             write_failures: AtomicU32::new(0),
+            holds_slot: AtomicBool::new(true),
             record: Mutex::new(record),
         });
         if self.shared.lease_lost.load(Ordering::Acquire) {
@@ -144,6 +154,7 @@ impl Runner {
             // With "started", when the worker ran here (what an audit of where work ran, or
             // the cluster tests, read from the log).
             info!(attempt = record.attempt, "worker returned");
+            self.worker_returned(&running);
             end
         };
         let decision = conclude(&Situation {
@@ -159,6 +170,18 @@ impl Runner {
         self.settle(&running, decision).await;
         // Released already if its end was written; not if nothing was (interrupted, lost).
         self.release(&running.id);
+    }
+
+    /// The worker is done: its slot goes to the next operation while its end is written (a
+    /// group commit away, or retried while the store refuses it), so that writing ends and
+    /// running work overlap. The operation stays this node's (in the running map, its lease
+    /// renewed) until the end is written; at most `max_running` such ends wait before they
+    /// take room from new work (see [`super::slots::Slots::room`]).
+    fn worker_returned(&self, running: &Running) {
+        if running.give_up_slot() {
+            self.lock_slots().returned(&running.kind);
+            self.shared.dispatch_wake.notify_one();
+        }
     }
 
     /// Runs the worker to its end, racing it with its cancellation (and the grace after it),

@@ -10,6 +10,9 @@ use crate::error::Error;
 #[derive(Debug, Default)]
 pub(crate) struct Slots {
     running: usize,
+    /// Operations whose worker returned and whose end is not written yet (they hold no slot:
+    /// up to `max_running` of them take no room).
+    ending: usize,
     kinds: HashMap<String, KindSlots>,
 }
 
@@ -140,7 +143,10 @@ impl Slots {
         kinds: impl Iterator<Item = (String, usize)>,
         max_running: usize,
     ) -> (Vec<(String, usize)>, usize) {
-        let total = max_running.saturating_sub(self.running);
+        // Ends waiting to be written beyond `max_running` take room, so that a store slow to
+        // take them slows new work instead of piling ends up.
+        let busy = self.running + self.ending.saturating_sub(max_running);
+        let total = max_running.saturating_sub(busy);
         let per_kind = kinds
             .map(|(kind, limit)| {
                 let running = self.kinds.get(&kind).map_or(0, |k| k.running);
@@ -157,6 +163,17 @@ impl Slots {
         let k = self.kind(kind);
         k.running += 1;
         k.waiting -= 1;
+    }
+
+    /// The worker of an operation of `kind` returned; its end is being written.
+    pub(crate) fn returned(&mut self, kind: &str) {
+        self.stopped(kind);
+        self.ending += 1;
+    }
+
+    /// The end of an operation whose worker had returned was written (or given up).
+    pub(crate) fn ended(&mut self) {
+        self.ending = self.ending.saturating_sub(1);
     }
 
     /// An operation of `kind` stopped running here.
@@ -215,5 +232,38 @@ mod tests {
         s.recount(&before, &HashMap::new());
         assert_eq!(s.waiting(), 0);
         s.reserve("a", None, 1).expect("room again");
+    }
+
+    /// A worker that returned frees its slot at once; ends waiting to be written take room
+    /// only beyond `max_running` of them.
+    #[test]
+    fn returned_workers_free_their_slot_and_waiting_ends_are_bounded() {
+        let mut s = Slots::default();
+        let kinds = || [("a".to_owned(), 10)].into_iter();
+        for _ in 0..4 {
+            s.queued("a");
+            s.started("a");
+        }
+        assert_eq!(s.room(kinds(), 4).1, 0);
+        s.returned("a");
+        s.returned("a");
+        assert_eq!(
+            s.room(kinds(), 4).1,
+            2,
+            "two slots freed while their ends are written"
+        );
+        for _ in 0..2 {
+            s.returned("a");
+        }
+        // Four ends wait (max_running of them: no room taken); two more would take two.
+        for _ in 0..2 {
+            s.queued("a");
+            s.started("a");
+            s.returned("a");
+        }
+        assert_eq!(s.room(kinds(), 4).1, 2);
+        s.ended();
+        s.ended();
+        assert_eq!(s.room(kinds(), 4).1, 4);
     }
 }

@@ -136,10 +136,15 @@ impl Runner {
         }
     }
 
-    /// Forgets an operation this node ran, freeing its slot (once, however often asked).
+    /// Forgets an operation this node ran, freeing its slot, or the room its written end
+    /// took (once, however often asked).
     pub(crate) fn release(&self, id: &OperationId) {
         if let Some((_, running)) = self.shared.running.remove(id) {
-            self.lock_slots().stopped(running.kind());
+            if running.give_up_slot() {
+                self.lock_slots().stopped(running.kind());
+            } else {
+                self.lock_slots().ended();
+            }
             self.shared.dispatch_wake.notify_one();
         }
     }
