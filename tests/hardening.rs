@@ -96,9 +96,37 @@ fn flaky(fails: u32, how: &str) -> Submission {
     Submission::new("flaky", sleep_input(0, fails, how))
 }
 
+/// Asks to be retried at once on its first attempt; later attempts run until cancelled.
+struct AgainAtOnce;
+
+impl Task for AgainAtOnce {
+    const KIND: &'static str = "again";
+    type Input = SleepInput;
+    type Output = SleepOutput;
+
+    fn options(&self) -> TaskOptions {
+        TaskOptions {
+            retry: RetryPolicy {
+                max_attempts: 2,
+                ..RetryPolicy::default()
+            },
+            ..TaskOptions::default()
+        }
+    }
+
+    async fn run(&self, _: SleepInput, ctx: TaskContext) -> Result<SleepOutput, TaskError> {
+        if ctx.attempt() == 1 {
+            return Err(TaskError::unavailable("once more").retry_after(Duration::ZERO));
+        }
+        ctx.cancelled().await;
+        Err(TaskError::cancelled())
+    }
+}
+
 fn registry() -> Registry {
     let mut r = Registry::with_builtins();
     r.register(Flaky);
+    r.register(AgainAtOnce);
     r.register(Bounded);
     r.register(common::StubbornTask);
     r
@@ -778,4 +806,45 @@ async fn a_returned_worker_frees_its_slot_before_its_end_is_written() {
         .unwrap();
     assert_eq!(done.state, State::Succeeded);
     runner.cancel(&next.id).await.unwrap();
+}
+
+/// A retry due at once can be claimed again before this node has followed the retry's own
+/// write: the new run is what this node holds from then on. (Following the older write
+/// removed the new run from the running map: a cancel then never reached its worker, and it
+/// ran on.)
+#[tokio::test(start_paused = true)]
+async fn a_retry_claimed_before_its_write_was_followed_stays_held() {
+    let gate = common::faults::FaultyStore::new(Arc::new(MemoryStore::new()));
+    let (reached, release) =
+        gate.hold_replies(|r| r.kind == "again" && r.state == State::Queued && r.attempt == 2);
+    let runner = runner_with(gate.clone(), RunnerConfig::default()).await;
+    let op = runner
+        .submit(Submission::new("again", sleep_input(0, 1, "")))
+        .await
+        .unwrap();
+    reached.notified().await;
+    // Anything that wakes the dispatcher now (here a submission) claims the retry.
+    runner
+        .submit(Submission::new("sleep", sleep_input(0, 1, "")))
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = runner.get(&op.id).await.unwrap();
+        if now.state == State::Running && now.attempt == 2 {
+            break;
+        }
+        assert!(Instant::now() < until, "attempt 2 never started: {now:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    release.notify_one();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    runner.cancel(&op.id).await.unwrap();
+    let done = runner.wait(&op.id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        done.state,
+        State::Cancelled,
+        "the cancel never reached attempt 2's worker: {done:?}"
+    );
+    assert_eq!(runner.unfinished(), 0);
 }

@@ -601,3 +601,40 @@ async fn workers_stop_when_the_lease_ends_though_the_renewal_hangs() {
     );
     runner.begin_shutdown();
 }
+
+/// A rescue that hangs (given up after a third of the lease, each time) while renewals go
+/// through never costs the node its lease. (With the lease's end fixed before a renewal, a
+/// renewal followed by a slow rescue let the old end fire: every worker was stopped as "lease
+/// lost" on a node that held its lease.)
+#[tokio::test(start_paused = true)]
+async fn a_hanging_rescue_never_costs_a_renewed_lease() {
+    use common::faults::FaultyStore;
+    use std::sync::atomic::Ordering;
+    let store = FaultyStore::new(Arc::new(MemoryStore::shared()));
+    let cancelled = Arc::new(Mutex::new(None));
+    let mut registry = Registry::with_builtins();
+    registry.register(Watched(Arc::clone(&cancelled)));
+    let config = RunnerConfig {
+        node: "alone".into(),
+        lease: Duration::from_secs(3),
+        ..RunnerConfig::default()
+    };
+    let runner = Runner::start(registry, Arc::clone(&store) as Arc<dyn Store>, config)
+        .await
+        .expect("the runner starts");
+    // (After the start, whose recovery looks for orphans once.)
+    store.hang_rescues.store(true, Ordering::SeqCst);
+    let op = runner
+        .submit(oprun::Submission::new("watched", sleep_input(0, 1, "")))
+        .await
+        .expect("submit");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        *cancelled.lock().unwrap(),
+        None,
+        "the worker was stopped on a node whose renewals went through"
+    );
+    let now = runner.get(&op.id).await.expect("get");
+    assert_eq!(now.state, oprun::model::State::Running, "{now:?}");
+    runner.begin_shutdown();
+}

@@ -203,64 +203,71 @@ impl Runner {
         // Taken at start (in `recover`), just before this loop.
         let mut renewed = tokio::time::Instant::now();
         loop {
-            let held = !self.shared.lease_lost.load(Ordering::Acquire);
-            // The lease ends at `renewed + lease` as this node counts (earlier than the
-            // others do: they count from when the renewal reached the store). It is watched
-            // by its own timer, so that neither a renewal nor a rescue that hangs delays
-            // stopping the workers past it.
-            let ends = renewed.checked_add(lease);
-            let lease_end = async {
-                match ends {
-                    Some(at) if held => tokio::time::sleep_until(at).await,
-                    _ => std::future::pending().await,
-                }
-            };
-            tokio::pin!(lease_end);
-            tokio::select! {
-                // The lease's end first: a node paused past it (a stopped process) has lost
-                // it, even if a renewal would then succeed at once.
+            let waited = tokio::select! {
                 biased;
-                () = &mut lease_end => {
-                    self.lease_ended();
-                    continue;
-                }
-                () = tokio::time::sleep(tick) => {}
                 () = self.shared.root.cancelled() => return,
-            }
-            let work = async {
-                let lost = self.shared.lease_lost.load(Ordering::Acquire);
-                if lost || renewed.elapsed() >= renew_every {
-                    // The lease written runs from (at least) now. A renewal that hangs (a
-                    // silent network) is given up after a third of the lease.
-                    let asked = tokio::time::Instant::now();
-                    match tokio::time::timeout(renew_every, self.renew_lease()).await {
-                        Ok(Ok(())) => {
-                            renewed = asked;
-                            if lost {
-                                self.lease_regained().await;
-                            }
-                        }
-                        Ok(Err(e)) => warn!(error = %e, "could not renew this node's lease"),
-                        Err(_) => warn!("renewing this node's lease timed out"),
-                    }
-                }
-                // Bounded too: a large backlog is taken over a part at a time, between
-                // renewals.
-                match tokio::time::timeout(renew_every, self.rescue()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        warn!(error = %e, "could not take over the work of nodes that went away");
-                    }
-                    Err(_) => {}
-                }
+                waited = self.before_lease_end(renewed, tokio::time::sleep(tick)) => waited,
             };
-            tokio::select! {
-                biased;
-                // A renewal that has not answered by then is too late: the others may take
-                // the work over from now on.
-                () = &mut lease_end => self.lease_ended(),
-                () = work => {}
+            if waited.is_none() {
+                continue;
             }
+            let lost = self.shared.lease_lost.load(Ordering::Acquire);
+            if lost || renewed.elapsed() >= renew_every {
+                // The lease written runs from (at least) now. A renewal that hangs (a silent
+                // network) is given up after a third of the lease.
+                let asked = tokio::time::Instant::now();
+                let renewal = tokio::time::timeout(renew_every, self.renew_lease());
+                match self.before_lease_end(renewed, renewal).await {
+                    None => continue,
+                    Some(Ok(Ok(()))) => {
+                        renewed = asked;
+                        if lost {
+                            self.lease_regained(renewed).await;
+                        }
+                    }
+                    Some(Ok(Err(e))) => warn!(error = %e, "could not renew this node's lease"),
+                    Some(Err(_)) => warn!("renewing this node's lease timed out"),
+                }
+            }
+            // Bounded too: a large backlog is taken over a part at a time, between renewals.
+            let rescue = tokio::time::timeout(renew_every, self.rescue());
+            if let Some(Ok(Err(e))) = self.before_lease_end(renewed, rescue).await {
+                warn!(error = %e, "could not take over the work of nodes that went away");
+            }
+        }
+    }
+
+    /// When this node's lease, last renewed at `renewed`, ends as this node counts: a tenth
+    /// of the lease before the others can count it ended (they count from when the renewal
+    /// reached the store, later still), so that its workers are told to stop before any other
+    /// node may start their work again. `None` when it never ends (an instant past the
+    /// clock's range).
+    fn lease_end(&self, renewed: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let lease = self.shared.config.lease;
+        renewed.checked_add(lease.saturating_sub(lease / 10))
+    }
+
+    /// Runs `work`, unless this node's lease (renewed at `renewed`) ends first: then its
+    /// workers are stopped ([`Self::lease_ended`]) and `None` returned. The lease's end is
+    /// watched by a timer of its own, so that neither a renewal nor a rescue that hangs
+    /// delays stopping the workers past it; it comes first when both are due (a node paused
+    /// past its lease has lost it, even if a renewal would then succeed at once).
+    async fn before_lease_end<F: std::future::Future>(
+        &self,
+        renewed: tokio::time::Instant,
+        work: F,
+    ) -> Option<F::Output> {
+        let held = !self.shared.lease_lost.load(Ordering::Acquire);
+        match self.lease_end(renewed) {
+            Some(end) if held => tokio::select! {
+                biased;
+                () = tokio::time::sleep_until(end) => {
+                    self.lease_ended();
+                    None
+                }
+                out = work => Some(out),
+            },
+            _ => Some(work.await),
         }
     }
 
@@ -285,7 +292,7 @@ impl Runner {
     /// what it claimed since never started), so its RUNNING work is left work; an operation
     /// whose worker has not stopped yet is taken back at a later look (the node claims
     /// nothing until then).
-    async fn lease_regained(&self) {
+    async fn lease_regained(&self, renewed: tokio::time::Instant) {
         // No claim is on its way meanwhile (its work would look left behind).
         let _gate = self.shared.claiming.lock().await;
         let node = self.shared.config.node.as_str();
@@ -320,6 +327,17 @@ impl Runner {
             info!(
                 requeued,
                 stopping, "waiting for stopped workers before claiming again"
+            );
+            return;
+        }
+        if self
+            .lease_end(renewed)
+            .is_some_and(|end| tokio::time::Instant::now() >= end)
+        {
+            // Taking the work back took the whole lease: it is not held any more.
+            warn!(
+                requeued,
+                "the lease ended again while this node took back its work"
             );
             return;
         }

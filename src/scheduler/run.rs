@@ -134,9 +134,15 @@ impl Runner {
             // being written): it ends CANCELLED without running.
             running.mark(CancelReason::Client);
         }
-        self.shared
+        if let Some(earlier) = self
+            .shared
             .running
-            .insert(running.id.clone(), Arc::clone(&running));
+            .insert(running.id.clone(), Arc::clone(&running))
+        {
+            // An earlier run of it whose end (a retry due at once) was written but not yet
+            // followed here: this run takes its place.
+            self.forget_run(&earlier);
+        }
         let runner = self.clone();
         let span = info_span!("operation", op.name = %running.id, op.kind = %running.kind);
         self.shared
@@ -169,7 +175,7 @@ impl Runner {
         });
         self.settle(&running, decision).await;
         // Released already if its end was written; not if nothing was (interrupted, lost).
-        self.release(&running.id);
+        self.release(&running);
     }
 
     /// The worker is done: its slot goes to the next operation while its end is written (a

@@ -51,9 +51,14 @@ impl Slots {
         self.kinds.values().map(KindSlots::waiting).sum()
     }
 
-    /// Queued or running, over all kinds.
+    /// Queued, running, or ending (the worker returned, the end is being written), over all
+    /// kinds.
     pub(crate) fn unfinished(&self) -> usize {
-        self.kinds.values().map(|k| k.waiting() + k.running).sum()
+        self.kinds
+            .values()
+            .map(|k| k.waiting() + k.running)
+            .sum::<usize>()
+            + self.ending
     }
 
     /// This node's own counts of queued operations by kind, to pass to

@@ -10,10 +10,9 @@
 
 use tracing::{warn, Instrument};
 
+use super::run::Running;
 use super::Runner;
-use crate::model::{
-    CancelReason, Change, Fence, IllegalTransition, OperationId, OperationRecord, State,
-};
+use crate::model::{CancelReason, Change, Fence, IllegalTransition, OperationRecord, State};
 use crate::store::{Claim, Claimed, Inserted, StoreError, Written};
 
 /// Where a change of an operation was made.
@@ -121,6 +120,11 @@ impl Runner {
         else {
             return;
         };
+        if running.record().version > written.version {
+            // What this node holds is newer: a later run of the operation (queued again and
+            // claimed again before this change was followed), or its record since.
+            return;
+        }
         let still_here = written.state == State::Running
             && written.owner.as_deref() == Some(self.shared.config.node.as_str());
         if still_here {
@@ -130,23 +134,34 @@ impl Runner {
             }
         } else {
             match origin {
-                Origin::Here => self.release(&written.id),
+                Origin::Here => self.release(&running),
                 Origin::Elsewhere => running.cancel(CancelReason::Lost),
             }
         }
     }
 
-    /// Forgets an operation this node ran, freeing its slot, or the room its written end
-    /// took (once, however often asked).
-    pub(crate) fn release(&self, id: &OperationId) {
-        if let Some((_, running)) = self.shared.running.remove(id) {
-            if running.give_up_slot() {
-                self.lock_slots().stopped(running.kind());
-            } else {
-                self.lock_slots().ended();
-            }
-            self.shared.dispatch_wake.notify_one();
+    /// Forgets a run of an operation this node ran (not a later run of the same operation
+    /// that took its place), freeing its slot, or the room its written end took (once,
+    /// however often asked).
+    pub(crate) fn release(&self, running: &std::sync::Arc<Running>) {
+        let removed = self
+            .shared
+            .running
+            .remove_if(&running.id, |_, held| std::sync::Arc::ptr_eq(held, running));
+        if removed.is_some() {
+            self.forget_run(running);
         }
+    }
+
+    /// Gives back what a run that left the running map held: its slot, or the room its end
+    /// took while it was written.
+    pub(crate) fn forget_run(&self, running: &Running) {
+        if running.give_up_slot() {
+            self.lock_slots().stopped(running.kind());
+        } else {
+            self.lock_slots().ended();
+        }
+        self.shared.dispatch_wake.notify_one();
     }
 
     /// Stores a new operation (or finds the one its request id names) and publishes a new one.

@@ -53,6 +53,8 @@ pub struct FaultyStore {
     pub refuse_reads: AtomicBool,
     /// Lease renewals and rescues never answer (a silent network) while set.
     pub hang_leases: AtomicBool,
+    /// Rescues (the search for work of expired leases) never answer while set.
+    pub hang_rescues: AtomicBool,
     /// Writes of a change asked for (taken or refused).
     pub updates: AtomicUsize,
     /// Writes refused.
@@ -68,6 +70,7 @@ impl FaultyStore {
             refuse_writes: AtomicBool::new(false),
             refuse_reads: AtomicBool::new(false),
             hang_leases: AtomicBool::new(false),
+            hang_rescues: AtomicBool::new(false),
             updates: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
             hold: Hold::default(),
@@ -159,6 +162,9 @@ impl Store for FaultyStore {
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError> {
         self.hang_if_leases_hang().await;
+        if self.hang_rescues.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.read()?;
         self.inner.orphans(node, now, limit).await
     }

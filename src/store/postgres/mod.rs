@@ -387,7 +387,7 @@ struct Database {
 }
 
 fn database(url: &str, schema: Option<&str>) -> Result<Database, StoreError> {
-    let (url, tls) = tls::split(url)?;
+    let (url, mut tls) = tls::split(url)?;
     let mut config = tokio_postgres::Config::from_str(&url).map_err(|e| {
         StoreError::Unavailable(format!(
             "not a PostgreSQL connection string ({e}); expected postgres://USER@HOST:PORT/DB"
@@ -405,10 +405,14 @@ fn database(url: &str, schema: Option<&str>) -> Result<Database, StoreError> {
     config.keepalives_idle(std::time::Duration::from_secs(30));
     let mut options = config.get_options().unwrap_or_default().to_owned();
     options.push_str(" -c idle_in_transaction_session_timeout=60000");
+    // Claims read what others committed last (SKIP LOCKED under a stricter isolation fails
+    // with serialisation errors), whatever the database's default.
+    options.push_str(" -c default_transaction_isolation=read\\ committed");
     if let Some(schema) = schema {
         options.push_str(&format!(" -c search_path={}", quote_identifier(schema)));
     }
     config.options(options.trim_start());
+    tls.settle(config.get_ssl_mode());
     config.ssl_mode(tls.driver_mode());
     Ok(Database {
         config,
@@ -527,7 +531,7 @@ impl Store for PostgresStore {
             row: RowImage::of(record, false),
             fence: fence.clone(),
         };
-        self.writer.call(write).await
+        self.writer.call(write).await?
     }
 
     async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError> {
@@ -1164,6 +1168,36 @@ mod tests {
         .err()
         .expect("a certificate no root signed");
         assert!(unknown.to_string().contains("UnknownIssuer"), "{unknown}");
+    }
+
+    /// A database whose default isolation is stricter still gets READ COMMITTED from the
+    /// store's connections: a claim outside a transaction of its own (no cluster-wide limit)
+    /// must read what other claims committed, not fail with serialisation errors.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_read_committed_whatever_the_default() {
+        let db = TestDatabase::create("isolation").await;
+        let (admin, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let driver = tokio::spawn(connection);
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} SET default_transaction_isolation = 'serializable'",
+                quote_identifier(db.name())
+            ))
+            .await
+            .expect("alter database");
+        drop(admin);
+        let _ = driver.await;
+        let store = PostgresStore::connect(&db.url(), PostgresOptions::default())
+            .await
+            .expect("connect");
+        let rows = store
+            .query("SHOW transaction_isolation", &[])
+            .await
+            .expect("show");
+        assert_eq!(rows[0].get::<_, String>(0), "read committed");
+        store.close().await.expect("close");
     }
 
     /// Closing the store closes its connections, the `LISTEN` one included.

@@ -43,7 +43,9 @@ pub(super) enum Mode {
 /// The TLS settings of a connection string.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Settings {
-    pub mode: Mode,
+    /// `None` when the string gave none this module could read (the driver's own reading,
+    /// e.g. of `sslmode = require` with spaces, then decides: see [`Settings::settle`]).
+    pub mode: Option<Mode>,
     /// `sslrootcert`: a PEM file of root certificates, or `system`.
     pub root: Option<String>,
 }
@@ -96,7 +98,8 @@ pub(super) fn split(url: &str) -> Result<(String, Settings), StoreError> {
         url.to_owned()
     } else {
         let mut kept = Vec::new();
-        for word in url.split_whitespace() {
+        let tight = tight_equals(url);
+        for word in tight.split_whitespace() {
             let (key, value) = word.split_once('=').unwrap_or((word, ""));
             if !take(key, value.trim_matches('\'').to_owned())? {
                 kept.push(word);
@@ -104,13 +107,33 @@ pub(super) fn split(url: &str) -> Result<(String, Settings), StoreError> {
         }
         kept.join(" ")
     };
-    Ok((
-        rest,
-        Settings {
-            mode: mode.unwrap_or(Mode::Off),
-            root,
-        },
-    ))
+    Ok((rest, Settings { mode, root }))
+}
+
+/// A key-value connection string with the spaces libpq allows around `=` taken out (outside
+/// quotes), so that each `key=value` is one word.
+fn tight_equals(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => quoted = !quoted,
+            '=' if !quoted => {
+                while out.ends_with(char::is_whitespace) {
+                    out.pop();
+                }
+                out.push('=');
+                while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                    chars.next();
+                }
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `%XX` escapes decoded (a URL's query value); anything malformed is kept as it is.
@@ -138,9 +161,21 @@ fn percent_decode(value: &str) -> String {
 }
 
 impl Settings {
+    /// Settles the mode with what the driver read from the same string: a `require` it read
+    /// where this module read nothing is `verify-full`; nothing at all is no TLS.
+    pub(super) fn settle(&mut self, driver: SslMode) {
+        if self.mode.is_none() && driver == SslMode::Require {
+            self.mode = Some(Mode::VerifyFull);
+        }
+    }
+
+    fn mode(&self) -> Mode {
+        self.mode.unwrap_or(Mode::Off)
+    }
+
     /// The driver's `sslmode` for these settings.
     pub(super) fn driver_mode(&self) -> SslMode {
-        match self.mode {
+        match self.mode() {
             Mode::Off => SslMode::Disable,
             Mode::VerifyCa | Mode::VerifyFull => SslMode::Require,
         }
@@ -155,11 +190,11 @@ impl Settings {
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| StoreError::Unavailable(format!("TLS to the database: {e}")))?;
-        let roots = match self.mode {
+        let roots = match self.mode() {
             Mode::Off => RootCertStore::empty(),
             Mode::VerifyCa | Mode::VerifyFull => self.roots()?,
         };
-        let config = match self.mode {
+        let config = match self.mode() {
             Mode::Off | Mode::VerifyFull => builder.with_root_certificates(roots),
             Mode::VerifyCa => {
                 let verifier =
@@ -260,9 +295,11 @@ impl ServerCertVerifier for ChainOnly {
 
 #[cfg(test)]
 mod tests {
+    use std::str::FromStr;
+
     use super::*;
 
-    fn settings(mode: Mode, root: Option<&str>) -> Settings {
+    fn settings(mode: Option<Mode>, root: Option<&str>) -> Settings {
         Settings {
             mode,
             root: root.map(str::to_owned),
@@ -275,33 +312,53 @@ mod tests {
             (
                 "postgres://u@h:5432/db",
                 "postgres://u@h:5432/db",
-                settings(Mode::Off, None),
+                settings(None, None),
             ),
             (
                 "postgres://u@h/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem",
                 "postgres://u@h/db",
-                settings(Mode::VerifyFull, Some("/etc/ca.pem")),
+                settings(Some(Mode::VerifyFull), Some("/etc/ca.pem")),
             ),
             (
                 "postgres://u@h/db?application_name=x&sslmode=require&connect_timeout=3",
                 "postgres://u@h/db?application_name=x&connect_timeout=3",
-                settings(Mode::VerifyFull, None),
+                settings(Some(Mode::VerifyFull), None),
             ),
             (
                 "postgresql://h/db?sslmode=prefer",
                 "postgresql://h/db",
-                settings(Mode::Off, None),
+                settings(Some(Mode::Off), None),
             ),
             (
                 "host=h dbname=db sslmode=verify-ca sslrootcert='/a.pem' user=u",
                 "host=h dbname=db user=u",
-                settings(Mode::VerifyCa, Some("/a.pem")),
+                settings(Some(Mode::VerifyCa), Some("/a.pem")),
             ),
         ];
         for (url, rest, expected) in cases {
             let (left, got) = split(url).expect(url);
             assert_eq!((left.as_str(), &got), (rest, &expected), "{url}");
         }
+    }
+
+    /// `sslmode = require` with spaces is read too; and a `require` only the driver read
+    /// would be TLS, verified, never plain.
+    #[test]
+    fn a_require_only_the_driver_read_is_verified_tls() {
+        let (rest, s) = split("host=h sslmode = require port = 5432").expect("split");
+        assert_eq!(
+            (rest.as_str(), s.mode),
+            ("host=h port=5432", Some(Mode::VerifyFull))
+        );
+        let driver = tokio_postgres::Config::from_str(&rest).expect("the driver reads it");
+        assert_eq!(driver.get_ports(), &[5432]);
+        let mut unread = settings(None, None);
+        unread.settle(SslMode::Require);
+        assert_eq!(unread.mode, Some(Mode::VerifyFull));
+        assert_eq!(unread.driver_mode(), SslMode::Require);
+        let (_, mut none) = split("host=h").expect("split");
+        none.settle(SslMode::Prefer);
+        assert_eq!(none.driver_mode(), SslMode::Disable);
     }
 
     #[test]
@@ -316,7 +373,7 @@ mod tests {
 
     #[test]
     fn an_unreadable_root_file_says_which() {
-        let s = settings(Mode::VerifyFull, Some("/nonexistent/ca.pem"));
+        let s = settings(Some(Mode::VerifyFull), Some("/nonexistent/ca.pem"));
         let text = s.connector().err().expect("no such file").to_string();
         assert!(text.contains("sslrootcert=/nonexistent/ca.pem"), "{text}");
     }

@@ -28,8 +28,10 @@ pub(super) struct Write {
     pub fence: Fence,
 }
 
-/// The writing task's mailbox.
-pub(super) type Writer = Batcher<Write, Written>;
+/// The writing task's mailbox. Each write has its own answer: a group's rounds commit one by
+/// one, so a round that fails fails only its own writes and those after it, never one that
+/// an earlier round committed.
+pub(super) type Writer = Batcher<Write, Result<Written, StoreError>>;
 
 /// Starts the writing task over `pool`; it ends when the `Writer` is dropped.
 pub(super) fn start(pool: Pool) -> Writer {
@@ -70,8 +72,26 @@ const STORED: &str = concat!(
     " FROM operations WHERE id = ANY($1::text[])"
 );
 
-async fn write_group(pool: &Pool, writes: &[Write]) -> Result<Vec<Written>, StoreError> {
-    let mut answers: Vec<Option<Written>> = vec![None; writes.len()];
+async fn write_group(
+    pool: &Pool,
+    writes: &[Write],
+) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
+    let mut answers: Vec<Option<Result<Written, StoreError>>> = vec![None; writes.len()];
+    if let Err(e) = write_rounds(pool, writes, &mut answers).await {
+        for answer in answers.iter_mut().filter(|a| a.is_none()) {
+            *answer = Some(Err(e.clone()));
+        }
+    }
+    Ok(answers.into_iter().flatten().collect())
+}
+
+/// Writes `writes` in rounds (no operation twice in one), answering each write as its round
+/// commits; stops at the first round that fails, leaving the rest unanswered.
+async fn write_rounds(
+    pool: &Pool,
+    writes: &[Write],
+    answers: &mut [Option<Result<Written, StoreError>>],
+) -> Result<(), StoreError> {
     let mut left: Vec<usize> = (0..writes.len()).collect();
     while !left.is_empty() {
         // This round: the first write of each operation left; the others wait for the next.
@@ -95,31 +115,40 @@ async fn write_group(pool: &Pool, writes: &[Write]) -> Result<Vec<Written>, Stor
             .map(|w| w.row.id.as_str())
             .filter(|id| !applied.contains_key(*id))
             .collect();
-        let mut stored = HashMap::new();
-        if !stale.is_empty() {
-            let client = pool.get().await.map_err(pool_error)?;
-            let statement = client.prepare_cached(STORED).await.map_err(pg_error)?;
-            let rows = client
-                .query(&statement, &[&stale])
-                .await
-                .map_err(pg_error)?;
-            for record in records(&rows)? {
-                stored.insert(record.id.as_str().to_owned(), record);
-            }
-        }
+        // The round committed: its applied writes are answered whatever comes next.
+        let stored = if stale.is_empty() {
+            Ok(HashMap::new())
+        } else {
+            read_stored(pool, &stale).await
+        };
         for i in round {
             let id = writes[i].row.id.as_str();
-            answers[i] = Some(match applied.get(id) {
-                Some(&(version, requested_cancellation)) => Written::Applied {
+            answers[i] = Some(match (applied.get(id), &stored) {
+                (Some(&(version, requested_cancellation)), _) => Ok(Written::Applied {
                     version,
                     requested_cancellation,
-                },
-                None => Written::Stale(stored.get(id).cloned().map(Box::new)),
+                }),
+                (None, Ok(stored)) => Ok(Written::Stale(stored.get(id).cloned().map(Box::new))),
+                (None, Err(e)) => Err(e.clone()),
             });
         }
         left = later;
     }
-    Ok(answers.into_iter().flatten().collect())
+    Ok(())
+}
+
+/// What is stored now for the operations whose fence did not hold, by id.
+async fn read_stored(
+    pool: &Pool,
+    ids: &[&str],
+) -> Result<HashMap<String, crate::model::OperationRecord>, StoreError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let statement = client.prepare_cached(STORED).await.map_err(pg_error)?;
+    let rows = client.query(&statement, &[&ids]).await.map_err(pg_error)?;
+    Ok(records(&rows)?
+        .into_iter()
+        .map(|r| (r.id.as_str().to_owned(), r))
+        .collect())
 }
 
 enum Failed {
