@@ -509,15 +509,7 @@ mod tests {
     use crate::filter::{FilterFields, MAX_DEPTH, MAX_FILTER_LEN};
     use crate::store::from_micros;
 
-    const COLUMNS: SqlColumns = SqlColumns {
-        id: "id",
-        kind: "kind",
-        done: "done",
-        state: "state",
-        error_code: "error_code",
-        create_time: "create_time",
-        update_time: "update_time",
-    };
+    use crate::store::row::FILTER_COLUMNS as COLUMNS;
 
     /// 2026-01-02T15:04:05Z in microseconds.
     const T0: i64 = 1_767_366_245_000_000;

@@ -53,6 +53,14 @@ impl Running {
             .clone()
     }
 
+    /// The version of the record as last written (without copying the record).
+    pub(crate) fn version(&self) -> u64 {
+        self.record
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .version
+    }
+
     /// Replaces the record with a newer durable one (an older one, written concurrently and
     /// answered later, is ignored).
     pub(crate) fn set_record(&self, record: OperationRecord) {

@@ -120,7 +120,7 @@ impl Runner {
         else {
             return;
         };
-        if running.record().version > written.version {
+        if running.version() > written.version {
             // What this node holds is newer: a later run of the operation (queued again and
             // claimed again before this change was followed), or its record since.
             return;

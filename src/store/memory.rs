@@ -346,11 +346,11 @@ impl Store for MemoryStore {
 
     async fn queued(&self) -> Result<HashMap<String, usize>, StoreError> {
         let g = self.lock();
-        let mut counts = HashMap::new();
-        for r in g.by_seq.values().filter(|r| r.state == State::Queued) {
-            *counts.entry(r.kind.clone()).or_default() += 1;
-        }
-        Ok(counts)
+        Ok(g.queued
+            .iter()
+            .filter(|(_, due)| !due.is_empty())
+            .map(|(kind, due)| (kind.clone(), due.len()))
+            .collect())
     }
 
     async fn unfinished(&self) -> Result<Vec<OperationRecord>, StoreError> {

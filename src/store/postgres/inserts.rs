@@ -10,7 +10,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 
 use super::batch::Batcher;
-use super::{pg_error, pool_error};
+use super::{attempt_sql, pg_error, pool_error};
 use crate::store::row::RowImage;
 use crate::store::StoreError;
 
@@ -68,10 +68,7 @@ async fn insert_batch(pool: &Pool, rows: &[RowImage]) -> Result<HashMap<String, 
     let bodies: Vec<&[u8]> = rows.iter().map(|r| r.body.as_slice()).collect();
     let versions: Vec<i64> = rows.iter().map(|r| r.version).collect();
     let owners: Vec<Option<&str>> = rows.iter().map(|r| r.owner.as_deref()).collect();
-    let attempts: Vec<i32> = rows
-        .iter()
-        .map(|r| i32::try_from(r.attempt).unwrap_or(i32::MAX))
-        .collect();
+    let attempts: Vec<i32> = rows.iter().map(|r| attempt_sql(r.attempt)).collect();
     let started: Vec<Option<i64>> = rows.iter().map(|r| r.start_time).collect();
     let next_attempts: Vec<Option<i64>> = rows.iter().map(|r| r.next_attempt_time).collect();
     let deadlines: Vec<Option<i64>> = rows.iter().map(|r| r.deadline).collect();

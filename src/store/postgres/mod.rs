@@ -169,6 +169,11 @@ fn count(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// An attempt number as a SQL `int`.
+fn attempt_sql(attempt: u32) -> i32 {
+    i32::try_from(attempt).unwrap_or(i32::MAX)
+}
+
 /// Reads a row selected with [`COLUMNS`] into a record.
 fn raw(row: &Row) -> Result<OperationRecord, StoreError> {
     let get = |e: tokio_postgres::Error| StoreError::Corrupt(format!("a stored row: {e}"));

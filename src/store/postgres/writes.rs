@@ -10,7 +10,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::batch::Batcher;
-use super::{pg_error, pool_error, records};
+use super::{attempt_sql, pg_error, pool_error, records};
 use crate::model::Fence;
 use crate::store::row::RowImage;
 use crate::store::{StoreError, Written};
@@ -171,7 +171,7 @@ async fn write_round(
     let ended: Vec<Option<i64>> = rows.iter().map(|r| r.end_time).collect();
     let bodies: Vec<&[u8]> = rows.iter().map(|r| r.body.as_slice()).collect();
     let owners: Vec<Option<&str>> = rows.iter().map(|r| r.owner.as_deref()).collect();
-    let attempts: Vec<i32> = rows.iter().map(|r| clamp(r.attempt)).collect();
+    let attempts: Vec<i32> = rows.iter().map(|r| attempt_sql(r.attempt)).collect();
     let started: Vec<Option<i64>> = rows.iter().map(|r| r.start_time).collect();
     let next_attempts: Vec<Option<i64>> = rows.iter().map(|r| r.next_attempt_time).collect();
     let deadlines: Vec<Option<i64>> = rows.iter().map(|r| r.deadline).collect();
@@ -191,7 +191,7 @@ async fn write_round(
             Fence::Owner { node, attempt } => {
                 expected.push(None);
                 fence_owners.push(Some(node.as_str()));
-                fence_attempts.push(Some(clamp(*attempt)));
+                fence_attempts.push(Some(attempt_sql(*attempt)));
             }
         }
     }
@@ -237,9 +237,4 @@ async fn write_round(
             Ok((id, (u64::try_from(version).unwrap_or(0), cancel)))
         })
         .collect()
-}
-
-/// An attempt number as a SQL `int`.
-fn clamp(attempt: u32) -> i32 {
-    i32::try_from(attempt).unwrap_or(i32::MAX)
 }
