@@ -29,29 +29,19 @@
 //! operation (from `/proc/PID/stat`; the nodes' sum), its peak RSS, and the largest `*-wal` file seen in its
 //! data directory (sampled every 20 ms).
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "harness.rs"]
+mod harness;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oprun::model::pack;
+use harness::{env_or, noop, percentile_ms, sample_wal, Server, Target};
 use oprun::proto::google::longrunning::operations_client::OperationsClient;
 use oprun::proto::google::longrunning::WaitOperationRequest;
 use oprun::proto::oprun::v1::task_service_client::TaskServiceClient;
-use oprun::proto::oprun::v1::{SleepInput, SubmitTaskRequest};
+use oprun::proto::oprun::v1::SubmitTaskRequest;
 use tonic::transport::Channel;
-
-#[derive(Clone)]
-struct Target {
-    label: String,
-    program: String,
-    args: Vec<String>,
-    /// Processes started with the same command (several nodes on one shared store).
-    nodes: usize,
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -78,218 +68,6 @@ struct Figures {
     rss_mb: f64,
     wal_mb: f64,
     refused: u64,
-}
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workers/ has a parent")
-        .to_path_buf()
-}
-
-fn targets() -> Vec<Target> {
-    let oprun = env!("CARGO_BIN_EXE_oprun").to_owned();
-    let reference = repo_root().join("target/refserver/release/refserver");
-    let spec = std::env::var("LOADGEN_TARGETS").unwrap_or_else(|_| {
-        let mut s = "sqlite={oprun} serve;memory={oprun} serve --store memory".to_owned();
-        if reference.exists() {
-            s.push_str(";ref={ref} serve");
-        } else {
-            eprintln!(
-                "loadgen: no reference server at {} (build it as ../shared/refserver/README.md says)",
-                reference.display()
-            );
-        }
-        s
-    });
-    spec.split(';')
-        .filter(|t| !t.trim().is_empty())
-        .map(|t| {
-            let (label, command) = t
-                .split_once('=')
-                .unwrap_or_else(|| panic!("LOADGEN_TARGETS entry {t:?} is not label=command"));
-            let (label, nodes) = match label.split_once('*') {
-                Some((label, n)) => (
-                    label,
-                    n.trim()
-                        .parse()
-                        .unwrap_or_else(|_| panic!("{t:?}: label*N needs a number of nodes")),
-                ),
-                None => (label, 1),
-            };
-            let command = command
-                .replace("{oprun}", &oprun)
-                .replace("{ref}", &reference.display().to_string());
-            let mut words = command.split_whitespace().map(str::to_owned);
-            Target {
-                label: label.trim().to_owned(),
-                program: words.next().expect("a program"),
-                args: words.collect(),
-                nodes: usize::max(nodes, 1),
-            }
-        })
-        .collect()
-}
-
-/// A target server running in its own process.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start(target: &Target) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(&target.program)
-            .args(&target.args)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .env(
-                "OPRUN_LOG",
-                std::env::var("LOADGEN_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", target.program));
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().expect("stdout");
-        let err = child.stderr.take().expect("stderr");
-        let keep = std::env::var_os("LOADGEN_SERVER_LOG").map(|_| {
-            repo_root()
-                .join("target")
-                .join(format!("loadgen-{}.log", target.label))
-        });
-        for stream in [
-            Box::new(out) as Box<dyn std::io::Read + Send>,
-            Box::new(err) as Box<dyn std::io::Read + Send>,
-        ] {
-            let tx = tx.clone();
-            let mut log = keep.as_ref().and_then(|path| {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .ok()
-            });
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if let Some((_, addr)) = line.split_once("listening on ") {
-                        let _ = tx.send(addr.trim().to_owned());
-                    }
-                    if let Some(log) = log.as_mut() {
-                        use std::io::Write;
-                        let _ = writeln!(log, "{line}");
-                    }
-                }
-            });
-        }
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("{} printed no listening line", target.label))
-            .parse()
-            .expect("listening address");
-        Self { child, addr, dir }
-    }
-
-    /// User + system CPU seconds so far.
-    fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses): utime is field 14, stime 15.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) + ticks(12)) / clock_ticks()
-    }
-
-    /// Peak resident set, in MB.
-    fn peak_rss_mb(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        drop(self.dir);
-    }
-}
-
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100.0)
-    })
-}
-
-/// The largest `*-wal` file in `dir` (recursively, one level deep), sampled until `stop`.
-fn sample_wal(dir: PathBuf, stop: Arc<AtomicBool>, max: Arc<AtomicU64>) {
-    while !stop.load(Ordering::Relaxed) {
-        let mut size = 0u64;
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let name = entry.file_name();
-            if name.to_string_lossy().ends_with("-wal") {
-                size = size.max(entry.metadata().map_or(0, |m| m.len()));
-            }
-        }
-        max.fetch_max(size, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn noop() -> prost_types::Any {
-    pack(&SleepInput {
-        duration: Some(prost_types::Duration {
-            seconds: 0,
-            nanos: 0,
-        }),
-        steps: 1,
-        ..Default::default()
-    })
-}
-
-fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e3
 }
 
 #[derive(Default)]
@@ -482,7 +260,16 @@ fn main() {
         seconds: env_or("LOADGEN_SECONDS", 10.0f64),
         rounds: env_or("LOADGEN_ROUNDS", 3usize).max(1),
     };
-    let targets = targets();
+    let mut default = "sqlite={oprun} serve;memory={oprun} serve --store memory".to_owned();
+    if harness::reference().exists() {
+        default.push_str(";ref={ref} serve");
+    } else {
+        eprintln!(
+            "loadgen: no reference server at {} (build it as ../shared/refserver/README.md says)",
+            harness::reference().display()
+        );
+    }
+    let targets = harness::targets("LOADGEN_TARGETS", &default);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
