@@ -1,9 +1,10 @@
 //! The `snapshot` kind: archives a directory tree on the server into a zstd-compressed tar
 //! file, with both paths confined to the server's snapshot root.
 //!
-//! The archive is streamed (constant memory whatever the tree's size) on a blocking thread,
-//! into a temporary file that is renamed into place only on success; a cancel or a failure
-//! removes it.
+//! The archive is streamed (constant memory whatever the tree's size: zstd's buffers, at most
+//! about 107 MiB with 2 cores, see [`archive`]) on a blocking thread, with zstd compressing in
+//! a worker thread per core meanwhile, into a temporary file that is renamed into place only on
+//! success; a cancel or a failure removes it.
 
 pub mod archive;
 pub mod paths;
@@ -20,7 +21,8 @@ use paths::{resolve, PathError};
 /// The kind's name.
 pub const KIND: &str = "snapshot";
 
-/// Snapshots run at most this many at once by default (each keeps a core busy compressing).
+/// Snapshots run at most this many at once by default (each compresses with a zstd worker per
+/// core, so two at once share the cores, and each holds its own zstd buffers).
 pub const DEFAULT_MAX_CONCURRENCY: usize = 2;
 
 /// The `snapshot` task kind.
