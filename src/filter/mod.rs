@@ -181,6 +181,23 @@ impl Filter {
     pub fn is_empty(&self) -> bool {
         self.expr.is_none()
     }
+
+    /// The latest `create_time > T` or `create_time >= T` bound that every match must meet (a
+    /// test at the top level or in a top-level AND), if any: a store can find the matches
+    /// through an index on `create_time` when few operations are that recent.
+    pub fn created_after(&self) -> Option<SystemTime> {
+        let bound = |e: &Expr| match e {
+            Expr::Test(Test::CreateTime {
+                op: Op::Gt | Op::Ge,
+                value,
+            }) => Some(*value),
+            _ => None,
+        };
+        match self.expr.as_ref()? {
+            Expr::And(parts) => parts.iter().filter_map(bound).max(),
+            other => bound(other),
+        }
+    }
 }
 
 /// A boolean combination of tests.
@@ -977,6 +994,35 @@ fn timestamp(value: &Value) -> Result<SystemTime, FilterError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn created_after_is_the_latest_lower_bound_every_match_meets() {
+        let at = |s: &str| {
+            SystemTime::try_from(
+                <prost_types::Timestamp as std::str::FromStr>::from_str(s).unwrap(),
+            )
+            .unwrap()
+        };
+        let after = |f: &str| Filter::parse(f).unwrap().created_after();
+        let (t1, t2) = ("2026-01-02T15:04:05Z", "2026-03-04T05:06:07Z");
+        assert_eq!(after(&format!("create_time > \"{t1}\"")), Some(at(t1)));
+        assert_eq!(
+            after(&format!(
+                "kind = sleep AND create_time >= \"{t2}\" AND create_time > \"{t1}\""
+            )),
+            Some(at(t2))
+        );
+        // Not a bound every match meets: an upper bound, an alternative, a negation.
+        for f in [
+            String::new(),
+            "kind = sleep".to_owned(),
+            format!("create_time < \"{t1}\""),
+            format!("create_time > \"{t1}\" OR done = true"),
+            format!("NOT create_time > \"{t1}\""),
+        ] {
+            assert_eq!(after(&f), None, "{f}");
+        }
+    }
+
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
 

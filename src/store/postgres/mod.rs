@@ -65,7 +65,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use schema::Migrated;
 
-use super::row::{RowImage, FILTER_COLUMNS};
+use super::row::{recent_by_first, RowImage, FILTER_COLUMNS, RECENT_AT_MOST};
 use super::{
     decode_record, from_micros, micros, ChangeSignal, Changes, Claim, Claimed, Columns, Deadlines,
     Inserted, NodeLease, Store, StoreError, Swept, Written,
@@ -499,6 +499,52 @@ const CHANGES_REST: &str = concat!(
     ", changed_by FROM operations WHERE changed_by = $1 AND seq > $2 ORDER BY seq"
 );
 
+/// The query of `list`: rows after a `seq` (`$1`) that match a filter (its SQL in `clause`,
+/// from `$3`), in `seq` order, at most `$2`. `recent` orders by `seq + 0`, which no index
+/// holds: the planner then reads the matches through the index their filter's bound uses
+/// (`operations_created` for a recent `create_time` bound, see [`WALK_AT_MOST`](crate::store::row::WALK_AT_MOST)) and sorts
+/// them, where it would otherwise walk `seq` in order, trusting to find matches evenly spread
+/// (they all come last).
+fn list_sql(clause: &str, recent: bool) -> String {
+    let order = if recent { "seq + 0" } else { "seq" };
+    format!(
+        "SELECT {COLUMNS} FROM operations WHERE seq > $1 AND ({clause}) ORDER BY {order} LIMIT $2"
+    )
+}
+
+/// Whether `list` reads the operations created at or after `since` (on a page starting after
+/// `after`) through `operations_created` (see [`WALK_AT_MOST`](crate::store::row::WALK_AT_MOST)): one index seek, then at most
+/// one read of [`RECENT_AT_MOST`] index entries.
+async fn reads_recent(client: &Object, since: i64, after: i64) -> Result<bool, StoreError> {
+    let first = client
+        .prepare_cached(
+            "SELECT seq FROM operations WHERE create_time >= $1 ORDER BY create_time LIMIT 1",
+        )
+        .await
+        .map_err(pg_error)?;
+    let first: Option<i64> = client
+        .query_opt(&first, &[&since])
+        .await
+        .and_then(|row| row.map(|r| r.try_get(0)).transpose())
+        .map_err(pg_error)?;
+    if let Some(decided) = recent_by_first(first, after) {
+        return Ok(decided);
+    }
+    let counted = client
+        .prepare_cached(
+            "SELECT count(*) FROM (SELECT 1 FROM operations WHERE create_time >= $1 \
+             ORDER BY create_time LIMIT $2) recent",
+        )
+        .await
+        .map_err(pg_error)?;
+    let n: i64 = client
+        .query_one(&counted, &[&since, &RECENT_AT_MOST])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(pg_error)?;
+    Ok(n < RECENT_AT_MOST)
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn insert(&self, mut record: OperationRecord) -> Result<Inserted, StoreError> {
@@ -662,19 +708,21 @@ impl Store for PostgresStore {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError> {
+        let created_after = filter.created_after().map(micros);
         let filter = filter.to_postgres(&FILTER_COLUMNS, 3);
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(filter.params.len() + 2);
         let limit = count(limit);
         params.push(&after);
         params.push(&limit);
         params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));
+        let client = self.client().await?;
+        let recent = match created_after {
+            Some(since) => reads_recent(&client, since, after).await?,
+            None => false,
+        };
         // Not cached: clients' filters have endless shapes, and each prepared statement stays
         // on its connection (and the server) for good.
-        let client = self.client().await?;
-        let sql = format!(
-            "SELECT {COLUMNS} FROM operations WHERE seq > $1 AND ({}) ORDER BY seq LIMIT $2",
-            filter.clause
-        );
+        let sql = list_sql(&filter.clause, recent);
         let rows = client.query(&sql, &params).await.map_err(pg_error)?;
         records(&rows)
     }
@@ -991,11 +1039,7 @@ mod tests {
             params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));
             let plan: Vec<String> = client
                 .query(
-                    &format!(
-                        "EXPLAIN SELECT {COLUMNS} FROM operations WHERE seq > $1 AND ({}) \
-                         ORDER BY seq LIMIT $2",
-                        filter.clause
-                    ),
+                    &format!("EXPLAIN {}", list_sql(&filter.clause, false)),
                     &params,
                 )
                 .await
@@ -1008,6 +1052,44 @@ mod tests {
             let walks_all = plan.contains("operations_pkey") && plan.contains("Filter");
             assert!(!plan.contains("Seq Scan") && !walks_all, "{text}: {plan}");
         }
+
+        // The last 2,000 created (create_time n µs): past the walk's reach from the start,
+        // read through `operations_created`, although in `seq` order the planner expects to
+        // meet one in ten at once; a page that starts near them walks.
+        let since = 18_001_i64;
+        assert!(reads_recent(&client, since, 0).await.expect("choose"));
+        assert!(!reads_recent(&client, since, 17_000).await.expect("choose"));
+        let text = format!(
+            "create_time >= \"{}\"",
+            prost_types::Timestamp::from(from_micros(since))
+        );
+        let filter = Filter::parse(&text)
+            .expect("a filter")
+            .to_postgres(&FILTER_COLUMNS, 3);
+        let (after, limit) = (0_i64, 100_i64);
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&after, &limit];
+        params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));
+        let plan: Vec<String> = client
+            .query(
+                &format!("EXPLAIN {}", list_sql(&filter.clause, true)),
+                &params,
+            )
+            .await
+            .expect("explain")
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("operations_created"), "{plan}");
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+        let seqs: Vec<i64> = client
+            .query(&list_sql(&filter.clause, true), &params)
+            .await
+            .expect("list")
+            .iter()
+            .map(|row| row.get("seq"))
+            .collect();
+        assert_eq!(seqs, (18_001..=18_100).collect::<Vec<i64>>());
     }
 
     /// While one node sweeps (it holds the sweep lock), another node's sweep removes nothing

@@ -31,7 +31,7 @@ use super::pg_error;
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const VERSION: i32 = 2;
+pub const VERSION: i32 = 3;
 
 /// The key of the advisory lock migrations hold (any constant shared by every build).
 const MIGRATION_LOCK: i64 = 0x6f70_7275_6e5f_6d67; // "oprun_mg"
@@ -112,6 +112,11 @@ CREATE TRIGGER operations_inserted_notify AFTER INSERT ON operations
 CREATE TRIGGER operations_updated_notify AFTER UPDATE ON operations
     REFERENCING NEW TABLE AS changed
     FOR EACH STATEMENT EXECUTE FUNCTION oprun_notify_changed();
+",
+    // Filters with a `create_time` lower bound: the planner reads recent operations through
+    // it rather than walking `seq` past every older one.
+    "
+CREATE INDEX operations_created ON operations(create_time);
 ",
 ];
 

@@ -42,7 +42,7 @@ use super::{
 };
 use crate::filter::{Filter, SqlValue};
 use crate::model::{Fence, OperationId, OperationRecord};
-use crate::store::row::{RowImage, FILTER_COLUMNS};
+use crate::store::row::{recent_by_first, RowImage, FILTER_COLUMNS, RECENT_AT_MOST};
 use schema::{row_to_record, RawRow, COLUMNS};
 use writer::{checkpointer, writer_loop, Command, InsertOutcome, WalBound, WriteOutcome};
 
@@ -416,8 +416,43 @@ fn sql_limit(n: usize) -> i64 {
 
 /// The query of `list`: rows after a `seq` that match a filter (its SQL in `clause`), in
 /// `seq` order, up to a limit. Placeholders: the `seq`, the filter's, the limit.
-fn list_query(clause: &str) -> String {
-    format!("SELECT {COLUMNS} FROM operations WHERE seq > ? AND ({clause}) ORDER BY seq LIMIT ?")
+///
+/// `recent` reads the matches through `operations_created` and sorts them: for a filter with
+/// a `create_time` lower bound that few operations meet, after many older ones (see
+/// [`reads_recent`]). Walking `seq` instead would read every older operation first.
+fn list_query(clause: &str, recent: bool) -> String {
+    let index = if recent {
+        " INDEXED BY operations_created"
+    } else {
+        ""
+    };
+    format!(
+        "SELECT {COLUMNS} FROM operations{index} WHERE seq > ? AND ({clause}) ORDER BY seq LIMIT ?"
+    )
+}
+
+/// Whether `list` reads the operations created at or after `since` (on a page starting after
+/// `after`) through `operations_created` rather than by walking `seq` (see [`WALK_AT_MOST`](crate::store::row::WALK_AT_MOST)):
+/// at most one index seek and one read of [`RECENT_AT_MOST`] index entries.
+fn reads_recent(conn: &Connection, since: i64, after: i64) -> Result<bool, StoreError> {
+    let first: Option<i64> = conn
+        .prepare_cached(
+            "SELECT seq FROM operations INDEXED BY operations_created WHERE create_time >= ? \
+             ORDER BY create_time LIMIT 1",
+        )
+        .and_then(|mut s| s.query_row([since], |r| r.get(0)).optional())
+        .map_err(sql_error)?;
+    if let Some(decided) = recent_by_first(first, after) {
+        return Ok(decided);
+    }
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM operations INDEXED BY operations_created \
+             WHERE create_time >= ? LIMIT ?)",
+        )
+        .and_then(|mut s| s.query_row([since, RECENT_AT_MOST], |r| r.get(0)))
+        .map_err(sql_error)?;
+    Ok(n < RECENT_AT_MOST)
 }
 
 #[async_trait]
@@ -540,10 +575,15 @@ impl Store for SqliteStore {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError> {
+        let created_after = filter.created_after().map(micros);
         let filter = filter.to_sqlite(&FILTER_COLUMNS);
         self.read(move |conn| {
+            let recent = match created_after {
+                Some(since) => reads_recent(conn, since, after)?,
+                None => false,
+            };
             let mut stmt = conn
-                .prepare_cached(&list_query(&filter.clause))
+                .prepare_cached(&list_query(&filter.clause, recent))
                 .map_err(sql_error)?;
             let params = std::iter::once(SqlValue::Integer(after))
                 .chain(filter.params)
@@ -639,6 +679,7 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::model::State;
+    use crate::store::row::WALK_AT_MOST;
 
     /// The SQLite store keeps the store contract.
     #[tokio::test]
@@ -683,12 +724,20 @@ mod tests {
 
     /// The plan SQLite chooses for `list` with `filter`, its steps joined by "; ".
     fn plan(conn: &Connection, filter: &str) -> String {
+        plan_of(conn, filter, false)
+    }
+
+    /// [`plan`] of the query `list` runs when `recent` (see [`list_query`]).
+    fn plan_of(conn: &Connection, filter: &str, recent: bool) -> String {
         let sql = Filter::parse(filter).unwrap().to_sqlite(&FILTER_COLUMNS);
         let params = std::iter::once(SqlValue::Integer(0))
             .chain(sql.params)
             .chain(std::iter::once(SqlValue::Integer(50)));
         let mut stmt = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", list_query(&sql.clause)))
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                list_query(&sql.clause, recent)
+            ))
             .unwrap();
         let steps: Vec<String> = stmt
             .query_map(params_from_iter(params), |r| r.get(3))
@@ -770,6 +819,65 @@ mod tests {
                 "{plan}"
             );
         }
+    }
+
+    /// A filter with a `create_time` lower bound that few operations meet, after many older
+    /// ones, reads them through `operations_created` (then sorts at most [`RECENT_AT_MOST`])
+    /// instead of walking every older operation; with few older ones, or once that many meet
+    /// it, `list` walks `seq`. Each plan gives the same page.
+    #[tokio::test]
+    async fn recent_create_time_bounds_read_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        let stored = fill(&store, 6).await;
+        let conn = Connection::open(store.path()).unwrap();
+        // `n` copies of the last stored operation, created `offset` µs + i after it.
+        let copies = |n: i64, offset: i64| {
+            conn.execute(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
+                 INSERT INTO operations (id, kind, done, state, create_time, update_time, \
+                     input, body, layout) \
+                 SELECT 'copy' || ?2 || '-' || i, kind, done, state, create_time + ?2 + i, \
+                     update_time, input, body, layout FROM n, operations WHERE seq = ?3",
+                [n, offset, stored[5].seq],
+            )
+            .unwrap();
+        };
+        copies(WALK_AT_MOST + 10, 0);
+        let old = stored[5].seq + WALK_AT_MOST + 10;
+        let since = micros(stored[5].create_time) + 1_000_000;
+        copies(5, 1_000_000);
+        let filter = format!(
+            "kind = sleep AND create_time >= \"{}\"",
+            prost_types::Timestamp::from(crate::store::from_micros(since))
+        );
+        let parsed = Filter::parse(&filter).unwrap();
+        let page = |after: i64| {
+            let parsed = &parsed;
+            let store = &store;
+            async move {
+                let listed = store.list(after, parsed, 100).await.unwrap();
+                listed.iter().map(|r| r.seq).collect::<Vec<_>>()
+            }
+        };
+        let recent = plan_of(&conn, &filter, true);
+        assert!(
+            recent.contains("USING INDEX operations_created (create_time>?)"),
+            "{recent}"
+        );
+        assert!(!recent.contains("SCAN"), "{recent}");
+        assert!(reads_recent(&conn, since, 0).unwrap());
+        let mut expected: Vec<i64> = (1..=5).map(|i| old + i).collect();
+        assert_eq!(page(0).await, expected);
+        // A page that starts near the first match walks.
+        assert!(!reads_recent(&conn, since, old - 5).unwrap());
+        assert_eq!(page(old - 5).await, expected);
+
+        // As many more newer operations as the limit: the walk again.
+        copies(RECENT_AT_MOST, 2_000_000);
+        assert!(!reads_recent(&conn, since, 0).unwrap());
+        expected.extend((1..=95).map(|i| old + 5 + i));
+        assert_eq!(page(0).await, expected);
     }
 
     /// A store made before the filter indexes existed opens, gets them, and lists with

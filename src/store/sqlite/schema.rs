@@ -70,7 +70,8 @@ ALTER TABLE operations ADD COLUMN due INTEGER;
 /// final state, `operations_queue` claims (due work of a kind, oldest first),
 /// `operations_owner` the rescue of a node's work, `operations_deadline` the queued deadline
 /// sweep; `operations_by_kind` and `operations_failed` filters on the kind and the error
-/// code. A filter's index holds an equality column (or none) then `seq`, so that
+/// code; `operations_created` filters with a recent `create_time` lower bound (it holds
+/// `seq` too, as every SQLite index holds the rowid). A filter's index holds an equality column (or none) then `seq`, so that
 /// `col = ? AND seq > ?` is one range read, already in `seq` order.
 ///
 /// Every index is written on every change of a column it holds, and the writer's cost (its
@@ -86,6 +87,7 @@ CREATE INDEX IF NOT EXISTS operations_unfinished ON operations(seq) WHERE done =
 CREATE INDEX IF NOT EXISTS operations_ended ON operations(end_time) WHERE done = 1;
 CREATE INDEX IF NOT EXISTS operations_end_state ON operations(state, seq) WHERE done = 1;
 CREATE INDEX IF NOT EXISTS operations_by_kind ON operations(kind, seq);
+CREATE INDEX IF NOT EXISTS operations_created ON operations(create_time);
 CREATE INDEX IF NOT EXISTS operations_failed ON operations(error_code, seq)
     WHERE error_code IS NOT NULL;
 CREATE INDEX IF NOT EXISTS operations_queue ON operations(kind, due, seq) WHERE state = 1;
