@@ -143,8 +143,17 @@ async fn runner_with(store: Arc<dyn Store>, config: RunnerConfig) -> Runner {
         .expect("runner starts")
 }
 
+/// A runner on a memory store whose full queues refuse at once.
 async fn runner() -> Runner {
-    runner_with(Arc::new(MemoryStore::new()), RunnerConfig::default()).await
+    runner_with(Arc::new(MemoryStore::new()), refusing()).await
+}
+
+/// The default configuration, but a full queue refuses at once (no `queue_full_wait`).
+fn refusing() -> RunnerConfig {
+    RunnerConfig {
+        queue_full_wait: Duration::ZERO,
+        ..RunnerConfig::default()
+    }
 }
 
 fn error_of(r: &OperationRecord) -> (i32, String) {
@@ -385,7 +394,7 @@ async fn full_queues_push_back() {
         RunnerConfig {
             max_running: 1,
             max_queued: 3,
-            ..RunnerConfig::default()
+            ..refusing()
         },
     )
     .await;
@@ -455,6 +464,58 @@ async fn full_queues_push_back() {
         .expect("other kinds still accepted");
 }
 
+/// With `queue_full_wait`, a submission to a full queue waits for room instead of being
+/// refused: it is accepted as soon as a queued operation starts, and refused only when no
+/// room comes within the wait. (Before it, the submission was refused at once.)
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_slows_submissions_to_the_pace_of_the_work() {
+    let runner = runner_with(
+        Arc::new(MemoryStore::new()),
+        RunnerConfig {
+            max_running: 1,
+            max_queued: 1,
+            queue_full_wait: Duration::from_secs(5),
+            ..RunnerConfig::default()
+        },
+    )
+    .await;
+    let first = runner
+        .submit(Submission::new("sleep", sleep_input(1_000, 1, "")))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let queued = runner
+        .submit(Submission::new("sleep", sleep_input(60_000, 1, "")))
+        .await
+        .unwrap();
+    // Full: this one waits until `first` ends (after 1 s) and `queued` starts.
+    let t0 = Instant::now();
+    let waited = runner
+        .submit(Submission::new("sleep", sleep_input(0, 1, "")))
+        .await
+        .expect("accepted once there was room");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(990) && took < Duration::from_secs(2),
+        "waited {took:?}"
+    );
+    assert_eq!(runner.get(&first.id).await.unwrap().state, State::Succeeded);
+    assert_eq!(runner.get(&queued.id).await.unwrap().state, State::Running);
+    // Full again, and nothing leaves the queue for 60 s: refused once the 5 s are over.
+    let t0 = Instant::now();
+    let refused = runner
+        .submit(Submission::new("sleep", sleep_input(0, 1, "")))
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(refused).code(), tonic::Code::ResourceExhausted);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(6),
+        "waited {took:?}"
+    );
+    assert_eq!(runner.get(&waited.id).await.unwrap().state, State::Queued);
+}
+
 /// Issue 6, item 10: a repeated `request_id` returns the original operation even while the
 /// queue is full (it answered RESOURCE_EXHAUSTED before); a new request is still refused.
 #[tokio::test(start_paused = true)]
@@ -464,7 +525,7 @@ async fn a_repeated_request_id_is_answered_while_the_queue_is_full() {
         RunnerConfig {
             max_running: 1,
             max_queued: 1,
-            ..RunnerConfig::default()
+            ..refusing()
         },
     )
     .await;

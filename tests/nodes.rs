@@ -488,6 +488,7 @@ async fn the_queue_bound_holds_over_all_nodes() {
         let config = RunnerConfig {
             node: node.into(),
             max_queued: 3,
+            queue_full_wait: Duration::ZERO,
             max_running,
             queue_recount: Duration::from_millis(100),
             ..RunnerConfig::default()

@@ -116,6 +116,11 @@ pub struct ServeArgs {
     /// on a PostgreSQL store, over all nodes: each counts the store's queue twice a second).
     #[arg(long, env = "OPRUN_MAX_QUEUED", default_value_t = 100_000)]
     pub max_queued: usize,
+    /// How long SubmitTask waits for room in a full queue before it answers
+    /// RESOURCE_EXHAUSTED (a client faster than the work is slowed to its pace; 0: refuse at
+    /// once).
+    #[arg(long, env = "OPRUN_QUEUE_FULL_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub queue_full_wait: Duration,
     /// Largest accepted input message, in bytes.
     #[arg(long, env = "OPRUN_MAX_INPUT_BYTES", default_value_t = 1 << 20)]
     pub max_input_bytes: usize,
@@ -191,6 +196,7 @@ impl ServeArgs {
             max_running: self.max_running.max(1),
             kind_limits: self.kind_limits.iter().cloned().collect(),
             max_queued: self.max_queued,
+            queue_full_wait: self.queue_full_wait,
             max_input_bytes: self.max_input_bytes,
             cancel_grace: self.cancel_grace,
             progress_interval: self.progress_interval,

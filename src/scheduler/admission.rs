@@ -1,6 +1,7 @@
 //! SubmitTask: validation, request ids (AIP-155), the queue bounds, then the store.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use prost_types::Any;
 use tracing::info;
@@ -11,6 +12,9 @@ use crate::model::{time, OperationRecord};
 use crate::store::Inserted;
 use crate::text::quote;
 
+/// How often a submission waiting for room in a full queue looks again without a wake.
+const QUEUE_ROOM_POLL: Duration = Duration::from_millis(50);
+
 impl Runner {
     /// Submits a task: validates it, makes it durable, queues it. With a `request_id` already
     /// used for the same request, returns the earlier operation instead.
@@ -18,7 +22,8 @@ impl Runner {
     /// # Errors
     /// INVALID_ARGUMENT for an unknown kind, an input of the wrong type, too large, or refused
     /// by the kind; ALREADY_EXISTS when the `request_id` was used for a different request;
-    /// RESOURCE_EXHAUSTED when the queue bound is reached; UNAVAILABLE when shutting down or
+    /// RESOURCE_EXHAUSTED when the queue bound is reached and no room came within
+    /// `queue_full_wait`; UNAVAILABLE when shutting down or
     /// the store fails.
     pub async fn submit(&self, request: Submission) -> Result<OperationRecord, Error> {
         let Submission {
@@ -96,6 +101,7 @@ impl Runner {
             }
         }
         task.check_input(&input)?;
+        self.room_in_queue(&kind, task.options().max_queued).await?;
         self.lock_slots().reserve(
             &kind,
             task.options().max_queued,
@@ -127,6 +133,32 @@ impl Runner {
                 self.lock_slots().unreserve(&kind);
                 Err(e.into())
             }
+        }
+    }
+
+    /// Waits, up to `queue_full_wait`, until the queue (and `kind`'s) has room for one more:
+    /// woken as operations leave it, and every [`QUEUE_ROOM_POLL`] in case no wake comes
+    /// (another node's work leaving a shared store's queue is seen by a recount). The
+    /// reservation that follows may still find it full, and refuses then.
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`] when shutdown begins meanwhile.
+    async fn room_in_queue(&self, kind: &str, kind_bound: Option<usize>) -> Result<(), Error> {
+        let global_bound = self.shared.config.max_queued;
+        let wait = self.shared.config.queue_full_wait;
+        let started = tokio::time::Instant::now();
+        loop {
+            let room = self.shared.queue_room.notified();
+            if self.lock_slots().has_room(kind, kind_bound, global_bound) {
+                return Ok(());
+            }
+            if !self.shared.accepting.load(Ordering::Acquire) {
+                return Err(Error::ShuttingDown);
+            }
+            let Some(left) = wait.checked_sub(started.elapsed()).filter(|d| !d.is_zero()) else {
+                return Ok(());
+            };
+            let _ = tokio::time::timeout(left.min(QUEUE_ROOM_POLL), room).await;
         }
     }
 

@@ -81,8 +81,13 @@ pub struct RunnerConfig {
     /// Per-kind limits that override what a kind declares.
     pub kind_limits: HashMap<String, usize>,
     /// Most operations waiting at once (queued, delayed or backing off), over all kinds;
-    /// past it SubmitTask answers RESOURCE_EXHAUSTED.
+    /// past it SubmitTask waits up to `queue_full_wait` for room, then answers
+    /// RESOURCE_EXHAUSTED.
     pub max_queued: usize,
+    /// How long SubmitTask waits for room in a full queue (global or its kind's) before it
+    /// answers RESOURCE_EXHAUSTED: a client submitting faster than the work runs is slowed to
+    /// the pace of the work instead of refused. Zero refuses at once.
+    pub queue_full_wait: Duration,
     /// Largest accepted input message, in bytes.
     pub max_input_bytes: usize,
     /// How long a worker may ignore a cancel before it is aborted.
@@ -123,6 +128,7 @@ impl std::fmt::Debug for RunnerConfig {
             .field("max_running", &self.max_running)
             .field("kind_limits", &self.kind_limits)
             .field("max_queued", &self.max_queued)
+            .field("queue_full_wait", &self.queue_full_wait)
             .field("max_input_bytes", &self.max_input_bytes)
             .field("cancel_grace", &self.cancel_grace)
             .field("progress_interval", &self.progress_interval)
@@ -144,6 +150,7 @@ impl Default for RunnerConfig {
             max_running: 64,
             kind_limits: HashMap::new(),
             max_queued: 100_000,
+            queue_full_wait: Duration::from_secs(5),
             max_input_bytes: 1 << 20,
             cancel_grace: Duration::from_secs(30),
             progress_interval: Duration::from_millis(250),
@@ -189,6 +196,8 @@ struct Shared {
     dispatch_wake: Notify,
     /// Wakes the deadline sweeper: a submission carries a deadline.
     deadline_wake: Notify,
+    /// Wakes the submissions waiting for room in a full queue: operations left it.
+    queue_room: Notify,
     bus: Arc<bus::Bus>,
     root: CancellationToken,
     tracker: TaskTracker,
@@ -234,6 +243,7 @@ impl Runner {
                 running: DashMap::new(),
                 slots: Mutex::new(slots::Slots::default()),
                 dispatch_wake: Notify::new(),
+                queue_room: Notify::new(),
                 deadline_wake: Notify::new(),
                 bus: Arc::new(bus::Bus::new(followed.is_some())),
                 root: CancellationToken::new(),

@@ -19,6 +19,8 @@ impl Runner {
         let before = self.lock_slots().own_counts();
         let counted = self.shared.store.queued().await?;
         self.lock_slots().recount(&before, &counted);
+        // Other nodes' work may have left the queue.
+        self.shared.queue_room.notify_waiters();
         Ok(())
     }
 

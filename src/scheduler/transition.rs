@@ -97,6 +97,7 @@ impl Runner {
         match (before, written.state) {
             (State::Queued, after) if after != State::Queued => {
                 self.lock_slots().unqueued(&written.kind);
+                self.shared.queue_room.notify_waiters();
             }
             (before, State::Queued) if before != State::Queued => {
                 self.lock_slots().queued(&written.kind);
@@ -207,6 +208,9 @@ impl Runner {
             }
             self.lock_slots().started(&record.kind);
             self.shared.bus.publish(record);
+        }
+        if !claimed.operations.is_empty() {
+            self.shared.queue_room.notify_waiters();
         }
         Ok(claimed)
     }
