@@ -162,22 +162,12 @@ impl Server {
 
     /// Peak resident set, in MB.
     pub fn peak_rss_mb(&self) -> f64 {
-        self.status_mb("VmHWM:")
+        status_mb(self.child.id(), "VmHWM:")
     }
 
     /// Resident set now, in MB.
     pub fn rss_mb(&self) -> f64 {
-        self.status_mb("VmRSS:")
-    }
-
-    fn status_mb(&self, field: &str) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
+        status_mb(self.child.id(), "VmRSS:")
     }
 
     /// Stops the server gracefully (SIGTERM; SIGKILL after 15 s) and gives back its directory.
@@ -205,6 +195,16 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A `/proc/PID/status` field in kB (`VmRSS:`, `VmHWM:`), in MB; 0 when unreadable.
+pub fn status_mb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 pub fn clock_ticks() -> f64 {

@@ -17,7 +17,10 @@
 //!   `sqlite={oprun} serve;memory={oprun} serve --store memory;ref={ref} serve` (ref when built).
 //! - `LOADGEN_MODE`: `closed` (default: each client submits a no-op `sleep`, waits for it with
 //!   WaitOperation, repeats) or `submit` (each client submits back to back; the server runs
-//!   them as fast as it can).
+//!   them as fast as it can) or `cancel` (`LOADGEN_CANCEL_OPS` long sleeps, default 200, are
+//!   submitted and left to start; then, one at a time, a WaitOperation is opened on one,
+//!   CancelOperation sent, and the time from its reply to the Wait's answer with `done`
+//!   measured; give oprun `--max-running 256` so that all of them run rather than queue).
 //! - `LOADGEN_SERVER_LOG`: the servers' `OPRUN_LOG` (default `warn`); their stderr is then
 //!   kept in `target/loadgen-<label>.log`.
 //! - `LOADGEN_CLIENTS` (default 16), `LOADGEN_SECONDS` measured per round (default 10),
@@ -37,20 +40,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::{env_or, noop, percentile_ms, sample_wal, Server, Target};
+use oprun::model::pack;
 use oprun::proto::google::longrunning::operations_client::OperationsClient;
-use oprun::proto::google::longrunning::WaitOperationRequest;
+use oprun::proto::google::longrunning::{CancelOperationRequest, WaitOperationRequest};
 use oprun::proto::oprun::v1::task_service_client::TaskServiceClient;
-use oprun::proto::oprun::v1::SubmitTaskRequest;
+use oprun::proto::oprun::v1::{SleepInput, SubmitTaskRequest};
 use tonic::transport::Channel;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Closed,
     Submit,
+    Cancel,
 }
 
 struct Settings {
     mode: Mode,
+    cancel_ops: usize,
     clients: usize,
     connections: usize,
     seconds: f64,
@@ -155,6 +161,15 @@ async fn round(target: &Target, s: &Settings) -> Figures {
         );
         std::thread::spawn(move || sample_wal(dir, stop, wal))
     };
+    if s.mode == Mode::Cancel {
+        let figures = cancel_round(&channels[0], &servers, s.cancel_ops).await;
+        stop.store(true, Ordering::Relaxed);
+        let _ = sampler.join();
+        for server in servers {
+            server.stop();
+        }
+        return figures;
+    }
     let warmup = Duration::from_secs(1);
     let start = Instant::now();
     let warmup_end = start + warmup;
@@ -189,8 +204,8 @@ async fn round(target: &Target, s: &Settings) -> Figures {
     submits.sort();
     dones.sort();
     let ops = match s.mode {
-        Mode::Closed => dones.len(),
         Mode::Submit => submits.len(),
+        Mode::Closed | Mode::Cancel => dones.len(),
     };
     Figures {
         ops_per_sec: ops as f64 / measured,
@@ -209,7 +224,95 @@ async fn round(target: &Target, s: &Settings) -> Figures {
     }
 }
 
+/// `cancel` mode: `n` long sleeps submitted and started, then cancelled one at a time, each
+/// with a WaitOperation already open on it. Figures: CancelOperation's latency in the
+/// `submit` columns, its reply → the Wait's answer (done) in the `done` columns.
+async fn cancel_round(channel: &Channel, servers: &[Server], n: usize) -> Figures {
+    let mut tasks = TaskServiceClient::new(channel.clone());
+    let mut ops = OperationsClient::new(channel.clone());
+    let long = pack(&SleepInput {
+        duration: Some(prost_types::Duration {
+            seconds: 600,
+            nanos: 0,
+        }),
+        steps: 600,
+        ..Default::default()
+    });
+    let mut names = Vec::with_capacity(n);
+    for _ in 0..n {
+        let op = tasks
+            .submit_task(SubmitTaskRequest {
+                kind: "sleep".into(),
+                input: Some(long.clone()),
+                ..Default::default()
+            })
+            .await
+            .expect("SubmitTask")
+            .into_inner();
+        names.push(op.name);
+    }
+    // Let them start (and the first progress writes settle).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu_of_all = || servers.iter().map(Server::cpu_seconds).sum::<f64>();
+    let cpu_start = cpu_of_all();
+    let mut cancels = Vec::with_capacity(n);
+    let mut dones = Vec::with_capacity(n);
+    for name in names {
+        let mut waiter = ops.clone();
+        let wait_name = name.clone();
+        let wait = tokio::spawn(async move {
+            let op = waiter
+                .wait_operation(WaitOperationRequest {
+                    name: wait_name,
+                    timeout: Some(prost_types::Duration {
+                        seconds: 30,
+                        nanos: 0,
+                    }),
+                })
+                .await
+                .expect("WaitOperation")
+                .into_inner();
+            (Instant::now(), op.done)
+        });
+        // The Wait reaches the server first.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let t = Instant::now();
+        ops.cancel_operation(CancelOperationRequest { name })
+            .await
+            .expect("CancelOperation");
+        let replied = Instant::now();
+        let (answered, done) = wait.await.expect("wait task");
+        assert!(
+            done,
+            "WaitOperation answered before the cancelled operation was done"
+        );
+        cancels.push(replied - t);
+        dones.push(answered.saturating_duration_since(replied));
+    }
+    let cpu = cpu_of_all() - cpu_start;
+    cancels.sort();
+    dones.sort();
+    Figures {
+        ops_per_sec: 0.0,
+        submit_p50: percentile_ms(&cancels, 0.50),
+        submit_p99: percentile_ms(&cancels, 0.99),
+        done_p50: percentile_ms(&dones, 0.50),
+        done_p99: percentile_ms(&dones, 0.99),
+        cpu_us_per_op: cpu * 1e6 / n.max(1) as f64,
+        rss_mb: servers.iter().map(Server::peak_rss_mb).fold(0.0, f64::max),
+        wal_mb: 0.0,
+        refused: 0,
+    }
+}
+
 fn print(label: &str, f: &Figures) {
+    if f.ops_per_sec == 0.0 && f.submit_p50 > 0.0 {
+        println!(
+            "{label:<22} CancelOperation p50 {:>6.2} p99 {:>6.2} ms  reply→done p50 {:>6.2} p99 {:>6.2} ms  cpu {:>5.0} µs/cancel  rss {:>5.0} MB",
+            f.submit_p50, f.submit_p99, f.done_p50, f.done_p99, f.cpu_us_per_op, f.rss_mb,
+        );
+        return;
+    }
     println!(
         "{label:<22} {:>8.0} ops/s  submit p50 {:>6.2} p99 {:>6.2} ms  done p50 {:>6.2} p99 {:>6.2} ms  cpu {:>5.0} µs/op  rss {:>5.0} MB  wal {:>6.1} MB  refused {}",
         f.ops_per_sec,
@@ -253,8 +356,10 @@ fn main() {
     let settings = Settings {
         mode: match std::env::var("LOADGEN_MODE").as_deref() {
             Ok("submit") => Mode::Submit,
+            Ok("cancel") => Mode::Cancel,
             _ => Mode::Closed,
         },
+        cancel_ops: env_or("LOADGEN_CANCEL_OPS", 200usize).max(1),
         clients,
         connections: env_or("LOADGEN_CONNECTIONS", (clients / 8).max(1)).max(1),
         seconds: env_or("LOADGEN_SECONDS", 10.0f64),
@@ -276,7 +381,11 @@ fn main() {
         .expect("runtime");
     println!(
         "loadgen: {} mode, {} clients over {} connections, {}s measured per round (after 1s warm-up), {} rounds, targets interleaved",
-        if settings.mode == Mode::Closed { "closed-loop" } else { "submit-only" },
+        match settings.mode {
+            Mode::Closed => "closed-loop",
+            Mode::Submit => "submit-only",
+            Mode::Cancel => "cancel",
+        },
         settings.clients,
         settings.connections,
         settings.seconds,
@@ -296,19 +405,29 @@ fn main() {
         "medians of {} rounds (wal: the largest seen):",
         settings.rounds
     );
-    let base = medians(&all[0]);
     for (t, figures) in targets.iter().zip(&all) {
-        let m = medians(figures);
-        print(&t.label, &m);
-        if !std::ptr::eq(t, &targets[0]) && m.ops_per_sec > 0.0 {
-            println!(
-                "  {} / {}: ops/s {:.2}, submit p99 {:.2}, cpu/op {:.2}",
-                targets[0].label,
-                t.label,
-                base.ops_per_sec / m.ops_per_sec,
-                base.submit_p99 / m.submit_p99.max(1e-9),
-                base.cpu_us_per_op / m.cpu_us_per_op.max(1e-9),
-            );
-        }
+        print(&t.label, &medians(figures));
+    }
+    // Each round's ratio of the first target to another (run minutes apart, they share the
+    // host's noise), then the median of those ratios.
+    let pair_ratio = |i: usize, f: fn(&Figures) -> f64| {
+        median(
+            all[0]
+                .iter()
+                .zip(&all[i])
+                .map(|(a, b)| f(a) / f(b).max(1e-9))
+                .collect(),
+        )
+    };
+    for (i, t) in targets.iter().enumerate().skip(1) {
+        println!(
+            "  {} / {} (median of the rounds' ratios): ops/s {:.2}, submit p99 {:.2}, done p99 {:.2}, cpu/op {:.2}",
+            targets[0].label,
+            t.label,
+            pair_ratio(i, |f| f.ops_per_sec),
+            pair_ratio(i, |f| f.submit_p99),
+            pair_ratio(i, |f| f.done_p99),
+            pair_ratio(i, |f| f.cpu_us_per_op),
+        );
     }
 }
