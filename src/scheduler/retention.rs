@@ -39,13 +39,13 @@ impl Runner {
                     if swept.deleted > 0 {
                         info!(
                             deleted = swept.deleted,
-                            kept = swept.finished,
+                            kept = ?swept.finished,
                             "removed finished operations past retention"
                         );
                     }
-                    self.shared
-                        .finished
-                        .store(swept.finished, Ordering::Release);
+                    if let Some(kept) = swept.finished {
+                        self.shared.finished.store(kept, Ordering::Release);
+                    }
                     // An expiry past what a clock holds is never.
                     swept
                         .oldest_finished

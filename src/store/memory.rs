@@ -339,7 +339,7 @@ impl Store for MemoryStore {
         }
         Ok(Swept {
             deleted: remove,
-            finished: finished.len(),
+            finished: keep_at_most.map(|_| finished.len()),
             oldest_finished: finished.first().map(|(end, _)| *end),
         })
     }

@@ -69,8 +69,10 @@ pub(crate) fn forget_before(lease_until: i64) -> i64 {
 pub struct Swept {
     /// Finished operations removed.
     pub deleted: usize,
-    /// Finished operations kept.
-    pub finished: usize,
+    /// Finished operations kept: counted only when a sweep is given a cap (`keep_at_most`),
+    /// `None` otherwise (counting reads every finished operation's index entry: 45 ms at a
+    /// million, in the writer, once a second once operations expire steadily).
+    pub finished: Option<usize>,
     /// When the oldest kept finished operation ended.
     pub oldest_finished: Option<SystemTime>,
 }
@@ -303,7 +305,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<OperationRecord>, StoreError>;
 
     /// Removes finished operations that ended before `finished_before`, then the oldest
-    /// finished ones beyond `keep_at_most`. Unfinished operations are never removed.
+    /// finished ones beyond `keep_at_most` (and then counts those kept, see [`Swept`]).
+    /// Unfinished operations are never removed.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the write could not be made durable.

@@ -754,16 +754,17 @@ impl Store for PostgresStore {
         } else {
             0
         };
-        let finished: i64 = tx
-            .query_one("SELECT count(*) FROM operations WHERE done = 1", &[])
-            .await
-            .and_then(|row| row.try_get(0))
-            .map_err(pg_error)?;
-        let mut finished = u64::try_from(finished).unwrap_or(0);
-        if let (Some(keep), true) = (keep_at_most, sweeping) {
+        let mut finished = None;
+        if let Some(keep) = keep_at_most {
+            let counted: i64 = tx
+                .query_one("SELECT count(*) FROM operations WHERE done = 1", &[])
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(pg_error)?;
+            let mut kept = u64::try_from(counted).unwrap_or(0);
             let keep = u64::try_from(keep).unwrap_or(u64::MAX);
-            if finished > keep {
-                let excess = i64::try_from(finished - keep).unwrap_or(i64::MAX);
+            if sweeping && kept > keep {
+                let excess = i64::try_from(kept - keep).unwrap_or(i64::MAX);
                 let n = tx
                     .execute(
                         "DELETE FROM operations WHERE seq IN (SELECT seq FROM operations \
@@ -773,8 +774,9 @@ impl Store for PostgresStore {
                     .await
                     .map_err(pg_error)?;
                 deleted += n;
-                finished -= n;
+                kept -= n;
             }
+            finished = Some(usize::try_from(kept).unwrap_or(usize::MAX));
         }
         let oldest: Option<i64> = tx
             .query_one("SELECT min(end_time) FROM operations WHERE done = 1", &[])
@@ -784,7 +786,7 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(pg_error)?;
         Ok(Swept {
             deleted: usize::try_from(deleted).unwrap_or(usize::MAX),
-            finished: usize::try_from(finished).unwrap_or(usize::MAX),
+            finished,
             oldest_finished: oldest.map(from_micros),
         })
     }
@@ -1150,11 +1152,12 @@ mod tests {
             .execute("SELECT pg_advisory_xact_lock($1)", &[&SWEEP_LOCK])
             .await
             .expect("the sweep lock");
-        let meanwhile = store.sweep(later, None).await.expect("sweep");
-        assert_eq!((meanwhile.deleted, meanwhile.finished), (0, 3));
+        // Under a cap, so that each counts what it kept.
+        let meanwhile = store.sweep(later, Some(100)).await.expect("sweep");
+        assert_eq!((meanwhile.deleted, meanwhile.finished), (0, Some(3)));
         holder.rollback().await.expect("release");
-        let after = store.sweep(later, None).await.expect("sweep");
-        assert_eq!((after.deleted, after.finished), (3, 0));
+        let after = store.sweep(later, Some(100)).await.expect("sweep");
+        assert_eq!((after.deleted, after.finished), (3, Some(0)));
     }
 
     /// Writes made at once go to the database in groups, each under its own fence: of two

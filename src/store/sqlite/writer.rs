@@ -630,15 +630,16 @@ fn sweep(
         .prepare_cached("DELETE FROM operations WHERE done = 1 AND end_time < ?1")
         .and_then(|mut s| s.execute(params![micros(finished_before)]))
         .map_err(sql_error)?;
-    let mut finished: usize = tx
-        .query_row("SELECT COUNT(*) FROM operations WHERE done = 1", [], |r| {
-            r.get::<_, i64>(0)
-        })
-        .map(|n| usize::try_from(n).unwrap_or(0))
-        .map_err(sql_error)?;
+    let mut finished = None;
     if let Some(keep) = keep_at_most {
-        if finished > keep {
-            let excess = finished - keep;
+        let mut kept: usize = tx
+            .query_row("SELECT COUNT(*) FROM operations WHERE done = 1", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| usize::try_from(n).unwrap_or(0))
+            .map_err(sql_error)?;
+        if kept > keep {
+            let excess = kept - keep;
             let n = tx
                 .execute(
                     "DELETE FROM operations WHERE seq IN (SELECT seq FROM operations \
@@ -647,8 +648,9 @@ fn sweep(
                 )
                 .map_err(sql_error)?;
             deleted += n;
-            finished -= n;
+            kept -= n;
         }
+        finished = Some(kept);
     }
     let oldest: Option<i64> = tx
         .query_row(
