@@ -101,12 +101,8 @@ impl Runner {
             }
         }
         task.check_input(&input)?;
-        self.room_in_queue(&kind, task.options().max_queued).await?;
-        self.lock_slots().reserve(
-            &kind,
-            task.options().max_queued,
-            self.shared.config.max_queued,
-        )?;
+        self.reserve_or_wait(&kind, task.options().max_queued)
+            .await?;
         // Kept only to compare with an operation inserted meanwhile with the same request_id.
         let sent = request_id.as_ref().map(|_| input.clone());
         let mut record = OperationRecord::new_queued(kind.clone(), input, request_id);
@@ -136,27 +132,33 @@ impl Runner {
         }
     }
 
-    /// Waits, up to `queue_full_wait`, until the queue (and `kind`'s) has room for one more:
-    /// woken as operations leave it, and every [`QUEUE_ROOM_POLL`] in case no wake comes
-    /// (another node's work leaving a shared store's queue is seen by a recount). The
-    /// reservation that follows may still find it full, and refuses then.
+    /// Reserves a place in the queue for one more `kind` (see [`Slots::reserve`]); while the
+    /// queue (or the kind's) is full, waits for room up to `queue_full_wait`: woken as
+    /// operations leave the queue, and every [`QUEUE_ROOM_POLL`] in case no wake comes
+    /// (another node's work leaving a shared store's queue is seen by a recount). Checking
+    /// and taking the room are one step under the counts' lock: of the submissions woken
+    /// together, those that find no room wait again.
     ///
     /// # Errors
+    /// RESOURCE_EXHAUSTED (the bound reached) when no room came in time;
     /// [`Error::ShuttingDown`] when shutdown begins meanwhile.
-    async fn room_in_queue(&self, kind: &str, kind_bound: Option<usize>) -> Result<(), Error> {
+    ///
+    /// [`Slots::reserve`]: super::slots::Slots::reserve
+    async fn reserve_or_wait(&self, kind: &str, kind_bound: Option<usize>) -> Result<(), Error> {
         let global_bound = self.shared.config.max_queued;
         let wait = self.shared.config.queue_full_wait;
         let started = tokio::time::Instant::now();
         loop {
             let room = self.shared.queue_room.notified();
-            if self.lock_slots().has_room(kind, kind_bound, global_bound) {
-                return Ok(());
-            }
+            let full = match self.lock_slots().reserve(kind, kind_bound, global_bound) {
+                Ok(()) => return Ok(()),
+                Err(full) => full,
+            };
             if !self.shared.accepting.load(Ordering::Acquire) {
                 return Err(Error::ShuttingDown);
             }
             let Some(left) = wait.checked_sub(started.elapsed()).filter(|d| !d.is_zero()) else {
-                return Ok(());
+                return Err(full);
             };
             let _ = tokio::time::timeout(left.min(QUEUE_ROOM_POLL), room).await;
         }

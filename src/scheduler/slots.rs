@@ -92,16 +92,6 @@ impl Slots {
         self.running
     }
 
-    /// Whether [`Slots::reserve`] would admit one more waiting operation of `kind`.
-    pub(crate) fn has_room(
-        &mut self,
-        kind: &str,
-        kind_bound: Option<usize>,
-        global_bound: usize,
-    ) -> bool {
-        self.waiting() < global_bound && kind_bound.is_none_or(|b| self.kind(kind).waiting() < b)
-    }
-
     /// Admits one more waiting operation of `kind` (held until [`Slots::unreserve`]), or
     /// refuses with RESOURCE_EXHAUSTED naming the bound reached.
     pub(crate) fn reserve(
