@@ -12,6 +12,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use oprun::model::pack;
+use oprun::proto::google::longrunning::WaitOperationRequest;
 use oprun::proto::oprun::v1::SleepInput;
 
 #[derive(Clone)]
@@ -232,6 +233,23 @@ pub fn sample_wal(dir: PathBuf, stop: Arc<AtomicBool>, max: Arc<AtomicU64>) {
         }
         max.fetch_max(size, Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A gRPC channel to the server at `addr` (plain HTTP/2 over loopback).
+pub async fn connect(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
+/// A WaitOperation for `name` that waits at most `seconds`.
+pub fn wait_for(name: String, seconds: i64) -> WaitOperationRequest {
+    WaitOperationRequest {
+        name,
+        timeout: Some(prost_types::Duration { seconds, nanos: 0 }),
     }
 }
 

@@ -39,10 +39,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::{env_or, noop, percentile_ms, sample_wal, Server, Target};
+use harness::{connect, env_or, noop, percentile_ms, sample_wal, wait_for, Server, Target};
 use oprun::model::pack;
 use oprun::proto::google::longrunning::operations_client::OperationsClient;
-use oprun::proto::google::longrunning::{CancelOperationRequest, WaitOperationRequest};
+use oprun::proto::google::longrunning::CancelOperationRequest;
 use oprun::proto::oprun::v1::task_service_client::TaskServiceClient;
 use oprun::proto::oprun::v1::{SleepInput, SubmitTaskRequest};
 use tonic::transport::Channel;
@@ -116,13 +116,7 @@ async fn client(channel: Channel, mode: Mode, warmup_end: Instant, end: Instant)
         let mut done = op.done;
         while !done {
             done = ops
-                .wait_operation(WaitOperationRequest {
-                    name: op.name.clone(),
-                    timeout: Some(prost_types::Duration {
-                        seconds: 10,
-                        nanos: 0,
-                    }),
-                })
+                .wait_operation(wait_for(op.name.clone(), 10))
                 .await
                 .expect("WaitOperation")
                 .into_inner()
@@ -142,14 +136,7 @@ async fn round(target: &Target, s: &Settings) -> Figures {
     let mut channels = Vec::new();
     // Clients spread over the nodes: at least one connection to each.
     for c in 0..s.connections.max(servers.len()) {
-        let endpoint = format!("http://{}", servers[c % servers.len()].addr);
-        channels.push(
-            Channel::from_shared(endpoint)
-                .expect("uri")
-                .connect()
-                .await
-                .expect("connect"),
-        );
+        channels.push(connect(servers[c % servers.len()].addr).await);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let wal = Arc::new(AtomicU64::new(0));
@@ -262,13 +249,7 @@ async fn cancel_round(channel: &Channel, servers: &[Server], n: usize) -> Figure
         let wait_name = name.clone();
         let wait = tokio::spawn(async move {
             let op = waiter
-                .wait_operation(WaitOperationRequest {
-                    name: wait_name,
-                    timeout: Some(prost_types::Duration {
-                        seconds: 30,
-                        nanos: 0,
-                    }),
-                })
+                .wait_operation(wait_for(wait_name, 30))
                 .await
                 .expect("WaitOperation")
                 .into_inner();

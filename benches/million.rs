@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use harness::{env_or, noop, percentile_ms, Server, Target};
+use harness::{connect, env_or, noop, percentile_ms, Server, Target};
 use oprun::proto::google::longrunning::operations_client::OperationsClient;
 use oprun::proto::google::longrunning::{
     CancelOperationRequest, GetOperationRequest, ListOperationsRequest,
@@ -116,14 +116,6 @@ fn target() -> Target {
     let mut all = harness::targets("MILLION_TARGET", default);
     assert_eq!(all.len(), 1, "MILLION_TARGET names one target");
     all.remove(0)
-}
-
-async fn connect(addr: std::net::SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect")
 }
 
 #[derive(Default)]

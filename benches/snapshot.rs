@@ -38,15 +38,13 @@ use std::time::Instant;
 
 use oprun::proto::google::longrunning::operation;
 use oprun::proto::google::longrunning::operations_client::OperationsClient;
-use oprun::proto::google::longrunning::WaitOperationRequest;
 use oprun::proto::oprun::v1::snapshot_service_client::SnapshotServiceClient;
 use oprun::proto::oprun::v1::{CreateSnapshotRequest, Snapshot};
 use prost::Message;
-use tonic::transport::Channel;
 
 #[path = "harness.rs"]
 mod harness;
-use harness::{env_or, repo_root, Server, Target};
+use harness::{connect, env_or, repo_root, wait_for, Server, Target};
 
 const MB: f64 = 1024.0 * 1024.0;
 /// Largest file size over smallest: sizes are spread log-uniformly over this factor.
@@ -258,12 +256,8 @@ struct Figures {
     archive_mb: f64,
 }
 
-async fn snapshot(addr: &str, destination: &str) -> Snapshot {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+async fn snapshot(addr: std::net::SocketAddr, destination: &str) -> Snapshot {
+    let channel = connect(addr).await;
     let mut snapshots = SnapshotServiceClient::new(channel.clone());
     let mut ops = OperationsClient::new(channel);
     let mut op = snapshots
@@ -277,13 +271,7 @@ async fn snapshot(addr: &str, destination: &str) -> Snapshot {
         .into_inner();
     while !op.done {
         op = ops
-            .wait_operation(WaitOperationRequest {
-                name: op.name.clone(),
-                timeout: Some(prost_types::Duration {
-                    seconds: 60,
-                    nanos: 0,
-                }),
-            })
+            .wait_operation(wait_for(op.name.clone(), 60))
             .await
             .expect("WaitOperation")
             .into_inner();
@@ -313,7 +301,7 @@ fn run_oprun(rt: &tokio::runtime::Runtime, oprun: &str, cache: &Path) -> Figures
     let idle_rss_mb = server.rss_mb();
     let cpu_before = server.cpu_seconds();
     let started = Instant::now();
-    let snap = rt.block_on(snapshot(&server.addr.to_string(), destination));
+    let snap = rt.block_on(snapshot(server.addr, destination));
     let wall_s = started.elapsed().as_secs_f64();
     let cpu_s = server.cpu_seconds() - cpu_before;
     let peak_rss_mb = server.peak_rss_mb();

@@ -994,6 +994,9 @@ fn timestamp(value: &Value) -> Result<SystemTime, FilterError> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
     #[test]
     fn created_after_is_the_latest_lower_bound_every_match_meets() {
         let at = |s: &str| {
@@ -1022,9 +1025,6 @@ mod tests {
             assert_eq!(after(&f), None, "{f}");
         }
     }
-
-    use super::*;
-    use std::time::{Duration, UNIX_EPOCH};
 
     /// 2026-01-02T15:04:05Z.
     const T0: u64 = 1_767_366_245;

@@ -1043,17 +1043,7 @@ mod tests {
             let limit = 100_i64;
             let mut params: Vec<&(dyn ToSql + Sync)> = vec![&after, &limit];
             params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));
-            let plan: Vec<String> = client
-                .query(
-                    &format!("EXPLAIN {}", list_sql(&filter.clause, false)),
-                    &params,
-                )
-                .await
-                .expect("explain")
-                .iter()
-                .map(|row| row.get(0))
-                .collect();
-            let plan = plan.join("\n");
+            let plan = explain(&client, &list_sql(&filter.clause, false), &params).await;
             // Neither the table nor the whole of it in `seq` order with the filter on top.
             let walks_all = plan.contains("operations_pkey") && plan.contains("Filter");
             assert!(!plan.contains("Seq Scan") && !walks_all, "{text}: {plan}");
@@ -1075,17 +1065,7 @@ mod tests {
         let (after, limit) = (0_i64, 100_i64);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&after, &limit];
         params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));
-        let plan: Vec<String> = client
-            .query(
-                &format!("EXPLAIN {}", list_sql(&filter.clause, true)),
-                &params,
-            )
-            .await
-            .expect("explain")
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        let plan = plan.join("\n");
+        let plan = explain(&client, &list_sql(&filter.clause, true), &params).await;
         assert!(plan.contains("operations_created"), "{plan}");
         assert!(!plan.contains("Seq Scan"), "{plan}");
         let seqs: Vec<i64> = client
@@ -1108,16 +1088,21 @@ mod tests {
             .await
             .expect("running rows");
         let (node, now, limit) = ("n", 0_i64, 100_i64);
+        let plan = explain(&client, ORPHANS, &[&node, &now, &limit]).await;
+        assert!(plan.contains("operations_owner"), "{plan}");
+        assert!(!plan.contains("operations_pkey"), "{plan}");
+    }
+
+    /// The plan PostgreSQL chooses for `sql` with `params`, its lines joined.
+    async fn explain(client: &Object, sql: &str, params: &[&(dyn ToSql + Sync)]) -> String {
         let plan: Vec<String> = client
-            .query(&format!("EXPLAIN {ORPHANS}"), &[&node, &now, &limit])
+            .query(&format!("EXPLAIN {sql}"), params)
             .await
             .expect("explain")
             .iter()
             .map(|row| row.get(0))
             .collect();
-        let plan = plan.join("\n");
-        assert!(plan.contains("operations_owner"), "{plan}");
-        assert!(!plan.contains("operations_pkey"), "{plan}");
+        plan.join("\n")
     }
 
     /// While one node sweeps (it holds the sweep lock), another node's sweep removes nothing

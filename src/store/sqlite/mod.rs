@@ -742,14 +742,19 @@ mod tests {
         let params = std::iter::once(SqlValue::Integer(0))
             .chain(sql.params)
             .chain(std::iter::once(SqlValue::Integer(50)));
-        let mut stmt = conn
-            .prepare(&format!(
-                "EXPLAIN QUERY PLAN {}",
-                list_query(&sql.clause, recent)
-            ))
-            .unwrap();
-        let steps: Vec<String> = stmt
-            .query_map(params_from_iter(params), |r| r.get(3))
+        explain(
+            conn,
+            &list_query(&sql.clause, recent),
+            params_from_iter(params),
+        )
+    }
+
+    /// The plan SQLite chooses for `sql` with `params`, its steps joined by "; ".
+    fn explain(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> String {
+        let steps: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(params, |r| r.get(3))
             .and_then(Iterator::collect)
             .unwrap();
         steps.join("; ")
@@ -838,13 +843,7 @@ mod tests {
         let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
         fill(&store, 6).await;
         let conn = Connection::open(store.path()).unwrap();
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", orphans_sql()))
-            .unwrap()
-            .query_map(params!["n", 0, 10], |r| r.get(3))
-            .and_then(Iterator::collect)
-            .unwrap();
-        let plan = plan.join("; ");
+        let plan = explain(&conn, &orphans_sql(), params!["n", 0, 10]);
         assert!(plan.contains("USING INDEX operations_owner"), "{plan}");
         assert!(!plan.contains("SCAN o;"), "{plan}");
     }
