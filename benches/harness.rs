@@ -95,6 +95,8 @@ impl Server {
         let mut child = Command::new(&target.program)
             .args(&target.args)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            // Never the default HTTP port, which another run may hold.
+            .env("OPRUN_HTTP_LISTEN", "off")
             .arg(dir.path().join("data"))
             .env(
                 "OPRUN_LOG",

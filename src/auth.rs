@@ -109,13 +109,23 @@ pub fn required_role(grpc_path: &str) -> Option<Role> {
         | "/google.longrunning.Operations/ListOperations"
         | "/google.longrunning.Operations/WaitOperation"
         | "/oprun.v1.TaskService/ListTaskKinds"
-        | "/oprun.v1.TaskService/ListNodes" => Role::Reader,
+        | "/oprun.v1.TaskService/ListNodes"
+        | "/oprun.v1.WatchService/WatchOperation"
+        | "/oprun.v1.WatchService/WatchOperations"
+        | "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        | "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" => Role::Reader,
         "/oprun.v1.TaskService/SubmitTask"
         | "/oprun.v1.SnapshotService/CreateSnapshot"
         | "/google.longrunning.Operations/CancelOperation" => Role::Submitter,
         "/google.longrunning.Operations/DeleteOperation" => Role::Admin,
         _ => return None,
     })
+}
+
+/// Whether a gRPC method is open to callers without a token: only `grpc.health.v1.Health`,
+/// so that load balancers and orchestrators can probe a server that requires tokens.
+pub fn is_public(grpc_path: &str) -> bool {
+    grpc_path.starts_with("/grpc.health.v1.Health/")
 }
 
 /// The method name of a gRPC path, for messages and logs: `DeleteOperation` for
@@ -540,6 +550,10 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+        if is_public(req.uri().path()) {
+            req.headers_mut().remove(http::header::AUTHORIZATION);
+            return Either::Left(self.inner.call(req));
+        }
         match self.check(&req) {
             Ok(caller) => {
                 // The services need only the caller; without the header nothing past this

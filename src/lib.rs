@@ -25,6 +25,9 @@
 //! - [`server`]: [`server::serve`] over a listener the caller binds, until a shutdown future;
 //!   [`server::serve_with`] adds TLS, tokens and the limits that guard the process against its
 //!   clients ([`server::ServeLimits`]).
+//! - [`http`]: the HTTP surface: the REST/JSON gateway routed from the protos'
+//!   `google.api.http` rules, `/openapi.json`, `/healthz`, `/readyz` and `/metrics`.
+//! - [`metrics`]: Prometheus metrics (prometheus-client), one registry per runner.
 //! - [`json`]: proto3 JSON through prost-reflect. `cli` (feature `cli`, off by default): the
 //!   `oprun` command line.
 //! - [`error`]: the library's error type and its single mapping to `tonic::Status`.
@@ -36,8 +39,10 @@ pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod filter;
+pub mod http;
 pub mod json;
 pub mod kinds;
+pub mod metrics;
 pub mod model;
 pub mod page_token;
 pub mod proto;

@@ -307,6 +307,47 @@ async fn binary_serves_tls() {
 
     let plaintext = cli(&["kinds", "--addr", &format!("http://{}", server.addr)]).await;
     assert!(!plaintext.status.success(), "{plaintext:?}");
+
+    // The HTTP listener serves TLS with the same certificate: REST over HTTPS works for a
+    // client that trusts the CA, and a plaintext request gets no HTTP answer.
+    let http = server.http.expect("an HTTP listener");
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    let ca_pem = fs::read(&ca).expect("ca.pem");
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca_pem) {
+        roots
+            .add(cert.expect("a CA certificate"))
+            .expect("add the CA");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(http).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("TLS handshake with the HTTP listener");
+    let reply = common::http::request_over(tls, "GET", "/v1/taskKinds", &[], None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.body.contains("\"sleep\""), "{}", reply.body);
+    let mut tcp = tokio::net::TcpStream::connect(http).await.expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+        .await
+        .expect("send");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "plaintext answered: {answer:?}"
+    );
 }
 
 /// The real binary with `--tls-client-ca` (mutual TLS) and a tokens file: `oprun kinds` with

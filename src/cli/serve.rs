@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "OPRUN_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: String,
+    /// Address of the HTTP listener: REST/JSON, /openapi.json, /healthz, /readyz and
+    /// /metrics (port 0 picks a free port; `off` serves no HTTP).
+    #[arg(long, env = "OPRUN_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: String,
     /// Where the embedded store lives.
     #[arg(long, env = "OPRUN_DATA_DIR", default_value = "./oprun-data")]
     pub data_dir: PathBuf,
@@ -300,29 +304,61 @@ impl ServeArgs {
             }
             return Ok(());
         }
-        let addrs: Vec<_> = tokio::net::lookup_host(&self.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", self.listen))?
-            .collect();
-        let loopback_only =
-            !addrs.is_empty() && addrs.iter().all(|a| a.ip().to_canonical().is_loopback());
-        if loopback_only {
-            return Ok(());
+        let listens = std::iter::once(("--listen", self.listen.as_str()))
+            .chain(self.http_addr().map(|a| ("--http-listen", a)));
+        for (flag, listen) in listens {
+            let addrs: Vec<_> = tokio::net::lookup_host(listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen} ({flag}): {e}"))?
+                .collect();
+            let loopback_only =
+                !addrs.is_empty() && addrs.iter().all(|a| a.ip().to_canonical().is_loopback());
+            if loopback_only {
+                continue;
+            }
+            if self.insecure_no_auth {
+                tracing::warn!(
+                    listen,
+                    "serving WITHOUT authentication beyond loopback (--insecure-no-auth): \
+                     anyone who can reach this address can submit and delete operations"
+                );
+                continue;
+            }
+            return Err(format!(
+                "refusing to serve {listen} ({flag}) without authentication: it is not a \
+                 loopback address. Give --tokens-file FILE (make tokens with `oprun token new \
+                 --role ROLE`), listen on 127.0.0.1, or pass --insecure-no-auth to accept \
+                 anyone who can reach it"
+            ));
         }
-        if self.insecure_no_auth {
-            tracing::warn!(
-                listen = %self.listen,
-                "serving WITHOUT authentication beyond loopback (--insecure-no-auth): \
-                 anyone who can reach this address can submit and delete operations"
-            );
-            return Ok(());
-        }
-        Err(format!(
-            "refusing to serve {} without authentication: it is not a loopback address. \
-             Give --tokens-file FILE (make tokens with `oprun token new --role ROLE`), listen on \
-             127.0.0.1, or pass --insecure-no-auth to accept anyone who can reach it",
-            self.listen
-        ))
+        Ok(())
+    }
+
+    /// The HTTP listener's address, `None` for `--http-listen off`.
+    pub fn http_addr(&self) -> Option<&str> {
+        (!self.http_listen.eq_ignore_ascii_case("off")).then_some(self.http_listen.as_str())
+    }
+
+    /// The TLS settings of the HTTP listener: the same files as the gRPC one's.
+    ///
+    /// # Errors
+    /// A one-line message naming the file at fault.
+    pub fn http_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let files = crate::http::TlsFiles {
+            cert_pem: read_file("--tls-cert", cert)?,
+            key_pem: read_file("--tls-key", key)?,
+            client_ca_pem: match &self.tls_client_ca {
+                Some(ca) => Some(read_file("--tls-client-ca", ca)?),
+                None => None,
+            },
+        };
+        files
+            .server_config()
+            .map(Some)
+            .map_err(|e| format!("cannot serve HTTP over TLS: {e}"))
     }
 }
 
@@ -383,6 +419,7 @@ pub(super) async fn serve(
 ) -> CliResult {
     // Every setting is checked before the store is opened or any work resumes.
     let tls = args.tls_config()?;
+    let http_tls = args.http_tls()?;
     let tokens = args.tokens()?;
     args.check_exposure().await?;
     let mut registry = Registry::with_builtins();
@@ -419,6 +456,21 @@ pub(super) async fn serve(
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let http = match args.http_addr() {
+        None => None,
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                format!(
+                    "cannot listen on {addr} for HTTP: {e} (give --http-listen ADDR, or \
+                     --http-listen off to serve gRPC alone)"
+                )
+            })?;
+            let local = l
+                .local_addr()
+                .map_err(|e| format!("cannot read the HTTP listening address: {e}"))?;
+            Some((l, local))
+        }
+    };
     tracing::info!(
         addr = %local,
         data_dir = %args.data_dir.display(),
@@ -433,7 +485,17 @@ pub(super) async fn serve(
     println!("oprun listening on {local}");
     let mut options = ServeOptions::new()
         .grace(args.shutdown_grace)
-        .limits(args.limits());
+        .limits(args.limits())
+        .max_body_bytes(args.max_input_bytes.saturating_mul(2).max(1 << 20));
+    if let Some((listener, addr)) = http {
+        tracing::info!(addr = %addr, tls = http_tls.is_some(), "HTTP listening");
+        // The second line on stdout, after the gRPC one.
+        println!("oprun http listening on {addr}");
+        options = options.http(listener);
+        if let Some(tls) = http_tls {
+            options = options.http_tls(tls);
+        }
+    }
     if let Some(tls) = tls {
         options = options.tls(tls);
     }

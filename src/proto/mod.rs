@@ -34,3 +34,15 @@ pub mod oprun {
 /// The encoded descriptor set of every proto oprun serves, with imports.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/oprun_descriptor.bin"));
+
+/// [`FILE_DESCRIPTOR_SET`] decoded, once: every message, service and option oprun's protos
+/// define, for proto3 JSON, the REST gateway and reflection.
+pub fn descriptor_pool() -> &'static prost_reflect::DescriptorPool {
+    static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        // The set is compiled into the binary by build.rs from the same protos the code was
+        // generated from; failing to decode it is a build defect, found by every test.
+        prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+            .expect("the embedded descriptor set decodes")
+    })
+}

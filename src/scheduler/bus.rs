@@ -24,7 +24,7 @@ const EVENTS_BUFFER: usize = 4096;
 /// The events of one operation come in the order of their versions but for a rare race (two
 /// changes whose writes returned at the same moment): a subscriber that keeps the latest
 /// state compares versions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct OperationChanged {
     /// The operation.
     pub id: OperationId,
@@ -34,6 +34,8 @@ pub struct OperationChanged {
     pub state: State,
     /// Whether it is done.
     pub done: bool,
+    /// The operation after the change.
+    pub record: Arc<OperationRecord>,
 }
 
 /// The events and the watchers.
@@ -118,13 +120,16 @@ impl Bus {
     }
 
     fn send(&self, record: &OperationRecord) {
-        // No subscriber is not an error.
-        let _ = self.events.send(OperationChanged {
-            id: record.id.clone(),
-            version: record.version,
-            state: record.state,
-            done: record.is_done(),
-        });
+        // No subscriber is not an error; with none, the record is not even copied.
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(OperationChanged {
+                id: record.id.clone(),
+                version: record.version,
+                state: record.state,
+                done: record.is_done(),
+                record: Arc::new(record.clone()),
+            });
+        }
         // Forgotten before its watcher is looked for: a Wait watches first, then asks whether
         // the operation is unfinished. Asked before this, it has a watcher that the lookup
         // below finds; asked after, it reads the store, which holds the end already. (The

@@ -39,6 +39,7 @@ mod recovery;
 mod retention;
 mod run;
 mod slots;
+mod streams;
 mod transition;
 
 use std::collections::HashMap;
@@ -60,6 +61,7 @@ use crate::task::Registry;
 pub use bus::OperationChanged;
 pub use clock::{Clock, PausedClock, SystemClock};
 pub use queries::Page;
+pub use streams::{Changes, MIN_INTERVAL};
 
 /// Longest accepted `request_id`.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
@@ -214,6 +216,8 @@ struct Shared {
     /// Held across a claim and the launch of what it claimed, and while this node takes back
     /// the work it left when its lease ended: neither sees the other half done.
     claiming: tokio::sync::Mutex<()>,
+    /// What this node counts for Prometheus (see [`crate::metrics`]).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Runner {
@@ -239,6 +243,7 @@ impl Runner {
         let runner = Self {
             shared: Arc::new(Shared {
                 registry,
+                metrics: Arc::new(crate::metrics::Metrics::new(store.commit_stats())),
                 store,
                 running: DashMap::new(),
                 slots: Mutex::new(slots::Slots::default()),
@@ -299,6 +304,43 @@ impl Runner {
     /// The configuration.
     pub fn config(&self) -> &RunnerConfig {
         &self.shared.config
+    }
+
+    /// Whether this runner can serve: not shutting down, and its store answers a read within
+    /// `timeout` (for readiness probes: `/readyz`, `grpc.health.v1`).
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`], or [`Error::Store`] when the store fails or does not answer
+    /// in time.
+    pub async fn ready(&self, timeout: Duration) -> Result<(), Error> {
+        if !self.shared.accepting.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        // A read of an id no operation has: it reaches the table every call reads.
+        let probe = OperationId::from_stored("readiness-probe".to_owned());
+        match tokio::time::timeout(timeout, self.shared.store.get(&probe)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(Error::Store(crate::store::StoreError::Unavailable(
+                format!("the store did not answer within {} ms", timeout.as_millis()),
+            ))),
+        }
+    }
+
+    /// This node's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.shared.metrics
+    }
+
+    /// This node's metrics in the Prometheus text format, the gauges read now.
+    pub fn metrics_text(&self) -> String {
+        let gauges = self.lock_slots().by_kind();
+        self.shared.metrics.encode(&gauges)
+    }
+
+    /// Completes when shutdown begins ([`begin_shutdown`](Self::begin_shutdown)).
+    pub fn stopping(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.shared.root.clone().cancelled_owned()
     }
 
     /// Every change of every operation from now on, after it is durable.

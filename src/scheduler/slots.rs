@@ -61,6 +61,14 @@ impl Slots {
             + self.ending
     }
 
+    /// Each kind with its operations waiting and running (for the metrics' gauges).
+    pub(crate) fn by_kind(&self) -> Vec<(String, usize, usize)> {
+        self.kinds
+            .iter()
+            .map(|(kind, k)| (kind.clone(), k.waiting(), k.running))
+            .collect()
+    }
+
     /// This node's own counts of queued operations by kind, to pass to
     /// [`Slots::recount`] once the store has been counted.
     pub(crate) fn own_counts(&self) -> HashMap<String, i64> {

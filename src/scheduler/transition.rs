@@ -83,6 +83,9 @@ impl Runner {
                 next.version = version;
                 next.requested_cancellation = requested_cancellation;
                 self.count(before, &next);
+                if next.is_done() && !before.is_done() {
+                    self.shared.metrics.finished(&next);
+                }
                 self.follow_locally(&next, Origin::Here);
                 self.shared.bus.publish(&next);
                 Ok(next)
@@ -183,6 +186,7 @@ impl Runner {
                     match &inserted {
                         Ok(Inserted::New(r)) => {
                             runner.lock_slots().queued(&r.kind);
+                            runner.shared.metrics.submitted(&r.kind);
                             runner.shared.bus.publish(r);
                         }
                         Ok(Inserted::Existing(_)) | Err(_) => runner.shared.bus.forget(&id),
@@ -207,6 +211,7 @@ impl Runner {
                 warn!(op.name = %record.id, "the store answered a claim with an operation of another node");
             }
             self.lock_slots().started(&record.kind);
+            self.shared.metrics.started(record);
             self.shared.bus.publish(record);
         }
         if !claimed.operations.is_empty() {

@@ -6,8 +6,12 @@
 //! clients have not read, HTTP/2 keepalive pings, and timeouts that close connections that never
 //! complete their handshake or stay idle (`incoming`, `limits`).
 
+mod grpc_metrics;
 mod incoming;
 mod limits;
+mod routes;
+
+pub use routes::{grpc_stack, rest_router, routes, RoutesError, HEALTH_SERVICES};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,7 +27,6 @@ use limits::{LimitsLayer, ResponseBudget};
 use crate::auth::{AuthLayer, Tokens};
 use crate::error::Error;
 use crate::scheduler::Runner;
-use crate::service::{OperationsApi, SnapshotApi, TaskApi};
 
 /// Errors of [`serve`] and [`serve_with`].
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,12 @@ pub enum ServeError {
     /// The runner could not shut down cleanly.
     #[error(transparent)]
     Runner(#[from] Error),
+    /// The services could not be assembled (a build defect).
+    #[error(transparent)]
+    Routes(#[from] RoutesError),
+    /// The HTTP listener failed.
+    #[error("the HTTP server failed: {0}")]
+    Http(#[source] std::io::Error),
 }
 
 /// An error and its sources on one line: tonic's transport errors say only "transport error"
@@ -106,12 +115,15 @@ impl Default for ServeLimits {
 /// let options = ServeOptions::new().grace(Duration::from_secs(10));
 /// // .tls(ServerTlsConfig::new().identity(..)) for TLS, .auth(tokens) for bearer tokens.
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ServeOptions {
     grace: Duration,
     tls: Option<ServerTlsConfig>,
     auth: Option<Arc<Tokens>>,
     limits: ServeLimits,
+    http: Option<TcpListener>,
+    http_tls: Option<Arc<rustls::ServerConfig>>,
+    max_body_bytes: usize,
 }
 
 impl Default for ServeOptions {
@@ -128,7 +140,30 @@ impl ServeOptions {
             tls: None,
             auth: None,
             limits: ServeLimits::default(),
+            http: None,
+            http_tls: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
+    }
+
+    /// Also serve the HTTP surface ([`rest_router`]: REST/JSON, `/openapi.json`, `/healthz`,
+    /// `/readyz`, `/metrics`) on `listener`, behind the same tokens.
+    pub fn http(mut self, listener: TcpListener) -> Self {
+        self.http = Some(listener);
+        self
+    }
+
+    /// Serve the HTTP surface over TLS with these settings (see
+    /// [`TlsFiles`](crate::http::TlsFiles)).
+    pub fn http_tls(mut self, tls: Arc<rustls::ServerConfig>) -> Self {
+        self.http_tls = Some(tls);
+        self
+    }
+
+    /// The largest REST request body, in bytes (default 8 MiB).
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
     }
 
     /// What a client may hold of the server.
@@ -156,6 +191,9 @@ impl ServeOptions {
         self
     }
 }
+
+/// The largest REST request body [`ServeOptions`] accept by default.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 << 20;
 
 /// Serves Operations, TaskService and (when the `snapshot` kind is registered) SnapshotService
 /// on `listener` until `shutdown` completes; then stops accepting, lets in-flight calls finish,
@@ -189,7 +227,30 @@ pub async fn serve_with(
         tls,
         auth,
         limits,
+        http,
+        http_tls,
+        max_body_bytes,
     } = options;
+    let routes = match routes(&runner) {
+        Ok(r) => r,
+        Err(e) => {
+            runner.shutdown(grace).await?;
+            return Err(e.into());
+        }
+    };
+    let http = match http {
+        None => None,
+        Some(listener) => {
+            let stack = grpc_stack(routes.clone(), auth.clone());
+            match rest_router(&runner, stack, max_body_bytes) {
+                Ok(router) => Some((listener, router)),
+                Err(e) => {
+                    runner.shutdown(grace).await?;
+                    return Err(e.into());
+                }
+            }
+        }
+    };
     let mut builder = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_streams_per_connection)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
@@ -230,11 +291,22 @@ pub async fn serve_with(
             ResponseBudget::new(limits.max_unread_response_bytes),
             Arc::clone(&connections),
         ))
+        // Inside the limits, outside auth: refused calls are counted too.
+        .layer(grpc_metrics::GrpcMetricsLayer::new(Arc::clone(
+            runner.metrics(),
+        )))
         .layer(tower::util::option_layer(auth.map(AuthLayer::new)))
-        .add_service(OperationsApi::server(runner.clone()))
-        .add_service(TaskApi::server(runner.clone()))
-        .add_optional_service(SnapshotApi::server(runner.clone()))
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal);
+    let http_served = async {
+        match http {
+            None => Ok(()),
+            Some((listener, router)) => {
+                let stop = runner.stopping();
+                crate::http::serve(listener, router, http_tls, limits.handshake_timeout, stop).await
+            }
+        }
+    };
     // Draining waits for every connection to close; a peer that never does must not hold the
     // process past the grace period.
     let drain_limit = async {
@@ -243,8 +315,13 @@ pub async fn serve_with(
             Err(_) => std::future::pending().await,
         }
     };
+    let both = async {
+        let (grpc, http) = tokio::join!(served, http_served);
+        grpc.map_err(ServeError::from)?;
+        http.map_err(ServeError::Http)
+    };
     let served = tokio::select! {
-        served = served => served,
+        served = both => served,
         () = drain_limit => {
             tracing::warn!(
                 grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),

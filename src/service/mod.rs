@@ -9,10 +9,12 @@
 mod operations;
 mod snapshot;
 mod tasks;
+mod watch;
 
 pub use operations::OperationsApi;
 pub use snapshot::SnapshotApi;
 pub use tasks::TaskApi;
+pub use watch::{OperationStream, WatchApi};
 
 /// Default ListOperations page size.
 pub const DEFAULT_PAGE_SIZE: usize = 50;

@@ -376,6 +376,12 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError`] when the final flush fails.
     async fn close(&self) -> Result<(), StoreError>;
+
+    /// The store's commit statistics (`oprun_store_commit_seconds`,
+    /// `oprun_store_batch_size`), if it keeps them.
+    fn commit_stats(&self) -> Option<crate::metrics::CommitStats> {
+        None
+    }
 }
 
 /// What [`Store::change_signal`] returns: raised when the feed may have news, and whether

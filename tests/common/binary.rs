@@ -23,6 +23,8 @@ pub fn oprun() -> Command {
         }
     }
     cmd.env("NO_COLOR", "1");
+    // Tests run in parallel: never the default HTTP port 8080.
+    cmd.env("OPRUN_HTTP_LISTEN", "127.0.0.1:0");
     cmd
 }
 
@@ -61,7 +63,14 @@ pub const STARTUP: Duration = Duration::from_secs(20);
 /// Spawns `cmd`, an `oprun serve …` command, with its stderr in `log`; waits for the one
 /// stdout line `oprun listening on ADDR` and returns the child and the address it bound. If
 /// no such line comes within [`STARTUP`], kills the child and fails with the log's tail.
-pub fn spawn_serve(mut cmd: Command, log: &Path) -> (Child, SocketAddr) {
+pub fn spawn_serve(cmd: Command, log: &Path) -> (Child, SocketAddr) {
+    let (child, addr, _) = spawn_serve_http(cmd, log);
+    (child, addr)
+}
+
+/// [`spawn_serve`], also returning the HTTP address from the second stdout line
+/// `oprun http listening on ADDR` (`None` with `--http-listen off`).
+pub fn spawn_serve_http(mut cmd: Command, log: &Path) -> (Child, SocketAddr, Option<SocketAddr>) {
     let stderr = fs::File::create(log).expect("log file");
     let mut child = cmd
         .stdin(Stdio::null())
@@ -73,8 +82,10 @@ pub fn spawn_serve(mut cmd: Command, log: &Path) -> (Child, SocketAddr) {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
+        for _ in 0..2 {
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
         }
         // Keep draining so the server never blocks on a full pipe.
         for _ in lines {}
@@ -95,7 +106,17 @@ pub fn spawn_serve(mut cmd: Command, log: &Path) -> (Child, SocketAddr) {
         .unwrap_or_else(|| panic!("unexpected first stdout line: {line:?}"))
         .parse()
         .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
-    (child, addr)
+    // Printed right after the first line, before anything is served.
+    let http = rx
+        .recv_timeout(Duration::from_secs(2))
+        .ok()
+        .and_then(|line| {
+            line.strip_prefix("oprun http listening on ").map(|a| {
+                a.parse()
+                    .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"))
+            })
+        });
+    (child, addr, http)
 }
 
 /// `oprun serve` as a child process, its log in a file; dropping it kills the process (and
@@ -103,6 +124,8 @@ pub fn spawn_serve(mut cmd: Command, log: &Path) -> (Child, SocketAddr) {
 pub struct BinServer {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The HTTP listener's address (`None` with `--http-listen off`).
+    pub http: Option<SocketAddr>,
     pub log: PathBuf,
 }
 
@@ -124,8 +147,13 @@ impl BinServer {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let (child, addr) = spawn_serve(cmd, &log);
-        Self { child, addr, log }
+        let (child, addr, http) = spawn_serve_http(cmd, &log);
+        Self {
+            child,
+            addr,
+            http,
+            log,
+        }
     }
 
     /// The server's log so far.

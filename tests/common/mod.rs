@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod faults;
+pub mod http;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -266,6 +267,23 @@ impl TestServer {
 }
 
 /// A `SleepInput` packed into an `Any`.
+/// WaitOperation of `name` for up to 10 s; the operation, which must be done by then.
+pub async fn wait_done(client: &mut OperationsClient<Channel>, name: &str) -> Operation {
+    let op = client
+        .wait_operation(WaitOperationRequest {
+            name: name.to_owned(),
+            timeout: Some(prost_types::Duration {
+                seconds: 10,
+                nanos: 0,
+            }),
+        })
+        .await
+        .expect("wait")
+        .into_inner();
+    assert!(op.done, "{name} not done within 10 s");
+    op
+}
+
 pub fn sleep_input(ms: u64, steps: u32, fail: &str) -> Any {
     pack(&SleepInput {
         duration: Some(prost_types::Duration {

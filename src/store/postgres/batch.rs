@@ -6,6 +6,7 @@ use std::future::Future;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::CommitStats;
 use crate::store::StoreError;
 
 struct Pending<T, R> {
@@ -21,13 +22,13 @@ pub(super) struct Batcher<T, R> {
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// Starts the grouping task: it passes up to `max` waiting items at a time to `run`, which
     /// answers each (in order) or fails them all. It ends when the `Batcher` is dropped.
-    pub(super) fn start<F, Fut>(max: usize, run: F) -> Self
+    pub(super) fn start<F, Fut>(max: usize, stats: Option<CommitStats>, run: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<R>, StoreError>> + Send + 'static,
     {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(group(max.max(1), rx, run));
+        tokio::spawn(group(max.max(1), rx, run, stats));
         Self { tx }
     }
 
@@ -41,8 +42,12 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     }
 }
 
-async fn group<T, R, F, Fut>(max: usize, mut rx: mpsc::UnboundedReceiver<Pending<T, R>>, run: F)
-where
+async fn group<T, R, F, Fut>(
+    max: usize,
+    mut rx: mpsc::UnboundedReceiver<Pending<T, R>>,
+    run: F,
+    stats: Option<CommitStats>,
+) where
     F: Fn(Vec<T>) -> Fut,
     Fut: Future<Output = Result<Vec<R>, StoreError>>,
 {
@@ -61,7 +66,12 @@ where
             }
         }
         let expected = items.len();
-        match run(std::mem::take(&mut items)).await {
+        let started = std::time::Instant::now();
+        let ran = run(std::mem::take(&mut items)).await;
+        if let Some(stats) = &stats {
+            stats.commit(expected, started.elapsed());
+        }
+        match ran {
             Ok(answers) if answers.len() == expected => {
                 for (reply, answer) in replies.drain(..).zip(answers) {
                     let _ = reply.send(Ok(answer));
@@ -93,7 +103,7 @@ mod tests {
     async fn waiting_calls_go_as_one_group_and_each_gets_its_answer() {
         let sizes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = std::sync::Arc::clone(&sizes);
-        let batcher = Batcher::start(3, move |items: Vec<u32>| {
+        let batcher = Batcher::start(3, None, move |items: Vec<u32>| {
             seen.lock().unwrap().push(items.len());
             async move { Ok(items.into_iter().map(|n| n * 10).collect()) }
         });
@@ -107,7 +117,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_group_fails_each_call_and_a_short_answer_is_an_error() {
-        let batcher = Batcher::start(8, |items: Vec<u32>| async move {
+        let batcher = Batcher::start(8, None, |items: Vec<u32>| async move {
             match items.first() {
                 Some(0) => Err(StoreError::Unavailable("down".into())),
                 _ => Ok(vec![1]),

@@ -21,8 +21,8 @@ const MAX_BATCH: usize = 512;
 pub(super) type Inserter = Batcher<RowImage, Option<i64>>;
 
 /// Starts the inserting task over `pool`; it ends when the `Inserter` is dropped.
-pub(super) fn start(pool: Pool) -> Inserter {
-    Batcher::start(MAX_BATCH, move |rows: Vec<RowImage>| {
+pub(super) fn start(pool: Pool, stats: crate::metrics::CommitStats) -> Inserter {
+    Batcher::start(MAX_BATCH, Some(stats), move |rows: Vec<RowImage>| {
         let pool = pool.clone();
         async move {
             let seqs = insert_batch(&pool, &rows).await?;

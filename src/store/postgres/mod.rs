@@ -107,6 +107,8 @@ pub struct PostgresStore {
     inserter: inserts::Inserter,
     /// Fenced writes, committed in groups.
     writer: writes::Writer,
+    /// What the groups' commits took and carried.
+    stats: crate::metrics::CommitStats,
 }
 
 /// The columns a read selects, in [`raw`]'s order.
@@ -321,8 +323,9 @@ impl PostgresStore {
         let signal = Arc::new(ChangeSignal::default());
         let stop = CancellationToken::new();
         let listener = tokio::spawn(listen::run(database, Arc::clone(&signal), stop.clone()));
-        let inserter = inserts::start(pool.clone());
-        let writer = writes::start(pool.clone());
+        let stats = crate::metrics::CommitStats::default();
+        let inserter = inserts::start(pool.clone(), stats.clone());
+        let writer = writes::start(pool.clone(), stats.clone());
         Ok(Self {
             pool,
             closed: AtomicBool::new(false),
@@ -331,6 +334,7 @@ impl PostgresStore {
             listener: std::sync::Mutex::new(Some(listener)),
             inserter,
             writer,
+            stats,
         })
     }
 
@@ -551,6 +555,10 @@ async fn reads_recent(client: &Object, since: i64, after: i64) -> Result<bool, S
 
 #[async_trait]
 impl Store for PostgresStore {
+    fn commit_stats(&self) -> Option<crate::metrics::CommitStats> {
+        Some(self.stats.clone())
+    }
+
     async fn insert(&self, mut record: OperationRecord) -> Result<Inserted, StoreError> {
         if let Some(rid) = &record.request_id {
             if let Some(existing) = self.find_request(rid).await? {

@@ -34,8 +34,8 @@ pub(super) struct Write {
 pub(super) type Writer = Batcher<Write, Result<Written, StoreError>>;
 
 /// Starts the writing task over `pool`; it ends when the `Writer` is dropped.
-pub(super) fn start(pool: Pool) -> Writer {
-    Batcher::start(MAX_BATCH, move |writes: Vec<Write>| {
+pub(super) fn start(pool: Pool, stats: crate::metrics::CommitStats) -> Writer {
+    Batcher::start(MAX_BATCH, Some(stats), move |writes: Vec<Write>| {
         let pool = pool.clone();
         async move { write_group(&pool, &writes).await }
     })

@@ -103,6 +103,8 @@ pub struct SqliteStore {
     lock: Mutex<Option<std::fs::File>>,
     /// Set at the first corruption error: from then on writes are refused.
     damaged: AtomicBool,
+    /// What the writer's commits took and carried.
+    stats: crate::metrics::CommitStats,
 }
 
 /// The file whose exclusive lock marks a data directory as in use.
@@ -298,9 +300,11 @@ impl SqliteStore {
         conn.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
         let (tx, rx) = mpsc::channel();
         let max_batch = options.max_batch.max(1);
+        let stats = crate::metrics::CommitStats::default();
+        let writer_stats = stats.clone();
         thread::Builder::new()
             .name("oprun-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, max_batch, wal))
+            .spawn(move || writer_loop(conn, rx, max_batch, wal, &writer_stats))
             .map_err(unavailable)?;
         Ok(Self {
             writer: Mutex::new(Some(tx)),
@@ -308,6 +312,7 @@ impl SqliteStore {
             path,
             lock: Mutex::new(Some(lock)),
             damaged: AtomicBool::new(false),
+            stats,
         })
     }
 
@@ -471,6 +476,10 @@ fn reads_recent(conn: &Connection, since: i64, after: i64) -> Result<bool, Store
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn commit_stats(&self) -> Option<crate::metrics::CommitStats> {
+        Some(self.stats.clone())
+    }
+
     async fn insert(&self, mut record: OperationRecord) -> Result<Inserted, StoreError> {
         let image = RowImage::of(&record, true);
         match self.send(|tx| Command::Insert(image, tx)).await? {

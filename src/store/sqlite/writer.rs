@@ -250,6 +250,7 @@ pub(super) fn writer_loop(
     rx: mpsc::Receiver<Command>,
     max_batch: usize,
     mut wal: WalBound,
+    stats: &crate::metrics::CommitStats,
 ) {
     // Group commit with an adaptive linger: when the previous batch held more than one
     // command (callers are concurrent), wait up to as long as the last commit took (capped)
@@ -278,11 +279,15 @@ pub(super) fn writer_loop(
             .into_iter()
             .partition(|c| matches!(c, Command::Close(_)));
         let started = Instant::now();
-        if !batch.is_empty() {
+        let writes = batch.len();
+        if writes > 0 {
             apply_batch(&mut conn, batch);
             wal.after_commit(&conn);
         }
         last_commit = started.elapsed();
+        if writes > 0 {
+            stats.commit(writes, last_commit);
+        }
         if !closes.is_empty() {
             // Answer Close only once the database file is released, so the directory can be
             // opened again (by this process or another) as soon as close() returns.

@@ -1,0 +1,722 @@
+//! The REST/JSON gateway: every RPC that carries a `google.api.http` rule, routed from the rules
+//! in a descriptor pool and served by calling the gRPC service in process.
+//!
+//! A request is matched against the rules' path templates (those with a verb first), turned into
+//! the RPC's request message from the path's variables, the query string and the JSON body
+//! (proto3 JSON through prost-reflect), and sent through the same tower stack a gRPC client
+//! reaches (auth included), as a gRPC call with no network in between. The reply comes back as
+//! proto3 JSON; an error as Google's JSON error. A server-streaming RPC answers with
+//! server-sent events, one `data:` line of JSON per message.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method, StatusCode};
+use prost::Message;
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor,
+    SerializeOptions, Value,
+};
+use serde_json::Map;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::metadata::{MetadataKey, MetadataValue};
+use tonic::{Code, Status};
+use tower::util::BoxCloneSyncService;
+
+use super::error::{error_response, gateway_status};
+use super::template::{percent_decode, PathTemplate};
+
+/// A gRPC service stack as the gateway calls it: requests in, responses out, never failing
+/// at the transport level (errors are gRPC statuses).
+pub type GrpcService = BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    Infallible,
+>;
+
+/// Request headers passed on to the gRPC call as metadata.
+const FORWARDED_HEADERS: [&str; 3] = ["authorization", "traceparent", "tracestate"];
+
+/// One HTTP binding of an RPC.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The HTTP method.
+    pub method: Method,
+    /// The path template.
+    pub template: PathTemplate,
+    /// The RPC.
+    pub rpc: MethodDescriptor,
+    /// `body`: `None` (no body), `"*"` (the whole request) or a request field.
+    pub body: Option<String>,
+    /// `response_body`: `None` (the whole response) or a response field.
+    pub response_body: Option<String>,
+}
+
+impl Route {
+    /// The gRPC path (`/package.Service/Method`).
+    pub fn grpc_path(&self) -> String {
+        format!(
+            "/{}/{}",
+            self.rpc.parent_service().full_name(),
+            self.rpc.name()
+        )
+    }
+}
+
+/// Why the HTTP rules of a pool cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    /// A template does not parse.
+    #[error("{rpc}: {source}")]
+    Template {
+        /// The RPC.
+        rpc: String,
+        /// What is wrong with it.
+        #[source]
+        source: super::template::TemplateError,
+    },
+    /// A rule names a body or response field the message does not have, or a path variable
+    /// names a missing field.
+    #[error("{rpc}: {what}")]
+    Field {
+        /// The RPC.
+        rpc: String,
+        /// What is missing.
+        what: String,
+    },
+}
+
+/// The HTTP bindings of every RPC of `services` in `pool` (the primary rule and its
+/// `additional_bindings`), those with a verb first so that `.../x:cancel` never reaches a
+/// template that would take `x:cancel` as an id.
+///
+/// # Errors
+/// [`RulesError`] for a rule that cannot be served.
+pub fn routes(pool: &DescriptorPool, services: &[&str]) -> Result<Vec<Route>, RulesError> {
+    let mut routes = Vec::new();
+    let Some(http) = pool.get_extension_by_name("google.api.http") else {
+        return Ok(routes);
+    };
+    for service in pool.services() {
+        if !services.contains(&service.full_name()) {
+            continue;
+        }
+        for rpc in service.methods() {
+            let options = rpc.options();
+            if !options.has_extension(&http) {
+                continue;
+            }
+            if let Value::Message(rule) = options.get_extension(&http).into_owned() {
+                let mut bindings = vec![rule.clone()];
+                if let Some(Value::List(more)) = rule
+                    .get_field_by_name("additional_bindings")
+                    .map(|v| v.into_owned())
+                {
+                    bindings.extend(more.into_iter().filter_map(|v| match v {
+                        Value::Message(m) => Some(m),
+                        _ => None,
+                    }));
+                }
+                for binding in bindings {
+                    if let Some(route) = route_of(&rpc, &binding)? {
+                        routes.push(route);
+                    }
+                }
+            }
+        }
+    }
+    routes.sort_by_key(|r| r.template.verb().is_none());
+    Ok(routes)
+}
+
+fn string_field(message: &DynamicMessage, name: &str) -> Option<String> {
+    match message.get_field_by_name(name)?.into_owned() {
+        Value::String(s) if !s.is_empty() => Some(s),
+        _ => None,
+    }
+}
+
+fn route_of(rpc: &MethodDescriptor, rule: &DynamicMessage) -> Result<Option<Route>, RulesError> {
+    let fail = |what: String| RulesError::Field {
+        rpc: rpc.full_name().to_owned(),
+        what,
+    };
+    let pattern = [
+        ("get", Method::GET),
+        ("put", Method::PUT),
+        ("post", Method::POST),
+        ("delete", Method::DELETE),
+        ("patch", Method::PATCH),
+    ]
+    .into_iter()
+    .find_map(|(field, method)| string_field(rule, field).map(|p| (method, p)));
+    let (method, path) = match pattern {
+        Some(p) => p,
+        None => match rule.get_field_by_name("custom").map(|v| v.into_owned()) {
+            Some(Value::Message(custom)) => {
+                match (string_field(&custom, "kind"), string_field(&custom, "path")) {
+                    (Some(kind), Some(path)) => (
+                        Method::from_bytes(kind.as_bytes()).map_err(|_| {
+                            fail(format!("custom method {kind:?} is not an HTTP method"))
+                        })?,
+                        path,
+                    ),
+                    _ => return Ok(None),
+                }
+            }
+            _ => return Ok(None),
+        },
+    };
+    let template = PathTemplate::parse(&path).map_err(|source| RulesError::Template {
+        rpc: rpc.full_name().to_owned(),
+        source,
+    })?;
+    for field in template.fields() {
+        if field_path(&rpc.input(), field).is_none() {
+            return Err(fail(format!(
+                "the path binds {field:?}, which the request lacks"
+            )));
+        }
+    }
+    let body = string_field(rule, "body");
+    if let Some(b) = body.as_deref().filter(|b| *b != "*") {
+        if rpc.input().get_field_by_name(b).is_none() {
+            return Err(fail(format!("the body field {b:?} is not in the request")));
+        }
+    }
+    let response_body = string_field(rule, "response_body");
+    if let Some(b) = &response_body {
+        if rpc.output().get_field_by_name(b).is_none() {
+            return Err(fail(format!(
+                "the response_body field {b:?} is not in the response"
+            )));
+        }
+    }
+    Ok(Some(Route {
+        method,
+        template,
+        rpc: rpc.clone(),
+        body,
+        response_body,
+    }))
+}
+
+/// The fields along a dotted path (`parent.name`), by proto or JSON name.
+fn field_path(desc: &MessageDescriptor, path: &str) -> Option<Vec<FieldDescriptor>> {
+    let mut fields = Vec::new();
+    let mut current = desc.clone();
+    for (i, part) in path.split('.').enumerate() {
+        if i > 0 {
+            let Kind::Message(next) = fields.last().map(FieldDescriptor::kind)? else {
+                return None;
+            };
+            current = next;
+        }
+        let field = current
+            .get_field_by_name(part)
+            .or_else(|| current.get_field_by_json_name(part))?;
+        fields.push(field);
+    }
+    Some(fields)
+}
+
+/// The gateway, cheap to clone (an axum handler's state).
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: DescriptorPool,
+    routes: Vec<Route>,
+    grpc: GrpcService,
+    max_body_bytes: usize,
+}
+
+impl Gateway {
+    /// A gateway serving the HTTP rules of `services` (full names) in `pool` by calling
+    /// `grpc`, refusing request bodies over `max_body_bytes`.
+    ///
+    /// # Errors
+    /// [`RulesError`] for a rule that cannot be served.
+    pub fn new(
+        pool: DescriptorPool,
+        services: &[&str],
+        grpc: GrpcService,
+        max_body_bytes: usize,
+    ) -> Result<Self, RulesError> {
+        let routes = routes(&pool, services)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                routes,
+                grpc,
+                max_body_bytes,
+            }),
+        })
+    }
+
+    /// The routes served.
+    pub fn routes(&self) -> &[Route] {
+        &self.inner.routes
+    }
+
+    /// The descriptor pool.
+    pub fn pool(&self) -> &DescriptorPool {
+        &self.inner.pool
+    }
+
+    /// Serves one HTTP request.
+    pub async fn handle(&self, request: http::Request<Body>) -> Response {
+        match self.transcode(request).await {
+            Ok(response) => response,
+            Err(status) => error_response(&status, &self.inner.pool),
+        }
+    }
+
+    async fn transcode(&self, request: http::Request<Body>) -> Result<Response, Status> {
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path();
+        let mut path_matched = false;
+        let mut found = None;
+        for route in &self.inner.routes {
+            if let Some(bindings) = route.template.matches(path) {
+                if route.method == parts.method {
+                    found = Some((route, bindings));
+                    break;
+                }
+                path_matched = true;
+            }
+        }
+        let Some((route, bindings)) = found else {
+            return Err(if path_matched {
+                gateway_status(
+                    Code::Unimplemented,
+                    "METHOD_NOT_ALLOWED",
+                    format!(
+                        "{} is not served on {path}; see /openapi.json",
+                        parts.method
+                    ),
+                )
+            } else {
+                gateway_status(
+                    Code::NotFound,
+                    "NO_ROUTE",
+                    format!("no route for {} {path}; see /openapi.json", parts.method),
+                )
+            });
+        };
+        let input = route.rpc.input();
+        let mut json = match &route.body {
+            None => Map::new(),
+            Some(field) => {
+                let bytes = axum::body::to_bytes(body, self.inner.max_body_bytes)
+                    .await
+                    .map_err(|_| {
+                        gateway_status(
+                            Code::InvalidArgument,
+                            "BODY_TOO_LARGE",
+                            format!(
+                                "the request body is larger than {} bytes, or was cut short",
+                                self.inner.max_body_bytes
+                            ),
+                        )
+                    })?;
+                let value: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+                    serde_json::Value::Object(Map::new())
+                } else {
+                    serde_json::from_slice(&bytes)
+                        .map_err(|e| invalid(format!("the request body is not valid JSON: {e}")))?
+                };
+                if field == "*" {
+                    match value {
+                        serde_json::Value::Object(map) => map,
+                        _ => {
+                            return Err(invalid(format!(
+                                "the request body must be a JSON object ({})",
+                                input.full_name()
+                            )))
+                        }
+                    }
+                } else {
+                    let mut map = Map::new();
+                    set_path(&mut map, &input, field, value)?;
+                    map
+                }
+            }
+        };
+        let mut enum_numbers = false;
+        for (key, value) in query_pairs(parts.uri.query().unwrap_or(""))? {
+            if let Some(system) = key.strip_prefix('$') {
+                // System parameters: `$alt=json;enum-encoding=int` (Google's REST clients
+                // send it) asks for enums as numbers.
+                if system == "alt" && value.split(';').any(|p| p == "enum-encoding=int") {
+                    enum_numbers = true;
+                }
+                continue;
+            }
+            if route.body.as_deref() == Some("*") {
+                return Err(invalid(format!(
+                    "query parameter {key:?} is not accepted: {} {} takes the whole request \
+                     in its body",
+                    route.method, route.template
+                )));
+            }
+            let fields = field_path(&input, &key).ok_or_else(|| {
+                invalid(format!(
+                    "unknown query parameter {key:?}: {} has no such field",
+                    input.full_name()
+                ))
+            })?;
+            let Some(last) = fields.last() else {
+                continue;
+            };
+            let converted = query_value(last, &value)
+                .map_err(|why| invalid(format!("query parameter {key:?}: {why}")))?;
+            set_path(&mut json, &input, &key, converted)?;
+        }
+        for (field, value) in bindings {
+            set_path(&mut json, &input, &field, serde_json::Value::String(value))?;
+        }
+        let message = DynamicMessage::deserialize(input.clone(), serde_json::Value::Object(json))
+            .map_err(|e| invalid(format!("invalid {}: {e}", input.full_name())))?;
+        let mut call = tonic::Request::new(message);
+        forward_headers(&parts.headers, call.metadata_mut());
+        let grpc_path = PathAndQuery::try_from(route.grpc_path())
+            .map_err(|_| Status::internal("an RPC name is not a valid path"))?;
+        let codec = DynamicCodec {
+            output: route.rpc.output(),
+        };
+        let mut client = tonic::client::Grpc::new(self.inner.grpc.clone());
+        let Ok(()) = client.ready().await;
+        let options = if enum_numbers {
+            SerializeOptions::new().use_enum_numbers(true)
+        } else {
+            SerializeOptions::new()
+        };
+        let response_body = route.response_body.clone();
+        if route.rpc.is_server_streaming() {
+            let stream = client
+                .server_streaming(call, grpc_path, codec)
+                .await?
+                .into_inner();
+            let pool = self.inner.pool.clone();
+            let events = stream.map(move |item| {
+                Ok::<_, Infallible>(match item {
+                    Ok(message) => match to_json(&message, response_body.as_deref(), &options) {
+                        Ok(text) => Event::default().data(text),
+                        Err(status) => error_event(&status, &pool),
+                    },
+                    Err(status) => error_event(&status, &pool),
+                })
+            });
+            return Ok(Sse::new(events)
+                .keep_alive(KeepAlive::default())
+                .into_response());
+        }
+        let reply = client.unary(call, grpc_path, codec).await?.into_inner();
+        let text = to_json(&reply, response_body.as_deref(), &options)?;
+        Ok((
+            StatusCode::OK,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            text,
+        )
+            .into_response())
+    }
+}
+
+fn invalid(message: String) -> Status {
+    gateway_status(Code::InvalidArgument, "INVALID_REQUEST", message)
+}
+
+fn error_event(status: &Status, pool: &DescriptorPool) -> Event {
+    Event::default()
+        .event("error")
+        .data(super::error::error_body(status, pool).to_string())
+}
+
+fn to_json(
+    message: &DynamicMessage,
+    field: Option<&str>,
+    options: &SerializeOptions,
+) -> Result<String, Status> {
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::new(&mut out);
+    let done = match field {
+        None => message.serialize_with_options(&mut ser, options),
+        Some(name) => match message.get_field_by_name(name).map(|v| v.into_owned()) {
+            Some(Value::Message(m)) => m.serialize_with_options(&mut ser, options),
+            _ => return Err(Status::internal("the response field is not a message")),
+        },
+    };
+    done.map_err(|e| Status::internal(format!("cannot render the response as JSON: {e}")))?;
+    String::from_utf8(out).map_err(|_| Status::internal("the response JSON is not UTF-8"))
+}
+
+fn forward_headers(headers: &HeaderMap, metadata: &mut tonic::metadata::MetadataMap) {
+    for name in FORWARDED_HEADERS {
+        if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            if let (Ok(key), Ok(value)) = (
+                MetadataKey::from_bytes(name.as_bytes()),
+                MetadataValue::try_from(value),
+            ) {
+                metadata.insert(key, value);
+            }
+        }
+    }
+}
+
+/// `key=value` pairs of a query string, `+` and `%XX` decoded.
+fn query_pairs(query: &str) -> Result<Vec<(String, String)>, Status> {
+    let decode = |s: &str| {
+        percent_decode(&s.replace('+', " "))
+            .ok_or_else(|| invalid(format!("the query has a malformed escape in {s:?}")))
+    };
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
+/// A query parameter's text as the JSON value proto3 JSON expects for `field`.
+fn query_value(field: &FieldDescriptor, raw: &str) -> Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    if field.is_map() {
+        return Err("map fields cannot be given in the query".to_owned());
+    }
+    Ok(match field.kind() {
+        Kind::Bool => match raw {
+            "true" | "1" => J::Bool(true),
+            "false" | "0" => J::Bool(false),
+            _ => return Err(format!("{raw:?} is not true or false")),
+        },
+        Kind::Double | Kind::Float => raw
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or_else(|| J::String(raw.to_owned()), J::Number),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => whole::<i32>(raw)?,
+        Kind::Uint32 | Kind::Fixed32 => whole::<u32>(raw)?,
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => whole::<i64>(raw)?,
+        Kind::Uint64 | Kind::Fixed64 => whole::<u64>(raw)?,
+        Kind::Enum(_) if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) => raw
+            .parse::<i64>()
+            .map(|n| J::Number(n.into()))
+            .map_err(|_| format!("{raw:?} is too large"))?,
+        Kind::Message(m) if !is_string_like(&m) => {
+            return Err(format!(
+                "{} is a message; send it in a request body",
+                field.name()
+            ))
+        }
+        _ => J::String(raw.to_owned()),
+    })
+}
+
+/// A whole number that fits `T`, as proto3 JSON's string form.
+fn whole<T: std::str::FromStr>(raw: &str) -> Result<serde_json::Value, String> {
+    raw.parse::<T>()
+        .map(|_| serde_json::Value::String(raw.to_owned()))
+        .map_err(|_| {
+            format!(
+                "{raw:?} is not a whole number in the range of {}",
+                std::any::type_name::<T>()
+            )
+        })
+}
+
+/// Messages whose proto3 JSON form is a string (or accepts one), so a query parameter can
+/// carry them.
+fn is_string_like(m: &MessageDescriptor) -> bool {
+    matches!(
+        m.full_name(),
+        "google.protobuf.Timestamp"
+            | "google.protobuf.Duration"
+            | "google.protobuf.FieldMask"
+            | "google.protobuf.StringValue"
+            | "google.protobuf.BytesValue"
+            | "google.protobuf.Int64Value"
+            | "google.protobuf.UInt64Value"
+            | "google.protobuf.Int32Value"
+            | "google.protobuf.UInt32Value"
+    )
+}
+
+/// Sets `path` (dotted, proto or JSON names) in a JSON object for `desc`, under the fields'
+/// JSON names; a repeated field collects values.
+fn set_path(
+    json: &mut Map<String, serde_json::Value>,
+    desc: &MessageDescriptor,
+    path: &str,
+    value: serde_json::Value,
+) -> Result<(), Status> {
+    let fields = field_path(desc, path)
+        .ok_or_else(|| invalid(format!("{} has no field {path:?}", desc.full_name())))?;
+    let mut object = json;
+    let count = fields.len();
+    for (i, field) in fields.iter().enumerate() {
+        let key = field.json_name().to_owned();
+        if i + 1 == count {
+            if field.is_list() {
+                let entry = object
+                    .entry(key)
+                    .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+                match entry {
+                    serde_json::Value::Array(items) => items.push(value),
+                    other => *other = serde_json::Value::Array(vec![value]),
+                }
+            } else {
+                object.insert(key, value);
+            }
+            return Ok(());
+        }
+        let entry = object
+            .entry(key)
+            .or_insert_with(|| serde_json::Value::Object(Map::new()));
+        if !entry.is_object() {
+            *entry = serde_json::Value::Object(Map::new());
+        }
+        let serde_json::Value::Object(next) = entry else {
+            return Err(invalid(format!("{path:?} cannot be set")));
+        };
+        object = next;
+    }
+    Ok(())
+}
+
+/// A gRPC codec for messages known only by their descriptors.
+struct DynamicCodec {
+    output: MessageDescriptor,
+}
+
+impl Codec for DynamicCodec {
+    type Encode = DynamicMessage;
+    type Decode = DynamicMessage;
+    type Encoder = DynamicEncoder;
+    type Decoder = DynamicDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        DynamicEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        DynamicDecoder(self.output.clone())
+    }
+}
+
+struct DynamicEncoder;
+
+impl Encoder for DynamicEncoder {
+    type Item = DynamicMessage;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("cannot encode the request: {e}")))
+    }
+}
+
+struct DynamicDecoder(MessageDescriptor);
+
+impl Decoder for DynamicDecoder {
+    type Item = DynamicMessage;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+        DynamicMessage::decode(self.0.clone(), src)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("cannot decode the response: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVICES: [&str; 3] = [
+        "google.longrunning.Operations",
+        "oprun.v1.TaskService",
+        "oprun.v1.SnapshotService",
+    ];
+
+    /// The routes come from the protos' rules, verbs first.
+    #[test]
+    fn routes_come_from_the_rules() {
+        let routes = routes(crate::proto::descriptor_pool(), &SERVICES).expect("valid rules");
+        let seen: Vec<String> = routes
+            .iter()
+            .map(|r| format!("{} {} {}", r.method, r.template, r.grpc_path()))
+            .collect();
+        for want in [
+            "GET /v1/{name=operations} /google.longrunning.Operations/ListOperations",
+            "GET /v1/{name=operations/**} /google.longrunning.Operations/GetOperation",
+            "DELETE /v1/{name=operations/**} /google.longrunning.Operations/DeleteOperation",
+            "POST /v1/{name=operations/**}:cancel /google.longrunning.Operations/CancelOperation",
+            "POST /v1/tasks:submit /oprun.v1.TaskService/SubmitTask",
+            "POST /v1/snapshots /oprun.v1.SnapshotService/CreateSnapshot",
+        ] {
+            assert!(
+                seen.iter().any(|s| s == want),
+                "{want} missing from {seen:#?}"
+            );
+        }
+        let first_plain = routes
+            .iter()
+            .position(|r| r.template.verb().is_none())
+            .expect("some routes have no verb");
+        assert!(routes[first_plain..]
+            .iter()
+            .all(|r| r.template.verb().is_none()));
+        // WaitOperation has no rule, so no route.
+        assert!(!seen.iter().any(|s| s.contains("WaitOperation")));
+    }
+
+    /// Query parameters take the JSON form of their field; bad values say why.
+    #[test]
+    fn query_values_follow_the_field_kind() {
+        let pool = crate::proto::descriptor_pool();
+        let list = pool
+            .get_message_by_name("google.longrunning.ListOperationsRequest")
+            .expect("in the pool");
+        let size = list.get_field_by_name("page_size").expect("field");
+        assert_eq!(query_value(&size, "5").expect("ok"), serde_json::json!("5"));
+        let partial = list
+            .get_field_by_name("return_partial_success")
+            .expect("field");
+        assert_eq!(
+            query_value(&partial, "true").expect("ok"),
+            serde_json::json!(true)
+        );
+        assert!(query_value(&partial, "yes").is_err());
+        let mut json = Map::new();
+        set_path(&mut json, &list, "pageSize", serde_json::json!("7")).expect("set");
+        set_path(&mut json, &list, "page_token", serde_json::json!("t")).expect("set");
+        let message = DynamicMessage::deserialize(list.clone(), serde_json::Value::Object(json))
+            .expect("valid request");
+        assert_eq!(
+            message
+                .get_field_by_name("page_size")
+                .map(|v| v.into_owned()),
+            Some(Value::I32(7))
+        );
+        assert!(set_path(&mut Map::new(), &list, "nope", serde_json::json!(1)).is_err());
+        assert_eq!(
+            query_pairs("a=b+c&d=%2F&e").expect("valid"),
+            vec![
+                ("a".to_owned(), "b c".to_owned()),
+                ("d".to_owned(), "/".to_owned()),
+                ("e".to_owned(), String::new())
+            ]
+        );
+        assert!(query_pairs("a=%zz").is_err());
+    }
+}

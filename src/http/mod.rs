@@ -1,0 +1,109 @@
+//! The HTTP surface (`oprun serve --http-listen`): the REST/JSON gateway of every RPC with a
+//! `google.api.http` rule ([`gateway`]), its OpenAPI document (`/openapi.json`), liveness and
+//! readiness (`/healthz`, `/readyz`) and Prometheus metrics (`/metrics`).
+//!
+//! [`router`] builds it as an axum [`Router`] an embedder can mount in an app of their own;
+//! [`serve`] runs it on a listener, with TLS when given.
+
+mod error;
+pub mod gateway;
+mod openapi;
+pub mod template;
+mod tls;
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use http::StatusCode;
+
+pub use error::{code_name, http_status};
+pub use gateway::{Gateway, GrpcService, RulesError};
+pub use tls::{serve, HttpTlsError, TlsFiles};
+
+use crate::scheduler::Runner;
+
+/// How long `/readyz` waits for the store.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The services whose HTTP rules oprun serves.
+pub const SERVICES: [&str; 4] = [
+    "google.longrunning.Operations",
+    "oprun.v1.TaskService",
+    "oprun.v1.SnapshotService",
+    "oprun.v1.WatchService",
+];
+
+#[derive(Clone)]
+struct AppState {
+    gateway: Gateway,
+    runner: Runner,
+    openapi: std::sync::Arc<String>,
+}
+
+/// The HTTP surface as an axum router: `/healthz`, `/readyz`, `/openapi.json`, and every other
+/// path through `gateway`.
+pub fn router(runner: Runner, gateway: Gateway) -> Router {
+    let openapi = std::sync::Arc::new(openapi::document(&gateway).to_string());
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi_json))
+        .route("/metrics", get(metrics))
+        .fallback(fallback)
+        .with_state(AppState {
+            gateway,
+            runner,
+            openapi,
+        })
+}
+
+async fn healthz() -> Response {
+    (
+        StatusCode::OK,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        r#"{"status":"SERVING"}"#,
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let (code, body) = match state.runner.ready(READY_TIMEOUT).await {
+        Ok(()) => (StatusCode::OK, serde_json::json!({"status": "SERVING"})),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "NOT_SERVING", "reason": why.to_string()}),
+        ),
+    };
+    (code, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.runner.metrics_text(),
+    )
+        .into_response()
+}
+
+async fn openapi_json(State(state): State<AppState>) -> Response {
+    (
+        StatusCode::OK,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        state.openapi.as_str().to_owned(),
+    )
+        .into_response()
+}
+
+async fn fallback(
+    State(state): State<AppState>,
+    request: http::Request<axum::body::Body>,
+) -> Response {
+    state.gateway.handle(request).await
+}

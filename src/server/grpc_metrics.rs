@@ -1,0 +1,215 @@
+//! The conventional gRPC server metrics (`grpc_server_started_total`,
+//! `grpc_server_handled_total`, `grpc_server_handling_seconds`): a tower layer that counts each
+//! call when it arrives and again when its status is known: in the response headers for a
+//! trailers-only answer, else in the trailers at the end of the body. A body dropped before
+//! its end (the client went away) counts as CANCELLED.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http_body::{Body, Frame, SizeHint};
+use tower::{Layer, Service};
+
+use crate::http::code_name;
+use crate::metrics::{GrpcLabels, Metrics};
+
+/// What the metrics say about each known method: service, method, type.
+type Methods = HashMap<String, GrpcLabels>;
+
+/// The layer; see the module documentation.
+#[derive(Clone)]
+pub(crate) struct GrpcMetricsLayer {
+    metrics: Arc<Metrics>,
+    methods: Arc<Methods>,
+}
+
+impl GrpcMetricsLayer {
+    /// Counts into `metrics`, naming methods (and their type) from oprun's descriptors.
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+        let mut methods = Methods::new();
+        add_methods(&mut methods, crate::proto::descriptor_pool());
+        for set in [
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ] {
+            if let Ok(pool) = prost_reflect::DescriptorPool::decode(set) {
+                add_methods(&mut methods, &pool);
+            }
+        }
+        Self {
+            metrics,
+            methods: Arc::new(methods),
+        }
+    }
+
+    fn labels(&self, path: &str) -> GrpcLabels {
+        self.methods.get(path).cloned().unwrap_or_else(|| {
+            // An embedder's service: named from the path, its type unknown.
+            let mut parts = path.trim_start_matches('/').splitn(2, '/');
+            GrpcLabels {
+                grpc_type: "unknown",
+                grpc_service: parts.next().unwrap_or_default().to_owned(),
+                grpc_method: parts.next().unwrap_or_default().to_owned(),
+            }
+        })
+    }
+}
+
+fn add_methods(methods: &mut Methods, pool: &prost_reflect::DescriptorPool) {
+    for service in pool.services() {
+        for method in service.methods() {
+            let grpc_type = match (method.is_client_streaming(), method.is_server_streaming()) {
+                (false, false) => "unary",
+                (false, true) => "server_stream",
+                (true, false) => "client_stream",
+                (true, true) => "bidi_stream",
+            };
+            methods.insert(
+                format!("/{}/{}", service.full_name(), method.name()),
+                GrpcLabels {
+                    grpc_type,
+                    grpc_service: service.full_name().to_owned(),
+                    grpc_method: method.name().to_owned(),
+                },
+            );
+        }
+    }
+}
+
+impl<S> Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetricsService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`GrpcMetricsLayer`] wraps.
+#[derive(Clone)]
+pub(crate) struct GrpcMetricsService<S> {
+    inner: S,
+    layer: GrpcMetricsLayer,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for GrpcMetricsService<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Body<Data = Bytes> + Unpin,
+{
+    type Response = http::Response<MeteredBody<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let labels = self.layer.labels(req.uri().path());
+        let metrics = Arc::clone(&self.layer.metrics);
+        metrics.call_started(&labels);
+        let started = Instant::now();
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let response = call.await?;
+            let mut pending = Some(Pending {
+                metrics,
+                labels,
+                started,
+            });
+            if let Some(code) = grpc_code(response.headers()) {
+                if let Some(p) = pending.take() {
+                    p.handled(code);
+                }
+            }
+            Ok(response.map(|inner| MeteredBody { inner, pending }))
+        })
+    }
+}
+
+/// A call whose status is not counted yet.
+struct Pending {
+    metrics: Arc<Metrics>,
+    labels: GrpcLabels,
+    started: Instant,
+}
+
+impl Pending {
+    fn handled(self, code: &'static str) {
+        self.metrics
+            .call_handled(self.labels, code, self.started.elapsed());
+    }
+}
+
+/// The `grpc-status` in a header map, as a code name.
+fn grpc_code(headers: &http::HeaderMap) -> Option<&'static str> {
+    let value = headers.get("grpc-status")?.to_str().ok()?;
+    let code = tonic::Code::from_i32(value.parse().ok()?);
+    Some(code_name(code))
+}
+
+/// A response body that counts the call's status when its trailers pass (or when it is
+/// dropped first).
+pub(crate) struct MeteredBody<B> {
+    inner: B,
+    pending: Option<Pending>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(grpc_code) {
+                    if let Some(p) = self.pending.take() {
+                        p.handled(code);
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(p) = self.pending.take() {
+                    p.handled("UNKNOWN");
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(p) = self.pending.take() {
+                    p.handled("UNAVAILABLE");
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for MeteredBody<B> {
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            p.handled("CANCELLED");
+        }
+    }
+}

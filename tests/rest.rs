@@ -1,0 +1,868 @@
+//! The HTTP surface: the REST/JSON gateway (routed from the protos' HTTP rules, answering what
+//! gRPC answers, Google's JSON errors), its OpenAPI document, `/healthz` and `/readyz`, and
+//! `grpc.health.v1` following the store. In-process servers (`serve_with` with an HTTP
+//! listener) on ephemeral loopback ports, real clients.
+
+mod common;
+
+use common::faults::FaultyStore;
+use common::http::{request, Reply};
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use oprun::auth::Tokens;
+use oprun::proto::google::longrunning::operations_client::OperationsClient;
+use oprun::proto::google::longrunning::GetOperationRequest;
+use oprun::server::ServeOptions;
+use oprun::store::memory::MemoryStore;
+use oprun::{Registry, Runner, RunnerConfig};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const READER: &str = "reader-token-0123456789";
+const SUBMITTER: &str = "submitter-token-0123456789";
+
+fn tokens() -> Arc<Tokens> {
+    let line = |token: &str, role: &str| {
+        oprun::auth::tokens_file_line(token, role.parse().expect("role"), None).expect("line")
+    };
+    let text = format!(
+        "{}\n{}\n",
+        line(READER, "reader"),
+        line(SUBMITTER, "submitter")
+    );
+    Arc::new(Tokens::parse(&text).expect("tokens"))
+}
+
+struct RestServer {
+    grpc: SocketAddr,
+    http: SocketAddr,
+    store: Arc<FaultyStore>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), oprun::server::ServeError>>>,
+}
+
+impl RestServer {
+    async fn start(tokens: Option<Arc<Tokens>>) -> Self {
+        let store = FaultyStore::new(Arc::new(MemoryStore::new()));
+        let runner = Runner::start(
+            Registry::with_builtins(),
+            Arc::clone(&store) as _,
+            RunnerConfig::default(),
+        )
+        .await
+        .expect("runner");
+        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let grpc = grpc_listener.local_addr().expect("addr");
+        let http = http_listener.local_addr().expect("addr");
+        let mut options = ServeOptions::new()
+            .grace(Duration::from_secs(5))
+            .http(http_listener)
+            .max_body_bytes(64 << 10);
+        if let Some(tokens) = tokens {
+            options = options.auth(tokens);
+        }
+        let (tx, rx) = oneshot::channel();
+        let handle = tokio::spawn(oprun::server::serve_with(
+            grpc_listener,
+            runner,
+            async {
+                let _ = rx.await;
+            },
+            options,
+        ));
+        Self {
+            grpc,
+            http,
+            store,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        request(self.http, method, path, &[], body).await
+    }
+
+    async fn call_as(&self, token: &str, method: &str, path: &str, body: Option<&str>) -> Reply {
+        let auth = format!("Bearer {token}");
+        request(self.http, method, path, &[("authorization", &auth)], body).await
+    }
+
+    async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(format!("http://{}", self.grpc))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("join").expect("clean shutdown");
+        }
+    }
+}
+
+fn sleep_body(duration: &str) -> String {
+    json!({
+        "kind": "sleep",
+        "input": {"@type": "type.googleapis.com/oprun.v1.SleepInput", "duration": duration, "steps": 2}
+    })
+    .to_string()
+}
+
+/// A Google JSON error with the code, HTTP status and gRPC status name expected.
+fn assert_error(reply: &Reply, http: u16, status: &str) -> Value {
+    assert_eq!(reply.status, http, "{}", reply.body);
+    let body = reply.json();
+    assert_eq!(body["error"]["code"], http, "{body}");
+    assert_eq!(body["error"]["status"], status, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/json"),
+        "{reply:?}"
+    );
+    body
+}
+
+/// Submit, get, list (filtered, paged), cancel, delete: each over REST answers what gRPC
+/// answers, in proto3 JSON.
+#[tokio::test]
+async fn rest_drives_the_whole_lifecycle() {
+    let server = RestServer::start(None).await;
+    let first = server
+        .call("POST", "/v1/tasks:submit", Some(&sleep_body("30s")))
+        .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let first = first.json();
+    let name = first["name"].as_str().expect("a name").to_owned();
+    assert!(name.starts_with("operations/"), "{first}");
+    assert_eq!(first["done"], Value::Null, "not done: {first}");
+    assert_eq!(
+        first["metadata"]["@type"],
+        "type.googleapis.com/oprun.v1.OperationMetadata"
+    );
+    let second = server
+        .call("POST", "/v1/tasks:submit", Some(&sleep_body("30s")))
+        .await
+        .json();
+
+    // GET answers what GetOperation answers.
+    let got = server.call("GET", &format!("/v1/{name}"), None).await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    let mut grpc = OperationsClient::connect(format!("http://{}", server.grpc))
+        .await
+        .expect("connect");
+    let via_grpc = grpc
+        .get_operation(GetOperationRequest { name: name.clone() })
+        .await
+        .expect("get")
+        .into_inner();
+    let codec = oprun::json::JsonCodec::new().expect("codec");
+    let grpc_json: Value =
+        serde_json::from_str(&codec.message_to_json(&via_grpc).expect("json")).expect("json");
+    let rest_json = got.json();
+    assert_eq!(rest_json["name"], grpc_json["name"]);
+    assert_eq!(
+        rest_json["metadata"]["createTime"],
+        grpc_json["metadata"]["createTime"]
+    );
+
+    // List: filtered, one per page, every page followed.
+    let mut names = Vec::new();
+    let mut token = String::new();
+    loop {
+        let path =
+            format!("/v1/operations?filter=kind%20%3D%20%22sleep%22&pageSize=1&pageToken={token}");
+        let page = server.call("GET", &path, None).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let page = page.json();
+        for op in page["operations"].as_array().expect("operations") {
+            names.push(op["name"].as_str().expect("name").to_owned());
+        }
+        match page["nextPageToken"].as_str() {
+            Some(t) if !t.is_empty() => token = t.to_owned(),
+            _ => break,
+        }
+        assert!(names.len() <= 2, "pages repeat: {names:?}");
+    }
+    names.sort();
+    let mut want = vec![
+        name.clone(),
+        second["name"].as_str().expect("name").to_owned(),
+    ];
+    want.sort();
+    assert_eq!(names, want);
+    let none = server
+        .call("GET", "/v1/operations?filter=kind%20%3D%20%22x%22", None)
+        .await;
+    assert_eq!(none.status, 200);
+    assert_eq!(none.json(), json!({}));
+
+    // Cancel, then the operation ends CANCELLED (code 1) and is not deleted.
+    let cancelled = server
+        .call("POST", &format!("/v1/{name}:cancel"), Some("{}"))
+        .await;
+    assert_eq!((cancelled.status, cancelled.json()), (200, json!({})));
+    common::wait_done(&mut grpc, &name).await;
+    let after = server
+        .call("GET", &format!("/v1/{name}"), None)
+        .await
+        .json();
+    assert_eq!(after["done"], true, "{after}");
+    assert_eq!(after["error"]["code"], 1, "{after}");
+
+    // Delete, then it is gone: 404 with the same ErrorInfo gRPC gives.
+    let deleted = server.call("DELETE", &format!("/v1/{name}"), None).await;
+    assert_eq!((deleted.status, deleted.json()), (200, json!({})));
+    let gone = assert_error(
+        &server.call("GET", &format!("/v1/{name}"), None).await,
+        404,
+        "NOT_FOUND",
+    );
+    assert_eq!(
+        gone["error"]["details"][0]["@type"],
+        "type.googleapis.com/google.rpc.ErrorInfo"
+    );
+    assert_eq!(gone["error"]["details"][0]["reason"], "OPERATION_NOT_FOUND");
+
+    // Kinds (a GET with no parameters).
+    let kinds = server.call("GET", "/v1/taskKinds", None).await;
+    assert_eq!(kinds.status, 200, "{}", kinds.body);
+    assert!(kinds.body.contains("\"sleep\""), "{}", kinds.body);
+    server.stop().await;
+}
+
+/// Bad input over REST gets the precise code (never a 5xx) and a message naming the problem.
+#[tokio::test]
+async fn bad_requests_get_precise_json_errors() {
+    let server = RestServer::start(None).await;
+    let running = server
+        .call("POST", "/v1/tasks:submit", Some(&sleep_body("30s")))
+        .await
+        .json();
+    let running = running["name"].as_str().expect("name").to_owned();
+    let big = format!(
+        "{{\"kind\":\"sleep\",\"requestId\":\"{}\"}}",
+        "x".repeat(100 << 10)
+    );
+    // (method, path, body, HTTP status, status name, a word the message must hold)
+    type Case<'a> = (&'a str, String, Option<String>, u16, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "GET",
+            "/v1/operations/a%20b".into(),
+            None,
+            400,
+            "INVALID_ARGUMENT",
+            "name",
+        ),
+        (
+            "GET",
+            "/v1/operations?pageSize=-1".into(),
+            None,
+            400,
+            "INVALID_ARGUMENT",
+            "page_size",
+        ),
+        (
+            "GET",
+            "/v1/operations?pageSize=ten".into(),
+            None,
+            400,
+            "INVALID_ARGUMENT",
+            "pageSize",
+        ),
+        (
+            "GET",
+            "/v1/operations?filter=kind%20%3D".into(),
+            None,
+            400,
+            "INVALID_ARGUMENT",
+            "filter",
+        ),
+        (
+            "GET",
+            "/v1/operations?pageToken=zzz".into(),
+            None,
+            400,
+            "INVALID_ARGUMENT",
+            "token",
+        ),
+        (
+            "GET",
+            "/v1/operations?bogus=1".into(),
+            None,
+            400,
+            "INVALID_ARGUMENT",
+            "bogus",
+        ),
+        (
+            "GET",
+            "/v1/operations?pageSize=%zz".into(),
+            None,
+            400,
+            "INVALID_ARGUMENT",
+            "escape",
+        ),
+        (
+            "POST",
+            "/v1/tasks:submit".into(),
+            Some("{".into()),
+            400,
+            "INVALID_ARGUMENT",
+            "JSON",
+        ),
+        (
+            "POST",
+            "/v1/tasks:submit".into(),
+            Some("[1]".into()),
+            400,
+            "INVALID_ARGUMENT",
+            "object",
+        ),
+        (
+            "POST",
+            "/v1/tasks:submit".into(),
+            Some(r#"{"kind":"nope"}"#.into()),
+            400,
+            "INVALID_ARGUMENT",
+            "sleep",
+        ),
+        (
+            "POST",
+            "/v1/tasks:submit".into(),
+            Some(r#"{"kind":"sleep","extra":1}"#.into()),
+            400,
+            "INVALID_ARGUMENT",
+            "extra",
+        ),
+        (
+            "POST",
+            "/v1/tasks:submit".into(),
+            Some(r#"{"kind":"sleep","input":{"@type":"type.googleapis.com/no.Such"}}"#.into()),
+            400,
+            "INVALID_ARGUMENT",
+            "no.Such",
+        ),
+        (
+            "POST",
+            "/v1/tasks:submit?kind=sleep".into(),
+            Some("{}".into()),
+            400,
+            "INVALID_ARGUMENT",
+            "body",
+        ),
+        (
+            "POST",
+            "/v1/tasks:submit".into(),
+            Some(big),
+            400,
+            "INVALID_ARGUMENT",
+            "larger",
+        ),
+        (
+            "DELETE",
+            format!("/v1/{running}"),
+            None,
+            400,
+            "FAILED_PRECONDITION",
+            "cancel",
+        ),
+        (
+            "POST",
+            "/v1/operations/nope:cancel".into(),
+            None,
+            404,
+            "NOT_FOUND",
+            "nope",
+        ),
+        (
+            "GET",
+            "/nothing".into(),
+            None,
+            404,
+            "NOT_FOUND",
+            "/openapi.json",
+        ),
+        (
+            "PUT",
+            "/v1/operations".into(),
+            None,
+            501,
+            "UNIMPLEMENTED",
+            "PUT",
+        ),
+    ];
+    for (method, path, body, http, status, needle) in cases {
+        let reply = server.call(method, &path, body.as_deref()).await;
+        let error = assert_error(&reply, http, status);
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(needle),
+            "{method} {path}: {message:?} does not mention {needle:?}"
+        );
+    }
+    server.stop().await;
+}
+
+/// The same tokens and roles as gRPC; health, readiness and the OpenAPI document are open.
+#[tokio::test]
+async fn rest_uses_the_same_tokens_and_roles() {
+    let server = RestServer::start(Some(tokens())).await;
+    let missing = server.call("GET", "/v1/operations", None).await;
+    assert_error(&missing, 401, "UNAUTHENTICATED");
+    let wrong = server
+        .call_as("not-a-token", "GET", "/v1/operations", None)
+        .await;
+    assert_error(&wrong, 401, "UNAUTHENTICATED");
+    let listed = server.call_as(READER, "GET", "/v1/operations", None).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let refused = server
+        .call_as(READER, "POST", "/v1/tasks:submit", Some(&sleep_body("30s")))
+        .await;
+    let refused = assert_error(&refused, 403, "PERMISSION_DENIED");
+    assert_eq!(refused["error"]["details"][0]["reason"], "ROLE_TOO_LOW");
+    let submitted = server
+        .call_as(
+            SUBMITTER,
+            "POST",
+            "/v1/tasks:submit",
+            Some(&sleep_body("30s")),
+        )
+        .await;
+    assert_eq!(submitted.status, 200, "{}", submitted.body);
+    let name = submitted.json()["name"].as_str().expect("name").to_owned();
+    let cancelled = server
+        .call_as(SUBMITTER, "POST", &format!("/v1/{name}:cancel"), None)
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    for open in ["/healthz", "/readyz", "/openapi.json"] {
+        let reply = server.call("GET", open, None).await;
+        assert_eq!(reply.status, 200, "{open}: {}", reply.body);
+    }
+    // gRPC health needs no token either (load balancers probe without one).
+    let mut health = HealthClient::new(server.channel().await);
+    let status = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health without a token")
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    server.stop().await;
+}
+
+/// The OpenAPI document lists every route with schemas that resolve.
+#[tokio::test]
+async fn openapi_describes_every_route() {
+    let server = RestServer::start(None).await;
+    let doc = server.call("GET", "/openapi.json", None).await.json();
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "{doc}"
+    );
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, method) in [
+        ("/v1/operations", "get"),
+        ("/v1/operations/{operation}", "get"),
+        ("/v1/operations/{operation}", "delete"),
+        ("/v1/operations/{operation}:cancel", "post"),
+        ("/v1/tasks:submit", "post"),
+        ("/v1/taskKinds", "get"),
+        ("/v1/snapshots", "post"),
+    ] {
+        assert!(
+            paths[path][method].is_object(),
+            "{method} {path} missing: {paths:#?}"
+        );
+    }
+    let list_params: Vec<&str> = paths["/v1/operations"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for p in ["filter", "pageSize", "pageToken"] {
+        assert!(list_params.contains(&p), "{p} not in {list_params:?}");
+    }
+    // Every $ref names a schema the document holds.
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    let text = doc.to_string();
+    for piece in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = piece.split('"').next().expect("a name");
+        assert!(schemas.contains_key(name), "dangling $ref {name}");
+    }
+    assert!(schemas.contains_key("google.longrunning.Operation"));
+    server.stop().await;
+}
+
+/// The next status a health watch reports, within 20 s.
+async fn next(watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>) -> i32 {
+    tokio::time::timeout(Duration::from_secs(20), watch.message())
+        .await
+        .expect("a health change within 20 s")
+        .expect("watch")
+        .expect("the watch goes on")
+        .status
+}
+
+/// Health follows the store: NOT_SERVING (gRPC) and 503 (`/readyz`) while it fails, SERVING
+/// and 200 again when it answers; `/healthz` (liveness) stays 200 throughout.
+#[tokio::test]
+async fn health_follows_the_store() {
+    let server = RestServer::start(None).await;
+    let mut health = HealthClient::new(server.channel().await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "google.longrunning.Operations".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(next(&mut watch).await, ServingStatus::Serving as i32);
+    server.store.refuse_reads.store(true, Ordering::SeqCst);
+    assert_eq!(next(&mut watch).await, ServingStatus::NotServing as i32);
+    let ready = server.call("GET", "/readyz", None).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(ready.body.contains("NOT_SERVING"), "{}", ready.body);
+    assert_eq!(server.call("GET", "/healthz", None).await.status, 200);
+    server.store.refuse_reads.store(false, Ordering::SeqCst);
+    assert_eq!(next(&mut watch).await, ServingStatus::Serving as i32);
+    assert_eq!(server.call("GET", "/readyz", None).await.status, 200);
+    // An open watch would hold graceful shutdown for its grace period.
+    drop(watch);
+    drop(health);
+    server.stop().await;
+}
+
+/// Submits a sleep of `duration` in `steps` over gRPC; its name.
+async fn submit_sleep(server: &RestServer, duration: &str, steps: u32) -> String {
+    let body = json!({
+        "kind": "sleep",
+        "input": {"@type": "type.googleapis.com/oprun.v1.SleepInput", "duration": duration, "steps": steps}
+    })
+    .to_string();
+    let reply = server.call("POST", "/v1/tasks:submit", Some(&body)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()["name"].as_str().expect("name").to_owned()
+}
+
+fn completed(op: &oprun::proto::google::longrunning::Operation) -> i64 {
+    use prost::Message;
+    let meta = op.metadata.as_ref().expect("metadata");
+    oprun::proto::oprun::v1::OperationMetadata::decode(meta.value.as_slice())
+        .expect("metadata")
+        .progress
+        .map_or(0, |p| p.completed)
+}
+
+/// WatchOperation sends the current state at once, then the changes, and ends after the one
+/// with `done = true`; a reader that does not keep up gets the latest state, not every step.
+#[tokio::test]
+async fn watch_operation_streams_to_the_end() {
+    use oprun::proto::oprun::v1::watch_service_client::WatchServiceClient;
+    use oprun::proto::oprun::v1::WatchOperationRequest;
+    let server = RestServer::start(None).await;
+    let mut watch = WatchServiceClient::new(server.channel().await);
+    // 100 steps of 10 ms: five times faster than the stream may send.
+    let name = submit_sleep(&server, "1s", 100).await;
+    let mut stream = watch
+        .watch_operation(WatchOperationRequest { name: name.clone() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(op) = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a message within 10 s")
+        .expect("stream")
+    {
+        assert_eq!(op.name, name);
+        seen.push(op);
+    }
+    let last = seen.last().expect("messages");
+    assert!(last.done, "the stream ends after the end");
+    assert!(seen[..seen.len() - 1].iter().all(|op| !op.done));
+    let progress: Vec<i64> = seen.iter().map(completed).collect();
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+    assert!(seen.len() >= 3, "saw progress: {progress:?}");
+    // At most one message per 50 ms over the second it ran, plus the first and the end.
+    assert!(
+        seen.len() <= 25,
+        "not coalesced: {} messages {progress:?}",
+        seen.len()
+    );
+
+    // A done operation: its state, then the end of the stream.
+    let again: Vec<_> = watch
+        .watch_operation(WatchOperationRequest { name: name.clone() })
+        .await
+        .expect("watch")
+        .into_inner()
+        .collect_all()
+        .await;
+    assert_eq!(again.len(), 1);
+    let missing = watch
+        .watch_operation(WatchOperationRequest {
+            name: "operations/nope".into(),
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let malformed = watch
+        .watch_operation(WatchOperationRequest { name: "x".into() })
+        .await
+        .expect_err("malformed");
+    assert_eq!(malformed.code(), tonic::Code::InvalidArgument);
+    server.stop().await;
+}
+
+/// Collects a stream of operations to its end.
+trait CollectAll {
+    async fn collect_all(self) -> Vec<oprun::proto::google::longrunning::Operation>;
+}
+
+impl CollectAll for tonic::Streaming<oprun::proto::google::longrunning::Operation> {
+    async fn collect_all(mut self) -> Vec<oprun::proto::google::longrunning::Operation> {
+        let mut all = Vec::new();
+        while let Some(op) = tokio::time::timeout(Duration::from_secs(10), self.message())
+            .await
+            .expect("a message within 10 s")
+            .expect("stream")
+        {
+            all.push(op);
+        }
+        all
+    }
+}
+
+/// The same stream over REST as server-sent events: one `data:` line of proto3 JSON per
+/// change, the last one done; an unknown operation is a JSON 404 before any event.
+#[tokio::test]
+async fn watch_over_server_sent_events() {
+    use common::http::{events, next_event};
+    let server = RestServer::start(None).await;
+    let name = submit_sleep(&server, "0.3s", 3).await;
+    let (status, mut reader) = events(server.http, &format!("/v1/{name}:watch"), &[]).await;
+    assert_eq!(status, 200);
+    let mut seen = Vec::new();
+    while let Some((event, data)) =
+        tokio::time::timeout(Duration::from_secs(10), next_event(&mut reader))
+            .await
+            .expect("an event within 10 s")
+    {
+        assert_eq!(event, "message", "{data}");
+        let op: Value = serde_json::from_str(&data).expect("JSON data");
+        assert_eq!(op["name"], name.as_str());
+        seen.push(op);
+    }
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert_eq!(seen.last().expect("events")["done"], true);
+    assert_eq!(seen.last().expect("events")["response"]["stepsDone"], 3);
+    let missing = server.call("GET", "/v1/operations/nope:watch", None).await;
+    assert_error(&missing, 404, "NOT_FOUND");
+    server.stop().await;
+}
+
+/// WatchOperations streams every change of the operations its filter matches, and ends with
+/// UNAVAILABLE (not silently) when the server shuts down, without holding the shutdown.
+#[tokio::test]
+async fn watch_operations_follows_a_filter() {
+    use oprun::proto::oprun::v1::watch_service_client::WatchServiceClient;
+    use oprun::proto::oprun::v1::WatchOperationsRequest;
+    let server = RestServer::start(None).await;
+    let mut watch = WatchServiceClient::new(server.channel().await);
+    let bad = watch
+        .watch_operations(WatchOperationsRequest {
+            filter: "kind =".into(),
+        })
+        .await
+        .expect_err("a bad filter");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let mut stream = watch
+        .watch_operations(WatchOperationsRequest {
+            filter: "state = SUCCEEDED".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let a = submit_sleep(&server, "0.010s", 1).await;
+    let b = submit_sleep(&server, "0.010s", 1).await;
+    let long = submit_sleep(&server, "3600s", 1).await;
+    let mut ended = Vec::new();
+    while ended.len() < 2 {
+        let op = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a change within 10 s")
+            .expect("stream")
+            .expect("open");
+        assert!(op.done, "only SUCCEEDED operations match: {op:?}");
+        ended.push(op.name);
+    }
+    ended.sort();
+    let mut want = vec![a, b];
+    want.sort();
+    assert_eq!(ended, want);
+    assert!(!ended.contains(&long));
+    let started = std::time::Instant::now();
+    server.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "an open watch held shutdown for {:?}",
+        started.elapsed()
+    );
+    let end = stream.message().await.expect_err("ended by the shutdown");
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
+}
+
+/// `/metrics` serves the Prometheus text format with the operation, store and gRPC metrics,
+/// and the counts follow what happened.
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    let server = RestServer::start(None).await;
+    let ok = submit_sleep(&server, "0.010s", 1).await;
+    let cancelled = submit_sleep(&server, "3600s", 1).await;
+    let mut grpc = OperationsClient::new(server.channel().await);
+    let _ = grpc
+        .get_operation(GetOperationRequest {
+            name: "operations/nope".into(),
+        })
+        .await
+        .expect_err("not found");
+    grpc.cancel_operation(oprun::proto::google::longrunning::CancelOperationRequest {
+        name: cancelled.clone(),
+    })
+    .await
+    .expect("cancel");
+    for name in [&ok, &cancelled] {
+        common::wait_done(&mut grpc, name).await;
+    }
+    let scraped = server.call("GET", "/metrics", None).await;
+    assert_eq!(scraped.status, 200);
+    let samples = parse_metrics(&scraped.body);
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).is_some_and(|x| x == v))
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    };
+    assert_eq!(
+        value("oprun_operations_submitted_total", &[("kind", "sleep")]),
+        2.0
+    );
+    assert_eq!(
+        value(
+            "oprun_operations_finished_total",
+            &[("kind", "sleep"), ("state", "SUCCEEDED")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "oprun_operations_finished_total",
+            &[("kind", "sleep"), ("state", "CANCELLED")]
+        ),
+        1.0
+    );
+    assert_eq!(value("oprun_operations_running", &[("kind", "sleep")]), 0.0);
+    assert_eq!(value("oprun_operations_queued", &[("kind", "sleep")]), 0.0);
+    assert_eq!(
+        value("oprun_operation_queue_seconds_count", &[("kind", "sleep")]),
+        2.0
+    );
+    assert_eq!(
+        value(
+            "oprun_operation_run_seconds_count",
+            &[("kind", "sleep"), ("state", "SUCCEEDED")]
+        ),
+        1.0
+    );
+    let not_found = [
+        ("grpc_service", "google.longrunning.Operations"),
+        ("grpc_method", "GetOperation"),
+        ("grpc_code", "NOT_FOUND"),
+        ("grpc_type", "unary"),
+    ];
+    assert_eq!(value("grpc_server_handled_total", &not_found), 1.0);
+    assert_eq!(
+        value(
+            "grpc_server_started_total",
+            &[("grpc_method", "WaitOperation")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            "grpc_server_handling_seconds_count",
+            &[("grpc_method", "CancelOperation")]
+        ),
+        1.0
+    );
+    assert!(
+        scraped.body.trim_end().ends_with("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
+    server.stop().await;
+}
+
+/// Samples of the Prometheus text format: (name, labels, value); comments skipped.
+fn parse_metrics(text: &str) -> Vec<(String, std::collections::HashMap<String, String>, f64)> {
+    let mut samples = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').expect("NAME VALUE");
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_owned(), Default::default()),
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').expect("closing brace");
+                let labels = body
+                    .split("\",")
+                    .filter(|p| !p.is_empty())
+                    .map(|pair| {
+                        let (k, v) = pair.split_once("=\"").expect("k=\"v\"");
+                        (k.to_owned(), v.trim_end_matches('"').to_owned())
+                    })
+                    .collect();
+                (name.to_owned(), labels)
+            }
+        };
+        samples.push((name, labels, value));
+    }
+    samples
+}
