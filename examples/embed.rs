@@ -1,40 +1,62 @@
-// examples/embed.rs: oprun inside your own tonic server, next to your services, with a real
-// shutdown path (`cargo run --example embed`; Ctrl-C stops it). OPRUN_LISTEN and
-// OPRUN_DATA_DIR override the address and the data directory.
+// examples/embed.rs: oprun inside your own servers, next to your services: its gRPC services
+// (with health and reflection) on your tonic server, its REST gateway nested in your axum app,
+// with a real shutdown path (`cargo run --example embed`; Ctrl-C stops it). OPRUN_LISTEN,
+// OPRUN_HTTP_LISTEN and OPRUN_DATA_DIR override the addresses and the data directory.
 use std::sync::Arc;
 use std::time::Duration;
 
-use oprun::service::{OperationsApi, TaskApi};
 use oprun::store::sqlite::{SqliteOptions, SqliteStore};
 use oprun::{Registry, Runner, RunnerConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let listen = std::env::var("OPRUN_LISTEN").unwrap_or_else(|_| "127.0.0.1:50051".into());
-    let data_dir = std::env::var("OPRUN_DATA_DIR").unwrap_or_else(|_| "./oprun-data".into());
+    let env = |key: &str, default: &str| std::env::var(key).unwrap_or_else(|_| default.into());
+    let data_dir = env("OPRUN_DATA_DIR", "./oprun-data");
 
     let kinds = Registry::with_builtins(); // register your own kinds here
     let store = SqliteStore::open(data_dir.as_ref(), SqliteOptions::default())?;
     let runner = Runner::start(kinds, Arc::new(store), RunnerConfig::default()).await?;
 
-    let shutdown = {
+    // gRPC: oprun's services, health and reflection, plus yours.
+    let routes = oprun::server::routes(&runner)?;
+    // let routes = routes.add_service(YourServiceServer::new(your_service));
+    // REST: oprun's gateway (calling those same services in process) under /oprun in your app.
+    let rest = oprun::server::rest_router(
+        &runner,
+        oprun::server::grpc_stack(routes.clone(), None),
+        8 << 20,
+    )?;
+    let app = axum::Router::new()
+        .route(
+            "/hello",
+            axum::routing::get(|| async { "hello from your app\n" }),
+        )
+        .nest("/oprun", rest);
+
+    let grpc_listener =
+        tokio::net::TcpListener::bind(env("OPRUN_LISTEN", "127.0.0.1:50051")).await?;
+    let http_listener =
+        tokio::net::TcpListener::bind(env("OPRUN_HTTP_LISTEN", "127.0.0.1:8080")).await?;
+    println!("listening on {}", grpc_listener.local_addr()?);
+    println!("http on {}", http_listener.local_addr()?);
+    let stopping = {
         let runner = runner.clone();
         async move {
             let _ = tokio::signal::ctrl_c().await;
-            runner.begin_shutdown(); // refuse new work, release WaitOperation calls
+            runner.begin_shutdown(); // refuse new work, release Wait calls, end watch streams
         }
     };
-    let listener = tokio::net::TcpListener::bind(&listen).await?;
-    println!("listening on {}", listener.local_addr()?);
-    tonic::transport::Server::builder()
-        .add_service(OperationsApi::server(runner.clone()))
-        .add_service(TaskApi::server(runner.clone()))
-        // .add_service(YourServiceServer::new(your_service))
+    tokio::spawn(stopping);
+    let grpc = tonic::transport::Server::builder()
+        .add_routes(routes)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
-        .await?;
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            runner.stopping(),
+        );
+    let http = axum::serve(http_listener, app).with_graceful_shutdown(runner.stopping());
+    let (grpc, http) = tokio::join!(grpc, http);
+    grpc?;
+    http?;
     // Give running workers time to stop, then flush and close the store.
     runner.shutdown(Duration::from_secs(30)).await?;
     Ok(())

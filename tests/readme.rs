@@ -10,6 +10,8 @@
 //!   SIGINT.
 //! - `python`: run by `tests/interop/test_readme.py` against a real server.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -202,7 +204,9 @@ fn the_tour_runs() {
     }
 }
 
-/// The embedding example serves the services and stops cleanly on SIGINT.
+/// The embedding example serves oprun's gRPC services (health included) on its tonic server
+/// and the REST gateway nested in its own axum app next to its own route, and stops cleanly
+/// on SIGINT.
 #[tokio::test]
 async fn the_embedding_example_serves_and_stops() {
     // cargo test builds examples next to the test binaries: target/<profile>/examples.
@@ -216,20 +220,31 @@ async fn the_embedding_example_serves_and_stops() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(example)
         .env("OPRUN_LISTEN", "127.0.0.1:0")
+        .env("OPRUN_HTTP_LISTEN", "127.0.0.1:0")
         .env("OPRUN_DATA_DIR", dir.path().join("data"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = |prefix: &str| {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        line.trim()
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+            .to_owned()
+    };
+    let addr = line("listening on ");
+    let http: std::net::SocketAddr = line("http on ").parse().unwrap();
+    let own = common::http::request(http, "GET", "/hello", &[], None).await;
+    assert_eq!(
+        (own.status, own.body.as_str()),
+        (200, "hello from your app\n")
+    );
+    let rest = common::http::request(http, "GET", "/oprun/v1/taskKinds", &[], None).await;
+    assert_eq!(rest.status, 200, "{}", rest.body);
+    assert!(rest.body.contains("\"sleep\""), "{}", rest.body);
     let kinds = TaskServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap()
@@ -239,6 +254,22 @@ async fn the_embedding_example_serves_and_stops() {
         .into_inner()
         .kinds;
     assert!(kinds.iter().any(|k| k.name == "sleep"));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "google.longrunning.Operations".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     assert!(Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

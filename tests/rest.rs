@@ -411,14 +411,29 @@ async fn bad_requests_get_precise_json_errors() {
             "PUT",
             "/v1/operations".into(),
             None,
-            501,
+            405,
             "UNIMPLEMENTED",
-            "PUT",
+            "GET",
         ),
+        (
+            "TRACE",
+            "/v1/taskKinds".into(),
+            None,
+            405,
+            "UNIMPLEMENTED",
+            "TRACE",
+        ),
+        ("POST", "/healthz".into(), None, 405, "UNIMPLEMENTED", "GET"),
     ];
     for (method, path, body, http, status, needle) in cases {
         let reply = server.call(method, &path, body.as_deref()).await;
         let error = assert_error(&reply, http, status);
+        if http == 405 {
+            assert!(
+                reply.header("allow").is_some(),
+                "{method} {path}: no Allow header"
+            );
+        }
         let message = error["error"]["message"].as_str().unwrap_or_default();
         assert!(
             message.contains(needle),

@@ -103,6 +103,31 @@ fn details_json(bytes: &[u8], pool: &DescriptorPool) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// 405 for a method a path is not served with: Google's JSON error (status UNIMPLEMENTED,
+/// reason `METHOD_NOT_ALLOWED`) and the `Allow` header.
+pub fn method_not_allowed(
+    method: &http::Method,
+    path: &str,
+    allow: &[&str],
+    pool: &DescriptorPool,
+) -> Response {
+    let status = gateway_status(
+        Code::Unimplemented,
+        "METHOD_NOT_ALLOWED",
+        format!(
+            "{method} is not served on {path}; it takes {}",
+            allow.join(", ")
+        ),
+    );
+    let mut body = error_body(&status, pool);
+    body["error"]["code"] = 405.into();
+    let mut response = (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response();
+    if let Ok(v) = http::HeaderValue::from_str(&allow.join(", ")) {
+        response.headers_mut().insert(http::header::ALLOW, v);
+    }
+    response
+}
+
 /// An error as an HTTP response.
 pub fn error_response(status: &tonic::Status, pool: &DescriptorPool) -> Response {
     let mut response = (

@@ -282,7 +282,7 @@ impl Gateway {
     async fn transcode(&self, request: http::Request<Body>) -> Result<Response, Status> {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path();
-        let mut path_matched = false;
+        let mut allowed: Vec<&Method> = Vec::new();
         let mut found = None;
         for route in &self.inner.routes {
             if let Some(bindings) = route.template.matches(path) {
@@ -290,26 +290,24 @@ impl Gateway {
                     found = Some((route, bindings));
                     break;
                 }
-                path_matched = true;
+                allowed.push(&route.method);
             }
         }
         let Some((route, bindings)) = found else {
-            return Err(if path_matched {
-                gateway_status(
-                    Code::Unimplemented,
-                    "METHOD_NOT_ALLOWED",
-                    format!(
-                        "{} is not served on {path}; see /openapi.json",
-                        parts.method
-                    ),
-                )
-            } else {
-                gateway_status(
+            if allowed.is_empty() {
+                return Err(gateway_status(
                     Code::NotFound,
                     "NO_ROUTE",
                     format!("no route for {} {path}; see /openapi.json", parts.method),
-                )
-            });
+                ));
+            }
+            let allow: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+            return Ok(super::error::method_not_allowed(
+                &parts.method,
+                path,
+                &allow,
+                &self.inner.pool,
+            ));
         };
         let input = route.rpc.input();
         let mut json = match &route.body {

@@ -53,6 +53,7 @@ pub fn router(runner: Runner, gateway: Gateway) -> Router {
         .route("/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics))
         .fallback(fallback)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(AppState {
             gateway,
             runner,
@@ -99,6 +100,20 @@ async fn openapi_json(State(state): State<AppState>) -> Response {
         state.openapi.as_str().to_owned(),
     )
         .into_response()
+}
+
+/// A method `/healthz`, `/readyz`, `/metrics` or `/openapi.json` is not served with (they
+/// take GET and HEAD): the same JSON 405 as the gateway's.
+async fn wrong_method(
+    State(state): State<AppState>,
+    request: http::Request<axum::body::Body>,
+) -> Response {
+    error::method_not_allowed(
+        request.method(),
+        request.uri().path(),
+        &["GET", "HEAD"],
+        state.gateway.pool(),
+    )
 }
 
 async fn fallback(

@@ -1,8 +1,9 @@
 """Fixtures for the oprun wire-compatibility tests.
 
-One real `oprun serve` process is started per test session (on 127.0.0.1, a port the
-server picks, a fresh data dir); the tests talk to it only through Google's stock Python
-client code and the stubs that run.sh generates from proto/oprun/v1 into ./gen.
+One real `oprun serve` process is started per test session (on 127.0.0.1, gRPC and HTTP
+ports the server picks, a fresh data dir); the tests talk to it only through Google's stock
+Python client code (gRPC and REST), the stock health/reflection clients, plain HTTP, and
+the stubs that run.sh generates from proto/oprun/v1 into ./gen.
 """
 
 import collections
@@ -39,6 +40,15 @@ from oprun.v1 import tasks_pb2, tasks_pb2_grpc  # noqa: E402
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 READY_LINE = re.compile(r"^oprun listening on 127\.0\.0\.1:(?P<port>[0-9]{1,5})$")
+# The second stdout line, printed when the HTTP surface is on (conftest always turns it on).
+HTTP_READY_LINE = re.compile(r"^oprun http listening on 127\.0\.0\.1:(?P<port>[0-9]{1,5})$")
+
+# Every HTTP request of the tests goes to 127.0.0.1: never through a proxy from the
+# environment (requests, google-auth's AuthorizedSession and schemathesis all honour it).
+os.environ["NO_PROXY"] = ",".join(
+    x for x in ("127.0.0.1", "localhost", os.environ.get("NO_PROXY", "")) if x
+)
+os.environ["no_proxy"] = os.environ["NO_PROXY"]
 
 
 def oprun_bin():
@@ -64,6 +74,7 @@ class OprunServer:
         self.stderr_path = pathlib.Path(stderr_path)
         self.proc = None
         self.port = None
+        self.http_port = None
         self.channel = None
         self.exit_code_while_running = None  # set if the server died during the tests
         self._stopping = False
@@ -74,6 +85,8 @@ class OprunServer:
         argv = [
             str(self.binary), "serve",
             "--listen", "127.0.0.1:0",
+            # Port 0 too: parallel runs must never collide on the default 8080.
+            "--http-listen", "127.0.0.1:0",
             "--data-dir", str(self.data_dir),
         ]
         self._stderr = open(self.stderr_path, "wb")
@@ -90,31 +103,10 @@ class OprunServer:
         threading.Thread(target=self._read_stdout, name="oprun-stdout", daemon=True).start()
 
         deadline = time.monotonic() + READY_TIMEOUT_S
-        try:
-            line = self._stdout_lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            line = TimeoutError
-        if line is TimeoutError:
-            self._fail_start(
-                f"`{' '.join(argv)}` printed no ready line on stdout within {READY_TIMEOUT_S:.0f} s"
-            )
-        if line is None:
-            try:
-                code = self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                code = "still running"
-            self._fail_start(
-                f"`{' '.join(argv)}` closed stdout before printing the ready line (exit code: {code})"
-            )
-        match = READY_LINE.match(line.rstrip("\r\n"))
-        if not match:
-            self._fail_start(
-                f"`{' '.join(argv)}`: expected first stdout line "
-                f"'oprun listening on 127.0.0.1:PORT', got {line!r}"
-            )
-        self.port = int(match.group("port"))
-        if not 0 < self.port < 65536:
-            self._fail_start(f"ready line names an impossible port: {line!r}")
+        self.port = self._read_port(argv, deadline, READY_LINE, "first", "oprun listening on 127.0.0.1:PORT")
+        self.http_port = self._read_port(
+            argv, deadline, HTTP_READY_LINE, "second", "oprun http listening on 127.0.0.1:PORT"
+        )
 
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         try:
@@ -126,6 +118,34 @@ class OprunServer:
         if not ready:
             self._fail_start(f"the server said it listens on port {self.port}, but no connection within 10 s")
         threading.Thread(target=self._watch, name="oprun-watch", daemon=True).start()
+
+    def _read_port(self, argv, deadline, pattern, which, want):
+        """The port named by the next stdout line, which must match `pattern`."""
+        try:
+            line = self._stdout_lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            line = TimeoutError
+        if line is TimeoutError:
+            self._fail_start(
+                f"`{' '.join(argv)}` printed no {which} ready line ('{want}') on stdout "
+                f"within {READY_TIMEOUT_S:.0f} s"
+            )
+        if line is None:
+            try:
+                code = self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                code = "still running"
+            self._fail_start(
+                f"`{' '.join(argv)}` closed stdout before printing its {which} ready line "
+                f"('{want}'; exit code: {code})"
+            )
+        match = pattern.match(line.rstrip("\r\n"))
+        if not match:
+            self._fail_start(f"`{' '.join(argv)}`: expected {which} stdout line '{want}', got {line!r}")
+        port = int(match.group("port"))
+        if not 0 < port < 65536:
+            self._fail_start(f"ready line names an impossible port: {line!r}")
+        return port
 
     def _read_stdout(self):
         for raw in self.proc.stdout:  # keeps draining, so the pipe never fills up
@@ -216,6 +236,18 @@ def oprun_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def channel(oprun_server):
     return oprun_server.channel
+
+
+@pytest.fixture(scope="session")
+def http_base(oprun_server):
+    """The HTTP surface's address, "127.0.0.1:PORT" (REST, /openapi.json, probes, metrics)."""
+    return f"127.0.0.1:{oprun_server.http_port}"
+
+
+@pytest.fixture(scope="session")
+def http_url(http_base):
+    """The HTTP surface's base URL, "http://127.0.0.1:PORT" (no trailing slash)."""
+    return f"http://{http_base}"
 
 
 @pytest.fixture(scope="session")

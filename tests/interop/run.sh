@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Wire-compatibility test: drives a built `oprun` binary with Google's stock Python clients
-# (google-api-core's OperationsClient and operation futures) plus stubs generated from
-# proto/oprun/v1/*.proto.
+# (google-api-core's OperationsClient and operation futures, its REST operations client, the
+# grpc health and reflection clients, schemathesis on /openapi.json) plus stubs generated
+# from proto/oprun/v1/*.proto.
 #
 # Usage: tests/interop/run.sh [extra pytest args...]      (from any directory)
 #        tests/interop/run.sh --setup-only               (venv + stubs only, no binary needed)
