@@ -28,6 +28,8 @@
 //! - [`http`]: the HTTP surface: the REST/JSON gateway routed from the protos'
 //!   `google.api.http` rules, `/openapi.json`, `/healthz`, `/readyz` and `/metrics`.
 //! - [`metrics`]: Prometheus metrics (prometheus-client), one registry per runner.
+//! - [`client`]: a Rust client: typed submission, wait, progress stream, cancel, typed
+//!   results and errors (the `oprun` command line is built on it).
 //! - [`json`]: proto3 JSON through prost-reflect. `cli` (feature `cli`, off by default): the
 //!   `oprun` command line.
 //! - [`error`]: the library's error type and its single mapping to `tonic::Status`.
@@ -37,6 +39,7 @@
 pub mod auth;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod client;
 pub mod error;
 pub mod filter;
 pub mod http;

@@ -5,10 +5,8 @@
 
 mod common;
 
-use common::faults::FaultyStore;
-use common::http::{request, Reply};
+use common::http::Reply;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +14,7 @@ use std::time::Duration;
 use oprun::auth::Tokens;
 use oprun::proto::google::longrunning::operations_client::OperationsClient;
 use oprun::proto::google::longrunning::GetOperationRequest;
-use oprun::server::ServeOptions;
-use oprun::store::memory::MemoryStore;
-use oprun::{Registry, Runner, RunnerConfig};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -41,83 +34,7 @@ fn tokens() -> Arc<Tokens> {
     Arc::new(Tokens::parse(&text).expect("tokens"))
 }
 
-struct RestServer {
-    grpc: SocketAddr,
-    http: SocketAddr,
-    store: Arc<FaultyStore>,
-    shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<Result<(), oprun::server::ServeError>>>,
-}
-
-impl RestServer {
-    async fn start(tokens: Option<Arc<Tokens>>) -> Self {
-        let store = FaultyStore::new(Arc::new(MemoryStore::new()));
-        let runner = Runner::start(
-            Registry::with_builtins(),
-            Arc::clone(&store) as _,
-            RunnerConfig::default(),
-        )
-        .await
-        .expect("runner");
-        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let grpc = grpc_listener.local_addr().expect("addr");
-        let http = http_listener.local_addr().expect("addr");
-        let mut options = ServeOptions::new()
-            .grace(Duration::from_secs(5))
-            .http(http_listener)
-            .max_body_bytes(64 << 10);
-        if let Some(tokens) = tokens {
-            options = options.auth(tokens);
-        }
-        let (tx, rx) = oneshot::channel();
-        let handle = tokio::spawn(oprun::server::serve_with(
-            grpc_listener,
-            runner,
-            async {
-                let _ = rx.await;
-            },
-            options,
-        ));
-        Self {
-            grpc,
-            http,
-            store,
-            shutdown: Some(tx),
-            handle: Some(handle),
-        }
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
-        request(self.http, method, path, &[], body).await
-    }
-
-    async fn call_as(&self, token: &str, method: &str, path: &str, body: Option<&str>) -> Reply {
-        let auth = format!("Bearer {token}");
-        request(self.http, method, path, &[("authorization", &auth)], body).await
-    }
-
-    async fn channel(&self) -> tonic::transport::Channel {
-        tonic::transport::Channel::from_shared(format!("http://{}", self.grpc))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect")
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(handle) = self.handle.take() {
-            handle.await.expect("join").expect("clean shutdown");
-        }
-    }
-}
+type RestServer = common::served::Served;
 
 fn sleep_body(duration: &str) -> String {
     json!({

@@ -16,17 +16,14 @@ mod store;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::auth::Role;
 use crate::proto::google::longrunning::operations_client::OperationsClient;
-use crate::proto::google::longrunning::{
-    CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
-    WaitOperationRequest,
-};
+use crate::proto::google::longrunning::ListOperationsRequest;
 use crate::proto::oprun::v1::snapshot_service_client::SnapshotServiceClient;
 use crate::proto::oprun::v1::task_service_client::TaskServiceClient;
 use crate::proto::oprun::v1::{
@@ -327,14 +324,12 @@ async fn run(
             show::print_operation(&client, &op)
         }
         Command::Get { name, client } => {
-            let mut c = OperationsClient::new(connect(&client).await?);
-            let op = c
-                .get_operation(GetOperationRequest {
-                    name: full_name(&name),
-                })
+            let op = client::client(&client)
+                .await?
+                .operation::<()>(full_name(&name))
+                .get()
                 .await
-                .map_err(status_line)?
-                .into_inner();
+                .map_err(|e| e.to_string())?;
             show::print_operation(&client, &op)
         }
         Command::List {
@@ -366,24 +361,24 @@ async fn run(
         Command::Store(StoreCommand::Check { data_dir }) => store::check(&data_dir),
         Command::Migrate { store } => store::migrate(&store).await,
         Command::Cancel { name, client } => {
-            let mut c = OperationsClient::new(connect(&client).await?);
-            c.cancel_operation(CancelOperationRequest {
-                name: full_name(&name),
-            })
-            .await
-            .map_err(status_line)?;
+            client::client(&client)
+                .await?
+                .operation::<()>(full_name(&name))
+                .cancel()
+                .await
+                .map_err(|e| e.to_string())?;
             if !client.json {
                 println!("cancellation requested for {}", full_name(&name));
             }
             Ok(())
         }
         Command::Delete { name, client } => {
-            let mut c = OperationsClient::new(connect(&client).await?);
-            c.delete_operation(DeleteOperationRequest {
-                name: full_name(&name),
-            })
-            .await
-            .map_err(status_line)?;
+            client::client(&client)
+                .await?
+                .operation::<()>(full_name(&name))
+                .delete()
+                .await
+                .map_err(|e| e.to_string())?;
             if !client.json {
                 println!("deleted {}", full_name(&name));
             }
@@ -470,24 +465,15 @@ async fn submit(client: &ClientArgs, mut request: SubmitTaskRequest, input: &str
 /// Waits until the operation is done, calling WaitOperation again whenever the server's own
 /// cap ends a call first, until `timeout` (none: for as long as it takes).
 async fn wait(client: &ClientArgs, name: &str, timeout: Option<Duration>) -> CliResult {
-    let mut c = OperationsClient::new(connect(client).await?);
-    let until = timeout.and_then(|t| Instant::now().checked_add(t));
-    let op = loop {
-        let left = until.map(|u| u.saturating_duration_since(Instant::now()));
-        let op = c
-            .wait_operation(WaitOperationRequest {
-                name: name.to_owned(),
-                timeout: left.and_then(|l| prost_types::Duration::try_from(l).ok()),
-            })
-            .await
-            .map_err(status_line)?
-            .into_inner();
-        if op.done
-            || left.is_some_and(|l| l.is_zero())
-            || until.is_some_and(|u| Instant::now() >= u)
-        {
-            break op;
-        }
+    let handle = client::client(client).await?.operation::<()>(name);
+    let waited = match timeout {
+        None => Some(handle.wait().await),
+        Some(t) => tokio::time::timeout(t, handle.wait()).await.ok(),
+    };
+    let op = match waited {
+        Some(op) => op.map_err(|e| e.to_string())?,
+        // Timed out: the latest state, to show.
+        None => handle.get().await.map_err(|e| e.to_string())?,
     };
     show::print_operation(client, &op)?;
     if !op.done {

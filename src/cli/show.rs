@@ -7,18 +7,14 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use prost::{Message, Name};
 
-use super::client::{codec, connect, status_line, ClientArgs};
+use futures::StreamExt;
+
+use super::client::{codec, ClientArgs};
 use super::{CliResult, Failure};
 use crate::model::type_name;
 use crate::proto::google::longrunning::{operation, ListOperationsResponse, Operation};
-use crate::proto::oprun::v1::watch_service_client::WatchServiceClient;
-use crate::proto::oprun::v1::{
-    operation_metadata, ListNodesResponse, OperationMetadata, WatchOperationRequest,
-};
+use crate::proto::oprun::v1::{operation_metadata, ListNodesResponse, OperationMetadata};
 
-/// How many times in a row `watch` opens its stream again after the server dropped it
-/// (a restart, a lost connection), a second apart.
-const WATCH_REOPENS: u32 = 30;
 /// At most one progress line per this long when `watch` writes lines (stdout not a terminal);
 /// a change of state is written at once.
 const LINE_INTERVAL: Duration = Duration::from_secs(1);
@@ -243,62 +239,31 @@ pub(super) fn outcome(op: &Operation) -> CliResult {
 
 /// Follows an operation until it is done: a live bar on a terminal, else one line per change
 /// (at most one a second, a change of state at once). It reads the server's WatchOperation
-/// stream (no polling), and opens it again when the server drops it while restarting.
+/// stream through the client's [`progress`](crate::client::OperationHandle::progress) (no
+/// polling), which opens it again when the server drops it while restarting.
 pub(super) async fn watch(client: &ClientArgs, name: &str) -> CliResult {
-    let mut c = WatchServiceClient::new(connect(client).await?);
+    let handle = super::client::client(client).await?.operation::<()>(name);
     let mut view = if std::io::stdout().is_terminal() && !client.json {
         View::Bar(Bar::new())
     } else {
         View::Lines(Lines::default())
     };
-    let mut reopens = 0;
-    let op = 'watching: loop {
-        let opened = c
-            .watch_operation(WatchOperationRequest { name: name.into() })
-            .await;
-        let mut stream = match opened {
-            Ok(s) => s.into_inner(),
-            Err(e) if e.code() == tonic::Code::Unavailable && reopens < WATCH_REOPENS => {
-                reopens += 1;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            Err(e) => return Err(status_line(e).into()),
-        };
-        loop {
-            match stream.message().await {
-                Ok(Some(op)) => {
-                    reopens = 0;
-                    let meta = metadata_of(&op).unwrap_or_default();
-                    match &mut view {
-                        View::Bar(bar) => bar.show(&meta),
-                        View::Lines(lines) if !client.json => lines.show(&meta),
-                        View::Lines(_) => {}
-                    }
-                    if op.done {
-                        break 'watching op;
-                    }
-                }
-                // The server ended the stream before the end (it is shutting down): open it
-                // again, on this server or the one that replaces it.
-                Ok(None) => break,
-                Err(e) if e.code() == tonic::Code::Unavailable && reopens < WATCH_REOPENS => {
-                    break;
-                }
-                Err(e) => return Err(status_line(e).into()),
-            }
+    let mut progress = handle.progress();
+    let mut last = None;
+    while let Some(op) = progress.next().await {
+        let op = op.map_err(|e| e.to_string())?;
+        let meta = metadata_of(&op).unwrap_or_default();
+        match &mut view {
+            View::Bar(bar) => bar.show(&meta),
+            View::Lines(lines) if !client.json => lines.show(&meta),
+            View::Lines(_) => {}
         }
-        reopens += 1;
-        if reopens > WATCH_REOPENS {
-            return Err(Failure::from(format!(
-                "the server kept ending the watch of {name} before the operation was done"
-            )));
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+        last = Some(op);
+    }
     if let View::Bar(bar) = view {
         bar.finish();
     }
+    let op = last.ok_or_else(|| Failure::from(format!("the watch of {name} ended at once")))?;
     print_operation(client, &op)?;
     outcome(&op)
 }

@@ -1,0 +1,225 @@
+//! The Rust client (`oprun::client`) against a real server on a loopback port: typed submit,
+//! progress from the watch stream, wait, typed results and typed errors, cancel and delete,
+//! bearer tokens, and the fallback to polling a server without WaitOperation.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use oprun::auth::Tokens;
+use oprun::client::{metadata, Client, ClientError, SubmitOptions};
+use oprun::kinds::sleep::Sleep;
+use oprun::proto::oprun::v1::{SleepInput, SleepOutput};
+use oprun::store::memory::MemoryStore;
+use oprun::{Registry, Runner, RunnerConfig};
+use tonic::Code;
+
+fn sleep(ms: u64, steps: u32, fail: &str) -> SleepInput {
+    SleepInput {
+        duration: prost_types::Duration::try_from(Duration::from_millis(ms)).ok(),
+        steps,
+        fail_message: fail.to_owned(),
+        ..SleepInput::default()
+    }
+}
+
+type Server = common::served::Served;
+
+/// Submit a typed task, follow its progress, read its typed result; a failing one and a
+/// cancelled one come back as typed errors with their codes.
+#[tokio::test]
+async fn typed_submit_progress_and_results() {
+    let server = Server::start(None).await;
+    let client = Client::connect(server.grpc.to_string())
+        .await
+        .expect("connect");
+
+    let handle = client
+        .submit::<Sleep>(sleep(400, 4, ""))
+        .await
+        .expect("submit");
+    assert!(handle.name().starts_with("operations/"));
+    let states: Vec<_> = handle
+        .progress()
+        .map(|op| op.expect("progress"))
+        .collect()
+        .await;
+    let last = states.last().expect("states");
+    assert!(last.done);
+    let completed: Vec<i64> = states
+        .iter()
+        .filter_map(|op| metadata(op)?.progress.map(|p| p.completed))
+        .collect();
+    assert!(completed.windows(2).all(|w| w[0] <= w[1]), "{completed:?}");
+    assert_eq!(completed.last(), Some(&4), "{completed:?}");
+    let output: SleepOutput = handle.result().await.expect("the typed output");
+    assert_eq!(output.steps_done, 4);
+
+    let failing = client
+        .submit::<Sleep>(sleep(10, 1, "disk on fire"))
+        .await
+        .expect("submit");
+    match failing.result().await {
+        Err(ClientError::Failed { code, message, .. }) => {
+            assert_ne!(code, Code::Ok);
+            assert!(message.contains("disk on fire"), "{message}");
+        }
+        other => panic!("expected a failed operation, got {other:?}"),
+    }
+
+    let submit_once = || {
+        client.submit_with::<Sleep>(
+            sleep(3_600_000, 1, ""),
+            SubmitOptions {
+                request_id: Some("6f1c7a53-2f7e-4f7a-9d84-0f5b2d1c9e10".into()),
+                timeout: None,
+            },
+        )
+    };
+    let long = submit_once().await.expect("submit");
+    let again = submit_once().await.expect("the same request again");
+    assert_eq!(again.name(), long.name(), "one operation per request id");
+    let refused = long.delete().await.expect_err("not done yet");
+    assert_eq!(refused.code(), Some(Code::FailedPrecondition));
+    long.cancel().await.expect("cancel");
+    let err = long.result().await.expect_err("cancelled");
+    assert_eq!(err.code(), Some(Code::Cancelled), "{err:?}");
+    long.delete().await.expect("delete once done");
+    let gone = long.get().await.expect_err("deleted");
+    assert_eq!(gone.code(), Some(Code::NotFound));
+    match gone {
+        ClientError::Rpc { details, .. } => {
+            assert_eq!(
+                details.error_info().map(|i| i.reason.as_str()),
+                Some("OPERATION_NOT_FOUND")
+            );
+        }
+        other => panic!("expected an RPC error, got {other:?}"),
+    }
+    server.stop().await;
+}
+
+/// Bad input is a typed RPC error with the server's code; a token is sent when given.
+#[tokio::test]
+async fn errors_and_tokens() {
+    let line = oprun::auth::tokens_file_line(
+        "client-test-token-0123456789",
+        "submitter".parse().expect("role"),
+        None,
+    )
+    .expect("line");
+    let tokens = Arc::new(Tokens::parse(&line).expect("tokens"));
+    let server = Server::start(Some(tokens)).await;
+    let anonymous = Client::connect(server.grpc.to_string())
+        .await
+        .expect("connect");
+    let refused = anonymous
+        .submit::<Sleep>(sleep(10, 1, ""))
+        .await
+        .expect_err("no token");
+    assert_eq!(refused.code(), Some(Code::Unauthenticated));
+    let client = Client::builder(format!("http://{}", server.grpc))
+        .token("client-test-token-0123456789")
+        .connect()
+        .await
+        .expect("connect");
+    let handle = client
+        .submit::<Sleep>(sleep(10, 1, ""))
+        .await
+        .expect("submit with a token");
+    assert_eq!(handle.result().await.expect("result").steps_done, 1);
+    let bad = client
+        .submit::<Sleep>(SleepInput {
+            duration: Some(prost_types::Duration {
+                seconds: -1,
+                nanos: 0,
+            }),
+            steps: 1,
+            ..SleepInput::default()
+        })
+        .await
+        .expect_err("a negative duration");
+    assert_eq!(bad.code(), Some(Code::InvalidArgument), "{bad:?}");
+    let https = Client::builder(format!("https://{}", server.grpc))
+        .connect()
+        .await
+        .expect_err("https without a CA");
+    assert!(matches!(https, ClientError::Config(_)), "{https:?}");
+    let nothing = Client::connect("127.0.0.1:1")
+        .await
+        .expect_err("nothing there");
+    assert!(matches!(nothing, ClientError::Connect(_)), "{nothing:?}");
+    server.stop().await;
+}
+
+/// Against a server that does not serve WaitOperation (UNIMPLEMENTED), `wait` polls Get.
+#[tokio::test]
+async fn wait_falls_back_to_polling() {
+    let runner = Runner::start(
+        Registry::with_builtins(),
+        Arc::new(MemoryStore::new()),
+        RunnerConfig::default(),
+    )
+    .await
+    .expect("runner");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let routes = oprun::server::routes(&runner).expect("routes");
+    let served = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(tower::layer::layer_fn(NoWait))
+            .add_routes(routes)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let client = Client::connect(addr.to_string()).await.expect("connect");
+    let handle = client
+        .submit::<Sleep>(sleep(300, 1, ""))
+        .await
+        .expect("submit");
+    let done = tokio::time::timeout(Duration::from_secs(10), handle.wait())
+        .await
+        .expect("done by polling within 10 s")
+        .expect("wait");
+    assert!(done.done);
+    served.abort();
+    runner
+        .shutdown(Duration::from_secs(1))
+        .await
+        .expect("shutdown");
+}
+
+/// Answers WaitOperation UNIMPLEMENTED, as a server without it does; passes the rest on.
+#[derive(Clone)]
+struct NoWait<S>(S);
+
+impl<S, B> tower::Service<http::Request<B>> for NoWait<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() == "/google.longrunning.Operations/WaitOperation" {
+            return Box::pin(futures::future::ready(Ok(tonic::Status::unimplemented(
+                "no WaitOperation here",
+            )
+            .into_http())));
+        }
+        Box::pin(self.0.call(req))
+    }
+}
