@@ -5,9 +5,10 @@
 //!   the second, `bash tests/run.sh`; the first is the binary every other test here runs).
 //! - `run`: the tour, run as a bash script against a fresh directory with the built `oprun`
 //!   on `PATH` (its server on a free port, through `OPRUN_LISTEN`/`OPRUN_ADDR`).
+//! - `http`: the REST tour, run the same way, `127.0.0.1:8080` replaced by a free port.
 //! - `rust`: identical to the `examples/` file its first line names; `cargo test` builds the
-//!   examples, and the embedding example is run here until it serves, then stopped with
-//!   SIGINT.
+//!   examples; the embedding example is run here until it serves, then stopped with SIGINT,
+//!   and the client example is run against the real server.
 //! - `python`: run by `tests/interop/test_readme.py` against a real server.
 
 mod common;
@@ -91,7 +92,7 @@ fn every_block_is_checked() {
     for b in &blocks {
         let kind = b.marker.split_whitespace().next().unwrap_or_default();
         assert!(
-            ["newcomer", "run", "rust", "python"].contains(&kind),
+            ["newcomer", "run", "http", "rust", "python"].contains(&kind),
             "README.md line {}: a ```{} block without a `<!-- readme: … -->` marker saying \
              how it is checked",
             b.line,
@@ -118,7 +119,7 @@ fn every_block_is_checked() {
         Some("newcomer"),
         "the README starts with the two commands"
     );
-    for kind in ["run", "rust", "python"] {
+    for kind in ["run", "http", "rust", "python"] {
         assert!(kinds.contains(&kind), "no {kind} block");
     }
 }
@@ -156,13 +157,15 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The tour runs as written, every command succeeding.
-#[test]
-fn the_tour_runs() {
-    let tour = blocks()
+/// Runs the README block whose marker starts with `marker` as a bash script in a fresh
+/// directory, with the built `oprun` on `PATH`, its servers on free ports (`127.0.0.1:8080`
+/// in the text stands for the HTTP one); fails unless it succeeds and prints each of
+/// `expected`. Returns the directory.
+fn run_block(marker: &str, expected: &[&str]) -> tempfile::TempDir {
+    let block = blocks()
         .into_iter()
-        .find(|b| b.marker.starts_with("run"))
-        .expect("the tour");
+        .find(|b| b.marker.starts_with(marker))
+        .unwrap_or_else(|| panic!("no {marker} block"));
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
@@ -172,13 +175,17 @@ fn the_tour_runs() {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let port = free_port();
+    let (port, http) = (free_port(), free_port());
+    let text = block
+        .text
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{http}"));
     let mut cmd = Command::new("bash");
-    cmd.args(["-euo", "pipefail", "-c", &tour.text])
+    cmd.args(["-euo", "pipefail", "-c", &text])
         .current_dir(dir.path())
         .env("PATH", path)
         .env("OPRUN_LISTEN", format!("127.0.0.1:{port}"))
         .env("OPRUN_ADDR", format!("127.0.0.1:{port}"))
+        .env("OPRUN_HTTP_LISTEN", format!("127.0.0.1:{http}"))
         .env("NO_COLOR", "1")
         .env_remove("OPRUN_DATA_DIR")
         .env_remove("OPRUN_STORE");
@@ -187,21 +194,81 @@ fn the_tour_runs() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "the tour failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        "the {marker} block failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
         out.status
     );
-    for expected in [
-        "sleep",
-        "SUCCEEDED",
-        "exit code 3: it ended with an error",
-        "CANCELLED",
-        "index.html",
-    ] {
+    for expected in expected {
         assert!(
             stdout.contains(expected),
             "{expected:?} missing from:\n{stdout}"
         );
     }
+    dir
+}
+
+/// The tour runs as written, every command succeeding.
+#[test]
+fn the_tour_runs() {
+    run_block(
+        "run",
+        &[
+            "sleep",
+            "SUCCEEDED",
+            "exit code 3: it ended with an error",
+            "CANCELLED",
+            "index.html",
+        ],
+    );
+}
+
+/// The REST tour runs as written: kinds, submit, the event stream to the end, a filtered
+/// list, a JSON 404, a metric, the OpenAPI document.
+#[test]
+fn the_http_tour_runs() {
+    let dir = run_block(
+        "http",
+        &[
+            "\"sleep\"",
+            "data: {",
+            "\"done\":true",
+            "\"stepsDone\":4",
+            "\"status\":\"NOT_FOUND\"",
+            "oprun_operations_finished_total{",
+        ],
+    );
+    let openapi = std::fs::read_to_string(dir.path().join("openapi.json")).unwrap();
+    assert!(openapi.starts_with("{\"components\""), "{openapi:.100}");
+}
+
+/// The client example runs against the real server: progress, then the typed result.
+#[tokio::test]
+async fn the_client_example_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::binary::BinServer::start(dir.path(), "127.0.0.1:0", &[], &[]);
+    let out = Command::new(example("client"))
+        .env("OPRUN_ADDR", server.addr.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for expected in ["submitted operations/", "4/4", "4 steps done"] {
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} missing from {stdout}"
+        );
+    }
+}
+
+/// An example built next to the test binaries (target/<profile>/examples).
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join("examples").join(name))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("target/<profile>/examples/{name}: run `cargo test`, which builds the examples")
+        })
 }
 
 /// The embedding example serves oprun's gRPC services (health included) on its tonic server
@@ -209,16 +276,8 @@ fn the_tour_runs() {
 /// on SIGINT.
 #[tokio::test]
 async fn the_embedding_example_serves_and_stops() {
-    // cargo test builds examples next to the test binaries: target/<profile>/examples.
-    let exe = std::env::current_exe().unwrap();
-    let example = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|profile| profile.join("examples").join("embed"))
-        .filter(|p| p.is_file())
-        .expect("target/<profile>/examples/embed: run `cargo test`, which builds the examples");
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(example)
+    let mut child = Command::new(example("embed"))
         .env("OPRUN_LISTEN", "127.0.0.1:0")
         .env("OPRUN_HTTP_LISTEN", "127.0.0.1:0")
         .env("OPRUN_DATA_DIR", dir.path().join("data"))

@@ -16,12 +16,16 @@ def readme_python_blocks():
 
 
 def test_readme_python_snippet_runs(oprun_server):
-    """Every ```python block of README.md, executed as written against the test server."""
+    """Every ```python block of README.md, executed as written against the test server (the
+    default addresses, gRPC 127.0.0.1:50051 and HTTP 127.0.0.1:8080, replaced by its own)."""
     blocks = readme_python_blocks()
-    assert blocks, "README.md has no python block"
+    assert len(blocks) >= 3, "README.md has the gRPC, REST and reflection python blocks"
     for block in blocks:
-        assert "127.0.0.1:50051" in block, "the snippet names the default address"
+        assert "127.0.0.1:50051" in block or "127.0.0.1:8080" in block, (
+            "the snippet names a default address"
+        )
         code = block.replace("127.0.0.1:50051", f"127.0.0.1:{oprun_server.port}")
+        code = code.replace("127.0.0.1:8080", f"127.0.0.1:{oprun_server.http_port}")
         namespace = {"__name__": "readme_snippet"}
         exec(compile(code, "README.md (python block)", "exec"), namespace)
 
