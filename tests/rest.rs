@@ -798,3 +798,70 @@ fn parse_metrics(text: &str) -> Vec<(String, std::collections::HashMap<String, S
     }
     samples
 }
+
+/// A call's W3C `traceparent` (gRPC metadata, or the HTTP header through the gateway) is kept
+/// in the operation's metadata and carried by the operation's log span, so the work joins the
+/// caller's trace; an invalid one is ignored.
+#[tokio::test]
+async fn traceparent_reaches_the_operation() {
+    use oprun::proto::oprun::v1::task_service_client::TaskServiceClient;
+    use oprun::proto::oprun::v1::SubmitTaskRequest;
+    const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = common::binary::BinServer::start(dir.path(), "127.0.0.1:0", &[], &[]);
+    let http = server.http.expect("an HTTP listener");
+    let body = json!({
+        "kind": "sleep",
+        "input": {"@type": "type.googleapis.com/oprun.v1.SleepInput", "duration": "0.01s"}
+    })
+    .to_string();
+    let over_rest = common::http::request(
+        http,
+        "POST",
+        "/v1/tasks:submit",
+        &[("traceparent", TRACE)],
+        Some(&body),
+    )
+    .await;
+    assert_eq!(over_rest.status, 200, "{}", over_rest.body);
+    assert_eq!(over_rest.json()["metadata"]["traceparent"], TRACE);
+
+    let channel = tonic::transport::Channel::from_shared(server.url())
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let submit = |traceparent: &'static str| {
+        let mut tasks = TaskServiceClient::new(channel.clone());
+        async move {
+            let mut request = tonic::Request::new(SubmitTaskRequest {
+                kind: "sleep".into(),
+                input: Some(common::sleep_input(10, 1, "")),
+                ..Default::default()
+            });
+            request
+                .metadata_mut()
+                .insert("traceparent", traceparent.parse().expect("ascii"));
+            tasks
+                .submit_task(request)
+                .await
+                .expect("submit")
+                .into_inner()
+        }
+    };
+    let traced = submit(TRACE).await;
+    assert_eq!(common::metadata(&traced).traceparent, TRACE);
+    let untraced = submit("00-not-a-trace-01").await;
+    assert_eq!(common::metadata(&untraced).traceparent, "");
+    let mut ops = OperationsClient::new(channel);
+    common::wait_done(&mut ops, &traced.name).await;
+    let log = server.log_text();
+    let id = traced.name.trim_start_matches("operations/");
+    assert!(
+        log.lines().any(|l| l.contains(id)
+            && l.contains("trace_id=4bf92f3577b34da6a3ce929d0e0e4736")
+            && l.contains("parent_id=00f067aa0ba902b7")
+            && l.contains("started")),
+        "no `started` line in the operation's span with the trace ids:\n{log}"
+    );
+}

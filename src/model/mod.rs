@@ -240,6 +240,8 @@ pub struct OperationRecord {
     pub version: u64,
     /// The node running it (while RUNNING), or that ran it last.
     pub owner: Option<String>,
+    /// The W3C `traceparent` of the submitting call (validated; empty for none).
+    pub traceparent: String,
 }
 
 impl OperationRecord {
@@ -259,6 +261,7 @@ impl OperationRecord {
             end_time: None,
             progress: Progress::default(),
             status_message: String::new(),
+            traceparent: String::new(),
             requested_cancellation: false,
             attempt: 1,
             details: None,
@@ -325,6 +328,7 @@ impl OperationRecord {
             deadline: self.deadline.map(Timestamp::from),
             last_error: self.last_error.clone(),
             node: self.owner.clone().unwrap_or_default(),
+            traceparent: self.traceparent.clone(),
         }
     }
 
@@ -421,5 +425,66 @@ mod tests {
             other => panic!("expected an error result, got {other:?}"),
         }
         assert_eq!(rec.error_code(), Some(1));
+    }
+}
+
+/// A W3C `traceparent` header value (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`),
+/// checked as the Trace Context specification asks: `None` for anything else (an invalid
+/// value is ignored, never an error), and for all-zero ids or version `ff`.
+pub fn traceparent(value: &str) -> Option<String> {
+    let v = value.trim();
+    let parts: Vec<&str> = v.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let [version, trace, parent, flags, rest @ ..] = parts.as_slice() else {
+        return None;
+    };
+    let ok = hex(version, 2)
+        && *version != "ff"
+        && (rest.is_empty() || *version != "00")
+        && hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(parent, 16)
+        && parent.bytes().any(|b| b != b'0')
+        && hex(flags, 2);
+    ok.then(|| format!("{version}-{trace}-{parent}-{flags}"))
+}
+
+/// The trace id and parent span id of a checked `traceparent`.
+pub fn trace_ids(traceparent: &str) -> Option<(&str, &str)> {
+    let mut parts = traceparent.split('-').skip(1);
+    Some((parts.next()?, parts.next()?))
+}
+
+#[cfg(test)]
+mod traceparent_tests {
+    use super::*;
+
+    /// The examples of the W3C Trace Context specification, and what it says to ignore.
+    #[test]
+    fn traceparent_is_checked() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(traceparent(good).as_deref(), Some(good));
+        assert_eq!(
+            trace_ids(good),
+            Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"))
+        );
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(traceparent(bad), None, "{bad:?}");
+        }
+        // A later version may carry more fields; its first four are read.
+        assert!(traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x").is_some());
     }
 }

@@ -32,6 +32,7 @@ impl Runner {
             request_id,
             timeout,
             not_before,
+            traceparent,
         } = request;
         if !self.shared.accepting.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
@@ -110,6 +111,10 @@ impl Runner {
         record.update_time = now;
         record.deadline = deadline.map(time::to_micros);
         record.next_attempt_time = not_before.filter(|t| *t > now).map(time::to_micros);
+        record.traceparent = traceparent
+            .as_deref()
+            .and_then(crate::model::traceparent)
+            .unwrap_or_default();
         let inserted = self.create(record).await;
         match inserted {
             Ok(Inserted::New(r)) => {

@@ -445,6 +445,9 @@ pub struct Submission {
     pub timeout: Option<Duration>,
     /// Keeps the operation queued until then.
     pub not_before: Option<std::time::SystemTime>,
+    /// The W3C `traceparent` of the submitting call; kept in the operation's metadata when
+    /// valid (see [`crate::model::traceparent`]), ignored otherwise.
+    pub traceparent: Option<String>,
 }
 
 impl Submission {

@@ -152,7 +152,16 @@ impl Runner {
             self.forget_run(&earlier);
         }
         let runner = self.clone();
-        let span = info_span!("operation", op.name = %running.id, op.kind = %running.kind);
+        let record = running.record();
+        // The submitting call's trace: the operation's work is part of it.
+        let (trace_id, parent_id) = crate::model::trace_ids(&record.traceparent).unzip();
+        let span = info_span!(
+            "operation",
+            op.name = %running.id,
+            op.kind = %running.kind,
+            trace_id = trace_id.map(tracing::field::display),
+            parent_id = parent_id.map(tracing::field::display)
+        );
         self.shared
             .tracker
             .spawn(async move { runner.drive(running, task).await }.instrument(span));

@@ -30,17 +30,19 @@ impl SnapshotApi {
 
 #[tonic::async_trait]
 impl SnapshotService for SnapshotApi {
-    #[instrument(skip_all, name = "rpc.CreateSnapshot")]
+    #[instrument(skip_all, name = "rpc.CreateSnapshot", fields(trace_id, parent_id))]
     async fn create_snapshot(
         &self,
         request: Request<CreateSnapshotRequest>,
     ) -> Result<Response<Operation>, Status> {
+        let traceparent = super::traceparent(&request);
         let mut req = request.into_inner();
         let request_id = std::mem::take(&mut req.request_id);
         let record = self
             .runner
             .submit(Submission {
                 request_id,
+                traceparent,
                 ..Submission::new(SNAPSHOT_KIND, pack(&req))
             })
             .await?;

@@ -28,11 +28,12 @@ impl TaskApi {
 
 #[tonic::async_trait]
 impl TaskService for TaskApi {
-    #[instrument(skip_all, name = "rpc.SubmitTask")]
+    #[instrument(skip_all, name = "rpc.SubmitTask", fields(trace_id, parent_id))]
     async fn submit_task(
         &self,
         request: Request<SubmitTaskRequest>,
     ) -> Result<Response<Operation>, Status> {
+        let traceparent = super::traceparent(&request);
         let req = request.into_inner();
         let timeout = req
             .timeout
@@ -70,6 +71,7 @@ impl TaskService for TaskApi {
                 request_id: req.request_id,
                 timeout,
                 not_before,
+                traceparent,
             })
             .await?;
         Ok(Response::new(record.to_operation()))

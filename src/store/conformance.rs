@@ -175,7 +175,14 @@ async fn request_id_returns_existing<S: Store>(store: &S) {
 }
 
 async fn write_replaces_state<S: Store>(store: &S) {
-    let r = insert_new(store, queued("a")).await;
+    let mut traced = queued("a");
+    traced.traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into();
+    let r = insert_new(store, traced).await;
+    assert_eq!(
+        store.get(&r.id).await.expect("get").map(|g| g.traceparent),
+        Some(r.traceparent.clone()),
+        "the submitting call's trace context is kept"
+    );
     let r = change(store, &r, Change::Start { node: "n".into() }).await;
     let r = change(
         store,

@@ -540,6 +540,7 @@ pub(crate) fn decode_record(
         end_time: column_or(columns.end_time, meta.end_time)?,
         progress: meta.progress.unwrap_or_default(),
         status_message: meta.status_message,
+        traceparent: meta.traceparent,
         requested_cancellation: if columns.current {
             columns.requested_cancellation
         } else {
