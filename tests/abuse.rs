@@ -393,6 +393,16 @@ async fn a_client_that_never_reads_is_bounded() {
         .await
         .unwrap();
     let driver = tokio::spawn(connection);
+    // The server's SETTINGS come with its first frames, read by the driver task: on a busy
+    // machine the loop below can open every stream before that task ran once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.current_max_send_streams() == usize::MAX {
+        assert!(
+            Instant::now() < deadline,
+            "no SETTINGS from the server in 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let request = grpc_frame(&ListOperationsRequest {
         name: "operations".into(),
         page_size: 1000,

@@ -12,8 +12,6 @@ use oprun::auth::Tokens;
 use oprun::client::{metadata, Client, ClientError, SubmitOptions};
 use oprun::kinds::sleep::Sleep;
 use oprun::proto::oprun::v1::{SleepInput, SleepOutput};
-use oprun::store::memory::MemoryStore;
-use oprun::{Registry, Runner, RunnerConfig};
 use tonic::Code;
 
 fn sleep(ms: u64, steps: u32, fail: &str) -> SleepInput {
@@ -157,13 +155,7 @@ async fn errors_and_tokens() {
 /// Against a server that does not serve WaitOperation (UNIMPLEMENTED), `wait` polls Get.
 #[tokio::test]
 async fn wait_falls_back_to_polling() {
-    let runner = Runner::start(
-        Registry::with_builtins(),
-        Arc::new(MemoryStore::new()),
-        RunnerConfig::default(),
-    )
-    .await
-    .expect("runner");
+    let runner = common::memory_runner().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -639,3 +639,61 @@ async fn a_hanging_rescue_never_costs_a_renewed_lease() {
     assert_eq!(now.state, oprun::model::State::Running, "{now:?}");
     runner.begin_shutdown();
 }
+
+/// The watch streams work across nodes: from a, WatchOperation follows to its end an operation
+/// b runs, and WatchOperations sees b's ends, both through the store's feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_follow_the_work_of_other_nodes() {
+    use oprun::proto::oprun::v1::watch_service_client::WatchServiceClient;
+    use oprun::proto::oprun::v1::{WatchOperationRequest, WatchOperationsRequest};
+    let store = Arc::new(MemoryStore::shared());
+    let tally = Arc::new(Tally::default());
+    let config = RunnerConfig {
+        max_running: 1,
+        ..RunnerConfig::default()
+    };
+    let a = Node::start("a", &store, &tally, config.clone());
+    // `a` is kept full, so what is submitted next runs on b.
+    let long = a.submit("counted", counted(3_600_000)).await;
+    a.until(&long.name, "ran on a", running).await;
+    let b = Node::start("b", &store, &tally, config);
+    let mut ends = WatchServiceClient::new(a.channel().await)
+        .watch_operations(WatchOperationsRequest {
+            filter: "state = SUCCEEDED".into(),
+        })
+        .await
+        .expect("watch all")
+        .into_inner();
+    let short = a.submit("counted", counted(300)).await;
+    let mut one = WatchServiceClient::new(a.channel().await)
+        .watch_operation(WatchOperationRequest {
+            name: short.name.clone(),
+        })
+        .await
+        .expect("watch one")
+        .into_inner();
+    let mut last = None;
+    while let Some(op) = tokio::time::timeout(Duration::from_secs(10), one.message())
+        .await
+        .expect("a change within 10 s")
+        .expect("the stream")
+    {
+        last = Some(op);
+    }
+    let last = last.expect("states");
+    assert!(
+        last.done,
+        "the stream on a ended before b ended it: {last:?}"
+    );
+    assert_eq!(owner(&store, &short.name).await.as_deref(), Some("b"));
+    let ended = tokio::time::timeout(Duration::from_secs(10), ends.message())
+        .await
+        .expect("an end within 10 s")
+        .expect("the stream")
+        .expect("open");
+    assert_eq!(ended.name, short.name);
+    drop(ends);
+    a.cancel(&long.name).await;
+    a.stop().await;
+    b.stop().await;
+}

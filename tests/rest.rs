@@ -865,3 +865,99 @@ async fn traceparent_reaches_the_operation() {
         "no `started` line in the operation's span with the trace ids:\n{log}"
     );
 }
+
+/// Health turns NOT_SERVING the moment shutdown begins (before the listeners close), for an
+/// embedder's server too: `server::routes` on a tonic server of the test's own.
+#[tokio::test]
+async fn health_is_not_serving_once_shutdown_begins() {
+    let runner = common::memory_runner().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let served = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(oprun::server::routes(&runner).expect("routes"))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(next(&mut watch).await, ServingStatus::Serving as i32);
+    runner.begin_shutdown();
+    assert_eq!(next(&mut watch).await, ServingStatus::NotServing as i32);
+    served.abort();
+    runner
+        .shutdown(Duration::from_secs(1))
+        .await
+        .expect("shutdown");
+}
+
+/// On PostgreSQL, across two real nodes: a sleep submitted over REST to one is followed to
+/// its end over server-sent events on the other (the change feed), both are ready, and the
+/// store's commits are counted in /metrics.
+#[tokio::test]
+async fn rest_and_events_across_nodes_on_postgres() {
+    use common::http::{events, next_event};
+    use oprun::store::postgres::testing::TestDatabase;
+    let db = TestDatabase::create("rest_nodes").await;
+    let url = db.url();
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let start = |dir: &std::path::Path, node: &str| {
+        common::binary::BinServer::start_with(
+            dir,
+            "127.0.0.1:0",
+            &["--store", &url, "--node-id", node],
+            &[],
+        )
+    };
+    let a = start(dir_a.path(), "node-a");
+    let b = start(dir_b.path(), "node-b");
+    let (http_a, http_b) = (a.http.expect("HTTP on a"), b.http.expect("HTTP on b"));
+    for http in [http_a, http_b] {
+        let ready = common::http::request(http, "GET", "/readyz", &[], None).await;
+        assert_eq!(ready.status, 200, "{}", ready.body);
+    }
+    let body = json!({
+        "kind": "sleep",
+        "input": {"@type": "type.googleapis.com/oprun.v1.SleepInput", "duration": "0.5s", "steps": 2}
+    })
+    .to_string();
+    let submitted =
+        common::http::request(http_a, "POST", "/v1/tasks:submit", &[], Some(&body)).await;
+    assert_eq!(submitted.status, 200, "{}", submitted.body);
+    let name = submitted.json()["name"].as_str().expect("name").to_owned();
+    let (status, mut reader) = events(http_b, &format!("/v1/{name}:watch"), &[]).await;
+    assert_eq!(status, 200);
+    let mut last = Value::Null;
+    while let Some((_, data)) =
+        tokio::time::timeout(Duration::from_secs(15), next_event(&mut reader))
+            .await
+            .expect("an event within 15 s")
+    {
+        last = serde_json::from_str(&data).expect("JSON");
+    }
+    assert_eq!(last["done"], true, "{last}");
+    assert_eq!(last["response"]["stepsDone"], 2, "{last}");
+    let metrics = common::http::request(http_a, "GET", "/metrics", &[], None).await;
+    let commits = metrics
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("oprun_store_commit_seconds_count "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("oprun_store_commit_seconds_count");
+    assert!(commits >= 1.0, "{commits}");
+    drop((a, b));
+}

@@ -268,6 +268,17 @@ impl TestServer {
 }
 
 /// A `SleepInput` packed into an `Any`.
+/// A runner with the built-in kinds over a fresh memory store and the default settings.
+pub async fn memory_runner() -> Runner {
+    Runner::start(
+        Registry::with_builtins(),
+        Arc::new(oprun::store::memory::MemoryStore::new()),
+        RunnerConfig::default(),
+    )
+    .await
+    .expect("runner")
+}
+
 /// WaitOperation of `name` for up to 10 s; the operation, which must be done by then.
 pub async fn wait_done(client: &mut OperationsClient<Channel>, name: &str) -> Operation {
     let op = client
