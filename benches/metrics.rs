@@ -60,17 +60,17 @@ fn operations(metrics: &Arc<Metrics>, ops: usize, threads: usize) -> f64 {
 fn calls(metrics: &Arc<Metrics>, ops: usize, threads: usize) -> f64 {
     let labels = GrpcLabels {
         grpc_type: "unary",
-        grpc_service: "oprun.v1.TaskService".into(),
-        grpc_method: "SubmitTask".into(),
+        grpc_service: "oprun.v1.TaskService",
+        grpc_method: "SubmitTask",
     };
     let started = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..threads {
-            let (metrics, labels) = (Arc::clone(metrics), labels.clone());
+            let metrics = Arc::clone(metrics);
             s.spawn(move || {
                 for _ in 0..ops / threads {
                     metrics.call_started(&labels);
-                    metrics.call_handled(labels.clone(), "OK", Duration::from_micros(150));
+                    metrics.call_handled(labels, "OK", Duration::from_micros(150));
                 }
             });
         }

@@ -36,15 +36,15 @@ pub struct EndLabels {
 }
 
 /// Labels of the gRPC server metrics (the names of the go-grpc-prometheus convention).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GrpcLabels {
-    /// `unary`, `server_stream`, `client_stream`, `bidi_stream` (`unknown` for a method
-    /// outside oprun's protos).
+    /// `unary`, `server_stream`, `client_stream`, `bidi_stream`.
     pub grpc_type: &'static str,
-    /// The full service name.
-    pub grpc_service: String,
-    /// The method name.
-    pub grpc_method: String,
+    /// The full service name (`unknown` for a path no served service has: the label values
+    /// are a fixed set, so no client can make the registry grow).
+    pub grpc_service: &'static str,
+    /// The method name (`unknown` likewise).
+    pub grpc_method: &'static str,
 }
 
 /// [`GrpcLabels`] and the status code name.
@@ -52,10 +52,10 @@ pub struct GrpcLabels {
 pub struct GrpcCodeLabels {
     /// As in [`GrpcLabels`].
     pub grpc_type: &'static str,
-    /// The full service name.
-    pub grpc_service: String,
-    /// The method name.
-    pub grpc_method: String,
+    /// As in [`GrpcLabels`].
+    pub grpc_service: &'static str,
+    /// As in [`GrpcLabels`].
+    pub grpc_method: &'static str,
     /// The status code name, e.g. `OK`, `NOT_FOUND`.
     pub grpc_code: &'static str,
 }

@@ -694,8 +694,28 @@ async fn metrics_count_what_happened() {
     for name in [&ok, &cancelled] {
         common::wait_done(&mut grpc, name).await;
     }
+    // Paths no service has are counted under one label set: a client cannot grow the
+    // registry (and the server's memory) by calling made-up methods.
+    for n in 0..3 {
+        let mut raw = tonic::client::Grpc::new(server.channel().await);
+        raw.ready().await.expect("ready");
+        let path = format!("/no.Such/Method{n}").parse().expect("a path");
+        let status = raw
+            .unary::<(), (), _>(
+                tonic::Request::new(()),
+                path,
+                oprun::proto::codec::StrictCodec::<(), ()>::default(),
+            )
+            .await
+            .expect_err("no such method");
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+    }
     let scraped = server.call("GET", "/metrics", None).await;
     assert_eq!(scraped.status, 200);
+    assert!(
+        !scraped.body.contains("Method0") && !scraped.body.contains("no.Such"),
+        "a made-up method became a label"
+    );
     let samples = parse_metrics(&scraped.body);
     let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
         samples
@@ -747,6 +767,13 @@ async fn metrics_count_what_happened() {
         ("grpc_type", "unary"),
     ];
     assert_eq!(value("grpc_server_handled_total", &not_found), 1.0);
+    assert_eq!(
+        value(
+            "grpc_server_handled_total",
+            &[("grpc_method", "unknown"), ("grpc_code", "UNIMPLEMENTED")]
+        ),
+        3.0
+    );
     assert_eq!(
         value(
             "grpc_server_started_total",

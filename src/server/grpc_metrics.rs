@@ -25,38 +25,38 @@ type Methods = HashMap<String, GrpcLabels>;
 #[derive(Clone)]
 pub(crate) struct GrpcMetricsLayer {
     metrics: Arc<Metrics>,
-    methods: Arc<Methods>,
+    /// Built once per process from the descriptors.
+    methods: &'static Methods,
 }
 
 impl GrpcMetricsLayer {
     /// Counts into `metrics`, naming methods (and their type) from oprun's descriptors.
     pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
-        let mut methods = Methods::new();
-        add_methods(&mut methods, crate::proto::descriptor_pool());
-        for set in [
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ] {
-            if let Ok(pool) = prost_reflect::DescriptorPool::decode(set) {
-                add_methods(&mut methods, &pool);
+        static METHODS: std::sync::OnceLock<Methods> = std::sync::OnceLock::new();
+        let methods = METHODS.get_or_init(|| {
+            let mut methods = Methods::new();
+            add_methods(&mut methods, crate::proto::descriptor_pool());
+            for set in [
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ] {
+                if let Ok(pool) = prost_reflect::DescriptorPool::decode(set) {
+                    add_methods(&mut methods, &pool);
+                }
             }
-        }
-        Self {
-            metrics,
-            methods: Arc::new(methods),
-        }
+            methods
+        });
+        Self { metrics, methods }
     }
 
     fn labels(&self, path: &str) -> GrpcLabels {
-        self.methods.get(path).cloned().unwrap_or_else(|| {
-            // An embedder's service: named from the path, its type unknown.
-            let mut parts = path.trim_start_matches('/').splitn(2, '/');
-            GrpcLabels {
-                grpc_type: "unknown",
-                grpc_service: parts.next().unwrap_or_default().to_owned(),
-                grpc_method: parts.next().unwrap_or_default().to_owned(),
-            }
+        // A path no service has (a client's typo, or garbage): one label set for all, so
+        // that no client can grow the registry.
+        self.methods.get(path).copied().unwrap_or(GrpcLabels {
+            grpc_type: "unknown",
+            grpc_service: "unknown",
+            grpc_method: "unknown",
         })
     }
 }
@@ -70,12 +70,16 @@ fn add_methods(methods: &mut Methods, pool: &prost_reflect::DescriptorPool) {
                 (true, false) => "client_stream",
                 (true, true) => "bidi_stream",
             };
+            // Leaked once per process and method of the descriptors (a fixed, small set):
+            // the labels are then copied per call, never allocated.
+            let grpc_service: &'static str = Box::leak(service.full_name().into());
+            let grpc_method: &'static str = Box::leak(method.name().into());
             methods.insert(
-                format!("/{}/{}", service.full_name(), method.name()),
+                format!("/{grpc_service}/{grpc_method}"),
                 GrpcLabels {
                     grpc_type,
-                    grpc_service: service.full_name().to_owned(),
-                    grpc_method: method.name().to_owned(),
+                    grpc_service,
+                    grpc_method,
                 },
             );
         }
