@@ -37,6 +37,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+mod budget;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod client;

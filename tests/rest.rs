@@ -988,3 +988,71 @@ async fn rest_and_events_across_nodes_on_postgres() {
     assert!(commits >= 1.0, "{commits}");
     drop((a, b));
 }
+
+/// REST replies share the unread-response budget with gRPC: one that does not fit is refused
+/// with 429 RESOURCE_EXHAUSTED and Retry-After, a small one still passes. And the HTTP
+/// listener holds at most --max-connections connections: past it, a new one waits until one
+/// closes.
+#[tokio::test]
+async fn the_http_listener_is_bounded() {
+    let server = RestServer::start_with(
+        None,
+        oprun::server::ServeLimits {
+            max_unread_response_bytes: 4096,
+            max_connections: 2,
+            ..oprun::server::ServeLimits::default()
+        },
+    )
+    .await;
+    for _ in 0..20 {
+        let reply = server
+            .call("POST", "/v1/tasks:submit", Some(&sleep_body("3600s")))
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let big = server
+        .call("GET", "/v1/operations?pageSize=100", None)
+        .await;
+    let error = assert_error(&big, 429, "RESOURCE_EXHAUSTED");
+    assert_eq!(big.header("retry-after"), Some("1"));
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("smaller pages"),
+        "{error}"
+    );
+    let small = server.call("GET", "/v1/operations?pageSize=1", None).await;
+    assert_eq!(small.status, 200, "{}", small.body);
+
+    // Two idle connections take both places; a third is answered once one of them closes.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let first = tokio::net::TcpStream::connect(server.http)
+        .await
+        .expect("connect");
+    let second = tokio::net::TcpStream::connect(server.http)
+        .await
+        .expect("connect");
+    let mut third = tokio::net::TcpStream::connect(server.http)
+        .await
+        .expect("connect");
+    third
+        .write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+        .await
+        .expect("send");
+    let mut answer = Vec::new();
+    let early =
+        tokio::time::timeout(Duration::from_millis(500), third.read_to_end(&mut answer)).await;
+    assert!(early.is_err(), "answered past the cap: {answer:?}");
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(10), third.read_to_end(&mut answer))
+        .await
+        .expect("answered once a place was free")
+        .expect("read");
+    assert!(
+        answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200"),
+        "{answer:?}"
+    );
+    drop(second);
+    server.stop().await;
+}

@@ -128,6 +128,27 @@ pub fn method_not_allowed(
     response
 }
 
+/// A reply refused because the responses clients have not read yet already hold the budget.
+pub(crate) fn budget_exhausted(limit: usize, size: usize) -> tonic::Status {
+    let mut details = ErrorDetails::new();
+    details.set_retry_info(Some(std::time::Duration::from_secs(1)));
+    details.set_error_info(
+        "RESPONSE_BUDGET_EXHAUSTED",
+        ERROR_DOMAIN,
+        std::collections::HashMap::new(),
+    );
+    tonic::Status::with_error_details(
+        Code::ResourceExhausted,
+        format!(
+            "the server already holds its limit of {} KiB of responses that clients have not \
+             read, so this {size}-byte response was not kept; retry later, or ask for smaller \
+             pages (oprun serve --max-unread-response-bytes)",
+            limit >> 10
+        ),
+        details,
+    )
+}
+
 /// An error as an HTTP response.
 pub fn error_response(status: &tonic::Status, pool: &DescriptorPool) -> Response {
     let mut response = (

@@ -236,6 +236,8 @@ struct Inner {
     routes: Vec<Route>,
     grpc: GrpcService,
     max_body_bytes: usize,
+    /// Shared with the gRPC listener's responses, when served by `serve_with`.
+    budget: Option<crate::budget::ResponseBudget>,
 }
 
 impl Gateway {
@@ -250,6 +252,18 @@ impl Gateway {
         grpc: GrpcService,
         max_body_bytes: usize,
     ) -> Result<Self, RulesError> {
+        Self::build(pool, services, grpc, max_body_bytes, None)
+    }
+
+    /// [`Gateway::new`] whose replies take their share of `budget` until the client has read
+    /// them (RESOURCE_EXHAUSTED, HTTP 429, when one does not fit).
+    pub(crate) fn build(
+        pool: DescriptorPool,
+        services: &[&str],
+        grpc: GrpcService,
+        max_body_bytes: usize,
+        budget: Option<crate::budget::ResponseBudget>,
+    ) -> Result<Self, RulesError> {
         let routes = routes(&pool, services)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -257,6 +271,7 @@ impl Gateway {
                 routes,
                 grpc,
                 max_body_bytes,
+                budget,
             }),
         })
     }
@@ -418,11 +433,20 @@ impl Gateway {
                 .into_response());
         }
         let reply = client.unary(call, grpc_path, codec).await?.into_inner();
-        let text = to_json(&reply, response_body.as_deref(), &options)?;
+        let text = bytes::Bytes::from(to_json(&reply, response_body.as_deref(), &options)?);
+        let body = match &self.inner.budget {
+            None => Body::from(text),
+            Some(budget) => {
+                let size = text.len();
+                let held = crate::budget::BudgetedBytes::take(budget, text)
+                    .ok_or_else(|| super::error::budget_exhausted(budget.limit, size))?;
+                Body::new(held)
+            }
+        };
         Ok((
             StatusCode::OK,
             [(http::header::CONTENT_TYPE, "application/json")],
-            text,
+            body,
         )
             .into_response())
     }

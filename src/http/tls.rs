@@ -9,8 +9,12 @@ use std::time::Duration;
 use axum::Router;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -100,7 +104,8 @@ impl TlsFiles {
 }
 
 /// Serves `router` on `listener` (TLS with `tls`, else plaintext) until `shutdown`, then lets
-/// requests in flight finish.
+/// requests in flight finish. At most `max_connections` are open at once; past it, new ones
+/// wait in the listen queue until one closes.
 ///
 /// # Errors
 /// The listener's I/O error.
@@ -109,18 +114,26 @@ pub async fn serve(
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     handshake_timeout: Duration,
+    max_connections: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router.into_make_service();
+    let open = Arc::new(Semaphore::new(
+        max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     match tls {
         None => {
+            let listener = Capped {
+                inner: listener,
+                open,
+            };
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
         Some(config) => {
             let listener =
-                TlsListener::new(listener, TlsAcceptor::from(config), handshake_timeout)?;
+                TlsListener::new(listener, TlsAcceptor::from(config), handshake_timeout, open)?;
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
@@ -128,10 +141,86 @@ pub async fn serve(
     }
 }
 
+/// A connection that holds one of the listener's places until it closes.
+pub(crate) struct Held<Io> {
+    io: Io,
+    _place: OwnedSemaphorePermit,
+}
+
+impl<Io: AsyncRead + Unpin> AsyncRead for Held<Io> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<Io: AsyncWrite + Unpin> AsyncWrite for Held<Io> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// A plaintext listener with a cap on open connections.
+struct Capped {
+    inner: TcpListener,
+    open: Arc<Semaphore>,
+}
+
+impl axum::serve::Listener for Capped {
+    type Io = Held<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok(place) = Arc::clone(&self.open).acquire_owned().await else {
+                return std::future::pending().await;
+            };
+            match self.inner.accept().await {
+                Ok((io, peer)) => return (Held { io, _place: place }, peer),
+                Err(e) => {
+                    tracing::debug!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
 /// Accepts TCP connections and hands out those that completed a TLS handshake, handshaking
 /// many at once so that one slow client does not hold the others back.
 struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(Held<TlsStream<TcpStream>>, SocketAddr)>,
     local: SocketAddr,
     accepting: tokio::task::JoinHandle<()>,
 }
@@ -141,12 +230,16 @@ impl TlsListener {
         listener: TcpListener,
         acceptor: TlsAcceptor,
         handshake_timeout: Duration,
+        open: Arc<Semaphore>,
     ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let (send, ready) = mpsc::channel(64);
         let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         let accepting = tokio::spawn(async move {
             loop {
+                let Ok(place) = Arc::clone(&open).acquire_owned().await else {
+                    return;
+                };
                 let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
                     return;
                 };
@@ -164,7 +257,11 @@ impl TlsListener {
                     let _permit = permit;
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
-                            let _ = send.send((tls, peer)).await;
+                            let held = Held {
+                                io: tls,
+                                _place: place,
+                            };
+                            let _ = send.send((held, peer)).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -187,7 +284,7 @@ impl Drop for TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Held<TlsStream<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

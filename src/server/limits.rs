@@ -18,90 +18,26 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
 use super::incoming::{CallGuard, Connections, UnreadGuard};
+pub(crate) use crate::budget::ResponseBudget;
 use crate::error::ERROR_DOMAIN;
 
 /// The pieces a budgeted response is handed to the connection in.
-const CHUNK: usize = 16 << 10;
+use crate::budget::CHUNK;
 
 /// When a client refused for a full response budget is told to retry.
 const BUDGET_RETRY_AFTER: Duration = Duration::from_secs(1);
-
-/// Responses at least this large count as a burst worth giving memory back after.
-const LARGE_RESPONSE: usize = 1 << 20;
-
-/// The least time between two attempts to give freed memory back to the OS.
-const TRIM_EVERY: Duration = Duration::from_secs(1);
-
-/// The bytes all unread responses together may hold.
-#[derive(Debug, Clone)]
-pub(crate) struct ResponseBudget {
-    bytes: Arc<Semaphore>,
-    limit: usize,
-    /// When memory was last given back (ms since `epoch`), see [`ResponseBudget::release`].
-    trimmed_ms: Arc<AtomicU64>,
-    epoch: Instant,
-}
-
-impl ResponseBudget {
-    pub(crate) fn new(limit: usize) -> Self {
-        let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
-        Self {
-            bytes: Arc::new(Semaphore::new(limit)),
-            limit,
-            trimmed_ms: Arc::new(AtomicU64::new(0)),
-            epoch: Instant::now(),
-        }
-    }
-
-    /// Takes `n` bytes, if that many are left.
-    fn take(&self, n: usize) -> Option<OwnedSemaphorePermit> {
-        let n = u32::try_from(n).ok()?;
-        Arc::clone(&self.bytes).try_acquire_many_owned(n).ok()
-    }
-
-    /// Gives back a response's share; after a burst of large responses, once none is held any
-    /// more, also gives the memory they freed back to the OS. (glibc keeps freed memory in its
-    /// arenas, so the process would stay at the burst's peak; `malloc_trim` returns it. It runs
-    /// on a blocking thread, at most once a second.)
-    fn release(&self, permit: OwnedSemaphorePermit) {
-        let size = permit.num_permits();
-        drop(permit);
-        if size < LARGE_RESPONSE || self.bytes.available_permits() < self.limit {
-            return;
-        }
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let last = self.trimmed_ms.load(Ordering::Acquire);
-        let every = u64::try_from(TRIM_EVERY.as_millis()).unwrap_or(u64::MAX);
-        if now.saturating_sub(last) < every
-            || self
-                .trimmed_ms
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
-            return;
-        }
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn_blocking(|| {
-                // SAFETY: malloc_trim only walks glibc's own heaps; it takes no pointers.
-                unsafe { libc::malloc_trim(0) };
-            });
-        }
-    }
-}
 
 /// The layer: every call is counted on its connection and its response is budgeted.
 #[derive(Debug, Clone)]

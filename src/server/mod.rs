@@ -231,6 +231,8 @@ pub async fn serve_with(
         http_tls,
         max_body_bytes,
     } = options;
+    // One budget for the responses of both listeners.
+    let budget = ResponseBudget::new(limits.max_unread_response_bytes);
     let routes = match routes(&runner) {
         Ok(r) => r,
         Err(e) => {
@@ -242,7 +244,8 @@ pub async fn serve_with(
         None => None,
         Some(listener) => {
             let stack = grpc_stack(routes.clone(), auth.clone());
-            match rest_router(&runner, stack, max_body_bytes) {
+            match routes::budgeted_rest_router(&runner, stack, max_body_bytes, Some(budget.clone()))
+            {
                 Ok(router) => Some((listener, router)),
                 Err(e) => {
                     runner.shutdown(grace).await?;
@@ -287,10 +290,7 @@ pub async fn serve_with(
     );
     // Around the whole router, so a call is refused before any service sees it.
     let served = builder
-        .layer(LimitsLayer::new(
-            ResponseBudget::new(limits.max_unread_response_bytes),
-            Arc::clone(&connections),
-        ))
+        .layer(LimitsLayer::new(budget, Arc::clone(&connections)))
         // Inside the limits, outside auth: refused calls are counted too.
         .layer(grpc_metrics::GrpcMetricsLayer::new(Arc::clone(
             runner.metrics(),
@@ -303,7 +303,15 @@ pub async fn serve_with(
             None => Ok(()),
             Some((listener, router)) => {
                 let stop = runner.stopping();
-                crate::http::serve(listener, router, http_tls, limits.handshake_timeout, stop).await
+                crate::http::serve(
+                    listener,
+                    router,
+                    http_tls,
+                    limits.handshake_timeout,
+                    limits.max_connections,
+                    stop,
+                )
+                .await
             }
         }
     };

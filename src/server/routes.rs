@@ -140,11 +140,22 @@ pub fn rest_router(
     grpc: GrpcService,
     max_body_bytes: usize,
 ) -> Result<axum::Router, RoutesError> {
-    let gateway = Gateway::new(
+    budgeted_rest_router(runner, grpc, max_body_bytes, None)
+}
+
+/// [`rest_router`] whose replies share `budget` with the gRPC listener's.
+pub(crate) fn budgeted_rest_router(
+    runner: &Runner,
+    grpc: GrpcService,
+    max_body_bytes: usize,
+    budget: Option<crate::budget::ResponseBudget>,
+) -> Result<axum::Router, RoutesError> {
+    let gateway = Gateway::build(
         crate::proto::descriptor_pool().clone(),
         &crate::http::SERVICES,
         grpc,
         max_body_bytes,
+        budget,
     )?;
     Ok(crate::http::router(runner.clone(), gateway))
 }

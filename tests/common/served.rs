@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oprun::auth::Tokens;
-use oprun::server::ServeOptions;
+use oprun::server::{ServeLimits, ServeOptions};
 use oprun::store::memory::MemoryStore;
 use oprun::{Registry, Runner, RunnerConfig};
 use tokio::sync::oneshot;
@@ -25,6 +25,11 @@ pub struct Served {
 
 impl Served {
     pub async fn start(tokens: Option<Arc<Tokens>>) -> Self {
+        Self::start_with(tokens, ServeLimits::default()).await
+    }
+
+    /// [`Served::start`] with these limits.
+    pub async fn start_with(tokens: Option<Arc<Tokens>>, limits: ServeLimits) -> Self {
         let store = FaultyStore::new(Arc::new(MemoryStore::new()));
         let runner = Runner::start(
             Registry::with_builtins(),
@@ -43,6 +48,7 @@ impl Served {
         let http = http_listener.local_addr().expect("addr");
         let mut options = ServeOptions::new()
             .grace(Duration::from_secs(5))
+            .limits(limits)
             .http(http_listener)
             .max_body_bytes(64 << 10);
         if let Some(tokens) = tokens {

@@ -1,0 +1,131 @@
+//! The bytes of responses that clients have not read yet, over every connection of both
+//! listeners: a response is given its size's share before it is sent and gives it back once
+//! the client has taken it; one that does not fit is refused (RESOURCE_EXHAUSTED), so no
+//! client that stops reading can make the server hold more than the budget.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Responses at least this large count as a burst worth giving memory back after.
+const LARGE_RESPONSE: usize = 1 << 20;
+
+/// The least time between two attempts to give freed memory back to the OS.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+
+/// The bytes all unread responses together may hold.
+#[derive(Debug, Clone)]
+pub(crate) struct ResponseBudget {
+    bytes: Arc<Semaphore>,
+    pub(crate) limit: usize,
+    /// When memory was last given back (ms since `epoch`), see [`ResponseBudget::release`].
+    trimmed_ms: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl ResponseBudget {
+    pub(crate) fn new(limit: usize) -> Self {
+        let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            bytes: Arc::new(Semaphore::new(limit)),
+            limit,
+            trimmed_ms: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Takes `n` bytes, if that many are left.
+    pub(crate) fn take(&self, n: usize) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(n).ok()?;
+        Arc::clone(&self.bytes).try_acquire_many_owned(n).ok()
+    }
+
+    /// Gives back a response's share; after a burst of large responses, once none is held any
+    /// more, also gives the memory they freed back to the OS. (glibc keeps freed memory in its
+    /// arenas, so the process would stay at the burst's peak; `malloc_trim` returns it. It runs
+    /// on a blocking thread, at most once a second.)
+    pub(crate) fn release(&self, permit: OwnedSemaphorePermit) {
+        let size = permit.num_permits();
+        drop(permit);
+        if size < LARGE_RESPONSE || self.bytes.available_permits() < self.limit {
+            return;
+        }
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.trimmed_ms.load(Ordering::Acquire);
+        let every = u64::try_from(TRIM_EVERY.as_millis()).unwrap_or(u64::MAX);
+        if now.saturating_sub(last) < every
+            || self
+                .trimmed_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn_blocking(|| {
+                // SAFETY: malloc_trim only walks glibc's own heaps; it takes no pointers.
+                unsafe { libc::malloc_trim(0) };
+            });
+        }
+    }
+}
+
+/// How much of a budgeted body is handed to the connection at a time: hyper asks for the
+/// next piece only once it has written the last, so what waits for a slow client stays in
+/// the budget, not in hyper's buffers.
+pub(crate) const CHUNK: usize = 16 << 10;
+
+/// A whole response body that holds its share of a [`ResponseBudget`] until it is dropped,
+/// handed on in [`CHUNK`]-byte pieces.
+pub(crate) struct BudgetedBytes {
+    rest: Bytes,
+    permit: Option<(ResponseBudget, OwnedSemaphorePermit)>,
+}
+
+impl BudgetedBytes {
+    /// `bytes` with their share taken from `budget`; `None` when they do not fit.
+    pub(crate) fn take(budget: &ResponseBudget, bytes: Bytes) -> Option<Self> {
+        let permit = budget.take(bytes.len())?;
+        Some(Self {
+            rest: bytes,
+            permit: Some((budget.clone(), permit)),
+        })
+    }
+}
+
+impl Drop for BudgetedBytes {
+    fn drop(&mut self) {
+        if let Some((budget, permit)) = self.permit.take() {
+            budget.release(permit);
+        }
+    }
+}
+
+impl Body for BudgetedBytes {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.rest.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.rest.len().min(CHUNK);
+        std::task::Poll::Ready(Some(Ok(Frame::data(self.rest.split_to(n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
