@@ -10,6 +10,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::error::ERROR_DOMAIN;
+
+/// What a refused response's RetryInfo asks the client to wait.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Responses at least this large count as a burst worth giving memory back after.
 const LARGE_RESPONSE: usize = 1 << 20;
@@ -21,7 +27,7 @@ const TRIM_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub(crate) struct ResponseBudget {
     bytes: Arc<Semaphore>,
-    pub(crate) limit: usize,
+    limit: usize,
     /// When memory was last given back (ms since `epoch`), see [`ResponseBudget::release`].
     trimmed_ms: Arc<AtomicU64>,
     epoch: Instant,
@@ -39,6 +45,32 @@ impl ResponseBudget {
     }
 
     /// Takes `n` bytes, if that many are left.
+    /// The refusal of a `size`-byte response that does not fit (RESOURCE_EXHAUSTED, retry in
+    /// a second), for either listener.
+    pub(crate) fn exhausted(&self, size: usize) -> tonic::Status {
+        let mut details = ErrorDetails::new();
+        details.set_retry_info(Some(RETRY_AFTER));
+        details.set_error_info(
+            "RESPONSE_BUDGET_EXHAUSTED",
+            ERROR_DOMAIN,
+            std::collections::HashMap::new(),
+        );
+        let limit = if self.limit >= 1 << 20 {
+            format!("{} MiB", self.limit >> 20)
+        } else {
+            format!("{} KiB", self.limit >> 10)
+        };
+        tonic::Status::with_error_details(
+            tonic::Code::ResourceExhausted,
+            format!(
+                "the server already holds its limit of {limit} of responses that clients have \
+                 not read, so this {size}-byte response was not kept; retry later, or ask for \
+                 smaller pages (oprun serve --max-unread-response-bytes)"
+            ),
+            details,
+        )
+    }
+
     pub(crate) fn take(&self, n: usize) -> Option<OwnedSemaphorePermit> {
         let n = u32::try_from(n).ok()?;
         Arc::clone(&self.bytes).try_acquire_many_owned(n).ok()

@@ -170,7 +170,7 @@ impl ClientBuilder {
     }
 
     /// The address with a scheme: `host:port` alone means plaintext `http://`.
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         if self.addr.contains("://") {
             self.addr.clone()
         } else {

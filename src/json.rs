@@ -5,8 +5,6 @@ use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, SerializeOptions};
 use prost_types::Any;
 
-use crate::proto::FILE_DESCRIPTOR_SET;
-
 /// Errors of JSON conversion.
 #[derive(Debug, thiserror::Error)]
 pub enum JsonError {
@@ -38,9 +36,10 @@ impl JsonCodec {
     /// # Errors
     /// [`JsonError::Descriptors`] if the embedded descriptor set is unreadable.
     pub fn new() -> Result<Self, JsonError> {
-        let pool = DescriptorPool::decode(FILE_DESCRIPTOR_SET)
-            .map_err(|e| JsonError::Descriptors(e.to_string()))?;
-        Ok(Self { pool })
+        // The pool decoded once per process (a clone shares it).
+        Ok(Self {
+            pool: crate::proto::descriptor_pool().clone(),
+        })
     }
 
     /// Renders a message of type `type_name` (encoded in `bytes`) as pretty JSON.

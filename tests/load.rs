@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oprun::proto::google::longrunning::operations_client::OperationsClient;
-use oprun::proto::google::longrunning::{ListOperationsRequest, WaitOperationRequest};
+use oprun::proto::google::longrunning::ListOperationsRequest;
 use oprun::proto::oprun::v1::task_service_client::TaskServiceClient;
 use oprun::proto::oprun::v1::{SleepInput, SubmitTaskRequest};
 use prost::Message;
@@ -447,18 +447,7 @@ async fn idle_server_uses_no_cpu() {
             );
         }
         for name in names {
-            let op = ops
-                .wait_operation(WaitOperationRequest {
-                    name: name.clone(),
-                    timeout: Some(prost_types::Duration {
-                        seconds: 10,
-                        nanos: 0,
-                    }),
-                })
-                .await
-                .expect("wait")
-                .into_inner();
-            assert!(op.done, "{name} not done within 10 s");
+            common::wait_done(&mut ops, &name).await;
         }
     }
     // The client's connection closes when its last handle is dropped; give the server a

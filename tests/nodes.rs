@@ -268,6 +268,20 @@ async fn owner(store: &MemoryStore, name: &str) -> Option<String> {
     store.get(&id).await.expect("get").and_then(|r| r.owner)
 }
 
+/// Nodes `a` and `b` of one running at a time: `a` starts alone and takes a long operation
+/// (returned), so that what is submitted next runs on `b`.
+async fn full_a_then_b(store: &Arc<MemoryStore>, tally: &Arc<Tally>) -> (Node, Node, Operation) {
+    let config = RunnerConfig {
+        max_running: 1,
+        ..RunnerConfig::default()
+    };
+    let a = Node::start("a", store, tally, config.clone());
+    let long = a.submit("counted", counted(3_600_000)).await;
+    a.until(&long.name, "ran on a", running).await;
+    let b = Node::start("b", store, tally, config);
+    (a, b, long)
+}
+
 /// Work submitted to a full node runs on another; a Wait on the first returns as soon as the
 /// other ends it; a cancel sent to one node stops the worker on the other, which ends the
 /// operation CANCELLED for both.
@@ -275,17 +289,9 @@ async fn owner(store: &MemoryStore, name: &str) -> Option<String> {
 async fn nodes_share_the_work_and_follow_each_other() {
     let store = Arc::new(MemoryStore::shared());
     let tally = Arc::new(Tally::default());
-    let config = RunnerConfig {
-        max_running: 1,
-        ..RunnerConfig::default()
-    };
-    let a = Node::start("a", &store, &tally, config.clone());
-    // Alone, `a` takes the long one, and is full.
-    let long = a.submit("counted", counted(3_600_000)).await;
-    a.until(&long.name, "ran on a", running).await;
+    let (a, b, long) = full_a_then_b(&store, &tally).await;
     assert_eq!(owner(&store, &long.name).await.as_deref(), Some("a"));
 
-    let b = Node::start("b", &store, &tally, config);
     let short = a.submit("counted", counted(50)).await;
     // Wait answers when the operation ends (well within its 60 s), not at its timeout.
     let done = tokio::time::timeout(Duration::from_secs(10), a.wait(&short.name, 60))
@@ -648,15 +654,7 @@ async fn watches_follow_the_work_of_other_nodes() {
     use oprun::proto::oprun::v1::{WatchOperationRequest, WatchOperationsRequest};
     let store = Arc::new(MemoryStore::shared());
     let tally = Arc::new(Tally::default());
-    let config = RunnerConfig {
-        max_running: 1,
-        ..RunnerConfig::default()
-    };
-    let a = Node::start("a", &store, &tally, config.clone());
-    // `a` is kept full, so what is submitted next runs on b.
-    let long = a.submit("counted", counted(3_600_000)).await;
-    a.until(&long.name, "ran on a", running).await;
-    let b = Node::start("b", &store, &tally, config);
+    let (a, b, long) = full_a_then_b(&store, &tally).await;
     let mut ends = WatchServiceClient::new(a.channel().await)
         .watch_operations(WatchOperationsRequest {
             filter: "state = SUCCEEDED".into(),

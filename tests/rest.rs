@@ -36,10 +36,11 @@ fn tokens() -> Arc<Tokens> {
 
 type RestServer = common::served::Served;
 
-fn sleep_body(duration: &str) -> String {
+/// A SubmitTaskRequest for the sleep kind, in proto3 JSON.
+fn sleep_body(duration: &str, steps: u32) -> String {
     json!({
         "kind": "sleep",
-        "input": {"@type": "type.googleapis.com/oprun.v1.SleepInput", "duration": duration, "steps": 2}
+        "input": {"@type": "type.googleapis.com/oprun.v1.SleepInput", "duration": duration, "steps": steps}
     })
     .to_string()
 }
@@ -70,7 +71,7 @@ fn assert_error(reply: &Reply, http: u16, status: &str) -> Value {
 async fn rest_drives_the_whole_lifecycle() {
     let server = RestServer::start(None).await;
     let first = server
-        .call("POST", "/v1/tasks:submit", Some(&sleep_body("30s")))
+        .call("POST", "/v1/tasks:submit", Some(&sleep_body("30s", 2)))
         .await;
     assert_eq!(first.status, 200, "{}", first.body);
     let first = first.json();
@@ -82,7 +83,7 @@ async fn rest_drives_the_whole_lifecycle() {
         "type.googleapis.com/oprun.v1.OperationMetadata"
     );
     let second = server
-        .call("POST", "/v1/tasks:submit", Some(&sleep_body("30s")))
+        .call("POST", "/v1/tasks:submit", Some(&sleep_body("30s", 2)))
         .await
         .json();
 
@@ -177,7 +178,7 @@ async fn rest_drives_the_whole_lifecycle() {
 async fn bad_requests_get_precise_json_errors() {
     let server = RestServer::start(None).await;
     let running = server
-        .call("POST", "/v1/tasks:submit", Some(&sleep_body("30s")))
+        .call("POST", "/v1/tasks:submit", Some(&sleep_body("30s", 2)))
         .await
         .json();
     let running = running["name"].as_str().expect("name").to_owned();
@@ -373,7 +374,12 @@ async fn rest_uses_the_same_tokens_and_roles() {
     let listed = server.call_as(READER, "GET", "/v1/operations", None).await;
     assert_eq!(listed.status, 200, "{}", listed.body);
     let refused = server
-        .call_as(READER, "POST", "/v1/tasks:submit", Some(&sleep_body("30s")))
+        .call_as(
+            READER,
+            "POST",
+            "/v1/tasks:submit",
+            Some(&sleep_body("30s", 2)),
+        )
         .await;
     let refused = assert_error(&refused, 403, "PERMISSION_DENIED");
     assert_eq!(refused["error"]["details"][0]["reason"], "ROLE_TOO_LOW");
@@ -382,7 +388,7 @@ async fn rest_uses_the_same_tokens_and_roles() {
             SUBMITTER,
             "POST",
             "/v1/tasks:submit",
-            Some(&sleep_body("30s")),
+            Some(&sleep_body("30s", 2)),
         )
         .await;
     assert_eq!(submitted.status, 200, "{}", submitted.body);
@@ -494,12 +500,13 @@ async fn health_follows_the_store() {
 
 /// Submits a sleep of `duration` in `steps` over gRPC; its name.
 async fn submit_sleep(server: &RestServer, duration: &str, steps: u32) -> String {
-    let body = json!({
-        "kind": "sleep",
-        "input": {"@type": "type.googleapis.com/oprun.v1.SleepInput", "duration": duration, "steps": steps}
-    })
-    .to_string();
-    let reply = server.call("POST", "/v1/tasks:submit", Some(&body)).await;
+    let reply = server
+        .call(
+            "POST",
+            "/v1/tasks:submit",
+            Some(&sleep_body(duration, steps)),
+        )
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     reply.json()["name"].as_str().expect("name").to_owned()
 }
@@ -837,11 +844,7 @@ async fn traceparent_reaches_the_operation() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = common::binary::BinServer::start(dir.path(), "127.0.0.1:0", &[], &[]);
     let http = server.http.expect("an HTTP listener");
-    let body = json!({
-        "kind": "sleep",
-        "input": {"@type": "type.googleapis.com/oprun.v1.SleepInput", "duration": "0.01s"}
-    })
-    .to_string();
+    let body = sleep_body("0.01s", 0);
     let over_rest = common::http::request(
         http,
         "POST",
@@ -957,11 +960,7 @@ async fn rest_and_events_across_nodes_on_postgres() {
         let ready = common::http::request(http, "GET", "/readyz", &[], None).await;
         assert_eq!(ready.status, 200, "{}", ready.body);
     }
-    let body = json!({
-        "kind": "sleep",
-        "input": {"@type": "type.googleapis.com/oprun.v1.SleepInput", "duration": "0.5s", "steps": 2}
-    })
-    .to_string();
+    let body = sleep_body("0.5s", 2);
     let submitted =
         common::http::request(http_a, "POST", "/v1/tasks:submit", &[], Some(&body)).await;
     assert_eq!(submitted.status, 200, "{}", submitted.body);
@@ -1006,7 +1005,7 @@ async fn the_http_listener_is_bounded() {
     .await;
     for _ in 0..20 {
         let reply = server
-            .call("POST", "/v1/tasks:submit", Some(&sleep_body("3600s")))
+            .call("POST", "/v1/tasks:submit", Some(&sleep_body("3600s", 2)))
             .await;
         assert_eq!(reply.status, 200, "{}", reply.body);
     }

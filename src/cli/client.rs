@@ -56,17 +56,6 @@ pub(super) fn codec() -> Result<JsonCodec, String> {
 /// A connection to the server that sends the client's token on every call.
 pub(super) type Conn = crate::client::Conn;
 
-impl ClientArgs {
-    /// The address with a scheme: `host:port` alone means plaintext `http://`.
-    pub(super) fn url(&self) -> String {
-        if self.addr.contains("://") {
-            self.addr.clone()
-        } else {
-            format!("http://{}", self.addr)
-        }
-    }
-}
-
 /// A client of the server `args` names (the library's [`Client`], which the subcommands are
 /// built on), with the flags' token and TLS files.
 ///
@@ -74,8 +63,8 @@ impl ClientArgs {
 /// One line saying what is wrong with the address, token or TLS flags, or that nothing
 /// answers there (with a hint).
 pub(super) async fn client(args: &ClientArgs) -> Result<Client, String> {
-    let url = args.url();
-    let mut builder = Client::builder(url.clone());
+    let mut builder = Client::builder(args.addr.clone());
+    let url = builder.url();
     if let Some(Secret(token)) = &args.token {
         builder = builder.token(token.clone());
     }

@@ -232,13 +232,14 @@ impl ServeArgs {
         }
     }
 
-    /// The TLS settings `--tls-cert`, `--tls-key` and `--tls-client-ca` describe, read and
-    /// checked (the key must match the certificate); `None` for plaintext.
+    /// The TLS settings `--tls-cert`, `--tls-key` and `--tls-client-ca` describe, the files
+    /// read once and checked (the key must match the certificate): for the gRPC listener and
+    /// for the HTTP one; `None` for plaintext.
     ///
     /// # Errors
     /// A one-line message when only one of cert and key is given, a client CA without them,
     /// or a file is unreadable or not valid PEM.
-    pub fn tls_config(&self) -> Result<Option<ServerTlsConfig>, String> {
+    pub fn tls(&self) -> Result<Option<(ServerTlsConfig, Arc<rustls::ServerConfig>)>, String> {
         let (cert, key) = match (&self.tls_cert, &self.tls_key) {
             (None, None) if self.tls_client_ca.is_some() => {
                 return Err(
@@ -258,12 +259,18 @@ impl ServeArgs {
             }
             (Some(cert), Some(key)) => (cert, key),
         };
-        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
-            read_file("--tls-cert", cert)?,
-            read_file("--tls-key", key)?,
-        ));
-        if let Some(ca) = &self.tls_client_ca {
-            tls = tls.client_ca_root(Certificate::from_pem(read_file("--tls-client-ca", ca)?));
+        let files = crate::http::TlsFiles {
+            cert_pem: read_file("--tls-cert", cert)?,
+            key_pem: read_file("--tls-key", key)?,
+            client_ca_pem: match &self.tls_client_ca {
+                Some(ca) => Some(read_file("--tls-client-ca", ca)?),
+                None => None,
+            },
+        };
+        let mut tls =
+            ServerTlsConfig::new().identity(Identity::from_pem(&files.cert_pem, &files.key_pem));
+        if let Some(ca) = &files.client_ca_pem {
+            tls = tls.client_ca_root(Certificate::from_pem(ca));
         }
         // Building a server parses the PEM files and matches the key to the certificate, so
         // a bad file stops start-up here rather than at the first connection.
@@ -275,7 +282,10 @@ impl ServeArgs {
                     error_chain(&e)
                 )
             })?;
-        Ok(Some(tls))
+        let http = files
+            .server_config()
+            .map_err(|e| format!("cannot serve HTTP over TLS: {e}"))?;
+        Ok(Some((tls, http)))
     }
 
     /// The tokens of `--tokens-file`, if given.
@@ -338,28 +348,6 @@ impl ServeArgs {
     pub fn http_addr(&self) -> Option<&str> {
         (!self.http_listen.eq_ignore_ascii_case("off")).then_some(self.http_listen.as_str())
     }
-
-    /// The TLS settings of the HTTP listener: the same files as the gRPC one's.
-    ///
-    /// # Errors
-    /// A one-line message naming the file at fault.
-    pub fn http_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
-        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
-            return Ok(None);
-        };
-        let files = crate::http::TlsFiles {
-            cert_pem: read_file("--tls-cert", cert)?,
-            key_pem: read_file("--tls-key", key)?,
-            client_ca_pem: match &self.tls_client_ca {
-                Some(ca) => Some(read_file("--tls-client-ca", ca)?),
-                None => None,
-            },
-        };
-        files
-            .server_config()
-            .map(Some)
-            .map_err(|e| format!("cannot serve HTTP over TLS: {e}"))
-    }
 }
 
 /// Parses a duration of at least a millisecond and at most ten years, e.g. `30s`, `5m`.
@@ -418,8 +406,7 @@ pub(super) async fn serve(
     register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), String>,
 ) -> CliResult {
     // Every setting is checked before the store is opened or any work resumes.
-    let tls = args.tls_config()?;
-    let http_tls = args.http_tls()?;
+    let (tls, http_tls) = args.tls()?.unzip();
     let tokens = args.tokens()?;
     args.check_exposure().await?;
     let mut registry = Registry::with_builtins();

@@ -20,13 +20,7 @@ use crate::proto::oprun::v1::{operation_metadata, ListNodesResponse, OperationMe
 const LINE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The operation's metadata, if it carries oprun's.
-pub(super) fn metadata_of(op: &Operation) -> Option<OperationMetadata> {
-    let any = op.metadata.as_ref()?;
-    if type_name(&any.type_url) != OperationMetadata::full_name() {
-        return None;
-    }
-    OperationMetadata::decode(any.value.as_slice()).ok()
-}
+pub(super) use crate::client::metadata as metadata_of;
 
 fn state_name(m: &OperationMetadata) -> &'static str {
     operation_metadata::State::try_from(m.state)

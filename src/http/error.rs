@@ -34,25 +34,7 @@ pub fn http_status(code: Code) -> StatusCode {
 
 /// The `google.rpc.Code` name of a code (`NOT_FOUND`).
 pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
+    crate::Code::try_from(code as i32).map_or("UNKNOWN", |c| c.as_str_name())
 }
 
 /// An error the gateway itself finds (before or instead of a call): the code, a stable
@@ -126,27 +108,6 @@ pub fn method_not_allowed(
         response.headers_mut().insert(http::header::ALLOW, v);
     }
     response
-}
-
-/// A reply refused because the responses clients have not read yet already hold the budget.
-pub(crate) fn budget_exhausted(limit: usize, size: usize) -> tonic::Status {
-    let mut details = ErrorDetails::new();
-    details.set_retry_info(Some(std::time::Duration::from_secs(1)));
-    details.set_error_info(
-        "RESPONSE_BUDGET_EXHAUSTED",
-        ERROR_DOMAIN,
-        std::collections::HashMap::new(),
-    );
-    tonic::Status::with_error_details(
-        Code::ResourceExhausted,
-        format!(
-            "the server already holds its limit of {} KiB of responses that clients have not \
-             read, so this {size}-byte response was not kept; retry later, or ask for smaller \
-             pages (oprun serve --max-unread-response-bytes)",
-            limit >> 10
-        ),
-        details,
-    )
 }
 
 /// An error as an HTTP response.

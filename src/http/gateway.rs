@@ -55,16 +55,14 @@ pub struct Route {
     pub body: Option<String>,
     /// `response_body`: `None` (the whole response) or a response field.
     pub response_body: Option<String>,
+    /// The gRPC path, made once.
+    path: PathAndQuery,
 }
 
 impl Route {
     /// The gRPC path (`/package.Service/Method`).
-    pub fn grpc_path(&self) -> String {
-        format!(
-            "/{}/{}",
-            self.rpc.parent_service().full_name(),
-            self.rpc.name()
-        )
+    pub fn grpc_path(&self) -> &str {
+        self.path.as_str()
     }
 }
 
@@ -197,12 +195,16 @@ fn route_of(rpc: &MethodDescriptor, rule: &DynamicMessage) -> Result<Option<Rout
             )));
         }
     }
+    let path = format!("/{}/{}", rpc.parent_service().full_name(), rpc.name());
+    let path = PathAndQuery::try_from(path)
+        .map_err(|_| fail("its name does not make a gRPC path".to_owned()))?;
     Ok(Some(Route {
         method,
         template,
         rpc: rpc.clone(),
         body,
         response_body,
+        path,
     }))
 }
 
@@ -400,8 +402,7 @@ impl Gateway {
             .map_err(|e| invalid(format!("invalid {}: {e}", input.full_name())))?;
         let mut call = tonic::Request::new(message);
         forward_headers(&parts.headers, call.metadata_mut());
-        let grpc_path = PathAndQuery::try_from(route.grpc_path())
-            .map_err(|_| Status::internal("an RPC name is not a valid path"))?;
+        let grpc_path = route.path.clone();
         let codec = DynamicCodec {
             output: route.rpc.output(),
         };
@@ -439,7 +440,7 @@ impl Gateway {
             Some(budget) => {
                 let size = text.len();
                 let held = crate::budget::BudgetedBytes::take(budget, text)
-                    .ok_or_else(|| super::error::budget_exhausted(budget.limit, size))?;
+                    .ok_or_else(|| budget.exhausted(size))?;
                 Body::new(held)
             }
         };
@@ -554,6 +555,16 @@ fn whole<T: std::str::FromStr>(raw: &str) -> Result<serde_json::Value, String> {
                 std::any::type_name::<T>()
             )
         })
+}
+
+/// Whether a query parameter can carry `field`: a scalar, an enum, or a message whose JSON is
+/// a string (what [`query_value`] accepts; the OpenAPI document lists the same).
+pub(super) fn in_query(field: &FieldDescriptor) -> bool {
+    !field.is_map()
+        && match field.kind() {
+            Kind::Message(m) => is_string_like(&m),
+            _ => true,
+        }
 }
 
 /// Messages whose proto3 JSON form is a string (or accepts one), so a query parameter can

@@ -7,9 +7,9 @@
 
 mod error;
 pub mod gateway;
+mod listen;
 mod openapi;
 pub mod template;
-mod tls;
 
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use http::StatusCode;
 
 pub use error::{code_name, http_status};
 pub use gateway::{Gateway, GrpcService, RulesError};
-pub use tls::{serve, HttpTlsError, TlsFiles};
+pub use listen::{serve, HttpTlsError, TlsFiles};
 
 use crate::scheduler::Runner;
 
@@ -40,13 +40,14 @@ pub const SERVICES: [&str; 4] = [
 struct AppState {
     gateway: Gateway,
     runner: Runner,
-    openapi: std::sync::Arc<String>,
+    /// Rendered once; each request shares the bytes.
+    openapi: bytes::Bytes,
 }
 
 /// The HTTP surface as an axum router: `/healthz`, `/readyz`, `/openapi.json`, and every other
 /// path through `gateway`.
 pub fn router(runner: Runner, gateway: Gateway) -> Router {
-    let openapi = std::sync::Arc::new(openapi::document(&gateway).to_string());
+    let openapi = bytes::Bytes::from(openapi::document(&gateway).to_string());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -97,7 +98,7 @@ async fn openapi_json(State(state): State<AppState>) -> Response {
     (
         StatusCode::OK,
         [(http::header::CONTENT_TYPE, "application/json")],
-        state.openapi.as_str().to_owned(),
+        state.openapi,
     )
         .into_response()
 }

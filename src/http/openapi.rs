@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{json, Map, Value};
 
-use super::gateway::{Gateway, Route};
+use super::gateway::{in_query, Gateway, Route};
 
 /// The document for `gateway`.
 pub fn document(gateway: &Gateway) -> Value {
@@ -119,20 +119,6 @@ fn path_item(route: &Route, schemas: &mut BTreeMap<String, Value>) -> (String, V
         });
     }
     (path, operation)
-}
-
-/// Fields a query parameter can carry: scalars, enums, and messages whose JSON is a string.
-fn in_query(field: &FieldDescriptor) -> bool {
-    if field.is_map() {
-        return false;
-    }
-    match field.kind() {
-        Kind::Message(m) => matches!(
-            m.full_name(),
-            "google.protobuf.Timestamp" | "google.protobuf.Duration" | "google.protobuf.FieldMask"
-        ),
-        _ => true,
-    }
 }
 
 fn any_schema() -> Value {

@@ -20,24 +20,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
 use super::incoming::{CallGuard, Connections, UnreadGuard};
 pub(crate) use crate::budget::ResponseBudget;
-use crate::error::ERROR_DOMAIN;
 
-/// The pieces a budgeted response is handed to the connection in.
 use crate::budget::CHUNK;
-
-/// When a client refused for a full response budget is told to retry.
-const BUDGET_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The layer: every call is counted on its connection and its response is budgeted.
 #[derive(Debug, Clone)]
@@ -124,7 +117,7 @@ where
             } else {
                 match budget.take(size) {
                     Some(permit) => Some(permit),
-                    None => return Ok(budget_exhausted(&budget, size).into_http()),
+                    None => return Ok(budget.exhausted(size).into_http()),
                 }
             };
             let (first, rest) = match first.map(Frame::into_data) {
@@ -151,27 +144,6 @@ where
             ))
         })
     }
-}
-
-/// The refusal of a response that does not fit in the budget.
-fn budget_exhausted(budget: &ResponseBudget, size: usize) -> tonic::Status {
-    let mut details = ErrorDetails::new();
-    details.set_retry_info(Some(BUDGET_RETRY_AFTER));
-    details.set_error_info(
-        "RESPONSE_BUDGET_EXHAUSTED",
-        ERROR_DOMAIN,
-        std::collections::HashMap::new(),
-    );
-    tonic::Status::with_error_details(
-        tonic::Code::ResourceExhausted,
-        format!(
-            "the server already holds its limit of {} MiB of responses that clients have not \
-             read, so this {size}-byte response was not kept; retry later, or ask for smaller \
-             pages (oprun serve --max-unread-response-bytes)",
-            budget.limit >> 20
-        ),
-        details,
-    )
 }
 
 /// A response body that holds its bytes' share of the budget until it ends, hands its first
@@ -246,7 +218,7 @@ mod tests {
         assert!(budget.take(600).is_none(), "600 + 600 > 1000");
         drop(a);
         assert!(budget.take(600).is_some());
-        let msg = budget_exhausted(&budget, 600).message().to_owned();
+        let msg = budget.exhausted(600).message().to_owned();
         assert!(msg.contains("600-byte"), "{msg}");
     }
 }
