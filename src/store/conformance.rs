@@ -24,6 +24,8 @@ where
     write_replaces_state(&make().await).await;
     delete_only_done(&make().await).await;
     list_pages_in_order_with_filter(&make().await).await;
+    list_newest_pages_backwards_with_filter(&make().await).await;
+    summarize_counts_kinds_states_and_ends(&make().await).await;
     unfinished_lists_queued_and_running(&make().await).await;
     scheduling_fields_round_trip(&make().await).await;
     sweep_removes_expired_then_oldest(&make().await).await;
@@ -238,6 +240,69 @@ async fn list_pages_in_order_with_filter<S: Store>(store: &S) {
         got.extend(page.iter().map(|r| r.id.clone()));
     }
     assert_eq!(got, want, "pages cover every match once, in creation order");
+}
+
+async fn list_newest_pages_backwards_with_filter<S: Store>(store: &S) {
+    let mut want = Vec::new();
+    for i in 0..30 {
+        let r = insert_new(store, queued(if i % 3 == 0 { "x" } else { "y" })).await;
+        if i % 3 == 0 {
+            want.push(r.id.clone());
+        }
+    }
+    want.reverse();
+    let filter = Filter::parse("kind = \"x\"").expect("filter");
+    let mut got = Vec::new();
+    let mut before = i64::MAX;
+    loop {
+        let page = store
+            .list_newest(before, &filter, 4)
+            .await
+            .expect("list_newest");
+        assert!(page.len() <= 4, "limit respected");
+        let Some(last) = page.last() else { break };
+        before = last.seq;
+        got.extend(page.iter().map(|r| r.id.clone()));
+    }
+    assert_eq!(got, want, "pages cover every match once, newest first");
+}
+
+async fn summarize_counts_kinds_states_and_ends<S: Store>(store: &S) {
+    for kind in ["x", "x", "y"] {
+        insert_new(store, queued(kind)).await;
+    }
+    let ended = insert_new(store, queued("y")).await;
+    // `change` ends it at `base()`.
+    change(store, &ended, failed()).await;
+    let bucket = Duration::from_secs(10);
+    let summary = store
+        .summarize(base() - Duration::from_secs(25), bucket)
+        .await
+        .expect("summarize");
+    let mut counts = summary.counts.clone();
+    counts.sort_by_key(|c| (c.0.clone(), c.1.as_str()));
+    assert_eq!(
+        counts,
+        vec![
+            ("x".to_owned(), State::Queued, 2),
+            ("y".to_owned(), State::Failed, 1),
+            ("y".to_owned(), State::Queued, 1),
+        ],
+        "one count per kind and state"
+    );
+    assert_eq!(
+        summary.finished,
+        vec![(2, 1)],
+        "25 s before the end: the third bucket"
+    );
+    let later = store
+        .summarize(base() + Duration::from_secs(1), bucket)
+        .await
+        .expect("summarize");
+    assert!(
+        later.finished.is_empty(),
+        "an end before `since` is not counted"
+    );
 }
 
 async fn unfinished_lists_queued_and_running<S: Store>(store: &S) {

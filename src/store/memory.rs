@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use super::{
     record_matches, Changes, Claim, Claimed, Deadlines, Inserted, NodeLease, Store, StoreError,
-    Swept, Written,
+    Summary, Swept, Written,
 };
 use crate::filter::Filter;
 use crate::model::{Fence, OperationId, OperationRecord, State};
@@ -316,6 +316,52 @@ impl Store for MemoryStore {
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    async fn list_newest(
+        &self,
+        before: i64,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, StoreError> {
+        let g = self.lock();
+        Ok(g.by_seq
+            .range(..before)
+            .rev()
+            .map(|(_, r)| r)
+            .filter(|r| record_matches(filter, r))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn summarize(
+        &self,
+        since: SystemTime,
+        bucket: std::time::Duration,
+    ) -> Result<Summary, StoreError> {
+        let g = self.lock();
+        let mut counts: BTreeMap<(&str, i32), (State, u64)> = BTreeMap::new();
+        let mut finished: BTreeMap<u64, u64> = BTreeMap::new();
+        for r in g.by_seq.values() {
+            counts
+                .entry((r.kind.as_str(), r.state.to_proto() as i32))
+                .or_insert((r.state, 0))
+                .1 += 1;
+            if let Some(i) = r
+                .end_time
+                .and_then(|end| Summary::bucket_of(since, bucket, end))
+            {
+                *finished.entry(i).or_default() += 1;
+            }
+        }
+        Ok(Summary {
+            counts: counts
+                .into_iter()
+                .map(|((kind, _), (state, n))| (kind.to_owned(), state, n))
+                .collect(),
+            finished: finished.into_iter().collect(),
+        })
     }
 
     async fn sweep(

@@ -183,6 +183,56 @@ pub struct Deadlines {
     pub next: Option<SystemTime>,
 }
 
+/// What [`Store::summarize`] counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Each kind and state with at least one operation, and how many.
+    pub counts: Vec<(String, State, u64)>,
+    /// `(i, n)`: `n` operations ended in the `i`th bucket after `since` (from 0; buckets
+    /// without any are left out).
+    pub finished: Vec<(u64, u64)>,
+}
+
+impl Summary {
+    /// A summary from SQL rows: `(kind, state, count)` and `(bucket, count)`.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] for a state or a count that cannot be.
+    pub(crate) fn from_rows(
+        counts: Vec<(String, i32, i64)>,
+        finished: Vec<(i64, i64)>,
+    ) -> Result<Self, StoreError> {
+        let unsigned = |n: i64| {
+            u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("a negative count: {n}")))
+        };
+        Ok(Self {
+            counts: counts
+                .into_iter()
+                .map(|(kind, state, n)| {
+                    let state = State::from_i32(state)
+                        .ok_or_else(|| StoreError::Corrupt(format!("unknown state {state}")))?;
+                    Ok((kind, state, unsigned(n)?))
+                })
+                .collect::<Result<_, StoreError>>()?,
+            finished: finished
+                .into_iter()
+                .map(|(i, n)| Ok((unsigned(i)?, unsigned(n)?)))
+                .collect::<Result<_, StoreError>>()?,
+        })
+    }
+
+    /// The bucket an operation that ended at `end` falls in, if at or after `since`.
+    pub(crate) fn bucket_of(
+        since: SystemTime,
+        bucket: std::time::Duration,
+        end: SystemTime,
+    ) -> Option<u64> {
+        let after = end.duration_since(since).ok()?;
+        let width = bucket.as_micros().max(1);
+        u64::try_from(after.as_micros() / width).ok()
+    }
+}
+
 /// A page of the change feed ([`Store::changes`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Changes {
@@ -304,6 +354,29 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError>;
 
+    /// Up to `limit` operations with `seq < before`, newest (highest `seq`) first, that match
+    /// `filter`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read or holds unreadable data.
+    async fn list_newest(
+        &self,
+        before: i64,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, StoreError>;
+
+    /// How many operations there are of each kind in each state, and how many finished at
+    /// or after `since`, by `bucket` (see [`Summary`]).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    async fn summarize(
+        &self,
+        since: SystemTime,
+        bucket: std::time::Duration,
+    ) -> Result<Summary, StoreError>;
+
     /// Removes finished operations that ended before `finished_before`, then the oldest
     /// finished ones beyond `keep_at_most` (and then counts those kept, see [`Swept`]).
     /// Unfinished operations are never removed.
@@ -423,6 +496,25 @@ pub(crate) const NODES_SQL: &str = "SELECT n.id, n.lease_until, count(o.seq) FRO
      ORDER BY 1";
 
 /// Whether a record matches a filter.
+/// Whether `r` matched `filter` before its last change, which it made from state `before`
+/// (the fields such a change sets: state, done, and the error of an end).
+pub(crate) fn matched_before(filter: &Filter, r: &OperationRecord, before: State) -> bool {
+    filter.is_empty()
+        || filter.matches(&FilterFields {
+            name: &r.id.name(),
+            done: before.is_done(),
+            kind: &r.kind,
+            state: before.as_str(),
+            error_code: if before.is_done() {
+                r.error_code()
+            } else {
+                None
+            },
+            create_time: r.create_time,
+            update_time: r.update_time,
+        })
+}
+
 pub(crate) fn record_matches(filter: &Filter, r: &OperationRecord) -> bool {
     filter.is_empty()
         || filter.matches(&FilterFields {

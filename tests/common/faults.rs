@@ -193,6 +193,23 @@ impl Store for FaultyStore {
         self.read()?;
         self.inner.list(after, filter, limit).await
     }
+    async fn list_newest(
+        &self,
+        before: i64,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, StoreError> {
+        self.read()?;
+        self.inner.list_newest(before, filter, limit).await
+    }
+    async fn summarize(
+        &self,
+        since: SystemTime,
+        bucket: std::time::Duration,
+    ) -> Result<oprun::store::Summary, StoreError> {
+        self.read()?;
+        self.inner.summarize(since, bucket).await
+    }
     async fn sweep(&self, before: SystemTime, keep: Option<usize>) -> Result<Swept, StoreError> {
         self.refuse_write()?;
         self.inner.sweep(before, keep).await

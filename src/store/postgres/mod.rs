@@ -68,7 +68,7 @@ pub use schema::Migrated;
 use super::row::{recent_by_first, RowImage, FILTER_COLUMNS, RECENT_AT_MOST};
 use super::{
     decode_record, from_micros, micros, ChangeSignal, Changes, Claim, Claimed, Columns, Deadlines,
-    Inserted, NodeLease, Store, StoreError, Swept, Written,
+    Inserted, NodeLease, Store, StoreError, Summary, Swept, Written,
 };
 use crate::filter::{Filter, SqlValue};
 use crate::model::{Fence, OperationId, OperationRecord};
@@ -737,6 +737,62 @@ impl Store for PostgresStore {
         let sql = list_sql(&filter.clause, recent);
         let rows = client.query(&sql, &params).await.map_err(pg_error)?;
         records(&rows)
+    }
+
+    async fn list_newest(
+        &self,
+        before: i64,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, StoreError> {
+        let filter = filter.to_postgres(&FILTER_COLUMNS, 3);
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(filter.params.len() + 2);
+        let limit = count(limit);
+        params.push(&before);
+        params.push(&limit);
+        params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));
+        let client = self.client().await?;
+        // Not cached, as in `list`.
+        let sql = format!(
+            "SELECT {COLUMNS} FROM operations WHERE seq < $1 AND ({}) ORDER BY seq DESC LIMIT $2",
+            filter.clause
+        );
+        let rows = client.query(&sql, &params).await.map_err(pg_error)?;
+        records(&rows)
+    }
+
+    async fn summarize(
+        &self,
+        since: SystemTime,
+        bucket: std::time::Duration,
+    ) -> Result<Summary, StoreError> {
+        let since = micros(since);
+        let width = i64::try_from(bucket.as_micros().max(1)).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        let counts = client
+            .query(
+                "SELECT kind, state, COUNT(*) FROM operations GROUP BY kind, state",
+                &[],
+            )
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<Vec<(String, i32, i64)>, tokio_postgres::Error>>()
+            .map_err(pg_error)?;
+        let finished = client
+            .query(
+                "SELECT (end_time - $1) / $2, COUNT(*) FROM operations \
+                 WHERE done = 1 AND end_time >= $1 GROUP BY 1",
+                &[&since, &width],
+            )
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<Vec<(i64, i64)>, tokio_postgres::Error>>()
+            .map_err(pg_error)?;
+        Summary::from_rows(counts, finished)
     }
 
     async fn sweep(

@@ -37,8 +37,8 @@ use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtensio
 use tokio::sync::oneshot;
 
 use super::{
-    from_micros, micros, Claim, Claimed, Deadlines, Inserted, NodeLease, Store, StoreError, Swept,
-    Written, NODES_SQL, QUEUED_SQL,
+    from_micros, micros, Claim, Claimed, Deadlines, Inserted, NodeLease, Store, StoreError,
+    Summary, Swept, Written, NODES_SQL, QUEUED_SQL,
 };
 use crate::filter::{Filter, SqlValue};
 use crate::model::{Fence, OperationId, OperationRecord};
@@ -611,6 +611,59 @@ impl Store for SqliteStore {
                 .and_then(Iterator::collect)
                 .map_err(sql_error)?;
             rows.into_iter().map(RawRow::decode).collect()
+        })
+        .await
+    }
+
+    async fn list_newest(
+        &self,
+        before: i64,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, StoreError> {
+        let filter = filter.to_sqlite(&FILTER_COLUMNS);
+        self.read(move |conn| {
+            // Newest first is `seq` backwards: the primary key, whatever the filter.
+            let sql = format!(
+                "SELECT {COLUMNS} FROM operations WHERE seq < ? AND ({}) ORDER BY seq DESC \
+                 LIMIT ?",
+                filter.clause
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(sql_error)?;
+            let params = std::iter::once(SqlValue::Integer(before))
+                .chain(filter.params)
+                .chain(std::iter::once(SqlValue::Integer(sql_limit(limit))));
+            let rows: Vec<RawRow> = stmt
+                .query_map(params_from_iter(params), row_to_record)
+                .and_then(Iterator::collect)
+                .map_err(sql_error)?;
+            rows.into_iter().map(RawRow::decode).collect()
+        })
+        .await
+    }
+
+    async fn summarize(&self, since: SystemTime, bucket: Duration) -> Result<Summary, StoreError> {
+        let since = micros(since);
+        let width = i64::try_from(bucket.as_micros().max(1)).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT kind, state, COUNT(*) FROM operations GROUP BY kind, state")
+                .map_err(sql_error)?;
+            let rows: Vec<(String, i32, i64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .and_then(Iterator::collect)
+                .map_err(sql_error)?;
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT (end_time - ?1) / ?2, COUNT(*) FROM operations \
+                     WHERE done = 1 AND end_time >= ?1 GROUP BY 1",
+                )
+                .map_err(sql_error)?;
+            let finished: Vec<(i64, i64)> = stmt
+                .query_map([since, width], |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(Iterator::collect)
+                .map_err(sql_error)?;
+            Summary::from_rows(rows, finished)
         })
         .await
     }
