@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/oprun/v1/tasks.proto",
         "proto/oprun/v1/snapshot.proto",
         "proto/oprun/v1/watch.proto",
+        "proto/oprun/v1/admin.proto",
     ];
     let mut compiler = protox::Compiler::new(["proto"])?;
     compiler.include_imports(true).include_source_info(false);

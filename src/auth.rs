@@ -112,12 +112,18 @@ pub fn required_role(grpc_path: &str) -> Option<Role> {
         | "/oprun.v1.TaskService/ListNodes"
         | "/oprun.v1.WatchService/WatchOperation"
         | "/oprun.v1.WatchService/WatchOperations"
+        | "/oprun.v1.AdminService/QueryOperations"
+        | "/oprun.v1.AdminService/SummarizeOperations"
+        | "/oprun.v1.AdminService/GetCaller"
         | "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
         | "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" => Role::Reader,
         "/oprun.v1.TaskService/SubmitTask"
         | "/oprun.v1.SnapshotService/CreateSnapshot"
-        | "/google.longrunning.Operations/CancelOperation" => Role::Submitter,
-        "/google.longrunning.Operations/DeleteOperation" => Role::Admin,
+        | "/google.longrunning.Operations/CancelOperation"
+        | "/oprun.v1.AdminService/CancelOperations"
+        | "/oprun.v1.AdminService/RerunOperation" => Role::Submitter,
+        "/google.longrunning.Operations/DeleteOperation"
+        | "/oprun.v1.AdminService/DeleteOperations" => Role::Admin,
         _ => return None,
     })
 }

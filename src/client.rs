@@ -39,9 +39,13 @@ use crate::proto::google::longrunning::{
     operation, CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, Operation,
     WaitOperationRequest,
 };
+use crate::proto::oprun::v1::admin_service_client::AdminServiceClient;
 use crate::proto::oprun::v1::task_service_client::TaskServiceClient;
 use crate::proto::oprun::v1::watch_service_client::WatchServiceClient;
-use crate::proto::oprun::v1::{OperationMetadata, SubmitTaskRequest, WatchOperationRequest};
+use crate::proto::oprun::v1::{
+    BatchResult, CancelOperationsRequest, DeleteOperationsRequest, OperationMetadata,
+    SubmitTaskRequest, WatchOperationRequest,
+};
 use crate::task::Task;
 
 /// How long [`OperationHandle::wait`] asks the server to wait per call.
@@ -299,6 +303,11 @@ impl Client {
         TaskServiceClient::new(self.conn.clone())
     }
 
+    /// The AdminService stub on this connection.
+    pub fn admin(&self) -> AdminServiceClient<Conn> {
+        AdminServiceClient::new(self.conn.clone())
+    }
+
     /// The WatchService stub on this connection.
     pub fn watches(&self) -> WatchServiceClient<Conn> {
         WatchServiceClient::new(self.conn.clone())
@@ -335,6 +344,55 @@ impl Client {
                     .timeout
                     .and_then(|t| prost_types::Duration::try_from(t).ok()),
                 not_before: None,
+            })
+            .await?
+            .into_inner();
+        Ok(self.operation(op.name))
+    }
+
+    /// Cancels every operation matching an AIP-160 `filter` on the server, as an operation of
+    /// its own (AdminService.CancelOperations): its handle, whose progress counts the
+    /// operations looked at and whose result says what it did. A repeated `request_id`
+    /// returns the batch it started.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`]: INVALID_ARGUMENT for an empty or malformed filter,
+    /// PERMISSION_DENIED without the `submitter` role.
+    pub async fn cancel_matching(
+        &self,
+        filter: &str,
+        request_id: Option<String>,
+    ) -> Result<OperationHandle<BatchResult>, ClientError> {
+        let op = self
+            .admin()
+            .cancel_operations(CancelOperationsRequest {
+                filter: filter.to_owned(),
+                names: Vec::new(),
+                request_id: request_id.unwrap_or_default(),
+            })
+            .await?
+            .into_inner();
+        Ok(self.operation(op.name))
+    }
+
+    /// Deletes every finished operation matching an AIP-160 `filter` on the server, as an
+    /// operation of its own (AdminService.DeleteOperations), like
+    /// [`Client::cancel_matching`].
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`]: INVALID_ARGUMENT for an empty or malformed filter,
+    /// PERMISSION_DENIED without the `admin` role.
+    pub async fn delete_matching(
+        &self,
+        filter: &str,
+        request_id: Option<String>,
+    ) -> Result<OperationHandle<BatchResult>, ClientError> {
+        let op = self
+            .admin()
+            .delete_operations(DeleteOperationsRequest {
+                filter: filter.to_owned(),
+                names: Vec::new(),
+                request_id: request_id.unwrap_or_default(),
             })
             .await?
             .into_inner();

@@ -655,11 +655,7 @@ async fn watch_operations_follows_a_filter() {
     let long = submit_sleep(&server, "3600s", 1).await;
     let mut ended = Vec::new();
     while ended.len() < 2 {
-        let op = tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("a change within 10 s")
-            .expect("stream")
-            .expect("open");
+        let op = next_change(&mut stream).await;
         assert!(op.done, "only SUCCEEDED operations match: {op:?}");
         ended.push(op.name);
     }
@@ -677,6 +673,58 @@ async fn watch_operations_follows_a_filter() {
     );
     let end = stream.message().await.expect_err("ended by the shutdown");
     assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
+}
+
+/// The next message of a stream of operations, within 10 s.
+async fn next_change(
+    stream: &mut tonic::Streaming<oprun::proto::google::longrunning::Operation>,
+) -> oprun::proto::google::longrunning::Operation {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a change within 10 s")
+        .expect("stream")
+        .expect("open")
+}
+
+/// Under `state = RUNNING`, WatchOperations also sends the change that takes an operation
+/// out of the filter (its end), so that a reader showing it as running sees it end.
+#[tokio::test]
+async fn watch_operations_sends_the_change_that_leaves_the_filter() {
+    use oprun::proto::oprun::v1::watch_service_client::WatchServiceClient;
+    use oprun::proto::oprun::v1::WatchOperationsRequest;
+    let server = RestServer::start(None).await;
+    let mut watch = WatchServiceClient::new(server.channel().await);
+    let mut stream = watch
+        .watch_operations(WatchOperationsRequest {
+            filter: "state = RUNNING".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let long = submit_sleep(&server, "3600s", 1).await;
+    let running = next_change(&mut stream).await;
+    assert_eq!(running.name, long);
+    assert!(!running.done);
+    let mut grpc = OperationsClient::new(server.channel().await);
+    grpc.cancel_operation(oprun::proto::google::longrunning::CancelOperationRequest {
+        name: long.clone(),
+    })
+    .await
+    .expect("cancel");
+    let ended = loop {
+        let op = next_change(&mut stream).await;
+        assert_eq!(op.name, long, "only the running one: {op:?}");
+        if op.done {
+            break op;
+        }
+    };
+    match &ended.result {
+        Some(oprun::proto::google::longrunning::operation::Result::Error(e)) => {
+            assert_eq!(e.code, 1, "CANCELLED: {e:?}");
+        }
+        other => panic!("not an error: {other:?}"),
+    }
+    server.stop().await;
 }
 
 /// `/metrics` serves the Prometheus text format with the operation, store and gRPC metrics,

@@ -166,17 +166,25 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Request cancellation of an operation.
+    /// Request cancellation of an operation, or (`--filter`) of every operation matching a
+    /// filter: a batch the server runs as an operation of its own, followed until done.
     Cancel {
         /// `operations/{id}` or the bare id.
-        name: String,
+        #[arg(required_unless_present = "filter", conflicts_with = "filter")]
+        name: Option<String>,
+        #[command(flatten)]
+        batch: BatchArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Delete a finished operation.
+    /// Delete a finished operation, or (`--filter`) every finished operation matching a
+    /// filter: a batch the server runs as an operation of its own, followed until done.
     Delete {
         /// `operations/{id}` or the bare id.
-        name: String,
+        #[arg(required_unless_present = "filter", conflicts_with = "filter")]
+        name: Option<String>,
+        #[command(flatten)]
+        batch: BatchArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -360,7 +368,21 @@ async fn run(
         Command::Watch { name, client } => show::watch(&client, &full_name(&name)).await,
         Command::Store(StoreCommand::Check { data_dir }) => store::check(&data_dir),
         Command::Migrate { store } => store::migrate(&store).await,
-        Command::Cancel { name, client } => {
+        Command::Cancel {
+            name: None,
+            batch,
+            client,
+        } => follow_batch(&client, batch, false).await,
+        Command::Delete {
+            name: None,
+            batch,
+            client,
+        } => follow_batch(&client, batch, true).await,
+        Command::Cancel {
+            name: Some(name),
+            client,
+            ..
+        } => {
             client::client(&client)
                 .await?
                 .operation::<()>(full_name(&name))
@@ -372,7 +394,11 @@ async fn run(
             }
             Ok(())
         }
-        Command::Delete { name, client } => {
+        Command::Delete {
+            name: Some(name),
+            client,
+            ..
+        } => {
             client::client(&client)
                 .await?
                 .operation::<()>(full_name(&name))
@@ -464,6 +490,35 @@ async fn submit(client: &ClientArgs, mut request: SubmitTaskRequest, input: &str
 
 /// Waits until the operation is done, calling WaitOperation again whenever the server's own
 /// cap ends a call first, until `timeout` (none: for as long as it takes).
+/// The flags of a batch `cancel` or `delete`.
+#[derive(clap::Args, Debug, Clone)]
+struct BatchArgs {
+    /// Act on every operation matching this AIP-160 filter (that exists when the batch
+    /// starts), e.g. 'kind = "sleep" AND state = RUNNING'.
+    #[arg(long)]
+    filter: Option<String>,
+    /// AIP-155 idempotency key of the batch: repeating it follows the same batch.
+    #[arg(long, requires = "filter")]
+    request_id: Option<String>,
+}
+
+/// Starts a batch cancel (or delete) of what `batch` selects and follows it until it is done
+/// (its name first, on a line of its own, as `submit` prints), then shows it.
+async fn follow_batch(client: &ClientArgs, batch: BatchArgs, delete: bool) -> CliResult {
+    let c = client::client(client).await?;
+    let filter = batch.filter.unwrap_or_default();
+    let handle = if delete {
+        c.delete_matching(&filter, batch.request_id).await
+    } else {
+        c.cancel_matching(&filter, batch.request_id).await
+    }
+    .map_err(|e| e.to_string())?;
+    if !client.json {
+        println!("{}", handle.name());
+    }
+    show::watch(client, handle.name()).await
+}
+
 async fn wait(client: &ClientArgs, name: &str, timeout: Option<Duration>) -> CliResult {
     let handle = client::client(client).await?.operation::<()>(name);
     let waited = match timeout {

@@ -5,6 +5,7 @@
 //! [`router`] builds it as an axum [`Router`] an embedder can mount in an app of their own;
 //! [`serve`] runs it on a listener, with TLS when given.
 
+pub mod dashboard;
 mod error;
 pub mod gateway;
 mod listen;
@@ -29,11 +30,12 @@ use crate::scheduler::Runner;
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The services whose HTTP rules oprun serves.
-pub const SERVICES: [&str; 4] = [
+pub const SERVICES: [&str; 5] = [
     "google.longrunning.Operations",
     "oprun.v1.TaskService",
     "oprun.v1.SnapshotService",
     "oprun.v1.WatchService",
+    "oprun.v1.AdminService",
 ];
 
 #[derive(Clone)]
@@ -44,7 +46,8 @@ struct AppState {
     openapi: bytes::Bytes,
 }
 
-/// The HTTP surface as an axum router: `/healthz`, `/readyz`, `/openapi.json`, and every other
+/// The HTTP surface as an axum router: the dashboard at `/`, `/healthz`, `/readyz`,
+/// `/openapi.json`, `/metrics`, and every other
 /// path through `gateway`.
 pub fn router(runner: Runner, gateway: Gateway) -> Router {
     let openapi = bytes::Bytes::from(openapi::document(&gateway).to_string());
@@ -53,6 +56,7 @@ pub fn router(runner: Runner, gateway: Gateway) -> Router {
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics))
+        .merge(dashboard::router())
         .fallback(fallback)
         .method_not_allowed_fallback(wrong_method)
         .with_state(AppState {

@@ -120,6 +120,9 @@ impl Runner {
             Ok(Inserted::New(r)) => {
                 self.lock_slots().unreserve(&kind);
                 info!(op.name = %r.id, op.kind = %r.kind, "submitted");
+                if super::batch::CONTROL_KINDS.contains(&r.kind.as_str()) {
+                    self.shared.control_pending.store(true, Ordering::Release);
+                }
                 self.shared.dispatch_wake.notify_one();
                 if r.deadline.is_some() {
                     self.shared.deadline_wake.notify_one();

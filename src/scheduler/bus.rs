@@ -36,6 +36,9 @@ pub struct OperationChanged {
     pub done: bool,
     /// The operation after the change.
     pub record: Arc<OperationRecord>,
+    /// Its state before the change, when this node made it (`None`: a creation, or a change
+    /// another node made, read from the store's feed).
+    pub before: Option<State>,
 }
 
 /// The events and the watchers.
@@ -90,13 +93,13 @@ impl Bus {
     }
 
     /// Publishes a change this node made, once the store took it.
-    pub(crate) fn publish(&self, record: &OperationRecord) {
+    pub(crate) fn publish(&self, record: &OperationRecord, before: Option<State>) {
         if let Some(local) = &self.local {
             let mut local = local.lock().unwrap_or_else(PoisonError::into_inner);
             let version = local.entry(record.id.clone()).or_default();
             *version = (*version).max(record.version);
         }
-        self.send(record);
+        self.send(record, before);
     }
 
     /// Publishes a change read from the store's feed, unless this node published it (or a
@@ -115,11 +118,11 @@ impl Bus {
                 local.remove(&record.id);
             }
         }
-        self.send(record);
+        self.send(record, None);
         true
     }
 
-    fn send(&self, record: &OperationRecord) {
+    fn send(&self, record: &OperationRecord, before: Option<State>) {
         // No subscriber is not an error; with none, the record is not even copied.
         if self.events.receiver_count() > 0 {
             let _ = self.events.send(OperationChanged {
@@ -128,6 +131,7 @@ impl Bus {
                 state: record.state,
                 done: record.is_done(),
                 record: Arc::new(record.clone()),
+                before,
             });
         }
         // Forgotten before its watcher is looked for: a Wait watches first, then asks whether
@@ -202,9 +206,9 @@ mod tests {
         let mut events = bus.subscribe();
         let mut wa = bus.watch(&a.id);
         let second = bus.watch(&a.id);
-        bus.publish(&b);
+        bus.publish(&b, None);
         assert!(!wa.receiver.has_changed().unwrap());
-        bus.publish(&a);
+        bus.publish(&a, None);
         assert!(wa.receiver.has_changed().unwrap());
         assert_eq!(
             wa.receiver
@@ -230,11 +234,11 @@ mod tests {
         let mut watch = bus.watch(&a.id);
         a.version = 3;
         a.state = State::Cancelled;
-        bus.publish(&a);
+        bus.publish(&a, None);
         let mut older = a.clone();
         older.version = 2;
         older.state = State::Running;
-        bus.publish(&older);
+        bus.publish(&older, None);
         let seen = watch.receiver.borrow_and_update().clone().unwrap();
         assert_eq!((seen.version, seen.state), (3, State::Cancelled));
     }
@@ -248,11 +252,11 @@ mod tests {
         assert!(!bus.is_unfinished(&a.id));
         bus.expect(&a.id);
         assert!(bus.is_unfinished(&a.id));
-        bus.publish(&a);
+        bus.publish(&a, None);
         assert!(bus.is_unfinished(&a.id), "queued is unfinished");
         a.version = 2;
         a.fail(State::Cancelled, crate::Code::Cancelled, "cancelled");
-        bus.publish(&a);
+        bus.publish(&a, None);
         assert!(!bus.is_unfinished(&a.id), "its end was published");
         let shared = Bus::new(true);
         shared.expect(&a.id);
@@ -267,14 +271,14 @@ mod tests {
         let bus = Arc::new(Bus::new(true));
         let mut events = bus.subscribe();
         let mut a = OperationRecord::new_queued("k".into(), Default::default(), None);
-        bus.publish(&a);
+        bus.publish(&a, None);
         assert_eq!(events.recv().await.unwrap().version, 1);
         assert!(!bus.publish_followed(&a), "this node's own change");
         a.version = 2;
         assert!(bus.publish_followed(&a), "another node's change");
         assert_eq!(events.recv().await.unwrap().version, 2);
         a.version = 3;
-        bus.publish(&a);
+        bus.publish(&a, None);
         assert_eq!(events.recv().await.unwrap().version, 3);
         a.version = 2;
         assert!(!bus.publish_followed(&a), "older than what was published");

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
+use super::batch::CONTROL_KINDS;
 use super::{clock, Runner};
 use crate::store::{Claim, RunningLimits};
 
@@ -53,6 +54,49 @@ impl Runner {
             .map(|n| n.max(1))
     }
 
+    /// Claims the batches due (see [`super::batch`]) within their own room, whatever room the
+    /// other kinds have, and starts them. Asks to be called again while some may wait; returns
+    /// when the next one becomes due, if one waits for its time.
+    async fn claim_control(&self) -> Option<std::time::SystemTime> {
+        let (kinds, _) = self.lock_slots().room(
+            CONTROL_KINDS
+                .iter()
+                .map(|k| ((*k).to_owned(), self.own_limit(k).unwrap_or(1))),
+            usize::MAX,
+        );
+        let total: usize = kinds.iter().map(|(_, room)| room).sum();
+        if total == 0 {
+            // Full: the next batch to end frees room and asks again.
+            self.shared.control_pending.store(true, Ordering::Release);
+            return None;
+        }
+        let claim = Claim {
+            node: self.shared.config.node.clone(),
+            kinds,
+            total,
+            now: self.now(),
+            limits: RunningLimits::none(),
+        };
+        match self.claim(&claim).await {
+            Ok(claimed) => {
+                // Full, or one waits for its time: look again at the next wake.
+                if claimed.operations.len() == total || claimed.next_due.is_some() {
+                    self.shared.control_pending.store(true, Ordering::Release);
+                }
+                for record in claimed.operations {
+                    self.launch(record);
+                }
+                claimed.next_due
+            }
+            Err(e) => {
+                // The main claim that follows meets the same store and backs off.
+                warn!(error = %e, "the store refused a claim of batches");
+                self.shared.control_pending.store(true, Ordering::Release);
+                None
+            }
+        }
+    }
+
     pub(crate) async fn dispatch_loop(self) {
         let mut retry = CLAIM_RETRY_MIN;
         let mut refused = false;
@@ -74,6 +118,9 @@ impl Runner {
             let mut gate = Some(self.shared.claiming.lock().await);
             // Without a lease, what this node claimed would look abandoned to the others.
             let leased = !self.shared.lease_lost.load(Ordering::Acquire);
+            if leased && self.shared.control_pending.swap(false, Ordering::AcqRel) {
+                next_due = self.claim_control().await;
+            }
             if leased && total > 0 && !kinds.is_empty() {
                 let claim = Claim {
                     node: self.shared.config.node.clone(),
@@ -102,7 +149,7 @@ impl Runner {
                             tokio::task::yield_now().await;
                             continue;
                         }
-                        next_due = claimed.next_due;
+                        next_due = next_due.into_iter().chain(claimed.next_due).min();
                     }
                     Err(e) => {
                         drop(gate.take());
@@ -121,6 +168,11 @@ impl Runner {
             }
             drop(gate);
             let poll = (!self.shared.store.is_exclusive()).then_some(SAFETY_POLL);
+            if poll.is_some() {
+                // A batch another node queued and left (its node went away) is found by the
+                // next look after the safety poll.
+                self.shared.control_pending.store(true, Ordering::Release);
+            }
             let sleep = next_due
                 .map(|due| clock::until(self.now(), due))
                 .into_iter()

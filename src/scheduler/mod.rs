@@ -26,7 +26,9 @@
 //! why it was cancelled), and counts by kind. Each token is a child of one root token; every
 //! spawned task is tracked by a `TaskTracker` so shutdown can wait for them.
 
+mod admin;
 mod admission;
+pub mod batch;
 mod bus;
 pub mod clock;
 mod deadlines;
@@ -180,6 +182,14 @@ pub fn default_node() -> String {
     format!("{host}-{:06x}", suffix & 0x00ff_ffff)
 }
 
+/// `registry` with the built-in batch kinds, which act through the runner (held weakly: the
+/// runner holds the registry).
+fn with_batches(mut registry: Registry, shared: &std::sync::Weak<Shared>) -> Registry {
+    registry.register(batch::Batch::<false>(shared.clone()));
+    registry.register(batch::Batch::<true>(shared.clone()));
+    registry
+}
+
 /// The runner: a cheap `Clone` handle over shared state.
 #[derive(Clone)]
 pub struct Runner {
@@ -218,6 +228,8 @@ struct Shared {
     claiming: tokio::sync::Mutex<()>,
     /// What this node counts for Prometheus (see [`crate::metrics`]).
     metrics: Arc<crate::metrics::Metrics>,
+    /// Whether batches may wait for the dispatcher's own claim of them (see `batch`).
+    control_pending: AtomicBool,
 }
 
 impl Runner {
@@ -241,8 +253,8 @@ impl Runner {
             Some(store.changes(None, 0).await?.next)
         };
         let runner = Self {
-            shared: Arc::new(Shared {
-                registry,
+            shared: Arc::new_cyclic(|shared| Shared {
+                registry: with_batches(registry, shared),
                 metrics: Arc::new(crate::metrics::Metrics::new(store.commit_stats())),
                 store,
                 running: DashMap::new(),
@@ -259,6 +271,7 @@ impl Runner {
                 sweeper_idle: AtomicBool::new(false),
                 lease_lost: AtomicBool::new(false),
                 claiming: tokio::sync::Mutex::new(()),
+                control_pending: AtomicBool::new(true),
                 config,
             }),
         };

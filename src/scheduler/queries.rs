@@ -15,15 +15,34 @@ use crate::proto::google::rpc::{Code, Status};
 /// One page of a listing.
 #[derive(Debug, Clone)]
 pub struct Page {
-    /// The operations, in creation order.
+    /// The operations, in the order listed (creation order, or newest first).
     pub operations: Vec<OperationRecord>,
-    /// The `seq` to continue after, if more may follow.
+    /// The `seq` to continue from (after it; below it, newest first), if more may follow.
     pub next_after: Option<i64>,
+}
+
+impl Page {
+    /// A page of at most `limit` from a read of up to `limit + 1` (one more tells that more
+    /// follow).
+    pub(crate) fn of(mut operations: Vec<OperationRecord>, limit: usize) -> Self {
+        let more = operations.len() > limit;
+        operations.truncate(limit);
+        let next_after = if more {
+            operations.last().map(|r| r.seq)
+        } else {
+            None
+        };
+        Self {
+            operations,
+            next_after,
+        }
+    }
 }
 
 impl Runner {
     /// The nodes on this runner's store, with their leases and what runs under each, and
-    /// whether each lease holds now (by this runner's clock).
+    /// whether each lease holds now (by this runner's clock). On an exclusive store this
+    /// node holds the store itself and renews no lease: it is live while it runs.
     ///
     /// # Errors
     /// UNAVAILABLE when the store fails.
@@ -36,7 +55,11 @@ impl Runner {
             .await?
             .into_iter()
             .map(|n| {
-                let live = n.lease_until >= now;
+                let live = if self.shared.store.is_exclusive() {
+                    n.id == self.shared.config.node
+                } else {
+                    n.lease_until >= now
+                };
                 (n, live)
             })
             .collect())
@@ -211,21 +234,11 @@ impl Runner {
     /// # Errors
     /// UNAVAILABLE when the store fails.
     pub async fn list(&self, filter: &Filter, after: i64, limit: usize) -> Result<Page, Error> {
-        let mut operations = self
+        let operations = self
             .shared
             .store
             .list(after, filter, limit.saturating_add(1))
             .await?;
-        let more = operations.len() > limit;
-        operations.truncate(limit);
-        let next_after = if more {
-            operations.last().map(|r| r.seq)
-        } else {
-            None
-        };
-        Ok(Page {
-            operations,
-            next_after,
-        })
+        Ok(Page::of(operations, limit))
     }
 }

@@ -342,6 +342,7 @@ impl Runner {
             return;
         }
         self.shared.lease_lost.store(false, Ordering::Release);
+        self.shared.control_pending.store(true, Ordering::Release);
         self.shared.dispatch_wake.notify_one();
         info!(requeued, "this node holds a lease again");
     }

@@ -21,7 +21,7 @@ use super::Runner;
 use crate::error::Error;
 use crate::filter::Filter;
 use crate::model::{OperationId, OperationRecord};
-use crate::store::record_matches;
+use crate::store::{matched_before, record_matches};
 
 /// The least time between two messages about one operation (at most 20 a second).
 pub const MIN_INTERVAL: Duration = Duration::from_millis(50);
@@ -72,7 +72,8 @@ impl Runner {
     }
 
     /// Every change from now on of the operations that match `filter` (each operation
-    /// coalesced, see [`MIN_INTERVAL`]). A reader more than a few thousand changes behind
+    /// coalesced, see [`MIN_INTERVAL`]), and the change that takes one out of it (a running
+    /// one ending, under `state = RUNNING`) when this node made that change. A reader more than a few thousand changes behind
     /// skips the changes it missed (logged); re-list to catch up.
     pub fn watch_operations(&self, filter: Filter) -> Changes {
         let state = Many {
@@ -154,7 +155,14 @@ async fn next_of_many(mut s: Many) -> Option<(Result<OperationRecord, Error>, Ma
         tokio::select! {
             event = s.events.recv() => match event {
                 Ok(change) => {
-                    if record_matches(&s.filter, &change.record) {
+                    // A change that takes an operation out of the filter is sent too (once),
+                    // so that a reader showing it sees it leave.
+                    let left = || {
+                        change
+                            .before
+                            .is_some_and(|before| matched_before(&s.filter, &change.record, before))
+                    };
+                    if record_matches(&s.filter, &change.record) || left() {
                         let newer = s
                             .pending
                             .get(&change.id)

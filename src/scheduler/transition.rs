@@ -87,7 +87,7 @@ impl Runner {
                     self.shared.metrics.finished(&next);
                 }
                 self.follow_locally(&next, Origin::Here);
-                self.shared.bus.publish(&next);
+                self.shared.bus.publish(&next, Some(before));
                 Ok(next)
             }
             Written::Stale(stored) => Err(TransitionError::Stale(stored)),
@@ -165,6 +165,12 @@ impl Runner {
         } else {
             self.lock_slots().ended();
         }
+        if super::batch::CONTROL_KINDS.contains(&running.kind()) {
+            // Its room is free (or it was requeued to try again).
+            self.shared
+                .control_pending
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         self.shared.dispatch_wake.notify_one();
     }
 
@@ -187,7 +193,7 @@ impl Runner {
                         Ok(Inserted::New(r)) => {
                             runner.lock_slots().queued(&r.kind);
                             runner.shared.metrics.submitted(&r.kind);
-                            runner.shared.bus.publish(r);
+                            runner.shared.bus.publish(r, None);
                         }
                         Ok(Inserted::Existing(_)) | Err(_) => runner.shared.bus.forget(&id),
                     }
@@ -212,7 +218,9 @@ impl Runner {
             }
             self.lock_slots().started(&record.kind);
             self.shared.metrics.started(record);
-            self.shared.bus.publish(record);
+            self.shared
+                .bus
+                .publish(record, Some(crate::model::State::Queued));
         }
         if !claimed.operations.is_empty() {
             self.shared.queue_room.notify_waiters();

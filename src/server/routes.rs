@@ -13,7 +13,7 @@ use tower::Layer;
 use crate::auth::{AuthLayer, Tokens};
 use crate::http::{Gateway, GrpcService, RulesError};
 use crate::scheduler::Runner;
-use crate::service::{OperationsApi, SnapshotApi, TaskApi, WatchApi};
+use crate::service::{AdminApi, OperationsApi, SnapshotApi, TaskApi, WatchApi};
 
 /// How often the health service checks that the store answers.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
@@ -21,12 +21,8 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The services `grpc.health.v1` reports on (besides `""`, the whole server).
-pub const HEALTH_SERVICES: [&str; 4] = [
-    "google.longrunning.Operations",
-    "oprun.v1.TaskService",
-    "oprun.v1.SnapshotService",
-    "oprun.v1.WatchService",
-];
+/// (The services with HTTP rules are all of them.)
+pub const HEALTH_SERVICES: [&str; 5] = crate::http::SERVICES;
 
 /// Why the routes cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +66,7 @@ pub fn routes(runner: &Runner) -> Result<Routes, RoutesError> {
     let mut routes = Routes::new(OperationsApi::server(runner.clone()))
         .add_service(TaskApi::server(runner.clone()))
         .add_service(WatchApi::server(runner.clone()))
+        .add_service(AdminApi::server(runner.clone()))
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha);

@@ -6,11 +6,13 @@
 //!
 //! [`Runner`]: crate::scheduler::Runner
 
+mod admin;
 mod operations;
 mod snapshot;
 mod tasks;
 mod watch;
 
+pub use admin::AdminApi;
 pub use operations::OperationsApi;
 pub use snapshot::SnapshotApi;
 pub use tasks::TaskApi;
@@ -32,3 +34,32 @@ fn traceparent<T>(request: &tonic::Request<T>) -> Option<String> {
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 /// Largest ListOperations page size; larger requests are clamped.
 pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// A request's `page_size`: 0 is [`DEFAULT_PAGE_SIZE`], larger than [`MAX_PAGE_SIZE`] is
+/// clamped.
+///
+/// # Errors
+/// INVALID_ARGUMENT for a negative size.
+fn page_size(page_size: i32) -> Result<usize, crate::error::Error> {
+    match usize::try_from(page_size) {
+        Err(_) => Err(crate::error::Error::invalid_argument(
+            "page_size",
+            format!(
+                "page_size must not be negative (got {page_size}); 0 means the default of \
+                 {DEFAULT_PAGE_SIZE}"
+            ),
+        )),
+        Ok(0) => Ok(DEFAULT_PAGE_SIZE),
+        Ok(n) => Ok(n.min(MAX_PAGE_SIZE)),
+    }
+}
+
+/// A request's AIP-160 `filter`.
+///
+/// # Errors
+/// INVALID_ARGUMENT (reason `INVALID_FILTER`) saying what is wrong with it.
+fn parse_filter(filter: &str) -> Result<crate::filter::Filter, crate::error::Error> {
+    crate::filter::Filter::parse(filter).map_err(|e| {
+        crate::error::Error::invalid_argument_because("filter", "INVALID_FILTER", e.to_string())
+    })
+}

@@ -5,10 +5,8 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use super::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::error::quote;
 use crate::error::Error;
-use crate::filter::Filter;
 use crate::model::{time, OperationId, COLLECTION};
 use crate::page_token;
 use crate::proto::google::longrunning::operations_server::{Operations, OperationsServer};
@@ -76,23 +74,8 @@ impl Operations for OperationsApi {
             )
             .into());
         }
-        let page_size = match usize::try_from(req.page_size) {
-            Err(_) => {
-                return Err(Error::invalid_argument(
-                    "page_size",
-                    format!(
-                        "page_size must not be negative (got {}); 0 means the default of {DEFAULT_PAGE_SIZE}",
-                        req.page_size
-                    ),
-                )
-                .into())
-            }
-            Ok(0) => DEFAULT_PAGE_SIZE,
-            Ok(n) => n.min(MAX_PAGE_SIZE),
-        };
-        let filter = Filter::parse(&req.filter).map_err(|e| {
-            Error::invalid_argument_because("filter", "INVALID_FILTER", e.to_string())
-        })?;
+        let page_size = super::page_size(req.page_size)?;
+        let filter = super::parse_filter(&req.filter)?;
         let after = page_token::decode(&req.page_token, &req.filter)?;
         let page = self.runner.list(&filter, after, page_size).await?;
         Ok(Response::new(ListOperationsResponse {

@@ -6,7 +6,6 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::error::Error;
-use crate::filter::Filter;
 use crate::model::OperationId;
 use crate::proto::google::longrunning::Operation;
 use crate::proto::oprun::v1::watch_service_server::{WatchService, WatchServiceServer};
@@ -54,9 +53,7 @@ impl WatchService for WatchApi {
         &self,
         request: Request<WatchOperationsRequest>,
     ) -> Result<Response<Self::WatchOperationsStream>, Status> {
-        let filter = Filter::parse(&request.get_ref().filter).map_err(|e| {
-            Error::invalid_argument_because("filter", "INVALID_FILTER", e.to_string())
-        })?;
+        let filter = super::parse_filter(&request.get_ref().filter)?;
         Ok(Response::new(wire(self.runner.watch_operations(filter))))
     }
 }

@@ -1,0 +1,91 @@
+//! What operators and the dashboard ask beyond the standard queries: the newest operations
+//! first, counts, and running a finished operation again.
+
+use std::time::{Duration, SystemTime};
+
+use tracing::info;
+
+use super::queries::Page;
+use super::{Runner, Submission};
+use crate::error::Error;
+use crate::filter::Filter;
+use crate::model::{OperationId, OperationRecord};
+use crate::store::Summary;
+
+impl Runner {
+    /// Lists up to `limit` operations older than `before` (a `seq`; `i64::MAX` for the
+    /// newest) that match `filter`, newest first. `next_after` is then the `seq` to continue
+    /// below.
+    ///
+    /// # Errors
+    /// UNAVAILABLE when the store fails.
+    pub async fn list_newest(
+        &self,
+        filter: &Filter,
+        before: i64,
+        limit: usize,
+    ) -> Result<Page, Error> {
+        let operations = self
+            .shared
+            .store
+            .list_newest(before, filter, limit.saturating_add(1))
+            .await?;
+        Ok(Page::of(operations, limit))
+    }
+
+    /// How many operations there are by kind and state, and how many finished in each
+    /// `bucket` since `since`.
+    ///
+    /// # Errors
+    /// UNAVAILABLE when the store fails.
+    pub async fn summarize(&self, since: SystemTime, bucket: Duration) -> Result<Summary, Error> {
+        Ok(self.shared.store.summarize(since, bucket).await?)
+    }
+
+    /// Submits a new operation with the kind, input and timeout of the finished operation
+    /// `id`, which is left as it is.
+    ///
+    /// # Errors
+    /// NOT_FOUND when there is no such operation; FAILED_PRECONDITION when it is not done or
+    /// its kind is no longer registered; what [`Runner::submit`] answers otherwise.
+    pub async fn rerun(
+        &self,
+        id: &OperationId,
+        request_id: String,
+        traceparent: Option<String>,
+    ) -> Result<OperationRecord, Error> {
+        let old = self.get(id).await?;
+        if !old.is_done() {
+            return Err(Error::FailedPrecondition {
+                message: format!("{id} is not done; run again once it is done"),
+                reason: "OPERATION_NOT_DONE",
+            });
+        }
+        if !self.shared.registry.contains(&old.kind) {
+            return Err(Error::FailedPrecondition {
+                message: format!(
+                    "{id} is of kind {:?}, which this server does not run (registered kinds: {})",
+                    old.kind,
+                    self.shared.registry.names()
+                ),
+                reason: "UNKNOWN_KIND",
+            });
+        }
+        // The same timeout: the time its deadline left it at submission.
+        let timeout = old
+            .deadline
+            .and_then(|deadline| deadline.duration_since(old.create_time).ok());
+        let new = self
+            .submit(Submission {
+                kind: old.kind.clone(),
+                input: Some(old.input.clone()),
+                request_id,
+                timeout,
+                not_before: None,
+                traceparent,
+            })
+            .await?;
+        info!(op.name = %new.id, op.kind = %new.kind, from = %id, "run again");
+        Ok(new)
+    }
+}
