@@ -477,6 +477,39 @@ async fn the_node_of_an_exclusive_store_stays_live() {
         .expect("shutdown");
 }
 
+/// A summary is served again for up to `SUMMARY_MAX_AGE` to whoever asks the same (every
+/// open dashboard asks about once a second; counting reads every row), then read afresh.
+#[tokio::test(start_paused = true)]
+async fn summaries_are_shared_for_a_moment() {
+    let runner = common::memory_runner().await;
+    let since = std::time::SystemTime::UNIX_EPOCH;
+    let bucket = Duration::from_secs(10);
+    let total = |s: &oprun::store::Summary| s.counts.iter().map(|c| c.2).sum::<u64>();
+    let first = runner.summarize(since, bucket).await.expect("summary");
+    assert_eq!(total(&first), 0);
+    runner
+        .submit(oprun::scheduler::Submission::new(
+            "sleep",
+            common::sleep_input(600_000, 1, ""),
+        ))
+        .await
+        .expect("submit");
+    let kept = runner.summarize(since, bucket).await.expect("summary");
+    assert_eq!(
+        total(&kept),
+        0,
+        "the same question within the moment: the kept answer"
+    );
+    let other = runner
+        .summarize(since, Duration::from_secs(5))
+        .await
+        .expect("summary");
+    assert_eq!(total(&other), 1, "another question is read afresh");
+    tokio::time::advance(oprun::scheduler::SUMMARY_MAX_AGE).await;
+    let later = runner.summarize(since, bucket).await.expect("summary");
+    assert_eq!(total(&later), 1, "read afresh once the moment passed");
+}
+
 const READER: &str = "reader-token-0123456789";
 const SUBMITTER: &str = "submitter-token-0123456789";
 

@@ -60,6 +60,7 @@ use crate::error::Error;
 use crate::model::OperationId;
 use crate::store::Store;
 use crate::task::Registry;
+pub use admin::SUMMARY_MAX_AGE;
 pub use bus::OperationChanged;
 pub use clock::{Clock, PausedClock, SystemClock};
 pub use queries::Page;
@@ -230,6 +231,8 @@ struct Shared {
     metrics: Arc<crate::metrics::Metrics>,
     /// Whether batches may wait for the dispatcher's own claim of them (see `batch`).
     control_pending: AtomicBool,
+    /// The last summary read (see `admin`).
+    summary: Mutex<Option<admin::KeptSummary>>,
 }
 
 impl Runner {
@@ -272,6 +275,7 @@ impl Runner {
                 lease_lost: AtomicBool::new(false),
                 claiming: tokio::sync::Mutex::new(()),
                 control_pending: AtomicBool::new(true),
+                summary: Mutex::new(None),
                 config,
             }),
         };
