@@ -335,6 +335,7 @@
    */
   function keepWatching(ctx, path, { onOpen, onEvent, onFinalError, until, indicator = true }) {
     let backoff = 500;
+    let openedAt = 0;
     // Only the page's main stream drives the header's indicator.
     const conn = indicator ? setConn : () => {};
     (async () => {
@@ -342,7 +343,7 @@
       while (!ctx.signal.aborted) {
         try {
           await readSse(path, ctx.signal, () => {
-            backoff = 500;
+            openedAt = Date.now();
             conn("live");
             onOpen && onOpen();
           }, onEvent);
@@ -359,6 +360,10 @@
           }
           if (!(err instanceof ApiError)) console.warn("watch failed", err);
         }
+        // Start over only after a stream that stayed up: one that opens and fails at once
+        // (a 200 then `event: error`) must still back off.
+        if (openedAt && Date.now() - openedAt >= 10000) backoff = 500;
+        openedAt = 0;
         conn("reconnecting");
         await sleep(backoff + Math.random() * 250, ctx.signal);
         backoff = Math.min(backoff * 2, 15000);
@@ -509,15 +514,19 @@
     current.ctl.abort();
     current.timers.forEach(clearInterval);
     current = null;
+    // A question asked by the page that is gone answers "no" (its `close` listener).
+    if ($("confirm").open) $("confirm").close();
   }
 
   function newCtx() {
     const ctl = new AbortController();
-    current = { ctl, timers: [] };
+    const page = { ctl, timers: [] };
+    current = page;
     const ctx = {
       signal: ctl.signal,
       every(ms, fn) {
-        current.timers.push(setInterval(fn, ms));
+        // This page's list, not whichever page is on screen when called.
+        if (!ctl.signal.aborted) page.timers.push(setInterval(fn, ms));
       },
     };
     return ctx;
@@ -541,19 +550,31 @@
       listPage(ctx, main, params.get("filter") || "");
     } else if (path.startsWith("/operations/")) {
       section = "operations";
-      detailPage(ctx, main, decodeURIComponent(path.slice("/operations/".length)));
+      let id = null;
+      try {
+        id = decodeURIComponent(path.slice("/operations/".length));
+      } catch (_) {
+        // a malformed %-escape: not found below
+      }
+      if (id !== null) detailPage(ctx, main, id);
+      else notFound(main);
     } else if (path === "/kinds") {
       section = "kinds";
       kindsPage(ctx, main);
     } else {
-      document.title = "Not found · oprun";
-      setConn("ready");
-      main.append(h("h1", { text: "Page not found" }), h("p", {}, h("a", { href: "#/", text: "Go to the overview" })));
+      notFound(main);
     }
+    focusFilterOnList = false; // only for the list page this route built
     for (const a of document.querySelectorAll("nav a[data-nav]")) {
       if (a.dataset.nav === section) a.setAttribute("aria-current", "page");
       else a.removeAttribute("aria-current");
     }
+  }
+
+  function notFound(main) {
+    document.title = "Not found · oprun";
+    setConn("ready");
+    main.append(h("h1", { text: "Page not found" }), h("p", {}, h("a", { href: "#/", text: "Go to the overview" })));
   }
 
   function navigate(hash) {
@@ -886,7 +907,7 @@
         h("th", { text: "Progress" }), h("th", { text: "Status" }), h("th", { class: "num", text: "Attempt" }),
         h("th", { text: "Created" }), h("th", { text: "Started" }), h("th", { text: "Ended" }), h("th", { text: "Node" }))),
       tbody);
-    const newNotice = h("div", { class: "new-notice", "data-testid": "new-notice", hidden: true });
+    const newNotice = h("div", { class: "new-notice", "data-testid": "new-notice", "aria-live": "polite", hidden: true });
     const pageInfo = h("span", { class: "muted", "data-testid": "page-info" });
     const prevBtn = h("button", { type: "button", "data-testid": "prev-page", text: "Previous page", disabled: true, onclick: () => loadPage(st.tokens.pop() || "", false) });
     const nextBtn = h("button", { type: "button", "data-testid": "next-page", text: "Next page", disabled: true, onclick: () => { st.tokens.push(st.token); loadPage(st.next, false); } });
@@ -894,6 +915,11 @@
     main.append(h("h1", { text: "Operations" }), form, chips, toolbar, batchBox, newNotice,
       h("div", { class: "table-wrap" }, table),
       h("div", { class: "pager" }, prevBtn, nextBtn, pageInfo));
+    if (focusFilterOnList) {
+      focusFilterOnList = false;
+      input.focus();
+      input.select();
+    }
 
     function applyFilter(f) {
       navigate(f ? "#/operations?filter=" + encodeURIComponent(f) : "#/operations");
@@ -901,6 +927,8 @@
 
     // --- loading a page
     async function loadPage(token, keepSelection) {
+      // Only the latest load may show its page: an older one answering late is dropped.
+      const load = (st.load = (st.load || 0) + 1);
       st.listing = true;
       st.queued = [];
       const q = new URLSearchParams({ pageSize: String(PAGE_SIZE), orderBy: "create_time desc" });
@@ -911,6 +939,7 @@
           api("GET", "/v1/operations:query?" + q, undefined, ctx.signal),
           token ? newestMatching() : null,
         ]);
+        if (load !== st.load) return;
         filterError.textContent = "";
         input.removeAttribute("aria-invalid");
         st.token = token;
@@ -921,6 +950,7 @@
         st.listing = false;
         queued.forEach(onEvent);
       } catch (err) {
+        if (load !== st.load) return;
         st.listing = false;
         if (ctx.signal.aborted) return;
         showListError(err);
@@ -1130,7 +1160,7 @@
   function batchPanel(ctx, box, op, label, onDone) {
     const title = h("h2", {}, `${label}: `, h("a", { href: opHref(op.name), "data-testid": "batch-link", text: shortId(op.name) }), " ", badge(stateOf(op)));
     const progress = h("div", { "data-testid": "batch-progress" }, progressEl(op, true));
-    const status = h("p", { class: "muted", "data-testid": "batch-status" });
+    const status = h("p", { class: "muted", "data-testid": "batch-status", "aria-live": "polite" });
     const result = h("p", { "data-testid": "batch-result", role: "status" });
     const cancelBtn = h("button", { type: "button", "data-testid": "batch-cancel", text: "Cancel batch", hidden: !can("submit") });
     const closeBtn = h("button", { type: "button", class: "link-button", text: "Close", onclick: () => { panelCtl.abort(); panel.remove(); } });
@@ -1160,7 +1190,7 @@
       const m = meta(o);
       title.querySelector(".badge").replaceWith(badge(stateOf(o)));
       clear(progress).append(progressEl(o, true));
-      status.textContent = m.statusMessage || "";
+      if (status.textContent !== (m.statusMessage || "")) status.textContent = m.statusMessage || "";
       cancelBtn.hidden = o.done || !can("submit");
       panel.dataset.done = o.done ? "true" : "false";
       if (o.done) {
@@ -1191,10 +1221,10 @@
     document.title = `${shortId(name)} · oprun`;
     let op = null;
 
-    const stateSlot = h("span", { "data-testid": "detail-state" });
+    const stateSlot = h("span", { "data-testid": "detail-state", "aria-live": "polite" });
     const kindEl = h("span", { class: "muted", "data-testid": "detail-kind" });
     const progressSlot = h("div", { "data-testid": "detail-progress" });
-    const statusEl = h("p", { "data-testid": "detail-status" });
+    const statusEl = h("p", { "data-testid": "detail-status", "aria-live": "polite" });
     const error = h("p", { class: "field-error", role: "alert", "data-testid": "detail-error" });
     const cancelBtn = h("button", { type: "button", "data-testid": "btn-cancel", text: "Cancel", hidden: true, onclick: onCancel });
     const deleteBtn = h("button", { type: "button", "data-testid": "btn-delete", text: "Delete", hidden: true, onclick: onDelete });
@@ -1224,9 +1254,10 @@
       op = o;
       const m = meta(o);
       kindEl.textContent = m.kind || "";
-      clear(stateSlot).append(badge(stateOf(o)));
+      // Live regions: touched only on a change, so a screen reader does not repeat them.
+      if (stateSlot.textContent !== stateOf(o)) clear(stateSlot).append(badge(stateOf(o)));
       clear(progressSlot).append(progressEl(o, true));
-      statusEl.textContent = m.statusMessage || "";
+      if (statusEl.textContent !== (m.statusMessage || "")) statusEl.textContent = m.statusMessage || "";
       cancelBtn.hidden = o.done || !can("submit");
       cancelBtn.disabled = !!m.requestedCancellation;
       cancelBtn.textContent = m.requestedCancellation ? "Cancel requested" : "Cancel";
@@ -1243,7 +1274,7 @@
       const ok = await confirmAction({ title: "Cancel this operation?", message: `Cancellation of ${name} is requested; the worker stops at its next check.`, ok: "Cancel operation" });
       if (!ok) return;
       try {
-        await api("POST", `/v1/operations/${id}:cancel`, {}, ctx.signal);
+        await api("POST", `/v1/operations/${encodeURIComponent(id)}:cancel`, {}, ctx.signal);
         // The watch shows the outcome.
       } catch (err) {
         reportError(err);
@@ -1254,7 +1285,7 @@
       const ok = await confirmAction({ title: "Delete this operation?", message: `${name} and its result are removed for good.`, ok: "Delete operation" });
       if (!ok) return;
       try {
-        await api("DELETE", `/v1/operations/${id}`, undefined, ctx.signal);
+        await api("DELETE", `/v1/operations/${encodeURIComponent(id)}`, undefined, ctx.signal);
         navigate(lastListHash);
       } catch (err) {
         reportError(err);
@@ -1265,7 +1296,7 @@
       const ok = await confirmAction({ title: "Run it again?", message: `A new ${meta(op).kind || ""} operation starts with the same input; this one stays as it is.`, ok: "Run again", danger: false });
       if (!ok) return;
       try {
-        const fresh = await api("POST", `/v1/operations/${id}:rerun`, { requestId: uuid() }, ctx.signal);
+        const fresh = await api("POST", `/v1/operations/${encodeURIComponent(id)}:rerun`, { requestId: uuid() }, ctx.signal);
         navigate(opHref(fresh.name));
       } catch (err) {
         reportError(err);
@@ -1440,6 +1471,8 @@
 
   // ===================================================================== start
 
+  let focusFilterOnList = false;
+
   function onKey(e) {
     // "/" focuses the filter box (going to the list first) unless typing somewhere.
     if (e.key !== "/" || e.ctrlKey || e.metaKey || e.altKey) return;
@@ -1447,7 +1480,10 @@
     if (t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName))) return;
     if ($("confirm").open) return;
     e.preventDefault();
-    if (!$("filter")) navigate(lastListHash);
+    if (!$("filter")) {
+      focusFilterOnList = true; // hashchange is async: listPage focuses it
+      navigate(lastListHash);
+    }
     const f = $("filter");
     if (f) {
       f.focus();
