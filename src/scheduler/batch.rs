@@ -237,13 +237,13 @@ async fn act(
 ) -> Result<Acted, TaskError> {
     match action {
         Action::Cancel if record.is_done() => Ok(Acted::Skipped),
-        Action::Cancel => match runner.cancel(&record.id).await {
+        Action::Cancel => match runner.cancel_from(record.clone()).await {
             Ok(()) => Ok(Acted::Changed),
             Err(Error::NotFound { .. }) => Ok(Acted::Skipped),
             Err(e) => Err(retryable(e)),
         },
         Action::Delete if !record.is_done() => Ok(Acted::Skipped),
-        Action::Delete => match runner.delete(&record.id).await {
+        Action::Delete => match runner.delete_done(&record.id).await {
             Ok(()) => Ok(Acted::Changed),
             Err(Error::NotFound { .. } | Error::FailedPrecondition { .. }) => Ok(Acted::Skipped),
             Err(e) => Err(retryable(e)),

@@ -100,6 +100,7 @@ impl Runner {
     pub(crate) async fn dispatch_loop(self) {
         let mut retry = CLAIM_RETRY_MIN;
         let mut refused = false;
+        let mut last_control_look = tokio::time::Instant::now();
         // Fixed once the runner has started; an exclusive store ignores them (its one node's
         // room says everything).
         let limits = if self.shared.store.is_exclusive() {
@@ -168,9 +169,10 @@ impl Runner {
             }
             drop(gate);
             let poll = (!self.shared.store.is_exclusive()).then_some(SAFETY_POLL);
-            if poll.is_some() {
-                // A batch another node queued and left (its node went away) is found by the
-                // next look after the safety poll.
+            if poll.is_some() && last_control_look.elapsed() >= SAFETY_POLL {
+                // A batch another node queued and left (its node went away) is found by a
+                // look every safety poll, not on every wake.
+                last_control_look = tokio::time::Instant::now();
                 self.shared.control_pending.store(true, Ordering::Release);
             }
             let sleep = next_due

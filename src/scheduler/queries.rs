@@ -126,7 +126,14 @@ impl Runner {
     /// NOT_FOUND when there is no such operation; UNAVAILABLE when the store fails (nothing
     /// was cancelled then).
     pub async fn cancel(&self, id: &OperationId) -> Result<(), Error> {
-        let mut current = self.get(id).await?;
+        let current = self.get(id).await?;
+        self.cancel_from(current).await
+    }
+
+    /// [`Runner::cancel`] from a state of the operation already read (a stale one is read
+    /// again by the fenced write).
+    pub(crate) async fn cancel_from(&self, mut current: OperationRecord) -> Result<(), Error> {
+        let id = current.id.clone();
         loop {
             let (change, queued) = match current.state {
                 s if s.is_done() => return Ok(()),
@@ -142,7 +149,7 @@ impl Runner {
                     true,
                 ),
                 _ if current.requested_cancellation => {
-                    self.cancel_worker(id);
+                    self.cancel_worker(&id);
                     return Ok(());
                 }
                 _ => (Change::RequestCancel, false),
@@ -158,7 +165,7 @@ impl Runner {
                     } else {
                         // Its worker learnt of it as the request was written; one claimed on
                         // this node meanwhile learns of it here.
-                        self.cancel_worker(id);
+                        self.cancel_worker(&id);
                     }
                     return Ok(());
                 }
@@ -210,21 +217,26 @@ impl Runner {
     /// FAILED_PRECONDITION when it is not done; NOT_FOUND when there is no such operation;
     /// UNAVAILABLE when the store fails.
     pub async fn delete(&self, id: &OperationId) -> Result<(), Error> {
-        let not_done = || Error::FailedPrecondition {
-            message: format!("{id} is not done; cancel it first and delete it once it is done"),
-            reason: "OPERATION_NOT_DONE",
-        };
         // Read first: an operation not done is refused without asking the store to write
         // (which it may not be able to do just then).
         if !self.get(id).await?.is_done() {
-            return Err(not_done());
+            return Err(not_done(id));
         }
+        self.delete_done(id).await
+    }
+
+    /// Deletes `id` if the store holds it done (what [`Runner::delete`] does once it has
+    /// read it done).
+    ///
+    /// # Errors
+    /// As [`Runner::delete`].
+    pub(crate) async fn delete_done(&self, id: &OperationId) -> Result<(), Error> {
         match self.shared.store.delete_done(id).await? {
             Some(true) => {
                 info!(op.name = %id, "deleted");
                 Ok(())
             }
-            Some(false) => Err(not_done()),
+            Some(false) => Err(not_done(id)),
             None => Err(Error::NotFound { name: id.name() }),
         }
     }
@@ -240,5 +252,13 @@ impl Runner {
             .list(after, filter, limit.saturating_add(1))
             .await?;
         Ok(Page::of(operations, limit))
+    }
+}
+
+/// Why an operation that is not done cannot be deleted.
+fn not_done(id: &OperationId) -> Error {
+    Error::FailedPrecondition {
+        message: format!("{id} is not done; cancel it first and delete it once it is done"),
+        reason: "OPERATION_NOT_DONE",
     }
 }

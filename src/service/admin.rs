@@ -42,14 +42,15 @@ impl AdminApi {
         AdminServiceServer::new(Self { runner })
     }
 
-    /// Starts a batch of `kind` over what the request selects.
+    /// Starts a batch of `kind` over what the request selects (`filter` or `names`).
     async fn batch(
         &self,
         kind: &str,
-        selection: BatchSelection,
+        (filter, names): (String, Vec<String>),
         request_id: String,
         traceparent: Option<String>,
     ) -> Result<Response<Operation>, Status> {
+        let selection = BatchSelection { filter, names };
         // Checked here too so that the error names the request's own fields.
         check_selection(&selection).map_err(|message| {
             let field = if selection.names.is_empty() {
@@ -217,12 +218,13 @@ impl AdminService for AdminApi {
     ) -> Result<Response<Operation>, Status> {
         let traceparent = super::traceparent(&request);
         let req = request.into_inner();
-        let selection = BatchSelection {
-            filter: req.filter,
-            names: req.names,
-        };
-        self.batch(CANCEL_KIND, selection, req.request_id, traceparent)
-            .await
+        self.batch(
+            CANCEL_KIND,
+            (req.filter, req.names),
+            req.request_id,
+            traceparent,
+        )
+        .await
     }
 
     #[instrument(skip_all, name = "rpc.DeleteOperations", fields(trace_id, parent_id))]
@@ -232,12 +234,13 @@ impl AdminService for AdminApi {
     ) -> Result<Response<Operation>, Status> {
         let traceparent = super::traceparent(&request);
         let req = request.into_inner();
-        let selection = BatchSelection {
-            filter: req.filter,
-            names: req.names,
-        };
-        self.batch(DELETE_KIND, selection, req.request_id, traceparent)
-            .await
+        self.batch(
+            DELETE_KIND,
+            (req.filter, req.names),
+            req.request_id,
+            traceparent,
+        )
+        .await
     }
 
     #[instrument(skip_all, name = "rpc.RerunOperation", fields(trace_id, parent_id))]

@@ -495,34 +495,30 @@ pub(crate) const NODES_SQL: &str = "SELECT n.id, n.lease_until, count(o.seq) FRO
      AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = o.owner) GROUP BY o.owner \
      ORDER BY 1";
 
-/// Whether a record matches a filter.
+/// Whether `r` matches `filter`.
+pub(crate) fn record_matches(filter: &Filter, r: &OperationRecord) -> bool {
+    matches_in_state(filter, r, r.state)
+}
+
 /// Whether `r` matched `filter` before its last change, which it made from state `before`
 /// (the fields such a change sets: state, done, and the error of an end).
 pub(crate) fn matched_before(filter: &Filter, r: &OperationRecord, before: State) -> bool {
+    matches_in_state(filter, r, before)
+}
+
+/// Whether `r`, in `state` (with its error only if that state is an end), matches `filter`.
+fn matches_in_state(filter: &Filter, r: &OperationRecord, state: State) -> bool {
     filter.is_empty()
         || filter.matches(&FilterFields {
             name: &r.id.name(),
-            done: before.is_done(),
+            done: state.is_done(),
             kind: &r.kind,
-            state: before.as_str(),
-            error_code: if before.is_done() {
+            state: state.as_str(),
+            error_code: if state.is_done() {
                 r.error_code()
             } else {
                 None
             },
-            create_time: r.create_time,
-            update_time: r.update_time,
-        })
-}
-
-pub(crate) fn record_matches(filter: &Filter, r: &OperationRecord) -> bool {
-    filter.is_empty()
-        || filter.matches(&FilterFields {
-            name: &r.id.name(),
-            done: r.is_done(),
-            kind: &r.kind,
-            state: r.state.as_str(),
-            error_code: r.error_code(),
             create_time: r.create_time,
             update_time: r.update_time,
         })

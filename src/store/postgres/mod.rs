@@ -520,6 +520,25 @@ fn list_sql(clause: &str, recent: bool) -> String {
     )
 }
 
+/// Runs a listing query whose parameters are a `seq` (`$1`), the limit (`$2`), then the
+/// filter's, and decodes its rows. Not prepared and cached: clients' filters have endless
+/// shapes, and each prepared statement stays on its connection (and the server) for good.
+async fn page(
+    client: &Object,
+    sql: &str,
+    seq: i64,
+    filter: &[SqlValue],
+    limit: usize,
+) -> Result<Vec<OperationRecord>, StoreError> {
+    let limit = count(limit);
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(filter.len() + 2);
+    params.push(&seq);
+    params.push(&limit);
+    params.extend(filter.iter().map(|p| p as &(dyn ToSql + Sync)));
+    let rows = client.query(sql, &params).await.map_err(pg_error)?;
+    records(&rows)
+}
+
 /// Whether `list` reads the operations created at or after `since` (on a page starting after
 /// `after`) through `operations_created` (see [`WALK_AT_MOST`](crate::store::row::WALK_AT_MOST)): one index seek, then at most
 /// one read of [`RECENT_AT_MOST`] index entries.
@@ -722,21 +741,13 @@ impl Store for PostgresStore {
     ) -> Result<Vec<OperationRecord>, StoreError> {
         let created_after = filter.created_after().map(micros);
         let filter = filter.to_postgres(&FILTER_COLUMNS, 3);
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(filter.params.len() + 2);
-        let limit = count(limit);
-        params.push(&after);
-        params.push(&limit);
-        params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));
         let client = self.client().await?;
         let recent = match created_after {
             Some(since) => reads_recent(&client, since, after).await?,
             None => false,
         };
-        // Not cached: clients' filters have endless shapes, and each prepared statement stays
-        // on its connection (and the server) for good.
         let sql = list_sql(&filter.clause, recent);
-        let rows = client.query(&sql, &params).await.map_err(pg_error)?;
-        records(&rows)
+        page(&client, &sql, after, &filter.params, limit).await
     }
 
     async fn list_newest(
@@ -746,19 +757,12 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError> {
         let filter = filter.to_postgres(&FILTER_COLUMNS, 3);
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(filter.params.len() + 2);
-        let limit = count(limit);
-        params.push(&before);
-        params.push(&limit);
-        params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));
         let client = self.client().await?;
-        // Not cached, as in `list`.
         let sql = format!(
             "SELECT {COLUMNS} FROM operations WHERE seq < $1 AND ({}) ORDER BY seq DESC LIMIT $2",
             filter.clause
         );
-        let rows = client.query(&sql, &params).await.map_err(pg_error)?;
-        records(&rows)
+        page(&client, &sql, before, &filter.params, limit).await
     }
 
     async fn summarize(

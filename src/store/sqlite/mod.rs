@@ -450,6 +450,26 @@ fn list_query(clause: &str, recent: bool) -> String {
     )
 }
 
+/// Runs a listing query whose placeholders are a `seq`, the filter's, then the limit, and
+/// decodes its rows.
+fn page(
+    conn: &Connection,
+    sql: &str,
+    seq: i64,
+    filter: Vec<SqlValue>,
+    limit: usize,
+) -> Result<Vec<OperationRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(sql_error)?;
+    let params = std::iter::once(SqlValue::Integer(seq))
+        .chain(filter)
+        .chain(std::iter::once(SqlValue::Integer(sql_limit(limit))));
+    let rows: Vec<RawRow> = stmt
+        .query_map(params_from_iter(params), row_to_record)
+        .and_then(Iterator::collect)
+        .map_err(sql_error)?;
+    rows.into_iter().map(RawRow::decode).collect()
+}
+
 /// Whether `list` reads the operations created at or after `since` (on a page starting after
 /// `after`) through `operations_created` rather than by walking `seq` (see [`WALK_AT_MOST`](crate::store::row::WALK_AT_MOST)):
 /// at most one index seek and one read of [`RECENT_AT_MOST`] index entries.
@@ -600,17 +620,13 @@ impl Store for SqliteStore {
                 Some(since) => reads_recent(conn, since, after)?,
                 None => false,
             };
-            let mut stmt = conn
-                .prepare_cached(&list_query(&filter.clause, recent))
-                .map_err(sql_error)?;
-            let params = std::iter::once(SqlValue::Integer(after))
-                .chain(filter.params)
-                .chain(std::iter::once(SqlValue::Integer(sql_limit(limit))));
-            let rows: Vec<RawRow> = stmt
-                .query_map(params_from_iter(params), row_to_record)
-                .and_then(Iterator::collect)
-                .map_err(sql_error)?;
-            rows.into_iter().map(RawRow::decode).collect()
+            page(
+                conn,
+                &list_query(&filter.clause, recent),
+                after,
+                filter.params,
+                limit,
+            )
         })
         .await
     }
@@ -629,15 +645,7 @@ impl Store for SqliteStore {
                  LIMIT ?",
                 filter.clause
             );
-            let mut stmt = conn.prepare_cached(&sql).map_err(sql_error)?;
-            let params = std::iter::once(SqlValue::Integer(before))
-                .chain(filter.params)
-                .chain(std::iter::once(SqlValue::Integer(sql_limit(limit))));
-            let rows: Vec<RawRow> = stmt
-                .query_map(params_from_iter(params), row_to_record)
-                .and_then(Iterator::collect)
-                .map_err(sql_error)?;
-            rows.into_iter().map(RawRow::decode).collect()
+            page(conn, &sql, before, filter.params, limit)
         })
         .await
     }
