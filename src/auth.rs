@@ -15,6 +15,11 @@
 //! - `submitter`: also SubmitTask, CreateSnapshot, CancelOperation;
 //! - `admin`: also DeleteOperation (and any method the table does not name).
 //!
+//! A kind may need more than the method that starts it: its
+//! [`TaskOptions::start_role`](crate::task::TaskOptions::start_role) is checked by the runner
+//! whichever way an operation of it is started (SubmitTask, RerunOperation, the batch RPCs),
+//! so the built-in delete batch needs `admin` however it is started.
+//!
 //! [`AuthLayer`] is a tower layer over the whole tonic router, so a call is authenticated and
 //! authorised before any service sees it: a caller without the role learns nothing about
 //! whether the operation it named exists. A missing or unknown token is answered
@@ -70,7 +75,7 @@ impl Role {
     }
 
     /// The roles that satisfy `self` in words, e.g. `submitter or admin`.
-    fn and_above(self) -> String {
+    pub fn and_above(self) -> String {
         let names: Vec<_> = Role::ALL
             .iter()
             .filter(|r| **r >= self)

@@ -42,6 +42,18 @@ pub enum Error {
         /// A stable upper-case reason.
         reason: &'static str,
     },
+    /// The caller's role may not do what it asked (start a kind that needs a higher role).
+    #[error("{message}")]
+    PermissionDenied {
+        /// What was refused and which roles would do.
+        message: String,
+        /// A stable upper-case reason, e.g. `ROLE_TOO_LOW`.
+        reason: &'static str,
+        /// The caller's role.
+        role: crate::auth::Role,
+        /// The least role that would do.
+        needed: crate::auth::Role,
+    },
     /// A `request_id` was reused for a different request.
     #[error("{message}")]
     AlreadyExists {
@@ -108,6 +120,7 @@ impl Error {
             Error::InvalidArgument { reason, .. } => (Code::InvalidArgument, reason),
             Error::NotFound { .. } => (Code::NotFound, "OPERATION_NOT_FOUND"),
             Error::FailedPrecondition { reason, .. } => (Code::FailedPrecondition, reason),
+            Error::PermissionDenied { reason, .. } => (Code::PermissionDenied, reason),
             Error::AlreadyExists { .. } => (Code::AlreadyExists, "REQUEST_ID_REUSED"),
             Error::InputRefused { code, .. } => (*code, "INPUT_REFUSED"),
             Error::ResourceExhausted { .. } => (Code::ResourceExhausted, "QUEUE_FULL"),
@@ -137,6 +150,10 @@ impl From<Error> for tonic::Status {
             }
             Error::NotFound { name } => {
                 metadata.insert("name".to_owned(), name.clone());
+            }
+            Error::PermissionDenied { role, needed, .. } => {
+                metadata.insert("role".to_owned(), role.as_str().to_owned());
+                metadata.insert("required_role".to_owned(), needed.as_str().to_owned());
             }
             Error::ResourceExhausted { retry_after, .. } => {
                 details.set_retry_info(Some(*retry_after));

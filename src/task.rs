@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use tokio::sync::watch;
 
+use crate::auth::Role;
 use crate::error::Error;
 use crate::model::{pack, type_name, OperationId};
 use crate::proto::google::rpc::Code;
@@ -52,7 +53,7 @@ use crate::proto::oprun::v1::{Progress, TaskKind};
 use crate::text::quote;
 
 /// How the runner treats a kind.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TaskOptions {
     /// Whether a run interrupted by a crash or shutdown may run again (`attempt` + 1).
     /// Kinds that are not retry-safe end ABORTED instead (at-most-once).
@@ -67,6 +68,25 @@ pub struct TaskOptions {
     /// At most this many operations of the kind wait at once (queued, delayed or backing
     /// off); past it, submissions answer RESOURCE_EXHAUSTED. `None`: only the global bound.
     pub max_queued: Option<usize>,
+    /// The least role a caller needs to start an operation of the kind, by SubmitTask or by
+    /// RerunOperation (when the server checks tokens): [`Role::Submitter`] by default. A kind
+    /// whose work only an admin may do (the built-in delete batch) says [`Role::Admin`].
+    pub start_role: Role,
+}
+
+impl Default for TaskOptions {
+    /// Not retry-safe, the runner's default concurrency, no retries, no timeout, only the
+    /// global queue bound, started by a submitter.
+    fn default() -> Self {
+        Self {
+            retry_safe: false,
+            max_concurrency: None,
+            retry: RetryPolicy::default(),
+            default_timeout: None,
+            max_queued: None,
+            start_role: Role::Submitter,
+        }
+    }
 }
 
 /// Exponential backoff with jitter for retryable failures.

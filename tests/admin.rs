@@ -622,3 +622,182 @@ async fn roles_rest_routes_and_the_dashboard() {
     assert_eq!(denied.status, 403, "{}", denied.body);
     guarded.stop().await;
 }
+
+const ADMIN: &str = "admin-token-0123456789";
+
+/// Waits until the operation `name` is done, read over REST as the admin.
+async fn done(server: &common::served::Served, name: String) -> serde_json::Value {
+    let path = format!("/v1/{name}");
+    for _ in 0..200 {
+        let got = server.call_as(ADMIN, "GET", &path, None).await;
+        if got.status == 200 && got.json()["done"] == true {
+            return got.json();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{path} never done");
+}
+
+/// The name of a sleep submitted over REST as the admin, once it is done.
+async fn finished_sleep(server: &common::served::Served) -> String {
+    let reply = server
+        .call_as(
+            ADMIN,
+            "POST",
+            "/v1/tasks:submit",
+            Some(r#"{"kind":"sleep","input":{"@type":"type.googleapis.com/oprun.v1.SleepInput","duration":"0s"}}"#),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let name = reply.json()["name"].as_str().expect("a name").to_owned();
+    done(server, name.clone()).await;
+    name
+}
+
+/// A submission as a given token over gRPC: SubmitTask of `kind` with `selection`, or Run
+/// again of `rerun`.
+async fn start_as(
+    server: &common::served::Served,
+    token: &str,
+    kind: &str,
+    selection: &oprun::proto::oprun::v1::BatchSelection,
+    rerun: Option<&str>,
+) -> Result<Operation, tonic::Status> {
+    let auth: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {token}").parse().expect("header");
+    let channel = server.channel().await;
+    let with_token = move |mut request: tonic::Request<()>| {
+        request.metadata_mut().insert("authorization", auth.clone());
+        Ok(request)
+    };
+    match rerun {
+        Some(name) => AdminServiceClient::with_interceptor(channel, with_token)
+            .rerun_operation(RerunOperationRequest {
+                name: name.to_owned(),
+                request_id: String::new(),
+            })
+            .await
+            .map(tonic::Response::into_inner),
+        None => oprun::proto::oprun::v1::task_service_client::TaskServiceClient::with_interceptor(
+            channel, with_token,
+        )
+        .submit_task(oprun::proto::oprun::v1::SubmitTaskRequest {
+            kind: kind.to_owned(),
+            input: Some(oprun::model::pack(selection)),
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner),
+    }
+}
+
+/// The built-in batch kinds need the roles of the RPCs that start them, whichever way they
+/// are started: every role × {SubmitTask, Run again} × {cancel, delete batch} × {gRPC, REST}.
+/// A reader starts neither, a submitter only the cancel batch, an admin both; a refused
+/// start is PERMISSION_DENIED naming the roles that would do, and changes nothing (the
+/// finished operation a refused delete names is still there). Before kinds carried a role, a
+/// submitter's SubmitTask of `oprun.delete_operations` deleted what it selected.
+#[tokio::test]
+async fn built_in_batch_kinds_need_their_rpcs_roles_however_started() {
+    let line = |token: &str, role: &str| {
+        oprun::auth::tokens_file_line(token, role.parse().expect("role"), Some(role)).expect("line")
+    };
+    let tokens = Tokens::parse(&format!(
+        "{}\n{}\n{}\n",
+        line(READER, "reader"),
+        line(SUBMITTER, "submitter"),
+        line(ADMIN, "admin")
+    ))
+    .expect("tokens");
+    let server = common::served::Served::start(Some(Arc::new(tokens))).await;
+    // A finished operation for the delete batches to name.
+    let victim = finished_sleep(&server).await;
+    let selection = oprun::proto::oprun::v1::BatchSelection {
+        filter: String::new(),
+        names: vec![victim.clone()],
+    };
+    // Batches started by an admin, for Run again.
+    let mut started = std::collections::HashMap::new();
+    for kind in ["oprun.cancel_operations", "oprun.delete_operations"] {
+        let op = start_as(&server, ADMIN, kind, &selection, None)
+            .await
+            .expect("an admin starts every kind");
+        done(&server, op.name.clone()).await;
+        started.insert(kind, op.name);
+    }
+    // The admin's delete batch deleted the victim: make another for the rest.
+    let victim = finished_sleep(&server).await;
+    let selection = oprun::proto::oprun::v1::BatchSelection {
+        filter: String::new(),
+        names: vec![victim.clone()],
+    };
+    for (token, role) in [
+        (READER, "reader"),
+        (SUBMITTER, "submitter"),
+        (ADMIN, "admin"),
+    ] {
+        for kind in ["oprun.cancel_operations", "oprun.delete_operations"] {
+            let allowed = match role {
+                "reader" => false,
+                "submitter" => kind == "oprun.cancel_operations",
+                _ => true,
+            };
+            for rerun in [None, Some(started[kind].as_str())] {
+                let how = if rerun.is_some() { "rerun" } else { "submit" };
+                // gRPC.
+                let grpc = start_as(&server, token, kind, &selection, rerun).await;
+                // REST.
+                let rest = match rerun {
+                    Some(name) => {
+                        server
+                            .call_as(token, "POST", &format!("/v1/{name}:rerun"), Some("{}"))
+                            .await
+                    }
+                    None => {
+                        let body = serde_json::json!({
+                            "kind": kind,
+                            "input": {
+                                "@type": "type.googleapis.com/oprun.v1.BatchSelection",
+                                "names": [victim],
+                            }
+                        })
+                        .to_string();
+                        server
+                            .call_as(token, "POST", "/v1/tasks:submit", Some(&body))
+                            .await
+                    }
+                };
+                if allowed {
+                    let op = grpc.unwrap_or_else(|e| panic!("{role} {how} {kind}: {e:?}"));
+                    done(&server, op.name).await;
+                    assert_eq!(rest.status, 200, "{role} {how} {kind}: {}", rest.body);
+                    done(
+                        &server,
+                        rest.json()["name"].as_str().expect("name").to_owned(),
+                    )
+                    .await;
+                    continue;
+                }
+                let e = grpc.expect_err("refused");
+                assert_eq!(
+                    e.code(),
+                    Code::PermissionDenied,
+                    "{role} {how} {kind}: {e:?}"
+                );
+                assert!(
+                    e.message().contains("admin") && e.message().contains(role),
+                    "{role} {how} {kind}: {}",
+                    e.message()
+                );
+                assert_eq!(rest.status, 403, "{role} {how} {kind}: {}", rest.body);
+                assert_eq!(rest.json()["error"]["status"], "PERMISSION_DENIED");
+                // Nothing was deleted.
+                let still = server
+                    .call_as(ADMIN, "GET", &format!("/v1/{victim}"), None)
+                    .await;
+                assert_eq!(still.status, 200, "{role} {how} {kind}: {}", still.body);
+            }
+        }
+    }
+    server.stop().await;
+}

@@ -1103,3 +1103,153 @@ async fn the_http_listener_is_bounded() {
     drop(second);
     server.stop().await;
 }
+
+/// What the REST gateway echoes of a request is bounded like gRPC's messages: 64 characters
+/// of it, then "…(N bytes)", every message under 1 KiB, whether the gateway wrote it or a
+/// library it uses (serde's unknown field), for a huge field name, `@type`, query parameter
+/// name or value, unroutable path and 405. Before, 7 of these came back whole.
+#[tokio::test]
+async fn rest_errors_quote_a_short_prefix() {
+    let server = RestServer::start(None).await;
+    let huge = "y".repeat(60_000);
+    let cases: Vec<(&str, String, Option<String>, u16)> = vec![
+        (
+            "POST",
+            "/v1/tasks:submit".into(),
+            Some(format!(r#"{{"kind":"sleep","{huge}":1}}"#)),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/tasks:submit".into(),
+            Some(format!(
+                r#"{{"kind":"sleep","input":{{"@type":"{huge}"}}}}"#
+            )),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/tasks:submit".into(),
+            Some(format!(
+                r#"{{"kind":"sleep","input":{{"@type":"type.googleapis.com/oprun.v1.SleepInput","{huge}":1}}}}"#
+            )),
+            400,
+        ),
+        ("GET", format!("/v1/operations?{huge}=1"), None, 400),
+        ("GET", format!("/v1/operations?pageSize={huge}"), None, 400),
+        ("GET", format!("/v1/{huge}"), None, 404),
+        ("PUT", format!("/v1/operations/{huge}"), None, 405),
+        ("GET", format!("/v1/operations/{huge}"), None, 400),
+    ];
+    for (method, path, body, http) in cases {
+        let reply = server.call(method, &path, body.as_deref()).await;
+        let path = &path[..path.len().min(40)];
+        assert_eq!(
+            reply.status,
+            http,
+            "{method} {path}: {}",
+            &reply.body[..reply.body.len().min(300)]
+        );
+        let message = reply.json()["error"]["message"]
+            .as_str()
+            .expect("a message")
+            .to_owned();
+        assert!(
+            message.len() < 1024,
+            "{method} {path}: a {}-byte message",
+            message.len()
+        );
+        assert!(
+            !message.contains(&"y".repeat(65)),
+            "{method} {path}: more than 64 characters echoed: {message}"
+        );
+    }
+    server.stop().await;
+}
+
+/// HTTP edges of the gateway, each with Google's JSON error: HEAD on a GET route is answered
+/// as GET without a body (it was 405); a path that is not UTF-8 once decoded is 400 (it was
+/// 404 NO_ROUTE); a JSON object with a key given twice is INVALID_ARGUMENT and starts nothing
+/// (the last value used to win); a body that is not said to be JSON is 415 and starts nothing
+/// (any type was read as JSON, which let a web page post a "simple" cross-site request); a
+/// cancel batch naming one operation 1,000 times counts it once, as the delete batch does.
+#[tokio::test]
+async fn rest_edges_answer_precisely() {
+    let server = RestServer::start(None).await;
+    let head = server.call("HEAD", "/v1/operations", None).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    assert!(head.body.is_empty(), "{head:?}");
+    let undecodable = server.call("GET", "/v1/operations/%ff", None).await;
+    assert_error(&undecodable, 400, "INVALID_ARGUMENT");
+    let twice = server
+        .call(
+            "POST",
+            "/v1/operations:batchCancel",
+            Some(r#"{"filter":"done = true","filter":"done = false"}"#),
+        )
+        .await;
+    let body = assert_error(&twice, 400, "INVALID_ARGUMENT");
+    assert!(body.to_string().contains("twice"), "{body}");
+    let nested = server
+        .call(
+            "POST",
+            "/v1/tasks:submit",
+            Some(r#"{"kind":"sleep","input":{"@type":"type.googleapis.com/oprun.v1.SleepInput","steps":1,"steps":2}}"#),
+        )
+        .await;
+    assert_error(&nested, 400, "INVALID_ARGUMENT");
+    let submit = sleep_body("0s", 1);
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let mut request = format!(
+            "POST /v1/tasks:submit HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n",
+            submit.len()
+        );
+        if let Some(t) = content_type {
+            request.push_str(&format!("content-type: {t}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(&submit);
+        let reply = common::http::raw(server.http, request.as_bytes()).await;
+        let body = assert_error(&reply, 415, "INVALID_ARGUMENT");
+        assert!(body.to_string().contains("application/json"), "{body}");
+    }
+    let listed = server.call("GET", "/v1/operations", None).await.json();
+    assert!(
+        listed["operations"].as_array().is_none_or(|a| a.is_empty()),
+        "nothing was submitted: {listed}"
+    );
+    let charset = format!(
+        "POST /v1/tasks:submit HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\n\r\n{submit}",
+        submit.len()
+    );
+    let ok = common::http::raw(server.http, charset.as_bytes()).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let name = ok.json()["name"].as_str().expect("name").to_owned();
+    let names: Vec<&str> = std::iter::repeat_n(name.as_str(), 1000).collect();
+    let batch = server
+        .call(
+            "POST",
+            "/v1/operations:batchCancel",
+            Some(&json!({ "names": names }).to_string()),
+        )
+        .await;
+    assert_eq!(batch.status, 200, "{}", batch.body);
+    let batch = batch.json()["name"].as_str().expect("name").to_owned();
+    let done = loop {
+        let got = server
+            .call("GET", &format!("/v1/{batch}"), None)
+            .await
+            .json();
+        if got["done"] == true {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(done["response"]["matched"], "1", "{done}");
+    server.stop().await;
+}

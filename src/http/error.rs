@@ -52,7 +52,8 @@ pub fn error_body(status: &tonic::Status, pool: &DescriptorPool) -> serde_json::
     json!({
         "error": {
             "code": http_status(code).as_u16(),
-            "message": status.message(),
+            // Every message is bounded, whatever made it (the gateway's own, or a service's).
+            "message": crate::text::bound_echo(status.message()),
             "status": code_name(code),
             "details": details_json(status.details(), pool),
         }
@@ -97,7 +98,8 @@ pub fn method_not_allowed(
         Code::Unimplemented,
         "METHOD_NOT_ALLOWED",
         format!(
-            "{method} is not served on {path}; it takes {}",
+            "{method} is not served on {}; it takes {}",
+            crate::text::quote(path),
             allow.join(", ")
         ),
     );
@@ -110,13 +112,22 @@ pub fn method_not_allowed(
     response
 }
 
+/// The HTTP status of an error: that of its code, but for the gateway's own refusals that
+/// HTTP has a closer word for (415 for a body that is not JSON).
+fn response_status(status: &tonic::Status) -> StatusCode {
+    let details = status.get_error_details();
+    match details.error_info().map(|info| info.reason.as_str()) {
+        Some("UNSUPPORTED_MEDIA_TYPE") => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        _ => http_status(status.code()),
+    }
+}
+
 /// An error as an HTTP response.
 pub fn error_response(status: &tonic::Status, pool: &DescriptorPool) -> Response {
-    let mut response = (
-        http_status(status.code()),
-        axum::Json(error_body(status, pool)),
-    )
-        .into_response();
+    let code = response_status(status);
+    let mut body = error_body(status, pool);
+    body["error"]["code"] = code.as_u16().into();
+    let mut response = (code, axum::Json(body)).into_response();
     if let Some(retry) = status
         .get_error_details()
         .retry_info()

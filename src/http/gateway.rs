@@ -30,6 +30,7 @@ use tower::util::BoxCloneSyncService;
 
 use super::error::{error_response, gateway_status};
 use super::template::{percent_decode, PathTemplate};
+use crate::text::quote;
 
 /// A gRPC service stack as the gateway calls it: requests in, responses out, never failing
 /// at the transport level (errors are gRPC statuses).
@@ -299,11 +300,20 @@ impl Gateway {
     async fn transcode(&self, request: http::Request<Body>) -> Result<Response, Status> {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path();
+        if percent_decode(path).is_none() {
+            return Err(invalid(format!(
+                "the path {} is not valid UTF-8 once percent-decoded (or has a malformed escape)",
+                quote(path)
+            )));
+        }
+        // HEAD is answered as GET, without the body.
+        let head = parts.method == Method::HEAD;
+        let method = if head { &Method::GET } else { &parts.method };
         let mut allowed: Vec<&Method> = Vec::new();
         let mut found = None;
         for route in &self.inner.routes {
             if let Some(bindings) = route.template.matches(path) {
-                if route.method == parts.method {
+                if route.method == *method {
                     found = Some((route, bindings));
                     break;
                 }
@@ -315,10 +325,17 @@ impl Gateway {
                 return Err(gateway_status(
                     Code::NotFound,
                     "NO_ROUTE",
-                    format!("no route for {} {path}; see /openapi.json", parts.method),
+                    format!(
+                        "no route for {} {}; see /openapi.json",
+                        parts.method,
+                        quote(path)
+                    ),
                 ));
             }
-            let allow: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+            let mut allow: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+            if allow.contains(&"GET") {
+                allow.push("HEAD");
+            }
             return Ok(super::error::method_not_allowed(
                 &parts.method,
                 path,
@@ -330,6 +347,7 @@ impl Gateway {
         let mut json = match &route.body {
             None => Map::new(),
             Some(field) => {
+                check_content_type(&parts.headers)?;
                 let bytes = axum::body::to_bytes(body, self.inner.max_body_bytes)
                     .await
                     .map_err(|_| {
@@ -345,7 +363,7 @@ impl Gateway {
                 let value: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
                     serde_json::Value::Object(Map::new())
                 } else {
-                    serde_json::from_slice(&bytes)
+                    super::strict_json::parse(&bytes)
                         .map_err(|e| invalid(format!("the request body is not valid JSON: {e}")))?
                 };
                 if field == "*" {
@@ -377,14 +395,17 @@ impl Gateway {
             }
             if route.body.as_deref() == Some("*") {
                 return Err(invalid(format!(
-                    "query parameter {key:?} is not accepted: {} {} takes the whole request \
+                    "query parameter {} is not accepted: {} {} takes the whole request \
                      in its body",
-                    route.method, route.template
+                    quote(&key),
+                    route.method,
+                    route.template
                 )));
             }
             let fields = field_path(&input, &key).ok_or_else(|| {
                 invalid(format!(
-                    "unknown query parameter {key:?}: {} has no such field",
+                    "unknown query parameter {}: {} has no such field",
+                    quote(&key),
                     input.full_name()
                 ))
             })?;
@@ -392,7 +413,7 @@ impl Gateway {
                 continue;
             };
             let converted = query_value(last, &value)
-                .map_err(|why| invalid(format!("query parameter {key:?}: {why}")))?;
+                .map_err(|why| invalid(format!("query parameter {}: {why}", quote(&key))))?;
             set_path(&mut json, &input, &key, converted)?;
         }
         for (field, value) in bindings {
@@ -419,6 +440,13 @@ impl Gateway {
                 .server_streaming(call, grpc_path, codec)
                 .await?
                 .into_inner();
+            if head {
+                return Ok((
+                    StatusCode::OK,
+                    [(http::header::CONTENT_TYPE, "text/event-stream")],
+                )
+                    .into_response());
+            }
             let pool = self.inner.pool.clone();
             let events = stream.map(move |item| {
                 Ok::<_, Infallible>(match item {
@@ -434,6 +462,13 @@ impl Gateway {
                 .into_response());
         }
         let reply = client.unary(call, grpc_path, codec).await?.into_inner();
+        if head {
+            return Ok((
+                StatusCode::OK,
+                [(http::header::CONTENT_TYPE, "application/json")],
+            )
+                .into_response());
+        }
         let text = bytes::Bytes::from(to_json(&reply, response_body.as_deref(), &options)?);
         let body = match &self.inner.budget {
             None => Body::from(text),
@@ -451,6 +486,48 @@ impl Gateway {
         )
             .into_response())
     }
+}
+
+/// A request body must say it is JSON (`application/json`, parameters such as `charset`
+/// allowed): a web page can send a cross-site POST without a CORS preflight only with another
+/// type (`text/plain`, a form), so taking any type as JSON would let any page the user visits
+/// act on a server on their machine. A request with no body at all needs no type.
+fn check_content_type(headers: &HeaderMap) -> Result<(), Status> {
+    let Some(value) = headers.get(http::header::CONTENT_TYPE) else {
+        let empty = headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0")
+            || (!headers.contains_key(http::header::CONTENT_LENGTH)
+                && !headers.contains_key(http::header::TRANSFER_ENCODING));
+        if empty {
+            return Ok(());
+        }
+        return Err(unsupported_media_type("no Content-Type".to_owned()));
+    };
+    let essence = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    match essence.as_deref() {
+        Some("application/json") => Ok(()),
+        _ => Err(unsupported_media_type(format!(
+            "Content-Type {}",
+            quote(&String::from_utf8_lossy(value.as_bytes()))
+        ))),
+    }
+}
+
+/// The refusal of a body that is not said to be JSON: HTTP 415 (INVALID_ARGUMENT in gRPC's
+/// words), reason `UNSUPPORTED_MEDIA_TYPE`.
+fn unsupported_media_type(what: String) -> Status {
+    gateway_status(
+        Code::InvalidArgument,
+        "UNSUPPORTED_MEDIA_TYPE",
+        format!(
+            "the request body has {what}; send it as JSON with \"Content-Type: application/json\""
+        ),
+    )
 }
 
 fn invalid(message: String) -> Status {
@@ -497,8 +574,12 @@ fn forward_headers(headers: &HeaderMap, metadata: &mut tonic::metadata::Metadata
 /// `key=value` pairs of a query string, `+` and `%XX` decoded.
 fn query_pairs(query: &str) -> Result<Vec<(String, String)>, Status> {
     let decode = |s: &str| {
-        percent_decode(&s.replace('+', " "))
-            .ok_or_else(|| invalid(format!("the query has a malformed escape in {s:?}")))
+        percent_decode(&s.replace('+', " ")).ok_or_else(|| {
+            invalid(format!(
+                "the query has a malformed escape (or is not UTF-8 once decoded) in {}",
+                quote(s)
+            ))
+        })
     };
     query
         .split('&')
@@ -520,7 +601,7 @@ fn query_value(field: &FieldDescriptor, raw: &str) -> Result<serde_json::Value, 
         Kind::Bool => match raw {
             "true" | "1" => J::Bool(true),
             "false" | "0" => J::Bool(false),
-            _ => return Err(format!("{raw:?} is not true or false")),
+            _ => return Err(format!("{} is not true or false", quote(raw))),
         },
         Kind::Double | Kind::Float => raw
             .parse::<f64>()
@@ -534,7 +615,7 @@ fn query_value(field: &FieldDescriptor, raw: &str) -> Result<serde_json::Value, 
         Kind::Enum(_) if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) => raw
             .parse::<i64>()
             .map(|n| J::Number(n.into()))
-            .map_err(|_| format!("{raw:?} is too large"))?,
+            .map_err(|_| format!("{} is too large", quote(raw)))?,
         Kind::Message(m) if !is_string_like(&m) => {
             return Err(format!(
                 "{} is a message; send it in a request body",
@@ -551,7 +632,8 @@ fn whole<T: std::str::FromStr>(raw: &str) -> Result<serde_json::Value, String> {
         .map(|_| serde_json::Value::String(raw.to_owned()))
         .map_err(|_| {
             format!(
-                "{raw:?} is not a whole number in the range of {}",
+                "{} is not a whole number in the range of {}",
+                quote(raw),
                 std::any::type_name::<T>()
             )
         })
@@ -593,7 +675,7 @@ fn set_path(
     value: serde_json::Value,
 ) -> Result<(), Status> {
     let fields = field_path(desc, path)
-        .ok_or_else(|| invalid(format!("{} has no field {path:?}", desc.full_name())))?;
+        .ok_or_else(|| invalid(format!("{} has no field {}", desc.full_name(), quote(path))))?;
     let mut object = json;
     let count = fields.len();
     for (i, field) in fields.iter().enumerate() {
@@ -619,7 +701,7 @@ fn set_path(
             *entry = serde_json::Value::Object(Map::new());
         }
         let serde_json::Value::Object(next) = entry else {
-            return Err(invalid(format!("{path:?} cannot be set")));
+            return Err(invalid(format!("{} cannot be set", quote(path))));
         };
         object = next;
     }

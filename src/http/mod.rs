@@ -10,6 +10,7 @@ mod error;
 pub mod gateway;
 mod listen;
 mod openapi;
+mod strict_json;
 pub mod template;
 
 use std::time::Duration;

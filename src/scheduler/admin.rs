@@ -83,12 +83,14 @@ impl Runner {
     ///
     /// # Errors
     /// NOT_FOUND when there is no such operation; FAILED_PRECONDITION when it is not done or
-    /// its kind is no longer registered; what [`Runner::submit`] answers otherwise.
+    /// its kind is no longer registered; what [`Runner::submit`] answers otherwise (so
+    /// PERMISSION_DENIED when `role`, the caller's, may not start the kind).
     pub async fn rerun(
         &self,
         id: &OperationId,
         request_id: String,
         traceparent: Option<String>,
+        role: Option<crate::auth::Role>,
     ) -> Result<OperationRecord, Error> {
         let old = self.get(id).await?;
         if !old.is_done() {
@@ -119,6 +121,7 @@ impl Runner {
                 timeout,
                 not_before: None,
                 traceparent,
+                role,
             })
             .await?;
         info!(op.name = %new.id, op.kind = %new.kind, from = %id, "run again");

@@ -21,7 +21,7 @@ impl Runner {
     ///
     /// # Errors
     /// INVALID_ARGUMENT for an unknown kind, an input of the wrong type, too large, or refused
-    /// by the kind; ALREADY_EXISTS when the `request_id` was used for a different request;
+    /// by the kind; PERMISSION_DENIED when the caller's role may not start the kind; ALREADY_EXISTS when the `request_id` was used for a different request;
     /// RESOURCE_EXHAUSTED when the queue bound is reached and no room came within
     /// `queue_full_wait`; UNAVAILABLE when shutting down or
     /// the store fails.
@@ -33,6 +33,7 @@ impl Runner {
             timeout,
             not_before,
             traceparent,
+            role,
         } = request;
         if !self.shared.accepting.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
@@ -56,6 +57,18 @@ impl Runner {
                 message,
             ));
         };
+        let needed = task.options().start_role;
+        if let Some(role) = role.filter(|role| *role < needed) {
+            return Err(Error::PermissionDenied {
+                message: format!(
+                    "role {role} may not start operations of kind {kind:?}; it needs {}",
+                    needed.and_above()
+                ),
+                reason: "ROLE_TOO_LOW",
+                role,
+                needed,
+            });
+        }
         let Some(input) = input else {
             let expected = task.describe().input_type;
             return Err(Error::invalid_argument(

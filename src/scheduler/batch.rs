@@ -20,10 +20,11 @@ use std::sync::Weak;
 use tracing::info;
 
 use super::{Runner, Shared};
+use crate::auth::Role;
 use crate::error::Error;
 use crate::filter::Filter;
 use crate::model::{OperationId, OperationRecord};
-use crate::proto::oprun::v1::{BatchResult, BatchSelection};
+use crate::proto::oprun::v1::{BatchProgress, BatchResult, BatchSelection};
 use crate::task::{RetryPolicy, Task, TaskContext, TaskError, TaskOptions};
 
 /// The kind of the operations `CancelOperations` starts.
@@ -58,6 +59,7 @@ pub(super) struct Batch<const DELETE: bool>(pub(super) Weak<Shared>);
 
 impl<const DELETE: bool> Task for Batch<DELETE> {
     const KIND: &'static str = if DELETE { DELETE_KIND } else { CANCEL_KIND };
+    const DETAILS_TYPE: Option<&'static str> = Some("oprun.v1.BatchProgress");
     type Input = BatchSelection;
     type Output = BatchResult;
 
@@ -68,6 +70,9 @@ impl<const DELETE: bool> Task for Batch<DELETE> {
             retry: RetryPolicy::exponential(5),
             default_timeout: None,
             max_queued: None,
+            // The same roles as the RPCs that start them: a submitter may cancel, only an
+            // admin may delete, whichever way the batch is started (SubmitTask, Rerun).
+            start_role: if DELETE { Role::Admin } else { Role::Submitter },
         }
     }
 
@@ -115,12 +120,17 @@ fn parse_selection(input: &BatchSelection) -> Result<Selection, String> {
                     input.names.len()
                 ));
             }
-            input
-                .names
-                .iter()
-                .map(|n| OperationId::parse_name(n).map_err(|e| e.to_string()))
-                .collect::<Result<_, _>>()
-                .map(Selection::Names)
+            // Each operation once, however often it is named: a batch counts what it
+            // looked at, and acting twice on one operation changes nothing the second time.
+            let mut seen = std::collections::HashSet::new();
+            let mut ids = Vec::with_capacity(input.names.len());
+            for name in &input.names {
+                let id = OperationId::parse_name(name).map_err(|e| e.to_string())?;
+                if seen.insert(id.clone()) {
+                    ids.push(id);
+                }
+            }
+            Ok(Selection::Names(ids))
         }
         (true, false) => Filter::parse(filter)
             .map(Selection::Filter)
@@ -144,11 +154,27 @@ async fn run_batch(
         .ok_or_else(|| TaskError::unavailable("the runner is shutting down"))?;
     let selection = parse_selection(&input).map_err(TaskError::invalid_argument)?;
     let me = runner.get(ctx.id()).await.map_err(retryable)?;
-    let mut result = BatchResult::default();
+    // An attempt that takes the batch over goes on from where the last one's durable progress
+    // says it was, with its counts: the result counts what every attempt did.
+    let resumed = me
+        .details
+        .as_ref()
+        .and_then(|any| any.to_msg::<BatchProgress>().ok());
+    let mut at = resumed.unwrap_or_default();
+    let mut result = at.so_far.take().unwrap_or_default();
+    if resumed.is_some() {
+        info!(
+            op.name = %ctx.id(),
+            attempt = me.attempt,
+            matched = result.matched,
+            "batch goes on from its last attempt's progress"
+        );
+    }
     match selection {
         Selection::Names(ids) => {
-            let total = i64::try_from(ids.len()).unwrap_or(i64::MAX);
-            for (i, id) in ids.iter().enumerate() {
+            at.total = i64::try_from(ids.len()).unwrap_or(i64::MAX);
+            let done = usize::try_from(at.names_done).unwrap_or(0).min(ids.len());
+            for (i, id) in ids.iter().enumerate().skip(done) {
                 if ctx.is_cancelled() {
                     return Err(TaskError::cancelled());
                 }
@@ -164,13 +190,14 @@ async fn run_batch(
                     }
                     None => result.skipped += 1,
                 }
-                report(&ctx, action, &result, i + 1, total);
+                at.names_done = i64::try_from(i + 1).unwrap_or(i64::MAX);
+                report(&ctx, action, &result, &at, at.names_done);
             }
         }
         Selection::Filter(filter) => {
-            let total = count(&runner, &filter, me.seq, &ctx).await?;
-            let mut after = 0;
-            let mut seen = 0;
+            let left = count(&runner, &filter, (at.after_seq, me.seq), &ctx).await?;
+            at.total = result.matched.saturating_add(left);
+            let mut after = at.after_seq;
             'pages: loop {
                 let page = runner.list(&filter, after, PAGE).await.map_err(retryable)?;
                 for record in &page.operations {
@@ -181,16 +208,18 @@ async fn run_batch(
                         return Err(TaskError::cancelled());
                     }
                     result.matched += 1;
-                    seen += 1;
                     tally(&mut result, act(&runner, action, record).await?);
-                    report(&ctx, action, &result, seen, total.max(result.matched));
+                    at.after_seq = record.seq;
+                    at.total = at.total.max(result.matched);
+                    report(&ctx, action, &result, &at, result.matched);
                 }
                 match page.next_after {
                     Some(next) => after = next,
                     None => break,
                 }
             }
-            report(&ctx, action, &result, seen, result.matched);
+            at.total = result.matched;
+            report(&ctx, action, &result, &at, result.matched);
         }
     }
     info!(
@@ -203,14 +232,14 @@ async fn run_batch(
     Ok(result)
 }
 
-/// How many operations older than `before` match `filter` (the progress total).
+/// How many operations between `after` and `before` (by `seq`, both excluded) match `filter`
+/// (the progress total).
 async fn count(
     runner: &Runner,
     filter: &Filter,
-    before: i64,
+    (mut after, before): (i64, i64),
     ctx: &TaskContext,
 ) -> Result<i64, TaskError> {
-    let mut after = 0;
     let mut n: i64 = 0;
     loop {
         if ctx.is_cancelled() {
@@ -258,9 +287,14 @@ fn tally(result: &mut BatchResult, acted: Acted) {
     }
 }
 
-fn report(ctx: &TaskContext, action: Action, result: &BatchResult, seen: usize, total: i64) {
-    let seen = i64::try_from(seen).unwrap_or(i64::MAX);
-    ctx.progress(seen, total, "operations");
+/// Reports progress: `seen` of the total looked at, what was done in the status, and where
+/// the batch is (with its counts) in the details, which a later attempt goes on from.
+fn report(ctx: &TaskContext, action: Action, result: &BatchResult, at: &BatchProgress, seen: i64) {
+    ctx.progress(seen, at.total, "operations");
+    ctx.details(&BatchProgress {
+        so_far: Some(*result),
+        ..*at
+    });
     let verb = match action {
         Action::Cancel => "cancelled",
         Action::Delete => "deleted",

@@ -465,6 +465,11 @@ pub struct Submission {
     /// The W3C `traceparent` of the submitting call; kept in the operation's metadata when
     /// valid (see [`crate::model::traceparent`]), ignored otherwise.
     pub traceparent: Option<String>,
+    /// The role of the caller the submission comes from, when the server checks tokens: the
+    /// kind's [`TaskOptions::start_role`](crate::task::TaskOptions::start_role) must not be
+    /// above it (else PERMISSION_DENIED). `None`: a caller trusted with every kind (a server
+    /// without tokens, or code in this process).
+    pub role: Option<crate::auth::Role>,
 }
 
 impl Submission {

@@ -48,7 +48,7 @@ impl AdminApi {
         kind: &str,
         (filter, names): (String, Vec<String>),
         request_id: String,
-        traceparent: Option<String>,
+        (traceparent, role): (Option<String>, Option<Role>),
     ) -> Result<Response<Operation>, Status> {
         let selection = BatchSelection { filter, names };
         // Checked here too so that the error names the request's own fields.
@@ -69,6 +69,7 @@ impl AdminApi {
                 timeout: None,
                 not_before: None,
                 traceparent,
+                role,
             })
             .await?;
         Ok(Response::new(record.to_operation()))
@@ -217,12 +218,13 @@ impl AdminService for AdminApi {
         request: Request<CancelOperationsRequest>,
     ) -> Result<Response<Operation>, Status> {
         let traceparent = super::traceparent(&request);
+        let role = super::caller_role(&request);
         let req = request.into_inner();
         self.batch(
             CANCEL_KIND,
             (req.filter, req.names),
             req.request_id,
-            traceparent,
+            (traceparent, role),
         )
         .await
     }
@@ -233,12 +235,13 @@ impl AdminService for AdminApi {
         request: Request<DeleteOperationsRequest>,
     ) -> Result<Response<Operation>, Status> {
         let traceparent = super::traceparent(&request);
+        let role = super::caller_role(&request);
         let req = request.into_inner();
         self.batch(
             DELETE_KIND,
             (req.filter, req.names),
             req.request_id,
-            traceparent,
+            (traceparent, role),
         )
         .await
     }
@@ -249,9 +252,13 @@ impl AdminService for AdminApi {
         request: Request<RerunOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
         let traceparent = super::traceparent(&request);
+        let role = super::caller_role(&request);
         let req = request.into_inner();
         let id = OperationId::parse_name(&req.name).map_err(Error::from)?;
-        let record = self.runner.rerun(&id, req.request_id, traceparent).await?;
+        let record = self
+            .runner
+            .rerun(&id, req.request_id, traceparent, role)
+            .await?;
         Ok(Response::new(record.to_operation()))
     }
 

@@ -30,6 +30,15 @@ fn traceparent<T>(request: &tonic::Request<T>) -> Option<String> {
     Some(checked)
 }
 
+/// The role of the call's caller, when the server checks tokens (the auth layer put it in
+/// the request); `None` when it does not (every caller may do everything).
+fn caller_role<T>(request: &tonic::Request<T>) -> Option<crate::auth::Role> {
+    request
+        .extensions()
+        .get::<crate::auth::Caller>()
+        .map(|caller| caller.role)
+}
+
 /// Default ListOperations page size.
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 /// Largest ListOperations page size; larger requests are clamped.

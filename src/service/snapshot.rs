@@ -36,6 +36,7 @@ impl SnapshotService for SnapshotApi {
         request: Request<CreateSnapshotRequest>,
     ) -> Result<Response<Operation>, Status> {
         let traceparent = super::traceparent(&request);
+        let role = super::caller_role(&request);
         let mut req = request.into_inner();
         let request_id = std::mem::take(&mut req.request_id);
         let record = self
@@ -43,6 +44,7 @@ impl SnapshotService for SnapshotApi {
             .submit(Submission {
                 request_id,
                 traceparent,
+                role,
                 ..Submission::new(SNAPSHOT_KIND, pack(&req))
             })
             .await?;

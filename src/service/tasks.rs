@@ -34,6 +34,7 @@ impl TaskService for TaskApi {
         request: Request<SubmitTaskRequest>,
     ) -> Result<Response<Operation>, Status> {
         let traceparent = super::traceparent(&request);
+        let role = super::caller_role(&request);
         let req = request.into_inner();
         let timeout = req
             .timeout
@@ -72,6 +73,7 @@ impl TaskService for TaskApi {
                 timeout,
                 not_before,
                 traceparent,
+                role,
             })
             .await?;
         Ok(Response::new(record.to_operation()))

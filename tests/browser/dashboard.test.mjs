@@ -355,6 +355,10 @@ test("cancel from the detail page", { timeout: 300_000 }, async () => {
   await confirm(page);
   await page.getByTestId("detail-state").filter({ hasText: "CANCELLED" }).waitFor();
   await page.getByTestId("detail-error-code").filter({ hasText: "CANCELLED" }).waitFor();
+  // An error without details shows none (the page once wrote "null" after the message).
+  const outcome = await page.getByTestId("detail-error-code").locator("xpath=..").innerText();
+  assert.doesNotMatch(outcome, /null/, outcome);
+  assert.equal(await page.getByTestId("detail-error-details").count(), 0);
   assert.equal(await page.getByTestId("btn-cancel").isVisible(), false);
   const got = await getCli(open, name);
   assert.equal(got.op.done, true);

@@ -74,6 +74,20 @@ pub async fn request_over<S: AsyncRead + AsyncWrite + Unpin>(
         .expect("send");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("read");
+    parse_reply(raw)
+}
+
+/// Sends `bytes` as they are (a request of the test's own making, malformed or not) and reads
+/// the answer to the end of the connection.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("send");
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    parse_reply(raw)
+}
+
+fn parse_reply(raw: Vec<u8>) -> Reply {
     let text = String::from_utf8(raw).expect("UTF-8 answer");
     let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
     let mut lines = head.lines();

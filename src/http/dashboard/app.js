@@ -1346,10 +1346,11 @@
       section.append(h("h2", { text: "Result" }), h("p", { class: "muted", text: "Not done yet." }));
     } else if (op.error) {
       const e = op.error;
-      section.append(h("h2", { text: "Error" }),
+      // Through `append`, which skips the missing details (Element.append writes "null").
+      append(section, [h("h2", { text: "Error" }),
         h("div", { class: "error-box", "data-testid": "detail-error-code" },
           h("strong", { text: `${codeName(e.code)} (${e.code || 0})` }), ": ", e.message || ""),
-        e.details && e.details.length ? h("pre", { class: "json", text: prettyJson(e.details) }) : null);
+        e.details && e.details.length ? h("pre", { class: "json", "data-testid": "detail-error-details", text: prettyJson(e.details) }) : null]);
     } else {
       section.append(h("h2", { text: "Response" + (op.response ? " · " + typeName(op.response) : "") }),
         h("pre", { class: "json", "data-testid": "detail-response", text: prettyJson(op.response || {}) }));
