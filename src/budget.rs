@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -111,53 +109,3 @@ impl ResponseBudget {
 /// next piece only once it has written the last, so what waits for a slow client stays in
 /// the budget, not in hyper's buffers.
 pub(crate) const CHUNK: usize = 16 << 10;
-
-/// A whole response body that holds its share of a [`ResponseBudget`] until it is dropped,
-/// handed on in [`CHUNK`]-byte pieces.
-pub(crate) struct BudgetedBytes {
-    rest: Bytes,
-    permit: Option<(ResponseBudget, OwnedSemaphorePermit)>,
-}
-
-impl BudgetedBytes {
-    /// `bytes` with their share taken from `budget`; `None` when they do not fit.
-    pub(crate) fn take(budget: &ResponseBudget, bytes: Bytes) -> Option<Self> {
-        let permit = budget.take(bytes.len())?;
-        Some(Self {
-            rest: bytes,
-            permit: Some((budget.clone(), permit)),
-        })
-    }
-}
-
-impl Drop for BudgetedBytes {
-    fn drop(&mut self) {
-        if let Some((budget, permit)) = self.permit.take() {
-            budget.release(permit);
-        }
-    }
-}
-
-impl Body for BudgetedBytes {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if self.rest.is_empty() {
-            return std::task::Poll::Ready(None);
-        }
-        let n = self.rest.len().min(CHUNK);
-        std::task::Poll::Ready(Some(Ok(Frame::data(self.rest.split_to(n)))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.rest.is_empty()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.rest.len() as u64)
-    }
-}

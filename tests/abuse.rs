@@ -813,3 +813,179 @@ async fn connections_are_closed_after_the_shutdown_grace() {
         .expect("the connection task")
         .ok();
 }
+
+/// Reads what the server sends on `stream` until it closes it or `limit` passes; `None` if it
+/// was still open then.
+fn answer_within(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        stream
+            .set_read_timeout(Some(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            ))
+            .unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(got),
+        }
+    }
+    None
+}
+
+/// Issue 19, item 3: the HTTP listener has the gRPC listener's guards. A silent socket, and
+/// headers sent a byte at a time, are closed after the handshake timeout; a body sent a byte
+/// at a time, or an endless chunked one, is refused after the read timeout; a kept-alive
+/// connection with nothing in flight is closed after the idle timeout; connections up to the
+/// cap that never speak no longer keep `/healthz` unreachable (they are closed); and SIGTERM
+/// does not wait the shutdown grace for a half-sent request. Before, each of these was still
+/// open after 150 s, and the half-sent request held SIGTERM for the whole grace.
+#[tokio::test]
+async fn the_http_listener_closes_slow_silent_and_idle_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = BinServer::start(
+        dir.path(),
+        "127.0.0.1:0",
+        &[
+            "--handshake-timeout",
+            "1s",
+            "--read-timeout",
+            "1s",
+            "--idle-timeout",
+            "2s",
+            "--max-connections",
+            "6",
+            "--shutdown-grace",
+            "30s",
+        ],
+        &[],
+    );
+    let http = server.http.expect("an HTTP listener");
+    let open = |what: &str| {
+        let s = TcpStream::connect(http).unwrap_or_else(|e| panic!("{what}: {e}"));
+        s.set_nodelay(true).unwrap();
+        s
+    };
+
+    // Silent.
+    let mut silent = open("silent");
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5)),
+        "a silent socket was kept"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "closed too early"
+    );
+
+    // Headers at a byte every 100 ms: never a whole request within the handshake timeout.
+    let mut slow = open("slow headers");
+    let started = Instant::now();
+    let request = b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut closed = false;
+    for byte in request {
+        if slow.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    assert!(
+        closed || closed_within(&mut slow, Duration::from_secs(1)),
+        "headers at a byte every 100 ms were kept for {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A body at a byte every 100 ms, and an endless chunked one: refused after the read
+    // timeout (with Google's JSON error), not read forever.
+    for (head, piece) in [
+        (
+            "POST /v1/tasks:submit HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n",
+            &b" "[..],
+        ),
+        (
+            "POST /v1/tasks:submit HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+            &b"1\r\n \r\n"[..],
+        ),
+    ] {
+        let mut body = open("slow body");
+        body.write_all(head.as_bytes()).unwrap();
+        let started = Instant::now();
+        let mut answered = Vec::new();
+        while started.elapsed() < Duration::from_secs(6) {
+            if body.write_all(piece).is_err() {
+                break;
+            }
+            body.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            let mut buf = [0u8; 4096];
+            match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    answered.extend_from_slice(&buf[..n]);
+                    break;
+                }
+                Err(_) => {}
+            }
+        }
+        let text = String::from_utf8_lossy(&answered);
+        assert!(
+            text.starts_with("HTTP/1.1 400") && text.contains("read-timeout"),
+            "{head}: after {:?}: {text}",
+            started.elapsed()
+        );
+        assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    }
+
+    // Kept alive after one request, then idle.
+    let mut idle = open("idle");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let got = answer_within(&mut idle, Duration::from_secs(8)).expect("closed when idle");
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "closed before the idle timeout: {:?}",
+        started.elapsed()
+    );
+
+    // Every place taken by a silent connection: /healthz is answered once they are closed.
+    let _held: Vec<TcpStream> = (0..6).map(|_| open("held")).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut probe = open("probe");
+    probe.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+    let got = answer_within(&mut probe, Duration::from_secs(5)).expect("answered");
+    assert!(String::from_utf8_lossy(&got).contains(" 200 "), "{got:?}");
+
+    // SIGTERM with a half-sent request: the server exits without waiting the grace.
+    let mut half = open("half");
+    half.write_all(b"POST /v1/tasks:submit HTTP/1.1\r\nhost: loc")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "SIGTERM waited {:?} for a half-sent request",
+        started.elapsed()
+    );
+}

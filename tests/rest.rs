@@ -1172,7 +1172,8 @@ async fn rest_errors_quote_a_short_prefix() {
 /// 404 NO_ROUTE); a JSON object with a key given twice is INVALID_ARGUMENT and starts nothing
 /// (the last value used to win); a body that is not said to be JSON is 415 and starts nothing
 /// (any type was read as JSON, which let a web page post a "simple" cross-site request); a
-/// cancel batch naming one operation 1,000 times counts it once, as the delete batch does.
+/// cancel batch naming one operation 1,000 times counts it once, as the delete batch does;
+/// requests hyper refuses (414, 431, bytes HTTP does not allow, HTTP/0.9) have a JSON body.
 #[tokio::test]
 async fn rest_edges_answer_precisely() {
     let server = RestServer::start(None).await;
@@ -1251,5 +1252,130 @@ async fn rest_edges_answer_precisely() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(done["response"]["matched"], "1", "{done}");
+
+    // Requests hyper cannot parse get Google's JSON error too (they had empty bodies).
+    let many_headers: String = (0..120).map(|i| format!("x-h{i}: v\r\n")).collect();
+    for (what, request, http) in [
+        (
+            "a 70 KB URI",
+            format!(
+                "GET /v1/operations?f={} HTTP/1.1\r\nhost: localhost\r\n\r\n",
+                "a".repeat(70_000)
+            ),
+            414,
+        ),
+        (
+            "120 headers",
+            format!("GET /v1/operations HTTP/1.1\r\nhost: localhost\r\n{many_headers}\r\n"),
+            431,
+        ),
+        (
+            "a control byte in the query",
+            "GET /v1/operations?a=\u{1} HTTP/1.1\r\nhost: localhost\r\n\r\n".to_owned(),
+            400,
+        ),
+        (
+            "an HTTP/0.9 request line",
+            "GET /healthz\r\n\r\n".to_owned(),
+            400,
+        ),
+        (
+            "a control byte in a header",
+            "GET /healthz HTTP/1.1\r\nhost: localhost\r\nx-a: b\u{1}c\r\n\r\n".to_owned(),
+            400,
+        ),
+    ] {
+        let reply = common::http::raw(server.http, request.as_bytes()).await;
+        assert_eq!(reply.status, http, "{what}: {reply:?}");
+        let body = reply.json();
+        assert_eq!(body["error"]["code"], http, "{what}: {body}");
+        assert_eq!(
+            body["error"]["status"], "INVALID_ARGUMENT",
+            "{what}: {body}"
+        );
+    }
+    server.stop().await;
+}
+
+/// A web page on another origin cannot act on the server (its `Origin` is refused, whatever
+/// the method), and a page that re-pointed its own name at the loopback address cannot read
+/// it (a loopback listener answers only to localhost, IP addresses and listed names): each a
+/// 403 with Google's JSON error, changing nothing. The server's own origin (the dashboard)
+/// and clients that send no `Origin` (curl, SDKs) are served. Before, any origin and any Host
+/// were served: a page on another port deleted every finished operation.
+#[tokio::test]
+async fn other_origins_and_host_names_are_refused() {
+    let server = RestServer::start(None).await;
+    let made = server
+        .call("POST", "/v1/tasks:submit", Some(&sleep_body("0s", 1)))
+        .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let name = made.json()["name"].as_str().expect("name").to_owned();
+    let own = format!("http://{}", server.http);
+    let host = server.http.to_string();
+    for (path, method, body) in [
+        (
+            "/v1/operations:batchDelete",
+            "POST",
+            Some(r#"{"filter":"done = true"}"#),
+        ),
+        (
+            "/v1/tasks:submit",
+            "POST",
+            Some(sleep_body("0s", 1).leak() as &str),
+        ),
+        ("/v1/operations", "GET", None),
+    ] {
+        for origin in ["http://127.0.0.1:1", "null", "http://evil.example"] {
+            let reply = common::http::request(
+                server.http,
+                method,
+                path,
+                &[("origin", origin), ("host", &host)],
+                body,
+            )
+            .await;
+            let error = assert_error(&reply, 403, "PERMISSION_DENIED");
+            assert!(
+                error.to_string().contains("ORIGIN_NOT_ALLOWED"),
+                "{origin} {path}: {error}"
+            );
+        }
+    }
+    for bad_host in ["evil.example", "evil.example:8080"] {
+        for path in ["/v1/operations", "/", "/metrics"] {
+            let reply =
+                common::http::request(server.http, "GET", path, &[("host", bad_host)], None).await;
+            let error = assert_error(&reply, 403, "PERMISSION_DENIED");
+            assert!(
+                error.to_string().contains("HOST_NOT_ALLOWED"),
+                "{bad_host} {path}: {error}"
+            );
+        }
+    }
+    // Nothing was deleted or submitted.
+    let listed = server.call("GET", "/v1/operations", None).await.json();
+    let names: Vec<&str> = listed["operations"]
+        .as_array()
+        .expect("operations")
+        .iter()
+        .filter_map(|o| o["name"].as_str())
+        .collect();
+    assert_eq!(names, vec![name.as_str()], "{listed}");
+    // The server's own origin, and its loopback names, are served.
+    for (origin, host) in [
+        (own.as_str(), host.as_str()),
+        ("http://localhost:1", "localhost:1"),
+    ] {
+        let reply = common::http::request(
+            server.http,
+            "GET",
+            "/v1/operations",
+            &[("origin", origin), ("host", host)],
+            None,
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{origin}: {}", reply.body);
+    }
     server.stop().await;
 }

@@ -9,6 +9,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use super::{read_file, CliResult, Failure};
 use crate::auth::Tokens;
+use crate::http::BrowserRules;
 use crate::scheduler::{Runner, RunnerConfig};
 use crate::server::{error_chain, ServeLimits, ServeOptions};
 use crate::store::memory::MemoryStore;
@@ -74,6 +75,24 @@ pub struct ServeArgs {
     /// /metrics (port 0 picks a free port; `off` serves no HTTP).
     #[arg(long, env = "OPRUN_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     pub http_listen: String,
+    /// Another origin whose web pages may call the HTTP listener from a browser
+    /// (`https://app.example.com`; repeatable). Without it, only the server's own pages (the
+    /// dashboard) may: a page on another site is refused.
+    #[arg(
+        long = "http-allowed-origin",
+        env = "OPRUN_HTTP_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub http_allowed_origins: Vec<String>,
+    /// A host name the HTTP listener answers to besides `localhost` and IP addresses
+    /// (repeatable). Given, names are checked on any listener; on a loopback one they always
+    /// are (a page that points its own name at 127.0.0.1 is refused).
+    #[arg(
+        long = "http-allowed-host",
+        env = "OPRUN_HTTP_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub http_allowed_hosts: Vec<String>,
     /// Where the embedded store lives.
     #[arg(long, env = "OPRUN_DATA_DIR", default_value = "./oprun-data")]
     pub data_dir: PathBuf,
@@ -157,7 +176,8 @@ pub struct ServeArgs {
     /// How long a keepalive ping may go unanswered before the connection is closed.
     #[arg(long, env = "OPRUN_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub keepalive_timeout: Duration,
-    /// How long a new connection may take to send its first bytes (and finish TLS).
+    /// How long a new connection may take to send its first bytes (and finish TLS); on the
+    /// HTTP listener, its whole first request's headers.
     #[arg(long, env = "OPRUN_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub handshake_timeout: Duration,
     /// How long a connection may stay open with no call in flight.
@@ -167,6 +187,11 @@ pub struct ServeArgs {
     /// is closed.
     #[arg(long, env = "OPRUN_UNREAD_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
     pub unread_timeout: Duration,
+    /// On the HTTP listener: how long a request's body may take to arrive after its headers
+    /// (a connection's first headers must come within --handshake-timeout, later ones within
+    /// --idle-timeout).
+    #[arg(long, env = "OPRUN_READ_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub read_timeout: Duration,
     /// PEM certificate chain to serve TLS with (needs --tls-key).
     #[arg(long, env = "OPRUN_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -229,6 +254,23 @@ impl ServeArgs {
             handshake_timeout: self.handshake_timeout,
             idle_timeout: self.idle_timeout,
             unread_timeout: self.unread_timeout,
+            read_timeout: self.read_timeout,
+        }
+    }
+
+    /// The origins and host names the HTTP listener answers (`--http-allowed-origin`,
+    /// `--http-allowed-host`).
+    pub fn browser_rules(&self) -> BrowserRules {
+        let rules = self
+            .http_allowed_origins
+            .iter()
+            .fold(BrowserRules::new(), |rules, origin| {
+                rules.allow_origin(origin)
+            });
+        if self.http_allowed_hosts.is_empty() {
+            rules
+        } else {
+            rules.only_hosts(&self.http_allowed_hosts)
         }
     }
 
@@ -473,7 +515,8 @@ pub(super) async fn serve(
     let mut options = ServeOptions::new()
         .grace(args.shutdown_grace)
         .limits(args.limits())
-        .max_body_bytes(args.max_input_bytes.saturating_mul(2).max(1 << 20));
+        .max_body_bytes(args.max_input_bytes.saturating_mul(2).max(1 << 20))
+        .browser(args.browser_rules());
     if let Some((listener, addr)) = http {
         tracing::info!(addr = %addr, tls = http_tls.is_some(), "HTTP listening");
         // The second line on stdout, after the gRPC one.

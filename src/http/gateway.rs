@@ -239,8 +239,6 @@ struct Inner {
     routes: Vec<Route>,
     grpc: GrpcService,
     max_body_bytes: usize,
-    /// Shared with the gRPC listener's responses, when served by `serve_with`.
-    budget: Option<crate::budget::ResponseBudget>,
 }
 
 impl Gateway {
@@ -255,18 +253,6 @@ impl Gateway {
         grpc: GrpcService,
         max_body_bytes: usize,
     ) -> Result<Self, RulesError> {
-        Self::build(pool, services, grpc, max_body_bytes, None)
-    }
-
-    /// [`Gateway::new`] whose replies take their share of `budget` until the client has read
-    /// them (RESOURCE_EXHAUSTED, HTTP 429, when one does not fit).
-    pub(crate) fn build(
-        pool: DescriptorPool,
-        services: &[&str],
-        grpc: GrpcService,
-        max_body_bytes: usize,
-        budget: Option<crate::budget::ResponseBudget>,
-    ) -> Result<Self, RulesError> {
         let routes = routes(&pool, services)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -274,7 +260,6 @@ impl Gateway {
                 routes,
                 grpc,
                 max_body_bytes,
-                budget,
             }),
         })
     }
@@ -355,7 +340,8 @@ impl Gateway {
                             Code::InvalidArgument,
                             "BODY_TOO_LARGE",
                             format!(
-                                "the request body is larger than {} bytes, or was cut short",
+                                "the request body is larger than {} bytes, was cut short, or \
+                                 did not arrive in time (--read-timeout)",
                                 self.inner.max_body_bytes
                             ),
                         )
@@ -470,19 +456,10 @@ impl Gateway {
                 .into_response());
         }
         let text = bytes::Bytes::from(to_json(&reply, response_body.as_deref(), &options)?);
-        let body = match &self.inner.budget {
-            None => Body::from(text),
-            Some(budget) => {
-                let size = text.len();
-                let held = crate::budget::BudgetedBytes::take(budget, text)
-                    .ok_or_else(|| budget.exhausted(size))?;
-                Body::new(held)
-            }
-        };
         Ok((
             StatusCode::OK,
             [(http::header::CONTENT_TYPE, "application/json")],
-            body,
+            Body::from(text),
         )
             .into_response())
     }

@@ -8,10 +8,11 @@
 pub mod dashboard;
 mod error;
 pub mod gateway;
-mod listen;
+mod guard;
 mod openapi;
 mod strict_json;
 pub mod template;
+mod tls;
 
 use std::time::Duration;
 
@@ -21,9 +22,11 @@ use axum::routing::get;
 use axum::Router;
 use http::StatusCode;
 
+pub(crate) use error::error_response;
 pub use error::{code_name, http_status};
 pub use gateway::{Gateway, GrpcService, RulesError};
-pub use listen::{serve, HttpTlsError, TlsFiles};
+pub use guard::BrowserRules;
+pub use tls::{HttpTlsError, TlsFiles};
 
 use crate::scheduler::Runner;
 
@@ -49,9 +52,11 @@ struct AppState {
 
 /// The HTTP surface as an axum router: the dashboard at `/`, `/healthz`, `/readyz`,
 /// `/openapi.json`, `/metrics`, and every other
-/// path through `gateway`.
-pub fn router(runner: Runner, gateway: Gateway) -> Router {
+/// path through `gateway`; requests a browser sends from another origin, or to a host name
+/// `rules` do not answer, are refused first (see [`BrowserRules`]).
+pub fn router(runner: Runner, gateway: Gateway, rules: BrowserRules) -> Router {
     let openapi = bytes::Bytes::from(openapi::document(&gateway).to_string());
+    let guarded = (std::sync::Arc::new(rules), gateway.pool().clone());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -65,6 +70,7 @@ pub fn router(runner: Runner, gateway: Gateway) -> Router {
             runner,
             openapi,
         })
+        .layer(axum::middleware::from_fn_with_state(guarded, guard::guard))
 }
 
 async fn healthz() -> Response {

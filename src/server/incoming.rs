@@ -6,8 +6,9 @@
 //!   accepting with a growing backoff (10 ms to 1 s) and are logged at most once a minute,
 //!   instead of spinning on a listener that stays readable; other accept errors (a peer that
 //!   reset before it was accepted) are skipped.
-//! - Each connection must send its first bytes (the HTTP/2 preface, or a TLS hello) within the
-//!   handshake timeout, and is closed when it has had no call in flight for the idle timeout,
+//! - Each connection must send its first bytes (the HTTP/2 preface, or a TLS hello; on the
+//!   HTTP listener, a whole first request) within the handshake timeout, and is closed when it
+//!   has had no call in flight for the idle timeout,
 //!   or when a response has waited unread (the client's flow-control window kept shut) for the
 //!   unread timeout: closing it is what gives that response's memory back. Which calls are in
 //!   flight, and which responses wait, is known from [`Activity`], kept by the limits layer
@@ -34,7 +35,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::{debug, info, warn};
 
 /// Bytes of the HTTP/2 client preface (`PRI * HTTP/2.0…`).
-const PREFACE_LEN: u64 = 24;
+pub(crate) const PREFACE_LEN: u64 = 24;
 
 /// The least time between two warnings about the same trouble.
 const WARN_EVERY: Duration = Duration::from_secs(60);
@@ -49,6 +50,8 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub(crate) struct Activity {
     /// Calls in flight (from request to the end of the response body).
     active: AtomicUsize,
+    /// Whether a call ever started on the connection (its first request was read whole).
+    served: AtomicBool,
     /// When the last call ended (or the connection opened), in ms since the registry's epoch.
     idle_since_ms: AtomicU64,
     epoch: Instant,
@@ -66,6 +69,7 @@ impl Activity {
     fn new(epoch: Instant) -> Self {
         Self {
             active: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(ms_since(epoch)),
             epoch,
             unread: Mutex::new(HashMap::new()),
@@ -78,7 +82,13 @@ impl Activity {
     /// Marks a call started; it ends when the returned guard drops.
     pub(crate) fn begin(self: &Arc<Self>) -> CallGuard {
         self.active.fetch_add(1, Ordering::AcqRel);
+        self.served.store(true, Ordering::Release);
         CallGuard(Arc::clone(self))
+    }
+
+    /// Whether a call ever started on the connection.
+    pub(crate) fn served(&self) -> bool {
+        self.served.load(Ordering::Acquire)
     }
 
     fn unread(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
@@ -191,11 +201,25 @@ impl Connections {
             activity.close();
         }
     }
+
+    /// Closes the connections with no call in flight (at shutdown: an idle keep-alive
+    /// connection, or one still sending its first request, has nothing to finish).
+    pub(crate) fn close_idle(&self) {
+        for activity in self.map().values() {
+            if activity.idle_since().is_some() {
+                activity.close();
+            }
+        }
+    }
 }
 
 /// How connections are accepted and kept.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnectionRules {
+    /// How many bytes end the handshake ([`PREFACE_LEN`] for HTTP/2's preface); the first call
+    /// ends it too (`u64::MAX`: only a call does, as on the HTTP listener, whose first request
+    /// must arrive whole within the handshake timeout).
+    pub preface: u64,
     pub max_connections: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
@@ -315,7 +339,7 @@ pub(crate) struct Conn {
     activity: Arc<Activity>,
     rules: ConnectionRules,
     _slot: OwnedSemaphorePermit,
-    /// Bytes read so far, up to the preface's length (the handshake is done then).
+    /// Bytes read so far (the handshake is done at the preface's length).
     read: u64,
     opened: Instant,
     timer: Pin<Box<Sleep>>,
@@ -361,12 +385,12 @@ impl Conn {
             let rules = self.rules;
             let mut next: Option<Instant> = None;
             let mut earliest = |d: Instant| next = Some(next.map_or(d, |n| n.min(d)));
-            if self.read < PREFACE_LEN {
+            if self.read < rules.preface && !self.activity.served() {
                 let deadline = later(self.opened, rules.handshake_timeout);
                 if now >= deadline {
                     return Some(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "no HTTP/2 preface within the handshake timeout",
+                        "no complete first request within the handshake timeout",
                     ));
                 }
                 earliest(deadline);
@@ -411,6 +435,18 @@ fn later(t: Instant, d: Duration) -> Instant {
     t.checked_add(d).or_else(|| t.checked_add(FAR)).unwrap_or(t)
 }
 
+impl Conn {
+    /// What the connection is doing, for the calls it carries.
+    pub(crate) fn activity(&self) -> &Arc<Activity> {
+        &self.activity
+    }
+
+    /// The connection's (local, remote) addresses.
+    pub(crate) fn addresses(&self) -> Option<(SocketAddr, SocketAddr)> {
+        self.key
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         if let Some(key) = self.key {
@@ -436,7 +472,7 @@ impl AsyncRead for Conn {
         match Pin::new(&mut self.tcp).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let n = buf.filled().len() - before;
-                self.read = self.read.saturating_add(n as u64).min(PREFACE_LEN);
+                self.read = self.read.saturating_add(n as u64);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),

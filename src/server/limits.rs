@@ -196,12 +196,14 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        let mut hint = self.inner.size_hint();
+        let inner = self.inner.size_hint();
         let n = self.rest.len() as u64;
-        hint.set_lower(hint.lower().saturating_add(n));
-        if let Some(upper) = hint.upper() {
+        let mut hint = SizeHint::new();
+        // The upper bound first: a lower one above it would not be taken.
+        if let Some(upper) = inner.upper() {
             hint.set_upper(upper.saturating_add(n));
         }
+        hint.set_lower(inner.lower().saturating_add(n));
         hint
     }
 }

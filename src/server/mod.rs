@@ -7,6 +7,7 @@
 //! complete their handshake or stay idle (`incoming`, `limits`).
 
 mod grpc_metrics;
+mod http_listener;
 mod incoming;
 mod limits;
 mod routes;
@@ -26,6 +27,7 @@ use limits::{LimitsLayer, ResponseBudget};
 
 use crate::auth::{AuthLayer, Tokens};
 use crate::error::Error;
+use crate::http::BrowserRules;
 use crate::scheduler::Runner;
 
 /// Errors of [`serve`] and [`serve_with`].
@@ -90,6 +92,11 @@ pub struct ServeLimits {
     /// How long a response may wait for a client that does not read it (its flow-control
     /// window kept shut) before the connection is closed. Default 60 s.
     pub unread_timeout: Duration,
+    /// On the HTTP listener: how long a request's body may take to arrive after its headers
+    /// (the headers of a connection's first request must arrive within the handshake timeout,
+    /// those of a later one within the idle timeout); past it, the request is refused (400).
+    /// Default 30 s.
+    pub read_timeout: Duration,
 }
 
 impl Default for ServeLimits {
@@ -103,6 +110,7 @@ impl Default for ServeLimits {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             unread_timeout: Duration::from_secs(60),
+            read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -124,6 +132,7 @@ pub struct ServeOptions {
     http: Option<TcpListener>,
     http_tls: Option<Arc<rustls::ServerConfig>>,
     max_body_bytes: usize,
+    browser: BrowserRules,
 }
 
 impl Default for ServeOptions {
@@ -143,7 +152,16 @@ impl ServeOptions {
             http: None,
             http_tls: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            browser: BrowserRules::new(),
         }
+    }
+
+    /// Which origins and host names the HTTP listener answers (see [`BrowserRules`]). On a
+    /// loopback listener, host names are checked in any case (`localhost`, IP addresses and
+    /// the names these rules list).
+    pub fn browser(mut self, rules: BrowserRules) -> Self {
+        self.browser = rules;
+        self
     }
 
     /// Also serve the HTTP surface ([`rest_router`]: REST/JSON, `/openapi.json`, `/healthz`,
@@ -230,9 +248,11 @@ pub async fn serve_with(
         http,
         http_tls,
         max_body_bytes,
+        browser,
     } = options;
     // One budget for the responses of both listeners.
     let budget = ResponseBudget::new(limits.max_unread_response_bytes);
+    let http_budget = budget.clone();
     let routes = match routes(&runner) {
         Ok(r) => r,
         Err(e) => {
@@ -244,8 +264,17 @@ pub async fn serve_with(
         None => None,
         Some(listener) => {
             let stack = grpc_stack(routes.clone(), auth.clone());
-            match routes::budgeted_rest_router(&runner, stack, max_body_bytes, Some(budget.clone()))
-            {
+            // On loopback, only the machine's own names can be meant: a page that re-pointed
+            // its name here (DNS rebinding) is refused by its Host.
+            let loopback = listener
+                .local_addr()
+                .is_ok_and(|a| a.ip().to_canonical().is_loopback());
+            let browser = if loopback && !browser.checks_hosts() {
+                browser.only_hosts(std::iter::empty::<&str>())
+            } else {
+                browser
+            };
+            match routes::guarded_rest_router(&runner, stack, max_body_bytes, browser) {
                 Ok(router) => Some((listener, router)),
                 Err(e) => {
                     runner.shutdown(grace).await?;
@@ -281,6 +310,7 @@ pub async fn serve_with(
     let incoming = accept(
         listener,
         ConnectionRules {
+            preface: incoming::PREFACE_LEN,
             max_connections: limits.max_connections,
             handshake_timeout: limits.handshake_timeout,
             idle_timeout: limits.idle_timeout,
@@ -302,14 +332,28 @@ pub async fn serve_with(
         match http {
             None => Ok(()),
             Some((listener, router)) => {
-                let stop = runner.stopping();
-                crate::http::serve(
+                let rules = http_listener::HttpRules {
+                    connection: ConnectionRules {
+                        // Only a whole first request ends the handshake.
+                        preface: u64::MAX,
+                        max_connections: limits.max_connections,
+                        handshake_timeout: limits.handshake_timeout,
+                        idle_timeout: limits.idle_timeout,
+                        unread_timeout: limits.unread_timeout,
+                    },
+                    read_timeout: limits.read_timeout,
+                    max_streams_per_connection: limits.max_streams_per_connection,
+                    keepalive_interval: limits.keepalive_interval,
+                    keepalive_timeout: limits.keepalive_timeout,
+                };
+                http_listener::serve(
                     listener,
                     router,
                     http_tls,
-                    limits.handshake_timeout,
-                    limits.max_connections,
-                    stop,
+                    rules,
+                    http_budget,
+                    runner.stopping(),
+                    grace,
                 )
                 .await
             }

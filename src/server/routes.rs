@@ -11,7 +11,7 @@ use tower::util::BoxCloneSyncService;
 use tower::Layer;
 
 use crate::auth::{AuthLayer, Tokens};
-use crate::http::{Gateway, GrpcService, RulesError};
+use crate::http::{BrowserRules, Gateway, GrpcService, RulesError};
 use crate::scheduler::Runner;
 use crate::service::{AdminApi, OperationsApi, SnapshotApi, TaskApi, WatchApi};
 
@@ -128,7 +128,9 @@ pub fn grpc_stack(routes: Routes, tokens: Option<std::sync::Arc<Tokens>>) -> Grp
 
 /// The HTTP surface over `grpc` (see [`grpc_stack`]): REST/JSON for every RPC with an HTTP
 /// rule, `/openapi.json`, `/healthz`, `/readyz` and `/metrics`, as an axum router to serve
-/// or to nest in an app of your own. Request bodies are capped at `max_body_bytes`.
+/// or to nest in an app of your own. Request bodies are capped at `max_body_bytes`. A
+/// browser's request from another origin is refused ([`BrowserRules::new`]: any host name, the
+/// server's own origin only).
 ///
 /// # Errors
 /// [`RoutesError::Rules`] if a rule in the protos cannot be served (a build defect).
@@ -137,22 +139,21 @@ pub fn rest_router(
     grpc: GrpcService,
     max_body_bytes: usize,
 ) -> Result<axum::Router, RoutesError> {
-    budgeted_rest_router(runner, grpc, max_body_bytes, None)
+    guarded_rest_router(runner, grpc, max_body_bytes, BrowserRules::new())
 }
 
-/// [`rest_router`] whose replies share `budget` with the gRPC listener's.
-pub(crate) fn budgeted_rest_router(
+/// [`rest_router`] answering browsers by `rules`.
+pub(crate) fn guarded_rest_router(
     runner: &Runner,
     grpc: GrpcService,
     max_body_bytes: usize,
-    budget: Option<crate::budget::ResponseBudget>,
+    rules: BrowserRules,
 ) -> Result<axum::Router, RoutesError> {
-    let gateway = Gateway::build(
+    let gateway = Gateway::new(
         crate::proto::descriptor_pool().clone(),
         &crate::http::SERVICES,
         grpc,
         max_body_bytes,
-        budget,
     )?;
-    Ok(crate::http::router(runner.clone(), gateway))
+    Ok(crate::http::router(runner.clone(), gateway, rules))
 }

@@ -10,6 +10,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFile } from "node:child_process";
+import http from "node:http";
 import { mkdtemp, mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -595,6 +596,70 @@ test("tokens: sign-in and the reader's view", { timeout: 300_000 }, async () => 
   assert.equal(await p.evaluate(() => sessionStorage.getItem("oprun.token")), null);
   await p.context().close();
   await rm(dir, { recursive: true, force: true });
+});
+
+/**
+ * A web page on another origin (another port on 127.0.0.1, as any page the user visits could
+ * be) tries what a cross-site request forgery would: "simple" no-cors POSTs that need no CORS
+ * preflight (no Content-Type, text/plain), a form posted as text/plain, and a CORS request.
+ * None changes anything: no operation is deleted, no batch or task starts. (Before, the
+ * first deleted every finished operation.)
+ */
+test("a page on another origin changes nothing", { timeout: 300_000 }, async () => {
+  const finished = await countMatching(open, "done = true");
+  assert.ok(finished > 0, "finished operations to protect");
+  const kinds = async () => ({
+    batches: await countMatching(open, 'kind = "oprun.delete_operations" OR kind = "oprun.cancel_operations"'),
+    sleeps: await countMatching(open, 'kind = "sleep"'),
+  });
+  const before = await kinds();
+  const target = open.http;
+  const body = JSON.stringify({ filter: "done = true" });
+  const submit = JSON.stringify({ kind: "sleep", input: { "@type": "type.googleapis.com/oprun.v1.SleepInput", duration: "1s" } });
+  const html = `<!doctype html><title>evil</title>
+<iframe name="sink"></iframe>
+<form id="f" method="POST" action="${target}/v1/operations:batchDelete" enctype="text/plain" target="sink">
+<input name='{"filter":"done = true","x":"' value='"}'></form>
+<script>
+const target = ${JSON.stringify(target)};
+const tries = [
+  fetch(target + "/v1/operations:batchDelete", { method: "POST", mode: "no-cors", body: ${JSON.stringify(body)} }),
+  fetch(target + "/v1/operations:batchDelete", { method: "POST", mode: "no-cors", headers: { "content-type": "text/plain" }, body: ${JSON.stringify(body)} }),
+  fetch(target + "/v1/tasks:submit", { method: "POST", mode: "no-cors", body: ${JSON.stringify(submit)} }),
+  fetch(target + "/v1/operations:batchDelete", { method: "POST", headers: { "content-type": "application/json" }, body: ${JSON.stringify(body)} }),
+  fetch(target + "/v1/operations").then((r) => r.text()),
+];
+document.getElementById("f").submit();
+Promise.allSettled(tries).then((r) => {
+  window.results = r.map((x) => x.status + ":" + (x.value && x.value.type ? x.value.type : String(x.reason || x.value).slice(0, 80)));
+  document.title = "tried";
+});
+</script>`;
+  const evil = http.createServer((req, res) => {
+    res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+    res.end(html);
+  });
+  await new Promise((resolve) => evil.listen(0, "127.0.0.1", resolve));
+  const evilUrl = `http://127.0.0.1:${evil.address().port}/`;
+  const context = await browser.newContext();
+  try {
+    const p = await context.newPage();
+    await p.goto(evilUrl);
+    await p.waitForFunction(() => document.title === "tried", null, { timeout: WAIT });
+    const results = await p.evaluate(() => window.results);
+    // The CORS request and the read are blocked by the browser; the no-cors ones are opaque.
+    assert.match(results[3], /^rejected/, JSON.stringify(results));
+    assert.match(results[4], /^rejected/, JSON.stringify(results));
+    // Give anything the server might have started the time to show.
+    await new Promise((r) => setTimeout(r, 1500));
+    // (Others may have finished meanwhile; none went.)
+    const after = await countMatching(open, "done = true");
+    assert.ok(after >= finished, `no operation was deleted: ${after} < ${finished}`);
+    assert.deepEqual(await kinds(), before, "no batch or task was started");
+  } finally {
+    await context.close();
+    evil.close();
+  }
 });
 
 test("no script errors or CSP violations", () => {

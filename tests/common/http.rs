@@ -31,7 +31,10 @@ impl Reply {
 }
 
 fn head(method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> String {
-    let mut text = format!("{method} {path} HTTP/1.0\r\nhost: localhost\r\nconnection: close\r\n");
+    let mut text = format!("{method} {path} HTTP/1.0\r\nconnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        text.push_str("host: localhost\r\n");
+    }
     for (k, v) in headers {
         text.push_str(&format!("{k}: {v}\r\n"));
     }
