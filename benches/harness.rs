@@ -82,6 +82,8 @@ pub fn targets(var: &str, default: &str) -> Vec<Target> {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The HTTP listener's address, when started with one ([`Server::start_with_http`]).
+    pub http: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
 }
 
@@ -92,11 +94,23 @@ impl Server {
 
     /// Starts `target` on `dir/data` (which may hold an earlier run's data).
     pub fn start_in(target: &Target, dir: tempfile::TempDir) -> Self {
+        Self::launch(target, dir, false)
+    }
+
+    /// Starts `target` with its HTTP listener on a free loopback port too.
+    pub fn start_with_http(target: &Target) -> Self {
+        Self::launch(target, tempfile::tempdir().expect("tempdir"), true)
+    }
+
+    fn launch(target: &Target, dir: tempfile::TempDir, http: bool) -> Self {
         let mut child = Command::new(&target.program)
             .args(&target.args)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             // Never the default HTTP port, which another run may hold.
-            .env("OPRUN_HTTP_LISTEN", "off")
+            .env(
+                "OPRUN_HTTP_LISTEN",
+                if http { "127.0.0.1:0" } else { "off" },
+            )
             .arg(dir.path().join("data"))
             .env(
                 "OPRUN_LOG",
@@ -129,8 +143,8 @@ impl Server {
             });
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if let Some((_, addr)) = line.split_once("listening on ") {
-                        let _ = tx.send(addr.trim().to_owned());
+                    if let Some((what, addr)) = line.split_once("listening on ") {
+                        let _ = tx.send((what.contains("http"), addr.trim().to_owned()));
                     }
                     if let Some(log) = log.as_mut() {
                         use std::io::Write;
@@ -139,12 +153,25 @@ impl Server {
                 }
             });
         }
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("{} printed no listening line", target.label))
-            .parse()
-            .expect("listening address");
-        Self { child, addr, dir }
+        let mut addr = None;
+        let mut http_addr = None;
+        while addr.is_none() || (http && http_addr.is_none()) {
+            let (is_http, line) = rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("{} printed no listening line", target.label));
+            let parsed: SocketAddr = line.parse().expect("listening address");
+            if is_http {
+                http_addr = Some(parsed);
+            } else {
+                addr = Some(parsed);
+            }
+        }
+        Self {
+            child,
+            addr: addr.expect("the gRPC address"),
+            http: http_addr,
+            dir,
+        }
     }
 
     /// User + system CPU seconds so far.

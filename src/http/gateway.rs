@@ -422,10 +422,24 @@ impl Gateway {
         };
         let response_body = route.response_body.clone();
         if route.rpc.is_server_streaming() {
+            // A stream the service can hand over as batches is written from their shared
+            // server-sent-events form (made once for every reader); any other through its
+            // messages.
+            let handoff = crate::service::Handoff::default();
+            if !enum_numbers && response_body.is_none() {
+                call.extensions_mut().insert(handoff.clone());
+            }
             let stream = client
                 .server_streaming(call, grpc_path, codec)
                 .await?
                 .into_inner();
+            if let Some(changes) = handoff.take() {
+                drop(stream);
+                if head {
+                    return Ok(super::sse::head());
+                }
+                return Ok(super::sse::response(changes, self.inner.pool.clone()));
+            }
             if head {
                 return Ok((
                     StatusCode::OK,

@@ -3,13 +3,16 @@
 //! readiness (`/healthz`, `/readyz`) and Prometheus metrics (`/metrics`).
 //!
 //! [`router`] builds it as an axum [`Router`] an embedder can mount in an app of their own;
-//! [`serve`] runs it on a listener, with TLS when given.
+//! `oprun serve` runs it on its HTTP listener (`crate::server`, with TLS settings from
+//! [`TlsFiles`]). Requests from browsers on other origins are refused first
+//! ([`BrowserRules`]).
 
 pub mod dashboard;
 mod error;
 pub mod gateway;
 mod guard;
 mod openapi;
+mod sse;
 mod strict_json;
 pub mod template;
 mod tls;

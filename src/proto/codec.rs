@@ -73,7 +73,7 @@ impl<U: Message + Default> Decoder for StrictDecoder<U> {
 }
 
 /// The status for a message that does not decode; `reason` is prost's short description.
-fn malformed(reason: &str) -> Status {
+pub(crate) fn malformed(reason: &str) -> Status {
     let mut details = ErrorDetails::new();
     details.set_error_info(
         "MALFORMED_REQUEST",

@@ -1,5 +1,6 @@
 //! Where durable changes are published: an event for every change, for whoever follows them
-//! all (the coming streams, metrics, a dashboard), and per-operation watchers for Wait.
+//! all (the WatchOperations streams through `super::fanout`, tests), and per-operation
+//! watchers for Wait and WatchOperation.
 //!
 //! Only the transition point (`super::transition`) publishes, and only after the store took
 //! the change, so nothing here ever shows a state a crash could take back. On a store several
@@ -8,7 +9,9 @@
 //! that each change is published once.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use bytes::Bytes;
 
 use dashmap::{DashMap, DashSet};
 use tokio::sync::{broadcast, watch};
@@ -19,7 +22,8 @@ use crate::model::{OperationId, OperationRecord, State};
 /// `RecvError::Lagged`, and can re-read what it follows).
 const EVENTS_BUFFER: usize = 4096;
 
-/// An operation changed, durably.
+/// An operation changed, durably. Published as an `Arc`: every subscriber shares the one
+/// event, its record, and its wire forms, each made at most once however many streams send it.
 ///
 /// The events of one operation come in the order of their versions but for a rare race (two
 /// changes whose writes returned at the same moment): a subscriber that keeps the latest
@@ -39,13 +43,38 @@ pub struct OperationChanged {
     /// Its state before the change, when this node made it (`None`: a creation, or a change
     /// another node made, read from the store's feed).
     pub before: Option<State>,
+    /// The operation's wire forms, made by the first stream that needs one.
+    pub(crate) wire: WireForms,
+}
+
+impl OperationChanged {
+    /// The event of `record`'s latest change (made by this node when `before` is known).
+    pub(crate) fn new(record: Arc<OperationRecord>, before: Option<State>) -> Self {
+        Self {
+            id: record.id.clone(),
+            version: record.version,
+            state: record.state,
+            done: record.is_done(),
+            record,
+            before,
+            wire: WireForms::default(),
+        }
+    }
+}
+
+/// The forms an operation's state takes on the wire, each made once: the encoded
+/// `google.longrunning.Operation`, and its proto3 JSON.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WireForms {
+    pub(crate) proto: OnceLock<Bytes>,
+    pub(crate) json: OnceLock<Bytes>,
 }
 
 /// The events and the watchers.
 pub(crate) struct Bus {
     // broadcast: every subscriber gets every event; a slow one lags rather than slows the
     // runner.
-    events: broadcast::Sender<OperationChanged>,
+    events: broadcast::Sender<Arc<OperationChanged>>,
     // watch per operation: a Wait needs only the latest state of one operation, and an
     // operation nobody waits for costs nothing.
     watchers: DashMap<OperationId, watch::Sender<Option<OperationRecord>>>,
@@ -125,14 +154,10 @@ impl Bus {
     fn send(&self, record: &OperationRecord, before: Option<State>) {
         // No subscriber is not an error; with none, the record is not even copied.
         if self.events.receiver_count() > 0 {
-            let _ = self.events.send(OperationChanged {
-                id: record.id.clone(),
-                version: record.version,
-                state: record.state,
-                done: record.is_done(),
-                record: Arc::new(record.clone()),
+            let _ = self.events.send(Arc::new(OperationChanged::new(
+                Arc::new(record.clone()),
                 before,
-            });
+            )));
         }
         // Forgotten before its watcher is looked for: a Wait watches first, then asks whether
         // the operation is unfinished. Asked before this, it has a watcher that the lookup
@@ -155,8 +180,14 @@ impl Bus {
         }
     }
 
+    /// How many subscribe to every event.
+    #[cfg(test)]
+    pub(crate) fn subscribers(&self) -> usize {
+        self.events.receiver_count()
+    }
+
     /// Every event from now on.
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<OperationChanged> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<OperationChanged>> {
         self.events.subscribe()
     }
 

@@ -6,6 +6,9 @@
 //!   ([`crate::model::OperationRecord::apply`]), written fenced, and only then published.
 //! - `bus`: what publishing reaches: an event per change ([`OperationChanged`]) and
 //!   per-operation watchers for Wait.
+//! - `fanout`: the WatchOperations readers, grouped by filter, each group fed one shared
+//!   [`Batch`] per interval by one task.
+//! - `streams`: the streams WatchService sends (one operation, or a filter's batches).
 //! - `outcome`: how a run ended → what happens next (pure).
 //! - `admission`: SubmitTask: validation, request ids, the queue bounds.
 //! - `slots`: running and waiting counts by kind (limits and bounds).
@@ -33,6 +36,7 @@ mod bus;
 pub mod clock;
 mod deadlines;
 mod dispatch;
+mod fanout;
 mod follow;
 mod outcome;
 mod queries;
@@ -63,8 +67,9 @@ use crate::task::Registry;
 pub use admin::SUMMARY_MAX_AGE;
 pub use bus::OperationChanged;
 pub use clock::{Clock, PausedClock, SystemClock};
+pub use fanout::{Batch, MIN_INTERVAL};
 pub use queries::Page;
-pub use streams::{Changes, MIN_INTERVAL};
+pub use streams::Changes;
 
 /// Longest accepted `request_id`.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
@@ -233,6 +238,8 @@ struct Shared {
     control_pending: AtomicBool,
     /// The last summary read (see `admin`).
     summary: Mutex<Option<admin::KeptSummary>>,
+    /// The WatchOperations readers.
+    fanout: Arc<fanout::Fanout>,
 }
 
 impl Runner {
@@ -276,6 +283,7 @@ impl Runner {
                 claiming: tokio::sync::Mutex::new(()),
                 control_pending: AtomicBool::new(true),
                 summary: Mutex::new(None),
+                fanout: Arc::default(),
                 config,
             }),
         };
@@ -361,7 +369,7 @@ impl Runner {
     }
 
     /// Every change of every operation from now on, after it is durable.
-    pub fn subscribe(&self) -> broadcast::Receiver<OperationChanged> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<OperationChanged>> {
         self.shared.bus.subscribe()
     }
 

@@ -16,7 +16,8 @@ pub use admin::AdminApi;
 pub use operations::OperationsApi;
 pub use snapshot::SnapshotApi;
 pub use tasks::TaskApi;
-pub use watch::{OperationStream, WatchApi};
+pub(crate) use watch::proto_form;
+pub use watch::{Handoff, WatchApi};
 
 /// The `traceparent` header of a call (W3C Trace Context), if it has one.
 fn traceparent<T>(request: &tonic::Request<T>) -> Option<String> {
