@@ -332,10 +332,16 @@ pub fn token_hash(token: &str) -> String {
 }
 
 /// A fresh random token: 32 bytes from a cryptographically secure generator, URL-safe base64
-/// without padding (43 characters).
+/// without padding (43 characters), never starting with `-` (a command line would take
+/// `--token -Rx…` for a flag: 1 token in 64 did).
 pub fn new_token() -> String {
-    let bytes: [u8; 32] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    loop {
+        let bytes: [u8; 32] = rand::random();
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        if !token.starts_with('-') {
+            return token;
+        }
+    }
 }
 
 /// The tokens-file line for `token`: `sha256:<hex> <role> [label]`.
@@ -652,9 +658,12 @@ mod tests {
         ));
     }
 
-    /// Fresh tokens are long, URL-safe and different each time.
+    /// Fresh tokens are long, URL-safe and different each time, and never look like a flag.
     #[test]
     fn new_tokens_are_random_and_url_safe() {
+        for _ in 0..1000 {
+            assert!(!new_token().starts_with('-'));
+        }
         let a = new_token();
         assert_eq!(a.len(), 43);
         assert!(a
