@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/oprun/v1/snapshot.proto",
         "proto/oprun/v1/watch.proto",
         "proto/oprun/v1/admin.proto",
+        "proto/oprun/v1/worker.proto",
     ];
     let mut compiler = protox::Compiler::new(["proto"])?;
     compiler.include_imports(true).include_source_info(false);

@@ -9,11 +9,14 @@
 //! sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 submitter ci-deploy
 //! ```
 //!
-//! `oprun token new --role ROLE` prints a fresh token and its line. Roles are ordered, each
-//! allowing what the one below it does ([`required_role`] is the table):
+//! `oprun token new --role ROLE` prints a fresh token and its line. The first three roles are
+//! ordered, each allowing what the one below it does ([`required_role`] is the table):
 //! - `reader`: GetOperation, ListOperations, WaitOperation, ListTaskKinds, ListNodes;
 //! - `submitter`: also SubmitTask, CreateSnapshot, CancelOperation;
-//! - `admin`: also DeleteOperation (and any method the table does not name).
+//! - `admin`: also DeleteOperation (and any method the table does not name, and the
+//!   workers' methods);
+//! - `worker`, apart: only the WorkerService (declare kinds, take, report and complete
+//!   work), nothing else — a worker's token cannot read or start operations.
 //!
 //! A kind may need more than the method that starts it: its
 //! [`TaskOptions::start_role`](crate::task::TaskOptions::start_role) is checked by the runner
@@ -50,8 +53,10 @@ use tower::{Layer, Service};
 
 use crate::error::ERROR_DOMAIN;
 
-/// What a caller may do. Roles are ordered: each allows everything the ones below it allow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// What a caller may do. Reader, submitter and admin are ordered: each allows everything the
+/// ones below it allow. Worker stands apart: it allows only the workers' methods (which an
+/// admin may call too). Compare with [`Role::allows`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// Reads operations, kinds and nodes: Get, List, Wait, ListTaskKinds, ListNodes.
     Reader,
@@ -59,18 +64,37 @@ pub enum Role {
     Submitter,
     /// Also deletes operations.
     Admin,
+    /// Runs work in a worker process: opens sessions declaring kinds, takes assignments,
+    /// reports and completes them. Nothing else.
+    Worker,
 }
 
 impl Role {
-    /// Every role, lowest first.
-    pub const ALL: [Role; 3] = [Role::Reader, Role::Submitter, Role::Admin];
+    /// Every role: the ordered ones, lowest first, then worker.
+    pub const ALL: [Role; 4] = [Role::Reader, Role::Submitter, Role::Admin, Role::Worker];
 
-    /// The role's name in a tokens file: `reader`, `submitter` or `admin`.
+    /// The role's name in a tokens file: `reader`, `submitter`, `admin` or `worker`.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Reader => "reader",
             Role::Submitter => "submitter",
             Role::Admin => "admin",
+            Role::Worker => "worker",
+        }
+    }
+
+    /// Whether a caller with this role may do what `needed` allows.
+    pub fn allows(self, needed: Role) -> bool {
+        let rank = |role: Role| match role {
+            Role::Reader => 1,
+            Role::Submitter => 2,
+            Role::Admin => 3,
+            Role::Worker => 0,
+        };
+        match (self, needed) {
+            (Role::Admin, _) | (Role::Worker, Role::Worker) => true,
+            (Role::Worker, _) | (_, Role::Worker) => false,
+            (mine, needed) => rank(mine) >= rank(needed),
         }
     }
 
@@ -78,7 +102,7 @@ impl Role {
     pub fn and_above(self) -> String {
         let names: Vec<_> = Role::ALL
             .iter()
-            .filter(|r| **r >= self)
+            .filter(|r| r.allows(self))
             .map(|r| r.as_str())
             .collect();
         match names.as_slice() {
@@ -102,7 +126,9 @@ impl FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role {s:?}; expected reader, submitter or admin"))
+            .ok_or_else(|| {
+                format!("unknown role {s:?}; expected reader, submitter, admin or worker")
+            })
     }
 }
 
@@ -129,6 +155,12 @@ pub fn required_role(grpc_path: &str) -> Option<Role> {
         | "/oprun.v1.AdminService/RerunOperation" => Role::Submitter,
         "/google.longrunning.Operations/DeleteOperation"
         | "/oprun.v1.AdminService/DeleteOperations" => Role::Admin,
+        "/oprun.v1.WorkerService/OpenSession"
+        | "/oprun.v1.WorkerService/StreamAssignments"
+        | "/oprun.v1.WorkerService/PollAssignments"
+        | "/oprun.v1.WorkerService/ReportProgress"
+        | "/oprun.v1.WorkerService/CompleteAssignment"
+        | "/oprun.v1.WorkerService/CloseSession" => Role::Worker,
         _ => return None,
     })
 }
@@ -505,7 +537,7 @@ impl<S> AuthService<S> {
             ));
         };
         let needed = required_role(path).unwrap_or(Role::Admin);
-        if caller.role < needed {
+        if !caller.role.allows(needed) {
             tracing::warn!(
                 method,
                 peer,
@@ -672,11 +704,18 @@ mod tests {
         assert_ne!(a, new_token());
     }
 
-    /// Denial messages list the roles that would do.
+    /// Denial messages list the roles that would do; a worker allows only the workers'
+    /// methods, which an admin may call too.
     #[test]
     fn roles_and_above() {
         assert_eq!(Role::Reader.and_above(), "reader, submitter or admin");
         assert_eq!(Role::Submitter.and_above(), "submitter or admin");
         assert_eq!(Role::Admin.and_above(), "admin");
+        assert_eq!(Role::Worker.and_above(), "admin or worker");
+        assert!(!Role::Worker.allows(Role::Reader));
+        assert!(!Role::Reader.allows(Role::Worker));
+        assert!(!Role::Submitter.allows(Role::Worker));
+        assert!(Role::Admin.allows(Role::Worker));
+        assert!(Role::Worker.allows(Role::Worker));
     }
 }

@@ -9,6 +9,8 @@
 //! - [`proto`]: generated protobuf and gRPC glue (prost/tonic). Stops at the surface.
 //! - [`model`]: oprun's own operation types ([`model::OperationId`], [`model::State`],
 //!   [`model::Outcome`], [`model::OperationRecord`]) and their wire form.
+//! - [`types`]: the registry of message types a server knows (oprun's, in-process kinds',
+//!   declared kinds'), which every JSON path and input check reads.
 //! - [`filter`], [`page_token`]: the AIP-160 list filter and AIP-158 page tokens.
 //! - [`store`]: durable storage behind the [`store::Store`] trait: SQLite (embedded default,
 //!   with a bounded write-ahead log and integrity checks) and in-memory, both passing one
@@ -56,6 +58,7 @@ pub mod service;
 pub mod store;
 pub mod task;
 pub mod text;
+pub mod types;
 
 pub use error::Error;
 pub use proto::google::rpc::Code;

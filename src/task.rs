@@ -153,6 +153,15 @@ pub trait Task: Send + Sync + 'static {
         TaskOptions::default()
     }
 
+    /// The files that define the kind's messages (with their imports), when they are not
+    /// oprun's own protos: with them every JSON path (REST, server-sent events, the CLI, the
+    /// dashboard) reads and writes the kind's types. A prost-generated crate gets them from
+    /// its encoded descriptor set (`FileDescriptorSet::decode(DESCRIPTOR_SET)`). The default:
+    /// none.
+    fn descriptors(&self) -> Option<prost_types::FileDescriptorSet> {
+        None
+    }
+
     /// Checks an input at submission, before the operation is created, so that bad input is
     /// refused synchronously with a precise status. The default accepts everything.
     ///
@@ -389,6 +398,26 @@ impl TaskContext {
         let any = pack(details);
         self.draft.update(|r| r.details = Some(any));
     }
+
+    /// Changes what is given of a report (a remote worker's), keeping the rest.
+    pub(crate) fn report(
+        &self,
+        progress: Option<Progress>,
+        status_message: Option<String>,
+        details: Option<Any>,
+    ) {
+        self.draft.update(|r| {
+            if let Some(progress) = progress {
+                r.progress = progress;
+            }
+            if let Some(message) = status_message {
+                r.status_message = message;
+            }
+            if details.is_some() {
+                r.details = details;
+            }
+        });
+    }
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -397,6 +426,10 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub(crate) trait ErasedTask: Send + Sync {
     fn describe(&self) -> TaskKind;
     fn options(&self) -> TaskOptions;
+    /// The files defining the kind's types, when they are not oprun's own.
+    fn descriptors(&self) -> Option<prost_types::FileDescriptorSet> {
+        None
+    }
     /// Decodes and validates an input `Any`.
     fn check_input(&self, input: &Any) -> Result<(), Error>;
     fn run(&self, input: Any, ctx: TaskContext) -> BoxFuture<Result<Any, TaskError>>;
@@ -445,11 +478,17 @@ impl<T: Task> ErasedTask for Erased<T> {
             default_timeout: options
                 .default_timeout
                 .and_then(|d| prost_types::Duration::try_from(d).ok()),
+            in_process: true,
+            ..TaskKind::default()
         }
     }
 
     fn options(&self) -> TaskOptions {
         self.0.options()
+    }
+
+    fn descriptors(&self) -> Option<prost_types::FileDescriptorSet> {
+        self.0.descriptors()
     }
 
     fn check_input(&self, input: &Any) -> Result<(), Error> {

@@ -36,7 +36,7 @@ async fn channel(server: &BinServer) -> Channel {
 /// The server still answers.
 async fn alive(server: &BinServer) {
     TaskServiceClient::new(channel(server).await)
-        .list_task_kinds(ListTaskKindsRequest {})
+        .list_task_kinds(ListTaskKindsRequest::default())
         .await
         .expect("the server still serves");
 }
@@ -380,7 +380,7 @@ async fn a_client_that_never_reads_is_bounded() {
         s.await.unwrap();
     }
     tasks
-        .list_task_kinds(ListTaskKindsRequest {})
+        .list_task_kinds(ListTaskKindsRequest::default())
         .await
         .unwrap();
     let pid = server.child.id();
@@ -507,7 +507,7 @@ async fn unread_call(
         .body(())
         .unwrap();
     let (response, mut send) = ready.send_request(req, false).unwrap();
-    send.send_data(grpc_frame(&ListTaskKindsRequest {}), true)
+    send.send_data(grpc_frame(&ListTaskKindsRequest::default()), true)
         .unwrap();
     let head = response.await.unwrap();
     (driver, head)
@@ -726,7 +726,7 @@ async fn connections_past_the_limit_wait_for_one_to_close() {
     let second = channel(&server).await;
     for c in [&first, &second] {
         TaskServiceClient::new(c.clone())
-            .list_task_kinds(ListTaskKindsRequest {})
+            .list_task_kinds(ListTaskKindsRequest::default())
             .await
             .unwrap();
     }
@@ -735,7 +735,7 @@ async fn connections_past_the_limit_wait_for_one_to_close() {
         async move {
             let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
             TaskServiceClient::new(channel)
-                .list_task_kinds(ListTaskKindsRequest {})
+                .list_task_kinds(ListTaskKindsRequest::default())
                 .await
                 .unwrap();
         }

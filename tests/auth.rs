@@ -266,7 +266,7 @@ async fn call(
             .await
             .map(drop),
         Rpc::ListKinds => tasks
-            .list_task_kinds(ListTaskKindsRequest {})
+            .list_task_kinds(ListTaskKindsRequest::default())
             .await
             .map(drop),
         Rpc::CreateSnapshot => {
@@ -426,7 +426,7 @@ async fn denials_explain_themselves() {
 /// ListTaskKinds with `token`, expected to be refused.
 async fn kinds_refused(server: &AuthServer, token: Option<&str>) -> Status {
     TaskServiceClient::new(server.channel(token).await)
-        .list_task_kinds(ListTaskKindsRequest {})
+        .list_task_kinds(ListTaskKindsRequest::default())
         .await
         .expect_err("refused")
 }

@@ -262,9 +262,9 @@ async fn migrate_says_what_it_did_or_why_not() {
     let url = db.url();
     let first = cli(&["migrate", "--store", &url]).await;
     assert!(first.status.success(), "{}", stderr(&first));
-    assert_eq!(stdout(&first).trim(), "schema version 3 (was 0)");
+    assert_eq!(stdout(&first).trim(), "schema version 4 (was 0)");
     let again = cli(&["migrate", "--store", &url]).await;
-    assert_eq!(stdout(&again).trim(), "schema version 3: up to date");
+    assert_eq!(stdout(&again).trim(), "schema version 4: up to date");
 
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = free.local_addr().unwrap().port();

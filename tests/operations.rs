@@ -268,7 +268,7 @@ async fn list_task_kinds_describes_kinds() {
     let kinds = server
         .tasks()
         .await
-        .list_task_kinds(ListTaskKindsRequest {})
+        .list_task_kinds(ListTaskKindsRequest::default())
         .await
         .unwrap()
         .into_inner()

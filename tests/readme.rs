@@ -307,7 +307,7 @@ async fn the_embedding_example_serves_and_stops() {
     let kinds = TaskServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap()
-        .list_task_kinds(ListTaskKindsRequest {})
+        .list_task_kinds(ListTaskKindsRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -181,7 +181,7 @@ impl TlsServer {
                 .await
                 .map_err(|e| format!("connect: {e:?}"))?;
             let kinds = TaskServiceClient::new(channel)
-                .list_task_kinds(ListTaskKindsRequest {})
+                .list_task_kinds(ListTaskKindsRequest::default())
                 .await
                 .map_err(|s| format!("call: {:?}: {}", s.code(), s.message()))?
                 .into_inner()

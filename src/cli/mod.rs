@@ -425,7 +425,7 @@ async fn run(
         Command::Kinds { client } => {
             let mut c = TaskServiceClient::new(connect(&client).await?);
             let resp = c
-                .list_task_kinds(ListTaskKindsRequest {})
+                .list_task_kinds(ListTaskKindsRequest::default())
                 .await
                 .map_err(status_line)?
                 .into_inner();
@@ -462,7 +462,7 @@ async fn submit(client: &ClientArgs, mut request: SubmitTaskRequest, input: &str
     let kind = request.kind.clone();
     let channel = connect(client).await?;
     let kinds = TaskServiceClient::new(channel.clone())
-        .list_task_kinds(ListTaskKindsRequest {})
+        .list_task_kinds(ListTaskKindsRequest::default())
         .await
         .map_err(status_line)?
         .into_inner()

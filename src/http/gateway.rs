@@ -235,33 +235,49 @@ pub struct Gateway {
 }
 
 struct Inner {
-    pool: DescriptorPool,
+    /// Every type the server knows (a kind's own included), read per request.
+    types: crate::types::Types,
     routes: Vec<Route>,
     grpc: GrpcService,
     max_body_bytes: usize,
+    /// The input type of a kind, for a submission that leaves out its input's `@type`.
+    input_type_of: Option<InputTypeOf>,
 }
 
+/// The full name of a kind's input message, if the kind is known.
+pub type InputTypeOf = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 impl Gateway {
-    /// A gateway serving the HTTP rules of `services` (full names) in `pool` by calling
-    /// `grpc`, refusing request bodies over `max_body_bytes`.
+    /// A gateway serving the HTTP rules of `services` (full names, in oprun's protos) by
+    /// calling `grpc`, reading and writing JSON with the types `types` knows, refusing request
+    /// bodies over `max_body_bytes`.
     ///
     /// # Errors
     /// [`RulesError`] for a rule that cannot be served.
     pub fn new(
-        pool: DescriptorPool,
+        types: crate::types::Types,
         services: &[&str],
         grpc: GrpcService,
         max_body_bytes: usize,
     ) -> Result<Self, RulesError> {
-        let routes = routes(&pool, services)?;
+        let routes = routes(crate::proto::descriptor_pool(), services)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                pool,
+                types,
                 routes,
                 grpc,
                 max_body_bytes,
+                input_type_of: None,
             }),
         })
+    }
+
+    /// Lets a submission leave out its input's `@type` when `input_type_of` knows its kind.
+    pub fn with_input_types(mut self, input_type_of: InputTypeOf) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.input_type_of = Some(input_type_of);
+        }
+        self
     }
 
     /// The routes served.
@@ -269,16 +285,16 @@ impl Gateway {
         &self.inner.routes
     }
 
-    /// The descriptor pool.
-    pub fn pool(&self) -> &DescriptorPool {
-        &self.inner.pool
+    /// The descriptor pool now (oprun's types, and every kind's).
+    pub fn pool(&self) -> Arc<DescriptorPool> {
+        self.inner.types.pool()
     }
 
     /// Serves one HTTP request.
     pub async fn handle(&self, request: http::Request<Body>) -> Response {
         match self.transcode(request).await {
             Ok(response) => response,
-            Err(status) => error_response(&status, &self.inner.pool),
+            Err(status) => error_response(&status, &self.pool()),
         }
     }
 
@@ -325,10 +341,18 @@ impl Gateway {
                 &parts.method,
                 path,
                 &allow,
-                &self.inner.pool,
+                &self.pool(),
             ));
         };
-        let input = route.rpc.input();
+        // The request's and the reply's types from the pool of now, so that an `Any` of a
+        // kind's own type (declared by a worker since start-up) is read and written.
+        let pool = self.pool();
+        let input = pool
+            .get_message_by_name(route.rpc.input().full_name())
+            .unwrap_or_else(|| route.rpc.input());
+        let output = pool
+            .get_message_by_name(route.rpc.output().full_name())
+            .unwrap_or_else(|| route.rpc.output());
         let mut json = match &route.body {
             None => Map::new(),
             Some(field) => {
@@ -405,14 +429,15 @@ impl Gateway {
         for (field, value) in bindings {
             set_path(&mut json, &input, &field, serde_json::Value::String(value))?;
         }
+        if input.full_name() == "oprun.v1.SubmitTaskRequest" {
+            self.type_the_input(&mut json)?;
+        }
         let message = DynamicMessage::deserialize(input.clone(), serde_json::Value::Object(json))
             .map_err(|e| invalid(format!("invalid {}: {e}", input.full_name())))?;
         let mut call = tonic::Request::new(message);
         forward_headers(&parts.headers, call.metadata_mut());
         let grpc_path = route.path.clone();
-        let codec = DynamicCodec {
-            output: route.rpc.output(),
-        };
+        let codec = DynamicCodec { output };
         let mut client = tonic::client::Grpc::new(self.inner.grpc.clone());
         let Ok(()) = client.ready().await;
         let options = if enum_numbers {
@@ -438,7 +463,7 @@ impl Gateway {
                 if head {
                     return Ok(super::sse::head());
                 }
-                return Ok(super::sse::response(changes, self.inner.pool.clone()));
+                return Ok(super::sse::response(changes, Arc::clone(&pool)));
             }
             if head {
                 return Ok((
@@ -447,7 +472,7 @@ impl Gateway {
                 )
                     .into_response());
             }
-            let pool = self.inner.pool.clone();
+            let pool = Arc::clone(&pool);
             let events = stream.map(move |item| {
                 Ok::<_, Infallible>(match item {
                     Ok(message) => match to_json(&message, response_body.as_deref(), &options) {
@@ -519,6 +544,42 @@ fn unsupported_media_type(what: String) -> Status {
             "the request body has {what}; send it as JSON with \"Content-Type: application/json\""
         ),
     )
+}
+
+impl Gateway {
+    /// Gives a submission's input the `@type` of its kind's input when it has none (a kind
+    /// fixes its input's type, so a REST client need not repeat it).
+    fn type_the_input(&self, json: &mut Map<String, serde_json::Value>) -> Result<(), Status> {
+        let Some(serde_json::Value::Object(input)) = json.get_mut("input") else {
+            return Ok(());
+        };
+        if input.contains_key("@type") {
+            return Ok(());
+        }
+        let kind = match json.get("kind") {
+            Some(serde_json::Value::String(kind)) => kind.clone(),
+            _ => {
+                return Err(invalid(
+                    "the input has no \"@type\", and no kind names it".to_owned(),
+                ))
+            }
+        };
+        let found = self.inner.input_type_of.as_ref().and_then(|f| f(&kind));
+        let Some(type_name) = found else {
+            return Err(invalid(format!(
+                "the input has no \"@type\", and kind {} is not known here: give \"@type\" \
+                 (\"type.googleapis.com/<its input message>\") or a known kind",
+                quote(&kind)
+            )));
+        };
+        if let Some(serde_json::Value::Object(input)) = json.get_mut("input") {
+            input.insert(
+                "@type".to_owned(),
+                serde_json::Value::String(format!("type.googleapis.com/{type_name}")),
+            );
+        }
+        Ok(())
+    }
 }
 
 fn invalid(message: String) -> Status {

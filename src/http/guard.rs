@@ -146,7 +146,7 @@ fn host_allowed(names: &[String], host: &str) -> bool {
 
 /// The middleware: answers a refused request with Google's JSON error (403), passes the rest.
 pub(super) async fn guard(
-    State((rules, pool)): State<(std::sync::Arc<BrowserRules>, prost_reflect::DescriptorPool)>,
+    State(rules): State<std::sync::Arc<BrowserRules>>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -158,7 +158,7 @@ pub(super) async fn guard(
                 reason = status.message(),
                 "HTTP request from a browser refused"
             );
-            error_response(&status, &pool)
+            error_response(&status, crate::proto::descriptor_pool())
         }
     }
 }

@@ -37,12 +37,13 @@ use crate::scheduler::Runner;
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The services whose HTTP rules oprun serves.
-pub const SERVICES: [&str; 5] = [
+pub const SERVICES: [&str; 6] = [
     "google.longrunning.Operations",
     "oprun.v1.TaskService",
     "oprun.v1.SnapshotService",
     "oprun.v1.WatchService",
     "oprun.v1.AdminService",
+    "oprun.v1.WorkerService",
 ];
 
 #[derive(Clone)]
@@ -59,7 +60,7 @@ struct AppState {
 /// `rules` do not answer, are refused first (see [`BrowserRules`]).
 pub fn router(runner: Runner, gateway: Gateway, rules: BrowserRules) -> Router {
     let openapi = bytes::Bytes::from(openapi::document(&gateway).to_string());
-    let guarded = (std::sync::Arc::new(rules), gateway.pool().clone());
+    let guarded = std::sync::Arc::new(rules);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -127,7 +128,7 @@ async fn wrong_method(
         request.method(),
         request.uri().path(),
         &["GET", "HEAD"],
-        state.gateway.pool(),
+        &state.gateway.pool(),
     )
 }
 

@@ -33,7 +33,7 @@ pub(super) fn head() -> Response {
 }
 
 /// The event stream of `changes`.
-pub(super) fn response(changes: Changes, pool: DescriptorPool) -> Response {
+pub(super) fn response(changes: Changes, pool: Arc<DescriptorPool>) -> Response {
     let events = futures::stream::unfold(Some(changes), move |state| {
         let pool = pool.clone();
         async move {

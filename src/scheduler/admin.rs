@@ -99,12 +99,18 @@ impl Runner {
                 reason: "OPERATION_NOT_DONE",
             });
         }
-        if !self.shared.registry.contains(&old.kind) {
+        if self
+            .shared
+            .kinds
+            .find(&*self.shared.store, &old.kind)
+            .await
+            .is_none()
+        {
             return Err(Error::FailedPrecondition {
                 message: format!(
-                    "{id} is of kind {:?}, which this server does not run (registered kinds: {})",
+                    "{id} is of kind {:?}, which this server does not know (known kinds: {})",
                     old.kind,
-                    self.shared.registry.names()
+                    self.shared.kinds.names()
                 ),
                 reason: "UNKNOWN_KIND",
             });

@@ -38,17 +38,14 @@ impl Runner {
         if !self.shared.accepting.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
-        let Some(task) = self.shared.registry.erased(&kind) else {
+        let Some(task) = self.shared.kinds.find(&*self.shared.store, &kind).await else {
             let message = if kind.is_empty() {
-                format!(
-                    "kind is empty; registered kinds: {}",
-                    self.shared.registry.names()
-                )
+                format!("kind is empty; known kinds: {}", self.shared.kinds.names())
             } else {
                 format!(
-                    "unknown kind {}; registered kinds: {}",
+                    "unknown kind {}; known kinds: {}",
                     quote(&kind),
-                    self.shared.registry.names()
+                    self.shared.kinds.names()
                 )
             };
             return Err(Error::invalid_argument_because(
@@ -58,7 +55,7 @@ impl Runner {
             ));
         };
         let needed = task.options().start_role;
-        if let Some(role) = role.filter(|role| *role < needed) {
+        if let Some(role) = role.filter(|role| !role.allows(needed)) {
             return Err(Error::PermissionDenied {
                 message: format!(
                     "role {role} may not start operations of kind {kind:?}; it needs {}",
@@ -135,6 +132,9 @@ impl Runner {
                 info!(op.name = %r.id, op.kind = %r.kind, "submitted");
                 if super::batch::CONTROL_KINDS.contains(&r.kind.as_str()) {
                     self.shared.control_pending.store(true, Ordering::Release);
+                }
+                if !self.shared.kinds.is_in_process(&r.kind) {
+                    self.shared.remote_pending.store(true, Ordering::Release);
                 }
                 self.shared.dispatch_wake.notify_one();
                 if r.deadline.is_some() {

@@ -25,7 +25,7 @@ impl Runner {
     /// The kinds this node runs, with their running limits (a kind without one of its own
     /// has the node's).
     fn kind_limits(&self) -> impl Iterator<Item = (String, usize)> + '_ {
-        self.shared.registry.kinds().map(|(name, _)| {
+        self.shared.kinds.in_process().kinds().map(|(name, _)| {
             let limit = self
                 .own_limit(name)
                 .unwrap_or(self.shared.config.max_running);
@@ -37,14 +37,15 @@ impl Runner {
     /// declares), which hold over all nodes of a shared store.
     fn cluster_kind_limits(&self) -> Vec<(String, usize)> {
         self.shared
-            .registry
+            .kinds
+            .in_process()
             .kinds()
             .filter_map(|(name, _)| Some((name.to_owned(), self.own_limit(name)?)))
             .collect()
     }
 
     fn own_limit(&self, kind: &str) -> Option<usize> {
-        let declared = || self.shared.registry.erased(kind)?.options().max_concurrency;
+        let declared = || self.shared.kinds.task(kind)?.options().max_concurrency;
         self.shared
             .config
             .kind_limits
@@ -122,6 +123,13 @@ impl Runner {
             if leased && self.shared.control_pending.swap(false, Ordering::AcqRel) {
                 next_due = self.claim_control().await;
             }
+            if leased && self.shared.remote_pending.swap(false, Ordering::AcqRel) {
+                // A session's claim finding work due later looks again then.
+                if let Some(due) = self.claim_for_sessions().await {
+                    next_due = next_due.into_iter().chain(Some(due)).min();
+                    self.shared.remote_pending.store(true, Ordering::Release);
+                }
+            }
             if leased && total > 0 && !kinds.is_empty() {
                 let claim = Claim {
                     node: self.shared.config.node.clone(),
@@ -174,6 +182,12 @@ impl Runner {
                 // look every safety poll, not on every wake.
                 last_control_look = tokio::time::Instant::now();
                 self.shared.control_pending.store(true, Ordering::Release);
+                // Likewise work of declared kinds another node queued, and kinds another
+                // node declared.
+                self.shared.remote_pending.store(true, Ordering::Release);
+                if let Err(e) = self.shared.kinds.load(&*self.shared.store).await {
+                    warn!(error = %e, "the declared kinds could not be read");
+                }
             }
             let sleep = next_due
                 .map(|due| clock::until(self.now(), due))

@@ -88,6 +88,12 @@ impl Runner {
         }
         self.follow_locally(record, Origin::Elsewhere);
         if record.state == State::Queued {
+            if !self.shared.kinds.is_in_process(&record.kind) {
+                // Work for this node's worker sessions, maybe.
+                self.shared
+                    .remote_pending
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
             self.shared.dispatch_wake.notify_one();
             if record.deadline.is_some() {
                 self.shared.deadline_wake.notify_one();

@@ -38,6 +38,7 @@ mod deadlines;
 mod dispatch;
 mod fanout;
 mod follow;
+mod kinds;
 mod outcome;
 mod queries;
 mod recount;
@@ -47,6 +48,7 @@ mod run;
 mod slots;
 mod streams;
 mod transition;
+mod workers;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -70,6 +72,7 @@ pub use clock::{Clock, PausedClock, SystemClock};
 pub use fanout::{Batch, MIN_INTERVAL};
 pub use queries::Page;
 pub use streams::Changes;
+pub use workers::Completion;
 
 /// Longest accepted `request_id`.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
@@ -203,7 +206,8 @@ pub struct Runner {
 }
 
 struct Shared {
-    registry: Registry,
+    /// The kinds this node knows: in process, and declared by workers.
+    kinds: kinds::Kinds,
     store: Arc<dyn Store>,
     config: RunnerConfig,
     /// The operations this node runs now.
@@ -240,6 +244,10 @@ struct Shared {
     summary: Mutex<Option<admin::KeptSummary>>,
     /// The WatchOperations readers.
     fanout: Arc<fanout::Fanout>,
+    /// The worker sessions open on this node.
+    sessions: workers::Sessions,
+    /// Whether the dispatcher should claim work for the sessions (see `workers`).
+    remote_pending: AtomicBool,
 }
 
 impl Runner {
@@ -262,9 +270,21 @@ impl Runner {
         } else {
             Some(store.changes(None, 0).await?.next)
         };
+        // The types of every in-process kind that gives its own.
+        let types = crate::types::Types::new();
+        for (name, task) in registry.kinds() {
+            if let Some(files) = task.descriptors() {
+                types.add(name, &files).map_err(|e| {
+                    Error::invalid_argument(
+                        "descriptors",
+                        format!("kind {name:?} registers descriptors that cannot be used: {e}"),
+                    )
+                })?;
+            }
+        }
         let runner = Self {
             shared: Arc::new_cyclic(|shared| Shared {
-                registry: with_batches(registry, shared),
+                kinds: kinds::Kinds::new(with_batches(registry, shared), types),
                 metrics: Arc::new(crate::metrics::Metrics::new(store.commit_stats())),
                 store,
                 running: DashMap::new(),
@@ -284,9 +304,13 @@ impl Runner {
                 control_pending: AtomicBool::new(true),
                 summary: Mutex::new(None),
                 fanout: Arc::default(),
+                sessions: workers::Sessions::default(),
+                remote_pending: AtomicBool::new(false),
                 config,
             }),
         };
+        // Declared kinds are known before recovery applies the restart rule to their work.
+        runner.shared.kinds.load(&*runner.shared.store).await?;
         runner.recover().await?;
         if followed.is_some() {
             // The queue bounds hold over all nodes from the first submission.
@@ -321,9 +345,15 @@ impl Runner {
         Ok(runner)
     }
 
-    /// The registered kinds.
+    /// The kinds registered in this process.
     pub fn registry(&self) -> &Registry {
-        &self.shared.registry
+        self.shared.kinds.in_process()
+    }
+
+    /// The message types this runner knows: oprun's, its in-process kinds', and those of the
+    /// kinds workers declared.
+    pub fn types(&self) -> &crate::types::Types {
+        self.shared.kinds.types()
     }
 
     /// The configuration.

@@ -22,6 +22,10 @@ pub(crate) enum WorkerEnd {
     Abandoned(Duration),
     /// It never started (cancelled before).
     NotStarted,
+    /// Its worker, in another process, was lost (its session ended, or it stopped
+    /// reporting): the restart rule applies, as for a node that went away. Says what
+    /// happened.
+    Lost(String),
 }
 
 /// Everything the policy looks at.
@@ -33,6 +37,8 @@ pub(crate) struct Situation<'a> {
     pub reason: Option<CancelReason>,
     /// The kind's retry policy.
     pub policy: &'a RetryPolicy,
+    /// Whether the kind may run again after an attempt was lost with its worker.
+    pub retry_safe: bool,
     /// The attempt that ended, from 1.
     pub attempt: u32,
     /// When the operation was created (for the deadline's message).
@@ -54,6 +60,12 @@ pub(crate) enum Decision {
         state: State,
         /// Its result.
         outcome: Outcome,
+    },
+    /// The operation is queued again at once (attempt + 1): the restart rule, after a worker
+    /// was lost.
+    Requeue {
+        /// What happened, for people.
+        status_message: String,
     },
     /// The operation is queued again, for its next attempt at `next_attempt`.
     Retry {
@@ -133,6 +145,14 @@ pub(crate) fn conclude(s: &Situation<'_>) -> Decision {
                 fail(State::Failed, e.code, message)
             }
         },
+        (WorkerEnd::Lost(why), None) if s.retry_safe => Decision::Requeue {
+            status_message: format!("queued again: {why}"),
+        },
+        (WorkerEnd::Lost(why), None) => fail(
+            State::Failed,
+            Code::Aborted,
+            format!("{why}; the kind is not safe to retry, so it was not run again"),
+        ),
         (WorkerEnd::Panicked(message), None) => fail(
             State::Failed,
             Code::Internal,
@@ -208,6 +228,7 @@ mod tests {
             end: &end,
             reason,
             policy: &policy(),
+            retry_safe: false,
             attempt,
             created: at(0),
             deadline,
@@ -324,5 +345,41 @@ mod tests {
     fn panics_are_internal() {
         let d = decide(WorkerEnd::Panicked("boom".into()), None, 1);
         assert_eq!(code(&d), Some(Code::Internal as i32));
+    }
+
+    /// A lost worker: the restart rule (queued again for a retry-safe kind, ABORTED naming
+    /// what happened for another); a client's cancel or the deadline still decide first.
+    #[test]
+    fn a_lost_worker_follows_the_restart_rule() {
+        let lost = || WorkerEnd::Lost("worker session workerSessions/a went away".into());
+        let with = |retry_safe: bool, reason: Option<CancelReason>| {
+            conclude(&Situation {
+                end: &lost(),
+                reason,
+                policy: &policy(),
+                retry_safe,
+                attempt: 3,
+                created: at(0),
+                deadline: None,
+                now: at(10),
+                jitter: 0.0,
+            })
+        };
+        match with(true, None) {
+            Decision::Requeue { status_message } => {
+                assert!(
+                    status_message.contains("workerSessions/a"),
+                    "{status_message}"
+                );
+            }
+            other => panic!("expected a requeue, got {other:?}"),
+        }
+        let aborted = with(false, None);
+        assert_eq!(code(&aborted), Some(Code::Aborted as i32));
+        assert_eq!(
+            code(&with(true, Some(CancelReason::Client))),
+            Some(Code::Cancelled as i32)
+        );
+        assert_eq!(with(true, Some(CancelReason::Shutdown)), Decision::Leave);
     }
 }

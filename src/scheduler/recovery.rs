@@ -60,7 +60,7 @@ impl Runner {
                 // it out.
                 self.lock_slots().queued(&r.kind);
             }
-            if self.shared.registry.erased(&r.kind).is_some() {
+            if self.shared.kinds.task(&r.kind).is_some() {
                 if r.state == State::Queued {
                     queued += 1;
                 }
@@ -72,7 +72,7 @@ impl Runner {
                         format!(
                             "kind {:?} is not registered on this server; registered kinds: {}",
                             r.kind,
-                            self.shared.registry.names()
+                            self.shared.kinds.names()
                         ),
                     ),
                 };
@@ -155,7 +155,7 @@ impl Runner {
         } else {
             format!("node {owner}, which was running this operation, went away (its lease ended)")
         };
-        let Some(task) = self.shared.registry.erased(&r.kind) else {
+        let Some(task) = self.shared.kinds.task(&r.kind) else {
             return exclusive.then(|| Change::Finish {
                 state: State::Failed,
                 outcome: error(
@@ -163,7 +163,7 @@ impl Runner {
                     format!(
                         "{gone}, and kind {:?} is not registered here; registered kinds: {}",
                         r.kind,
-                        self.shared.registry.names()
+                        self.shared.kinds.names()
                     ),
                 ),
             });

@@ -42,6 +42,8 @@ pub(crate) struct Running {
     /// worker returned waits for its end to be written without one: see
     /// [`Runner::worker_returned`].)
     holds_slot: AtomicBool,
+    /// The worker session that runs it, when its worker is in another process.
+    remote: Option<Arc<super::workers::Session>>,
 }
 
 impl Running {
@@ -84,9 +86,23 @@ impl Running {
         self.holds_slot.swap(false, Ordering::AcqRel)
     }
 
+    /// Who owns it as last written: this node, or the worker session that runs it.
+    pub(crate) fn owner(&self) -> Option<String> {
+        self.record
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .owner
+            .clone()
+    }
+
     /// The operation's kind.
     pub(crate) fn kind(&self) -> &str {
         &self.kind
+    }
+
+    /// Whether its worker is a worker session's (it holds no running slot of this node).
+    pub(crate) fn is_remote(&self) -> bool {
+        self.remote.is_some()
     }
 
     /// Remembers why the token is (about to be) cancelled.
@@ -109,10 +125,21 @@ impl Running {
 impl Runner {
     /// Runs a claimed operation on a tracked task.
     pub(crate) fn launch(&self, record: OperationRecord) {
-        let Some(task) = self.shared.registry.erased(&record.kind).map(Arc::clone) else {
-            // Claims name only registered kinds.
-            error!(op.name = %record.id, op.kind = %record.kind, "claimed an operation of a kind not registered here");
-            self.lock_slots().stopped(&record.kind);
+        self.launch_on(record, None);
+    }
+
+    /// Runs a claimed operation on a tracked task, its worker here or `remote`'s.
+    pub(crate) fn launch_on(
+        &self,
+        record: OperationRecord,
+        remote: Option<Arc<super::workers::Session>>,
+    ) {
+        let Some(task) = self.shared.kinds.task(&record.kind) else {
+            // Claims name only known kinds.
+            error!(op.name = %record.id, op.kind = %record.kind, "claimed an operation of a kind not known here");
+            if remote.is_none() {
+                self.lock_slots().stopped(&record.kind);
+            }
             return;
         };
         let running = Arc::new(Running {
@@ -126,7 +153,8 @@ impl Runner {
             token: self.shared.root.child_token(),
             reason: OnceLock::new(),
             write_failures: AtomicU32::new(0),
-            holds_slot: AtomicBool::new(true),
+            holds_slot: AtomicBool::new(remote.is_none()),
+            remote,
             record: Mutex::new(record),
         });
         if self.shared.lease_lost.load(Ordering::Acquire) {
@@ -184,6 +212,7 @@ impl Runner {
             end: &end,
             reason: running.reason.get().copied(),
             policy: &task.options().retry,
+            retry_safe: task.options().retry_safe,
             attempt: record.attempt,
             created: record.create_time,
             deadline: record.deadline,
@@ -221,18 +250,30 @@ impl Runner {
             running.token.clone(),
             record.attempt,
         );
-        let mut worker = self
-            .shared
-            .tracker
-            .spawn(task.run(record.input.clone(), ctx).in_current_span());
+        let ended = match &running.remote {
+            None => {
+                let run = task.run(record.input.clone(), ctx);
+                futures::future::Either::Left(async move {
+                    match run.await {
+                        Ok(response) => WorkerEnd::Succeeded(response),
+                        Err(e) => WorkerEnd::Failed(e),
+                    }
+                })
+            }
+            Some(session) => futures::future::Either::Right(self.clone().remote_work(
+                Arc::clone(session),
+                record.clone(),
+                ctx,
+            )),
+        };
+        let mut worker = self.shared.tracker.spawn(ended.in_current_span());
         let grace = self.shared.config.cancel_grace;
         let deadline = record.deadline.map(|d| clock::until(self.now(), d));
         let token = running.token.clone();
         tokio::select! {
             biased;
             joined = &mut worker => match joined {
-                Ok(Ok(response)) => WorkerEnd::Succeeded(response),
-                Ok(Err(e)) => WorkerEnd::Failed(e),
+                Ok(end) => end,
                 Err(e) if e.is_panic() => WorkerEnd::Panicked(panic_message(e.into_panic())),
                 Err(_) => WorkerEnd::Abandoned(grace),
             },
@@ -320,6 +361,10 @@ impl Runner {
                 return;
             }
             Decision::Finish { state, outcome } => Change::Finish { state, outcome },
+            Decision::Requeue { status_message } => {
+                info!(%status_message, "the worker was lost; queued again");
+                Change::Requeue { status_message }
+            }
             Decision::Retry {
                 next_attempt,
                 last_error,
@@ -395,6 +440,11 @@ impl Runner {
         } else {
             // Queued again: the dispatcher learns its due time, the deadline sweeper its
             // deadline.
+            if !self.shared.kinds.is_in_process(&written.kind) {
+                self.shared
+                    .remote_pending
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
             self.shared.dispatch_wake.notify_one();
             if written.deadline.is_some() {
                 self.shared.deadline_wake.notify_one();

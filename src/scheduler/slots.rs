@@ -178,6 +178,11 @@ impl Slots {
         k.waiting -= 1;
     }
 
+    /// An operation of `kind` left the queue to run elsewhere (a worker session's).
+    pub(crate) fn left_queue(&mut self, kind: &str) {
+        self.kind(kind).waiting -= 1;
+    }
+
     /// The worker of an operation of `kind` returned; its end is being written.
     pub(crate) fn returned(&mut self, kind: &str) {
         self.stopped(kind);

@@ -129,8 +129,9 @@ impl Runner {
             // claimed again before this change was followed), or its record since.
             return;
         }
-        let still_here = written.state == State::Running
-            && written.owner.as_deref() == Some(self.shared.config.node.as_str());
+        // Still this node's run: RUNNING under the owner it was claimed for (this node, or
+        // one of its worker sessions).
+        let still_here = written.state == State::Running && written.owner == running.owner();
         if still_here {
             running.set_record(written.clone());
             if written.requested_cancellation {
@@ -160,7 +161,9 @@ impl Runner {
     /// Gives back what a run that left the running map held: its slot, or the room its end
     /// took while it was written.
     pub(crate) fn forget_run(&self, running: &Running) {
-        if running.give_up_slot() {
+        if running.is_remote() {
+            // It held no slot here (its worker's session had the room).
+        } else if running.give_up_slot() {
             self.lock_slots().stopped(running.kind());
         } else {
             self.lock_slots().ended();
@@ -211,12 +214,22 @@ impl Runner {
     /// # Errors
     /// [`StoreError`] when the store did not take the claim; nothing started then.
     pub(crate) async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError> {
+        self.claim_as(claim, true).await
+    }
+
+    /// [`Runner::claim`] for this node (`local`: what it claims takes its running slots) or
+    /// for one of its worker sessions (it leaves the queue, and takes no slot here).
+    pub(crate) async fn claim_as(&self, claim: &Claim, local: bool) -> Result<Claimed, StoreError> {
         let claimed = self.shared.store.claim(claim).await?;
         for record in &claimed.operations {
             if record.owner.as_deref() != Some(claim.node.as_str()) {
                 warn!(op.name = %record.id, "the store answered a claim with an operation of another node");
             }
-            self.lock_slots().started(&record.kind);
+            if local {
+                self.lock_slots().started(&record.kind);
+            } else {
+                self.lock_slots().left_queue(&record.kind);
+            }
             self.shared.metrics.started(record);
             self.shared
                 .bus

@@ -13,7 +13,7 @@ use tower::Layer;
 use crate::auth::{AuthLayer, Tokens};
 use crate::http::{BrowserRules, Gateway, GrpcService, RulesError};
 use crate::scheduler::Runner;
-use crate::service::{AdminApi, OperationsApi, SnapshotApi, TaskApi, WatchApi};
+use crate::service::{AdminApi, OperationsApi, SnapshotApi, TaskApi, WatchApi, WorkerApi};
 
 /// How often the health service checks that the store answers.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
@@ -22,7 +22,7 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The services `grpc.health.v1` reports on (besides `""`, the whole server).
 /// (The services with HTTP rules are all of them.)
-pub const HEALTH_SERVICES: [&str; 5] = crate::http::SERVICES;
+pub const HEALTH_SERVICES: [&str; 6] = crate::http::SERVICES;
 
 /// Why the routes cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +67,7 @@ pub fn routes(runner: &Runner) -> Result<Routes, RoutesError> {
         .add_service(TaskApi::server(runner.clone()))
         .add_service(WatchApi::server(runner.clone()))
         .add_service(AdminApi::server(runner.clone()))
+        .add_service(WorkerApi::server(runner.clone()))
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha);
@@ -149,11 +150,13 @@ pub(crate) fn guarded_rest_router(
     max_body_bytes: usize,
     rules: BrowserRules,
 ) -> Result<axum::Router, RoutesError> {
+    let kinds = runner.clone();
     let gateway = Gateway::new(
-        crate::proto::descriptor_pool().clone(),
+        runner.types().clone(),
         &crate::http::SERVICES,
         grpc,
         max_body_bytes,
-    )?;
+    )?
+    .with_input_types(std::sync::Arc::new(move |kind| kinds.input_type_of(kind)));
     Ok(crate::http::router(runner.clone(), gateway, rules))
 }

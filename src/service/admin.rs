@@ -115,6 +115,7 @@ fn wire_role(role: Role) -> WireRole {
         Role::Reader => WireRole::Reader,
         Role::Submitter => WireRole::Submitter,
         Role::Admin => WireRole::Admin,
+        Role::Worker => WireRole::Worker,
     }
 }
 

@@ -11,6 +11,7 @@ mod operations;
 mod snapshot;
 mod tasks;
 mod watch;
+mod worker;
 
 pub use admin::AdminApi;
 pub use operations::OperationsApi;
@@ -18,6 +19,7 @@ pub use snapshot::SnapshotApi;
 pub use tasks::TaskApi;
 pub(crate) use watch::proto_form;
 pub use watch::{Handoff, WatchApi};
+pub use worker::{WorkerApi, WorkerEvents};
 
 /// The `traceparent` header of a call (W3C Trace Context), if it has one.
 fn traceparent<T>(request: &tonic::Request<T>) -> Option<String> {

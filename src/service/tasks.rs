@@ -82,10 +82,10 @@ impl TaskService for TaskApi {
     #[instrument(skip_all, name = "rpc.ListTaskKinds")]
     async fn list_task_kinds(
         &self,
-        _request: Request<ListTaskKindsRequest>,
+        request: Request<ListTaskKindsRequest>,
     ) -> Result<Response<ListTaskKindsResponse>, Status> {
         Ok(Response::new(ListTaskKindsResponse {
-            kinds: self.runner.registry().describe(),
+            kinds: self.runner.kinds(request.get_ref().with_descriptors),
         }))
     }
 
@@ -104,6 +104,7 @@ impl TaskService for TaskApi {
                 lease_expire_time: Some(prost_types::Timestamp::from(n.lease_until)),
                 running: i64::try_from(n.running).unwrap_or(i64::MAX),
                 id: n.id,
+                session: None,
             })
             .collect();
         Ok(Response::new(ListNodesResponse { nodes }))

@@ -36,6 +36,7 @@ where
     long_gone_idle_nodes_are_forgotten(&make().await).await;
     deadlines_of_queued_work(&make().await).await;
     queued_counts_follow_claims_and_ends(&make().await).await;
+    registrations_are_kept_replaced_and_forgotten(&make().await).await;
     let shared = std::sync::Arc::new(make().await);
     two_claimers_never_get_the_same_operation(shared).await;
     one_request_id_inserted_at_once_makes_one_operation(std::sync::Arc::new(make().await)).await;
@@ -45,6 +46,58 @@ where
         a_cancel_request_reaches_the_owner_through_the_feed(&make().await).await;
         claims_keep_the_running_limits_over_all_nodes(std::sync::Arc::new(make().await)).await;
     }
+}
+
+/// Declared kinds and sessions are kept by name, apart from each other, replaced by a later
+/// registration of the same name, and forgotten when unregistered.
+async fn registrations_are_kept_replaced_and_forgotten<S: Store>(store: &S) {
+    use super::Registered;
+    assert!(store
+        .registered(Registered::Kind)
+        .await
+        .expect("read")
+        .is_empty());
+    store
+        .register(Registered::Kind, "resize", b"one")
+        .await
+        .expect("register");
+    store
+        .register(Registered::Kind, "email", b"two")
+        .await
+        .expect("register");
+    store
+        .register(Registered::Session, "workerSessions/a", b"three")
+        .await
+        .expect("register");
+    let kinds = store.registered(Registered::Kind).await.expect("read");
+    assert_eq!(
+        kinds,
+        vec![
+            ("email".to_owned(), b"two".to_vec()),
+            ("resize".to_owned(), b"one".to_vec())
+        ],
+        "kinds by name, sessions apart"
+    );
+    store
+        .register(Registered::Kind, "resize", b"four")
+        .await
+        .expect("register again");
+    store
+        .unregister(Registered::Kind, "email")
+        .await
+        .expect("unregister");
+    store
+        .unregister(Registered::Kind, "never")
+        .await
+        .expect("nothing kept is not an error");
+    assert_eq!(
+        store.registered(Registered::Kind).await.expect("read"),
+        vec![("resize".to_owned(), b"four".to_vec())]
+    );
+    assert_eq!(
+        store.registered(Registered::Session).await.expect("read"),
+        vec![("workerSessions/a".to_owned(), b"three".to_vec())]
+    );
 }
 
 /// A base instant far from the epoch, for tests that set times.

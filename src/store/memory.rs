@@ -44,6 +44,8 @@ struct Inner {
     position: HashMap<i64, i64>,
     /// The latest feed position.
     head: i64,
+    /// Declared kinds and worker sessions, by name.
+    registered: HashMap<super::Registered, BTreeMap<String, Vec<u8>>>,
 }
 
 /// When a queued operation may start.
@@ -410,6 +412,39 @@ impl Store for MemoryStore {
 
     fn is_exclusive(&self) -> bool {
         !self.shared
+    }
+
+    async fn register(
+        &self,
+        what: super::Registered,
+        name: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .registered
+            .entry(what)
+            .or_default()
+            .insert(name.to_owned(), value.to_vec());
+        Ok(())
+    }
+
+    async fn unregister(&self, what: super::Registered, name: &str) -> Result<(), StoreError> {
+        if let Some(kept) = self.lock().registered.get_mut(&what) {
+            kept.remove(name);
+        }
+        Ok(())
+    }
+
+    async fn registered(
+        &self,
+        what: super::Registered,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self
+            .lock()
+            .registered
+            .get(&what)
+            .map(|kept| kept.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default())
     }
 
     async fn nodes(&self) -> Result<Vec<NodeLease>, StoreError> {

@@ -255,6 +255,28 @@ pub struct NodeLease {
     pub running: usize,
 }
 
+/// What a store keeps beside operations: each an encoded message under a name, durable like
+/// the operations and seen by every node sharing the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Registered {
+    /// Kinds declared by workers (an `oprun.v1.KindDeclaration`), by kind name: they stay
+    /// known after their workers leave and across restarts.
+    Kind,
+    /// Worker sessions (an `oprun.v1.WorkerSession`), by session name. A session's lease is
+    /// the node lease of its name ([`Store::heartbeat`]).
+    Session,
+}
+
+impl Registered {
+    /// The table (SQL backends) that keeps them.
+    pub fn table(self) -> &'static str {
+        match self {
+            Registered::Kind => "kinds",
+            Registered::Session => "sessions",
+        }
+    }
+}
+
 /// The result of an insert.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inserted {
@@ -429,6 +451,24 @@ pub trait Store: Send + Sync + 'static {
                 .to_owned(),
         ))
     }
+
+    /// Keeps `value` under `name` among `what` (replacing what was there), durably.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the write could not be made durable.
+    async fn register(&self, what: Registered, name: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    /// Forgets what is kept under `name` among `what` (nothing kept is not an error).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the write could not be made durable.
+    async fn unregister(&self, what: Registered, name: &str) -> Result<(), StoreError>;
+
+    /// Everything kept among `what`, by name.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    async fn registered(&self, what: Registered) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
     /// Every node that holds (or held) a lease, with how many operations run under it, by
     /// id; a node owning running work without a lease is listed with a lease at the epoch.

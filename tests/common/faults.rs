@@ -226,6 +226,30 @@ impl Store for FaultyStore {
         self.read()?;
         self.inner.nodes().await
     }
+    async fn register(
+        &self,
+        what: oprun::store::Registered,
+        name: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        self.refuse_write()?;
+        self.inner.register(what, name, value).await
+    }
+    async fn unregister(
+        &self,
+        what: oprun::store::Registered,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        self.refuse_write()?;
+        self.inner.unregister(what, name).await
+    }
+    async fn registered(
+        &self,
+        what: oprun::store::Registered,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.read()?;
+        self.inner.registered(what).await
+    }
     fn is_exclusive(&self) -> bool {
         self.inner.is_exclusive()
     }

@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod faults;
 pub mod http;
+pub mod remote;
 pub mod served;
 
 use std::net::SocketAddr;

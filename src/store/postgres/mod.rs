@@ -881,6 +881,57 @@ impl Store for PostgresStore {
         false
     }
 
+    async fn register(
+        &self,
+        what: crate::store::Registered,
+        name: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        self.query(
+            &format!(
+                "INSERT INTO {} (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                what.table()
+            ),
+            &[&name, &value],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn unregister(
+        &self,
+        what: crate::store::Registered,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        self.query(
+            &format!("DELETE FROM {} WHERE name = $1", what.table()),
+            &[&name],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn registered(
+        &self,
+        what: crate::store::Registered,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let rows = self
+            .query(
+                &format!("SELECT name, value FROM {} ORDER BY name", what.table()),
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<_, String>(0).map_err(pg_error)?,
+                    row.try_get::<_, Vec<u8>>(1).map_err(pg_error)?,
+                ))
+            })
+            .collect()
+    }
+
     async fn nodes(&self) -> Result<Vec<NodeLease>, StoreError> {
         let rows = self.query(super::NODES_SQL, &[]).await?;
         rows.iter()

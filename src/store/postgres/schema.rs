@@ -31,7 +31,7 @@ use super::pg_error;
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const VERSION: i32 = 3;
+pub const VERSION: i32 = 4;
 
 /// The key of the advisory lock migrations hold (any constant shared by every build).
 const MIGRATION_LOCK: i64 = 0x6f70_7275_6e5f_6d67; // "oprun_mg"
@@ -117,6 +117,17 @@ CREATE TRIGGER operations_updated_notify AFTER UPDATE ON operations
     // it rather than walking `seq` past every older one.
     "
 CREATE INDEX operations_created ON operations(create_time);
+",
+    // Kinds declared by workers, and worker sessions (each an encoded message by name).
+    "
+CREATE TABLE kinds (
+    name  TEXT PRIMARY KEY,
+    value BYTEA NOT NULL
+);
+CREATE TABLE sessions (
+    name  TEXT PRIMARY KEY,
+    value BYTEA NOT NULL
+);
 ",
 ];
 

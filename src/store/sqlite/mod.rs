@@ -222,7 +222,13 @@ impl SqliteStore {
         };
         let damaged = |e: rusqlite::Error| match e.sqlite_error_code() {
             Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
-                StoreError::Corrupt(format!("{} is damaged: {e}", path.display()))
+                StoreError::Corrupt(format!(
+                    "{} is damaged: {e}; oprun will not use it. Run `oprun store check \
+                     --data-dir {}` for the details, then restore the file from a backup (or \
+                     move it aside to start with an empty store)",
+                    path.display(),
+                    dir.display()
+                ))
             }
             _ => unavailable(format!("cannot initialise {}: {e}", path.display())),
         };
@@ -683,6 +689,47 @@ impl Store for SqliteStore {
     ) -> Result<Swept, StoreError> {
         self.send(|tx| Command::Sweep(finished_before, keep_at_most, tx))
             .await
+    }
+
+    async fn register(
+        &self,
+        what: crate::store::Registered,
+        name: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        let (name, value) = (name.to_owned(), value.to_vec());
+        self.send(|tx| Command::Register(what, name, Some(value), tx))
+            .await
+    }
+
+    async fn unregister(
+        &self,
+        what: crate::store::Registered,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.send(|tx| Command::Register(what, name, None, tx))
+            .await
+    }
+
+    async fn registered(
+        &self,
+        what: crate::store::Registered,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT name, value FROM {} ORDER BY name",
+                    what.table()
+                ))
+                .map_err(sql_error)?;
+            let rows = stmt
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .and_then(Iterator::collect)
+                .map_err(sql_error)?;
+            Ok(rows)
+        })
+        .await
     }
 
     async fn nodes(&self) -> Result<Vec<NodeLease>, StoreError> {

@@ -98,6 +98,14 @@ CREATE TABLE IF NOT EXISTS nodes (
     id          TEXT PRIMARY KEY,
     lease_until INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS kinds (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
 ";
 
 /// Creates the schema in a database of version `from` (0: empty), or brings one of version 1

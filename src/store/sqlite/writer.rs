@@ -58,6 +58,13 @@ pub(super) enum Command {
     ),
     Claim(Claim, oneshot::Sender<Result<ClaimedRows, StoreError>>),
     Heartbeat(String, i64, oneshot::Sender<Result<(), StoreError>>),
+    /// Keeps (`Some`) or forgets (`None`) a registration.
+    Register(
+        crate::store::Registered,
+        String,
+        Option<Vec<u8>>,
+        oneshot::Sender<Result<(), StoreError>>,
+    ),
     Delete(
         OperationId,
         oneshot::Sender<Result<Option<bool>, StoreError>>,
@@ -377,6 +384,7 @@ fn fail(cmd: Command) -> Finish {
         Command::Write(_, _, tx) => reply(tx, Ok(WriteOutcome::Stale(None))),
         Command::Claim(_, tx) => reply(tx, Ok((Vec::new(), None))),
         Command::Heartbeat(_, _, tx) | Command::Close(tx) => reply(tx, Ok(())),
+        Command::Register(_, _, _, tx) => reply(tx, Err(StoreError::Closed)),
         Command::Delete(_, tx) => reply(tx, Ok(None)),
         Command::Sweep(_, _, tx) => reply(tx, Ok(Swept::default())),
     }
@@ -388,10 +396,36 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command) -> Finish {
         Command::Write(r, fence, reply_to) => reply(reply_to, write(tx, &r, &fence)),
         Command::Claim(claim, reply_to) => reply(reply_to, self::claim(tx, &claim)),
         Command::Heartbeat(node, until, reply_to) => reply(reply_to, heartbeat(tx, &node, until)),
+        Command::Register(what, name, value, reply_to) => {
+            reply(reply_to, register(tx, what, &name, value.as_deref()))
+        }
         Command::Delete(id, reply_to) => reply(reply_to, delete_done(tx, &id)),
         Command::Sweep(before, keep, reply_to) => reply(reply_to, sweep(tx, before, keep)),
         Command::Close(reply_to) => reply(reply_to, Ok(())),
     }
+}
+
+/// Keeps (`Some`) or forgets (`None`) what is registered under `name`.
+fn register(
+    tx: &rusqlite::Transaction<'_>,
+    what: crate::store::Registered,
+    name: &str,
+    value: Option<&[u8]>,
+) -> Result<(), StoreError> {
+    let table = what.table();
+    match value {
+        Some(value) => tx
+            .prepare_cached(&format!(
+                "INSERT INTO {table} (name, value) VALUES (?1, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+            ))
+            .and_then(|mut s| s.execute(params![name, value])),
+        None => tx
+            .prepare_cached(&format!("DELETE FROM {table} WHERE name = ?1"))
+            .and_then(|mut s| s.execute(params![name])),
+    }
+    .map(|_| ())
+    .map_err(sql_error)
 }
 
 fn insert(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<InsertOutcome, StoreError> {
