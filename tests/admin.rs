@@ -470,7 +470,7 @@ async fn the_node_of_an_exclusive_store_stays_live() {
     tokio::time::advance(lease * 4).await;
     let nodes = runner.nodes().await.expect("nodes");
     assert_eq!(nodes.len(), 1, "{nodes:?}");
-    assert!(nodes[0].1, "the running node is live: {nodes:?}");
+    assert!(nodes[0].live, "the running node is live: {nodes:?}");
     runner
         .shutdown(Duration::from_secs(1))
         .await

@@ -307,3 +307,525 @@ async fn a_dropped_stream_hands_the_work_back_at_once() {
     );
     server.stop().await;
 }
+
+/// Every bad input to the protocol gets a precise status and changes nothing: malformed or
+/// conflicting declarations, an incompatible redeclaration (naming the field), an input of the
+/// wrong type, a completion of the wrong type (the assignment is still held: a right one then
+/// completes it), an oversized report, details of the wrong type, a forged or malformed lease
+/// token, an unknown session.
+#[tokio::test]
+async fn bad_input_gets_precise_statuses() {
+    use oprun::proto::oprun::v1::worker_service_client::WorkerServiceClient;
+    use oprun::proto::oprun::v1::{
+        OpenSessionRequest, PollAssignmentsRequest, ReportProgressRequest,
+    };
+    let server = Served::start(None).await;
+    let mut client = WorkerServiceClient::new(server.channel().await);
+    let open = |kinds: Vec<oprun::proto::oprun::v1::KindDeclaration>| {
+        let mut client = client.clone();
+        async move {
+            client
+                .open_session(OpenSessionRequest {
+                    worker: "bad".into(),
+                    kinds,
+                })
+                .await
+        }
+    };
+    let echo = || echo_kind("echo", true, Duration::from_secs(10), 1);
+    let mut missing_type = echo();
+    missing_type.input_type = "test.v1.Nope".into();
+    let mut no_descriptors = echo();
+    no_descriptors.descriptors = None;
+    let mut broken = echo();
+    if let Some(set) = broken.descriptors.as_mut() {
+        set.file[0].message_type[0].field[0].r#type =
+            Some(prost_types::field_descriptor_proto::Type::Message as i32);
+        set.file[0].message_type[0].field[0].type_name = Some(".test.v1.Undefined".into());
+    }
+    let mut zero_heartbeat = echo();
+    zero_heartbeat.heartbeat_timeout = Some(prost_types::Duration {
+        seconds: 0,
+        nanos: 0,
+    });
+    let mut greedy = echo();
+    greedy.concurrency = 5000;
+    let named = |name: &str| {
+        let mut k = echo();
+        k.name = name.into();
+        k
+    };
+    for (what, kinds) in [
+        ("no kinds", vec![]),
+        ("an in-process kind's name", vec![named("sleep")]),
+        ("a malformed name", vec![named("Bad Name")]),
+        ("oprun's names", vec![named("oprun.mine")]),
+        ("a type its descriptors lack", vec![missing_type]),
+        ("no descriptors", vec![no_descriptors]),
+        ("descriptors using an undefined type", vec![broken]),
+        ("a zero heartbeat", vec![zero_heartbeat]),
+        ("too much concurrency", vec![greedy]),
+        ("a kind twice", vec![echo(), echo()]),
+    ] {
+        let e = open(kinds).await.expect_err(what);
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+        assert!(e.message().len() < 1024, "{what}");
+    }
+
+    let mut worker = TestWorker::open(server.channel().await, "good", vec![echo()]).await;
+    let mut changed = echo();
+    changed.descriptors = Some(common::remote::echo_descriptors_with(
+        prost_types::field_descriptor_proto::Type::String,
+    ));
+    let e = open(vec![changed]).await.expect_err("incompatible");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("\"repeat\"") && e.message().contains("int32"),
+        "{}",
+        e.message()
+    );
+
+    let mut tasks = TaskServiceClient::new(server.channel().await);
+    for input in [
+        common::sleep_input(0, 1, ""),
+        prost_types::Any {
+            type_url: "type.googleapis.com/test.v1.Echo".into(),
+            value: vec![0xff, 0xff, 0xff],
+        },
+    ] {
+        let e = tasks
+            .submit_task(SubmitTaskRequest {
+                kind: "echo".into(),
+                input: Some(input),
+                ..Default::default()
+            })
+            .await
+            .expect_err("a wrong input");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
+
+    let name = submit(&server, "echo", echo_input("z", 1)).await.name;
+    let a = worker.assignment().await;
+    let e = worker
+        .respond(&a, echo_input("not the output type", 1))
+        .await
+        .expect_err("the wrong response type");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let huge = worker
+        .client
+        .report_progress(ReportProgressRequest {
+            name: a.name.clone(),
+            lease_token: a.lease_token.clone(),
+            status_message: "s".repeat(5000),
+            ..Default::default()
+        })
+        .await
+        .expect_err("an oversized report");
+    assert_eq!(huge.code(), Code::InvalidArgument, "{huge:?}");
+    let wrong_details = worker
+        .client
+        .report_progress(ReportProgressRequest {
+            name: a.name.clone(),
+            lease_token: a.lease_token.clone(),
+            details: Some(echo_input("d", 1)),
+            ..Default::default()
+        })
+        .await
+        .expect_err("details the kind does not declare");
+    assert_eq!(
+        wrong_details.code(),
+        Code::InvalidArgument,
+        "{wrong_details:?}"
+    );
+    let mut forged = a.clone();
+    forged.lease_token = format!("{}0", a.lease_token);
+    let e = worker
+        .report(&forged, 1, 1)
+        .await
+        .expect_err("a forged token");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    forged.lease_token = "garbage".into();
+    let e = worker
+        .report(&forged, 1, 1)
+        .await
+        .expect_err("a malformed token");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = client
+        .poll_assignments(PollAssignmentsRequest {
+            session: "workerSessions/nobody-00000000".into(),
+            wait: None,
+        })
+        .await
+        .expect_err("an unknown session");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    // The assignment was held all along: the right completion ends it.
+    worker.respond(&a, echo_answer(&a)).await.expect("complete");
+    let done = until(&server, &name, "done", |op| op.done).await;
+    assert!(
+        matches!(done.result, Some(operation::Result::Response(_))),
+        "{done:?}"
+    );
+    server.stop().await;
+}
+
+/// A worker with only an HTTP client: it opens its session over REST (its descriptors as
+/// JSON), long-polls, reports and completes over REST; and ListNodes lists the session with
+/// its kinds and what it runs.
+#[tokio::test]
+async fn a_worker_with_only_http_polls_reports_and_completes() {
+    let server = Served::start(None).await;
+    let codec = oprun::json::JsonCodec::new().expect("codec");
+    let descriptors: serde_json::Value = serde_json::from_str(
+        &codec
+            .to_json(
+                "google.protobuf.FileDescriptorSet",
+                &common::remote::echo_descriptors().encode_to_vec(),
+            )
+            .expect("JSON descriptors"),
+    )
+    .expect("JSON");
+    let opened = server
+        .call(
+            "POST",
+            "/v1/workerSessions",
+            Some(
+                &json!({
+                    "worker": "curl",
+                    "kinds": [{
+                        "name": "echo",
+                        "inputType": "test.v1.Echo",
+                        "outputType": "test.v1.Echoed",
+                        "descriptors": descriptors,
+                        "retrySafe": true,
+                        "heartbeatTimeout": "10s",
+                        "concurrency": 1
+                    }]
+                })
+                .to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(opened.status, 200, "{}", opened.body);
+    let session = opened.json()["name"].as_str().expect("name").to_owned();
+    let name = server
+        .call(
+            "POST",
+            "/v1/tasks:submit",
+            Some(&json!({"kind": "echo", "input": {"text": "h", "repeat": 2}}).to_string()),
+        )
+        .await
+        .json()["name"]
+        .as_str()
+        .expect("name")
+        .to_owned();
+    let polled = server
+        .call(
+            "POST",
+            &format!("/v1/{session}:poll"),
+            Some(r#"{"wait": "10s"}"#),
+        )
+        .await;
+    assert_eq!(polled.status, 200, "{}", polled.body);
+    let assignment = polled.json()["assignments"][0].clone();
+    assert_eq!(assignment["name"], name.as_str(), "{assignment}");
+    assert_eq!(assignment["input"]["text"], "h", "{assignment}");
+    let token = assignment["leaseToken"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    let reported = server
+        .call(
+            "POST",
+            &format!("/v1/{name}:report"),
+            Some(
+                &json!({"leaseToken": token, "progress": {"completed": "1", "total": "2", "unit": "steps"}})
+                    .to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(reported.status, 200, "{}", reported.body);
+    assert_eq!(reported.json()["cancelRequested"], serde_json::Value::Null);
+
+    let nodes = server.call("GET", "/v1/nodes", None).await.json();
+    let listed = nodes["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["id"] == session.as_str())
+        .unwrap_or_else(|| panic!("the session is listed: {nodes}"))
+        .clone();
+    assert_eq!(listed["live"], true, "{listed}");
+    assert_eq!(listed["running"], "1", "{listed}");
+    assert_eq!(listed["session"]["worker"], "curl", "{listed}");
+    assert_eq!(listed["session"]["kinds"][0]["name"], "echo", "{listed}");
+
+    let completed = server
+        .call(
+            "POST",
+            &format!("/v1/{name}:complete"),
+            Some(
+                &json!({"leaseToken": token, "response": {"@type": "type.googleapis.com/test.v1.Echoed", "text": "hh"}})
+                    .to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(completed.status, 200, "{}", completed.body);
+    let done = until(&server, &name, "done", |op| op.done).await;
+    assert!(
+        matches!(done.result, Some(operation::Result::Response(_))),
+        "{done:?}"
+    );
+    let closed = server
+        .call("POST", &format!("/v1/{session}:close"), Some("{}"))
+        .await;
+    assert_eq!(closed.status, 200, "{}", closed.body);
+    server.stop().await;
+}
+
+/// A channel to a binary server.
+async fn channel_to(server: &common::binary::BinServer) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(server.url())
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// Declared kinds are durable: after a restart (the worker gone) the kind is still known, a
+/// submission of it is checked against its type and queues while no worker is connected, and
+/// runs once one connects; a redeclaration with an incompatible type is refused after the
+/// restart too.
+#[tokio::test]
+async fn declared_kinds_survive_a_restart_and_work_waits_for_a_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = || common::binary::BinServer::start_with(dir.path(), "127.0.0.1:0", &[], &[]);
+    let first = start();
+    {
+        let worker = TestWorker::open(
+            channel_to(&first).await,
+            "first",
+            vec![echo_kind("echo", true, Duration::from_secs(10), 1)],
+        )
+        .await;
+        drop(worker);
+    }
+    // (Off the runtime's thread: the client's connection must close for the drain to end.)
+    let stopped = tokio::task::spawn_blocking(move || {
+        let mut first = first;
+        first.terminate()
+    })
+    .await
+    .expect("terminate");
+    assert!(stopped.success(), "{stopped:?}");
+
+    let second = start();
+    let channel = channel_to(&second).await;
+    let mut tasks = TaskServiceClient::new(channel.clone());
+    let kinds = tasks
+        .list_task_kinds(ListTaskKindsRequest::default())
+        .await
+        .expect("kinds")
+        .into_inner()
+        .kinds;
+    let echo = kinds
+        .iter()
+        .find(|k| k.name == "echo")
+        .expect("still known");
+    assert!(!echo.in_process && echo.sessions.is_empty(), "{echo:?}");
+    let wrong = tasks
+        .submit_task(SubmitTaskRequest {
+            kind: "echo".into(),
+            input: Some(common::sleep_input(0, 1, "")),
+            ..Default::default()
+        })
+        .await
+        .expect_err("checked against its declared type");
+    assert_eq!(wrong.code(), Code::InvalidArgument, "{wrong:?}");
+    let name = tasks
+        .submit_task(SubmitTaskRequest {
+            kind: "echo".into(),
+            input: Some(echo_input("q", 2)),
+            ..Default::default()
+        })
+        .await
+        .expect("queued while no worker is connected")
+        .into_inner()
+        .name;
+    let mut ops = OperationsClient::new(channel.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = ops
+        .get_operation(GetOperationRequest { name: name.clone() })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(
+        meta(&waiting).state,
+        1,
+        "QUEUED while no worker is connected"
+    );
+
+    let mut changed = echo_kind("echo", true, Duration::from_secs(10), 1);
+    changed.descriptors = Some(common::remote::echo_descriptors_with(
+        prost_types::field_descriptor_proto::Type::String,
+    ));
+    let e =
+        oprun::proto::oprun::v1::worker_service_client::WorkerServiceClient::new(channel.clone())
+            .open_session(oprun::proto::oprun::v1::OpenSessionRequest {
+                worker: "changed".into(),
+                kinds: vec![changed],
+            })
+            .await
+            .expect_err("incompatible");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+
+    let mut worker = TestWorker::open(
+        channel.clone(),
+        "second",
+        vec![echo_kind("echo", true, Duration::from_secs(10), 1)],
+    )
+    .await;
+    let a = worker.assignment().await;
+    assert_eq!(a.name, name);
+    worker.respond(&a, echo_answer(&a)).await.expect("complete");
+    let done = ops
+        .wait_operation(oprun::proto::google::longrunning::WaitOperationRequest {
+            name: name.clone(),
+            timeout: Some(prost_types::Duration {
+                seconds: 20,
+                nanos: 0,
+            }),
+        })
+        .await
+        .expect("wait")
+        .into_inner();
+    assert!(
+        matches!(done.result, Some(operation::Result::Response(_))),
+        "{done:?}"
+    );
+}
+
+/// Two nodes on one PostgreSQL database: a worker connected to node A takes work submitted
+/// on node B, and a cancel sent to node B reaches it (through the store's feed and A's
+/// stream); the kind it declared on A is known on B.
+#[tokio::test]
+async fn a_worker_on_one_node_hears_a_cancel_sent_to_another() {
+    let db = oprun::store::postgres::testing::TestDatabase::create("workers_cancel").await;
+    let url = db.url();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = common::binary::BinServer::start_with(
+        dirs[0].path(),
+        "127.0.0.1:0",
+        &["--store", &url, "--node-id", "node-a"],
+        &[],
+    );
+    let b = common::binary::BinServer::start_with(
+        dirs[1].path(),
+        "127.0.0.1:0",
+        &["--store", &url, "--node-id", "node-b"],
+        &[],
+    );
+    let mut worker = TestWorker::open(
+        channel_to(&a).await,
+        "on-a",
+        vec![echo_kind("echo", true, Duration::from_secs(30), 1)],
+    )
+    .await;
+    let on_b = channel_to(&b).await;
+    let name = TaskServiceClient::new(on_b.clone())
+        .submit_task(SubmitTaskRequest {
+            kind: "echo".into(),
+            input: Some(echo_input("b", 1)),
+            ..Default::default()
+        })
+        .await
+        .expect("B knows the kind A's worker declared")
+        .into_inner()
+        .name;
+    let assignment = worker.assignment().await;
+    assert_eq!(assignment.name, name);
+    let sent = std::time::Instant::now();
+    OperationsClient::new(on_b.clone())
+        .cancel_operation(CancelOperationRequest { name: name.clone() })
+        .await
+        .expect("cancel on B");
+    match worker.next_event().await {
+        Event::Cancellation(c) => assert_eq!(c.name, name),
+        other => panic!("expected the cancellation, got {other:?}"),
+    }
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+    worker
+        .fail(&assignment, Code::Cancelled as i32, "stopped")
+        .await
+        .expect("complete");
+    let done = OperationsClient::new(on_b)
+        .wait_operation(oprun::proto::google::longrunning::WaitOperationRequest {
+            name: name.clone(),
+            timeout: Some(prost_types::Duration {
+                seconds: 20,
+                nanos: 0,
+            }),
+        })
+        .await
+        .expect("wait")
+        .into_inner();
+    let Some(operation::Result::Error(e)) = done.result else {
+        panic!("{done:?}");
+    };
+    assert_eq!(e.code, 1);
+}
+
+/// A `worker` token may run work and nothing else; other roles may not open sessions.
+#[tokio::test]
+async fn the_worker_role_runs_work_and_nothing_else() {
+    let line = |token: &str, role: &str| {
+        oprun::auth::tokens_file_line(token, role.parse().expect("role"), Some(role)).expect("line")
+    };
+    let worker_token = "worker-token-0123456789";
+    let submitter_token = "submitter-token-0123456789";
+    let tokens = oprun::auth::Tokens::parse(&format!(
+        "{}\n{}\n",
+        line(worker_token, "worker"),
+        line(submitter_token, "submitter")
+    ))
+    .expect("tokens");
+    let server = Served::start(Some(std::sync::Arc::new(tokens))).await;
+    let opened = server
+        .call_as(
+            worker_token,
+            "POST",
+            "/v1/workerSessions",
+            Some(&json!({"worker": "w", "kinds": [{"name": "any", "inputType": "google.protobuf.Struct", "outputType": "google.protobuf.Struct"}]}).to_string()),
+        )
+        .await;
+    assert_eq!(opened.status, 200, "{}", opened.body);
+    for (method, path, body) in [
+        ("GET", "/v1/operations", None),
+        ("DELETE", "/v1/operations/x", None),
+        (
+            "POST",
+            "/v1/tasks:submit",
+            Some(
+                r#"{"kind":"any","input":{"@type":"type.googleapis.com/google.protobuf.Struct","value":{}}}"#,
+            ),
+        ),
+        ("GET", "/v1/taskKinds", None),
+    ] {
+        let denied = server.call_as(worker_token, method, path, body).await;
+        assert_eq!(denied.status, 403, "{method} {path}: {}", denied.body);
+    }
+    let denied = server
+        .call_as(
+            submitter_token,
+            "POST",
+            "/v1/workerSessions",
+            Some(&json!({"worker": "w", "kinds": []}).to_string()),
+        )
+        .await;
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    assert!(denied.body.contains("worker"), "{}", denied.body);
+    server.stop().await;
+}

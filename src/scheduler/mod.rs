@@ -70,7 +70,7 @@ pub use admin::SUMMARY_MAX_AGE;
 pub use bus::OperationChanged;
 pub use clock::{Clock, PausedClock, SystemClock};
 pub use fanout::{Batch, MIN_INTERVAL};
-pub use queries::Page;
+pub use queries::{NodeState, Page};
 pub use streams::Changes;
 pub use workers::Completion;
 
@@ -311,6 +311,22 @@ impl Runner {
         };
         // Declared kinds are known before recovery applies the restart rule to their work.
         runner.shared.kinds.load(&*runner.shared.store).await?;
+        if runner.shared.store.is_exclusive() {
+            // The last process's worker sessions went with it (their work is taken over
+            // below).
+            for (name, _) in runner
+                .shared
+                .store
+                .registered(crate::store::Registered::Session)
+                .await?
+            {
+                runner
+                    .shared
+                    .store
+                    .unregister(crate::store::Registered::Session, &name)
+                    .await?;
+            }
+        }
         runner.recover().await?;
         if followed.is_some() {
             // The queue bounds hold over all nodes from the first submission.
@@ -421,6 +437,22 @@ impl Runner {
                 grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
                 "workers still running after the shutdown grace period; leaving them to recovery"
             );
+        }
+        // Its worker sessions went with it: their records, and their leases (what they ran
+        // is for the restart rule, here at the next start or on another node at once).
+        for session in self.shared.sessions.all() {
+            let store = &self.shared.store;
+            let gone = store
+                .unregister(crate::store::Registered::Session, &session.name)
+                .await
+                .and(
+                    store
+                        .heartbeat(&session.name, std::time::SystemTime::UNIX_EPOCH)
+                        .await,
+                );
+            if let Err(e) = gone {
+                warn!(session = %session.name, error = %e, "could not end a worker session");
+            }
         }
         // Others may take over what this node left at once, rather than when its lease ends.
         if let Err(e) = self

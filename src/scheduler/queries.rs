@@ -6,11 +6,14 @@ use std::time::Duration;
 use tracing::info;
 
 use super::transition::TransitionError;
+use prost::Message;
+
 use super::Runner;
 use crate::error::Error;
 use crate::filter::Filter;
 use crate::model::{CancelReason, Change, Fence, OperationId, OperationRecord, Outcome, State};
 use crate::proto::google::rpc::{Code, Status};
+use crate::proto::oprun::v1::WorkerSession;
 
 /// One page of a listing.
 #[derive(Debug, Clone)]
@@ -39,6 +42,17 @@ impl Page {
     }
 }
 
+/// A node on the store, or a worker session, as [`Runner::nodes`] lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeState {
+    /// Its lease and what runs under it.
+    pub lease: crate::store::NodeLease,
+    /// Whether it holds its lease now.
+    pub live: bool,
+    /// What it is, when it is a worker session.
+    pub session: Option<WorkerSession>,
+}
+
 impl Runner {
     /// The nodes on this runner's store, with their leases and what runs under each, and
     /// whether each lease holds now (by this runner's clock). On an exclusive store this
@@ -46,21 +60,52 @@ impl Runner {
     ///
     /// # Errors
     /// UNAVAILABLE when the store fails.
-    pub async fn nodes(&self) -> Result<Vec<(crate::store::NodeLease, bool)>, Error> {
+    pub async fn nodes(&self) -> Result<Vec<NodeState>, Error> {
         let now = self.now();
-        Ok(self
+        let exclusive = self.shared.store.is_exclusive();
+        let leases = self.shared.store.nodes().await?;
+        let mut sessions: std::collections::HashMap<String, WorkerSession> =
+            std::collections::HashMap::new();
+        for (name, bytes) in self
             .shared
             .store
-            .nodes()
+            .registered(crate::store::Registered::Session)
             .await?
+        {
+            if !leases.iter().any(|n| n.id == name) {
+                // Its lease row is gone (its node forgot it long after it ended): so does it.
+                if let Err(e) = self
+                    .shared
+                    .store
+                    .unregister(crate::store::Registered::Session, &name)
+                    .await
+                {
+                    tracing::debug!(error = %e, session = %name, "a stale worker session record could not be removed");
+                }
+                continue;
+            }
+            if let Ok(session) = WorkerSession::decode(bytes.as_slice()) {
+                sessions.insert(name, session);
+            }
+        }
+        // This node's own sessions, as they are now.
+        for session in self.worker_sessions() {
+            sessions.insert(session.name.clone(), session);
+        }
+        Ok(leases
             .into_iter()
-            .map(|n| {
-                let live = if self.shared.store.is_exclusive() {
-                    n.id == self.shared.config.node
+            .map(|lease| {
+                let mine = self.shared.sessions.get(&lease.id).is_some();
+                let live = if exclusive {
+                    lease.id == self.shared.config.node || mine
                 } else {
-                    n.lease_until >= now
+                    lease.lease_until >= now
                 };
-                (n, live)
+                NodeState {
+                    session: sessions.remove(&lease.id),
+                    live,
+                    lease,
+                }
             })
             .collect())
     }

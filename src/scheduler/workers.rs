@@ -126,8 +126,10 @@ pub(crate) struct Session {
     node: String,
     // std Mutex: held to change the state, never across an await.
     state: Mutex<State>,
-    /// Woken when an event waits in the outbox, or the session ends.
+    /// Woken when an event waits in the outbox, or the session ends (for its stream or poll).
     news: Notify,
+    /// Woken when its stream attaches or detaches (for the task that watches its silence).
+    attachment: Notify,
     /// Cancelled when the session ends: what it holds is lost.
     ended: CancellationToken,
     /// Why it ended.
@@ -320,6 +322,7 @@ impl Runner {
             node: self.shared.config.node.clone(),
             state: Mutex::new(State::default()),
             news: Notify::new(),
+            attachment: Notify::new(),
             ended: self.shared.root.child_token(),
             why: Mutex::new(None),
         });
@@ -393,11 +396,8 @@ impl Runner {
             tokio::select! {
                 () = session.ended.cancelled() => return,
                 () = tokio::time::sleep_until(wake) => {}
-                () = session.news.notified() => {
-                    // Something happened (a stream attached, a poll): look again.
-                    session.news.notify_one();
-                    tokio::task::yield_now().await;
-                }
+                // A stream attached or detached: its silence counts differently.
+                () = session.attachment.notified() => {}
             }
             if Instant::now() >= next_renewal {
                 if let Err(e) = self.renew_session(&session).await {
@@ -483,31 +483,40 @@ impl Runner {
             }
             state.streaming = true;
         }
+        session.attachment.notify_one();
         session.seen(self.now());
         self.wake_for_sessions();
         let attached = Attached {
             runner: self.clone(),
             session,
+            over: false,
         };
-        Ok(futures::stream::unfold(attached, |attached| async move {
-            loop {
-                let next = attached.session.state().outbox.pop_front();
-                if let Some(event) = next {
-                    return Some((Ok(event), attached));
+        Ok(futures::stream::unfold(
+            attached,
+            |mut attached| async move {
+                if attached.over {
+                    return None;
                 }
-                tokio::select! {
-                    () = attached.session.news.notified() => {}
-                    () = attached.session.ended.cancelled() => {
-                        let why = attached.session.why.lock().unwrap_or_else(PoisonError::into_inner).clone();
-                        if attached.runner.shared.root.is_cancelled() {
-                            return Some((Err(Error::ShuttingDown), attached.ended()));
+                loop {
+                    let next = attached.session.state().outbox.pop_front();
+                    if let Some(event) = next {
+                        return Some((Ok(event), attached));
+                    }
+                    tokio::select! {
+                        () = attached.session.news.notified() => {}
+                        () = attached.session.ended.cancelled() => {
+                            // At shutdown the worker is told to go elsewhere (UNAVAILABLE);
+                            // otherwise the stream just ends with its session.
+                            if attached.runner.shared.root.is_cancelled() {
+                                attached.over = true;
+                                return Some((Err(Error::ShuttingDown), attached));
+                            }
+                            return None;
                         }
-                        let _ = why;
-                        return None;
                     }
                 }
-            }
-        }))
+            },
+        ))
     }
 
     /// Waits up to `wait` for assignments or cancellations of the session and returns them.
@@ -916,18 +925,14 @@ impl Drop for Release {
 struct Attached {
     runner: Runner,
     session: Arc<Session>,
-}
-
-impl Attached {
-    /// The stream after its last item (the session had ended already).
-    fn ended(self) -> Self {
-        self
-    }
+    /// Whether its last item was sent.
+    over: bool,
 }
 
 impl Drop for Attached {
     fn drop(&mut self) {
         self.session.state().streaming = false;
+        self.session.attachment.notify_one();
         if self.session.ended.is_cancelled() {
             return;
         }

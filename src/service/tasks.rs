@@ -99,12 +99,12 @@ impl TaskService for TaskApi {
             .nodes()
             .await?
             .into_iter()
-            .map(|(n, live)| Node {
-                live,
-                lease_expire_time: Some(prost_types::Timestamp::from(n.lease_until)),
-                running: i64::try_from(n.running).unwrap_or(i64::MAX),
-                id: n.id,
-                session: None,
+            .map(|n| Node {
+                live: n.live,
+                lease_expire_time: Some(prost_types::Timestamp::from(n.lease.lease_until)),
+                running: i64::try_from(n.lease.running).unwrap_or(i64::MAX),
+                id: n.lease.id,
+                session: n.session,
             })
             .collect();
         Ok(Response::new(ListNodesResponse { nodes }))
