@@ -303,6 +303,13 @@ impl Client {
         TaskServiceClient::new(self.conn.clone())
     }
 
+    /// The WorkerService stub on this connection (what [`crate::worker`] runs on).
+    pub fn workers(
+        &self,
+    ) -> crate::proto::oprun::v1::worker_service_client::WorkerServiceClient<Conn> {
+        crate::proto::oprun::v1::worker_service_client::WorkerServiceClient::new(self.conn.clone())
+    }
+
     /// The AdminService stub on this connection.
     pub fn admin(&self) -> AdminServiceClient<Conn> {
         AdminServiceClient::new(self.conn.clone())

@@ -42,6 +42,27 @@ impl JsonCodec {
         })
     }
 
+    /// A codec over oprun's messages and those `files` define (a kind's own types, as
+    /// `ListTaskKinds` gives them with `with_descriptors`). A set that does not fit is skipped.
+    pub fn with_files<'a>(
+        files: impl IntoIterator<Item = &'a prost_types::FileDescriptorSet>,
+    ) -> Self {
+        let mut pool = crate::proto::descriptor_pool().clone();
+        for set in files {
+            let fresh: Vec<_> = set
+                .file
+                .iter()
+                .filter(|f| pool.get_file_by_name(f.name()).is_none())
+                .cloned()
+                .collect();
+            let mut next = pool.clone();
+            if next.add_file_descriptor_protos(fresh).is_ok() {
+                pool = next;
+            }
+        }
+        Self { pool }
+    }
+
     /// Renders a message of type `type_name` (encoded in `bytes`) as pretty JSON.
     ///
     /// # Errors

@@ -32,6 +32,8 @@
 //! - [`metrics`]: Prometheus metrics (prometheus-client), one registry per runner.
 //! - [`client`]: a Rust client: typed submission, wait, progress stream, cancel, typed
 //!   results and errors (the `oprun` command line is built on it).
+//! - [`worker`]: runs registered kinds in a process of their own, over the worker protocol
+//!   (`oprun.v1.WorkerService`).
 //! - [`json`]: proto3 JSON through prost-reflect. `cli` (feature `cli`, off by default): the
 //!   `oprun` command line.
 //! - [`error`]: the library's error type and its single mapping to `tonic::Status`.
@@ -59,6 +61,7 @@ pub mod store;
 pub mod task;
 pub mod text;
 pub mod types;
+pub mod worker;
 
 pub use error::Error;
 pub use proto::google::rpc::Code;

@@ -551,6 +551,12 @@ impl Registry {
         self
     }
 
+    /// Registers a kind with its types erased (its name given at run time).
+    pub(crate) fn register_erased(&mut self, kind: &str, task: Arc<dyn ErasedTask>) -> &mut Self {
+        self.kinds.insert(kind.to_owned(), task);
+        self
+    }
+
     /// Whether a kind is registered.
     pub fn contains(&self, kind: &str) -> bool {
         self.kinds.contains_key(kind)

@@ -829,3 +829,278 @@ async fn the_worker_role_runs_work_and_nothing_else() {
     assert!(denied.body.contains("worker"), "{}", denied.body);
     server.stop().await;
 }
+
+/// Counts to `steps`, a step per 20 ms, reporting each; stops when cancelled.
+struct Count;
+
+impl oprun::Task for Count {
+    const KIND: &'static str = "count";
+    type Input = oprun::proto::oprun::v1::SleepInput;
+    type Output = oprun::proto::oprun::v1::SleepOutput;
+
+    fn options(&self) -> oprun::TaskOptions {
+        oprun::TaskOptions {
+            retry_safe: true,
+            ..oprun::TaskOptions::default()
+        }
+    }
+
+    async fn run(
+        &self,
+        input: Self::Input,
+        ctx: oprun::TaskContext,
+    ) -> Result<Self::Output, oprun::TaskError> {
+        for step in 0..input.steps {
+            tokio::select! {
+                () = ctx.cancelled() => return Err(oprun::TaskError::cancelled()),
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            ctx.progress(i64::from(step) + 1, i64::from(input.steps), "steps");
+        }
+        Ok(oprun::proto::oprun::v1::SleepOutput {
+            steps_done: input.steps,
+        })
+    }
+}
+
+/// The same Rust `Task` a server runs in process runs in a worker of its own through
+/// `oprun::worker`: it declares the kind with oprun's types, runs four at once, reports
+/// progress (seen through GetOperation), returns the task's typed response, and stops when a
+/// cancel reaches it (CANCELLED). At shutdown it finishes what runs, then closes its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_rust_task_runs_in_a_worker_of_its_own() {
+    let server = Served::start(None).await;
+    let client = oprun::client::Client::connect(format!("http://{}", server.grpc))
+        .await
+        .expect("connect");
+    let mut kinds = oprun::Registry::new();
+    kinds.register(Count);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(
+        oprun::worker::Worker::new(client.clone(), kinds)
+            .name("rust")
+            .concurrency("count", 4)
+            .heartbeat_timeout("count", Duration::from_secs(5))
+            .run(async {
+                let _ = stopped.await;
+            }),
+    );
+    let input = |steps: u32| {
+        oprun::model::pack(&oprun::proto::oprun::v1::SleepInput {
+            steps,
+            ..Default::default()
+        })
+    };
+    // Submitted once the worker declared the kind.
+    let mut tasks = TaskServiceClient::new(server.channel().await);
+    let submit_count = |steps: u32| {
+        let mut tasks = tasks.clone();
+        async move {
+            for _ in 0..100 {
+                match tasks
+                    .submit_task(SubmitTaskRequest {
+                        kind: "count".into(),
+                        input: Some(input(steps)),
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    Ok(op) => return op.into_inner().name,
+                    Err(e) if e.code() == Code::InvalidArgument => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("submit: {e:?}"),
+                }
+            }
+            panic!("the kind was never declared");
+        }
+    };
+    let long = submit_count(100_000).await;
+    let mut names = Vec::new();
+    for _ in 0..12 {
+        names.push(submit_count(5).await);
+    }
+    for name in &names {
+        let done = until(&server, name, "done", |op| op.done).await;
+        let Some(operation::Result::Response(any)) = &done.result else {
+            panic!("{done:?}");
+        };
+        let out =
+            oprun::proto::oprun::v1::SleepOutput::decode(any.value.as_slice()).expect("output");
+        assert_eq!(out.steps_done, 5);
+        assert!(
+            meta(&done).node.starts_with("workerSessions/rust-"),
+            "{:?}",
+            meta(&done).node
+        );
+    }
+    until(&server, &long, "reports progress", |op| {
+        meta(op).progress.is_some_and(|p| p.completed > 0)
+    })
+    .await;
+    OperationsClient::new(server.channel().await)
+        .cancel_operation(CancelOperationRequest { name: long.clone() })
+        .await
+        .expect("cancel");
+    let cancelled = until(&server, &long, "done", |op| op.done).await;
+    let Some(operation::Result::Error(e)) = cancelled.result else {
+        panic!("{cancelled:?}");
+    };
+    assert_eq!(e.code, 1, "{e:?}");
+    // A graceful stop: a running operation finishes first.
+    let last = submit_count(10).await;
+    until(&server, &last, "running", |op| meta(op).state == 2).await;
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(20), worker)
+        .await
+        .expect("the worker stops")
+        .expect("join")
+        .expect("run");
+    let done = until(&server, &last, "done", |op| op.done).await;
+    assert!(
+        matches!(done.result, Some(operation::Result::Response(_))),
+        "finished before the worker left: {done:?}"
+    );
+    let _ = &mut tasks;
+    server.stop().await;
+}
+
+/// `oprun worker exec` makes a shell script a kind: its input arrives as JSON on stdin, its
+/// JSON stdout lines are the operation's progress and status, its `$OPRUN_OUTPUT` file the
+/// response; a failure's stderr is the error's message; a cancel reaches its process group
+/// (a child of the script dies too).
+#[tokio::test]
+async fn a_script_runs_as_a_kind() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("job.sh");
+    std::fs::write(
+        &script,
+        r#"#!/bin/sh
+input=$(cat)
+case "$input" in
+  *fail*) echo "it went wrong" >&2; echo "for good" >&2; exit 3 ;;
+  *hang*) sleep 600 & echo $! > "$PIDS/child"; echo '{"status":"hanging"}'; wait; exit 0 ;;
+esac
+echo "a line that is not JSON"
+echo '{"progress":{"completed":1,"total":2,"unit":"files"},"status":"half way"}'
+sleep 1.5
+echo '{"progress":{"completed":2,"total":2,"unit":"files"}}'
+printf '{"got": %s, "attempt": "%s"}' "$input" "$OPRUN_ATTEMPT" > "$OPRUN_OUTPUT"
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pids = dir.path().join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    let server = common::binary::BinServer::start(dir.path(), "127.0.0.1:0", &[], &[]);
+    let http = server.http.expect("HTTP");
+    let mut worker = common::binary::oprun()
+        .args([
+            "worker",
+            "exec",
+            "--kind",
+            "job",
+            "--concurrency",
+            "2",
+            "--grace",
+            "2s",
+            "--addr",
+        ])
+        .arg(server.url())
+        .arg("--")
+        .arg(&script)
+        .env("PIDS", &pids)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("oprun worker exec");
+    let call = |method: &'static str, path: String, body: Option<String>| async move {
+        common::http::request(http, method, &path, &[], body.as_deref()).await
+    };
+    // Ready once the kind is declared.
+    for _ in 0..200 {
+        let kinds = call("GET", "/v1/taskKinds".into(), None).await.json();
+        if kinds["kinds"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k["name"] == "job"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let submit = |input: serde_json::Value| {
+        let body = json!({"kind": "job", "input": input}).to_string();
+        async move {
+            let reply = call("POST", "/v1/tasks:submit".into(), Some(body)).await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            reply.json()["name"].as_str().expect("name").to_owned()
+        }
+    };
+    let get = |name: String| async move { call("GET", format!("/v1/{name}"), None).await.json() };
+    let wait_for = |name: String, pred: fn(&serde_json::Value) -> bool| async move {
+        for _ in 0..400 {
+            let op = get(name.clone()).await;
+            if pred(&op) {
+                return op;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{name}: {}", get(name.clone()).await);
+    };
+
+    let ok = submit(json!({"text": "hi", "n": 2})).await;
+    let half = wait_for(ok.clone(), |op| {
+        op["metadata"]["statusMessage"] == "half way" && op["metadata"]["state"] == "RUNNING"
+    })
+    .await;
+    assert_eq!(half["metadata"]["progress"]["completed"], "1", "{half}");
+    assert_eq!(half["metadata"]["progress"]["unit"], "files", "{half}");
+    let done = wait_for(ok, |op| op["done"] == true).await;
+    assert_eq!(
+        done["response"]["@type"], "type.googleapis.com/google.protobuf.Struct",
+        "{done}"
+    );
+    assert_eq!(done["response"]["value"]["got"]["text"], "hi", "{done}");
+    assert_eq!(done["response"]["value"]["attempt"], "1", "{done}");
+
+    let failed = submit(json!({"text": "fail"})).await;
+    let failed = wait_for(failed, |op| op["done"] == true).await;
+    let message = failed["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.contains("status 3")
+            && message.contains("it went wrong")
+            && message.contains("for good"),
+        "{failed}"
+    );
+
+    let hanging = submit(json!({"text": "hang"})).await;
+    wait_for(hanging.clone(), |op| {
+        op["metadata"]["statusMessage"] == "hanging"
+    })
+    .await;
+    let child: i32 = std::fs::read_to_string(pids.join("child"))
+        .expect("the child's pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let cancel = call("POST", format!("/v1/{hanging}:cancel"), Some("{}".into())).await;
+    assert_eq!(cancel.status, 200, "{}", cancel.body);
+    let cancelled = wait_for(hanging, |op| op["done"] == true).await;
+    assert_eq!(cancelled["error"]["code"], 1, "{cancelled}");
+    // The script's child got the signal too.
+    let gone = (0..100).any(|_| {
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(child, 0) } == 0;
+        if alive {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        !alive
+    });
+    assert!(gone, "the script's child {child} outlived the cancel");
+    let _ = worker.kill();
+    let _ = worker.wait();
+}

@@ -48,9 +48,15 @@ fn parse_secret(s: &str) -> Result<Secret, String> {
     Ok(Secret(s.to_owned()))
 }
 
-/// The proto3 JSON codec over oprun's messages.
+/// The descriptors of the server's kinds, learnt at connection (see [`connect`]).
+static KIND_FILES: std::sync::OnceLock<Vec<prost_types::FileDescriptorSet>> =
+    std::sync::OnceLock::new();
+
+/// The proto3 JSON codec over oprun's messages and the server's kinds' own types.
 pub(super) fn codec() -> Result<JsonCodec, String> {
-    JsonCodec::new().map_err(|e| e.to_string())
+    Ok(JsonCodec::with_files(
+        KIND_FILES.get().into_iter().flatten(),
+    ))
 }
 
 /// A connection to the server that sends the client's token on every call.
@@ -108,7 +114,33 @@ pub(super) async fn client(args: &ClientArgs) -> Result<Client, String> {
 /// # Errors
 /// As [`client`].
 pub(super) async fn connect(args: &ClientArgs) -> Result<Conn, String> {
-    Ok(client(args).await?.connection())
+    let conn = client(args).await?.connection();
+    learn_kinds(&conn).await;
+    Ok(conn)
+}
+
+/// Learns the server's kinds' own types (the files defining them), so that what is shown as
+/// JSON or read from `--input` can be of those types. A server that will not say (an older
+/// one, a token that may not list kinds) leaves oprun's own types.
+async fn learn_kinds(conn: &Conn) {
+    if KIND_FILES.get().is_some() {
+        return;
+    }
+    let asked = crate::proto::oprun::v1::task_service_client::TaskServiceClient::new(conn.clone())
+        .list_task_kinds(crate::proto::oprun::v1::ListTaskKindsRequest {
+            with_descriptors: true,
+        })
+        .await;
+    let files = asked
+        .map(|r| {
+            r.into_inner()
+                .kinds
+                .into_iter()
+                .filter_map(|k| k.descriptors)
+                .collect()
+        })
+        .unwrap_or_default();
+    let _ = KIND_FILES.set(files);
 }
 
 /// A failed call on one line: its code, and the server's message.

@@ -13,6 +13,7 @@ mod client;
 mod serve;
 mod show;
 mod store;
+mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -188,7 +189,8 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// List the registered task kinds.
+    /// List the task kinds: each one's types, where it runs (in the server's process, or in
+    /// which worker sessions) and how many operations of it wait.
     Kinds {
         #[command(flatten)]
         client: ClientArgs,
@@ -199,6 +201,9 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Run work in a worker process of its own (connected to a server).
+    #[command(subcommand)]
+    Worker(WorkerCommand),
     /// Manage bearer tokens for `serve --tokens-file`.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -212,6 +217,17 @@ enum Command {
         #[arg(long, env = "OPRUN_STORE")]
         store: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum WorkerCommand {
+    /// Run any executable as a kind: its input (a JSON object) on its stdin, progress from
+    /// its stdout's JSON lines (`{"progress": {"completed": 3, "total": 10, "unit":
+    /// "files"}, "status": "…"}`), its response the JSON object it writes to $OPRUN_OUTPUT;
+    /// exit 0 succeeds, another exit fails with the end of its stderr; a cancel sends SIGTERM
+    /// to its process group, then SIGKILL after --grace. E.g.
+    /// `oprun worker exec --kind thumbnail --concurrency 4 -- ./thumbnail.sh`.
+    Exec(worker::ExecArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -244,7 +260,8 @@ enum TokenCommand {
 /// serve settings (for example the snapshot root). Returns the exit code ([`EXIT_CODES`]).
 pub fn main(register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), String>) -> ExitCode {
     let cli = Cli::parse();
-    let serving = matches!(cli.command, Command::Serve(_));
+    // A server or a worker: logs at info, and keeps Rust's handling of SIGPIPE.
+    let serving = matches!(cli.command, Command::Serve(_) | Command::Worker(_));
     if !serving {
         // A client's output piped into `head` ends quietly, as other command-line tools do,
         // instead of panicking on a broken pipe. (The server keeps Rust's default, ignoring
@@ -429,21 +446,9 @@ async fn run(
                 .await
                 .map_err(status_line)?
                 .into_inner();
-            if client.json {
-                show::print_json(&resp)?;
-            } else {
-                for k in resp.kinds {
-                    println!(
-                        "{:<12} input {}  response {}{}",
-                        k.name,
-                        k.input_type,
-                        k.response_type,
-                        if k.retry_safe { "  (retry-safe)" } else { "" }
-                    );
-                }
-            }
-            Ok(())
+            show::print_kinds(&client, &resp)
         }
+        Command::Worker(WorkerCommand::Exec(args)) => worker::exec(args).await,
         Command::Nodes { client } => {
             let mut c = TaskServiceClient::new(connect(&client).await?);
             let resp = c

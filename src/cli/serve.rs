@@ -559,7 +559,8 @@ pub(super) async fn serve(
 /// A future that completes on SIGINT or SIGTERM. The handlers are installed when this
 /// returns, not when the future is first polled: a supervisor may signal as soon as it reads
 /// the listening line, and that signal must start a graceful shutdown, not kill the process.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
+pub(super) fn shutdown_signal(
+) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
     let received = {
         use tokio::signal::unix::{signal, SignalKind};

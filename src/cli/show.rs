@@ -197,24 +197,74 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
     }
 }
 
-/// The nodes on the server's store, as JSON or as a table.
+/// The nodes on the server's store, and the worker sessions, as JSON or as a table.
 pub(super) fn print_nodes(client: &ClientArgs, resp: &ListNodesResponse) -> CliResult {
     if client.json {
         return print_json(resp);
     }
-    let rows: Vec<[String; 4]> = resp
+    let rows: Vec<[String; 5]> = resp
         .nodes
         .iter()
         .map(|n| {
+            let what = match &n.session {
+                None => "node".to_owned(),
+                Some(s) => format!(
+                    "worker {} on {}: {}",
+                    s.worker,
+                    s.node,
+                    s.kinds
+                        .iter()
+                        .map(|k| format!("{}×{}", k.name, k.concurrency))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
             [
                 n.id.clone(),
                 if n.live { "live" } else { "lease ended" }.to_owned(),
                 time(n.lease_expire_time.as_ref()),
                 n.running.to_string(),
+                what,
             ]
         })
         .collect();
-    print_table(["NODE", "STATE", "LEASE UNTIL", "RUNNING"], &rows);
+    print_table(["NODE", "STATE", "LEASE UNTIL", "RUNNING", "WHAT"], &rows);
+    Ok(())
+}
+
+/// The task kinds, as JSON or as a table.
+pub(super) fn print_kinds(
+    client: &ClientArgs,
+    resp: &crate::proto::oprun::v1::ListTaskKindsResponse,
+) -> CliResult {
+    if client.json {
+        return print_json(resp);
+    }
+    let rows: Vec<[String; 6]> = resp
+        .kinds
+        .iter()
+        .map(|k| {
+            let place = if k.in_process {
+                "in process".to_owned()
+            } else if k.sessions.is_empty() {
+                "workers (none connected here)".to_owned()
+            } else {
+                format!("workers: {}", k.sessions.join(", "))
+            };
+            [
+                k.name.clone(),
+                place,
+                k.input_type.clone(),
+                k.response_type.clone(),
+                k.waiting.to_string(),
+                if k.retry_safe { "yes" } else { "no" }.to_owned(),
+            ]
+        })
+        .collect();
+    print_table(
+        ["KIND", "RUNS", "INPUT", "RESPONSE", "WAITING", "RETRY-SAFE"],
+        &rows,
+    );
     Ok(())
 }
 

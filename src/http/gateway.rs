@@ -572,14 +572,41 @@ impl Gateway {
                 quote(&kind)
             )));
         };
-        if let Some(serde_json::Value::Object(input)) = json.get_mut("input") {
-            input.insert(
-                "@type".to_owned(),
-                serde_json::Value::String(format!("type.googleapis.com/{type_name}")),
-            );
+        let at_type = serde_json::Value::String(format!("type.googleapis.com/{type_name}"));
+        if let Some(input) = json.get_mut("input") {
+            if has_special_json(&type_name) {
+                // A well-known type with a JSON form of its own is the `value` of its `Any`.
+                let value = std::mem::take(input);
+                *input = serde_json::json!({ "@type": at_type, "value": value });
+            } else if let serde_json::Value::Object(object) = input {
+                object.insert("@type".to_owned(), at_type);
+            }
         }
         Ok(())
     }
+}
+
+/// Whether a message is a well-known type whose proto3 JSON is not an object of its fields
+/// (inside an `Any`, such a value goes under `value`).
+fn has_special_json(type_name: &str) -> bool {
+    matches!(
+        type_name,
+        "google.protobuf.Struct"
+            | "google.protobuf.Value"
+            | "google.protobuf.ListValue"
+            | "google.protobuf.Duration"
+            | "google.protobuf.Timestamp"
+            | "google.protobuf.FieldMask"
+            | "google.protobuf.DoubleValue"
+            | "google.protobuf.FloatValue"
+            | "google.protobuf.Int64Value"
+            | "google.protobuf.UInt64Value"
+            | "google.protobuf.Int32Value"
+            | "google.protobuf.UInt32Value"
+            | "google.protobuf.BoolValue"
+            | "google.protobuf.StringValue"
+            | "google.protobuf.BytesValue"
+    )
 }
 
 fn invalid(message: String) -> Status {

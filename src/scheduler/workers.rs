@@ -134,6 +134,8 @@ pub(crate) struct Session {
     ended: CancellationToken,
     /// Why it ended.
     why: Mutex<Option<String>>,
+    /// Whether it takes no more work (it ends once what it holds is completed).
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -155,6 +157,9 @@ impl Session {
 
     /// How many more of each kind it takes now.
     fn room(&self) -> Vec<(String, usize)> {
+        if self.draining.load(Ordering::Acquire) {
+            return Vec::new();
+        }
         let state = self.state();
         self.kinds
             .iter()
@@ -325,6 +330,7 @@ impl Runner {
             attachment: Notify::new(),
             ended: self.shared.root.child_token(),
             why: Mutex::new(None),
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
         session.seen(now);
         let described = session.describe();
@@ -436,12 +442,20 @@ impl Runner {
         }
     }
 
-    /// Closes a session at its worker's request.
+    /// Closes a session at its worker's request: at once, or (`drain`) once the assignments
+    /// it holds are completed, giving it none meanwhile.
     ///
     /// # Errors
     /// NOT_FOUND when no such session is open on this node.
-    pub async fn close_session(&self, name: &str) -> Result<(), Error> {
+    pub async fn close_session(&self, name: &str, drain: bool) -> Result<(), Error> {
         let session = self.session(name)?;
+        if drain {
+            session.draining.store(true, Ordering::Release);
+            if !session.state().held.is_empty() {
+                info!(session = %name, "worker session draining");
+                return Ok(());
+            }
+        }
         self.end_session(&session, format!("worker session {name} was closed"))
             .await;
         Ok(())
@@ -916,7 +930,20 @@ struct Release {
 
 impl Drop for Release {
     fn drop(&mut self) {
-        self.session.state().held.remove(&self.id);
+        let left = {
+            let mut state = self.session.state();
+            state.held.remove(&self.id);
+            state.held.len()
+        };
+        if left == 0 && self.session.draining.load(Ordering::Acquire) {
+            // Drained: the session ends now.
+            let runner = self.runner.clone();
+            let session = Arc::clone(&self.session);
+            self.runner.shared.tracker.spawn(async move {
+                let why = format!("worker session {} was closed (drained)", session.name);
+                runner.end_session(&session, why).await;
+            });
+        }
         self.runner.wake_for_sessions();
     }
 }
@@ -933,7 +960,9 @@ impl Drop for Attached {
     fn drop(&mut self) {
         self.session.state().streaming = false;
         self.session.attachment.notify_one();
-        if self.session.ended.is_cancelled() {
+        if self.session.ended.is_cancelled() || self.session.draining.load(Ordering::Acquire) {
+            // A draining worker may let its stream go: it completes what it holds by calls,
+            // and ends when it has (or when it is silent for its timeout).
             return;
         }
         let runner = self.runner.clone();

@@ -122,7 +122,8 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<CloseSessionRequest>,
     ) -> Result<Response<()>, Status> {
-        self.runner.close_session(&request.get_ref().name).await?;
+        let req = request.into_inner();
+        self.runner.close_session(&req.name, req.drain).await?;
         Ok(Response::new(()))
     }
 }
