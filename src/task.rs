@@ -552,6 +552,7 @@ impl Registry {
     }
 
     /// Registers a kind with its types erased (its name given at run time).
+    #[cfg_attr(not(feature = "cli"), allow(dead_code))]
     pub(crate) fn register_erased(&mut self, kind: &str, task: Arc<dyn ErasedTask>) -> &mut Self {
         self.kinds.insert(kind.to_owned(), task);
         self

@@ -9,7 +9,9 @@
 //! - `rust`: identical to the `examples/` file its first line names; `cargo test` builds the
 //!   examples; the embedding example is run here until it serves, then stopped with SIGINT,
 //!   and the client example is run against the real server.
+//! - `exec`: the script-as-a-kind tour, run as a bash script like `run`.
 //! - `python`: run by `tests/interop/test_readme.py` against a real server.
+//! - `python-worker`: the Python SDK's program, run by `python/tests` with the SDK installed.
 
 mod common;
 
@@ -92,7 +94,16 @@ fn every_block_is_checked() {
     for b in &blocks {
         let kind = b.marker.split_whitespace().next().unwrap_or_default();
         assert!(
-            ["newcomer", "run", "http", "rust", "python"].contains(&kind),
+            [
+                "newcomer",
+                "run",
+                "http",
+                "exec",
+                "rust",
+                "python",
+                "python-worker"
+            ]
+            .contains(&kind),
             "README.md line {}: a ```{} block without a `<!-- readme: … -->` marker saying \
              how it is checked",
             b.line,
@@ -119,7 +130,7 @@ fn every_block_is_checked() {
         Some("newcomer"),
         "the README starts with the two commands"
     );
-    for kind in ["run", "http", "rust", "python"] {
+    for kind in ["run", "http", "exec", "rust", "python", "python-worker"] {
         assert!(kinds.contains(&kind), "no {kind} block");
     }
 }
@@ -219,6 +230,13 @@ fn the_tour_runs() {
             "index.html",
         ],
     );
+}
+
+/// The script-as-a-kind tour runs as written: a shell script, run by `oprun worker exec`,
+/// takes a submission and answers with its JSON object.
+#[test]
+fn the_exec_tour_runs() {
+    run_block("exec", &["SUCCEEDED", "small-cat.png", "cat.png"]);
 }
 
 /// The REST tour runs as written: kinds, submit, the event stream to the end, a filtered

@@ -48,7 +48,7 @@ fn parse_secret(s: &str) -> Result<Secret, String> {
     Ok(Secret(s.to_owned()))
 }
 
-/// The descriptors of the server's kinds, learnt at connection (see [`connect`]).
+/// The descriptors of the server's kinds, learnt at connection (see [`client`]).
 static KIND_FILES: std::sync::OnceLock<Vec<prost_types::FileDescriptorSet>> =
     std::sync::OnceLock::new();
 
@@ -63,7 +63,7 @@ pub(super) fn codec() -> Result<JsonCodec, String> {
 pub(super) type Conn = crate::client::Conn;
 
 /// A client of the server `args` names (the library's [`Client`], which the subcommands are
-/// built on), with the flags' token and TLS files.
+/// built on), with the flags' token and TLS files, that knows the server's kinds' types.
 ///
 /// # Errors
 /// One line saying what is wrong with the address, token or TLS flags, or that nothing
@@ -102,11 +102,13 @@ pub(super) async fn client(args: &ClientArgs) -> Result<Client, String> {
             args.addr
         ));
     }
-    builder.connect().await.map_err(|e| match e {
+    let client = builder.connect().await.map_err(|e| match e {
         ClientError::Config(m) if m.contains("token") => format!("--token / OPRUN_TOKEN: {m}"),
         ClientError::Config(m) => format!("--addr / TLS flags: {m}"),
         other => other.to_string(),
-    })
+    })?;
+    learn_kinds(&client.connection()).await;
+    Ok(client)
 }
 
 /// [`client`]'s connection, for the stubs.
@@ -114,9 +116,7 @@ pub(super) async fn client(args: &ClientArgs) -> Result<Client, String> {
 /// # Errors
 /// As [`client`].
 pub(super) async fn connect(args: &ClientArgs) -> Result<Conn, String> {
-    let conn = client(args).await?.connection();
-    learn_kinds(&conn).await;
-    Ok(conn)
+    Ok(client(args).await?.connection())
 }
 
 /// Learns the server's kinds' own types (the files defining them), so that what is shown as

@@ -11,8 +11,10 @@ from conftest import REPO
 
 
 def readme_python_blocks():
+    """The README's python blocks marked `readme: python` (the Python SDK's worker program,
+    marked `python-worker`, runs in python/tests with the SDK installed)."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    return re.findall(r"<!-- readme: python \(.*?-->\n```python\n(.*?)```", text, flags=re.S)
 
 
 def test_readme_python_snippet_runs(oprun_server):
