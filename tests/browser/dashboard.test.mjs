@@ -435,6 +435,70 @@ test("submit form", { timeout: 300_000 }, async () => {
   await shot(page, "kinds-submit-error");
 });
 
+/**
+ * A kind declared by a worker in its own process (`oprun worker exec` running a shell
+ * script): the Kinds page says which session runs it, the Overview lists the session with its
+ * kinds and slots, the Submit form runs it with a plain JSON object (its type, a Struct, is
+ * the server's to fill in), and once the worker leaves, the kind stays with its work waiting.
+ */
+test("a kind run by a worker process", { timeout: 300_000 }, async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), "oprun-browser-worker-"));
+  const script = path.join(dir, "shout.sh");
+  await writeFile(script, '#!/bin/sh\ninput=$(cat)\necho \'{"status": "shouting"}\'\n' +
+    'printf \'{"shouted": %s}\' "$input" > "$OPRUN_OUTPUT"\n', { mode: 0o755 });
+  const worker = spawn(BIN, ["worker", "exec", "--kind", "shout", "--concurrency", "2", "--addr", open.grpc, "--", script],
+    { stdio: ["ignore", "ignore", "pipe"] });
+  let workerLog = "";
+  worker.stderr.on("data", (d) => { workerLog = (workerLog + d).slice(-10_000); });
+  try {
+    await page.goto(open.http + "/#/kinds");
+    const row = page.getByTestId("kinds-table").locator('tr[data-kind="shout"]');
+    // The Kinds page reads the kinds once: reload until the worker's session has declared it.
+    await eventually("the worker declares shout", async () => {
+      await page.reload();
+      await page.locator('tr[data-kind="sleep"]').waitFor();
+      return (await row.count()) === 1;
+    });
+    assert.match(await row.getByTestId("kind-runs").textContent(), /^worker: workerSessions\//);
+    assert.equal((await page.locator('tr[data-kind="sleep"]').getByTestId("kind-runs").textContent()), "in process");
+
+    await page.getByTestId("submit-kind").selectOption("shout");
+    await page.getByTestId("submit-input").fill('{"word": "hello"}');
+    await page.getByTestId("submit-button").click();
+    await page.waitForURL(/#\/operations\/[0-9a-f]{32}$/);
+    await page.getByTestId("detail-state").filter({ hasText: "SUCCEEDED" }).waitFor();
+    assert.match(await page.getByTestId("detail-response").textContent(), /"shouted":\s*\{\s*"word":\s*"hello"/);
+    assert.match(await page.getByTestId("detail-meta").textContent(), /workerSessions\//);
+
+    await page.goto(open.http + "/#/");
+    const session = page.locator('tr[data-session="yes"]');
+    await session.first().waitFor();
+    assert.match(await session.first().textContent(), /shout ×2/);
+    await page.getByTestId("nodes").filter({ hasText: ", 1 worker" }).waitFor();
+    await shot(page, "overview-worker-session");
+
+    // The worker leaves: the kind stays known, and its work waits.
+    const exited = new Promise((resolve) => worker.once("exit", resolve));
+    worker.kill("SIGTERM");
+    await exited;
+    const waiting = await rest(open, "POST", "/v1/tasks:submit", { kind: "shout", input: { word: "later" } });
+    await page.goto(open.http + "/#/kinds");
+    await eventually("shout waits for a worker", async () => {
+      await page.reload();
+      await row.waitFor();
+      return (await row.getByTestId("kind-runs").textContent()) === "no worker connected" &&
+        (await row.getByTestId("kind-waiting").textContent()) === "1";
+    });
+    await shot(page, "kinds-waiting");
+    await rest(open, "POST", `/v1/${waiting.name}:cancel`, {});
+  } catch (e) {
+    throw new Error(`${e.message}\n--- worker stderr\n${workerLog}`);
+  } finally {
+    if (worker.exitCode === null && worker.signalCode === null) worker.kill("SIGKILL");
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 /** A bulk cancel over a filter matching 500 running sleeps ends them all, with live progress. */
 test("bulk cancel of 500 running operations", { timeout: 900_000 }, async () => {
   for (const n of longRunning) await rest(open, "POST", `/v1/operations/${idOf(n)}:cancel`, {});

@@ -411,12 +411,15 @@
   async function loadNodes() {
     try {
       const res = await api("GET", "/v1/nodes");
-      const nodes = res.nodes || [];
+      const all = res.nodes || [];
+      const nodes = all.filter((n) => !n.session);
+      const workers = all.length - nodes.length;
       const live = nodes.filter((n) => n.live).length;
-      $("nodes").textContent = nodes.length === 1
+      $("nodes").textContent = (nodes.length === 1
         ? "node " + nodes[0].id
-        : `${nodes.length} nodes, ${live} live`;
-      return nodes;
+        : `${nodes.length} nodes, ${live} live`) +
+        (workers ? `, ${workers} worker${workers === 1 ? "" : "s"}` : "");
+      return all;
     } catch (_) {
       return [];
     }
@@ -657,22 +660,21 @@
       h("h1", { text: "Overview" }),
       error,
       cards,
-      h("div", { class: "two-col" },
-        h("section", { class: "panel" },
-          h("h2", { text: "Finished per bucket, last 5 minutes" }), chartBox),
-        h("section", { class: "panel" },
-          h("h2", { text: "Nodes" }),
-          h("div", { class: "table-wrap" }, h("table", {},
-            h("thead", {}, h("tr", {}, h("th", { text: "Node" }), h("th", { text: "Live" }),
-              h("th", { class: "num", text: "Running" }), h("th", { text: "Lease expires" }))),
-            nodesBody)))),
+      h("section", { class: "panel" },
+        h("h2", { text: "Finished per bucket, last 5 minutes" }), chartBox),
       h("section", {},
         h("h2", { text: "By kind" }),
         h("div", { class: "table-wrap" }, h("table", { "data-testid": "kind-counts" },
           h("thead", {}, h("tr", {}, h("th", { text: "Kind" }),
             STATES.map((s) => h("th", { class: "num", text: s.toLowerCase() })),
             h("th", { class: "num", text: "total" }))),
-          kindsBody))));
+          kindsBody))),
+      h("section", {},
+        h("h2", { text: "Nodes and worker sessions" }),
+        h("div", { class: "table-wrap" }, h("table", { "data-testid": "nodes-table" },
+          h("thead", {}, h("tr", {}, h("th", { text: "Name" }), h("th", { text: "What" }), h("th", { text: "Live" }),
+            h("th", { class: "num", text: "Running" }), h("th", { text: "Lease expires" }))),
+          nodesBody))));
 
     let inFlight = false;
     let again = false;
@@ -758,12 +760,22 @@
     clear(chartBox).append(throughputChart(summary));
   }
 
+  /** "resize ×4, thumbnail ×1": a worker session's kinds with how many of each it takes. */
+  function sessionKinds(session) {
+    return (session.kinds || []).map((k) => `${k.name} ×${k.concurrency || 1}`).join(", ");
+  }
+
+  /** The nodes, and the worker sessions (each with its worker, kinds, slots and last report). */
   function renderNodes(nodes, body) {
     clear(body);
-    if (nodes.length === 0) body.append(h("tr", {}, h("td", { class: "empty", colspan: 4, text: "No nodes." })));
+    if (nodes.length === 0) body.append(h("tr", {}, h("td", { class: "empty", colspan: 5, text: "No nodes." })));
     for (const n of nodes) {
-      body.append(h("tr", {},
+      const s = n.session;
+      body.append(h("tr", { "data-node": n.id, "data-session": s ? "yes" : "no" },
         h("td", { class: "mono", text: n.id }),
+        s
+          ? h("td", {}, `worker ${s.worker} (on node ${s.node}) runs ${sessionKinds(s)}; last heard `, timeEl(s.lastSeenTime))
+          : h("td", { text: "node" }),
         h("td", { text: n.live ? "yes" : "no" }),
         h("td", { class: "num", text: toInt(n.running) }),
         h("td", {}, timeEl(n.leaseExpireTime))));
@@ -1375,7 +1387,8 @@
     const loadError = h("p", { class: "field-error", role: "alert" });
     main.append(h("h1", { text: "Task kinds" }), loadError,
       h("div", { class: "table-wrap" }, h("table", { "data-testid": "kinds-table" },
-        h("thead", {}, h("tr", {}, h("th", { text: "Kind" }), h("th", { text: "Input" }), h("th", { text: "Response" }),
+        h("thead", {}, h("tr", {}, h("th", { text: "Kind" }), h("th", { text: "Runs" }), h("th", { class: "num", text: "Waiting" }),
+          h("th", { text: "Input" }), h("th", { text: "Response" }),
           h("th", { text: "Details" }), h("th", { class: "num", text: "Max concurrency" }),
           h("th", { class: "num", text: "Max attempts" }), h("th", { text: "Default timeout" }), h("th", { text: "Retry safe" }))),
         tbody)));
@@ -1387,6 +1400,8 @@
       for (const k of kinds) {
         tbody.append(h("tr", { "data-kind": k.name },
           h("td", { class: "mono", text: k.name }),
+          h("td", { "data-testid": "kind-runs", text: runsWhere(k) }),
+          h("td", { class: "num", "data-testid": "kind-waiting", text: toInt(k.waiting) }),
           h("td", { class: "mono", text: k.inputType || "" }),
           h("td", { class: "mono", text: k.responseType || "" }),
           h("td", { class: "mono", text: k.detailsType || "—" }),
@@ -1400,6 +1415,15 @@
       if (ctx.signal.aborted || err.status === "UNAUTHENTICATED") return;
       loadError.textContent = String(err);
     });
+  }
+
+  /** Where a kind runs: in process, in which worker sessions, or nowhere yet (work waits). */
+  function runsWhere(k) {
+    const sessions = k.sessions || [];
+    const parts = [];
+    if (k.inProcess) parts.push("in process");
+    if (sessions.length) parts.push(`${sessions.length === 1 ? "worker" : sessions.length + " workers"}: ${sessions.join(", ")}`);
+    return parts.length ? parts.join("; ") : "no worker connected";
   }
 
   function submitForm(ctx, box, kinds) {
@@ -1426,7 +1450,7 @@
       if (!edited) prefill();
       typeHint.textContent = hintFor(kindOf());
     });
-    const hintFor = (k) => (k ? `JSON of ${k.inputType} (proto3 JSON; sent with "@type": "${TYPE_PREFIX}${k.inputType}").` : "");
+    const hintFor = (k) => (k ? `JSON of ${k.inputType} (proto3 JSON; the server fills in its "@type").` : "");
     const typeHint = h("span", { id: "submit-input-hint", class: "hint", text: hintFor(kindOf()) });
 
     const form = h("form", { "data-testid": "submit-form" },
@@ -1453,7 +1477,9 @@
         return fail("Input is not valid JSON: " + err.message);
       }
       if (!input || typeof input !== "object" || Array.isArray(input)) return fail("Input must be a JSON object.");
-      const body = { kind: kind.name, input: Object.assign({ "@type": TYPE_PREFIX + kind.inputType }, input) };
+      // The kind fixes the input's type: the server fills in "@type" (and puts a well-known
+      // type's JSON, a Struct's object, where it belongs).
+      const body = { kind: kind.name, input };
       if (requestId.value.trim()) body.requestId = requestId.value.trim();
       button.disabled = true;
       try {
