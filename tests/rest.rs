@@ -456,6 +456,27 @@ async fn openapi_describes_every_route() {
         assert!(schemas.contains_key(name), "dangling $ref {name}");
     }
     assert!(schemas.contains_key("google.longrunning.Operation"));
+    // Each kind gets a request of its own: its name fixed, its input of its type.
+    let sleep = &schemas["oprun.kinds.sleep.SubmitTaskRequest"];
+    assert_eq!(
+        sleep["properties"]["kind"]["enum"],
+        json!(["sleep"]),
+        "{sleep}"
+    );
+    assert_eq!(
+        sleep["properties"]["input"]["properties"]["@type"]["enum"],
+        json!(["type.googleapis.com/oprun.v1.SleepInput"]),
+        "{sleep}"
+    );
+    assert!(sleep["properties"]["input"]["properties"]["duration"].is_object());
+    let offered = &paths["/v1/tasks:submit"]["post"]["requestBody"]["content"]["application/json"]
+        ["schema"]["anyOf"];
+    assert!(
+        offered.as_array().is_some_and(|a| a.contains(
+            &json!({"$ref": "#/components/schemas/oprun.kinds.sleep.SubmitTaskRequest"})
+        )),
+        "{offered}"
+    );
     server.stop().await;
 }
 

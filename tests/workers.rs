@@ -165,7 +165,82 @@ async fn a_declared_kind_runs_in_its_worker_session() {
         .as_ref()
         .is_some_and(|d| !d.file.is_empty()));
     assert!(kinds.iter().any(|k| k.name == "sleep" && k.in_process));
+
+    // The OpenAPI document gives the declared kind's request, its input of the kind's type.
+    let doc = server.call("GET", "/openapi.json", None).await.json();
+    let schema = &doc["components"]["schemas"]["oprun.kinds.echo.SubmitTaskRequest"];
+    assert_eq!(
+        schema["properties"]["input"]["properties"]["@type"]["enum"],
+        json!(["type.googleapis.com/test.v1.Echo"]),
+        "{schema}"
+    );
+    assert!(
+        schema["properties"]["input"]["properties"]["repeat"].is_object(),
+        "{schema}"
+    );
+
+    // Reflection knows the declared kind's types (v1 and v1alpha).
+    let file = reflected_file(&server, "test.v1.Echo").await;
+    assert!(
+        file.message_type
+            .iter()
+            .any(|m| m.name.as_deref() == Some("Echo")),
+        "{file:?}"
+    );
     server.stop().await;
+}
+
+/// The file that gRPC reflection (v1, and v1alpha alike) gives for `symbol`.
+async fn reflected_file(server: &Served, symbol: &str) -> prost_types::FileDescriptorProto {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let ask = |host: &str| v1::ServerReflectionRequest {
+        host: host.to_owned(),
+        message_request: Some(
+            v1::server_reflection_request::MessageRequest::FileContainingSymbol(symbol.to_owned()),
+        ),
+    };
+    let mut client =
+        v1::server_reflection_client::ServerReflectionClient::new(server.channel().await);
+    let reply = client
+        .server_reflection_info(tokio_stream::iter([ask("")]))
+        .await
+        .expect("reflection v1")
+        .into_inner()
+        .message()
+        .await
+        .expect("a reply")
+        .expect("a reply");
+    let Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        reply.message_response
+    else {
+        panic!("{symbol}: {reply:?}");
+    };
+    let mut alpha =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(server.channel().await);
+    let alpha_reply = alpha
+        .server_reflection_info(tokio_stream::iter([v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                    symbol.to_owned(),
+                ),
+            ),
+        }]))
+        .await
+        .expect("reflection v1alpha")
+        .into_inner()
+        .message()
+        .await
+        .expect("a reply")
+        .expect("a reply");
+    assert!(
+        matches!(
+            alpha_reply.message_response,
+            Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(_))
+        ),
+        "{alpha_reply:?}"
+    );
+    prost::Message::decode(files.file_descriptor_proto[0].as_slice()).expect("a file")
 }
 
 /// A cancel reaches the worker: a cancellation with the assignment's token on its stream,

@@ -50,8 +50,9 @@ pub const SERVICES: [&str; 6] = [
 struct AppState {
     gateway: Gateway,
     runner: Runner,
-    /// Rendered once; each request shares the bytes.
-    openapi: bytes::Bytes,
+    /// The last document rendered, with the kinds it was rendered for: each request shares
+    /// the bytes until the kinds change.
+    openapi: std::sync::Arc<std::sync::Mutex<(Vec<openapi::KindInput>, bytes::Bytes)>>,
 }
 
 /// The HTTP surface as an axum router: the dashboard at `/`, `/healthz`, `/readyz`,
@@ -59,7 +60,7 @@ struct AppState {
 /// path through `gateway`; requests a browser sends from another origin, or to a host name
 /// `rules` do not answer, are refused first (see [`BrowserRules`]).
 pub fn router(runner: Runner, gateway: Gateway, rules: BrowserRules) -> Router {
-    let openapi = bytes::Bytes::from(openapi::document(&gateway).to_string());
+    let openapi = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), bytes::Bytes::new())));
     let guarded = std::sync::Arc::new(rules);
     Router::new()
         .route("/healthz", get(healthz))
@@ -110,10 +111,30 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 async fn openapi_json(State(state): State<AppState>) -> Response {
+    let kinds: Vec<openapi::KindInput> = state
+        .runner
+        .kinds(false)
+        .into_iter()
+        .map(|k| openapi::KindInput {
+            kind: k.name,
+            input_type: k.input_type,
+        })
+        .collect();
+    let document = {
+        let mut cached = state
+            .openapi
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cached.1.is_empty() || cached.0 != kinds {
+            let rendered = openapi::document(&state.gateway, &state.gateway.pool(), &kinds);
+            *cached = (kinds, bytes::Bytes::from(rendered.to_string()));
+        }
+        cached.1.clone()
+    };
     (
         StatusCode::OK,
         [(http::header::CONTENT_TYPE, "application/json")],
-        state.openapi,
+        document,
     )
         .into_response()
 }

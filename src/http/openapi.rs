@@ -1,20 +1,45 @@
 //! The OpenAPI 3 document of the gateway (`/openapi.json`), generated from the same routes
 //! and descriptors it serves: one path per HTTP rule, one schema per message, proto3 JSON
 //! types (64-bit integers as strings, `Any` with `@type`, timestamps and durations as strings).
+//! Each task kind whose input type the server knows gets a request schema of its own
+//! (`oprun.kinds.{kind}.SubmitTaskRequest`, its input that type, `@type` optional), offered
+//! beside the generic one for `POST /v1/tasks:submit`.
 
 use std::collections::BTreeMap;
 
-use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
+use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{json, Map, Value};
 
 use super::gateway::{in_query, Gateway, Route};
 
-/// The document for `gateway`.
-pub fn document(gateway: &Gateway) -> Value {
+/// The RPC whose request body gets the per-kind schemas.
+const SUBMIT_TASK: &str = "oprun.v1.TaskService.SubmitTask";
+
+/// A task kind and the full name of its input type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindInput {
+    pub kind: String,
+    pub input_type: String,
+}
+
+/// The document for `gateway`, with a request schema for each of `kinds` whose input type
+/// `pool` holds.
+pub fn document(gateway: &Gateway, pool: &DescriptorPool, kinds: &[KindInput]) -> Value {
     let mut schemas = BTreeMap::new();
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for route in gateway.routes() {
-        let (path, operation) = path_item(route, &mut schemas);
+        let (path, mut operation) = path_item(route, &mut schemas);
+        if route.rpc.full_name() == SUBMIT_TASK && route.body.as_deref() == Some("*") {
+            let per_kind = kind_requests(&route.rpc.input(), pool, kinds, &mut schemas);
+            if !per_kind.is_empty() {
+                let generic =
+                    operation["requestBody"]["content"]["application/json"]["schema"].take();
+                let mut any_of = per_kind;
+                any_of.push(generic);
+                operation["requestBody"]["content"]["application/json"]["schema"] =
+                    json!({ "anyOf": any_of });
+            }
+        }
         paths
             .entry(path)
             .or_default()
@@ -119,6 +144,89 @@ fn path_item(route: &Route, schemas: &mut BTreeMap<String, Value>) -> (String, V
         });
     }
     (path, operation)
+}
+
+/// `$ref`s to a `SubmitTaskRequest` schema per kind (added to `schemas`): `kind` fixed, `input`
+/// of the kind's input type.
+fn kind_requests(
+    request: &MessageDescriptor,
+    pool: &DescriptorPool,
+    kinds: &[KindInput],
+    schemas: &mut BTreeMap<String, Value>,
+) -> Vec<Value> {
+    // The generic request's own schema: its fields other than kind and input stay as they are.
+    let generic = message_schema(request, schemas);
+    let base = properties_of(&generic, schemas);
+    let mut out = Vec::new();
+    for k in kinds {
+        let Some(input) = pool.get_message_by_name(&k.input_type) else {
+            continue;
+        };
+        let input_schema = kind_input_schema(&input, schemas);
+        let mut properties = base.clone();
+        properties.insert(
+            "kind".to_owned(),
+            json!({"type": "string", "enum": [k.kind]}),
+        );
+        properties.insert("input".to_owned(), input_schema);
+        let name = format!("oprun.kinds.{}.SubmitTaskRequest", component_name(&k.kind));
+        schemas.insert(
+            name.clone(),
+            json!({
+                "type": "object",
+                "description": format!(
+                    "SubmitTaskRequest for kind {:?}: input is a {} (proto3 JSON; its @type may \
+                     be left out)",
+                    k.kind,
+                    input.full_name()
+                ),
+                "required": ["kind", "input"],
+                "properties": properties,
+                "additionalProperties": false
+            }),
+        );
+        out.push(json!({"$ref": format!("#/components/schemas/{name}")}));
+    }
+    out
+}
+
+/// The JSON a kind's input takes in a submission: a well-known type's own JSON (given
+/// without `@type`), or the message's fields with an optional `@type` naming it.
+fn kind_input_schema(input: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>) -> Value {
+    if let Some(wkt) = well_known(input) {
+        return wkt;
+    }
+    let reference = message_schema(input, schemas);
+    let mut properties = properties_of(&reference, schemas);
+    properties.insert(
+        "@type".to_owned(),
+        json!({"type": "string", "enum": [format!("type.googleapis.com/{}", input.full_name())]}),
+    );
+    json!({"type": "object", "properties": properties, "additionalProperties": false})
+}
+
+/// The properties of the message schema `reference` (a `$ref` into `schemas`) points at.
+fn properties_of(reference: &Value, schemas: &BTreeMap<String, Value>) -> Map<String, Value> {
+    reference["$ref"]
+        .as_str()
+        .and_then(|r| r.rsplit('/').next())
+        .and_then(|name| schemas.get(name))
+        .and_then(|s| s["properties"].as_object())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A kind's name as a piece of a component name (letters, digits, `.`, `-`, `_`).
+fn component_name(kind: &str) -> String {
+    kind.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn any_schema() -> Value {

@@ -10,6 +10,7 @@ mod grpc_metrics;
 mod http_listener;
 mod incoming;
 mod limits;
+mod reflection;
 mod routes;
 
 pub use routes::{grpc_stack, rest_router, routes, RoutesError, HEALTH_SERVICES};

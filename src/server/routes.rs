@@ -10,6 +10,7 @@ use tonic_health::ServingStatus;
 use tower::util::BoxCloneSyncService;
 use tower::Layer;
 
+use super::reflection::{ReflectionV1, ReflectionV1Alpha};
 use crate::auth::{AuthLayer, Tokens};
 use crate::http::{BrowserRules, Gateway, GrpcService, RulesError};
 use crate::scheduler::Runner;
@@ -61,8 +62,8 @@ pub enum RoutesError {
 pub fn routes(runner: &Runner) -> Result<Routes, RoutesError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(follow_health(runner.clone(), reporter));
-    let v1 = reflection().build_v1()?;
-    let v1alpha = reflection().build_v1alpha()?;
+    let v1 = ReflectionV1::new(runner.types().clone())?;
+    let v1alpha = ReflectionV1Alpha::new(runner.types().clone())?;
     let mut routes = Routes::new(OperationsApi::server(runner.clone()))
         .add_service(TaskApi::server(runner.clone()))
         .add_service(WatchApi::server(runner.clone()))
@@ -75,13 +76,6 @@ pub fn routes(runner: &Runner) -> Result<Routes, RoutesError> {
         routes = routes.add_service(snapshot);
     }
     Ok(routes)
-}
-
-/// Reflection over every proto oprun serves, health's included.
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// Keeps the health statuses in step with the runner until it shuts down.
