@@ -416,15 +416,23 @@ impl Worker {
             .unwrap_or(DEFAULT_HEARTBEAT);
         let input = assignment.input.clone().unwrap_or_default();
         let run = tokio::spawn(task.run(input, ctx));
-        let reporter = self.report(&assignment, &draft, &token, heartbeat);
+        // What the server was last told (at first, nothing: an empty report).
+        let sent = std::sync::Mutex::new(Report::default());
+        let reporter = self.report(&assignment, &draft, &sent, &token, heartbeat);
         tokio::pin!(reporter);
         let joined = tokio::select! {
             joined = run => joined,
             never = &mut reporter => match never {},
         };
-        // The last words ride in a final report.
-        self.send_report(&assignment, &draft.current(), &token)
-            .await;
+        // The last words ride in a final report, if there are any the server has not had.
+        let last = draft.current();
+        if last
+            != *sent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            self.send_report(&assignment, &last, &sent, &token).await;
+        }
         let result = match joined {
             Ok(Ok(response)) => complete_assignment_request::Result::Response(response),
             Ok(Err(e)) => complete_assignment_request::Result::Error(status_of(&e)),
@@ -443,6 +451,7 @@ impl Worker {
         &self,
         assignment: &Assignment,
         draft: &Arc<Draft>,
+        sent: &std::sync::Mutex<Report>,
         token: &CancellationToken,
         heartbeat: Duration,
     ) -> std::convert::Infallible {
@@ -458,17 +467,19 @@ impl Worker {
                 tokio::time::sleep(REPORT_EVERY).await;
             }
             let report = reports.borrow_and_update().clone();
-            self.send_report(assignment, &report, token).await;
+            self.send_report(assignment, &report, sent, token).await;
         }
     }
 
+    /// Sends `report`; once the server has it, it is what `sent` holds.
     async fn send_report(
         &self,
         assignment: &Assignment,
         report: &Report,
+        sent: &std::sync::Mutex<Report>,
         token: &CancellationToken,
     ) {
-        let sent = self
+        let answer = self
             .workers()
             .report_progress(ReportProgressRequest {
                 name: assignment.name.clone(),
@@ -478,7 +489,14 @@ impl Worker {
                 details: report.details.clone(),
             })
             .await;
-        match sent {
+        if answer.is_ok() {
+            report.clone_into(
+                &mut sent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+        }
+        match answer {
             Ok(answer) if answer.get_ref().cancel_requested => token.cancel(),
             Ok(_) => {}
             Err(e) if e.code() == Code::FailedPrecondition || e.code() == Code::NotFound => {

@@ -99,6 +99,8 @@ class Context:
         self._changed = asyncio.Event()
         self._lock = threading.Lock()
         self._report: dict[str, Any] = {}
+        # What the server was last told (at first nothing).
+        self._sent: dict[str, Any] = {}
 
     @property
     def cancelled(self) -> bool:
@@ -478,10 +480,11 @@ class Worker:
                 request.error.code = UNKNOWN
                 request.error.message = f"{type(e).__name__}: {e}"
             # The reporter stops by itself (a report it is sending goes first), then the last
-            # report and the completion.
+            # words the server has not had, and the completion.
             finished.set()
             await reporter
-            await self._send_report(stub, assignment, ctx)
+            if ctx._take() != ctx._sent:
+                await self._send_report(stub, assignment, ctx)
             await self._complete(stub, request)
         finally:
             finished.set()
@@ -554,6 +557,7 @@ class Worker:
             else:
                 log.warning("a report of %s failed: %s", assignment.name, e.details())
             return
+        ctx._sent = report
         if answer.cancel_requested:
             ctx._cancel()
 
