@@ -16,8 +16,9 @@ rm -rf -- "$VENV"
 "$PYTHON" -m venv "$VENV"
 PY="$VENV/bin/python"
 "$PY" -m pip install --quiet --disable-pip-version-check --no-input -r "$HERE/tests/requirements.txt"
-# Not editable: what `pip install ./python` gives a user.
-"$PY" -m pip install --quiet --disable-pip-version-check --no-input "$HERE"
+# Not editable: what `pip install './python[client]'` gives a user (the README's snippets
+# use the client stubs).
+"$PY" -m pip install --quiet --disable-pip-version-check --no-input "$HERE[client]"
 "$PY" "$HERE/generate.py" --check
 cd -- "$HERE"
 "$PY" -m ruff check --no-cache .

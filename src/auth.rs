@@ -146,6 +146,7 @@ pub fn required_role(grpc_path: &str) -> Option<Role> {
         | "/oprun.v1.AdminService/QueryOperations"
         | "/oprun.v1.AdminService/SummarizeOperations"
         | "/oprun.v1.AdminService/GetCaller"
+        | "/oprun.v1.AdminService/GetOperationInput"
         | "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
         | "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" => Role::Reader,
         "/oprun.v1.TaskService/SubmitTask"

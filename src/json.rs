@@ -125,8 +125,9 @@ impl JsonCodec {
 }
 
 /// What is wrong with the first `Duration` or `Timestamp` field of `value` (a message of
-/// type `desc`, at `path`) that proto3 JSON refuses, said with what it accepts.
-fn time_field_hint(
+/// type `desc`, at `path`) that proto3 JSON refuses, said with what it accepts. It looks into
+/// messages, lists and `Any`s (by their `@type`, in `desc`'s pool).
+pub(crate) fn time_field_hint(
     desc: &MessageDescriptor,
     value: &serde_json::Value,
     path: &str,
@@ -149,21 +150,28 @@ fn time_field_hint(
             other => vec![other],
         };
         for item in items {
-            let hint = match (message.full_name(), item.as_str()) {
-                ("google.protobuf.Duration", Some(text)) if !is_json_duration(text) => {
-                    Some(format!(
-                        "field {name:?}: {text:?} is not a Duration; proto3 JSON writes seconds \
-                         with an \"s\" suffix, e.g. \"90s\", \"1.5s\" or \"3600s\" for an hour"
-                    ))
-                }
-                ("google.protobuf.Timestamp", Some(text))
-                    if text.parse::<prost_types::Timestamp>().is_err() =>
+            let text = item.as_str();
+            let hint = match message.full_name() {
+                "google.protobuf.Duration" if !text.is_some_and(is_json_duration) => Some(format!(
+                    "field {name:?}: {item} is not a Duration; proto3 JSON writes seconds \
+                         with an \"s\" suffix in a string, e.g. \"90s\", \"1.5s\" or \"3600s\" \
+                         for an hour"
+                )),
+                "google.protobuf.Timestamp"
+                    if text.is_none_or(|t| t.parse::<prost_types::Timestamp>().is_err()) =>
                 {
                     Some(format!(
-                        "field {name:?}: {text:?} is not a Timestamp; proto3 JSON writes an \
-                         RFC 3339 time ending in Z, e.g. \"2026-11-22T08:00:00Z\""
+                        "field {name:?}: {item} is not a Timestamp; proto3 JSON writes an RFC \
+                         3339 time ending in Z in a string, e.g. \"2026-11-22T08:00:00Z\""
                     ))
                 }
+                "google.protobuf.Duration" | "google.protobuf.Timestamp" => None,
+                "google.protobuf.Any" => item
+                    .get("@type")
+                    .and_then(serde_json::Value::as_str)
+                    .and_then(|url| url.rsplit('/').next())
+                    .and_then(|packed| message.parent_pool().get_message_by_name(packed))
+                    .and_then(|packed| time_field_hint(&packed, item, &format!("{name}."))),
                 _ => time_field_hint(&message, item, &format!("{name}.")),
             };
             if hint.is_some() {

@@ -289,3 +289,233 @@ async fn migrate_says_what_it_did_or_why_not() {
         assert!(stderr(&out).contains(expected), "{store}: {}", stderr(&out));
     }
 }
+
+/// The `--json` form of `get NAME`.
+async fn get_json(addr: &str, name: &str) -> serde_json::Value {
+    let out = cli(&["--addr", addr, "--json", "get", name]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_str(&stdout(&out)).unwrap()
+}
+
+/// Issue 21, item 4: the command line as a newcomer expects it. Connection flags go before
+/// the subcommand too; `submit -q` prints the name alone and `--delay` is a relative
+/// not-before; `list` is newest first with `--oldest` and `--limit`; `rerun` runs a finished
+/// operation again; `cancel` of a finished operation says how it ended (exit 5); `submit`'s
+/// deadline is `--deadline-in`; `delete --help` shows deleting.
+#[tokio::test]
+async fn the_command_line_reads_as_a_newcomer_expects() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinServer::start(dir.path(), "127.0.0.1:0", &[], &[]);
+    let addr = server.addr.to_string();
+    let quick = r#"{"duration":"0.01s"}"#;
+
+    // Global flags first; -q prints the name alone.
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        let out = cli(&["--addr", &addr, "submit", "sleep", "--input", quick, "-q"]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.starts_with("operations/"), "{text}");
+        names.push(text.trim().to_owned());
+    }
+    for name in &names {
+        let out = cli(&["--addr", &addr, "wait", name]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    // Newest first by default; --oldest; --limit.
+    let listed = |args: &'static [&'static str]| {
+        let addr = addr.clone();
+        async move {
+            let mut all = vec!["list", "--addr", &addr];
+            all.extend_from_slice(args);
+            let out = cli(&all).await;
+            assert!(out.status.success(), "{}", stderr(&out));
+            stdout(&out)
+        }
+    };
+    let order = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| w.starts_with("operations/"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let newest: Vec<String> = names.iter().rev().cloned().collect();
+    assert_eq!(order(&listed(&[]).await), newest);
+    assert_eq!(order(&listed(&["--oldest"]).await), names);
+    let one = listed(&["--limit", "1"]).await;
+    assert_eq!(order(&one), newest[..1]);
+    assert!(one.contains("next page: --page-token "), "{one}");
+    let token = one
+        .lines()
+        .find_map(|l| l.strip_prefix("next page: --page-token "))
+        .unwrap()
+        .to_owned();
+    let out = cli(&[
+        "list",
+        "--addr",
+        &addr,
+        "--page-token",
+        &token,
+        "--limit",
+        "0",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(order(&stdout(&out)), newest[1..]);
+
+    // --delay: queued until five minutes from now.
+    let before = std::time::SystemTime::now();
+    let out = cli(&[
+        "--addr", &addr, "submit", "sleep", "--input", quick, "--delay", "5m", "-q",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let delayed = stdout(&out).trim().to_owned();
+    let op = get_json(&addr, &delayed).await;
+    assert_eq!(op["metadata"]["state"], "QUEUED", "{op}");
+    let due: std::time::SystemTime = humantime::parse_rfc3339(
+        op["metadata"]["nextAttemptTime"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no nextAttemptTime: {op}")),
+    )
+    .unwrap();
+    let ahead = due.duration_since(before).unwrap().as_secs();
+    assert!((295..=305).contains(&ahead), "due {ahead} s from now");
+    let both = cli(&[
+        "submit",
+        "sleep",
+        "--delay",
+        "5m",
+        "--not-before",
+        "2026-11-22T08:00:00Z",
+        "--addr",
+        &addr,
+    ])
+    .await;
+    assert_eq!(both.status.code(), Some(2), "{}", stderr(&both));
+
+    // cancel: of a finished operation, how it ended and exit 5; of a queued one, done.
+    let out = cli(&["--addr", &addr, "cancel", &names[0]]).await;
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("{} was already done: SUCCEEDED", names[0])),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli(&["--addr", &addr, "cancel", &delayed]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let op = get_json(&addr, &delayed).await;
+    assert_eq!(op["metadata"]["state"], "CANCELLED", "{op}");
+
+    // rerun: a new operation of the same kind and input.
+    let out = cli(&["--addr", &addr, "rerun", &names[0], "-q"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again = stdout(&out).trim().to_owned();
+    assert!(
+        again.starts_with("operations/") && again != names[0],
+        "{again}"
+    );
+    let out = cli(&["--addr", &addr, "wait", &again]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(get_json(&addr, &again).await["metadata"]["kind"], "sleep");
+    let out = cli(&["--addr", &addr, "rerun", "operations/nope"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+
+    // submit's deadline is --deadline-in (--timeout still reads the same), and the help says
+    // it is not a wait.
+    for flag in ["--deadline-in", "--timeout"] {
+        let out = cli(&[
+            "--addr", &addr, "submit", "sleep", "--input", quick, flag, "1m", "-q",
+        ])
+        .await;
+        assert!(out.status.success(), "{flag}: {}", stderr(&out));
+        let op = get_json(&addr, stdout(&out).trim()).await;
+        assert!(op["metadata"]["deadline"].is_string(), "{flag}: {op}");
+    }
+    let help = stdout(&cli(&["submit", "--help"]).await);
+    assert!(help.contains("--deadline-in"), "{help}");
+    assert!(help.contains("oprun wait --timeout"), "{help}");
+    let help = stdout(&cli(&["delete", "--help"]).await);
+    assert!(
+        help.contains("oprun delete --filter 'state = CANCELLED'"),
+        "{help}"
+    );
+}
+
+/// `oprun nodes --json`'s nodes.
+async fn nodes_json(addr: &str) -> Vec<serde_json::Value> {
+    let out = cli(&["--addr", addr, "--json", "nodes"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    v["nodes"].as_array().cloned().unwrap_or_default()
+}
+
+/// Issue 21, item 5: the node of an embedded store keeps its id across restarts (kept in the
+/// data directory), shows that it holds the store instead of a lease that looks expired, and
+/// the nodes of earlier runs are not listed (on main: a new random id per start, the live
+/// node's lease "expired 36 s ago", and a dead node from the run before with a lease of 1970).
+#[tokio::test]
+async fn an_embedded_node_keeps_its_name_and_holds_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinServer::start_with(dir.path(), "127.0.0.1:0", &[], &[]);
+    let addr = server.addr.to_string();
+    let nodes = nodes_json(&addr).await;
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    let id = nodes[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(nodes[0]["live"], true, "{nodes:?}");
+    assert_eq!(nodes[0]["holdsStore"], true, "{nodes:?}");
+    assert!(nodes[0].get("leaseExpireTime").is_none(), "{nodes:?}");
+
+    // Killed while it runs an operation.
+    let out = cli(&[
+        "--addr",
+        &addr,
+        "submit",
+        "-q",
+        "sleep",
+        "--input",
+        r#"{"duration":"3600s"}"#,
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let op = stdout(&out).trim().to_owned();
+    let running = async {
+        loop {
+            if get_json(&addr, &op).await["metadata"]["state"] == "RUNNING" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), running)
+        .await
+        .expect("RUNNING within 10 s");
+    drop(server); // SIGKILL
+
+    let server = BinServer::start_with(dir.path(), "127.0.0.1:0", &[], &[]);
+    let addr = server.addr.to_string();
+    let nodes = nodes_json(&addr).await;
+    assert_eq!(nodes.len(), 1, "only this run's node: {nodes:?}");
+    assert_eq!(nodes[0]["id"], id.as_str(), "the same id after a restart");
+    assert_eq!(nodes[0]["holdsStore"], true, "{nodes:?}");
+    // The operation it held was taken over, and runs under the same name.
+    let again = async {
+        loop {
+            let got = get_json(&addr, &op).await;
+            if got["metadata"]["state"] == "RUNNING" && got["metadata"]["attempt"] == 2 {
+                break got;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), again)
+        .await
+        .expect("running again within 10 s");
+    assert_eq!(got["metadata"]["node"], id.as_str(), "{got}");
+    let table = stdout(&cli(&["--addr", &addr, "nodes"]).await);
+    assert!(table.contains("holds the store"), "{table}");
+    assert!(!table.contains("1970"), "{table}");
+}

@@ -615,3 +615,39 @@ async fn a_crash_loop_across_the_cluster_loses_nothing() {
         all_runs.len()
     );
 }
+
+/// Issue 21, item 7: a node on PostgreSQL keeps nothing on local disk: it makes no
+/// `./oprun-data` and does not log a data directory, and its log has no PostgreSQL NOTICE
+/// ("relation oprun_schema already exists") when the schema is there already.
+#[tokio::test]
+async fn a_postgres_node_makes_no_data_directory_and_logs_no_notices() {
+    let db = TestDatabase::create("cluster_no_data_dir").await;
+    let url = db.url();
+    // The second start finds the schema made by the first.
+    for start in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        let mut cmd = oprun();
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--store", &url])
+            .current_dir(dir.path());
+        let (mut child, _) = common::binary::spawn_serve(cmd, &log);
+        let pid = child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "start {start}: {status}");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !dir.path().join("oprun-data").exists(),
+            "start {start} made ./oprun-data:\n{text}"
+        );
+        assert!(!text.contains("data_dir"), "start {start}:\n{text}");
+        assert!(!text.contains("NOTICE"), "start {start}:\n{text}");
+        assert!(text.contains("listening"), "start {start}:\n{text}");
+    }
+}

@@ -169,38 +169,12 @@ fn free_port() -> u16 {
 }
 
 /// Runs the README block whose marker starts with `marker` as a bash script in a fresh
-/// directory, with the built `oprun` on `PATH`, its servers on free ports (`127.0.0.1:8080`
-/// in the text stands for the HTTP one); fails unless it succeeds and prints each of
-/// `expected`. Returns the directory.
+/// directory, with the built `oprun` on `PATH` and its server on a free port (which
+/// `127.0.0.1:50051` in the text stands for); fails unless it succeeds, prints each of
+/// `expected`, and keeps the server's log out of its output. Returns the directory.
 fn run_block(marker: &str, expected: &[&str]) -> tempfile::TempDir {
-    let block = blocks()
-        .into_iter()
-        .find(|b| b.marker.starts_with(marker))
-        .unwrap_or_else(|| panic!("no {marker} block"));
     let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_oprun"), bin.join("oprun")).unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let (port, http) = (free_port(), free_port());
-    let text = block
-        .text
-        .replace("127.0.0.1:8080", &format!("127.0.0.1:{http}"));
-    let mut cmd = Command::new("bash");
-    cmd.args(["-euo", "pipefail", "-c", &text])
-        .current_dir(dir.path())
-        .env("PATH", path)
-        .env("OPRUN_LISTEN", format!("127.0.0.1:{port}"))
-        .env("OPRUN_ADDR", format!("127.0.0.1:{port}"))
-        .env("OPRUN_HTTP_LISTEN", format!("127.0.0.1:{http}"))
-        .env("NO_COLOR", "1")
-        .env_remove("OPRUN_DATA_DIR")
-        .env_remove("OPRUN_STORE");
-    let out = cmd.output().unwrap();
+    let out = run_block_on(marker, free_port(), dir.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -214,7 +188,79 @@ fn run_block(marker: &str, expected: &[&str]) -> tempfile::TempDir {
             "{expected:?} missing from:\n{stdout}"
         );
     }
+    // Issue 21, item 2: the server's log is in its file, not between the block's lines.
+    for (what, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+        assert!(
+            !text.contains(" INFO "),
+            "server log lines in the block's {what}:\n{text}"
+        );
+    }
+    let log = std::fs::read_to_string(dir.path().join("oprun.log")).unwrap_or_default();
+    assert!(log.contains(" INFO "), "no log in oprun.log: {log:?}");
     dir
+}
+
+/// Runs the README block `marker` in `dir` with its server on `port` and returns how it
+/// ended.
+fn run_block_on(marker: &str, port: u16, dir: &Path) -> std::process::Output {
+    let block = blocks()
+        .into_iter()
+        .find(|b| b.marker.starts_with(marker))
+        .unwrap_or_else(|| panic!("no {marker} block"));
+    let bin = dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_oprun"), bin.join("oprun")).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let text = block
+        .text
+        .replace("127.0.0.1:50051", &format!("127.0.0.1:{port}"));
+    let mut cmd = Command::new("bash");
+    cmd.args(["-euo", "pipefail", "-c", &text])
+        .current_dir(dir)
+        .env("PATH", path)
+        .env("OPRUN_LISTEN", format!("127.0.0.1:{port}"))
+        .env("OPRUN_ADDR", format!("127.0.0.1:{port}"))
+        .env("NO_COLOR", "1")
+        .env_remove("OPRUN_HTTP_LISTEN")
+        .env_remove("OPRUN_LOG_FILE")
+        .env_remove("OPRUN_DATA_DIR")
+        .env_remove("OPRUN_STORE");
+    cmd.output().unwrap()
+}
+
+/// Issue 21, item 2: when the server cannot start (its port is another program's), the tours
+/// give up at once with the server's own message instead of waiting forever.
+#[test]
+fn the_tours_give_up_when_the_server_cannot_start() {
+    for marker in ["run", "http"] {
+        // Another program owns the port: it accepts and hangs up.
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = other.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in other.incoming() {
+                drop(conn);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = dir.path().to_owned();
+        std::thread::spawn(move || {
+            let _ = tx.send(run_block_on(marker, port, &path));
+        });
+        let out = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("the {marker} block still waits after 30 s"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "the {marker} block succeeded");
+        assert!(
+            stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+            "the server's message is not in the {marker} block's stderr:\n{stderr}"
+        );
+    }
 }
 
 /// The tour runs as written, every command succeeding.

@@ -1400,3 +1400,65 @@ async fn other_origins_and_host_names_are_refused() {
     }
     server.stop().await;
 }
+
+/// Issue 21, item 6: a bad Duration or Timestamp in a REST body names its field (inside the
+/// input too, with or without its `@type`) and says what proto3 JSON accepts (serde's "failed
+/// to parse duration" said neither); and an operation's input reads back as its kind's message.
+#[tokio::test]
+async fn bad_times_name_their_field_and_inputs_read_back() {
+    let server = RestServer::start(None).await;
+    let duration_hint = r#"e.g. "90s", "1.5s" or "3600s""#;
+    let time_hint = r#"e.g. "2026-11-22T08:00:00Z""#;
+    for (body, field, hint) in [
+        (
+            json!({"kind": "sleep", "input": {
+                "@type": "type.googleapis.com/oprun.v1.SleepInput", "duration": "1h"}}),
+            r#"field "input.duration": "1h" is not a Duration"#,
+            duration_hint,
+        ),
+        (
+            json!({"kind": "sleep", "input": {"duration": "1h"}}),
+            r#"field "input.duration": "1h" is not a Duration"#,
+            duration_hint,
+        ),
+        (
+            json!({"kind": "sleep", "timeout": 5, "input": {}}),
+            r#"field "timeout": 5 is not a Duration"#,
+            duration_hint,
+        ),
+        (
+            json!({"kind": "sleep", "notBefore": "tomorrow", "input": {}}),
+            r#"field "notBefore": "tomorrow" is not a Timestamp"#,
+            time_hint,
+        ),
+    ] {
+        let reply = server
+            .call("POST", "/v1/tasks:submit", Some(&body.to_string()))
+            .await;
+        let error = assert_error(&reply, 400, "INVALID_ARGUMENT");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "{body}: {message}");
+        assert!(message.contains(hint), "{body}: {message}");
+    }
+
+    let submitted = server
+        .call("POST", "/v1/tasks:submit", Some(&sleep_body("0.02s", 2)))
+        .await;
+    assert_eq!(submitted.status, 200, "{}", submitted.body);
+    let name = submitted.json()["name"].as_str().unwrap().to_owned();
+    let input = server.call("GET", &format!("/v1/{name}:input"), None).await;
+    assert_eq!(input.status, 200, "{}", input.body);
+    assert_eq!(
+        input.json(),
+        json!({"@type": "type.googleapis.com/oprun.v1.SleepInput", "duration": "0.020s", "steps": 2})
+    );
+    let missing = server
+        .call(
+            "GET",
+            "/v1/operations/0190c5a00000700080000000000000ff:input",
+            None,
+        )
+        .await;
+    assert_error(&missing, 404, "NOT_FOUND");
+    server.stop().await;
+}

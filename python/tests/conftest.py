@@ -48,7 +48,7 @@ GENERATED = _GENERATED
 
 
 class Server:
-    """`oprun serve` as a child process."""
+    """`oprun serve` as a child process (gRPC and HTTP on its one port)."""
 
     def __init__(self, extra: list[str] | None = None, data_dir: str | None = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="oprun-sdk-server-")
@@ -57,8 +57,6 @@ class Server:
             BIN,
             "serve",
             "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
             "127.0.0.1:0",
             "--data-dir",
             data_dir or os.path.join(self.dir, "data"),

@@ -10,27 +10,34 @@ use super::read_file;
 use crate::client::{Client, ClientError};
 use crate::json::JsonCodec;
 
-/// The flags every client subcommand takes.
+/// The flags every client subcommand takes, before or after its name (`oprun --addr X list`
+/// and `oprun list --addr X` alike).
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Connection (client commands and workers)")]
 pub(super) struct ClientArgs {
     /// Server address, e.g. 127.0.0.1:50051 (plaintext) or https://host:50051 (TLS, needs
     /// --ca-cert).
-    #[arg(long, env = "OPRUN_ADDR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "OPRUN_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub addr: String,
     /// Bearer token sent as `authorization: Bearer <token>` on every call.
-    #[arg(long, env = "OPRUN_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    #[arg(long, global = true, env = "OPRUN_TOKEN", hide_env_values = true, value_parser = parse_secret)]
     token: Option<Secret>,
     /// PEM certificate(s) of the CA that signed the server's certificate (for https://).
-    #[arg(long, env = "OPRUN_CA_CERT")]
+    #[arg(long, global = true, env = "OPRUN_CA_CERT")]
     ca_cert: Option<PathBuf>,
     /// PEM client certificate for mutual TLS (with --client-key).
-    #[arg(long, env = "OPRUN_CLIENT_CERT")]
+    #[arg(long, global = true, env = "OPRUN_CLIENT_CERT")]
     client_cert: Option<PathBuf>,
     /// PEM private key of --client-cert.
-    #[arg(long, env = "OPRUN_CLIENT_KEY")]
+    #[arg(long, global = true, env = "OPRUN_CLIENT_KEY")]
     client_key: Option<PathBuf>,
     /// Print proto3 JSON instead of human output.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
 }
 

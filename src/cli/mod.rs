@@ -7,7 +7,7 @@
 //! Every subcommand exits with one of these ([`EXIT_CODES`]):
 //! 0 it succeeded; 1 it failed (one line on stderr says why); 2 the command line was wrong;
 //! 3 the operation it waited for (`wait`, `watch`) ended with an error; 4 `wait` timed out
-//! before the operation was done.
+//! before the operation was done; 5 `cancel` found the operation already done.
 
 mod client;
 mod serve;
@@ -23,12 +23,13 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::auth::Role;
-use crate::proto::google::longrunning::operations_client::OperationsClient;
-use crate::proto::google::longrunning::ListOperationsRequest;
+use crate::proto::google::longrunning::{ListOperationsResponse, Operation};
+use crate::proto::oprun::v1::admin_service_client::AdminServiceClient;
 use crate::proto::oprun::v1::snapshot_service_client::SnapshotServiceClient;
 use crate::proto::oprun::v1::task_service_client::TaskServiceClient;
 use crate::proto::oprun::v1::{
-    CreateSnapshotRequest, ListNodesRequest, ListTaskKindsRequest, SubmitTaskRequest,
+    CreateSnapshotRequest, ListNodesRequest, ListTaskKindsRequest, QueryOperationsRequest,
+    RerunOperationRequest, SubmitTaskRequest,
 };
 use crate::task::Registry;
 use client::{codec, connect, full_name, status_line, ClientArgs};
@@ -36,12 +37,13 @@ use client::{codec, connect, full_name, status_line, ClientArgs};
 pub use serve::{ServeArgs, StoreKind, SyncMode};
 
 /// The exit codes of every subcommand, as documented: (code, meaning).
-pub const EXIT_CODES: [(u8, &str); 5] = [
+pub const EXIT_CODES: [(u8, &str); 6] = [
     (0, "succeeded"),
     (1, "the command failed"),
     (2, "the command line was wrong (usage)"),
     (3, "the operation ended with an error"),
     (4, "a wait timed out before the operation was done"),
+    (5, "cancel: the operation was already done"),
 ];
 
 /// Why a subcommand did not succeed: a one-line message and the exit code it calls for.
@@ -60,6 +62,11 @@ impl Failure {
     /// The operation was not done when the wait ended (exit code 4).
     fn timed_out(message: String) -> Self {
         Self { code: 4, message }
+    }
+
+    /// The operation to cancel was already done (exit code 5).
+    fn already_done(message: String) -> Self {
+        Self { code: 5, message }
     }
 }
 
@@ -89,6 +96,9 @@ fn parse_rfc3339(s: &str) -> Result<prost_types::Timestamp, String> {
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How client commands (and workers) reach the server: before or after the subcommand.
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -106,14 +116,19 @@ enum Command {
         /// AIP-155 idempotency key: repeating it returns the same operation.
         #[arg(long, default_value = "")]
         request_id: String,
-        /// End the operation DEADLINE_EXCEEDED if not done this long after submission, e.g. `5m`.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        timeout: Option<Duration>,
+        /// The operation's own deadline: it ends DEADLINE_EXCEEDED if not done this long after
+        /// submission, e.g. `5m` (this command does not wait: see `oprun wait --timeout`).
+        #[arg(long = "deadline-in", alias = "timeout", value_parser = humantime::parse_duration)]
+        deadline_in: Option<Duration>,
         /// Keep the operation queued until this time (RFC 3339, e.g. 2026-11-22T08:00:00Z).
-        #[arg(long, value_parser = parse_rfc3339)]
+        #[arg(long, value_parser = parse_rfc3339, conflicts_with = "delay")]
         not_before: Option<prost_types::Timestamp>,
-        #[command(flatten)]
-        client: ClientArgs,
+        /// Keep the operation queued this long from now, e.g. `5m` (a relative --not-before).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        delay: Option<Duration>,
+        /// Print the new operation's name alone (for scripts: `op=$(oprun submit -q …)`).
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Snapshot a directory on the server into a .tar.zst file (the `snapshot` kind).
     Snapshot {
@@ -124,29 +139,41 @@ enum Command {
         /// AIP-155 idempotency key.
         #[arg(long, default_value = "")]
         request_id: String,
-        #[command(flatten)]
-        client: ClientArgs,
+        /// Print the new operation's name alone.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Run a finished operation again: a new operation with its kind, input and deadline (the
+    /// finished one is left as it is).
+    Rerun {
+        /// `operations/{id}` or the bare id.
+        name: String,
+        /// AIP-155 idempotency key of the new operation.
+        #[arg(long, default_value = "")]
+        request_id: String,
+        /// Print the new operation's name alone.
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Show an operation.
     Get {
         /// `operations/{id}` or the bare id.
         name: String,
-        #[command(flatten)]
-        client: ClientArgs,
     },
-    /// List operations.
+    /// List operations, newest first.
     List {
         /// An AIP-160 filter, e.g. 'kind = "sleep" AND done = false'.
         #[arg(long, default_value = "")]
         filter: String,
-        /// Page size (0: server default).
-        #[arg(long, default_value_t = 0)]
-        page_size: i32,
-        /// Continue from a previous page.
+        /// Oldest first instead.
+        #[arg(long)]
+        oldest: bool,
+        /// At most this many (0: all of them, page after page).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Continue from the `next page: --page-token …` a previous list printed.
         #[arg(long, default_value = "")]
         page_token: String,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Wait until an operation is done (or the timeout passes) and show it. Exit code 3 when
     /// it ended with an error, 4 when it is not done when the timeout passes.
@@ -156,51 +183,42 @@ enum Command {
         /// Longest wait, e.g. `30s` or `2h` (default: until it is done).
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Follow an operation until it is done: a live bar on a terminal, one line per change
     /// otherwise. Exit code 3 when it ended with an error.
     Watch {
         /// `operations/{id}` or the bare id.
         name: String,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Request cancellation of an operation, or (`--filter`) of every operation matching a
-    /// filter: a batch the server runs as an operation of its own, followed until done.
+    /// filter: a batch the server runs as an operation of its own, followed until done. Exit
+    /// code 5 when the operation was already done.
     Cancel {
         /// `operations/{id}` or the bare id.
         #[arg(required_unless_present = "filter", conflicts_with = "filter")]
         name: Option<String>,
         #[command(flatten)]
         batch: BatchArgs,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Delete a finished operation, or (`--filter`) every finished operation matching a
     /// filter: a batch the server runs as an operation of its own, followed until done.
+    #[command(after_help = "Examples:\n  \
+        oprun delete operations/01936c1e-8f3a-7b21-9c4d-2e5f6a7b8c9d\n  \
+        oprun delete --filter 'state = CANCELLED'\n  \
+        oprun delete --filter 'kind = \"export\" AND update_time < \"2026-11-01T00:00:00Z\"'")]
     Delete {
         /// `operations/{id}` or the bare id.
         #[arg(required_unless_present = "filter", conflicts_with = "filter")]
         name: Option<String>,
         #[command(flatten)]
         batch: BatchArgs,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// List the task kinds: each one's types, where it runs (in the server's process, or in
     /// which worker sessions) and how many operations of it wait.
-    Kinds {
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Kinds,
     /// List the nodes on the server's store: each one's lease and how many operations it
     /// runs (one node on the embedded store; every node on a shared PostgreSQL store).
-    Nodes {
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Nodes,
     /// Run work in a worker process of its own (connected to a server).
     #[command(subcommand)]
     Worker(WorkerCommand),
@@ -272,7 +290,15 @@ pub fn main(register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), Strin
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    init_tracing(if serving { "info" } else { "warn" });
+    let log_file = match &cli.command {
+        Command::Serve(args) => args.log_file.clone(),
+        Command::Worker(WorkerCommand::Exec(args)) => args.log_file.clone(),
+        _ => None,
+    };
+    if let Err(e) = init_tracing(if serving { "info" } else { "warn" }, log_file.as_deref()) {
+        eprintln!("oprun: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -286,55 +312,82 @@ pub fn main(register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), Strin
     match runtime.block_on(run(cli, register)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure { code, message }) => {
+            if log_file.is_some() {
+                tracing::error!("{message}");
+            }
             eprintln!("oprun: {message}");
             ExitCode::from(code)
         }
     }
 }
 
-fn init_tracing(default: &str) {
+/// Logs to stderr, or appended to `file`, at `default` unless `OPRUN_LOG` or `RUST_LOG` say.
+fn init_tracing(default: &str, file: Option<&Path>) -> Result<(), String> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = EnvFilter::try_from_env("OPRUN_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(default));
-    // Colours only for a person at a terminal, not in a file or a journal.
+    let (writer, ansi) = match file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("--log-file {}: {e}", path.display()))?;
+            (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
+        }
+        // Colours only for a person at a terminal, not in a file or a journal.
+        None => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ),
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_writer(writer)
         .try_init();
+    Ok(())
 }
 
 async fn run(
     cli: Cli,
     register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), String>,
 ) -> CliResult {
-    match cli.command {
+    let Cli { command, client } = cli;
+    match command {
         Command::Serve(args) => serve::serve(*args, register).await,
         Command::Submit {
             kind,
             input,
             request_id,
-            timeout,
+            deadline_in,
             not_before,
-            client,
+            delay,
+            quiet,
         } => {
+            let not_before = match delay {
+                Some(delay) => Some(in_from_now(delay).map_err(|e| format!("--delay: {e}"))?),
+                None => not_before,
+            };
             let request = SubmitTaskRequest {
                 kind,
                 request_id,
-                timeout: timeout
+                timeout: deadline_in
                     .map(prost_types::Duration::try_from)
                     .transpose()
-                    .map_err(|e| format!("--timeout: {e}"))?,
+                    .map_err(|e| format!("--deadline-in: {e}"))?,
                 not_before,
                 input: None,
             };
-            submit(&client, request, &input).await
+            let op = submit(&client, request, &input).await?;
+            show_new(&client, &op, quiet)
         }
         Command::Snapshot {
             source_dir,
             destination,
             request_id,
-            client,
+            quiet,
         } => {
             let mut c = SnapshotServiceClient::new(connect(&client).await?);
             let op = c
@@ -346,9 +399,24 @@ async fn run(
                 .await
                 .map_err(status_line)?
                 .into_inner();
-            show::print_operation(&client, &op)
+            show_new(&client, &op, quiet)
         }
-        Command::Get { name, client } => {
+        Command::Rerun {
+            name,
+            request_id,
+            quiet,
+        } => {
+            let op = AdminServiceClient::new(connect(&client).await?)
+                .rerun_operation(RerunOperationRequest {
+                    name: full_name(&name),
+                    request_id,
+                })
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            show_new(&client, &op, quiet)
+        }
+        Command::Get { name } => {
             let op = client::client(&client)
                 .await?
                 .operation::<()>(full_name(&name))
@@ -359,62 +427,21 @@ async fn run(
         }
         Command::List {
             filter,
-            page_size,
+            oldest,
+            limit,
             page_token,
-            client,
-        } => {
-            let mut c = OperationsClient::new(connect(&client).await?);
-            let resp = c
-                .list_operations(ListOperationsRequest {
-                    name: "operations".into(),
-                    filter,
-                    page_size,
-                    page_token,
-                    return_partial_success: false,
-                })
-                .await
-                .map_err(status_line)?
-                .into_inner();
-            show::print_list(&client, &resp)
-        }
-        Command::Wait {
-            name,
-            timeout,
-            client,
-        } => wait(&client, &full_name(&name), timeout).await,
-        Command::Watch { name, client } => show::watch(&client, &full_name(&name)).await,
+        } => list(&client, filter, oldest, limit, page_token).await,
+        Command::Wait { name, timeout } => wait(&client, &full_name(&name), timeout).await,
+        Command::Watch { name } => show::watch(&client, &full_name(&name)).await,
         Command::Store(StoreCommand::Check { data_dir }) => store::check(&data_dir),
         Command::Migrate { store } => store::migrate(&store).await,
+        Command::Cancel { name: None, batch } => follow_batch(&client, batch, false).await,
+        Command::Delete { name: None, batch } => follow_batch(&client, batch, true).await,
         Command::Cancel {
-            name: None,
-            batch,
-            client,
-        } => follow_batch(&client, batch, false).await,
+            name: Some(name), ..
+        } => cancel(&client, &full_name(&name)).await,
         Command::Delete {
-            name: None,
-            batch,
-            client,
-        } => follow_batch(&client, batch, true).await,
-        Command::Cancel {
-            name: Some(name),
-            client,
-            ..
-        } => {
-            client::client(&client)
-                .await?
-                .operation::<()>(full_name(&name))
-                .cancel()
-                .await
-                .map_err(|e| e.to_string())?;
-            if !client.json {
-                println!("cancellation requested for {}", full_name(&name));
-            }
-            Ok(())
-        }
-        Command::Delete {
-            name: Some(name),
-            client,
-            ..
+            name: Some(name), ..
         } => {
             client::client(&client)
                 .await?
@@ -439,7 +466,7 @@ async fn run(
             );
             Ok(())
         }
-        Command::Kinds { client } => {
+        Command::Kinds => {
             let mut c = TaskServiceClient::new(connect(&client).await?);
             let resp = c
                 .list_task_kinds(ListTaskKindsRequest::default())
@@ -448,8 +475,8 @@ async fn run(
                 .into_inner();
             show::print_kinds(&client, &resp)
         }
-        Command::Worker(WorkerCommand::Exec(args)) => worker::exec(args).await,
-        Command::Nodes { client } => {
+        Command::Worker(WorkerCommand::Exec(args)) => worker::exec(args, &client).await,
+        Command::Nodes => {
             let mut c = TaskServiceClient::new(connect(&client).await?);
             let resp = c
                 .list_nodes(ListNodesRequest {})
@@ -461,9 +488,98 @@ async fn run(
     }
 }
 
-/// Submits `request` with `input` (proto3 JSON of the kind's input type) and shows the new
-/// operation.
-async fn submit(client: &ClientArgs, mut request: SubmitTaskRequest, input: &str) -> CliResult {
+/// The time `delay` from now, as a `not_before`.
+fn in_from_now(delay: Duration) -> Result<prost_types::Timestamp, String> {
+    std::time::SystemTime::now()
+        .checked_add(delay)
+        .map(prost_types::Timestamp::from)
+        .ok_or_else(|| {
+            format!(
+                "{} from now is past the end of time",
+                humantime::format_duration(delay)
+            )
+        })
+}
+
+/// Shows a new operation: its name alone when `quiet`, else as `get` does.
+fn show_new(client: &ClientArgs, op: &Operation, quiet: bool) -> CliResult {
+    if quiet && !client.json {
+        println!("{}", op.name);
+        return Ok(());
+    }
+    show::print_operation(client, op)
+}
+
+/// Lists up to `limit` operations (0: all), newest first unless `oldest`, a page at a time.
+async fn list(
+    client: &ClientArgs,
+    filter: String,
+    oldest: bool,
+    limit: u32,
+    mut page_token: String,
+) -> CliResult {
+    /// The most one request asks for (the server's own cap).
+    const PAGE: u32 = 1000;
+    let mut admin = AdminServiceClient::new(connect(client).await?);
+    let mut all = ListOperationsResponse::default();
+    loop {
+        let want = match limit {
+            0 => PAGE,
+            n => (n - all.operations.len() as u32).min(PAGE),
+        };
+        let page = admin
+            .query_operations(QueryOperationsRequest {
+                filter: filter.clone(),
+                page_size: want as i32,
+                page_token,
+                order_by: if oldest {
+                    "create_time"
+                } else {
+                    "create_time desc"
+                }
+                .into(),
+            })
+            .await
+            .map_err(status_line)?
+            .into_inner();
+        all.operations.extend(page.operations);
+        page_token = page.next_page_token;
+        let full = limit != 0 && all.operations.len() as u32 >= limit;
+        if page_token.is_empty() || full {
+            all.next_page_token = page_token;
+            break;
+        }
+    }
+    show::print_list(client, &all)
+}
+
+/// Requests cancellation of `name`, unless it is already done: then says how it ended (exit
+/// code 5).
+async fn cancel(client: &ClientArgs, name: &str) -> CliResult {
+    let handle = client::client(client).await?.operation::<()>(name);
+    let op = handle.get().await.map_err(|e| e.to_string())?;
+    if op.done {
+        if client.json {
+            show::print_operation(client, &op)?;
+        }
+        return Err(Failure::already_done(format!(
+            "{name} was already done: {}; nothing to cancel",
+            show::ending(&op)
+        )));
+    }
+    handle.cancel().await.map_err(|e| e.to_string())?;
+    if !client.json {
+        println!("cancellation requested for {name}");
+    }
+    Ok(())
+}
+
+/// Submits `request` with `input` (proto3 JSON of the kind's input type).
+async fn submit(
+    client: &ClientArgs,
+    mut request: SubmitTaskRequest,
+    input: &str,
+) -> Result<Operation, Failure> {
     let kind = request.kind.clone();
     let channel = connect(client).await?;
     let kinds = TaskServiceClient::new(channel.clone())
@@ -490,7 +606,7 @@ async fn submit(client: &ClientArgs, mut request: SubmitTaskRequest, input: &str
         .await
         .map_err(status_line)?
         .into_inner();
-    show::print_operation(client, &op)
+    Ok(op)
 }
 
 /// Waits until the operation is done, calling WaitOperation again whenever the server's own

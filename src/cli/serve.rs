@@ -1,6 +1,6 @@
 //! `oprun serve`: its flags, and running the server until SIGINT or SIGTERM.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,13 +68,18 @@ pub enum SyncMode {
 /// `oprun serve` settings. Every flag also reads an `OPRUN_*` environment variable.
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Address to listen on (port 0 picks a free port).
+    /// Address to listen on: gRPC, REST/JSON, server-sent events, the dashboard, /metrics,
+    /// /healthz, /readyz and /openapi.json, all on this one port (port 0 picks a free port).
     #[arg(long, env = "OPRUN_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: String,
-    /// Address of the HTTP listener: REST/JSON, /openapi.json, /healthz, /readyz and
-    /// /metrics (port 0 picks a free port; `off` serves no HTTP).
-    #[arg(long, env = "OPRUN_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    /// A second address serving the same as --listen (for a separate HTTP port, e.g. one a
+    /// proxy or a firewall treats apart; port 0 picks a free port). Default: none.
+    #[arg(long, env = "OPRUN_HTTP_LISTEN", default_value = "")]
     pub http_listen: String,
+    /// Append the log to this file instead of writing it to stderr (an error that stops the
+    /// server at start is written to stderr as well).
+    #[arg(long, env = "OPRUN_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
     /// Another origin whose web pages may call the HTTP listener from a browser
     /// (`https://app.example.com`; repeatable). Without it, only the server's own pages (the
     /// dashboard) may: a page on another site is refused.
@@ -107,7 +112,9 @@ pub struct ServeArgs {
     /// also keeps its own --max-running). Per-kind limits hold over all nodes there anyway.
     #[arg(long, env = "OPRUN_CLUSTER_MAX_RUNNING")]
     pub cluster_max_running: Option<usize>,
-    /// This node's name in a shared store (default: the host name and a short random suffix).
+    /// This node's name, as operations' `node` shows it (default: the host name and a short
+    /// random suffix, kept in the data directory for the embedded store so that it stays the
+    /// same across restarts; a fresh one per start on a shared store).
     #[arg(long, env = "OPRUN_NODE_ID")]
     pub node_id: Option<String>,
     /// How long this node's hold on what it runs lasts without a renewal (renewed every third
@@ -386,9 +393,11 @@ impl ServeArgs {
         Ok(())
     }
 
-    /// The HTTP listener's address, `None` for `--http-listen off`.
+    /// The second listener's address, `None` when there is none (`--http-listen` empty or
+    /// `off`).
     pub fn http_addr(&self) -> Option<&str> {
-        (!self.http_listen.eq_ignore_ascii_case("off")).then_some(self.http_listen.as_str())
+        let addr = self.http_listen.trim();
+        (!addr.is_empty() && !addr.eq_ignore_ascii_case("off")).then_some(addr)
     }
 }
 
@@ -443,6 +452,33 @@ fn parse_kind_limit(s: &str) -> Result<(String, usize), String> {
     Ok((kind.to_owned(), n))
 }
 
+/// The file in the data directory that keeps the embedded store's node id.
+const NODE_ID_FILE: &str = "node-id";
+
+/// The node id kept in `data_dir` (made, and kept there, at the first start): the node of an
+/// embedded store keeps its name across restarts, so operations' `node` and the Nodes list
+/// name one node.
+fn stored_node_id(data_dir: &Path) -> Result<String, String> {
+    let path = data_dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            if !id.is_empty() && id.len() <= 255 && !id.contains(char::is_control) {
+                return Ok(id.to_owned());
+            }
+            tracing::warn!(path = %path.display(), "the stored node id is not usable; making a new one");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    }
+    let id = crate::scheduler::default_node();
+    let partial = data_dir.join(format!("{NODE_ID_FILE}.partial"));
+    std::fs::write(&partial, format!("{id}\n"))
+        .and_then(|()| std::fs::rename(&partial, &path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(id)
+}
+
 /// Makes glibc give large freed blocks back to the system. By default it raises its mmap
 /// threshold after each large block freed (up to 32 MiB), so that later large blocks (an
 /// operation with a 900 KB message, read by many streams) come from its heap and stay there:
@@ -495,7 +531,12 @@ pub(super) async fn serve(
             .map_err(|e| format!("cannot open the store in {}: {e}", args.data_dir.display()))?,
         ),
     };
-    let runner = Runner::start(registry, store, args.runner_config())
+    let mut config = args.runner_config();
+    if args.node_id.is_none() && matches!(args.store, StoreKind::Sqlite) {
+        // The store is open, so this process holds the data directory alone.
+        config.node = stored_node_id(&args.data_dir)?;
+    }
+    let runner = Runner::start(registry, store, config)
         .await
         .map_err(|e| format!("cannot start: {e}"))?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -509,8 +550,9 @@ pub(super) async fn serve(
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 format!(
-                    "cannot listen on {addr} for HTTP: {e} (give --http-listen ADDR, or \
-                     --http-listen off to serve gRPC alone)"
+                    "cannot listen on {addr} (--http-listen): {e}; --listen {} serves HTTP \
+                     too, so a second listener is needed only for a separate port",
+                    args.listen
                 )
             })?;
             let local = l
@@ -519,9 +561,14 @@ pub(super) async fn serve(
             Some((l, local))
         }
     };
+    let store = match &args.store {
+        StoreKind::Sqlite => format!("sqlite in {}", args.data_dir.display()),
+        StoreKind::Memory => "memory".to_owned(),
+        StoreKind::Postgres(_) => "postgresql".to_owned(),
+    };
     tracing::info!(
         addr = %local,
-        data_dir = %args.data_dir.display(),
+        store = %store,
         tls = tls.is_some(),
         mutual_tls = args.tls_client_ca.is_some(),
         tokens = tokens.as_ref().map_or(0, |t| t.len()),
@@ -529,21 +576,25 @@ pub(super) async fn serve(
     );
     let shutdown =
         shutdown_signal().map_err(|e| format!("cannot install the signal handlers: {e}"))?;
-    // The one line on stdout: tests and scripts read the bound port from it.
+    // The first line on stdout: tests and scripts read the bound port from it.
     println!("oprun listening on {local}");
     let mut options = ServeOptions::new()
         .grace(args.shutdown_grace)
         .limits(args.limits())
         .max_body_bytes(args.max_input_bytes.saturating_mul(2).max(1 << 20))
         .browser(args.browser_rules());
-    if let Some((listener, addr)) = http {
-        tracing::info!(addr = %addr, tls = http_tls.is_some(), "HTTP listening");
-        // The second line on stdout, after the gRPC one.
-        println!("oprun http listening on {addr}");
-        options = options.http(listener);
-        if let Some(tls) = http_tls {
-            options = options.http_tls(tls);
+    // The second line on stdout, after the first: where HTTP is served (the same address
+    // unless a second listener was asked for).
+    match http {
+        Some((listener, addr)) => {
+            tracing::info!(addr = %addr, tls = http_tls.is_some(), "also listening (--http-listen)");
+            println!("oprun http listening on {addr}");
+            options = options.http(listener);
         }
+        None => println!("oprun http listening on {local}"),
+    }
+    if let Some(tls) = http_tls {
+        options = options.http_tls(tls);
     }
     if let Some(tls) = tls {
         options = options.tls(tls);

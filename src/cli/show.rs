@@ -65,6 +65,17 @@ fn error_line(status: &crate::proto::google::rpc::Status) -> String {
     )
 }
 
+/// How a done operation ended, for a person: `SUCCEEDED`, or its state and error line.
+pub(super) fn ending(op: &Operation) -> String {
+    let meta = metadata_of(op).unwrap_or_default();
+    match &op.result {
+        Some(operation::Result::Error(s)) => {
+            format!("{} with {}", state_name(&meta), error_line(s))
+        }
+        _ => state_name(&meta).to_owned(),
+    }
+}
+
 /// One operation on one line: name, kind, state, progress.
 pub(super) fn summary(op: &Operation) -> String {
     let meta = metadata_of(op).unwrap_or_default();
@@ -222,7 +233,11 @@ pub(super) fn print_nodes(client: &ClientArgs, resp: &ListNodesResponse) -> CliR
             [
                 n.id.clone(),
                 if n.live { "live" } else { "lease ended" }.to_owned(),
-                time(n.lease_expire_time.as_ref()),
+                if n.holds_store {
+                    "- (holds the store)".to_owned()
+                } else {
+                    time(n.lease_expire_time.as_ref())
+                },
                 n.running.to_string(),
                 what,
             ]

@@ -54,14 +54,15 @@ pub(super) struct ExecArgs {
     /// How long a cancelled command has after SIGTERM before SIGKILL.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// Append the log to this file instead of writing it to stderr.
+    #[arg(long, env = "OPRUN_LOG_FILE")]
+    pub(super) log_file: Option<std::path::PathBuf>,
     /// The name of this worker, for people (default: the host and process id).
     #[arg(long)]
     name: Option<String>,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, required = true, num_args = 1..)]
     command: Vec<String>,
-    #[command(flatten)]
-    client: ClientArgs,
 }
 
 /// The kind a command makes.
@@ -101,8 +102,8 @@ impl ErasedTask for Exec {
 }
 
 /// Runs `oprun worker exec` until SIGINT or SIGTERM.
-pub(super) async fn exec(args: ExecArgs) -> CliResult {
-    let client = super::client::client(&args.client).await?;
+pub(super) async fn exec(args: ExecArgs, client: &ClientArgs) -> CliResult {
+    let client = super::client::client(client).await?;
     let mut registry = Registry::new();
     let kind = args.kind.clone();
     let concurrency = args.concurrency.max(1);

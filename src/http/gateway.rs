@@ -432,8 +432,14 @@ impl Gateway {
         if input.full_name() == "oprun.v1.SubmitTaskRequest" {
             self.type_the_input(&mut json)?;
         }
-        let message = DynamicMessage::deserialize(input.clone(), serde_json::Value::Object(json))
-            .map_err(|e| invalid(format!("invalid {}: {e}", input.full_name())))?;
+        let json = serde_json::Value::Object(json);
+        let message = DynamicMessage::deserialize(input.clone(), &json).map_err(|e| {
+            // serde's words ("failed to parse duration") neither name the field nor say what
+            // is accepted.
+            let why =
+                crate::json::time_field_hint(&input, &json, "").unwrap_or_else(|| e.to_string());
+            invalid(format!("invalid {}: {why}", input.full_name()))
+        })?;
         let mut call = tonic::Request::new(message);
         forward_headers(&parts.headers, call.metadata_mut());
         let grpc_path = route.path.clone();

@@ -51,12 +51,16 @@ pub struct NodeState {
     pub live: bool,
     /// What it is, when it is a worker session.
     pub session: Option<WorkerSession>,
+    /// Whether it is this node on an exclusive store: it holds the store itself, renewing no
+    /// lease.
+    pub holds_store: bool,
 }
 
 impl Runner {
     /// The nodes on this runner's store, with their leases and what runs under each, and
     /// whether each lease holds now (by this runner's clock). On an exclusive store this
-    /// node holds the store itself and renews no lease: it is live while it runs.
+    /// node holds the store itself and renews no lease: it is live while it runs, and only it
+    /// and its own worker sessions are listed (nodes of earlier processes hold nothing).
     ///
     /// # Errors
     /// UNAVAILABLE when the store fails.
@@ -94,18 +98,21 @@ impl Runner {
         }
         Ok(leases
             .into_iter()
-            .map(|lease| {
+            .filter_map(|lease| {
                 let mine = self.shared.sessions.get(&lease.id).is_some();
+                let holds_store = exclusive && lease.id == self.shared.config.node;
                 let live = if exclusive {
-                    lease.id == self.shared.config.node || mine
+                    holds_store || mine
                 } else {
                     lease.lease_until >= now
                 };
-                NodeState {
+                // A dead node of an exclusive store is forgotten: it holds nothing.
+                (live || !exclusive).then(|| NodeState {
                     session: sessions.remove(&lease.id),
                     live,
+                    holds_store,
                     lease,
-                }
+                })
             })
             .collect())
     }

@@ -50,6 +50,11 @@ use tower::ServiceExt;
 use super::incoming::{accept, Activity, CallGuard, ConnectionRules, Connections, UnreadGuard};
 use crate::budget::{ResponseBudget, CHUNK};
 
+/// The gRPC services a listener serves beside the HTTP surface: requests whose content type
+/// is `application/grpc…` go to them (behind the same token check and call metrics as a
+/// gRPC-only listener's).
+pub(crate) type GrpcCalls = crate::http::GrpcService;
+
 /// How the HTTP listener serves.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HttpRules {
@@ -60,20 +65,27 @@ pub(crate) struct HttpRules {
     pub keepalive_timeout: Duration,
 }
 
-/// Serves `app` on `listener` until `shutdown`; then stops accepting, closes the connections
+/// What a listener serves: the HTTP surface, and gRPC calls when it takes them.
+pub(crate) struct Surfaces {
+    pub http: Router,
+    pub grpc: Option<GrpcCalls>,
+}
+
+/// Serves `surfaces` on `listener` until `shutdown`; then stops accepting, closes the connections
 /// with nothing in flight, lets the others finish for up to `grace`, and closes what is left.
 ///
 /// # Errors
 /// None today (accept errors are retried); the type leaves room.
 pub(crate) async fn serve(
     listener: TcpListener,
-    app: Router,
+    surfaces: Surfaces,
     tls: Option<Arc<rustls::ServerConfig>>,
     rules: HttpRules,
     budget: ResponseBudget,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> io::Result<()> {
+    let Surfaces { http: app, grpc } = surfaces;
     let connections = Connections::new();
     // Whatever way this future ends (dropped past the caller's own limit too), nothing it
     // accepted stays open.
@@ -91,6 +103,7 @@ pub(crate) async fn serve(
                 let Some(Ok(conn)) = conn else { continue };
                 let served = Served {
                     app: app.clone(),
+                    grpc: grpc.clone(),
                     rules,
                     budget: budget.clone(),
                     stopping: stopping.clone(),
@@ -122,6 +135,7 @@ impl Drop for CloseOnDrop {
 /// What each connection's task needs.
 struct Served {
     app: Router,
+    grpc: Option<GrpcCalls>,
     rules: HttpRules,
     budget: ResponseBudget,
     stopping: CancellationToken,
@@ -145,6 +159,10 @@ impl Served {
                 match tokio::time::timeout(self.rules.connection.handshake_timeout, handshake).await
                 {
                     Ok(Ok(tls)) => {
+                        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            // HTTP/2 negotiated: a gRPC client may wait for its first call.
+                            activity.mark_handshaken();
+                        }
                         let io = ParseErrors::new(tls, Arc::clone(&activity));
                         self.http(io, activity, info).await;
                     }
@@ -174,20 +192,41 @@ impl Served {
             .keep_alive_interval(self.rules.keepalive_interval)
             .keep_alive_timeout(self.rules.keepalive_timeout);
         let app = self.app;
+        let grpc = self.grpc;
         let budget = self.budget;
         let read_timeout = self.rules.read_timeout;
         let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
             let call = activity.begin();
             let app = app.clone();
+            let grpc = grpc.clone();
             let budget = budget.clone();
             let activity = Arc::clone(&activity);
             let info = info.clone();
             async move {
                 let (mut parts, body) = request.into_parts();
                 parts.extensions.insert(info);
-                let body = AxumBody::new(ReadDeadline::new(body, read_timeout));
-                let Ok(response) = app.oneshot(http::Request::from_parts(parts, body)).await;
-                Ok::<_, Infallible>(metered(response, budget, activity, call))
+                let protocol = if is_grpc(&parts.headers) {
+                    Protocol::Grpc
+                } else {
+                    Protocol::Http
+                };
+                let response = match (protocol, grpc) {
+                    (Protocol::Grpc, Some(grpc)) if parts.version == http::Version::HTTP_2 => {
+                        // gRPC keeps its own deadlines (and a reflection stream stays open).
+                        let request =
+                            http::Request::from_parts(parts, tonic::body::Body::new(body));
+                        let Ok(response) = grpc.oneshot(request).await;
+                        response.map(AxumBody::new)
+                    }
+                    (Protocol::Grpc, Some(_)) => grpc_needs_http2(),
+                    _ => {
+                        let body = AxumBody::new(ReadDeadline::new(body, read_timeout));
+                        let Ok(response) =
+                            app.oneshot(http::Request::from_parts(parts, body)).await;
+                        response
+                    }
+                };
+                Ok::<_, Infallible>(metered(response, protocol, budget, activity, call))
             }
         });
         let conn = builder.serve_connection(TokioIo::new(io), service);
@@ -208,11 +247,38 @@ impl Served {
     }
 }
 
+/// What a request speaks, which decides how it is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Grpc,
+    Http,
+}
+
+/// Whether the request is a gRPC call (`content-type: application/grpc`, `+proto`, …).
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The answer to a gRPC call over HTTP/1.x: what it needs, in Google's JSON error.
+fn grpc_needs_http2() -> http::Response<AxumBody> {
+    crate::http::error_response(
+        &tonic::Status::invalid_argument(
+            "gRPC needs HTTP/2 (h2c with prior knowledge, or TLS with ALPN h2); this request \
+             came over HTTP/1.x. REST/JSON is served here over HTTP/1.1: see /openapi.json",
+        ),
+        crate::proto::descriptor_pool(),
+    )
+}
+
 /// The response with its body metered: its first data, when ready at once, must fit in the
-/// budget (else the answer is 429 RESOURCE_EXHAUSTED, Google's JSON error); later data that
-/// does not fit ends the body.
+/// budget (else the answer is RESOURCE_EXHAUSTED: for a gRPC call its status, for HTTP a 429
+/// with Google's JSON error); later data that does not fit ends the body.
 fn metered(
     response: http::Response<AxumBody>,
+    protocol: Protocol,
     budget: ResponseBudget,
     activity: Arc<Activity>,
     call: CallGuard,
@@ -240,10 +306,13 @@ fn metered(
                         metered.held = Some(permit);
                     }
                     None => {
-                        let refusal = crate::http::error_response(
-                            &budget.exhausted(size),
-                            crate::proto::descriptor_pool(),
-                        );
+                        let refusal = match protocol {
+                            Protocol::Grpc => budget.exhausted(size).into_http::<AxumBody>(),
+                            Protocol::Http => crate::http::error_response(
+                                &budget.exhausted(size),
+                                crate::proto::descriptor_pool(),
+                            ),
+                        };
                         let (parts, body) = refusal.into_parts();
                         metered.inner = body;
                         return http::Response::from_parts(parts, metered);

@@ -37,6 +37,17 @@ use tracing::{debug, info, warn};
 /// Bytes of the HTTP/2 client preface (`PRI * HTTP/2.0…`).
 pub(crate) const PREFACE_LEN: u64 = 24;
 
+/// HTTP/2's client preface.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How many bytes of HTTP/2's client preface the connection has sent once `read` follows the
+/// `matched` first ones; `None` when they are something else.
+fn sniff_h2(matched: usize, read: &[u8]) -> Option<usize> {
+    let want = H2_PREFACE.get(matched..)?;
+    let n = read.len().min(want.len());
+    (read[..n] == want[..n]).then_some(matched + n)
+}
+
 /// The least time between two warnings about the same trouble.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -52,6 +63,10 @@ pub(crate) struct Activity {
     active: AtomicUsize,
     /// Whether a call ever started on the connection (its first request was read whole).
     served: AtomicBool,
+    /// Whether the connection is past its handshake without a call yet: it opened with
+    /// HTTP/2's client preface, or negotiated h2 by TLS's ALPN (gRPC clients connect before
+    /// their first call).
+    handshaken: AtomicBool,
     /// When the last call ended (or the connection opened), in ms since the registry's epoch.
     idle_since_ms: AtomicU64,
     epoch: Instant,
@@ -70,6 +85,7 @@ impl Activity {
         Self {
             active: AtomicUsize::new(0),
             served: AtomicBool::new(false),
+            handshaken: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(ms_since(epoch)),
             epoch,
             unread: Mutex::new(HashMap::new()),
@@ -89,6 +105,17 @@ impl Activity {
     /// Whether a call ever started on the connection.
     pub(crate) fn served(&self) -> bool {
         self.served.load(Ordering::Acquire)
+    }
+
+    /// Marks the connection past its handshake (HTTP/2 negotiated: see [`ConnectionRules`]).
+    pub(crate) fn mark_handshaken(&self) {
+        self.handshaken.store(true, Ordering::Release);
+        self.reader.wake();
+    }
+
+    /// Whether the connection is past its handshake, by a call or by HTTP/2.
+    fn past_handshake(&self) -> bool {
+        self.served() || self.handshaken.load(Ordering::Acquire)
     }
 
     fn unread(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
@@ -220,6 +247,11 @@ pub(crate) struct ConnectionRules {
     /// ends it too (`u64::MAX`: only a call does, as on the HTTP listener, whose first request
     /// must arrive whole within the handshake timeout).
     pub preface: u64,
+    /// Whether a connection that opens with HTTP/2's client preface is past its handshake
+    /// once those bytes are read, whatever `preface` says (on a listener that serves gRPC and
+    /// HTTP/1.1 alike: an HTTP/1.1 client must send a whole first request, a gRPC client may
+    /// connect and wait for its first call).
+    pub h2_preface: bool,
     pub max_connections: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
@@ -341,6 +373,9 @@ pub(crate) struct Conn {
     _slot: OwnedSemaphorePermit,
     /// Bytes read so far (the handshake is done at the preface's length).
     read: u64,
+    /// How many of the first bytes read match HTTP/2's client preface (`None` once one did
+    /// not), when the rules ask.
+    sniffed: Option<usize>,
     opened: Instant,
     timer: Pin<Box<Sleep>>,
 }
@@ -370,6 +405,7 @@ impl Conn {
             rules,
             _slot: slot,
             read: 0,
+            sniffed: rules.h2_preface.then_some(0),
             opened,
             timer: Box::pin(tokio::time::sleep_until(first_check)),
         }
@@ -385,7 +421,7 @@ impl Conn {
             let rules = self.rules;
             let mut next: Option<Instant> = None;
             let mut earliest = |d: Instant| next = Some(next.map_or(d, |n| n.min(d)));
-            if self.read < rules.preface && !self.activity.served() {
+            if self.read < rules.preface && !self.activity.past_handshake() {
                 let deadline = later(self.opened, rules.handshake_timeout);
                 if now >= deadline {
                     return Some(io::Error::new(
@@ -473,6 +509,13 @@ impl AsyncRead for Conn {
             Poll::Ready(Ok(())) => {
                 let n = buf.filled().len() - before;
                 self.read = self.read.saturating_add(n as u64);
+                if let Some(matched) = self.sniffed {
+                    self.sniffed = sniff_h2(matched, &buf.filled()[before..]);
+                    if self.sniffed == Some(H2_PREFACE.len()) {
+                        self.activity.mark_handshaken();
+                        self.sniffed = None;
+                    }
+                }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -524,5 +567,33 @@ impl Connected for Conn {
 
     fn connect_info(&self) -> TcpConnectInfo {
         self.tcp.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{sniff_h2, H2_PREFACE};
+
+    #[test]
+    fn the_h2_preface_is_recognised_however_it_is_split() {
+        for cut in 0..=H2_PREFACE.len() {
+            let (a, b) = H2_PREFACE.split_at(cut);
+            let first = sniff_h2(0, a);
+            assert_eq!(first, Some(cut), "first {cut} bytes");
+            assert_eq!(sniff_h2(cut, b), Some(H2_PREFACE.len()), "cut at {cut}");
+        }
+        // Bytes past the preface (the client's SETTINGS frame) do not matter.
+        let mut more = H2_PREFACE.to_vec();
+        more.extend_from_slice(&[0, 0, 0, 4]);
+        assert_eq!(sniff_h2(0, &more), Some(H2_PREFACE.len()));
+    }
+
+    #[test]
+    fn anything_else_is_not_the_h2_preface() {
+        assert_eq!(sniff_h2(0, b"GET / HTTP/1.1\r\n"), None);
+        assert_eq!(sniff_h2(0, b"PRI * HTTP/1.1"), None);
+        assert_eq!(sniff_h2(3, b"X"), None);
+        // A preface that turns out wrong at its last byte.
+        assert_eq!(sniff_h2(23, b"X"), None);
     }
 }

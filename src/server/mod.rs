@@ -232,12 +232,169 @@ pub async fn serve(
 
 /// [`serve`] with [`ServeOptions`]: TLS (optionally mutual) and bearer-token authentication.
 ///
+/// `listener` serves gRPC and the HTTP surface alike (REST/JSON, server-sent events, the
+/// dashboard, `/metrics`, the probes, `/openapi.json`): a request whose content type is
+/// `application/grpc…` is a gRPC call, anything else HTTP; HTTP/1.1 and h2 (h2c, or TLS with
+/// ALPN). [`ServeOptions::http`] adds a second listener that serves the same. Only TLS given
+/// as tonic's [`ServerTlsConfig`] alone (without [`ServeOptions::http_tls`]) keeps `listener`
+/// to gRPC (served by tonic).
+///
 /// # Errors
 /// [`ServeError::Tls`] at once when the TLS settings are refused (the runner is still shut
 /// down first); otherwise as [`serve`].
 pub async fn serve_with(
     listener: TcpListener,
     runner: Runner,
+    shutdown: impl Future<Output = ()> + Send,
+    options: ServeOptions,
+) -> Result<(), ServeError> {
+    let routes = match routes(&runner) {
+        Ok(r) => r,
+        Err(e) => {
+            runner.shutdown(options.grace).await?;
+            return Err(e.into());
+        }
+    };
+    if options.tls.is_some() && options.http_tls.is_none() {
+        serve_grpc_with_tonic(listener, runner, routes, shutdown, options).await
+    } else {
+        serve_both(listener, runner, routes, shutdown, options).await
+    }
+}
+
+/// The HTTP surface for `listener` (browsers' rules as that listener needs them), calling
+/// `stack` in process.
+fn http_router(
+    runner: &Runner,
+    listener: &TcpListener,
+    stack: crate::http::GrpcService,
+    max_body_bytes: usize,
+    browser: &BrowserRules,
+) -> Result<axum::Router, RoutesError> {
+    // On loopback, only the machine's own names can be meant: a page that re-pointed its name
+    // here (DNS rebinding) is refused by its Host.
+    let loopback = listener
+        .local_addr()
+        .is_ok_and(|a| a.ip().to_canonical().is_loopback());
+    let browser = if loopback && !browser.checks_hosts() {
+        browser.clone().only_hosts(std::iter::empty::<&str>())
+    } else {
+        browser.clone()
+    };
+    routes::guarded_rest_router(runner, stack, max_body_bytes, browser)
+}
+
+/// How a listener served by hyper (gRPC and HTTP alike) guards its connections.
+fn listener_rules(limits: &ServeLimits) -> http_listener::HttpRules {
+    http_listener::HttpRules {
+        connection: ConnectionRules {
+            // An HTTP/1.1 client's handshake is its whole first request; a gRPC client's,
+            // HTTP/2's preface (it may connect long before its first call).
+            preface: u64::MAX,
+            h2_preface: true,
+            max_connections: limits.max_connections,
+            handshake_timeout: limits.handshake_timeout,
+            idle_timeout: limits.idle_timeout,
+            unread_timeout: limits.unread_timeout,
+        },
+        read_timeout: limits.read_timeout,
+        max_streams_per_connection: limits.max_streams_per_connection,
+        keepalive_interval: limits.keepalive_interval,
+        keepalive_timeout: limits.keepalive_timeout,
+    }
+}
+
+/// gRPC calls from the network: counted (refused ones too), then checked for a token.
+fn network_grpc(
+    runner: &Runner,
+    routes: tonic::service::Routes,
+    auth: Option<Arc<Tokens>>,
+) -> http_listener::GrpcCalls {
+    let metrics = grpc_metrics::GrpcMetricsLayer::new(Arc::clone(runner.metrics()));
+    let inner = grpc_stack(routes, auth);
+    tower::util::BoxCloneSyncService::new(
+        tower::ServiceBuilder::new()
+            .map_response(|r: http::Response<_>| r.map(tonic::body::Body::new))
+            .layer(metrics)
+            .service(inner),
+    )
+}
+
+/// Every listener served by hyper: gRPC and the HTTP surface on each.
+async fn serve_both(
+    listener: TcpListener,
+    runner: Runner,
+    routes: tonic::service::Routes,
+    shutdown: impl Future<Output = ()> + Send,
+    options: ServeOptions,
+) -> Result<(), ServeError> {
+    let ServeOptions {
+        grace,
+        tls: _,
+        auth,
+        limits,
+        http,
+        http_tls,
+        max_body_bytes,
+        browser,
+    } = options;
+    // One budget for the responses of every listener.
+    let budget = ResponseBudget::new(limits.max_unread_response_bytes);
+    let stack = grpc_stack(routes.clone(), auth.clone());
+    let grpc = network_grpc(&runner, routes, auth);
+    let mut listeners = vec![listener];
+    listeners.extend(http);
+    let mut served = Vec::new();
+    for listener in listeners {
+        let router = match http_router(&runner, &listener, stack.clone(), max_body_bytes, &browser)
+        {
+            Ok(router) => router,
+            Err(e) => {
+                runner.shutdown(grace).await?;
+                return Err(e.into());
+            }
+        };
+        let rules = listener_rules(&limits);
+        served.push(http_listener::serve(
+            listener,
+            http_listener::Surfaces {
+                http: router,
+                grpc: Some(grpc.clone()),
+            },
+            http_tls.clone(),
+            rules,
+            budget.clone(),
+            runner.stopping(),
+            grace,
+        ));
+    }
+    let all = futures::future::join_all(served);
+    tokio::pin!(all);
+    let signal = async {
+        shutdown.await;
+        // Release Wait calls and stop new work; each listener then drains (for up to the
+        // grace period) and closes what is left.
+        runner.begin_shutdown();
+    };
+    let results = tokio::select! {
+        results = &mut all => results,
+        () = signal => all.await,
+    };
+    info!("stopped accepting calls");
+    let stopped = runner.shutdown(grace).await;
+    for result in results {
+        result.map_err(ServeError::Http)?;
+    }
+    stopped?;
+    Ok(())
+}
+
+/// `listener` served by tonic (gRPC only: TLS was given as tonic's settings), and an HTTP
+/// listener beside it if asked.
+async fn serve_grpc_with_tonic(
+    listener: TcpListener,
+    runner: Runner,
+    routes: tonic::service::Routes,
     shutdown: impl Future<Output = ()> + Send,
     options: ServeOptions,
 ) -> Result<(), ServeError> {
@@ -254,28 +411,11 @@ pub async fn serve_with(
     // One budget for the responses of both listeners.
     let budget = ResponseBudget::new(limits.max_unread_response_bytes);
     let http_budget = budget.clone();
-    let routes = match routes(&runner) {
-        Ok(r) => r,
-        Err(e) => {
-            runner.shutdown(grace).await?;
-            return Err(e.into());
-        }
-    };
     let http = match http {
         None => None,
         Some(listener) => {
             let stack = grpc_stack(routes.clone(), auth.clone());
-            // On loopback, only the machine's own names can be meant: a page that re-pointed
-            // its name here (DNS rebinding) is refused by its Host.
-            let loopback = listener
-                .local_addr()
-                .is_ok_and(|a| a.ip().to_canonical().is_loopback());
-            let browser = if loopback && !browser.checks_hosts() {
-                browser.only_hosts(std::iter::empty::<&str>())
-            } else {
-                browser
-            };
-            match routes::guarded_rest_router(&runner, stack, max_body_bytes, browser) {
+            match http_router(&runner, &listener, stack, max_body_bytes, &browser) {
                 Ok(router) => Some((listener, router)),
                 Err(e) => {
                     runner.shutdown(grace).await?;
@@ -312,6 +452,7 @@ pub async fn serve_with(
         listener,
         ConnectionRules {
             preface: incoming::PREFACE_LEN,
+            h2_preface: false,
             max_connections: limits.max_connections,
             handshake_timeout: limits.handshake_timeout,
             idle_timeout: limits.idle_timeout,
@@ -326,30 +467,20 @@ pub async fn serve_with(
         .layer(grpc_metrics::GrpcMetricsLayer::new(Arc::clone(
             runner.metrics(),
         )))
-        .layer(tower::util::option_layer(auth.map(AuthLayer::new)))
-        .add_routes(routes)
+        .layer(tower::util::option_layer(auth.clone().map(AuthLayer::new)))
+        .add_routes(routes.clone())
         .serve_with_incoming_shutdown(incoming, signal);
     let http_served = async {
         match http {
             None => Ok(()),
             Some((listener, router)) => {
-                let rules = http_listener::HttpRules {
-                    connection: ConnectionRules {
-                        // Only a whole first request ends the handshake.
-                        preface: u64::MAX,
-                        max_connections: limits.max_connections,
-                        handshake_timeout: limits.handshake_timeout,
-                        idle_timeout: limits.idle_timeout,
-                        unread_timeout: limits.unread_timeout,
-                    },
-                    read_timeout: limits.read_timeout,
-                    max_streams_per_connection: limits.max_streams_per_connection,
-                    keepalive_interval: limits.keepalive_interval,
-                    keepalive_timeout: limits.keepalive_timeout,
-                };
+                let rules = listener_rules(&limits);
                 http_listener::serve(
                     listener,
-                    router,
+                    http_listener::Surfaces {
+                        http: router,
+                        grpc: Some(network_grpc(&runner, routes, auth)),
+                    },
                     http_tls,
                     rules,
                     http_budget,

@@ -17,7 +17,8 @@ use crate::proto::oprun::v1::caller::Role as WireRole;
 use crate::proto::oprun::v1::operation_summary::{Bucket, Count};
 use crate::proto::oprun::v1::{
     BatchSelection, Caller, CancelOperationsRequest, DeleteOperationsRequest, GetCallerRequest,
-    OperationSummary, QueryOperationsRequest, RerunOperationRequest, SummarizeOperationsRequest,
+    GetOperationInputRequest, OperationSummary, QueryOperationsRequest, RerunOperationRequest,
+    SummarizeOperationsRequest,
 };
 use crate::scheduler::batch::{check_selection, CANCEL_KIND, DELETE_KIND};
 use crate::scheduler::{Runner, Submission};
@@ -261,6 +262,15 @@ impl AdminService for AdminApi {
             .rerun(&id, req.request_id, traceparent, role)
             .await?;
         Ok(Response::new(record.to_operation()))
+    }
+
+    #[instrument(skip_all, name = "rpc.GetOperationInput")]
+    async fn get_operation_input(
+        &self,
+        request: Request<GetOperationInputRequest>,
+    ) -> Result<Response<prost_types::Any>, Status> {
+        let id = OperationId::parse_name(&request.get_ref().name).map_err(Error::from)?;
+        Ok(Response::new(self.runner.get(&id).await?.input))
     }
 
     #[instrument(skip_all, name = "rpc.GetCaller")]

@@ -101,7 +101,9 @@ impl TaskService for TaskApi {
             .into_iter()
             .map(|n| Node {
                 live: n.live,
-                lease_expire_time: Some(prost_types::Timestamp::from(n.lease.lease_until)),
+                lease_expire_time: (!n.holds_store)
+                    .then(|| prost_types::Timestamp::from(n.lease.lease_until)),
+                holds_store: n.holds_store,
                 running: i64::try_from(n.lease.running).unwrap_or(i64::MAX),
                 id: n.lease.id,
                 session: n.session,

@@ -35,11 +35,11 @@ const longRunning = []; // names to cancel before the bulk test
 
 // ---------------------------------------------------------------------- server and CLI
 
-/** Starts `oprun serve` on free ports and reads its addresses from stdout. */
+/** Starts `oprun serve` on a free port (gRPC and HTTP on one) and reads it from stdout. */
 async function startServer(extraArgs = []) {
   const dataDir = await mkdtemp(path.join(tmpdir(), "oprun-browser-"));
   const proc = spawn(BIN, [
-    "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", dataDir,
+    "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir,
     "--max-running", "600", ...extraArgs,
   ], { stdio: ["ignore", "pipe", "pipe"] });
   const server = { proc, dataDir, grpc: "", http: "", stderr: "" };
@@ -377,6 +377,12 @@ test("delete from the detail page", { timeout: 300_000 }, async () => {
   await page.waitForURL((u) => u.hash === "#/operations/" + idOf(name));
   await page.getByTestId("detail-response").waitFor();
   assert.match(await page.getByTestId("detail-response").textContent(), /"stepsDone": 3/);
+  // Issue 21, item 6: the job's arguments, pretty-printed, their type in the heading.
+  await page.getByTestId("detail-input").filter({ hasText: '"steps": 3' }).waitFor();
+  const input = await page.getByTestId("detail-input").textContent();
+  assert.match(input, /\{\n  "duration": "1s",\n  "steps": 3\n\}/, input);
+  assert.doesNotMatch(input, /@type/, input);
+  await page.getByText("Input · oprun.v1.SleepInput").waitFor();
   await shot(page, "detail-done");
   await page.emulateMedia({ colorScheme: "dark" });
   await shot(page, "detail-done-dark");

@@ -23,8 +23,6 @@ pub fn oprun() -> Command {
         }
     }
     cmd.env("NO_COLOR", "1");
-    // Tests run in parallel: never the default HTTP port 8080.
-    cmd.env("OPRUN_HTTP_LISTEN", "127.0.0.1:0");
     cmd
 }
 
@@ -69,7 +67,7 @@ pub fn spawn_serve(cmd: Command, log: &Path) -> (Child, SocketAddr) {
 }
 
 /// [`spawn_serve`], also returning the HTTP address from the second stdout line
-/// `oprun http listening on ADDR` (`None` with `--http-listen off`).
+/// `oprun http listening on ADDR` (the `--listen` address unless `--http-listen` adds one).
 pub fn spawn_serve_http(mut cmd: Command, log: &Path) -> (Child, SocketAddr, Option<SocketAddr>) {
     let stderr = fs::File::create(log).expect("log file");
     let mut child = cmd
@@ -124,7 +122,7 @@ pub fn spawn_serve_http(mut cmd: Command, log: &Path) -> (Child, SocketAddr, Opt
 pub struct BinServer {
     pub child: Child,
     pub addr: SocketAddr,
-    /// The HTTP listener's address (`None` with `--http-listen off`).
+    /// The HTTP surface's address: the `--listen` one, unless `--http-listen` adds another.
     pub http: Option<SocketAddr>,
     pub log: PathBuf,
 }

@@ -1,5 +1,5 @@
 //! A server in this process, as `oprun serve` runs it: `serve_with` on ephemeral loopback
-//! ports, gRPC and HTTP, the built-in kinds over a memory store that can be made to fail.
+//! port, gRPC and HTTP on one listener, the built-in kinds over a memory store that can be made to fail.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,15 +41,11 @@ impl Served {
         let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
         let grpc = grpc_listener.local_addr().expect("addr");
-        let http = http_listener.local_addr().expect("addr");
+        let http = grpc;
         let mut options = ServeOptions::new()
             .grace(Duration::from_secs(5))
             .limits(limits)
-            .http(http_listener)
             .max_body_bytes(64 << 10);
         if let Some(tokens) = tokens {
             options = options.auth(tokens);

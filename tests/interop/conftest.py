@@ -84,9 +84,8 @@ class OprunServer:
     def start(self):
         argv = [
             str(self.binary), "serve",
+            # One port for gRPC and HTTP; the second stdout line repeats it.
             "--listen", "127.0.0.1:0",
-            # Port 0 too: parallel runs must never collide on the default 8080.
-            "--http-listen", "127.0.0.1:0",
             "--data-dir", str(self.data_dir),
         ]
         self._stderr = open(self.stderr_path, "wb")

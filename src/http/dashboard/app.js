@@ -778,7 +778,9 @@
           : h("td", { text: "node" }),
         h("td", { text: n.live ? "yes" : "no" }),
         h("td", { class: "num", text: toInt(n.running) }),
-        h("td", {}, timeEl(n.leaseExpireTime))));
+        n.holdsStore
+          ? h("td", { text: "holds the embedded store (no lease)" })
+          : h("td", {}, timeEl(n.leaseExpireTime))));
     }
   }
 
@@ -1244,6 +1246,8 @@
     const metaList = h("dl", { class: "meta", "data-testid": "detail-meta" });
     const outcome = h("section", { "data-testid": "detail-outcome" });
     const raw = h("pre", { class: "json", "data-testid": "raw-json", tabindex: "0" });
+    const inputHead = h("h2", { text: "Input" });
+    const inputBox = h("pre", { class: "json", "data-testid": "detail-input", tabindex: "0", text: "Loading…" });
     const readOnly = h("span", { class: "hint", hidden: true, text: `Read only: the role ${session.caller ? session.caller.role : ""} cannot change operations.` });
     const copyBtn = h("button", { type: "button", "data-testid": "btn-copy", text: "Copy" });
     const copied = h("span", { class: "muted", role: "status" });
@@ -1258,9 +1262,22 @@
       h("div", { class: "two-col" },
         h("section", { class: "panel" }, h("h2", { text: "Metadata" }), metaList),
         h("section", { class: "panel" }, outcome)),
+      h("section", { class: "panel" }, inputHead, inputBox),
       h("section", { class: "panel" },
         h("div", { class: "section-head" }, h("h2", { text: "Raw operation" }), copied, copyBtn),
         raw));
+
+    // The job's arguments: the input it was submitted with, its type in the heading.
+    api("GET", `/v1/operations/${encodeURIComponent(id)}:input`, undefined, ctx.signal).then((input) => {
+      const { "@type": _type, ...fields } = input || {};
+      inputHead.textContent = "Input" + (input && input["@type"] ? " · " + typeName(input) : "");
+      // A well-known type (a Struct, from a script's kind) is its `value`.
+      const wellKnown = typeName(input).startsWith("google.protobuf.") && "value" in fields;
+      inputBox.textContent = prettyJson(wellKnown ? fields.value : fields);
+    }, (err) => {
+      if (err && err.name === "AbortError") return;
+      inputBox.textContent = `The input cannot be shown: ${err}`;
+    });
 
     function show(o) {
       op = o;

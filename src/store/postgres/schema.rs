@@ -162,10 +162,20 @@ pub async fn migrate(client: &mut Client) -> Result<Migrated, StoreError> {
 }
 
 async fn migrate_locked(client: &mut Client) -> Result<Migrated, StoreError> {
-    client
-        .batch_execute("CREATE TABLE IF NOT EXISTS oprun_schema (version INTEGER NOT NULL)")
+    // Made only when missing (under the lock): `IF NOT EXISTS` would send a NOTICE, which
+    // the driver logs, at every start.
+    let exists = client
+        .query_one("SELECT to_regclass('oprun_schema') IS NOT NULL", &[])
         .await
+        .map_err(pg_error)?
+        .try_get::<_, bool>(0)
         .map_err(pg_error)?;
+    if !exists {
+        client
+            .batch_execute("CREATE TABLE oprun_schema (version INTEGER NOT NULL)")
+            .await
+            .map_err(pg_error)?;
+    }
     let from: i32 = client
         .query_opt("SELECT max(version) FROM oprun_schema", &[])
         .await

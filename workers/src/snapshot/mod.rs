@@ -31,19 +31,31 @@ pub struct SnapshotTask {
 }
 
 impl SnapshotTask {
-    /// A snapshot kind confined to `root`, which is created if missing.
+    /// A snapshot kind confined to `root`, which is created at the first snapshot if missing
+    /// (so a node that never takes one, on a shared store, leaves nothing on its disk).
     ///
     /// # Errors
-    /// A message naming the root when it cannot be created or resolved.
+    /// A message naming the root when it cannot be resolved.
     pub fn new(root: &Path) -> Result<Self, String> {
-        std::fs::create_dir_all(root)
-            .map_err(|e| format!("cannot create the snapshot root {}: {e}", root.display()))?;
         // Keep the root as configured (made absolute), not canonicalized: `resolve` accepts
         // absolute paths spelled through a symlinked root and names the root as configured.
         let root = std::path::absolute(root)
             .map_err(|e| format!("cannot resolve the snapshot root {}: {e}", root.display()))?;
         Ok(Self {
             root: Arc::new(root),
+        })
+    }
+
+    /// Creates the root if it is missing.
+    fn make_root(&self) -> Result<(), TaskError> {
+        std::fs::create_dir_all(self.root.as_path()).map_err(|e| {
+            TaskError::new(
+                Code::Unavailable,
+                format!(
+                    "cannot create the snapshot root {}: {e}",
+                    self.root.display()
+                ),
+            )
         })
     }
 
@@ -83,6 +95,7 @@ impl Task for SnapshotTask {
     }
 
     fn validate(&self, input: &CreateSnapshotRequest) -> Result<(), TaskError> {
+        self.make_root()?;
         resolve(&self.root, &input.source_dir, &input.destination)
             .map(drop)
             .map_err(path_error)
@@ -93,7 +106,9 @@ impl Task for SnapshotTask {
         input: CreateSnapshotRequest,
         ctx: TaskContext,
     ) -> Result<Snapshot, TaskError> {
-        // Resolve again: the tree may have changed since submission.
+        // Resolve again: the tree may have changed since submission (or the operation was
+        // submitted through another node).
+        self.make_root()?;
         let paths =
             resolve(&self.root, &input.source_dir, &input.destination).map_err(path_error)?;
         ctx.status(format!("archiving {}", paths.source.display()));

@@ -24,11 +24,12 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
+from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from oprun.v1 import metadata_pb2 as oprun_dot_v1_dot_metadata__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14oprun/v1/admin.proto\x12\x08oprun.v1\x1a\x1cgoogle/api/annotations.proto\x1a#google/longrunning/operations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17oprun/v1/metadata.proto\"a\n\x16QueryOperationsRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"4\n\x1aSummarizeOperationsRequest\x12\x16\n\x0ewindow_seconds\x18\x01 \x01(\x05\"\xe1\x02\n\x10OperationSummary\x12\x30\n\x06\x63ounts\x18\x01 \x03(\x0b\x32 .oprun.v1.OperationSummary.Count\x12\x33\n\x08\x66inished\x18\x02 \x03(\x0b\x32!.oprun.v1.OperationSummary.Bucket\x12\x16\n\x0e\x62ucket_seconds\x18\x03 \x01(\x05\x12-\n\tread_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1aV\n\x05\x43ount\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32!.oprun.v1.OperationMetadata.State\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x1aG\n\x06\x42ucket\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"/\n\x0e\x42\x61tchSelection\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\"L\n\x17\x43\x61ncelOperationsRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"L\n\x17\x44\x65leteOperationsRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"@\n\x0b\x42\x61tchResult\x12\x0f\n\x07matched\x18\x01 \x01(\x03\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x03\x12\x0f\n\x07skipped\x18\x03 \x01(\x03\"l\n\rBatchProgress\x12%\n\x06so_far\x18\x01 \x01(\x0b\x32\x15.oprun.v1.BatchResult\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x12\n\nnames_done\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\"9\n\x15RerunOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x12\n\x10GetCallerRequest\"\xa3\x01\n\x06\x43\x61ller\x12#\n\x04role\x18\x01 \x01(\x0e\x32\x15.oprun.v1.Caller.Role\x12\r\n\x05label\x18\x02 \x01(\t\x12\x15\n\rauthenticated\x18\x03 \x01(\x08\"N\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\n\n\x06READER\x10\x01\x12\r\n\tSUBMITTER\x10\x02\x12\t\n\x05\x41\x44MIN\x10\x03\x12\n\n\x06WORKER\x10\x04\x32\xee\x06\n\x0c\x41\x64minService\x12}\n\x0fQueryOperations\x12 .oprun.v1.QueryOperationsRequest\x1a*.google.longrunning.ListOperationsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/operations:query\x12y\n\x13SummarizeOperations\x12$.oprun.v1.SummarizeOperationsRequest\x1a\x1a.oprun.v1.OperationSummary\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/operations:summarize\x12\xb0\x01\n\x10\x43\x61ncelOperations\x12!.oprun.v1.CancelOperationsRequest\x1a\x1d.google.longrunning.Operation\"Z\xca\x41\x32\n\x14oprun.v1.BatchResult\x12\x1aoprun.v1.OperationMetadata\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/operations:batchCancel:\x01*\x12\xb0\x01\n\x10\x44\x65leteOperations\x12!.oprun.v1.DeleteOperationsRequest\x1a\x1d.google.longrunning.Operation\"Z\xca\x41\x32\n\x14oprun.v1.BatchResult\x12\x1aoprun.v1.OperationMetadata\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/operations:batchDelete:\x01*\x12\xae\x01\n\x0eRerunOperation\x12\x1f.oprun.v1.RerunOperationRequest\x1a\x1d.google.longrunning.Operation\"\\\xca\x41\x31\n\x13google.protobuf.Any\x12\x1aoprun.v1.OperationMetadata\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{name=operations/*}:rerun:\x01*\x12M\n\tGetCaller\x12\x1a.oprun.v1.GetCallerRequest\x1a\x10.oprun.v1.Caller\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/callerb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14oprun/v1/admin.proto\x12\x08oprun.v1\x1a\x1cgoogle/api/annotations.proto\x1a#google/longrunning/operations.proto\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17oprun/v1/metadata.proto\"a\n\x16QueryOperationsRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"4\n\x1aSummarizeOperationsRequest\x12\x16\n\x0ewindow_seconds\x18\x01 \x01(\x05\"\xe1\x02\n\x10OperationSummary\x12\x30\n\x06\x63ounts\x18\x01 \x03(\x0b\x32 .oprun.v1.OperationSummary.Count\x12\x33\n\x08\x66inished\x18\x02 \x03(\x0b\x32!.oprun.v1.OperationSummary.Bucket\x12\x16\n\x0e\x62ucket_seconds\x18\x03 \x01(\x05\x12-\n\tread_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1aV\n\x05\x43ount\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32!.oprun.v1.OperationMetadata.State\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x1aG\n\x06\x42ucket\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"/\n\x0e\x42\x61tchSelection\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\"L\n\x17\x43\x61ncelOperationsRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"L\n\x17\x44\x65leteOperationsRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"@\n\x0b\x42\x61tchResult\x12\x0f\n\x07matched\x18\x01 \x01(\x03\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x03\x12\x0f\n\x07skipped\x18\x03 \x01(\x03\"l\n\rBatchProgress\x12%\n\x06so_far\x18\x01 \x01(\x0b\x32\x15.oprun.v1.BatchResult\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x12\n\nnames_done\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\"9\n\x15RerunOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"(\n\x18GetOperationInputRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x12\n\x10GetCallerRequest\"\xa3\x01\n\x06\x43\x61ller\x12#\n\x04role\x18\x01 \x01(\x0e\x32\x15.oprun.v1.Caller.Role\x12\r\n\x05label\x18\x02 \x01(\t\x12\x15\n\rauthenticated\x18\x03 \x01(\x08\"N\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\n\n\x06READER\x10\x01\x12\r\n\tSUBMITTER\x10\x02\x12\t\n\x05\x41\x44MIN\x10\x03\x12\n\n\x06WORKER\x10\x04\x32\xe4\x07\n\x0c\x41\x64minService\x12}\n\x0fQueryOperations\x12 .oprun.v1.QueryOperationsRequest\x1a*.google.longrunning.ListOperationsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/operations:query\x12y\n\x13SummarizeOperations\x12$.oprun.v1.SummarizeOperationsRequest\x1a\x1a.oprun.v1.OperationSummary\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/operations:summarize\x12\xb0\x01\n\x10\x43\x61ncelOperations\x12!.oprun.v1.CancelOperationsRequest\x1a\x1d.google.longrunning.Operation\"Z\xca\x41\x32\n\x14oprun.v1.BatchResult\x12\x1aoprun.v1.OperationMetadata\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/operations:batchCancel:\x01*\x12\xb0\x01\n\x10\x44\x65leteOperations\x12!.oprun.v1.DeleteOperationsRequest\x1a\x1d.google.longrunning.Operation\"Z\xca\x41\x32\n\x14oprun.v1.BatchResult\x12\x1aoprun.v1.OperationMetadata\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/operations:batchDelete:\x01*\x12\xae\x01\n\x0eRerunOperation\x12\x1f.oprun.v1.RerunOperationRequest\x1a\x1d.google.longrunning.Operation\"\\\xca\x41\x31\n\x13google.protobuf.Any\x12\x1aoprun.v1.OperationMetadata\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{name=operations/*}:rerun:\x01*\x12t\n\x11GetOperationInput\x12\".oprun.v1.GetOperationInputRequest\x1a\x14.google.protobuf.Any\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/v1/{name=operations/*}:input\x12M\n\tGetCaller\x12\x1a.oprun.v1.GetCallerRequest\x1a\x10.oprun.v1.Caller\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/callerb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,36 +46,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADMINSERVICE'].methods_by_name['DeleteOperations']._serialized_options = b'\312A2\n\024oprun.v1.BatchResult\022\032oprun.v1.OperationMetadata\202\323\344\223\002\037\"\032/v1/operations:batchDelete:\001*'
   _globals['_ADMINSERVICE'].methods_by_name['RerunOperation']._loaded_options = None
   _globals['_ADMINSERVICE'].methods_by_name['RerunOperation']._serialized_options = b'\312A1\n\023google.protobuf.Any\022\032oprun.v1.OperationMetadata\202\323\344\223\002\"\"\035/v1/{name=operations/*}:rerun:\001*'
+  _globals['_ADMINSERVICE'].methods_by_name['GetOperationInput']._loaded_options = None
+  _globals['_ADMINSERVICE'].methods_by_name['GetOperationInput']._serialized_options = b'\202\323\344\223\002\037\022\035/v1/{name=operations/*}:input'
   _globals['_ADMINSERVICE'].methods_by_name['GetCaller']._loaded_options = None
   _globals['_ADMINSERVICE'].methods_by_name['GetCaller']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/caller'
-  _globals['_QUERYOPERATIONSREQUEST']._serialized_start=159
-  _globals['_QUERYOPERATIONSREQUEST']._serialized_end=256
-  _globals['_SUMMARIZEOPERATIONSREQUEST']._serialized_start=258
-  _globals['_SUMMARIZEOPERATIONSREQUEST']._serialized_end=310
-  _globals['_OPERATIONSUMMARY']._serialized_start=313
-  _globals['_OPERATIONSUMMARY']._serialized_end=666
-  _globals['_OPERATIONSUMMARY_COUNT']._serialized_start=507
-  _globals['_OPERATIONSUMMARY_COUNT']._serialized_end=593
-  _globals['_OPERATIONSUMMARY_BUCKET']._serialized_start=595
-  _globals['_OPERATIONSUMMARY_BUCKET']._serialized_end=666
-  _globals['_BATCHSELECTION']._serialized_start=668
-  _globals['_BATCHSELECTION']._serialized_end=715
-  _globals['_CANCELOPERATIONSREQUEST']._serialized_start=717
-  _globals['_CANCELOPERATIONSREQUEST']._serialized_end=793
-  _globals['_DELETEOPERATIONSREQUEST']._serialized_start=795
-  _globals['_DELETEOPERATIONSREQUEST']._serialized_end=871
-  _globals['_BATCHRESULT']._serialized_start=873
-  _globals['_BATCHRESULT']._serialized_end=937
-  _globals['_BATCHPROGRESS']._serialized_start=939
-  _globals['_BATCHPROGRESS']._serialized_end=1047
-  _globals['_RERUNOPERATIONREQUEST']._serialized_start=1049
-  _globals['_RERUNOPERATIONREQUEST']._serialized_end=1106
-  _globals['_GETCALLERREQUEST']._serialized_start=1108
-  _globals['_GETCALLERREQUEST']._serialized_end=1126
-  _globals['_CALLER']._serialized_start=1129
-  _globals['_CALLER']._serialized_end=1292
-  _globals['_CALLER_ROLE']._serialized_start=1214
-  _globals['_CALLER_ROLE']._serialized_end=1292
-  _globals['_ADMINSERVICE']._serialized_start=1295
-  _globals['_ADMINSERVICE']._serialized_end=2173
+  _globals['_QUERYOPERATIONSREQUEST']._serialized_start=186
+  _globals['_QUERYOPERATIONSREQUEST']._serialized_end=283
+  _globals['_SUMMARIZEOPERATIONSREQUEST']._serialized_start=285
+  _globals['_SUMMARIZEOPERATIONSREQUEST']._serialized_end=337
+  _globals['_OPERATIONSUMMARY']._serialized_start=340
+  _globals['_OPERATIONSUMMARY']._serialized_end=693
+  _globals['_OPERATIONSUMMARY_COUNT']._serialized_start=534
+  _globals['_OPERATIONSUMMARY_COUNT']._serialized_end=620
+  _globals['_OPERATIONSUMMARY_BUCKET']._serialized_start=622
+  _globals['_OPERATIONSUMMARY_BUCKET']._serialized_end=693
+  _globals['_BATCHSELECTION']._serialized_start=695
+  _globals['_BATCHSELECTION']._serialized_end=742
+  _globals['_CANCELOPERATIONSREQUEST']._serialized_start=744
+  _globals['_CANCELOPERATIONSREQUEST']._serialized_end=820
+  _globals['_DELETEOPERATIONSREQUEST']._serialized_start=822
+  _globals['_DELETEOPERATIONSREQUEST']._serialized_end=898
+  _globals['_BATCHRESULT']._serialized_start=900
+  _globals['_BATCHRESULT']._serialized_end=964
+  _globals['_BATCHPROGRESS']._serialized_start=966
+  _globals['_BATCHPROGRESS']._serialized_end=1074
+  _globals['_RERUNOPERATIONREQUEST']._serialized_start=1076
+  _globals['_RERUNOPERATIONREQUEST']._serialized_end=1133
+  _globals['_GETOPERATIONINPUTREQUEST']._serialized_start=1135
+  _globals['_GETOPERATIONINPUTREQUEST']._serialized_end=1175
+  _globals['_GETCALLERREQUEST']._serialized_start=1177
+  _globals['_GETCALLERREQUEST']._serialized_end=1195
+  _globals['_CALLER']._serialized_start=1198
+  _globals['_CALLER']._serialized_end=1361
+  _globals['_CALLER_ROLE']._serialized_start=1283
+  _globals['_CALLER_ROLE']._serialized_end=1361
+  _globals['_ADMINSERVICE']._serialized_start=1364
+  _globals['_ADMINSERVICE']._serialized_end=2360
 # @@protoc_insertion_point(module_scope)

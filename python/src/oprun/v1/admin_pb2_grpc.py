@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
+from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from oprun.v1 import admin_pb2 as oprun_dot_v1_dot_admin__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -62,6 +63,11 @@ class AdminServiceStub:
                 request_serializer=oprun_dot_v1_dot_admin__pb2.RerunOperationRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.GetOperationInput = channel.unary_unary(
+                '/oprun.v1.AdminService/GetOperationInput',
+                request_serializer=oprun_dot_v1_dot_admin__pb2.GetOperationInputRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_any__pb2.Any.FromString,
+                _registered_method=True)
         self.GetCaller = channel.unary_unary(
                 '/oprun.v1.AdminService/GetCaller',
                 request_serializer=oprun_dot_v1_dot_admin__pb2.GetCallerRequest.SerializeToString,
@@ -116,6 +122,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetOperationInput(self, request, context):
+        """The input an operation was submitted with (the job's arguments), as its kind's input
+        message. NOT_FOUND once the operation is deleted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetCaller(self, request, context):
         """Who the server takes the caller for, and the role its token carries.
         """
@@ -150,6 +164,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RerunOperation,
                     request_deserializer=oprun_dot_v1_dot_admin__pb2.RerunOperationRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'GetOperationInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOperationInput,
+                    request_deserializer=oprun_dot_v1_dot_admin__pb2.GetOperationInputRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_any__pb2.Any.SerializeToString,
             ),
             'GetCaller': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCaller,
@@ -294,6 +313,33 @@ class AdminService:
             '/oprun.v1.AdminService/RerunOperation',
             oprun_dot_v1_dot_admin__pb2.RerunOperationRequest.SerializeToString,
             google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOperationInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oprun.v1.AdminService/GetOperationInput',
+            oprun_dot_v1_dot_admin__pb2.GetOperationInputRequest.SerializeToString,
+            google_dot_protobuf_dot_any__pb2.Any.FromString,
             options,
             channel_credentials,
             insecure,
