@@ -52,6 +52,7 @@ pub mod json;
 pub mod kinds;
 pub mod metrics;
 pub mod model;
+mod otel;
 pub mod page_token;
 pub mod proto;
 pub mod scheduler;

@@ -10,6 +10,7 @@
 //! before the operation was done; 5 `cancel` found the operation already done.
 
 mod client;
+mod otlp;
 mod serve;
 mod show;
 mod store;
@@ -295,10 +296,10 @@ pub fn main(register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), Strin
         Command::Worker(WorkerCommand::Exec(args)) => args.log_file.clone(),
         _ => None,
     };
-    if let Err(e) = init_tracing(if serving { "info" } else { "warn" }, log_file.as_deref()) {
-        eprintln!("oprun: {e}");
-        return ExitCode::FAILURE;
-    }
+    let otlp = match &cli.command {
+        Command::Serve(args) => otlp::wanted(args.otlp_endpoint.as_deref()),
+        _ => None,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -309,7 +310,30 @@ pub fn main(register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), Strin
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, register)) {
+    // In the runtime: the OTLP exporter's channel runs on it.
+    let tracing = {
+        let _entered = runtime.enter();
+        init_tracing(
+            if serving { "info" } else { "warn" },
+            log_file.as_deref(),
+            otlp,
+        )
+    };
+    let provider = match tracing {
+        Ok(provider) => provider,
+        Err(e) => {
+            eprintln!("oprun: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ended = runtime.block_on(run(cli, register));
+    if let Some(provider) = provider {
+        // The spans not yet sent, sent before the runtime (which carries them) goes.
+        if let Err(e) = provider.shutdown() {
+            eprintln!("oprun: OpenTelemetry spans may be lost: {e}");
+        }
+    }
+    match ended {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure { code, message }) => {
             if log_file.is_some() {
@@ -321,9 +345,16 @@ pub fn main(register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), Strin
     }
 }
 
-/// Logs to stderr, or appended to `file`, at `default` unless `OPRUN_LOG` or `RUST_LOG` say.
-fn init_tracing(default: &str, file: Option<&Path>) -> Result<(), String> {
+/// Logs to stderr, or appended to `file`, at `default` unless `OPRUN_LOG` or `RUST_LOG` say;
+/// with `otlp`, spans also go to OpenTelemetry (the provider returned, to flush at exit).
+fn init_tracing(
+    default: &str,
+    file: Option<&Path>,
+    otlp: Option<Option<String>>,
+) -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, String> {
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_env("OPRUN_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(default));
@@ -342,12 +373,19 @@ fn init_tracing(default: &str, file: Option<&Path>) -> Result<(), String> {
             std::io::IsTerminal::is_terminal(&std::io::stderr()),
         ),
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(writer)
+    let provider = otlp
+        .map(|endpoint| otlp::provider(endpoint.as_deref()))
+        .transpose()?;
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(ansi)
+                .with_writer(writer),
+        )
+        .with(provider.as_ref().map(otlp::layer))
         .try_init();
-    Ok(())
+    Ok(provider)
 }
 
 async fn run(

@@ -76,6 +76,12 @@ pub struct ServeArgs {
     /// proxy or a firewall treats apart; port 0 picks a free port). Default: none.
     #[arg(long, env = "OPRUN_HTTP_LISTEN", default_value = "")]
     pub http_listen: String,
+    /// Export every call's and every operation's span over OTLP/gRPC to this collector, e.g.
+    /// `http://127.0.0.1:4317` (spans join the trace of the caller's `traceparent`). The
+    /// standard OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) turns it on too; default:
+    /// off.
+    #[arg(long, env = "OPRUN_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Append the log to this file instead of writing it to stderr (an error that stops the
     /// server at start is written to stderr as well).
     #[arg(long, env = "OPRUN_LOG_FILE")]

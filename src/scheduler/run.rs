@@ -190,6 +190,7 @@ impl Runner {
             trace_id = trace_id.map(tracing::field::display),
             parent_id = parent_id.map(tracing::field::display)
         );
+        crate::otel::join_trace(&span, &record.traceparent);
         self.shared
             .tracker
             .spawn(async move { runner.drive(running, task).await }.instrument(span));

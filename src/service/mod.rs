@@ -29,6 +29,7 @@ fn traceparent<T>(request: &tonic::Request<T>) -> Option<String> {
         let span = tracing::Span::current();
         span.record("trace_id", tracing::field::display(trace_id));
         span.record("parent_id", tracing::field::display(parent_id));
+        crate::otel::join_trace(&span, &checked);
     }
     Some(checked)
 }
