@@ -170,7 +170,7 @@ enum Command {
         #[arg(long)]
         oldest: bool,
         /// At most this many (0: all of them, page after page).
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, alias = "page-size", default_value_t = 50)]
         limit: u32,
         /// Continue from the `next page: --page-token …` a previous list printed.
         #[arg(long, default_value = "")]
