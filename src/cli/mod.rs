@@ -204,7 +204,7 @@ enum Command {
     /// Delete a finished operation, or (`--filter`) every finished operation matching a
     /// filter: a batch the server runs as an operation of its own, followed until done.
     #[command(after_help = "Examples:\n  \
-        oprun delete operations/01936c1e-8f3a-7b21-9c4d-2e5f6a7b8c9d\n  \
+        oprun delete operations/01a24e8618f671989fcfe3c7a775b7c9\n  \
         oprun delete --filter 'state = CANCELLED'\n  \
         oprun delete --filter 'kind = \"export\" AND update_time < \"2026-11-01T00:00:00Z\"'")]
     Delete {
