@@ -459,11 +459,13 @@ test("a kind run by a worker process", { timeout: 300_000 }, async () => {
   try {
     await page.goto(open.http + "/#/kinds");
     const row = page.getByTestId("kinds-table").locator('tr[data-kind="shout"]');
-    // The Kinds page reads the kinds once: reload until the worker's session has declared it.
+    // The Kinds page reads the kinds once: reload until the worker's session has declared it
+    // and is listed as running it (the kind is stored a moment before the session is).
     await eventually("the worker declares shout", async () => {
       await page.reload();
       await page.locator('tr[data-kind="sleep"]').waitFor();
-      return (await row.count()) === 1;
+      return (await row.count()) === 1 &&
+        /^worker: /.test(await row.getByTestId("kind-runs").textContent());
     });
     assert.match(await row.getByTestId("kind-runs").textContent(), /^worker: workerSessions\//);
     assert.equal((await page.locator('tr[data-kind="sleep"]').getByTestId("kind-runs").textContent()), "in process");
