@@ -28,6 +28,8 @@ pub const DEFAULT_MAX_CONCURRENCY: usize = 2;
 /// The `snapshot` task kind.
 pub struct SnapshotTask {
     root: Arc<PathBuf>,
+    /// Whether the root was made (or found): it is made once, not at every submission.
+    root_made: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SnapshotTask {
@@ -43,11 +45,16 @@ impl SnapshotTask {
             .map_err(|e| format!("cannot resolve the snapshot root {}: {e}", root.display()))?;
         Ok(Self {
             root: Arc::new(root),
+            root_made: Arc::default(),
         })
     }
 
-    /// Creates the root if it is missing.
+    /// Creates the root if it is missing (once: a failure is tried again next time).
     fn make_root(&self) -> Result<(), TaskError> {
+        use std::sync::atomic::Ordering;
+        if self.root_made.load(Ordering::Acquire) {
+            return Ok(());
+        }
         std::fs::create_dir_all(self.root.as_path()).map_err(|e| {
             TaskError::new(
                 Code::Unavailable,
@@ -56,7 +63,9 @@ impl SnapshotTask {
                     self.root.display()
                 ),
             )
-        })
+        })?;
+        self.root_made.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// The snapshot root, as configured (absolute).
