@@ -150,6 +150,7 @@ pub fn required_role(grpc_path: &str) -> Option<Role> {
         | "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
         | "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" => Role::Reader,
         "/oprun.v1.TaskService/SubmitTask"
+        | "/oprun.v1.TaskService/BatchSubmitTasks"
         | "/oprun.v1.SnapshotService/CreateSnapshot"
         | "/google.longrunning.Operations/CancelOperation"
         | "/oprun.v1.AdminService/CancelOperations"
@@ -622,13 +623,14 @@ where
 mod tests {
     use super::*;
 
-    const PATHS: [&str; 9] = [
+    const PATHS: [&str; 10] = [
         "/google.longrunning.Operations/GetOperation",
         "/google.longrunning.Operations/ListOperations",
         "/google.longrunning.Operations/WaitOperation",
         "/google.longrunning.Operations/CancelOperation",
         "/google.longrunning.Operations/DeleteOperation",
         "/oprun.v1.TaskService/SubmitTask",
+        "/oprun.v1.TaskService/BatchSubmitTasks",
         "/oprun.v1.TaskService/ListTaskKinds",
         "/oprun.v1.TaskService/ListNodes",
         "/oprun.v1.SnapshotService/CreateSnapshot",

@@ -21,8 +21,8 @@ pub enum Error {
     /// The request is malformed; `field` names the request field.
     #[error("{message}")]
     InvalidArgument {
-        /// The request field at fault, e.g. `page_token`.
-        field: &'static str,
+        /// The request field at fault, e.g. `page_token` (in a batch, `requests[3].kind`).
+        field: std::borrow::Cow<'static, str>,
         /// What was wrong and what is accepted.
         message: String,
         /// A stable upper-case reason, e.g. `INVALID_FILTER`.
@@ -95,7 +95,7 @@ impl Error {
     /// A bad request field, with the generic reason `INVALID_ARGUMENT`.
     pub fn invalid_argument(field: &'static str, message: impl Into<String>) -> Self {
         Self::InvalidArgument {
-            field,
+            field: field.into(),
             message: message.into(),
             reason: "INVALID_ARGUMENT",
         }
@@ -108,9 +108,57 @@ impl Error {
         message: impl Into<String>,
     ) -> Self {
         Self::InvalidArgument {
-            field,
+            field: field.into(),
             message: message.into(),
             reason,
+        }
+    }
+
+    /// This error of the request at `index` of a batch, saying which: a field becomes
+    /// `requests[index].field`, and a message starts `requests[index]: `.
+    #[must_use]
+    pub fn in_batch(self, index: usize) -> Self {
+        let at = |message: String| format!("requests[{index}]: {message}");
+        match self {
+            Error::InvalidArgument {
+                field,
+                message,
+                reason,
+            } => Error::InvalidArgument {
+                field: format!("requests[{index}].{field}").into(),
+                message: at(message),
+                reason,
+            },
+            Error::FailedPrecondition { message, reason } => Error::FailedPrecondition {
+                message: at(message),
+                reason,
+            },
+            Error::PermissionDenied {
+                message,
+                reason,
+                role,
+                needed,
+            } => Error::PermissionDenied {
+                message: at(message),
+                reason,
+                role,
+                needed,
+            },
+            Error::AlreadyExists { message } => Error::AlreadyExists {
+                message: at(message),
+            },
+            Error::InputRefused { code, message } => Error::InputRefused {
+                code,
+                message: at(message),
+            },
+            Error::ResourceExhausted {
+                message,
+                retry_after,
+            } => Error::ResourceExhausted {
+                message: at(message),
+                retry_after,
+            },
+            other => other,
         }
     }
 
@@ -145,8 +193,8 @@ impl From<Error> for tonic::Status {
         let mut details = ErrorDetails::new();
         match &err {
             Error::InvalidArgument { field, .. } => {
-                metadata.insert("field".to_owned(), (*field).to_owned());
-                details.add_bad_request_violation(*field, message.clone());
+                metadata.insert("field".to_owned(), field.to_string());
+                details.add_bad_request_violation(field.to_string(), message.clone());
             }
             Error::NotFound { name } => {
                 metadata.insert("name".to_owned(), name.clone());

@@ -126,6 +126,29 @@ impl RetryPolicy {
         }
     }
 
+    /// This policy as a submission narrowed it (its checked
+    /// [`RetryPolicy`](crate::proto::oprun::v1::RetryPolicy), kept in the operation's
+    /// metadata): its attempts and backoff bounds, this policy's multiplier and jitter.
+    pub fn narrowed(&self, by: Option<&crate::proto::oprun::v1::RetryPolicy>) -> Self {
+        let Some(by) = by else {
+            return self.clone();
+        };
+        let duration = |d: &Option<prost_types::Duration>, or: Duration| {
+            d.as_ref()
+                .and_then(|d| Duration::try_from(*d).ok())
+                .unwrap_or(or)
+        };
+        Self {
+            max_attempts: match by.max_attempts {
+                0 => self.max_attempts,
+                n => n.min(self.max_attempts),
+            },
+            initial_delay: duration(&by.initial_backoff, self.initial_delay),
+            max_delay: duration(&by.max_backoff, self.max_delay),
+            ..self.clone()
+        }
+    }
+
     /// The delay after failed attempt `attempt` (from 1). `unit` is a random number in
     /// `[0, 1)` that sets the jitter.
     pub fn delay(&self, attempt: u32, unit: f64) -> Duration {

@@ -262,9 +262,16 @@ async fn migrate_says_what_it_did_or_why_not() {
     let url = db.url();
     let first = cli(&["migrate", "--store", &url]).await;
     assert!(first.status.success(), "{}", stderr(&first));
-    assert_eq!(stdout(&first).trim(), "schema version 4 (was 0)");
+    let version = oprun::store::postgres::schema::VERSION;
+    assert_eq!(
+        stdout(&first).trim(),
+        format!("schema version {version} (was 0)")
+    );
     let again = cli(&["migrate", "--store", &url]).await;
-    assert_eq!(stdout(&again).trim(), "schema version 4: up to date");
+    assert_eq!(
+        stdout(&again).trim(),
+        format!("schema version {version}: up to date")
+    );
 
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = free.local_addr().unwrap().port();
@@ -518,4 +525,68 @@ async fn an_embedded_node_keeps_its_name_and_holds_the_store() {
     let table = stdout(&cli(&["--addr", &addr, "nodes"]).await);
     assert!(table.contains("holds the store"), "{table}");
     assert!(!table.contains("1970"), "{table}");
+}
+
+/// `submit --priority/-p`, `--unique-key` and `--max-attempts` reach the operation: `get`
+/// shows them, `list` has a PRI column and filters on `priority`; a second submission of a
+/// held unique key prints the holder's name; a priority out of range is refused (exit 1).
+#[tokio::test]
+async fn submit_takes_a_priority_a_unique_key_and_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinServer::start(dir.path(), "127.0.0.1:0", &["--max-running", "1"], &[]);
+    let addr = server.addr.to_string();
+    let submit = |extra: &[&str]| {
+        let mut args = vec![
+            "submit",
+            "sleep",
+            "--input",
+            r#"{"duration":"60s"}"#,
+            "-q",
+            "--addr",
+            &addr,
+        ];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| async move {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&refs).await
+    };
+    let busy = run(submit(&[])).await;
+    assert!(busy.status.success(), "{}", stderr(&busy));
+    let keyed = run(submit(&[
+        "-p",
+        "-7",
+        "--unique-key",
+        "db-1",
+        "--max-attempts",
+        "2",
+    ]))
+    .await;
+    assert!(keyed.status.success(), "{}", stderr(&keyed));
+    let name = stdout(&keyed).trim().to_owned();
+    let again = run(submit(&["--unique-key", "db-1"])).await;
+    assert_eq!(stdout(&again).trim(), name, "the holder of the key");
+    let shown = stdout(&cli(&["get", &name, "--addr", &addr]).await);
+    for line in ["priority:    -7", "unique key:  db-1", "max attempts:2"] {
+        assert!(shown.contains(line), "{line:?} in {shown}");
+    }
+    let table = stdout(&cli(&["list", "--filter", "priority < 0", "--addr", &addr]).await);
+    assert!(table.lines().next().unwrap().contains("PRI"), "{table}");
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("operations/"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{table}");
+    assert!(
+        rows[0].contains(&name) && rows[0].contains(" -7 "),
+        "{table}"
+    );
+    let refused = run(submit(&["--priority", "101"])).await;
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("from -100 to 100"),
+        "{}",
+        stderr(&refused)
+    );
 }

@@ -72,7 +72,7 @@ async fn typed_submit_progress_and_results() {
             sleep(3_600_000, 1, ""),
             SubmitOptions {
                 request_id: Some("6f1c7a53-2f7e-4f7a-9d84-0f5b2d1c9e10".into()),
-                timeout: None,
+                ..SubmitOptions::default()
             },
         )
     };
@@ -96,6 +96,65 @@ async fn typed_submit_progress_and_results() {
         }
         other => panic!("expected an RPC error, got {other:?}"),
     }
+    server.stop().await;
+}
+
+/// `submit_many` creates every task of the call, in order, with each one's options; one bad
+/// input refuses the call, naming its index, and creates none.
+#[tokio::test]
+async fn submit_many_is_one_call_all_or_none() {
+    let server = Server::start(None).await;
+    let client = Client::connect(server.grpc.to_string())
+        .await
+        .expect("connect");
+    let handles = client
+        .submit_many::<Sleep>((0..20).map(|i| {
+            (
+                sleep(1, 1, ""),
+                SubmitOptions {
+                    priority: i,
+                    ..SubmitOptions::default()
+                },
+            )
+        }))
+        .await
+        .expect("submit_many");
+    assert_eq!(handles.len(), 20);
+    for (i, handle) in handles.iter().enumerate() {
+        let op = handle.get().await.expect("get");
+        assert_eq!(
+            metadata(&op).expect("metadata").priority,
+            i32::try_from(i).unwrap()
+        );
+        handle.result().await.expect("done");
+    }
+    let refused = client
+        .submit_many::<Sleep>([
+            (sleep(1, 1, ""), SubmitOptions::default()),
+            (
+                sleep(1, 1, ""),
+                SubmitOptions {
+                    max_attempts: Some(1000),
+                    ..SubmitOptions::default()
+                },
+            ),
+        ])
+        .await
+        .expect_err("a policy wider than the kind's");
+    assert_eq!(refused.code(), Some(Code::InvalidArgument));
+    assert!(refused.to_string().contains("requests[1]"), "{refused}");
+    let all = client
+        .operations()
+        .list_operations(oprun::proto::google::longrunning::ListOperationsRequest {
+            name: "operations".into(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .operations;
+    assert_eq!(all.len(), 20, "none of the refused call was created");
     server.stop().await;
 }
 

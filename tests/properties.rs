@@ -66,6 +66,7 @@ const FIELDS: &[&str] = &[
     "error",
     "create_time",
     "update_time",
+    "priority",
     "metadata.kind",
     "metadata.state",
     "metadata.create_time",
@@ -181,6 +182,7 @@ struct Fields {
     error_code: Option<i32>,
     create_time: SystemTime,
     update_time: SystemTime,
+    priority: i32,
 }
 
 impl Fields {
@@ -193,6 +195,7 @@ impl Fields {
             error_code: self.error_code,
             create_time: self.create_time,
             update_time: self.update_time,
+            priority: self.priority,
         }
     }
 }
@@ -242,9 +245,10 @@ fn any_fields() -> impl Strategy<Value = Fields> {
         error_code,
         any_time(),
         any_time(),
+        -3..=3i32,
     )
         .prop_map(
-            |(name, done, kind, state, error_code, create_time, update_time)| Fields {
+            |(name, done, kind, state, error_code, create_time, update_time, priority)| Fields {
                 name,
                 done,
                 kind,
@@ -252,6 +256,7 @@ fn any_fields() -> impl Strategy<Value = Fields> {
                 error_code,
                 create_time,
                 update_time,
+                priority,
             },
         )
 }
@@ -359,6 +364,7 @@ enum Expr {
     /// `error.code OP value`, the value written as a number or a name.
     ErrorCode(Cmp, i32, bool),
     CreateTime(Cmp, &'static str),
+    Priority(Cmp, i32),
     /// `field:*`.
     Present(&'static str),
     Not(Box<Expr>, bool),
@@ -398,6 +404,7 @@ fn comparison() -> impl Strategy<Value = Expr> {
         (select(Cmp::ALL), 0..=16i32, any::<bool>())
             .prop_map(|(c, v, by_name)| Expr::ErrorCode(c, v, by_name)),
         (select(Cmp::ALL), select(TIMES)).prop_map(|(c, v)| Expr::CreateTime(c, v)),
+        (select(Cmp::ALL), -2..=2i32).prop_map(|(c, v)| Expr::Priority(c, v)),
         select(
             &[
                 "done",
@@ -442,6 +449,7 @@ impl Expr {
                 format!("error.code {} {value}", c.symbol())
             }
             Expr::CreateTime(c, v) => format!("create_time {} {v}", c.symbol()),
+            Expr::Priority(c, v) => format!("priority {} {v}", c.symbol()),
             Expr::Present(field) => format!("{field}:*"),
             Expr::Not(inner, dash) => {
                 let keyword = if *dash { "-" } else { "NOT " };
@@ -499,6 +507,7 @@ impl Expr {
                 None => *c == Cmp::Ne,
             },
             Expr::CreateTime(c, v) => c.holds(&f.create_time, &time_of(v)),
+            Expr::Priority(c, v) => c.holds(&f.priority, v),
             Expr::Present("error" | "error.code") => f.error_code.is_some(),
             Expr::Present(_) => true,
             Expr::Not(inner, _) => !inner.eval(f),
@@ -784,27 +793,31 @@ fn any_record() -> impl Strategy<Value = OperationRecord> {
         code,
         any_micros_time(),
         any_micros_time(),
+        -3..=3i32,
     )
-        .prop_map(|(id, kind, state, code, create_time, update_time)| {
-            let mut record =
-                OperationRecord::new_queued(kind.to_owned(), prost_types::Any::default(), None);
-            record.id = OperationId::from_stored(id.to_owned());
-            record.state = state;
-            record.create_time = create_time;
-            record.update_time = update_time;
-            if state.is_done() {
-                record.end_time = Some(update_time);
-                record.outcome = Some(match code {
-                    Some(code) => Outcome::Error(Status {
-                        code,
-                        message: "failed".to_owned(),
-                        details: Vec::new(),
-                    }),
-                    None => Outcome::Response(prost_types::Any::default()),
-                });
-            }
-            record
-        })
+        .prop_map(
+            |(id, kind, state, code, create_time, update_time, priority)| {
+                let mut record =
+                    OperationRecord::new_queued(kind.to_owned(), prost_types::Any::default(), None);
+                record.id = OperationId::from_stored(id.to_owned());
+                record.priority = priority;
+                record.state = state;
+                record.create_time = create_time;
+                record.update_time = update_time;
+                if state.is_done() {
+                    record.end_time = Some(update_time);
+                    record.outcome = Some(match code {
+                        Some(code) => Outcome::Error(Status {
+                            code,
+                            message: "failed".to_owned(),
+                            details: Vec::new(),
+                        }),
+                        None => Outcome::Response(prost_types::Any::default()),
+                    });
+                }
+                record
+            },
+        )
 }
 
 /// Whether `record` matches `filter` by the Rust evaluator, on the fields the memory store
@@ -818,6 +831,7 @@ fn rust_verdict(filter: &Filter, record: &OperationRecord) -> bool {
         error_code: record.error_code(),
         create_time: record.create_time,
         update_time: record.update_time,
+        priority: record.priority,
     })
 }
 
@@ -1866,6 +1880,7 @@ fn must_match(k: &Known, filter: &Filter) -> bool {
         error_code,
         create_time: now,
         update_time: now,
+        priority: 0,
     };
     let error_code = |result: &operation::Result| match result {
         operation::Result::Error(status) => Some(status.code),

@@ -99,6 +99,7 @@ fn every_block_is_checked() {
                 "run",
                 "http",
                 "exec",
+                "scheduling",
                 "rust",
                 "python",
                 "python-worker"
@@ -218,6 +219,9 @@ fn run_block_on(marker: &str, port: u16, dir: &Path) -> std::process::Output {
     let text = block
         .text
         .replace("127.0.0.1:50051", &format!("127.0.0.1:{port}"));
+    // A block that fails midway leaves its server running, holding the output's pipes: the
+    // trap stops it, so that the failure is reported instead of waited on for ever.
+    let text = format!("trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{text}");
     let mut cmd = Command::new("bash");
     cmd.args(["-euo", "pipefail", "-c", &text])
         .current_dir(dir)
@@ -275,6 +279,49 @@ fn the_tour_runs() {
             "CANCELLED",
             "index.html",
         ],
+    );
+}
+
+/// Issue 22: the scheduling tour runs as written: the high-priority operation started before
+/// the low one submitted ahead of it, a unique key answers one operation, a narrowed retry policy
+/// ends at attempt 2, a batch over REST answers two operations.
+#[test]
+fn the_scheduling_tour_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_block_on("scheduling", free_port(), dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the scheduling block failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "PRI",
+        "one operation for the key: operations/",
+        "attempt:     2",
+        "Unavailable (14)",
+        "exit code 3: it failed at attempt 2",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} missing from:\n{stdout}"
+        );
+    }
+    assert_eq!(
+        stdout.matches("\"name\":\"operations/").count(),
+        2,
+        "{stdout}"
+    );
+    let started: Vec<std::time::SystemTime> = stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("\"startTime\":"))
+        .map(|t| humantime::parse_rfc3339(t.trim().trim_matches('"')).expect("an RFC 3339 time"))
+        .collect();
+    assert_eq!(started.len(), 2, "{stdout}");
+    assert!(
+        started[0] < started[1],
+        "the high-priority one started first: {stdout}"
     );
 }
 

@@ -30,7 +30,7 @@ use crate::proto::oprun::v1::snapshot_service_client::SnapshotServiceClient;
 use crate::proto::oprun::v1::task_service_client::TaskServiceClient;
 use crate::proto::oprun::v1::{
     CreateSnapshotRequest, ListNodesRequest, ListTaskKindsRequest, QueryOperationsRequest,
-    RerunOperationRequest, SubmitTaskRequest,
+    RerunOperationRequest, RetryPolicy, SubmitTaskRequest,
 };
 use crate::task::Registry;
 use client::{codec, connect, full_name, status_line, ClientArgs};
@@ -130,6 +130,16 @@ enum Command {
         /// Print the new operation's name alone (for scripts: `op=$(oprun submit -q …)`).
         #[arg(short, long)]
         quiet: bool,
+        /// Higher runs first, from -100 to 100 (default 0).
+        #[arg(long, short = 'p', default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
+        /// While an operation of this kind with this key is not done, return it instead of
+        /// starting another.
+        #[arg(long, default_value = "")]
+        unique_key: String,
+        /// At most this many attempts (no more than the kind allows).
+        #[arg(long)]
+        max_attempts: Option<u32>,
     },
     /// Snapshot a directory on the server into a .tar.zst file (the `snapshot` kind).
     Snapshot {
@@ -403,6 +413,9 @@ async fn run(
             not_before,
             delay,
             quiet,
+            priority,
+            unique_key,
+            max_attempts,
         } => {
             let not_before = match delay {
                 Some(delay) => Some(in_from_now(delay).map_err(|e| format!("--delay: {e}"))?),
@@ -417,6 +430,12 @@ async fn run(
                     .map_err(|e| format!("--deadline-in: {e}"))?,
                 not_before,
                 input: None,
+                priority,
+                unique_key,
+                retry_policy: max_attempts.map(|max_attempts| RetryPolicy {
+                    max_attempts,
+                    ..RetryPolicy::default()
+                }),
             };
             let op = submit(&client, request, &input).await?;
             show_new(&client, &op, quiet)

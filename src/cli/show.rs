@@ -111,6 +111,15 @@ pub(super) fn print_operation(client: &ClientArgs, op: &Operation) -> CliResult 
         fields.push(("ended", time(meta.end_time.as_ref())));
     }
     fields.push(("attempt", meta.attempt.max(1).to_string()));
+    if let Some(policy) = &meta.retry_policy {
+        fields.push(("max attempts", policy.max_attempts.to_string()));
+    }
+    if meta.priority != 0 {
+        fields.push(("priority", meta.priority.to_string()));
+    }
+    if !meta.unique_key.is_empty() {
+        fields.push(("unique key", meta.unique_key.clone()));
+    }
     if !meta.node.is_empty() {
         fields.push(("node", meta.node.clone()));
     }
@@ -151,7 +160,7 @@ pub(super) fn print_list(client: &ClientArgs, resp: &ListOperationsResponse) -> 
     if client.json {
         return print_json(resp);
     }
-    let rows: Vec<[String; 6]> = resp
+    let rows: Vec<[String; 7]> = resp
         .operations
         .iter()
         .map(|op| {
@@ -160,6 +169,7 @@ pub(super) fn print_list(client: &ClientArgs, resp: &ListOperationsResponse) -> 
                 op.name.clone(),
                 meta.kind.clone(),
                 state_name(&meta).to_owned(),
+                meta.priority.to_string(),
                 time(meta.create_time.as_ref()),
                 progress(&meta),
                 meta.node.clone(),
@@ -167,7 +177,9 @@ pub(super) fn print_list(client: &ClientArgs, resp: &ListOperationsResponse) -> 
         })
         .collect();
     print_table(
-        ["NAME", "KIND", "STATE", "CREATED", "PROGRESS", "NODE"],
+        [
+            "NAME", "KIND", "STATE", "PRI", "CREATED", "PROGRESS", "NODE",
+        ],
         &rows,
     );
     if rows.is_empty() {

@@ -31,6 +31,7 @@
 //! | `state` (`metadata.state`) | `QUEUED`, `RUNNING`, `SUCCEEDED`, `FAILED` or `CANCELLED` | `=`, `!=`, `:` |
 //! | `error.code` | 0 to 16, or a `google.rpc.Code` name such as `NOT_FOUND` | all |
 //! | `create_time`, `update_time` (also with `metadata.`) | RFC 3339 timestamp | all |
+//! | `priority` (`metadata.priority`) | an integer, -100 to 100 | all |
 //!
 //! `error:*` and `error.code:*` hold when the operation failed with an error. When an
 //! operation has no error, every `error.code` comparison is false except `!=`.
@@ -53,7 +54,7 @@ pub const MAX_FILTER_LEN: usize = 4096;
 const MAX_DEPTH: usize = 32;
 
 /// The filterable fields, as listed in error messages.
-const FIELD_LIST: &str = "name, done, kind, state, error.code, create_time, update_time";
+const FIELD_LIST: &str = "name, done, kind, state, error.code, create_time, update_time, priority";
 
 /// The operation states, by enum value name.
 const STATES: [&str; 5] = ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"];
@@ -101,6 +102,8 @@ pub struct FilterFields<'a> {
     pub create_time: SystemTime,
     /// When the operation last changed.
     pub update_time: SystemTime,
+    /// The priority it was submitted with.
+    pub priority: i32,
 }
 
 /// A parsed AIP-160 filter over operations.
@@ -365,6 +368,10 @@ enum Test {
         op: Op,
         value: SystemTime,
     },
+    Priority {
+        op: Op,
+        value: i32,
+    },
 }
 
 impl Test {
@@ -393,6 +400,7 @@ impl Test {
             Test::HasError => fields.error_code.is_some(),
             Test::CreateTime { op, value } => op.compare(&fields.create_time, value),
             Test::UpdateTime { op, value } => op.compare(&fields.update_time, value),
+            Test::Priority { op, value } => op.compare(&fields.priority, value),
         }
     }
 }
@@ -408,6 +416,7 @@ enum Field {
     Error,
     CreateTime,
     UpdateTime,
+    Priority,
 }
 
 impl Field {
@@ -422,6 +431,7 @@ impl Field {
                 "state" => Field::State,
                 "create_time" => Field::CreateTime,
                 "update_time" => Field::UpdateTime,
+                "priority" => Field::Priority,
                 _ => return None,
             },
         };
@@ -439,6 +449,7 @@ impl Field {
             Field::Error => "message field error",
             Field::CreateTime => "timestamp field create_time",
             Field::UpdateTime => "timestamp field update_time",
+            Field::Priority => "integer field priority",
         }
     }
 }
@@ -948,6 +959,16 @@ fn typed_test(field: Field, op: Op, op_pos: usize, value: &Value) -> Result<Test
             op,
             value: timestamp(value)?,
         }),
+        Field::Priority => match value.text.parse::<i32>() {
+            Ok(n) => Ok(Test::Priority { op, value: n }),
+            Err(_) => Err(FilterError::new(
+                value.pos,
+                format!(
+                    "invalid priority {}: priority accepts an integer such as 10 or -5",
+                    value.quoted()
+                ),
+            )),
+        },
     }
 }
 
@@ -1042,6 +1063,7 @@ mod tests {
             error_code: None,
             create_time: at(T0, 0),
             update_time: at(T0 + 60, 500_000_000),
+            priority: 0,
         }
     }
 
@@ -1382,7 +1404,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "invalid filter at character 1: unknown field \"foo\"; filterable fields are: \
-             name, done, kind, state, error.code, create_time, update_time"
+             name, done, kind, state, error.code, create_time, update_time, priority"
         );
     }
 
@@ -1392,7 +1414,7 @@ mod tests {
             "foo=1",
             1,
             "unknown field \"foo\"; filterable fields are: \
-             name, done, kind, state, error.code, create_time, update_time",
+             name, done, kind, state, error.code, create_time, update_time, priority",
         );
         fails(
             "done=true AND metadata.name=x",

@@ -52,6 +52,8 @@ pub struct SqlColumns {
     /// When the operation last changed, in microseconds since the Unix epoch (INTEGER, not
     /// NULL).
     pub update_time: &'static str,
+    /// The priority it was submitted with (INTEGER, not NULL).
+    pub priority: &'static str,
 }
 
 /// A value bound to one placeholder of a [`SqlFilter`]; rusqlite binds it as it is
@@ -103,6 +105,7 @@ impl Filter {
     ///     error_code: "error_code",
     ///     create_time: "create_time",
     ///     update_time: "update_time",
+    ///     priority: "priority",
     /// };
     /// let filter = Filter::parse("kind = sleep AND NOT error:*").unwrap();
     /// let sql = filter.to_sqlite(&columns);
@@ -128,6 +131,7 @@ impl Filter {
     ///     error_code: "error_code",
     ///     create_time: "create_time",
     ///     update_time: "update_time",
+    ///     priority: "priority",
     /// };
     /// let filter = Filter::parse("kind = sleep AND NOT error:*").unwrap();
     /// let sql = filter.to_postgres(&columns, 3);
@@ -293,6 +297,13 @@ impl Builder<'_> {
             }
             Test::CreateTime { op, value } => self.time(columns.create_time, *op, *value),
             Test::UpdateTime { op, value } => self.time(columns.update_time, *op, *value),
+            Test::Priority { op, value } => {
+                self.compare(
+                    columns.priority,
+                    sql_op(*op),
+                    SqlValue::Integer(i64::from(*value)),
+                );
+            }
         }
     }
 
@@ -523,6 +534,7 @@ mod tests {
         error_code: Option<i32>,
         create_time: i64,
         update_time: i64,
+        priority: i32,
     }
 
     impl Row {
@@ -545,6 +557,8 @@ mod tests {
             error_code,
             create_time,
             update_time: create_time + 60_500_000,
+            // -3 to 3, from the creation time: several rows share one.
+            priority: create_time.rem_euclid(7) as i32 - 3,
         }
     }
 
@@ -573,13 +587,13 @@ mod tests {
         conn.execute_batch(
             "CREATE TABLE ops (id TEXT NOT NULL, kind TEXT NOT NULL, done INTEGER NOT NULL, \
              state INTEGER NOT NULL, error_code INTEGER, create_time INTEGER NOT NULL, \
-             update_time INTEGER NOT NULL)",
+             update_time INTEGER NOT NULL, priority INTEGER NOT NULL)",
         )
         .expect("the table is created");
         for r in rows {
             let state = operation_metadata::State::from_str_name(r.state).expect("a state") as i32;
             conn.execute(
-                "INSERT INTO ops VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO ops VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     r.id,
                     r.kind,
@@ -587,7 +601,8 @@ mod tests {
                     state,
                     r.error_code,
                     r.create_time,
-                    r.update_time
+                    r.update_time,
+                    r.priority
                 ],
             )
             .expect("the row is inserted");
@@ -621,6 +636,7 @@ mod tests {
                 error_code: r.error_code,
                 create_time: from_micros(r.create_time),
                 update_time: from_micros(r.update_time),
+                priority: r.priority,
             };
             let expected = parsed.matches(&fields);
             assert_eq!(
@@ -876,6 +892,34 @@ mod tests {
         );
         selects("error.code=UNAUTHENTICATED", &["日本"]);
         selects("error.code=CANCELLED", &["a%c"]);
+    }
+
+    /// `priority` compares as an integer with every operator, negative values included; a
+    /// value that is not an integer is refused.
+    #[test]
+    fn priority_comparisons() {
+        let priorities: Vec<(&str, i32)> = ROWS.iter().map(|r| (r.id, r.priority)).collect();
+        for (filter, holds) in [
+            ("priority=0", (|p| p == 0) as fn(i32) -> bool),
+            ("priority!=0", |p| p != 0),
+            ("priority>0", |p| p > 0),
+            ("metadata.priority>=-1", |p| p >= -1),
+            ("priority<-2", |p| p < -2),
+            ("priority<=2", |p| p <= 2),
+        ] {
+            let want: Vec<&str> = priorities
+                .iter()
+                .filter(|(_, p)| holds(*p))
+                .map(|(id, _)| *id)
+                .collect();
+            assert!(
+                !want.is_empty() && want.len() < ROWS.len(),
+                "{filter}: {want:?}"
+            );
+            selects(filter, &want);
+        }
+        let err = Filter::parse("priority=high").unwrap_err();
+        assert!(err.to_string().contains("invalid priority"), "{err}");
     }
 
     /// Without an error the code column is NULL, and as in Rust every `error.code` test is
@@ -1142,6 +1186,7 @@ mod tests {
                         error_code: None,
                         create_time: from_micros(r.create_time),
                         update_time: from_micros(r.update_time),
+                        priority: r.priority,
                     };
                     assert_eq!(filter.matches(&fields), clause == "1", "{op:?} {r:?}");
                 }

@@ -862,6 +862,7 @@ mod tests {
             "DELETE /v1/{name=operations/**} /google.longrunning.Operations/DeleteOperation",
             "POST /v1/{name=operations/**}:cancel /google.longrunning.Operations/CancelOperation",
             "POST /v1/tasks:submit /oprun.v1.TaskService/SubmitTask",
+            "POST /v1/tasks:batchSubmit /oprun.v1.TaskService/BatchSubmitTasks",
             "POST /v1/snapshots /oprun.v1.SnapshotService/CreateSnapshot",
         ] {
             assert!(

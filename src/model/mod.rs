@@ -11,7 +11,7 @@ use prost_types::{Any, Timestamp};
 
 use crate::proto::google::longrunning::{operation, Operation};
 use crate::proto::google::rpc::{Code, Status};
-use crate::proto::oprun::v1::{operation_metadata, OperationMetadata, Progress};
+use crate::proto::oprun::v1::{operation_metadata, OperationMetadata, Progress, RetryPolicy};
 use crate::text::quote;
 
 pub mod time;
@@ -242,7 +242,18 @@ pub struct OperationRecord {
     pub owner: Option<String>,
     /// The W3C `traceparent` of the submitting call (validated; empty for none).
     pub traceparent: String,
+    /// Higher runs first (see [`MIN_PRIORITY`] and [`MAX_PRIORITY`]); 0 by default.
+    pub priority: i32,
+    /// While it is not done, a submission of the same kind with this key returns it.
+    pub unique_key: Option<String>,
+    /// The retry policy its submission narrowed the kind's to, if it did.
+    pub retry_policy: Option<RetryPolicy>,
 }
+
+/// The lowest priority a submission may give.
+pub const MIN_PRIORITY: i32 = -100;
+/// The highest priority a submission may give.
+pub const MAX_PRIORITY: i32 = 100;
 
 impl OperationRecord {
     /// A new queued operation.
@@ -271,6 +282,9 @@ impl OperationRecord {
             last_error: None,
             version: 1,
             owner: None,
+            priority: 0,
+            unique_key: None,
+            retry_policy: None,
         }
     }
 
@@ -329,6 +343,9 @@ impl OperationRecord {
             last_error: self.last_error.clone(),
             node: self.owner.clone().unwrap_or_default(),
             traceparent: self.traceparent.clone(),
+            priority: self.priority,
+            unique_key: self.unique_key.clone().unwrap_or_default(),
+            retry_policy: self.retry_policy,
         }
     }
 

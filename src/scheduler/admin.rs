@@ -128,6 +128,9 @@ impl Runner {
                 not_before: None,
                 traceparent,
                 role,
+                priority: old.priority,
+                unique_key: old.unique_key.clone().unwrap_or_default(),
+                retry_policy: old.retry_policy,
             })
             .await?;
         info!(op.name = %new.id, op.kind = %new.kind, from = %id, "run again");

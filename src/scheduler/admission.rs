@@ -1,4 +1,5 @@
-//! SubmitTask: validation, request ids (AIP-155), the queue bounds, then the store.
+//! SubmitTask and BatchSubmitTasks: validation, request ids (AIP-155), unique keys, the
+//! queue bounds, then the store.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -6,26 +7,149 @@ use std::time::Duration;
 use prost_types::Any;
 use tracing::info;
 
-use super::{Runner, Submission, MAX_REQUEST_ID_LEN};
+use std::collections::HashMap;
+
+use super::{Runner, Submission, MAX_BATCH_SUBMIT, MAX_REQUEST_ID_LEN, MAX_UNIQUE_KEY_LEN};
 use crate::error::Error;
-use crate::model::{time, OperationRecord};
+use crate::model::{time, OperationRecord, MAX_PRIORITY, MIN_PRIORITY};
+use crate::proto::oprun::v1::RetryPolicy as RetryPolicyProto;
 use crate::store::Inserted;
 use crate::text::quote;
 
 /// How often a submission waiting for room in a full queue looks again without a wake.
 const QUEUE_ROOM_POLL: Duration = Duration::from_millis(50);
 
+/// A submission checked and made into a record, before it is stored.
+enum Admitted {
+    /// Its `request_id` was used for this same request: that operation, as it is now.
+    Repeat(OperationRecord),
+    /// A new operation to store, with its kind's own queue bound.
+    New {
+        record: OperationRecord,
+        max_queued: Option<usize>,
+    },
+}
+
 impl Runner {
     /// Submits a task: validates it, makes it durable, queues it. With a `request_id` already
-    /// used for the same request, returns the earlier operation instead.
+    /// used for the same request, returns the earlier operation instead; with a `unique_key`
+    /// that an unfinished operation of the kind holds, returns that operation.
     ///
     /// # Errors
     /// INVALID_ARGUMENT for an unknown kind, an input of the wrong type, too large, or refused
-    /// by the kind; PERMISSION_DENIED when the caller's role may not start the kind; ALREADY_EXISTS when the `request_id` was used for a different request;
+    /// by the kind, a priority out of range, a unique key too long or a retry policy wider
+    /// than the kind's; PERMISSION_DENIED when the caller's role may not start the kind;
+    /// ALREADY_EXISTS when the `request_id` was used for a different request;
     /// RESOURCE_EXHAUSTED when the queue bound is reached and no room came within
-    /// `queue_full_wait`; UNAVAILABLE when shutting down or
-    /// the store fails.
+    /// `queue_full_wait`; UNAVAILABLE when shutting down or the store fails.
     pub async fn submit(&self, request: Submission) -> Result<OperationRecord, Error> {
+        let (record, max_queued) = match self.admit(request).await? {
+            Admitted::Repeat(existing) => return Ok(existing),
+            Admitted::New { record, max_queued } => (record, max_queued),
+        };
+        let kind = record.kind.clone();
+        self.reserve_or_wait(&kind, max_queued).await?;
+        let asked = Asked::of(&record);
+        let inserted = self.create(record).await;
+        self.lock_slots().unreserve(&kind);
+        match inserted? {
+            Inserted::New(r) => {
+                self.admitted(&r);
+                Ok(r)
+            }
+            Inserted::Existing(existing) => self.found(existing, &asked).await,
+        }
+    }
+
+    /// Submits up to [`MAX_BATCH_SUBMIT`] tasks in one transaction: every one is checked as
+    /// [`submit`](Self::submit) checks it, then all are stored or none. Answers one operation
+    /// per submission, in order (a repeated `request_id` or an active `unique_key` answers the
+    /// operation that holds it, also when an earlier submission of the batch took it).
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit), for the first submission at fault, named by its index
+    /// (`requests[i]`); INVALID_ARGUMENT for more than [`MAX_BATCH_SUBMIT`] submissions, or
+    /// one `request_id` given twice for different requests. Nothing is stored then.
+    pub async fn submit_many(
+        &self,
+        requests: Vec<Submission>,
+    ) -> Result<Vec<OperationRecord>, Error> {
+        if requests.len() > MAX_BATCH_SUBMIT {
+            return Err(Error::invalid_argument(
+                "requests",
+                format!(
+                    "{} requests in one batch; at most {MAX_BATCH_SUBMIT}: split it",
+                    requests.len()
+                ),
+            ));
+        }
+        let mut answers: Vec<Option<OperationRecord>> = Vec::with_capacity(requests.len());
+        let mut new: Vec<(usize, OperationRecord, Option<usize>)> = Vec::new();
+        for (index, request) in requests.into_iter().enumerate() {
+            match self.admit(request).await.map_err(|e| e.in_batch(index))? {
+                Admitted::Repeat(existing) => answers.push(Some(existing)),
+                Admitted::New { record, max_queued } => {
+                    answers.push(None);
+                    new.push((index, record, max_queued));
+                }
+            }
+        }
+        same_requests(&new)?;
+        let mut reserved: Vec<String> = Vec::with_capacity(new.len());
+        let mut full = None;
+        for (index, record, max_queued) in &new {
+            match self.reserve_or_wait(&record.kind, *max_queued).await {
+                Ok(()) => reserved.push(record.kind.clone()),
+                Err(e) => {
+                    full = Some(e.in_batch(*index));
+                    break;
+                }
+            }
+        }
+        let unreserve = |reserved: &[String]| {
+            let mut slots = self.lock_slots();
+            for kind in reserved {
+                slots.unreserve(kind);
+            }
+        };
+        if let Some(e) = full {
+            unreserve(&reserved);
+            return Err(e);
+        }
+        let asked: Vec<(usize, Asked)> = new.iter().map(|(i, r, _)| (*i, Asked::of(r))).collect();
+        let inserted = self
+            .create_many(new.into_iter().map(|(_, r, _)| r).collect())
+            .await;
+        unreserve(&reserved);
+        for ((index, asked), inserted) in asked.iter().zip(inserted?) {
+            let answer = match inserted {
+                Inserted::New(r) => {
+                    self.admitted(&r);
+                    r
+                }
+                Inserted::Existing(existing) => self
+                    .found(existing, asked)
+                    .await
+                    .map_err(|e| e.in_batch(*index))?,
+            };
+            answers[*index] = Some(answer);
+        }
+        answers
+            .into_iter()
+            .enumerate()
+            .map(|(index, answer)| {
+                answer.ok_or_else(|| {
+                    Error::Store(crate::store::StoreError::Unavailable(format!(
+                        "requests[{index}] got no answer from the store; retry the batch"
+                    )))
+                })
+            })
+            .collect()
+    }
+
+    /// Checks a submission and makes its record (or finds the operation its `request_id`
+    /// already names).
+    async fn admit(&self, request: Submission) -> Result<Admitted, Error> {
         let Submission {
             kind,
             input,
@@ -34,6 +158,9 @@ impl Runner {
             not_before,
             traceparent,
             role,
+            priority,
+            unique_key,
+            retry_policy,
         } = request;
         if !self.shared.accepting.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
@@ -85,6 +212,11 @@ impl Runner {
             ));
         }
         let request_id = check_request_id(&request_id)?;
+        check_priority(priority)?;
+        let unique_key = check_unique_key(unique_key)?;
+        let retry_policy = retry_policy
+            .map(|asked| narrow_retry(&kind, &task.options().retry, &asked))
+            .transpose()?;
         let now = self.now();
         let timeout = timeout.or(task.options().default_timeout);
         let deadline = match timeout {
@@ -108,15 +240,14 @@ impl Runner {
         // it is looked up before the input is judged or a place in the queue is taken.
         if let Some(rid) = &request_id {
             if let Some(existing) = self.shared.store.find_request(rid).await? {
-                return self.repeat(existing, &kind, Some(&input)).await;
+                return self
+                    .repeat(existing, &kind, Some(&input))
+                    .await
+                    .map(Admitted::Repeat);
             }
         }
         task.check_input(&input)?;
-        self.reserve_or_wait(&kind, task.options().max_queued)
-            .await?;
-        // Kept only to compare with an operation inserted meanwhile with the same request_id.
-        let sent = request_id.as_ref().map(|_| input.clone());
-        let mut record = OperationRecord::new_queued(kind.clone(), input, request_id);
+        let mut record = OperationRecord::new_queued(kind, input, request_id);
         record.create_time = now;
         record.update_time = now;
         record.deadline = deadline.map(time::to_micros);
@@ -125,31 +256,45 @@ impl Runner {
             .as_deref()
             .and_then(crate::model::traceparent)
             .unwrap_or_default();
-        let inserted = self.create(record).await;
-        match inserted {
-            Ok(Inserted::New(r)) => {
-                self.lock_slots().unreserve(&kind);
-                info!(op.name = %r.id, op.kind = %r.kind, "submitted");
-                if super::batch::CONTROL_KINDS.contains(&r.kind.as_str()) {
-                    self.shared.control_pending.store(true, Ordering::Release);
-                }
-                if !self.shared.kinds.is_in_process(&r.kind) {
-                    self.shared.remote_pending.store(true, Ordering::Release);
-                }
-                self.shared.dispatch_wake.notify_one();
-                if r.deadline.is_some() {
-                    self.shared.deadline_wake.notify_one();
-                }
-                Ok(r)
+        record.priority = priority;
+        record.unique_key = unique_key;
+        record.retry_policy = retry_policy;
+        Ok(Admitted::New {
+            record,
+            max_queued: task.options().max_queued,
+        })
+    }
+
+    /// What follows the insert of a new operation: the log line, and the wake-ups of what
+    /// may act on it.
+    fn admitted(&self, r: &OperationRecord) {
+        info!(op.name = %r.id, op.kind = %r.kind, "submitted");
+        if super::batch::CONTROL_KINDS.contains(&r.kind.as_str()) {
+            self.shared.control_pending.store(true, Ordering::Release);
+        }
+        if !self.shared.kinds.is_in_process(&r.kind) {
+            self.shared.remote_pending.store(true, Ordering::Release);
+        }
+        self.shared.dispatch_wake.notify_one();
+        if r.deadline.is_some() {
+            self.shared.deadline_wake.notify_one();
+        }
+    }
+
+    /// The answer to a submission whose insert found an operation holding what it asked:
+    /// its `request_id` (the earlier operation when the request is the same, else
+    /// ALREADY_EXISTS) or its kind's unique key (that operation, as it is now).
+    async fn found(
+        &self,
+        existing: OperationRecord,
+        asked: &Asked,
+    ) -> Result<OperationRecord, Error> {
+        match &asked.request_id {
+            Some(rid) if existing.request_id.as_ref() == Some(rid) => {
+                self.repeat(existing, &asked.kind, asked.input.as_ref())
+                    .await
             }
-            Ok(Inserted::Existing(existing)) => {
-                self.lock_slots().unreserve(&kind);
-                self.repeat(existing, &kind, sent.as_ref()).await
-            }
-            Err(e) => {
-                self.lock_slots().unreserve(&kind);
-                Err(e.into())
-            }
+            _ => self.get(&existing.id).await,
         }
     }
 
@@ -204,6 +349,150 @@ impl Runner {
         }
         self.get(&existing.id).await
     }
+}
+
+/// What a submission asked, kept to judge an operation its insert found instead.
+struct Asked {
+    kind: String,
+    request_id: Option<String>,
+    /// Kept only with a `request_id` (to compare with an operation inserted meanwhile with
+    /// the same one).
+    input: Option<Any>,
+}
+
+impl Asked {
+    fn of(r: &OperationRecord) -> Self {
+        Self {
+            kind: r.kind.clone(),
+            request_id: r.request_id.clone(),
+            input: r.request_id.as_ref().map(|_| r.input.clone()),
+        }
+    }
+}
+
+/// Refuses a batch that gives one `request_id` to two different requests (the store would
+/// answer the second with the first's operation).
+fn same_requests(new: &[(usize, OperationRecord, Option<usize>)]) -> Result<(), Error> {
+    let mut first: HashMap<&str, &OperationRecord> = HashMap::new();
+    for (index, r, _) in new {
+        let Some(rid) = r.request_id.as_deref() else {
+            continue;
+        };
+        match first.get(rid) {
+            Some(earlier) if earlier.kind != r.kind || earlier.input != r.input => {
+                return Err(Error::invalid_argument(
+                    "request_id",
+                    format!(
+                        "request_id {} is also given to an earlier request of this batch with \
+                         a different kind or input; use a new request_id for a different \
+                         request",
+                        quote(rid)
+                    ),
+                )
+                .in_batch(*index));
+            }
+            Some(_) => {}
+            None => {
+                first.insert(rid, r);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_priority(priority: i32) -> Result<(), Error> {
+    if (MIN_PRIORITY..=MAX_PRIORITY).contains(&priority) {
+        return Ok(());
+    }
+    Err(Error::invalid_argument(
+        "priority",
+        format!(
+            "priority is {priority}; it must be from {MIN_PRIORITY} to {MAX_PRIORITY} \
+             (higher runs first; 0 by default)"
+        ),
+    ))
+}
+
+fn check_unique_key(key: String) -> Result<Option<String>, Error> {
+    if key.len() > MAX_UNIQUE_KEY_LEN {
+        return Err(Error::invalid_argument(
+            "unique_key",
+            format!(
+                "unique_key is {} bytes; at most {MAX_UNIQUE_KEY_LEN}",
+                key.len()
+            ),
+        ));
+    }
+    Ok((!key.is_empty()).then_some(key))
+}
+
+/// The longest backoff a submission may ask for.
+const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
+
+/// The retry policy a submission asks for, checked against its kind's (`policy`): no more
+/// attempts, no faster backoff; unset fields filled with the kind's, so that the result says
+/// all that applies.
+fn narrow_retry(
+    kind: &str,
+    policy: &crate::task::RetryPolicy,
+    asked: &RetryPolicyProto,
+) -> Result<RetryPolicyProto, Error> {
+    let max_attempts = match asked.max_attempts {
+        0 => policy.max_attempts,
+        n if n > policy.max_attempts => {
+            return Err(Error::invalid_argument(
+                "retry_policy.max_attempts",
+                format!(
+                    "retry_policy.max_attempts is {n}; kind {kind:?} allows at most {}",
+                    policy.max_attempts
+                ),
+            ))
+        }
+        n => n,
+    };
+    let duration = |field: &'static str, d: &Option<prost_types::Duration>| {
+        d.as_ref()
+            .map(|d| {
+                time::duration(d).map_err(|e| {
+                    Error::invalid_argument(
+                        field,
+                        format!("{field} is not a valid positive duration: {e}; send e.g. \"30s\""),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let initial = duration("retry_policy.initial_backoff", &asked.initial_backoff)?
+        .unwrap_or(policy.initial_delay);
+    if initial < policy.initial_delay {
+        return Err(Error::invalid_argument(
+            "retry_policy.initial_backoff",
+            format!(
+                "retry_policy.initial_backoff is {}s; kind {kind:?} retries no sooner than {}s",
+                initial.as_secs_f64(),
+                policy.initial_delay.as_secs_f64()
+            ),
+        ));
+    }
+    let max = duration("retry_policy.max_backoff", &asked.max_backoff)?
+        .unwrap_or_else(|| policy.max_delay.max(initial));
+    if max < initial || max > MAX_BACKOFF {
+        return Err(Error::invalid_argument(
+            "retry_policy.max_backoff",
+            format!(
+                "retry_policy.max_backoff is {}s; it must be from initial_backoff ({}s) to \
+                 a day",
+                max.as_secs_f64(),
+                initial.as_secs_f64()
+            ),
+        ));
+    }
+    let proto = |d: Duration| prost_types::Duration::try_from(d).ok();
+    Ok(RetryPolicyProto {
+        max_attempts,
+        initial_backoff: proto(initial),
+        max_backoff: proto(max),
+    })
 }
 
 fn check_request_id(request_id: &str) -> Result<Option<String>, Error> {

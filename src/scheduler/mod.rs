@@ -540,7 +540,21 @@ pub struct Submission {
     /// above it (else PERMISSION_DENIED). `None`: a caller trusted with every kind (a server
     /// without tokens, or code in this process).
     pub role: Option<crate::auth::Role>,
+    /// Higher runs first, from [`MIN_PRIORITY`](crate::model::MIN_PRIORITY) to
+    /// [`MAX_PRIORITY`](crate::model::MAX_PRIORITY); 0 by default.
+    pub priority: i32,
+    /// While an operation of the kind with this key is not done, the submission returns it
+    /// instead of creating another (empty: no key; at most [`MAX_UNIQUE_KEY_LEN`] bytes).
+    pub unique_key: String,
+    /// Narrows the kind's retry policy for this operation (unset fields keep the kind's).
+    pub retry_policy: Option<crate::proto::oprun::v1::RetryPolicy>,
 }
+
+/// The longest unique key a submission may carry, in bytes.
+pub const MAX_UNIQUE_KEY_LEN: usize = 128;
+
+/// The most submissions one [`Runner::submit_many`] (BatchSubmitTasks) takes.
+pub const MAX_BATCH_SUBMIT: usize = 1000;
 
 impl Submission {
     /// A submission of `kind` with `input` and nothing else.

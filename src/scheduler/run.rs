@@ -209,10 +209,11 @@ impl Runner {
             self.worker_returned(&running);
             end
         };
+        let policy = task.options().retry.narrowed(record.retry_policy.as_ref());
         let decision = conclude(&Situation {
             end: &end,
             reason: running.reason.get().copied(),
-            policy: &task.options().retry,
+            policy: &policy,
             retry_safe: task.options().retry_safe,
             attempt: record.attempt,
             created: record.create_time,

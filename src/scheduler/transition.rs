@@ -208,6 +208,52 @@ impl Runner {
             .unwrap_or_else(|e| Err(joined(&e)))
     }
 
+    /// Inserts several new operations in one transaction (see
+    /// [`crate::store::Store::insert_many`]), publishing those stored, as [`create`](Self::create)
+    /// does for one.
+    pub(crate) async fn create_many(
+        &self,
+        records: Vec<OperationRecord>,
+    ) -> Result<Vec<Inserted>, StoreError> {
+        let runner = self.clone();
+        self.shared
+            .tracker
+            .spawn(
+                async move {
+                    let ids: Vec<_> = records.iter().map(|r| r.id.clone()).collect();
+                    for id in &ids {
+                        runner.shared.bus.expect(id);
+                    }
+                    let inserted = runner.shared.store.insert_many(records).await;
+                    let stored: std::collections::HashSet<&crate::model::OperationId> =
+                        match &inserted {
+                            Ok(all) => all
+                                .iter()
+                                .filter_map(|i| match i {
+                                    Inserted::New(r) => Some(&r.id),
+                                    Inserted::Existing(_) => None,
+                                })
+                                .collect(),
+                            Err(_) => Default::default(),
+                        };
+                    for id in ids.iter().filter(|id| !stored.contains(id)) {
+                        runner.shared.bus.forget(id);
+                    }
+                    for r in inserted.iter().flatten() {
+                        if let Inserted::New(r) = r {
+                            runner.lock_slots().queued(&r.kind);
+                            runner.shared.metrics.submitted(&r.kind);
+                            runner.shared.bus.publish(r, None);
+                        }
+                    }
+                    inserted
+                }
+                .in_current_span(),
+            )
+            .await
+            .unwrap_or_else(|e| Err(joined(&e)))
+    }
+
     /// Claims due work for this node (see [`crate::store::Store::claim`]) and publishes what
     /// it started.
     ///

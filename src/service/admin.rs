@@ -71,6 +71,7 @@ impl AdminApi {
                 not_before: None,
                 traceparent,
                 role,
+                ..Submission::default()
             })
             .await?;
         Ok(Response::new(record.to_operation()))

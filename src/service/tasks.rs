@@ -5,11 +5,12 @@ use tracing::instrument;
 
 use crate::error::Error;
 use crate::model::time;
+use crate::model::OperationRecord;
 use crate::proto::google::longrunning::Operation;
 use crate::proto::oprun::v1::task_service_server::{TaskService, TaskServiceServer};
 use crate::proto::oprun::v1::{
-    ListNodesRequest, ListNodesResponse, ListTaskKindsRequest, ListTaskKindsResponse, Node,
-    SubmitTaskRequest,
+    BatchSubmitTasksRequest, BatchSubmitTasksResponse, ListNodesRequest, ListNodesResponse,
+    ListTaskKindsRequest, ListTaskKindsResponse, Node, SubmitTaskRequest,
 };
 use crate::scheduler::{Runner, Submission};
 
@@ -35,48 +36,33 @@ impl TaskService for TaskApi {
     ) -> Result<Response<Operation>, Status> {
         let traceparent = super::traceparent(&request);
         let role = super::caller_role(&request);
-        let req = request.into_inner();
-        let timeout = req
-            .timeout
-            .map(|t| {
-                time::duration(&t).map_err(|e| {
-                    Error::invalid_argument(
-                        "timeout",
-                        format!(
-                            "timeout is not a valid positive duration: {e}; send e.g. \"300s\", \
-                             or leave it unset for no timeout"
-                        ),
-                    )
-                })
-            })
-            .transpose()?;
-        let not_before = req
-            .not_before
-            .map(|t| {
-                time::timestamp(&t).map_err(|e| {
-                    Error::invalid_argument(
-                        "not_before",
-                        format!(
-                            "not_before is not a valid timestamp: {e}; send an RFC 3339 time \
-                             such as \"2026-11-22T08:00:00Z\""
-                        ),
-                    )
-                })
-            })
-            .transpose()?;
-        let record = self
-            .runner
-            .submit(Submission {
-                kind: req.kind,
-                input: req.input,
-                request_id: req.request_id,
-                timeout,
-                not_before,
-                traceparent,
-                role,
-            })
-            .await?;
+        let submission = submission(request.into_inner(), traceparent, role)?;
+        let record = self.runner.submit(submission).await?;
         Ok(Response::new(record.to_operation()))
+    }
+
+    #[instrument(
+        skip_all,
+        name = "rpc.BatchSubmitTasks",
+        fields(trace_id, parent_id, count)
+    )]
+    async fn batch_submit_tasks(
+        &self,
+        request: Request<BatchSubmitTasksRequest>,
+    ) -> Result<Response<BatchSubmitTasksResponse>, Status> {
+        let traceparent = super::traceparent(&request);
+        let role = super::caller_role(&request);
+        let requests = request.into_inner().requests;
+        tracing::Span::current().record("count", requests.len());
+        let submissions = requests
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| submission(r, traceparent.clone(), role).map_err(|e| e.in_batch(i)))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let records = self.runner.submit_many(submissions).await?;
+        Ok(Response::new(BatchSubmitTasksResponse {
+            operations: records.iter().map(OperationRecord::to_operation).collect(),
+        }))
     }
 
     #[instrument(skip_all, name = "rpc.ListTaskKinds")]
@@ -111,4 +97,52 @@ impl TaskService for TaskApi {
             .collect();
         Ok(Response::new(ListNodesResponse { nodes }))
     }
+}
+
+/// A submission from its request: the times checked (the rest is checked by the runner).
+fn submission(
+    req: SubmitTaskRequest,
+    traceparent: Option<String>,
+    role: Option<crate::auth::Role>,
+) -> Result<Submission, Error> {
+    let timeout = req
+        .timeout
+        .map(|t| {
+            time::duration(&t).map_err(|e| {
+                Error::invalid_argument(
+                    "timeout",
+                    format!(
+                        "timeout is not a valid positive duration: {e}; send e.g. \"300s\", \
+                         or leave it unset for no timeout"
+                    ),
+                )
+            })
+        })
+        .transpose()?;
+    let not_before = req
+        .not_before
+        .map(|t| {
+            time::timestamp(&t).map_err(|e| {
+                Error::invalid_argument(
+                    "not_before",
+                    format!(
+                        "not_before is not a valid timestamp: {e}; send an RFC 3339 time \
+                         such as \"2026-11-22T08:00:00Z\""
+                    ),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(Submission {
+        kind: req.kind,
+        input: req.input,
+        request_id: req.request_id,
+        timeout,
+        not_before,
+        traceparent,
+        role,
+        priority: req.priority,
+        unique_key: req.unique_key,
+        retry_policy: req.retry_policy,
+    })
 }

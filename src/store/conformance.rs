@@ -37,6 +37,10 @@ where
     deadlines_of_queued_work(&make().await).await;
     queued_counts_follow_claims_and_ends(&make().await).await;
     registrations_are_kept_replaced_and_forgotten(&make().await).await;
+    claims_take_higher_priorities_first(&make().await).await;
+    a_unique_key_holds_while_its_operation_is_unfinished(&make().await).await;
+    insert_many_stores_all_in_order_with_each_ones_semantics(&make().await).await;
+    one_unique_key_inserted_at_once_makes_one_operation(std::sync::Arc::new(make().await)).await;
     let shared = std::sync::Arc::new(make().await);
     two_claimers_never_get_the_same_operation(shared).await;
     one_request_id_inserted_at_once_makes_one_operation(std::sync::Arc::new(make().await)).await;
@@ -180,12 +184,18 @@ async fn insert_assigns_increasing_seq<S: Store>(store: &S) {
 /// Inserts with one request id at the same moment (a client's retries racing each other, or
 /// one batch of a group commit) store one operation; every caller gets it.
 async fn one_request_id_inserted_at_once_makes_one_operation<S: Store>(store: std::sync::Arc<S>) {
+    racing_inserts(store, |r| r.request_id = Some("req-race".into())).await;
+}
+
+/// Eight inserts at once of records that `mark` makes alike (one request id, one unique key)
+/// store one operation, and every caller gets it.
+async fn racing_inserts<S: Store>(store: std::sync::Arc<S>, mark: fn(&mut OperationRecord)) {
     let inserts: Vec<_> = (0..8)
         .map(|_| {
             let store = std::sync::Arc::clone(&store);
             tokio::spawn(async move {
                 let mut r = queued("a");
-                r.request_id = Some("req-race".into());
+                mark(&mut r);
                 match store.insert(r).await.expect("insert") {
                     Inserted::New(r) => (true, r.id),
                     Inserted::Existing(r) => (false, r.id),
@@ -771,6 +781,217 @@ async fn claims_take_due_work_in_order_within_limits<S: Store>(store: &S) {
         .await
         .expect("claim");
     assert!(none.operations.is_empty(), "only the kinds asked for");
+}
+
+/// A claim takes the highest priority first (over all kinds asked for), then the oldest due,
+/// then the first inserted; work not yet due waits whatever its priority; the priority is
+/// kept and read back.
+async fn claims_take_higher_priorities_first<S: Store>(store: &S) {
+    let now = base() + Duration::from_secs(100);
+    let mut made = Vec::new();
+    // (kind, due, priority)
+    for (kind, due, priority) in [
+        ("a", 1, 0),
+        ("a", 2, 10),
+        ("b", 3, 10),
+        ("a", 4, -5),
+        ("b", 5, 50),
+        ("a", 500, 100),
+        ("b", 1, 10),
+    ] {
+        let mut r = queued(kind);
+        r.create_time = base();
+        r.next_attempt_time = Some(base() + Duration::from_secs(due));
+        r.priority = priority;
+        made.push(insert_new(store, r).await);
+    }
+    assert_eq!(
+        store
+            .get(&made[4].id)
+            .await
+            .expect("get")
+            .map(|r| r.priority),
+        Some(50),
+        "the priority is kept"
+    );
+    let claimed = store
+        .claim(&claim("n1", &[("a", 10), ("b", 10)], 4, now))
+        .await
+        .expect("claim");
+    let ids: Vec<_> = claimed.operations.iter().map(|r| r.id.clone()).collect();
+    // b@5 (50), then the 10s by due: b@1, a@2, b@3; the not-yet-due 100 waits.
+    assert_eq!(
+        ids,
+        vec![
+            made[4].id.clone(),
+            made[6].id.clone(),
+            made[1].id.clone(),
+            made[2].id.clone()
+        ],
+        "priority, then due, over all kinds"
+    );
+    let rest = store
+        .claim(&claim("n1", &[("a", 10), ("b", 10)], 10, now))
+        .await
+        .expect("claim");
+    let ids: Vec<_> = rest.operations.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(
+        ids,
+        vec![made[0].id.clone(), made[3].id.clone()],
+        "0 before -5"
+    );
+    assert_eq!(rest.next_due, Some(base() + Duration::from_secs(500)));
+    // Within one kind's room the same order holds.
+    let mut low = queued("c");
+    low.create_time = base();
+    let low = insert_new(store, low).await;
+    let mut high = queued("c");
+    high.create_time = base() + Duration::from_secs(1);
+    high.priority = 1;
+    let high = insert_new(store, high).await;
+    let one = store
+        .claim(&claim("n1", &[("c", 1)], 10, now))
+        .await
+        .expect("claim");
+    assert_eq!(
+        one.operations.iter().map(|r| &r.id).collect::<Vec<_>>(),
+        vec![&high.id],
+        "the later, higher one first"
+    );
+    let _ = low;
+}
+
+/// While an operation holding a kind's unique key is not done, an insert of that kind with
+/// the key returns it; another kind, or the key after the holder ended, inserts.
+async fn a_unique_key_holds_while_its_operation_is_unfinished<S: Store>(store: &S) {
+    let keyed = |kind: &str| {
+        let mut r = queued(kind);
+        r.unique_key = Some("customer-7".into());
+        r
+    };
+    let first = insert_new(store, keyed("export")).await;
+    assert_eq!(
+        store
+            .get(&first.id)
+            .await
+            .expect("get")
+            .and_then(|r| r.unique_key),
+        Some("customer-7".to_owned()),
+        "the key is kept"
+    );
+    match store.insert(keyed("export")).await.expect("insert") {
+        Inserted::Existing(r) => assert_eq!(r.id, first.id, "the holder is returned"),
+        Inserted::New(r) => panic!("a held unique key made a second operation {}", r.id),
+    }
+    let other = insert_new(store, keyed("import")).await;
+    assert_ne!(other.id, first.id, "keys are per kind");
+    let running = store
+        .claim(&claim("n1", &[("export", 1)], 1, SystemTime::now()))
+        .await
+        .expect("claim");
+    assert_eq!(running.operations.len(), 1);
+    match store.insert(keyed("export")).await.expect("insert") {
+        Inserted::Existing(r) => assert_eq!(r.id, first.id, "running still holds it"),
+        Inserted::New(r) => panic!("a running holder's key made {}", r.id),
+    }
+    let running = running.operations.into_iter().next().expect("one");
+    change(
+        store,
+        &running,
+        Change::Finish {
+            state: State::Succeeded,
+            outcome: Outcome::Response(Any::default()),
+        },
+    )
+    .await;
+    let next = insert_new(store, keyed("export")).await;
+    assert_ne!(next.id, first.id, "a done holder frees the key");
+    match store.insert(keyed("export")).await.expect("insert") {
+        Inserted::Existing(r) => assert_eq!(r.id, next.id, "the new holder"),
+        Inserted::New(r) => panic!("made {}", r.id),
+    }
+}
+
+/// Inserts of one unique key at the same moment store one operation; every caller gets it.
+async fn one_unique_key_inserted_at_once_makes_one_operation<S: Store>(store: std::sync::Arc<S>) {
+    racing_inserts(store, |r| r.unique_key = Some("key-race".into())).await;
+}
+
+/// `insert_many` answers each record in order: new ones with increasing `seq`s, and a
+/// request id or unique key taken before or earlier in the same call answered with its
+/// holder; every new one is stored.
+async fn insert_many_stores_all_in_order_with_each_ones_semantics<S: Store>(store: &S) {
+    let mut before = queued("a");
+    before.request_id = Some("rid-before".into());
+    let before = insert_new(store, before).await;
+    let mut batch = Vec::new();
+    for i in 0..5 {
+        let mut r = queued("a");
+        r.priority = i;
+        batch.push(r);
+    }
+    batch[1].request_id = Some("rid-before".into());
+    batch[2].request_id = Some("rid-in".into());
+    batch[3].request_id = Some("rid-in".into());
+    batch[0].unique_key = Some("u".into());
+    batch[4].unique_key = Some("u".into());
+    let sent: Vec<_> = batch.iter().map(|r| r.id.clone()).collect();
+    let answers = store.insert_many(batch).await.expect("insert_many");
+    assert_eq!(answers.len(), 5);
+    let id = |i: &Inserted| match i {
+        Inserted::New(r) | Inserted::Existing(r) => r.id.clone(),
+    };
+    assert!(matches!(answers[0], Inserted::New(_)));
+    assert!(matches!(&answers[1], Inserted::Existing(r) if r.id == before.id));
+    assert!(matches!(answers[2], Inserted::New(_)));
+    assert!(
+        matches!(&answers[3], Inserted::Existing(r) if r.id == sent[2]),
+        "a request id taken earlier in the call: {:?}",
+        id(&answers[3])
+    );
+    assert!(
+        matches!(&answers[4], Inserted::Existing(r) if r.id == sent[0]),
+        "a unique key taken earlier in the call: {:?}",
+        id(&answers[4])
+    );
+    let seqs: Vec<i64> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Inserted::New(r) => Some(r.seq),
+            Inserted::Existing(_) => None,
+        })
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]) && seqs[0] > before.seq,
+        "{seqs:?}"
+    );
+    for new in [&sent[0], &sent[2]] {
+        assert!(store.get(new).await.expect("get").is_some(), "{new} stored");
+    }
+    let page = store
+        .list(0, &Filter::parse("").expect("empty filter"), 10)
+        .await
+        .expect("list");
+    assert_eq!(page.len(), 3, "the one before and two new");
+    assert!(store
+        .insert_many(Vec::new())
+        .await
+        .expect("empty")
+        .is_empty());
+    // One record that cannot be stored (its id is taken) and none is.
+    let fine = queued("a");
+    let fine_id = fine.id.clone();
+    let mut clash = queued("a");
+    clash.id = before.id.clone();
+    assert!(
+        store.insert_many(vec![fine, clash]).await.is_err(),
+        "a taken id is refused"
+    );
+    assert_eq!(
+        store.get(&fine_id).await.expect("get"),
+        None,
+        "all or none: the good one is not stored either"
+    );
 }
 
 /// RUNNING work of a node whose lease ended (or that has none) is an orphan to others; a node

@@ -30,8 +30,12 @@ struct Inner {
     by_seq: BTreeMap<i64, OperationRecord>,
     seq_by_id: HashMap<OperationId, i64>,
     seq_by_request: HashMap<String, i64>,
-    /// QUEUED operations by kind, in due order (the claim order).
+    /// QUEUED operations by kind, in due order (for when the next one is due).
     queued: HashMap<String, BTreeSet<(SystemTime, i64)>>,
+    /// QUEUED operations by kind, in the claim's order (see [`rank`]).
+    ranked: HashMap<String, BTreeSet<(i32, SystemTime, i64)>>,
+    /// Unfinished operations with a unique key, by kind and key.
+    seq_by_unique: HashMap<(String, String), i64>,
     /// Queued operations with a deadline, by deadline.
     deadlines: BTreeSet<(SystemTime, i64)>,
     /// RUNNING operations.
@@ -53,15 +57,34 @@ fn due(r: &OperationRecord) -> SystemTime {
     r.next_attempt_time.unwrap_or(r.create_time)
 }
 
+/// Where a queued operation stands in the claim's order: highest priority first, then
+/// oldest due, then first inserted.
+fn rank(r: &OperationRecord) -> (i32, SystemTime, i64) {
+    (r.priority.saturating_neg(), due(r), r.seq)
+}
+
+/// The key under which an unfinished operation holds its unique key.
+fn unique(r: &OperationRecord) -> Option<(String, String)> {
+    Some((r.kind.clone(), r.unique_key.clone()?))
+}
+
 impl Inner {
     /// Stores `r` (new or changed), keeping the indexes in step with the record it replaces.
     fn put(&mut self, r: OperationRecord) {
         if let Some(old) = self.by_seq.get(&r.seq) {
-            let (old_kind, old_due, old_state, old_deadline) =
-                (old.kind.clone(), due(old), old.state, old.deadline);
+            let (old_kind, old_due, old_state, old_deadline, old_rank) = (
+                old.kind.clone(),
+                due(old),
+                old.state,
+                old.deadline,
+                rank(old),
+            );
             if old_state == State::Queued {
                 if let Some(q) = self.queued.get_mut(&old_kind) {
                     q.remove(&(old_due, r.seq));
+                }
+                if let Some(q) = self.ranked.get_mut(&old_kind) {
+                    q.remove(&old_rank);
                 }
             }
             if let Some(d) = old_deadline {
@@ -74,6 +97,19 @@ impl Inner {
                 .entry(r.kind.clone())
                 .or_default()
                 .insert((due(&r), r.seq));
+            self.ranked
+                .entry(r.kind.clone())
+                .or_default()
+                .insert(rank(&r));
+        }
+        if let Some(key) = unique(&r) {
+            if r.is_done() {
+                if self.seq_by_unique.get(&key) == Some(&r.seq) {
+                    self.seq_by_unique.remove(&key);
+                }
+            } else {
+                self.seq_by_unique.insert(key, r.seq);
+            }
         }
         if r.state == State::Running {
             self.running.insert(r.seq);
@@ -87,6 +123,42 @@ impl Inner {
         }
         self.feed.insert(self.head, r.seq);
         self.by_seq.insert(r.seq, r);
+    }
+
+    /// Refuses records whose ids are taken (as the SQL stores' unique index on `id` does).
+    fn check_ids(&self, records: &[OperationRecord]) -> Result<(), StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        for r in records {
+            if self.seq_by_id.contains_key(&r.id) || !seen.insert(&r.id) {
+                return Err(StoreError::Unavailable(format!(
+                    "an operation with id {} is already stored",
+                    r.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts `record` unless its request id, or its kind and unique key while an
+    /// operation holding them is not done, are taken: then returns that operation.
+    fn insert(&mut self, mut record: OperationRecord) -> Inserted {
+        let taken = record
+            .request_id
+            .as_ref()
+            .and_then(|rid| self.seq_by_request.get(rid))
+            .or_else(|| unique(&record).and_then(|key| self.seq_by_unique.get(&key)));
+        if let Some(existing) = taken.and_then(|seq| self.by_seq.get(seq)) {
+            return Inserted::Existing(existing.clone());
+        }
+        self.next_seq += 1;
+        record.seq = self.next_seq;
+        let seq = record.seq;
+        if let Some(rid) = &record.request_id {
+            self.seq_by_request.insert(rid.clone(), seq);
+        }
+        self.seq_by_id.insert(record.id.clone(), seq);
+        self.put(record.clone());
+        Inserted::New(record)
     }
 
     fn remove(&mut self, seq: i64) {
@@ -134,24 +206,21 @@ impl MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn insert(&self, mut record: OperationRecord) -> Result<Inserted, StoreError> {
+    async fn insert(&self, record: OperationRecord) -> Result<Inserted, StoreError> {
         let mut g = self.lock();
-        if let Some(rid) = &record.request_id {
-            if let Some(seq) = g.seq_by_request.get(rid) {
-                if let Some(existing) = g.by_seq.get(seq) {
-                    return Ok(Inserted::Existing(existing.clone()));
-                }
-            }
-        }
-        g.next_seq += 1;
-        record.seq = g.next_seq;
-        let seq = record.seq;
-        if let Some(rid) = &record.request_id {
-            g.seq_by_request.insert(rid.clone(), seq);
-        }
-        g.seq_by_id.insert(record.id.clone(), seq);
-        g.put(record.clone());
-        Ok(Inserted::New(record))
+        g.check_ids(std::slice::from_ref(&record))?;
+        Ok(g.insert(record))
+    }
+
+    async fn insert_many(
+        &self,
+        records: Vec<OperationRecord>,
+    ) -> Result<Vec<Inserted>, StoreError> {
+        // Under one lock, and checked before any is stored: all or none, and nothing sees
+        // some of them without the rest.
+        let mut g = self.lock();
+        g.check_ids(&records)?;
+        Ok(records.into_iter().map(|r| g.insert(r)).collect())
     }
 
     async fn write(&self, record: &OperationRecord, fence: &Fence) -> Result<Written, StoreError> {
@@ -196,14 +265,14 @@ impl Store for MemoryStore {
         } else {
             (claim.kinds.clone(), claim.total)
         };
-        let mut candidates: Vec<(SystemTime, i64)> = Vec::new();
+        let mut candidates: Vec<(i32, SystemTime, i64)> = Vec::new();
         let mut next_due: Option<SystemTime> = None;
         for (kind, room) in &kinds {
-            let Some(q) = g.queued.get(kind) else {
+            let (Some(q), Some(ranked)) = (g.queued.get(kind), g.ranked.get(kind)) else {
                 continue;
             };
-            let mut due_now = q.iter().take_while(|(d, _)| *d <= claim.now);
-            candidates.extend(due_now.by_ref().take(*room).copied());
+            let due_now = ranked.iter().filter(|(_, d, _)| *d <= claim.now);
+            candidates.extend(due_now.take(*room).copied());
             if let Some((later, _)) = q.range((claim.now, i64::MAX)..).next() {
                 if *later > claim.now {
                     next_due = Some(next_due.map_or(*later, |n| n.min(*later)));
@@ -213,7 +282,7 @@ impl Store for MemoryStore {
         candidates.sort();
         candidates.truncate(total);
         let mut operations = Vec::with_capacity(candidates.len());
-        for (_, seq) in candidates {
+        for (_, _, seq) in candidates {
             let Some(mut r) = g.by_seq.get(&seq).cloned() else {
                 continue;
             };

@@ -291,12 +291,22 @@ pub enum Inserted {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a new operation and assigns its `seq` (increasing in insertion order). If the
-    /// record carries a `request_id` already used, stores nothing and returns the existing
-    /// operation.
+    /// record carries a `request_id` already used, or a `unique_key` that an unfinished
+    /// operation of its kind holds, stores nothing and returns that operation.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the write could not be made durable.
     async fn insert(&self, record: OperationRecord) -> Result<Inserted, StoreError>;
+
+    /// Inserts several operations in one transaction: every one is stored (or found, as
+    /// [`insert`](Store::insert) finds an operation by request id or unique key: also one
+    /// inserted earlier in the same call), or none is. Answers one [`Inserted`] per record,
+    /// in order.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the write could not be made durable: then none is.
+    async fn insert_many(&self, records: Vec<OperationRecord>)
+        -> Result<Vec<Inserted>, StoreError>;
 
     /// Writes `record`, a change of a stored operation, if `fence` still holds: for
     /// [`Fence::Version`], the stored version is the one given (and `record.version` is the
@@ -309,8 +319,8 @@ pub trait Store: Send + Sync + 'static {
     async fn write(&self, record: &OperationRecord, fence: &Fence) -> Result<Written, StoreError>;
 
     /// Starts queued operations for a node: up to `claim.total`, at most the given number of
-    /// each kind, oldest due first (due: `next_attempt_time`, or `create_time`), none whose
-    /// time has not come. Each is made RUNNING and owned by the node in the same write, so
+    /// each kind, highest priority first, then oldest due (due: `next_attempt_time`, or
+    /// `create_time`), then first inserted; none whose time has not come. Each is made RUNNING and owned by the node in the same write, so
     /// two claimers never get the same operation.
     ///
     /// # Errors
@@ -561,6 +571,7 @@ fn matches_in_state(filter: &Filter, r: &OperationRecord, state: State) -> bool 
             },
             create_time: r.create_time,
             update_time: r.update_time,
+            priority: r.priority,
         })
 }
 
@@ -687,6 +698,9 @@ pub(crate) fn decode_record(
         last_error: meta.last_error,
         version: columns.version.max(1),
         owner: columns.owner.clone(),
+        priority: meta.priority,
+        unique_key: (!meta.unique_key.is_empty()).then_some(meta.unique_key),
+        retry_policy: meta.retry_policy,
     })
 }
 

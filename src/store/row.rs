@@ -16,6 +16,7 @@ pub(crate) const FILTER_COLUMNS: SqlColumns = SqlColumns {
     error_code: "error_code",
     create_time: "create_time",
     update_time: "update_time",
+    priority: "priority",
 };
 
 /// A record's columns as a backend stores them, encoded by the caller (so a writer thread or
@@ -41,6 +42,10 @@ pub(crate) struct RowImage {
     pub deadline: Option<i64>,
     pub cancel_requested: bool,
     pub due: Option<i64>,
+    /// Written only by inserts (it never changes).
+    pub priority: i32,
+    /// Written only by inserts (it never changes).
+    pub unique_key: Option<String>,
 }
 
 impl RowImage {
@@ -69,6 +74,8 @@ impl RowImage {
             deadline: r.deadline.map(micros),
             cancel_requested: r.requested_cancellation,
             due: due(r),
+            priority: r.priority,
+            unique_key: r.unique_key.clone(),
         }
     }
 }

@@ -128,6 +128,10 @@ impl Store for FaultyStore {
         self.refuse_write()?;
         self.inner.insert(r).await
     }
+    async fn insert_many(&self, r: Vec<OperationRecord>) -> Result<Vec<Inserted>, StoreError> {
+        self.refuse_write()?;
+        self.inner.insert_many(r).await
+    }
     async fn write(&self, r: &OperationRecord, fence: &Fence) -> Result<Written, StoreError> {
         self.updates.fetch_add(1, Ordering::SeqCst);
         self.refuse_write()?;

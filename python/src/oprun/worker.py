@@ -41,6 +41,7 @@ import grpc
 from google.protobuf import descriptor_pb2, struct_pb2
 from google.protobuf.message import Message
 
+from . import _connect
 from . import _protocol as proto
 
 log = logging.getLogger("oprun.worker")
@@ -307,15 +308,10 @@ class Worker:
             self._loop.call_soon_threadsafe(self._stop.set)
 
     def _channel(self) -> grpc.aio.Channel:
-        options = [("grpc.keepalive_time_ms", 20_000)]
-        if self.target.startswith("https://"):
-            credentials = grpc.ssl_channel_credentials(self._root_certificates)
-            return grpc.aio.secure_channel(self.target[len("https://") :], credentials, options)
-        target = self.target[len("http://") :] if self.target.startswith("http://") else self.target
-        return grpc.aio.insecure_channel(target, options)
+        return _connect.channel(self.target, self._root_certificates)
 
     def _metadata(self) -> list[tuple[str, str]] | None:
-        return [("authorization", f"Bearer {self.token}")] if self.token else None
+        return _connect.call_metadata(self.token)
 
     async def run(self) -> None:
         """Runs until SIGINT or SIGTERM (or :meth:`stop`): opens a session, runs what it is

@@ -878,7 +878,7 @@
         h("button", { type: "submit", class: "primary", "data-testid": "filter-apply", text: "Apply" }),
         filter ? h("button", { type: "button", onclick: () => navigate("#/operations"), text: "Clear" }) : null),
       h("p", { id: "filter-hint", class: "hint" },
-        "AIP-160 filter on name, done, kind, state, error.code, create_time, update_time. Press / to focus, Enter to apply."),
+        "AIP-160 filter on name, done, kind, state, error.code, create_time, update_time, priority. Press / to focus, Enter to apply."),
       filterError);
     form.addEventListener("submit", (e) => {
       e.preventDefault();

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{GenericClient, Pool};
 use tokio_postgres::types::ToSql;
 
 use super::batch::Batcher;
@@ -25,36 +25,45 @@ pub(super) fn start(pool: Pool, stats: crate::metrics::CommitStats) -> Inserter 
     Batcher::start(MAX_BATCH, Some(stats), move |rows: Vec<RowImage>| {
         let pool = pool.clone();
         async move {
-            let seqs = insert_batch(&pool, &rows).await?;
+            let client = pool.get().await.map_err(pool_error)?;
+            let seqs = insert_rows(&client, &rows).await?;
             Ok(rows.iter().map(|r| seqs.get(&r.id).copied()).collect())
         }
     })
 }
 
 /// The statement: the batch's columns as arrays, numbered in order, given `seq`s after the
-/// counter's value (which the batch moves on by its size). A request id already taken (or
-/// taken twice in the batch) inserts nothing for that row.
-const INSERT_BATCH: &str =
-    concat!("WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], \
+/// counter's value (which the batch moves on by its size). A request id already taken, or a
+/// unique key an unfinished operation of the kind holds (or either taken twice in the
+/// batch), inserts nothing for that row.
+const INSERT_BATCH: &str = concat!(
+    "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], \
      $3::text[], $4::smallint[], $5::int[], $6::int[], $7::bigint[], $8::bigint[], \
      $9::bigint[], $10::bytea[], $11::bytea[], $12::bigint[], $13::text[], $14::int[], \
-     $15::bigint[], $16::bigint[], $17::bigint[], $18::bool[], $19::bigint[]) WITH ORDINALITY \
+     $15::bigint[], $16::bigint[], $17::bigint[], $18::bool[], $19::bigint[], $21::int[], \
+     $22::text[]) WITH ORDINALITY \
      AS i(id, request_id, kind, done, state, error_code, create_time, update_time, end_time, \
      input, body, version, owner, attempt, start_time, next_attempt_time, deadline, \
-     cancel_requested, due, ord)), \
+     cancel_requested, due, priority, unique_key, ord)), \
      next AS (UPDATE oprun_counters SET value = value + $20 WHERE name = 'seq' RETURNING value) \
      INSERT INTO operations (seq, id, request_id, kind, done, state, error_code, create_time, \
      update_time, end_time, input, body, version, owner, attempt, start_time, \
-     next_attempt_time, deadline, cancel_requested, due, changed_by) \
+     next_attempt_time, deadline, cancel_requested, due, priority, unique_key, changed_by) \
      SELECT next.value - $20 + input.ord, input.id, input.request_id, input.kind, input.done, \
      input.state, input.error_code, input.create_time, input.update_time, input.end_time, \
      input.input, input.body, input.version, input.owner, input.attempt, input.start_time, \
-     input.next_attempt_time, input.deadline, input.cancel_requested, input.due, ",
+     input.next_attempt_time, input.deadline, input.cancel_requested, input.due, \
+     input.priority, input.unique_key, ",
     this_transaction!(),
-    " FROM input, next ORDER BY input.ord ON CONFLICT (request_id) DO NOTHING RETURNING id, seq"
+    " FROM input, next ORDER BY input.ord ON CONFLICT DO NOTHING RETURNING id, seq"
 );
 
-async fn insert_batch(pool: &Pool, rows: &[RowImage]) -> Result<HashMap<String, i64>, StoreError> {
+/// Inserts `rows` in one statement on `client` (a connection, or a transaction); answers the
+/// `seq` of each row inserted, by id.
+pub(super) async fn insert_rows(
+    client: &impl GenericClient,
+    rows: &[RowImage],
+) -> Result<HashMap<String, i64>, StoreError> {
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     let request_ids: Vec<Option<&str>> = rows.iter().map(|r| r.request_id.as_deref()).collect();
     let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
@@ -74,8 +83,10 @@ async fn insert_batch(pool: &Pool, rows: &[RowImage]) -> Result<HashMap<String, 
     let deadlines: Vec<Option<i64>> = rows.iter().map(|r| r.deadline).collect();
     let cancels: Vec<bool> = rows.iter().map(|r| r.cancel_requested).collect();
     let dues: Vec<Option<i64>> = rows.iter().map(|r| r.due).collect();
+    let priorities: Vec<i32> = rows.iter().map(|r| r.priority).collect();
+    let unique_keys: Vec<Option<&str>> = rows.iter().map(|r| r.unique_key.as_deref()).collect();
     let size = i64::try_from(rows.len()).unwrap_or(i64::MAX);
-    let params: [&(dyn ToSql + Sync); 20] = [
+    let params: [&(dyn ToSql + Sync); 22] = [
         &ids,
         &request_ids,
         &kinds,
@@ -96,8 +107,9 @@ async fn insert_batch(pool: &Pool, rows: &[RowImage]) -> Result<HashMap<String, 
         &cancels,
         &dues,
         &size,
+        &priorities,
+        &unique_keys,
     ];
-    let client = pool.get().await.map_err(pool_error)?;
     let statement = client
         .prepare_cached(INSERT_BATCH)
         .await

@@ -242,14 +242,16 @@ async fn claim_on(
     let next_params: [&(dyn ToSql + Sync); 2] = [&all_kinds, &now];
     let next_due = client.query_one(&next, &next_params);
     let (started, next) = tokio::try_join!(started, next_due).map_err(pg_error)?;
-    // Oldest due first (the claim cleared `due` in the row; the statement returns it).
+    // Highest priority first, then oldest due (the claim cleared `due` in the row; the
+    // statement returns it).
     let mut operations = Vec::with_capacity(started.len());
     for row in &started {
         let due: i64 = row.try_get(COLUMN_COUNT).map_err(pg_error)?;
-        operations.push((due, raw(row)?));
+        let priority: i32 = row.try_get(COLUMN_COUNT + 1).map_err(pg_error)?;
+        operations.push((-i64::from(priority), due, raw(row)?));
     }
-    operations.sort_by_key(|(due, r)| (*due, r.seq));
-    let operations = operations.into_iter().map(|(_, r)| r).collect();
+    operations.sort_by_key(|(rank, due, r)| (*rank, *due, r.seq));
+    let operations = operations.into_iter().map(|(_, _, r)| r).collect();
     let next_due: Option<i64> = next.try_get(0).map_err(pg_error)?;
     Ok(Claimed {
         operations,
@@ -441,22 +443,72 @@ const BY_REQUEST: &str = concat!(
     " FROM operations WHERE request_id = $1"
 );
 
-/// Each kind's due work, oldest first, skipping rows another node is claiming; then the
-/// oldest of those over all kinds, up to the node's room; made RUNNING. Rows locked but left
+/// The unfinished operation of a kind (`$1`) holding a unique key (`$2`).
+const BY_UNIQUE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM operations WHERE kind = $1 AND unique_key = $2 AND done = 0"
+);
+
+/// How many times an insert refused for a taken request id or unique key looks for the
+/// operation that took it, and tries again when it finds none (a unique key's holder ended
+/// meanwhile).
+const INSERT_TRIES: usize = 5;
+
+/// The answer when an insert was refused again and again and nothing holds what it took.
+fn unstored() -> StoreError {
+    StoreError::Unavailable(
+        "an insert was refused for a taken request id or unique key that no operation holds \
+         now; retry"
+            .into(),
+    )
+}
+
+/// The operation that holds `row`'s request id, or its kind and unique key, if one does.
+async fn taken(
+    client: &impl GenericClient,
+    row: &RowImage,
+) -> Result<Option<OperationRecord>, StoreError> {
+    let found = match (&row.request_id, &row.unique_key) {
+        (Some(rid), _) => {
+            let statement = client.prepare_cached(BY_REQUEST).await.map_err(pg_error)?;
+            client
+                .query_opt(&statement, &[rid])
+                .await
+                .map_err(pg_error)?
+        }
+        _ => None,
+    };
+    let found = match (found, &row.unique_key) {
+        (None, Some(key)) => {
+            let statement = client.prepare_cached(BY_UNIQUE).await.map_err(pg_error)?;
+            client
+                .query_opt(&statement, &[&row.kind, key])
+                .await
+                .map_err(pg_error)?
+        }
+        (found, _) => found,
+    };
+    found.as_ref().map(raw).transpose()
+}
+
+/// Each kind's due work, highest priority first then oldest due (`operations_ready`),
+/// skipping rows another node is claiming; then the first of those over all kinds in the same
+/// order, up to the node's room; made RUNNING. Rows locked but left
 /// out are free again at commit.
 const CLAIM: &str = concat!(
     "WITH wanted AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS w(kind, room)), \
-     picked AS (SELECT c.seq AS claimed, c.due AS due_at FROM wanted CROSS JOIN LATERAL ( \
-         SELECT o.seq, o.due FROM operations o \
+     picked AS (SELECT c.seq AS claimed, c.due AS due_at, c.priority AS rank FROM wanted CROSS JOIN LATERAL ( \
+         SELECT o.seq, o.due, o.priority FROM operations o \
          WHERE o.state = 1 AND o.kind = wanted.kind AND o.due <= $3 \
-         ORDER BY o.due, o.seq LIMIT wanted.room FOR UPDATE SKIP LOCKED) c \
-       ORDER BY c.due, c.seq LIMIT $4) \
+         ORDER BY o.priority DESC, o.due, o.seq LIMIT wanted.room FOR UPDATE SKIP LOCKED) c \
+       ORDER BY c.priority DESC, c.due, c.seq LIMIT $4) \
      UPDATE operations SET state = 2, owner = $5, start_time = $3, update_time = $3, \
        next_attempt_time = NULL, due = NULL, version = version + 1, changed_by = ",
     this_transaction!(),
     " FROM picked WHERE seq = picked.claimed RETURNING ",
     columns!(),
-    ", picked.due_at"
+    ", picked.due_at, picked.rank"
 );
 
 /// When the next queued operation of the kinds (`$1`) is due, after now (`$2`).
@@ -579,30 +631,56 @@ impl Store for PostgresStore {
     }
 
     async fn insert(&self, mut record: OperationRecord) -> Result<Inserted, StoreError> {
-        if let Some(rid) = &record.request_id {
-            if let Some(existing) = self.find_request(rid).await? {
+        let row = RowImage::of(&record, true);
+        // A taken request id or unique key is usually found here, without a write; one taken
+        // meanwhile (by another node, or in the same batch) inserts nothing and is read
+        // after. A unique key's holder may end between the two: then the insert is tried
+        // again.
+        for _ in 0..INSERT_TRIES {
+            if let Some(existing) = taken(&self.client().await?, &row).await? {
                 return Ok(Inserted::Existing(existing));
             }
-        }
-        if self.closed.load(Ordering::Acquire) {
-            return Err(StoreError::Closed);
-        }
-        match self.inserter.call(RowImage::of(&record, true)).await? {
-            Some(seq) => {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(StoreError::Closed);
+            }
+            if let Some(seq) = self.inserter.call(RowImage::of(&record, true)).await? {
                 record.seq = seq;
-                Ok(Inserted::New(record))
-            }
-            // The request id was taken meanwhile (by another node, or in the same batch).
-            None => {
-                let rid = record.request_id.as_deref().unwrap_or_default();
-                match self.find_request(rid).await? {
-                    Some(existing) => Ok(Inserted::Existing(existing)),
-                    None => Err(StoreError::Unavailable(
-                        "an insert was refused and its request id is not stored; retry".into(),
-                    )),
-                }
+                return Ok(Inserted::New(record));
             }
         }
+        Err(unstored())
+    }
+
+    async fn insert_many(
+        &self,
+        records: Vec<OperationRecord>,
+    ) -> Result<Vec<Inserted>, StoreError> {
+        let rows: Vec<RowImage> = records.iter().map(|r| RowImage::of(r, true)).collect();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let mut seqs = inserts::insert_rows(&tx, &rows).await?;
+        let mut answers = Vec::with_capacity(records.len());
+        for (mut record, row) in records.into_iter().zip(&rows) {
+            let mut tries = 0;
+            let answer = loop {
+                if let Some(seq) = seqs.get(&row.id) {
+                    record.seq = *seq;
+                    break Inserted::New(record);
+                }
+                // Taken: by an earlier row of this batch, or by a committed operation.
+                if let Some(existing) = taken(&tx, row).await? {
+                    break Inserted::Existing(existing);
+                }
+                tries += 1;
+                if tries >= INSERT_TRIES {
+                    return Err(unstored());
+                }
+                seqs.extend(inserts::insert_rows(&tx, std::slice::from_ref(row)).await?);
+            };
+            answers.push(answer);
+        }
+        tx.commit().await.map_err(pg_error)?;
+        Ok(answers)
     }
 
     async fn write(&self, record: &OperationRecord, fence: &Fence) -> Result<Written, StoreError> {

@@ -31,7 +31,7 @@ use super::pg_error;
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const VERSION: i32 = 4;
+pub const VERSION: i32 = 5;
 
 /// The key of the advisory lock migrations hold (any constant shared by every build).
 const MIGRATION_LOCK: i64 = 0x6f70_7275_6e5f_6d67; // "oprun_mg"
@@ -128,6 +128,16 @@ CREATE TABLE sessions (
     name  TEXT PRIMARY KEY,
     value BYTEA NOT NULL
 );
+",
+    // Priorities (the claim's order: highest first, then oldest due) and unique keys (one
+    // unfinished operation per kind and key). Both are in the body too; neither changes
+    // once inserted.
+    "
+ALTER TABLE operations ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE operations ADD COLUMN unique_key TEXT;
+CREATE INDEX operations_ready ON operations(kind, priority DESC, due, seq) WHERE state = 1;
+CREATE UNIQUE INDEX operations_unique ON operations(kind, unique_key)
+    WHERE done = 0 AND unique_key IS NOT NULL;
 ",
 ];
 

@@ -500,21 +500,39 @@ fn reads_recent(conn: &Connection, since: i64, after: i64) -> Result<bool, Store
     Ok(n < RECENT_AT_MOST)
 }
 
+/// What the writer's answer to the insert of `record` means.
+fn inserted(mut record: OperationRecord, outcome: InsertOutcome) -> Result<Inserted, StoreError> {
+    match outcome {
+        InsertOutcome::New(seq) => {
+            record.seq = seq;
+            Ok(Inserted::New(record))
+        }
+        InsertOutcome::Existing(row) => Ok(Inserted::Existing(row.decode()?)),
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn commit_stats(&self) -> Option<crate::metrics::CommitStats> {
         Some(self.stats.clone())
     }
 
-    async fn insert(&self, mut record: OperationRecord) -> Result<Inserted, StoreError> {
+    async fn insert(&self, record: OperationRecord) -> Result<Inserted, StoreError> {
         let image = RowImage::of(&record, true);
-        match self.send(|tx| Command::Insert(image, tx)).await? {
-            InsertOutcome::New(seq) => {
-                record.seq = seq;
-                Ok(Inserted::New(record))
-            }
-            InsertOutcome::Existing(row) => Ok(Inserted::Existing(row.decode()?)),
-        }
+        inserted(record, self.send(|tx| Command::Insert(image, tx)).await?)
+    }
+
+    async fn insert_many(
+        &self,
+        records: Vec<OperationRecord>,
+    ) -> Result<Vec<Inserted>, StoreError> {
+        let images = records.iter().map(|r| RowImage::of(r, true)).collect();
+        let outcomes = self.send(|tx| Command::InsertMany(images, tx)).await?;
+        records
+            .into_iter()
+            .zip(outcomes)
+            .map(|(record, outcome)| inserted(record, outcome))
+            .collect()
     }
 
     async fn write(&self, record: &OperationRecord, fence: &Fence) -> Result<Written, StoreError> {

@@ -8,6 +8,12 @@
 //! attempt's time, or the creation time, while QUEUED). A claim is then one `UPDATE` of
 //! columns, never a rewrite of the body. `nodes` holds the nodes' leases.
 //!
+//! # Version 3
+//! `priority` (from the submission; 0 before) and `unique_key` (NULL without one) are columns,
+//! for the claim's order (`operations_ready`: priority, then due time, then `seq`) and for
+//! the one unfinished operation per kind and unique key (`operations_unique`). Both are
+//! also in the body, which reads take them from; they never change once inserted.
+//!
 //! Version 1 (before) kept those fields in the body only. Opening one adds the columns, fills
 //! them for the unfinished operations from their bodies (a finished one never changes again:
 //! its body stays authoritative, `layout` NULL), and sets the version, in one transaction.
@@ -20,7 +26,7 @@ use crate::store::row::due;
 use crate::store::{decode_record, micros, Columns, StoreError};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub(super) const VERSION: i64 = 2;
+pub(super) const VERSION: i64 = 3;
 
 /// The `layout` of a row whose columns are authoritative.
 pub(super) const LAYOUT_CURRENT: i64 = 2;
@@ -48,8 +54,16 @@ CREATE TABLE IF NOT EXISTS operations (
     next_attempt_time INTEGER,
     deadline          INTEGER,
     cancel_requested  INTEGER NOT NULL DEFAULT 0,
-    due               INTEGER
+    due               INTEGER,
+    priority          INTEGER NOT NULL DEFAULT 0,
+    unique_key        TEXT
 );
+";
+
+/// The columns version 3 adds to a version 2 table.
+const ADD_COLUMNS_3: &str = "
+ALTER TABLE operations ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE operations ADD COLUMN unique_key TEXT;
 ";
 
 /// The columns version 2 adds to a version 1 table.
@@ -67,7 +81,9 @@ ALTER TABLE operations ADD COLUMN due INTEGER;
 
 /// Indexes and tables both versions end with. `operations_unfinished` serves recovery and
 /// `done = false` filters, `operations_ended` retention, `operations_end_state` filters on a
-/// final state, `operations_queue` claims (due work of a kind, oldest first),
+/// final state, `operations_ready` claims (due work of a kind, highest priority first, then
+/// oldest due), `operations_queue` when the next queued operation of a kind is due,
+/// `operations_unique` keeps one unfinished operation per kind and unique key,
 /// `operations_owner` the rescue of a node's work, `operations_deadline` the queued deadline
 /// sweep; `operations_by_kind` and `operations_failed` filters on the kind and the error
 /// code; `operations_created` filters with a recent `create_time` lower bound (it holds
@@ -91,6 +107,10 @@ CREATE INDEX IF NOT EXISTS operations_created ON operations(create_time);
 CREATE INDEX IF NOT EXISTS operations_failed ON operations(error_code, seq)
     WHERE error_code IS NOT NULL;
 CREATE INDEX IF NOT EXISTS operations_queue ON operations(kind, due, seq) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS operations_ready ON operations(kind, priority DESC, due, seq)
+    WHERE state = 1;
+CREATE UNIQUE INDEX IF NOT EXISTS operations_unique ON operations(kind, unique_key)
+    WHERE done = 0 AND unique_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS operations_owner ON operations(owner) WHERE state = 2;
 CREATE INDEX IF NOT EXISTS operations_deadline ON operations(deadline)
     WHERE state = 1 AND deadline IS NOT NULL;
@@ -108,8 +128,8 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 ";
 
-/// Creates the schema in a database of version `from` (0: empty), or brings one of version 1
-/// up to this one, in one transaction.
+/// Creates the schema in a database of version `from` (0: empty), or brings one of an
+/// earlier version up to this one, in one transaction.
 ///
 /// # Errors
 /// [`StoreError`] when a statement fails or an unfinished operation's body cannot be read.
@@ -127,7 +147,9 @@ pub(super) fn prepare(conn: &mut Connection, from: i64) -> Result<(), StoreError
             .map_err(sql_error)?;
             tx.execute_batch(ADD_COLUMNS).map_err(sql_error)?;
             fill_unfinished(&tx)?;
+            tx.execute_batch(ADD_COLUMNS_3).map_err(sql_error)?;
         }
+        2 => tx.execute_batch(ADD_COLUMNS_3).map_err(sql_error)?,
         _ => {}
     }
     tx.execute_batch(INDEXES).map_err(sql_error)?;

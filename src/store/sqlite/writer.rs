@@ -51,6 +51,11 @@ pub(super) type ClaimedRows = (Vec<RawRow>, Option<i64>);
 /// What the writer thread is asked to do; each carries the channel its answer goes to.
 pub(super) enum Command {
     Insert(RowImage, oneshot::Sender<Result<InsertOutcome, StoreError>>),
+    /// Inserts all or none.
+    InsertMany(
+        Vec<RowImage>,
+        oneshot::Sender<Result<Vec<InsertOutcome>, StoreError>>,
+    ),
     Write(
         RowImage,
         Fence,
@@ -381,6 +386,7 @@ fn apply_batch(conn: &mut Connection, batch: Vec<Command>) {
 fn fail(cmd: Command) -> Finish {
     match cmd {
         Command::Insert(_, tx) => reply(tx, Err(StoreError::Closed)),
+        Command::InsertMany(_, tx) => reply(tx, Err(StoreError::Closed)),
         Command::Write(_, _, tx) => reply(tx, Ok(WriteOutcome::Stale(None))),
         Command::Claim(_, tx) => reply(tx, Ok((Vec::new(), None))),
         Command::Heartbeat(_, _, tx) | Command::Close(tx) => reply(tx, Ok(())),
@@ -393,6 +399,7 @@ fn fail(cmd: Command) -> Finish {
 fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command) -> Finish {
     match cmd {
         Command::Insert(r, reply_to) => reply(reply_to, insert(tx, &r)),
+        Command::InsertMany(rows, reply_to) => reply(reply_to, insert_many(tx, &rows)),
         Command::Write(r, fence, reply_to) => reply(reply_to, write(tx, &r, &fence)),
         Command::Claim(claim, reply_to) => reply(reply_to, self::claim(tx, &claim)),
         Command::Heartbeat(node, until, reply_to) => reply(reply_to, heartbeat(tx, &node, until)),
@@ -440,11 +447,25 @@ fn insert(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<InsertOutcome,
             return Ok(InsertOutcome::Existing(Box::new(row)));
         }
     }
+    if let Some(key) = &r.unique_key {
+        // The same condition as `operations_unique`'s, so that the index serves it.
+        let existing = tx
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM operations WHERE kind = ?1 AND unique_key = ?2 \
+                 AND done = 0 AND unique_key IS NOT NULL"
+            ))
+            .and_then(|mut s| s.query_row(params![r.kind, key], row_to_record).optional())
+            .map_err(sql_error)?;
+        if let Some(row) = existing {
+            return Ok(InsertOutcome::Existing(Box::new(row)));
+        }
+    }
     tx.prepare_cached(
         "INSERT INTO operations (id, request_id, kind, done, state, error_code, create_time, \
          update_time, end_time, input, body, layout, version, owner, attempt, start_time, \
-         next_attempt_time, deadline, cancel_requested, due) VALUES (?1, ?2, ?3, ?4, ?5, ?6, \
-         ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+         next_attempt_time, deadline, cancel_requested, due, priority, unique_key) VALUES \
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
+         ?20, ?21, ?22)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -468,10 +489,30 @@ fn insert(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<InsertOutcome,
             r.deadline,
             r.cancel_requested,
             r.due,
+            r.priority,
+            r.unique_key,
         ])
     })
     .map_err(sql_error)?;
     Ok(InsertOutcome::New(tx.last_insert_rowid()))
+}
+
+/// Inserts every row or none: under a savepoint, rolled back when one insert fails.
+fn insert_many(
+    tx: &rusqlite::Transaction<'_>,
+    rows: &[RowImage],
+) -> Result<Vec<InsertOutcome>, StoreError> {
+    tx.execute_batch("SAVEPOINT insert_many")
+        .map_err(sql_error)?;
+    let inserted: Result<Vec<InsertOutcome>, StoreError> =
+        rows.iter().map(|r| insert(tx, r)).collect();
+    let end = if inserted.is_ok() {
+        "RELEASE insert_many"
+    } else {
+        "ROLLBACK TO insert_many; RELEASE insert_many"
+    };
+    tx.execute_batch(end).map_err(sql_error)?;
+    inserted
 }
 
 /// The columns a write sets (`?1` is the id; the fence's parameters follow).
@@ -539,9 +580,9 @@ fn write(
 }
 
 /// A kind's due work, oldest due first (served by `operations_queue`).
-const CLAIM_DUE: &str =
-    "SELECT due, seq FROM operations WHERE state = 1 AND due <= ?1 AND kind = {kind} \
-     ORDER BY due, seq";
+const CLAIM_DUE: &str = "SELECT priority, due, seq FROM operations \
+     INDEXED BY operations_ready WHERE state = 1 AND due <= ?1 AND kind = {kind} \
+     ORDER BY priority DESC, due, seq";
 
 /// When a kind's next queued operation becomes due.
 const CLAIM_NEXT_DUE: &str =
@@ -569,7 +610,8 @@ fn for_kind(sql: &str, kind: &str) -> (String, bool) {
 /// answers the rows, and the next due time of a queued operation of those kinds.
 fn claim(tx: &rusqlite::Transaction<'_>, claim: &Claim) -> Result<ClaimedRows, StoreError> {
     let now = micros(claim.now);
-    let mut candidates: Vec<(i64, i64)> = Vec::new();
+    // (-priority, due, seq): the claim's order, highest priority first.
+    let mut candidates: Vec<(i64, i64, i64)> = Vec::new();
     let mut next_due: Option<i64> = None;
     for (kind, room) in &claim.kinds {
         if *room == 0 {
@@ -577,7 +619,13 @@ fn claim(tx: &rusqlite::Transaction<'_>, claim: &Claim) -> Result<ClaimedRows, S
         }
         let (sql, bound) = for_kind(CLAIM_DUE, kind);
         let mut due_now = tx.prepare_cached(&sql).map_err(sql_error)?;
-        let row = |row: &rusqlite::Row<'_>| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?));
+        let row = |row: &rusqlite::Row<'_>| {
+            Ok((
+                -row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        };
         let rows = if bound {
             due_now.query_map(params![now, kind], row)
         } else {
@@ -609,7 +657,7 @@ fn claim(tx: &rusqlite::Transaction<'_>, claim: &Claim) -> Result<ClaimedRows, S
         ))
         .map_err(sql_error)?;
     let mut started = Vec::with_capacity(candidates.len());
-    for (_, seq) in candidates {
+    for (_, _, seq) in candidates {
         if let Some(row) = start
             .query_row(params![seq, claim.node, now], row_to_record)
             .optional()

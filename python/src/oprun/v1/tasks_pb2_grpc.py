@@ -41,6 +41,11 @@ class TaskServiceStub:
                 request_serializer=oprun_dot_v1_dot_tasks__pb2.SubmitTaskRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.BatchSubmitTasks = channel.unary_unary(
+                '/oprun.v1.TaskService/BatchSubmitTasks',
+                request_serializer=oprun_dot_v1_dot_tasks__pb2.BatchSubmitTasksRequest.SerializeToString,
+                response_deserializer=oprun_dot_v1_dot_tasks__pb2.BatchSubmitTasksResponse.FromString,
+                _registered_method=True)
         self.ListTaskKinds = channel.unary_unary(
                 '/oprun.v1.TaskService/ListTaskKinds',
                 request_serializer=oprun_dot_v1_dot_tasks__pb2.ListTaskKindsRequest.SerializeToString,
@@ -59,6 +64,15 @@ class TaskServiceServicer:
 
     def SubmitTask(self, request, context):
         """Starts a task; returns at once with the new operation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchSubmitTasks(self, request, context):
+        """Starts up to 1,000 tasks in one transaction: all are created, or none (the first
+        invalid request is named by its index, `requests[i]`). Each request keeps its own
+        request_id and unique_key semantics, also against the others in the batch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -85,6 +99,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.SubmitTask,
                     request_deserializer=oprun_dot_v1_dot_tasks__pb2.SubmitTaskRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'BatchSubmitTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchSubmitTasks,
+                    request_deserializer=oprun_dot_v1_dot_tasks__pb2.BatchSubmitTasksRequest.FromString,
+                    response_serializer=oprun_dot_v1_dot_tasks__pb2.BatchSubmitTasksResponse.SerializeToString,
             ),
             'ListTaskKinds': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTaskKinds,
@@ -125,6 +144,33 @@ class TaskService:
             '/oprun.v1.TaskService/SubmitTask',
             oprun_dot_v1_dot_tasks__pb2.SubmitTaskRequest.SerializeToString,
             google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchSubmitTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oprun.v1.TaskService/BatchSubmitTasks',
+            oprun_dot_v1_dot_tasks__pb2.BatchSubmitTasksRequest.SerializeToString,
+            oprun_dot_v1_dot_tasks__pb2.BatchSubmitTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,442 @@
+//! Issue 22: priorities, batch submit, unique keys and retry policies at submit, through real
+//! `oprun serve` processes (the embedded store, and PostgreSQL where it says cluster) and real
+//! clients.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::binary::BinServer;
+use common::http::request;
+use common::{error_code, metadata, sleep_input};
+use oprun::proto::google::longrunning::operations_client::OperationsClient;
+use oprun::proto::google::longrunning::{
+    CancelOperationRequest, GetOperationRequest, ListOperationsRequest, Operation,
+};
+use oprun::proto::oprun::v1::operation_metadata::State;
+use oprun::proto::oprun::v1::task_service_client::TaskServiceClient;
+use oprun::proto::oprun::v1::{
+    BatchSubmitTasksRequest, RetryPolicy, SleepInput, SubmitTaskRequest,
+};
+use oprun::store::postgres::testing::TestDatabase;
+use tonic::transport::Channel;
+
+async fn channel(server: &BinServer) -> Channel {
+    Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn sleep(ms: u64) -> SubmitTaskRequest {
+    SubmitTaskRequest {
+        kind: "sleep".into(),
+        input: Some(sleep_input(ms, 1, "")),
+        ..Default::default()
+    }
+}
+
+async fn submit(channel: &Channel, request: SubmitTaskRequest) -> Operation {
+    TaskServiceClient::new(channel.clone())
+        .submit_task(request)
+        .await
+        .expect("submit")
+        .into_inner()
+}
+
+async fn wait_done(channel: &Channel, name: &str) -> Operation {
+    common::wait_done(&mut OperationsClient::new(channel.clone()), name).await
+}
+
+async fn wait_running(channel: &Channel, name: &str) {
+    for _ in 0..400 {
+        let op = OperationsClient::new(channel.clone())
+            .get_operation(GetOperationRequest { name: name.into() })
+            .await
+            .expect("get")
+            .into_inner();
+        if metadata(&op).state == State::Running as i32 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{name} not RUNNING within 10 s");
+}
+
+async fn count(channel: &Channel, filter: &str) -> usize {
+    let mut token = String::new();
+    let mut n = 0;
+    loop {
+        let page = OperationsClient::new(channel.clone())
+            .list_operations(ListOperationsRequest {
+                name: "operations".into(),
+                filter: filter.into(),
+                page_size: 500,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        n += page.operations.len();
+        if page.next_page_token.is_empty() {
+            return n;
+        }
+        token = page.next_page_token;
+    }
+}
+
+fn start_time(op: &Operation) -> SystemTime {
+    SystemTime::try_from(metadata(op).start_time.expect("started")).expect("a time")
+}
+
+/// With the one slot busy, 50 low then 50 high are submitted; when the slot frees, every
+/// high one starts before any low one.
+async fn high_priorities_start_first(server: &BinServer) {
+    let channel = channel(server).await;
+    let busy = submit(&channel, sleep(60_000)).await;
+    wait_running(&channel, &busy.name).await;
+    let mut low = Vec::new();
+    let mut high = Vec::new();
+    for _ in 0..50 {
+        low.push(
+            submit(
+                &channel,
+                SubmitTaskRequest {
+                    priority: -1,
+                    ..sleep(1)
+                },
+            )
+            .await
+            .name,
+        );
+    }
+    for _ in 0..50 {
+        high.push(
+            submit(
+                &channel,
+                SubmitTaskRequest {
+                    priority: 10,
+                    ..sleep(1)
+                },
+            )
+            .await
+            .name,
+        );
+    }
+    assert_eq!(
+        count(&channel, "priority = 10 AND state = QUEUED").await,
+        50,
+        "the priority is in the metadata and filterable"
+    );
+    OperationsClient::new(channel.clone())
+        .cancel_operation(CancelOperationRequest { name: busy.name })
+        .await
+        .expect("cancel");
+    let mut last_high = SystemTime::UNIX_EPOCH;
+    for name in &high {
+        let op = wait_done(&channel, name).await;
+        assert_eq!(error_code(&op), None, "{name}");
+        assert_eq!(metadata(&op).priority, 10);
+        last_high = last_high.max(start_time(&op));
+    }
+    for name in &low {
+        let op = wait_done(&channel, name).await;
+        assert!(
+            start_time(&op) > last_high,
+            "a low one ({name}) started before the last high one"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn high_priorities_start_first_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinServer::start_with(dir.path(), "127.0.0.1:0", &["--max-running", "1"], &[]);
+    high_priorities_start_first(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn high_priorities_start_first_on_postgres() {
+    let db = TestDatabase::create("priorities").await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = db.url();
+    let server = BinServer::start_with(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--store", &url, "--max-running", "1"],
+        &[],
+    );
+    high_priorities_start_first(&server).await;
+}
+
+/// A priority outside -100..100 is refused, saying the range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priority_out_of_range_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinServer::start(dir.path(), "127.0.0.1:0", &[], &[]);
+    let channel = channel(&server).await;
+    for priority in [101, -101, i32::MAX] {
+        let err = TaskServiceClient::new(channel.clone())
+            .submit_task(SubmitTaskRequest {
+                priority,
+                ..sleep(1)
+            })
+            .await
+            .expect_err("out of range");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message().contains("from -100 to 100"),
+            "{}",
+            err.message()
+        );
+    }
+}
+
+/// 1,000 in one call all exist; one bad request makes the whole call INVALID_ARGUMENT naming
+/// its index, and nothing is created; request ids repeated inside a batch behave as singly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_submit_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinServer::start_with(dir.path(), "127.0.0.1:0", &[], &[]);
+    let channel = channel(&server).await;
+    let mut tasks = TaskServiceClient::new(channel.clone());
+    let thousand: Vec<SubmitTaskRequest> = (0..1000).map(|_| sleep(1)).collect();
+    let ops = tasks
+        .batch_submit_tasks(BatchSubmitTasksRequest {
+            requests: thousand.clone(),
+        })
+        .await
+        .expect("batch")
+        .into_inner()
+        .operations;
+    assert_eq!(ops.len(), 1000);
+    let mut names: Vec<&str> = ops.iter().map(|o| o.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), 1000, "1,000 distinct operations");
+    assert_eq!(count(&channel, "").await, 1000, "all stored");
+
+    let mut bad = thousand.clone();
+    bad[417].kind = "nope".into();
+    let err = tasks
+        .batch_submit_tasks(BatchSubmitTasksRequest { requests: bad })
+        .await
+        .expect_err("one bad request");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("requests[417]: "),
+        "{}",
+        err.message()
+    );
+    assert!(err.message().contains("unknown kind"), "{}", err.message());
+    let mut too_wide = thousand.clone();
+    too_wide[999].retry_policy = Some(RetryPolicy {
+        max_attempts: 99,
+        ..Default::default()
+    });
+    let err = tasks
+        .batch_submit_tasks(BatchSubmitTasksRequest { requests: too_wide })
+        .await
+        .expect_err("one bad request");
+    assert!(
+        err.message().starts_with("requests[999]: "),
+        "{}",
+        err.message()
+    );
+    let mut over = thousand.clone();
+    over.push(sleep(1));
+    let err = tasks
+        .batch_submit_tasks(BatchSubmitTasksRequest { requests: over })
+        .await
+        .expect_err("too many");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("at most 1000"), "{}", err.message());
+    assert_eq!(count(&channel, "").await, 1000, "nothing more stored");
+
+    // Request ids: a repeat inside the batch, and one of an earlier call, answer the same
+    // operation; the same id for a different request is refused.
+    let with_id = |id: &str, ms| SubmitTaskRequest {
+        request_id: id.into(),
+        ..sleep(ms)
+    };
+    let first = tasks
+        .batch_submit_tasks(BatchSubmitTasksRequest {
+            requests: vec![with_id("r-1", 1), with_id("r-2", 1), with_id("r-1", 1)],
+        })
+        .await
+        .expect("batch")
+        .into_inner()
+        .operations;
+    assert_eq!(first[0].name, first[2].name);
+    assert_ne!(first[0].name, first[1].name);
+    let again = tasks
+        .batch_submit_tasks(BatchSubmitTasksRequest {
+            requests: vec![with_id("r-2", 1), sleep(1)],
+        })
+        .await
+        .expect("batch")
+        .into_inner()
+        .operations;
+    assert_eq!(
+        again[0].name, first[1].name,
+        "a request id of an earlier call"
+    );
+    let err = tasks
+        .batch_submit_tasks(BatchSubmitTasksRequest {
+            requests: vec![with_id("r-3", 1), with_id("r-3", 2)],
+        })
+        .await
+        .expect_err("one request id, two requests");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("requests[1]: "),
+        "{}",
+        err.message()
+    );
+    assert_eq!(count(&channel, "").await, 1003);
+
+    // Over REST, by the same rule.
+    let body = serde_json::json!({
+        "requests": [
+            {"kind": "sleep", "input": {"@type": "type.googleapis.com/oprun.v1.SleepInput", "duration": "0.001s"}, "priority": 5},
+            {"kind": "sleep", "input": {"@type": "type.googleapis.com/oprun.v1.SleepInput"}, "uniqueKey": "k"},
+        ]
+    });
+    let reply = request(
+        server.addr,
+        "POST",
+        "/v1/tasks:batchSubmit",
+        &[("content-type", "application/json")],
+        Some(&body.to_string()),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let json = reply.json();
+    let operations = json["operations"].as_array().expect("operations");
+    assert_eq!(operations.len(), 2);
+    assert_eq!(operations[0]["metadata"]["priority"], 5);
+    assert_eq!(operations[1]["metadata"]["uniqueKey"], "k");
+}
+
+/// Submissions of one unique key to two nodes at once make one operation while it is not
+/// done; every caller gets it; once it is done the key makes a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unique_key_makes_one_operation_across_nodes() {
+    let db = TestDatabase::create("unique").await;
+    let url = db.url();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let servers: Vec<BinServer> = dirs
+        .iter()
+        .zip(["node-a", "node-b"])
+        .map(|(dir, id)| {
+            BinServer::start_with(
+                dir.path(),
+                "127.0.0.1:0",
+                &["--store", &url, "--node-id", id],
+                &[],
+            )
+        })
+        .collect();
+    let channels = [channel(&servers[0]).await, channel(&servers[1]).await];
+    let keyed = || SubmitTaskRequest {
+        unique_key: "customer-7".into(),
+        ..sleep(1500)
+    };
+    let submissions: Vec<_> = (0..20)
+        .map(|i| {
+            let channel = channels[i % 2].clone();
+            tokio::spawn(async move { submit(&channel, keyed()).await.name })
+        })
+        .collect();
+    let mut names = Vec::new();
+    for s in submissions {
+        names.push(s.await.expect("a submission"));
+    }
+    assert!(
+        names.iter().all(|n| *n == names[0]),
+        "one operation for the key: {names:?}"
+    );
+    let done = wait_done(&channels[1], &names[0]).await;
+    assert_eq!(metadata(&done).unique_key, "customer-7");
+    let next = submit(&channels[0], keyed()).await;
+    assert_ne!(next.name, names[0], "a done operation frees its key");
+    let stored = count(&channels[0], "").await;
+    assert_eq!(stored, 2, "the first and the next");
+}
+
+/// A submission narrows the kind's retry policy: fewer attempts end the operation sooner;
+/// asking for more attempts, or a faster backoff, than the kind allows is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_narrows_the_retry_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinServer::start(dir.path(), "127.0.0.1:0", &[], &[]);
+    let channel = channel(&server).await;
+    // The sleep kind retries UNAVAILABLE up to 5 attempts; its first 3 fail.
+    let flaky = |policy: Option<RetryPolicy>| SubmitTaskRequest {
+        kind: "sleep".into(),
+        input: Some(oprun::model::pack(&SleepInput {
+            fail_attempts: 3,
+            ..Default::default()
+        })),
+        retry_policy: policy,
+        ..Default::default()
+    };
+    let narrowed = submit(
+        &channel,
+        flaky(Some(RetryPolicy {
+            max_attempts: 2,
+            ..Default::default()
+        })),
+    )
+    .await;
+    let kinds = wait_done(&channel, &narrowed.name).await;
+    assert_eq!(error_code(&kinds), Some(tonic::Code::Unavailable as i32));
+    let meta = metadata(&kinds);
+    assert_eq!(meta.attempt, 2, "two attempts, as asked");
+    assert_eq!(meta.retry_policy.expect("kept").max_attempts, 2);
+    let full = wait_done(&channel, &submit(&channel, flaky(None)).await.name).await;
+    assert_eq!(error_code(&full), None, "the kind's 5 attempts get through");
+    assert_eq!(metadata(&full).attempt, 4);
+    for (policy, says) in [
+        (
+            RetryPolicy {
+                max_attempts: 6,
+                ..Default::default()
+            },
+            "allows at most 5",
+        ),
+        (
+            RetryPolicy {
+                initial_backoff: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 1_000_000,
+                }),
+                ..Default::default()
+            },
+            "retries no sooner than",
+        ),
+        (
+            RetryPolicy {
+                initial_backoff: Some(prost_types::Duration {
+                    seconds: 10,
+                    nanos: 0,
+                }),
+                max_backoff: Some(prost_types::Duration {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            "from initial_backoff",
+        ),
+    ] {
+        let err = TaskServiceClient::new(channel.clone())
+            .submit_task(flaky(Some(policy)))
+            .await
+            .expect_err("wider than the kind's");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains(says), "{}", err.message());
+    }
+}
