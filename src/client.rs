@@ -272,6 +272,8 @@ pub struct SubmitOptions {
     pub unique_key: Option<String>,
     /// At most this many attempts (no more than the kind allows).
     pub max_attempts: Option<u32>,
+    /// Operations of the kind with the same key share its limit per key.
+    pub concurrency_key: Option<String>,
 }
 
 /// The SubmitTaskRequest of an input of kind `K` with `options`.
@@ -290,6 +292,7 @@ fn request<K: Task>(input: &K::Input, options: SubmitOptions) -> SubmitTaskReque
             max_attempts,
             ..RetryPolicy::default()
         }),
+        concurrency_key: options.concurrency_key.unwrap_or_default(),
     }
 }
 

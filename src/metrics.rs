@@ -106,6 +106,7 @@ impl CommitStats {
 pub struct Metrics {
     registry: Registry,
     submitted: Family<KindLabels, Counter>,
+    rate_limited: Family<KindLabels, Counter>,
     finished: Family<EndLabels, Counter>,
     running: Family<KindLabels, Gauge>,
     queued: Family<KindLabels, Gauge>,
@@ -130,6 +131,7 @@ impl Metrics {
     pub fn new(store: Option<CommitStats>) -> Self {
         let mut registry = Registry::default();
         let submitted = Family::<KindLabels, Counter>::default();
+        let rate_limited = Family::<KindLabels, Counter>::default();
         let finished = Family::<EndLabels, Counter>::default();
         let running = Family::<KindLabels, Gauge>::default();
         let queued = Family::<KindLabels, Gauge>::default();
@@ -145,6 +147,11 @@ impl Metrics {
             "oprun_operations_submitted",
             "Operations submitted (stored) by this node",
             submitted.clone(),
+        );
+        registry.register(
+            "oprun_rate_limited_claims",
+            "Claims by this node in which a kind's start rate held due work back",
+            rate_limited.clone(),
         );
         registry.register(
             "oprun_operations_finished",
@@ -201,6 +208,7 @@ impl Metrics {
         Self {
             registry,
             submitted,
+            rate_limited,
             finished,
             running,
             queued,
@@ -216,6 +224,15 @@ impl Metrics {
     /// A new operation was stored.
     pub fn submitted(&self, kind: &str) {
         self.submitted
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A claim of this node found `kind`'s start rate holding due work back.
+    pub fn rate_limited(&self, kind: &str) {
+        self.rate_limited
             .get_or_create(&KindLabels {
                 kind: kind.to_owned(),
             })

@@ -72,6 +72,9 @@ pub struct TaskOptions {
     /// RerunOperation (when the server checks tokens): [`Role::Submitter`] by default. A kind
     /// whose work only an admin may do (the built-in delete batch) says [`Role::Admin`].
     pub start_role: Role,
+    /// At most this many operations of the kind with one concurrency key run at once, over
+    /// every node (`None`: no limit per key; `oprun serve --kind-key-limit` overrides it).
+    pub max_per_key: Option<usize>,
 }
 
 impl Default for TaskOptions {
@@ -85,6 +88,7 @@ impl Default for TaskOptions {
             default_timeout: None,
             max_queued: None,
             start_role: Role::Submitter,
+            max_per_key: None,
         }
     }
 }
@@ -502,6 +506,9 @@ impl<T: Task> ErasedTask for Erased<T> {
                 .default_timeout
                 .and_then(|d| prost_types::Duration::try_from(d).ok()),
             in_process: true,
+            max_per_key: options
+                .max_per_key
+                .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
             ..TaskKind::default()
         }
     }

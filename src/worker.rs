@@ -209,6 +209,9 @@ impl Worker {
                     .and_then(|t| prost_types::Duration::try_from(t).ok()),
                 heartbeat_timeout: prost_types::Duration::try_from(settings.heartbeat).ok(),
                 concurrency: settings.concurrency,
+                max_per_key: options
+                    .max_per_key
+                    .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
             });
         }
         Ok(out)

@@ -87,6 +87,27 @@ async fn count(channel: &Channel, filter: &str) -> usize {
     }
 }
 
+/// `oprun serve` nodes on the PostgreSQL database `db`, named `ids`, each with `extra`, and
+/// their directories (bound first, so that they outlive the servers).
+fn nodes(
+    db: &TestDatabase,
+    ids: &[&str],
+    extra: &[&str],
+) -> (Vec<tempfile::TempDir>, Vec<BinServer>) {
+    let url = db.url();
+    let dirs: Vec<_> = ids.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+    let servers = dirs
+        .iter()
+        .zip(ids)
+        .map(|(dir, id)| {
+            let mut args = vec!["--store", &url, "--node-id", id];
+            args.extend_from_slice(extra);
+            BinServer::start_with(dir.path(), "127.0.0.1:0", &args, &[])
+        })
+        .collect();
+    (dirs, servers)
+}
+
 fn start_time(op: &Operation) -> SystemTime {
     SystemTime::try_from(metadata(op).start_time.expect("started")).expect("a time")
 }
@@ -325,20 +346,7 @@ async fn batch_submit_is_all_or_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unique_key_makes_one_operation_across_nodes() {
     let db = TestDatabase::create("unique").await;
-    let url = db.url();
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let servers: Vec<BinServer> = dirs
-        .iter()
-        .zip(["node-a", "node-b"])
-        .map(|(dir, id)| {
-            BinServer::start_with(
-                dir.path(),
-                "127.0.0.1:0",
-                &["--store", &url, "--node-id", id],
-                &[],
-            )
-        })
-        .collect();
+    let (_dirs, servers) = nodes(&db, &["node-a", "node-b"], &[]);
     let channels = [channel(&servers[0]).await, channel(&servers[1]).await];
     let keyed = || SubmitTaskRequest {
         unique_key: "customer-7".into(),
@@ -439,4 +447,138 @@ async fn a_submission_narrows_the_retry_policy() {
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains(says), "{}", err.message());
     }
+}
+
+/// 3 keys × 20 operations under `--kind-key-limit sleep=1` on three PostgreSQL nodes: the
+/// recorded run intervals of one key never overlap, every operation ends, and different keys
+/// run at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_runs_one_at_a_time_over_three_nodes() {
+    let db = TestDatabase::create("keys").await;
+    let (_dirs, servers) = nodes(
+        &db,
+        &["node-a", "node-b", "node-c"],
+        &["--kind-key-limit", "sleep=1"],
+    );
+    let mut channels = Vec::new();
+    for server in &servers {
+        channels.push(channel(server).await);
+    }
+    let mut names = Vec::new();
+    for i in 0..60 {
+        let op = submit(
+            &channels[i % 3],
+            SubmitTaskRequest {
+                concurrency_key: format!("customer-{}", i % 3),
+                ..sleep(40)
+            },
+        )
+        .await;
+        names.push(op.name);
+    }
+    let mut runs: std::collections::HashMap<String, Vec<(SystemTime, SystemTime, String)>> =
+        std::collections::HashMap::new();
+    for name in &names {
+        let op = wait_done(&channels[0], name).await;
+        assert_eq!(error_code(&op), None, "{name}");
+        let meta = metadata(&op);
+        let start = start_time(&op);
+        let end = SystemTime::try_from(meta.end_time.expect("ended")).unwrap();
+        runs.entry(meta.concurrency_key.clone())
+            .or_default()
+            .push((start, end, meta.node));
+    }
+    assert_eq!(runs.len(), 3);
+    let mut nodes = std::collections::HashSet::new();
+    for (key, intervals) in &mut runs {
+        assert_eq!(intervals.len(), 20, "{key}");
+        intervals.sort();
+        for pair in intervals.windows(2) {
+            assert!(
+                pair[0].1 <= pair[1].0,
+                "two of {key} ran at once: {:?} and {:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+        nodes.extend(intervals.iter().map(|(_, _, node)| node.clone()));
+    }
+    let all: Vec<&(SystemTime, SystemTime, String)> = runs.values().flatten().collect();
+    let overlapping = all.iter().any(|a| {
+        all.iter()
+            .any(|b| !std::ptr::eq(*a, *b) && a.0 < b.1 && b.0 < a.1)
+    });
+    assert!(overlapping, "different keys ran at the same time");
+    assert!(nodes.len() > 1, "the work spread over the nodes: {nodes:?}");
+}
+
+/// 600 operations under `--kind-rate sleep=50/1s` on two PostgreSQL nodes: no more than 50
+/// start in any second (± one), all 600 start (none refused) over about 12 s, and one waiting
+/// says why (its status) while the nodes count the claims the rate held back (a metric).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_rate_holds_over_two_nodes() {
+    let db = TestDatabase::create("rates").await;
+    let (_dirs, servers) = nodes(&db, &["node-a", "node-b"], &["--kind-rate", "sleep=50/1s"]);
+    let channels = [channel(&servers[0]).await, channel(&servers[1]).await];
+    let mut names = Vec::new();
+    for (i, channel) in channels.iter().enumerate() {
+        let ops = TaskServiceClient::new(channel.clone())
+            .batch_submit_tasks(BatchSubmitTasksRequest {
+                requests: (0..300).map(|_| sleep(1)).collect(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("batch on node {i}: {e}"))
+            .into_inner()
+            .operations;
+        names.extend(ops.into_iter().map(|op| op.name));
+    }
+    // The last one waits for the rate for seconds: its status says so.
+    let mut said = String::new();
+    for _ in 0..100 {
+        let op = OperationsClient::new(channels[0].clone())
+            .get_operation(GetOperationRequest {
+                name: names[599].clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        said = metadata(&op).status_message;
+        if said.contains("start rate") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        said.contains("waiting for the start rate of kind sleep (50/1s"),
+        "{said:?}"
+    );
+    let mut starts = Vec::new();
+    for name in &names {
+        let op = wait_done(&channels[1], name).await;
+        assert_eq!(error_code(&op), None, "{name}");
+        starts.push(start_time(&op));
+    }
+    starts.sort();
+    for (i, t) in starts.iter().enumerate() {
+        let window_end = *t + Duration::from_secs(1);
+        let within = starts[i..].iter().take_while(|s| **s < window_end).count();
+        assert!(within <= 51, "{within} starts in the second from {t:?}");
+    }
+    let span = starts[599].duration_since(starts[0]).unwrap();
+    assert!(
+        span >= Duration::from_millis(10_900) && span < Duration::from_secs(20),
+        "600 at 50/s over {span:?}"
+    );
+    let mut held = 0;
+    let mut bodies = String::new();
+    for server in &servers {
+        let metrics = request(server.addr, "GET", "/metrics", &[], None).await;
+        held += metrics
+            .body
+            .lines()
+            .filter(|l| l.starts_with("oprun_rate_limited_claims_total{kind=\"sleep\"}"))
+            .count();
+        bodies.push_str(&metrics.body);
+    }
+    assert!(held >= 1, "a node counted held claims:\n{bodies}");
 }

@@ -1,19 +1,23 @@
 """The SDK's client (`oprun.client`) against the real server: one submission and a batch
 (all created, in order, with each one's priority, unique key and attempts), and a batch with
-one bad submission (refused, naming it; none created)."""
+one bad submission (refused, naming it; none created); a Python worker's kind declared with
+`max_per_key=1` runs one operation of a concurrency key at a time."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import itertools
+import time
 
 import grpc
 import pytest
-from conftest import Server
+from conftest import Server, WorkerProcess
 from google.longrunning import operations_pb2
+from resize_pb2 import ResizeInput
 
 from oprun.client import Client, Submission
-from oprun.v1 import metadata_pb2, tasks_pb2
+from oprun.v1 import metadata_pb2, tasks_pb2, tasks_pb2_grpc
 
 
 def meta(op: operations_pb2.Operation) -> metadata_pb2.OperationMetadata:
@@ -54,3 +58,53 @@ def test_submit_and_submit_many(server: Server) -> None:
 
     asyncio.run(main())
     assert count(server) == 6, "the refused batch created nothing"
+
+
+def test_a_worker_kind_runs_one_operation_of_a_key_at_a_time(server: Server, tmp_path) -> None:
+    runs = tmp_path / "runs"
+    worker = WorkerProcess(server.grpc, concurrency=4, max_per_key=1, runs=str(runs))
+    try:
+        with server.channel() as channel:
+            stub = tasks_pb2_grpc.TaskServiceStub(channel)
+            for _ in range(300):
+                kinds = stub.ListTaskKinds(tasks_pb2.ListTaskKindsRequest(), timeout=10).kinds
+                if any(k.name == "resize" and k.sessions for k in kinds):
+                    break
+                time.sleep(0.05)
+            declared = next(k for k in kinds if k.name == "resize")
+            assert declared.max_per_key == 1
+
+        async def submit() -> list[operations_pb2.Operation]:
+            async with Client(server.grpc) as client:
+                return await client.submit_many(
+                    Submission("resize", ResizeInput(count=3, step_ms=20), concurrency_key=key)
+                    for key in ["a", "a", "a", "b", "b", "b"]
+                )
+
+        ops = asyncio.run(submit())
+        key_of = {op.name: meta(op).concurrency_key for op in ops}
+        with server.channel() as channel:
+            from google.api_core import operations_v1
+
+            client = operations_v1.OperationsClient(channel)
+            for op in ops:
+                for _ in range(600):
+                    if client.get_operation(op.name).done:
+                        break
+                    time.sleep(0.02)
+                assert client.get_operation(op.name).done, op.name
+        spans: dict[str, dict[str, list[float]]] = {}
+        for line in runs.read_text().splitlines():
+            _what, name, _attempt, _pid, at = line.split()
+            spans.setdefault(key_of[name], {}).setdefault(name, []).append(float(at))
+        for key, by_op in spans.items():
+            intervals = sorted((times[0], times[1]) for times in by_op.values())
+            assert len(intervals) == 3, (key, by_op)
+            for (_, end), (start, _) in itertools.pairwise(intervals):
+                assert end <= start, f"two of key {key} ran at once: {intervals}"
+        a = sorted(tuple(t) for t in spans["a"].values())
+        b = sorted(tuple(t) for t in spans["b"].values())
+        overlapped_keys = any(x[0] < y[1] and y[0] < x[1] for x in a for y in b)
+        assert overlapped_keys, "keys a and b ran side by side"
+    finally:
+        worker.stop()

@@ -34,6 +34,7 @@ worker = Worker(os.environ["OPRUN_TARGET"], name=os.environ.get("WORKER_NAME", "
     max_attempts=3,
     heartbeat_timeout=float(os.environ.get("WORKER_HEARTBEAT", "10")),
     concurrency=int(os.environ.get("WORKER_CONCURRENCY", "4")),
+    max_per_key=int(os.environ.get("WORKER_MAX_PER_KEY", "0")),
 )
 async def resize(inp: ResizeInput, ctx) -> ResizeOutput:
     record("start", ctx.operation, ctx.attempt)

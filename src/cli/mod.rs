@@ -140,6 +140,9 @@ enum Command {
         /// At most this many attempts (no more than the kind allows).
         #[arg(long)]
         max_attempts: Option<u32>,
+        /// Operations of the kind with this key share its limit per key (`max_per_key`).
+        #[arg(long, default_value = "")]
+        concurrency_key: String,
     },
     /// Snapshot a directory on the server into a .tar.zst file (the `snapshot` kind).
     Snapshot {
@@ -416,6 +419,7 @@ async fn run(
             priority,
             unique_key,
             max_attempts,
+            concurrency_key,
         } => {
             let not_before = match delay {
                 Some(delay) => Some(in_from_now(delay).map_err(|e| format!("--delay: {e}"))?),
@@ -436,6 +440,7 @@ async fn run(
                     max_attempts,
                     ..RetryPolicy::default()
                 }),
+                concurrency_key,
             };
             let op = submit(&client, request, &input).await?;
             show_new(&client, &op, quiet)

@@ -136,6 +136,17 @@ pub struct ServeArgs {
     /// Per-kind limit, `KIND=N` (repeatable; overrides what a kind declares).
     #[arg(long = "kind-limit", env = "OPRUN_KIND_LIMITS", value_delimiter = ',', value_parser = parse_kind_limit)]
     pub kind_limits: Vec<(String, usize)>,
+    /// Per-kind limit per concurrency key, `KIND=N` (repeatable; overrides what a kind
+    /// declares): at most N operations of the kind with one `concurrency_key` run at once,
+    /// over every node (set the same on each).
+    #[arg(long = "kind-key-limit", env = "OPRUN_KIND_KEY_LIMITS", value_delimiter = ',', value_parser = parse_kind_limit)]
+    pub kind_key_limits: Vec<(String, usize)>,
+    /// Per-kind start rate, `KIND=N/PERIOD` (e.g. `sleep=100/1s`, `email=600/1m`), or per
+    /// concurrency key with `/key` (`export=10/1h/key`); repeatable, one per kind (the last
+    /// given wins). Held over
+    /// every node (set the same on each): work over the rate waits QUEUED, never refused.
+    #[arg(long = "kind-rate", env = "OPRUN_KIND_RATES", value_delimiter = ',', value_parser = parse_kind_rate)]
+    pub kind_rates: Vec<(String, crate::store::Rate)>,
     /// How long a worker may ignore a cancel before it is aborted.
     #[arg(long, env = "OPRUN_CANCEL_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub cancel_grace: Duration,
@@ -237,6 +248,16 @@ impl ServeArgs {
         RunnerConfig {
             max_running: self.max_running.max(1),
             kind_limits: self.kind_limits.iter().cloned().collect(),
+            kind_key_limits: self.kind_key_limits.iter().cloned().collect(),
+            kind_rates: self
+                .kind_rates
+                .iter()
+                .fold(Vec::new(), |mut rates, (kind, rate)| {
+                    // The last given for a kind wins, as with --kind-limit.
+                    rates.retain(|(k, _)| k != kind);
+                    rates.push((kind.clone(), *rate));
+                    rates
+                }),
             max_queued: self.max_queued,
             queue_full_wait: self.queue_full_wait,
             max_input_bytes: self.max_input_bytes,
@@ -458,6 +479,54 @@ fn parse_kind_limit(s: &str) -> Result<(String, usize), String> {
     Ok((kind.to_owned(), n))
 }
 
+/// Reads `KIND=N/PERIOD` or `KIND=N/PERIOD/key`.
+fn parse_kind_rate(s: &str) -> Result<(String, crate::store::Rate), String> {
+    let usage = || format!("{s:?} is not KIND=N/PERIOD (e.g. sleep=100/1s) or KIND=N/PERIOD/key");
+    let (kind, rate) = s.split_once('=').ok_or_else(usage)?;
+    let mut parts = rate.split('/');
+    let (Some(n), Some(period)) = (parts.next(), parts.next()) else {
+        return Err(usage());
+    };
+    let per_key = match parts.next() {
+        None => false,
+        Some("key") => true,
+        Some(other) => {
+            return Err(format!(
+                "{s:?}: {other:?} after the period; only `/key` (a rate per concurrency key) \
+                 may follow"
+            ))
+        }
+    };
+    if parts.next().is_some() || kind.is_empty() {
+        return Err(usage());
+    }
+    let starts: usize = n
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{n:?} in {s:?} is not a whole number of starts, at least 1"))?;
+    // `1s`, `1m`, or a bare unit (`s`, `m`, `h`) for one of it.
+    let spelled = if period.starts_with(|c: char| c.is_ascii_digit()) {
+        period.to_owned()
+    } else {
+        format!("1{period}")
+    };
+    let period = humantime::parse_duration(&spelled)
+        .ok()
+        .filter(|p| !p.is_zero() && *p <= Duration::from_secs(7 * 24 * 3600))
+        .ok_or_else(|| {
+            format!("{period:?} in {s:?} is not a period from 1ms to 7d, e.g. 1s, 1m or 1h")
+        })?;
+    Ok((
+        kind.to_owned(),
+        crate::store::Rate {
+            starts,
+            period,
+            per_key,
+        },
+    ))
+}
+
 /// The file in the data directory that keeps the embedded store's node id.
 const NODE_ID_FILE: &str = "node-id";
 
@@ -659,5 +728,37 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), shutdown)
             .await
             .expect("the shutdown future completes on the SIGTERM raised before it was polled");
+    }
+
+    /// `--kind-rate` reads `KIND=N/PERIOD` and `/key`, a bare unit as one of it, and names
+    /// what is wrong otherwise.
+    #[test]
+    fn kind_rates_are_read_or_refused_with_the_reason() {
+        use crate::store::Rate;
+        let rate = |starts, secs, per_key| Rate {
+            starts,
+            period: Duration::from_secs(secs),
+            per_key,
+        };
+        for (spec, kind, want) in [
+            ("sleep=100/1s", "sleep", rate(100, 1, false)),
+            ("email=600/m", "email", rate(600, 60, false)),
+            ("export=10/1h/key", "export", rate(10, 3600, true)),
+        ] {
+            assert_eq!(super::parse_kind_rate(spec), Ok((kind.to_owned(), want)));
+        }
+        for (spec, says) in [
+            ("sleep", "is not KIND=N/PERIOD"),
+            ("sleep=5", "is not KIND=N/PERIOD"),
+            ("=5/1s", "is not KIND=N/PERIOD"),
+            ("sleep=0/1s", "at least 1"),
+            ("sleep=x/1s", "not a whole number"),
+            ("sleep=5/0s", "not a period"),
+            ("sleep=5/30d", "not a period"),
+            ("sleep=5/1s/each", "only `/key`"),
+        ] {
+            let err = super::parse_kind_rate(spec).expect_err(spec);
+            assert!(err.contains(says), "{spec}: {err}");
+        }
     }
 }

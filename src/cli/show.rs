@@ -120,6 +120,9 @@ pub(super) fn print_operation(client: &ClientArgs, op: &Operation) -> CliResult 
     if !meta.unique_key.is_empty() {
         fields.push(("unique key", meta.unique_key.clone()));
     }
+    if !meta.concurrency_key.is_empty() {
+        fields.push(("key", meta.concurrency_key.clone()));
+    }
     if !meta.node.is_empty() {
         fields.push(("node", meta.node.clone()));
     }

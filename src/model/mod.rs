@@ -248,6 +248,8 @@ pub struct OperationRecord {
     pub unique_key: Option<String>,
     /// The retry policy its submission narrowed the kind's to, if it did.
     pub retry_policy: Option<RetryPolicy>,
+    /// Operations of its kind with the same key share the kind's limit per key.
+    pub concurrency_key: Option<String>,
 }
 
 /// The lowest priority a submission may give.
@@ -285,6 +287,7 @@ impl OperationRecord {
             priority: 0,
             unique_key: None,
             retry_policy: None,
+            concurrency_key: None,
         }
     }
 
@@ -346,6 +349,7 @@ impl OperationRecord {
             priority: self.priority,
             unique_key: self.unique_key.clone().unwrap_or_default(),
             retry_policy: self.retry_policy,
+            concurrency_key: self.concurrency_key.clone().unwrap_or_default(),
         }
     }
 

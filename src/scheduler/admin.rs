@@ -43,7 +43,7 @@ impl Runner {
             .store
             .list_newest(before, filter, limit.saturating_add(1))
             .await?;
-        Ok(Page::of(operations, limit))
+        Ok(Page::of(self.explain_all(operations), limit))
     }
 
     /// How many operations there are by kind and state, and how many finished in each
@@ -131,6 +131,7 @@ impl Runner {
                 priority: old.priority,
                 unique_key: old.unique_key.clone().unwrap_or_default(),
                 retry_policy: old.retry_policy,
+                concurrency_key: old.concurrency_key.clone().unwrap_or_default(),
             })
             .await?;
         info!(op.name = %new.id, op.kind = %new.kind, from = %id, "run again");

@@ -161,6 +161,7 @@ impl Runner {
             priority,
             unique_key,
             retry_policy,
+            concurrency_key,
         } = request;
         if !self.shared.accepting.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
@@ -213,7 +214,8 @@ impl Runner {
         }
         let request_id = check_request_id(&request_id)?;
         check_priority(priority)?;
-        let unique_key = check_unique_key(unique_key)?;
+        let unique_key = check_key("unique_key", unique_key)?;
+        let concurrency_key = check_key("concurrency_key", concurrency_key)?;
         let retry_policy = retry_policy
             .map(|asked| narrow_retry(&kind, &task.options().retry, &asked))
             .transpose()?;
@@ -259,6 +261,7 @@ impl Runner {
         record.priority = priority;
         record.unique_key = unique_key;
         record.retry_policy = retry_policy;
+        record.concurrency_key = concurrency_key;
         Ok(Admitted::New {
             record,
             max_queued: task.options().max_queued,
@@ -413,12 +416,13 @@ fn check_priority(priority: i32) -> Result<(), Error> {
     ))
 }
 
-fn check_unique_key(key: String) -> Result<Option<String>, Error> {
+/// A unique or concurrency key (`field`): at most [`MAX_UNIQUE_KEY_LEN`] bytes; empty is none.
+fn check_key(field: &'static str, key: String) -> Result<Option<String>, Error> {
     if key.len() > MAX_UNIQUE_KEY_LEN {
         return Err(Error::invalid_argument(
-            "unique_key",
+            field,
             format!(
-                "unique_key is {} bytes; at most {MAX_UNIQUE_KEY_LEN}",
+                "{field} is {} bytes; at most {MAX_UNIQUE_KEY_LEN}",
                 key.len()
             ),
         ));

@@ -73,6 +73,7 @@ impl<const DELETE: bool> Task for Batch<DELETE> {
             // The same roles as the RPCs that start them: a submitter may cancel, only an
             // admin may delete, whichever way the batch is started (SubmitTask, Rerun).
             start_role: if DELETE { Role::Admin } else { Role::Submitter },
+            max_per_key: None,
         }
     }
 

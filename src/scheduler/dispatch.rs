@@ -44,6 +44,36 @@ impl Runner {
             .collect()
     }
 
+    /// The limits per concurrency key of `kinds` that have one (`--kind-key-limit`, or what
+    /// the kind declares): they hold over all nodes, and on every store.
+    pub(crate) fn key_limits(&self, kinds: &[(String, usize)]) -> Vec<(String, usize)> {
+        kinds
+            .iter()
+            .filter_map(|(kind, _)| {
+                let declared = || self.shared.kinds.task(kind)?.options().max_per_key;
+                let limit = self
+                    .shared
+                    .config
+                    .kind_key_limits
+                    .get(kind)
+                    .copied()
+                    .or_else(declared)?;
+                Some((kind.clone(), limit.max(1)))
+            })
+            .collect()
+    }
+
+    /// The start rates of `kinds` that have one (`--kind-rate`).
+    pub(crate) fn rates(&self, kinds: &[(String, usize)]) -> Vec<(String, crate::store::Rate)> {
+        self.shared
+            .config
+            .kind_rates
+            .iter()
+            .filter(|(kind, _)| kinds.iter().any(|(k, _)| k == kind))
+            .cloned()
+            .collect()
+    }
+
     fn own_limit(&self, kind: &str) -> Option<usize> {
         let declared = || self.shared.kinds.task(kind)?.options().max_concurrency;
         self.shared
@@ -77,6 +107,8 @@ impl Runner {
             total,
             now: self.now(),
             limits: RunningLimits::none(),
+            key_limits: Vec::new(),
+            rates: Vec::new(),
         };
         match self.claim(&claim).await {
             Ok(claimed) => {
@@ -133,6 +165,8 @@ impl Runner {
             if leased && total > 0 && !kinds.is_empty() {
                 let claim = Claim {
                     node: self.shared.config.node.clone(),
+                    key_limits: self.key_limits(&kinds),
+                    rates: self.rates(&kinds),
                     kinds,
                     total,
                     now: self.now(),

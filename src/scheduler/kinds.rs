@@ -100,6 +100,7 @@ impl ErasedTask for Declared {
             max_concurrency: 0,
             max_attempts: d.max_attempts.max(1),
             default_timeout: d.default_timeout,
+            max_per_key: d.max_per_key,
             ..TaskKind::default()
         }
     }
@@ -110,6 +111,8 @@ impl ErasedTask for Declared {
             retry_safe: d.retry_safe,
             retry: RetryPolicy::exponential(d.max_attempts.max(1)),
             default_timeout: d.default_timeout.and_then(|t| Duration::try_from(t).ok()),
+            max_per_key: (d.max_per_key > 0)
+                .then(|| usize::try_from(d.max_per_key).unwrap_or(usize::MAX)),
             ..TaskOptions::default()
         }
     }

@@ -93,6 +93,12 @@ pub struct RunnerConfig {
     pub max_running: usize,
     /// Per-kind limits that override what a kind declares.
     pub kind_limits: HashMap<String, usize>,
+    /// Per-kind limits per concurrency key that override what a kind declares (see
+    /// [`TaskOptions::max_per_key`](crate::task::TaskOptions::max_per_key)).
+    pub kind_key_limits: HashMap<String, usize>,
+    /// Start rates of kinds, over every node (`--kind-rate KIND=N/PERIOD[/key]`): one per
+    /// kind, over all its work or per concurrency key.
+    pub kind_rates: Vec<(String, crate::store::Rate)>,
     /// Most operations waiting at once (queued, delayed or backing off), over all kinds;
     /// past it SubmitTask waits up to `queue_full_wait` for room, then answers
     /// RESOURCE_EXHAUSTED.
@@ -140,6 +146,8 @@ impl std::fmt::Debug for RunnerConfig {
         f.debug_struct("RunnerConfig")
             .field("max_running", &self.max_running)
             .field("kind_limits", &self.kind_limits)
+            .field("kind_key_limits", &self.kind_key_limits)
+            .field("kind_rates", &self.kind_rates)
             .field("max_queued", &self.max_queued)
             .field("queue_full_wait", &self.queue_full_wait)
             .field("max_input_bytes", &self.max_input_bytes)
@@ -162,6 +170,8 @@ impl Default for RunnerConfig {
         Self {
             max_running: 64,
             kind_limits: HashMap::new(),
+            kind_key_limits: HashMap::new(),
+            kind_rates: Vec::new(),
             max_queued: 100_000,
             queue_full_wait: Duration::from_secs(5),
             max_input_bytes: 1 << 20,
@@ -248,6 +258,9 @@ struct Shared {
     sessions: workers::Sessions,
     /// Whether the dispatcher should claim work for the sessions (see `workers`).
     remote_pending: AtomicBool,
+    /// The kinds whose start rate held due work back at this node's last claim of them, with
+    /// the rate: what a QUEUED operation of theirs waits for (see `queries`).
+    throttled: DashMap<String, crate::store::Rate>,
 }
 
 impl Runner {
@@ -288,6 +301,7 @@ impl Runner {
                 metrics: Arc::new(crate::metrics::Metrics::new(store.commit_stats())),
                 store,
                 running: DashMap::new(),
+                throttled: DashMap::new(),
                 slots: Mutex::new(slots::Slots::default()),
                 dispatch_wake: Notify::new(),
                 queue_room: Notify::new(),
@@ -548,6 +562,9 @@ pub struct Submission {
     pub unique_key: String,
     /// Narrows the kind's retry policy for this operation (unset fields keep the kind's).
     pub retry_policy: Option<crate::proto::oprun::v1::RetryPolicy>,
+    /// Operations of the kind with the same key share its limit per key (empty: no key; at
+    /// most [`MAX_UNIQUE_KEY_LEN`] bytes).
+    pub concurrency_key: String,
 }
 
 /// The longest unique key a submission may carry, in bytes.

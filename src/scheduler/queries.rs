@@ -128,7 +128,33 @@ impl Runner {
             .store
             .get(id)
             .await?
+            .map(|r| self.explain(r))
             .ok_or_else(|| Error::NotFound { name: id.name() })
+    }
+
+    /// `r` with, when it waits QUEUED and due only because its kind's start rate held it back
+    /// at this node's last claim, a status saying so (unless its worker wrote one).
+    pub(crate) fn explain(&self, mut r: OperationRecord) -> OperationRecord {
+        if r.state == crate::model::State::Queued && r.status_message.is_empty() {
+            if let Some(rate) = self.shared.throttled.get(&r.kind) {
+                let due = r.next_attempt_time.is_none_or(|t| t <= self.now());
+                if due {
+                    r.status_message = format!(
+                        "waiting for the start rate of kind {} ({}, over every node)",
+                        r.kind, *rate
+                    );
+                }
+            }
+        }
+        r
+    }
+
+    /// [`Runner::explain`] of each.
+    pub(crate) fn explain_all(&self, records: Vec<OperationRecord>) -> Vec<OperationRecord> {
+        if self.shared.throttled.is_empty() {
+            return records;
+        }
+        records.into_iter().map(|r| self.explain(r)).collect()
     }
 
     /// Waits until the operation is done or `timeout` (capped at the configured maximum)
@@ -303,7 +329,7 @@ impl Runner {
             .store
             .list(after, filter, limit.saturating_add(1))
             .await?;
-        Ok(Page::of(operations, limit))
+        Ok(Page::of(self.explain_all(operations), limit))
     }
 }
 

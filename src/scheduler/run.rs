@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
@@ -206,9 +206,15 @@ impl Runner {
             // With "started", when the worker ran here (what an audit of where work ran, or
             // the cluster tests, read from the log).
             info!(attempt = record.attempt, "worker returned");
-            self.worker_returned(&running);
             end
         };
+        // The work ended now, before its slot goes to the next operation: what that one
+        // starts at (its claim's time) is never before this end (a limit per key then never
+        // shows two runs of a key overlapping).
+        let ended_at = self.now();
+        if !matches!(end, WorkerEnd::NotStarted) {
+            self.worker_returned(&running);
+        }
         let policy = task.options().retry.narrowed(record.retry_policy.as_ref());
         let decision = conclude(&Situation {
             end: &end,
@@ -218,10 +224,10 @@ impl Runner {
             attempt: record.attempt,
             created: record.create_time,
             deadline: record.deadline,
-            now: self.now(),
+            now: ended_at,
             jitter: rand::random::<f64>(),
         });
-        self.settle(&running, decision).await;
+        self.settle(&running, decision, ended_at).await;
         // Released already if its end was written; not if nothing was (interrupted, lost).
         self.release(&running);
     }
@@ -355,7 +361,7 @@ impl Runner {
     /// previous state everywhere. Gives up, writing nothing, when the runner shuts down or the
     /// store is closed (the restart rule then resumes it), or when this node no longer holds
     /// the operation.
-    async fn settle(&self, running: &Arc<Running>, decision: Decision) {
+    async fn settle(&self, running: &Arc<Running>, decision: Decision, at: SystemTime) {
         let report = running.draft.current();
         let change = match decision {
             Decision::Leave => {
@@ -394,7 +400,7 @@ impl Runner {
                 current.status_message = report.status_message.clone();
             }
             let e = match self
-                .transition(&current, change.clone(), running.fence())
+                .transition_at(&current, change.clone(), running.fence(), at)
                 .await
             {
                 Ok(written) => {

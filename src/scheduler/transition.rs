@@ -53,7 +53,21 @@ impl Runner {
         change: Change,
         fence: Fence,
     ) -> Result<OperationRecord, TransitionError> {
-        let next = current.apply(change, self.now())?;
+        self.transition_at(current, change, fence, self.now()).await
+    }
+
+    /// [`Runner::transition`], the change made `at` (a worker's end: when it returned).
+    ///
+    /// # Errors
+    /// As [`Runner::transition`].
+    pub(crate) async fn transition_at(
+        &self,
+        current: &OperationRecord,
+        change: Change,
+        fence: Fence,
+        at: std::time::SystemTime,
+    ) -> Result<OperationRecord, TransitionError> {
+        let next = current.apply(change, at)?;
         let before = current.state;
         // Written and published on a task of its own: a caller that stops waiting (a client
         // that went away, a branch of a select that lost) cannot leave a write the store took
@@ -283,6 +297,14 @@ impl Runner {
         }
         if !claimed.operations.is_empty() {
             self.shared.queue_room.notify_waiters();
+        }
+        for (kind, rate) in &claim.rates {
+            if claimed.held.contains(kind) {
+                self.shared.metrics.rate_limited(kind);
+                self.shared.throttled.insert(kind.clone(), *rate);
+            } else {
+                self.shared.throttled.remove(kind);
+            }
         }
         Ok(claimed)
     }

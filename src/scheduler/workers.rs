@@ -747,6 +747,8 @@ impl Runner {
             }
             let claim = Claim {
                 node: session.name.clone(),
+                key_limits: self.key_limits(&kinds),
+                rates: self.rates(&kinds),
                 kinds: kinds.clone(),
                 total,
                 now: self.now(),

@@ -144,5 +144,6 @@ fn submission(
         priority: req.priority,
         unique_key: req.unique_key,
         retry_policy: req.retry_policy,
+        concurrency_key: req.concurrency_key,
     })
 }

@@ -38,6 +38,8 @@ where
     queued_counts_follow_claims_and_ends(&make().await).await;
     registrations_are_kept_replaced_and_forgotten(&make().await).await;
     claims_take_higher_priorities_first(&make().await).await;
+    claims_keep_each_keys_limit(&make().await).await;
+    claims_keep_each_kinds_start_rate(&make().await).await;
     a_unique_key_holds_while_its_operation_is_unfinished(&make().await).await;
     insert_many_stores_all_in_order_with_each_ones_semantics(&make().await).await;
     one_unique_key_inserted_at_once_makes_one_operation(std::sync::Arc::new(make().await)).await;
@@ -125,6 +127,13 @@ async fn change<S: Store>(store: &S, r: &OperationRecord, change: Change) -> Ope
     }
 }
 
+fn succeeded() -> Change {
+    Change::Finish {
+        state: State::Succeeded,
+        outcome: Outcome::Response(Any::default()),
+    }
+}
+
 fn failed() -> Change {
     Change::Finish {
         state: State::Failed,
@@ -143,6 +152,8 @@ fn claim(node: &str, kinds: &[(&str, usize)], total: usize, now: SystemTime) -> 
         total,
         now,
         limits: super::RunningLimits::none(),
+        key_limits: Vec::new(),
+        rates: Vec::new(),
     }
 }
 
@@ -861,6 +872,182 @@ async fn claims_take_higher_priorities_first<S: Store>(store: &S) {
     let _ = low;
 }
 
+/// Under a limit per concurrency key, a claim starts no more of a key than the limit allows,
+/// counting what runs (on any node) and what it starts itself; work of a key at its limit is
+/// passed over, and the work behind it (other keys, no key) starts; when one of a key ends,
+/// the next of that key may start. Kinds without a limit are not held back.
+async fn claims_keep_each_keys_limit<S: Store>(store: &S) {
+    let now = base() + Duration::from_secs(100);
+    let mut made = Vec::new();
+    for (kind, key, due) in [
+        ("k", Some("a"), 1),
+        ("k", Some("a"), 2),
+        ("k", Some("a"), 3),
+        ("k", Some("b"), 4),
+        ("k", None, 5),
+        ("free", Some("a"), 6),
+        ("free", Some("a"), 7),
+    ] {
+        let mut r = queued(kind);
+        r.create_time = base();
+        r.next_attempt_time = Some(base() + Duration::from_secs(due));
+        r.concurrency_key = key.map(str::to_owned);
+        made.push(insert_new(store, r).await);
+    }
+    assert_eq!(
+        store
+            .get(&made[0].id)
+            .await
+            .expect("get")
+            .and_then(|r| r.concurrency_key),
+        Some("a".to_owned()),
+        "the key is kept"
+    );
+    let mut keyed = claim("n1", &[("k", 10), ("free", 10)], 10, now);
+    keyed.key_limits = vec![("k".to_owned(), 1)];
+    let first = store.claim(&keyed).await.expect("claim");
+    let ids = |c: &super::Claimed| {
+        c.operations
+            .iter()
+            .map(|r| r.id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(&first),
+        vec![
+            made[0].id.clone(),
+            made[3].id.clone(),
+            made[4].id.clone(),
+            made[5].id.clone(),
+            made[6].id.clone()
+        ],
+        "one of key a, then the work behind it; the kind without a limit freely"
+    );
+    let second = store.claim(&keyed).await.expect("claim");
+    assert!(
+        second.operations.is_empty(),
+        "key a is at its limit while its first runs (from another node too): {:?}",
+        ids(&second)
+    );
+    let running = first.operations[0].clone();
+    change(store, &running, succeeded()).await;
+    let mut other_node = keyed.clone();
+    other_node.node = "n2".into();
+    let third = store.claim(&other_node).await.expect("claim");
+    assert_eq!(
+        ids(&third),
+        vec![made[1].id.clone()],
+        "the next of key a, once the first ended"
+    );
+    // A limit of 2 takes two of a key in one claim, no more.
+    let mut two = Vec::new();
+    for _ in 0..3 {
+        let mut r = queued("two");
+        r.create_time = base();
+        r.concurrency_key = Some("c".into());
+        two.push(insert_new(store, r).await);
+    }
+    let mut limit_two = claim("n1", &[("two", 10)], 10, now);
+    limit_two.key_limits = vec![("two".to_owned(), 2)];
+    assert_eq!(
+        store
+            .claim(&limit_two)
+            .await
+            .expect("claim")
+            .operations
+            .len(),
+        2
+    );
+}
+
+/// Under a start rate, a claim starts no more than the rate leaves in the period ending at its
+/// `now` (counting starts of earlier claims, by any node), says the kind was held back, and
+/// that more may start when the oldest start leaves the period; per key, each key has the
+/// rate of its own and work without a key is not limited.
+async fn claims_keep_each_kinds_start_rate<S: Store>(store: &S) {
+    use super::Rate;
+    let now = base() + Duration::from_secs(100);
+    for _ in 0..5 {
+        let mut r = queued("r");
+        r.create_time = base();
+        insert_new(store, r).await;
+    }
+    let rated = |node: &str, at: SystemTime| {
+        let mut c = claim(node, &[("r", 10)], 10, at);
+        c.rates = vec![(
+            "r".to_owned(),
+            Rate {
+                starts: 2,
+                period: Duration::from_secs(10),
+                per_key: false,
+            },
+        )];
+        c
+    };
+    let first = store.claim(&rated("n1", now)).await.expect("claim");
+    assert_eq!(first.operations.len(), 2, "two per period");
+    assert_eq!(first.held, vec!["r".to_owned()], "the rate held the rest");
+    // A store whose claims wait for each other dates its starts when the turn came: a
+    // moment after `now`.
+    let frees = first.next_due.expect("a next due time");
+    assert!(
+        frees >= now + Duration::from_secs(10) && frees < now + Duration::from_secs(11),
+        "more may start when the first starts leave the period: {frees:?}"
+    );
+    let later = store
+        .claim(&rated("n2", now + Duration::from_secs(9)))
+        .await
+        .expect("claim");
+    assert!(
+        later.operations.is_empty(),
+        "another node within the period"
+    );
+    assert_eq!(later.held, vec!["r".to_owned()]);
+    let next = store.claim(&rated("n2", frees)).await.expect("claim");
+    assert_eq!(
+        next.operations.len(),
+        2,
+        "a new period, when the store said"
+    );
+    let last = store
+        .claim(&rated("n1", frees + Duration::from_secs(11)))
+        .await
+        .expect("claim");
+    assert_eq!(last.operations.len(), 1, "the last one");
+    assert!(last.held.is_empty(), "nothing held: {:?}", last.held);
+
+    // Per key.
+    let mut made = Vec::new();
+    for key in [Some("a"), Some("a"), Some("b"), None, None] {
+        let mut r = queued("p");
+        r.create_time = base();
+        r.concurrency_key = key.map(str::to_owned);
+        made.push(insert_new(store, r).await);
+    }
+    let mut per_key = claim("n1", &[("p", 10)], 10, now);
+    per_key.rates = vec![(
+        "p".to_owned(),
+        Rate {
+            starts: 1,
+            period: Duration::from_secs(10),
+            per_key: true,
+        },
+    )];
+    let started = store.claim(&per_key).await.expect("claim");
+    let ids: Vec<_> = started.operations.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(
+        ids,
+        vec![
+            made[0].id.clone(),
+            made[2].id.clone(),
+            made[3].id.clone(),
+            made[4].id.clone()
+        ],
+        "one of each key, every one without a key"
+    );
+    assert_eq!(started.held, vec!["p".to_owned()]);
+}
+
 /// While an operation holding a kind's unique key is not done, an insert of that kind with
 /// the key returns it; another kind, or the key after the holder ended, inserts.
 async fn a_unique_key_holds_while_its_operation_is_unfinished<S: Store>(store: &S) {
@@ -895,15 +1082,7 @@ async fn a_unique_key_holds_while_its_operation_is_unfinished<S: Store>(store: &
         Inserted::New(r) => panic!("a running holder's key made {}", r.id),
     }
     let running = running.operations.into_iter().next().expect("one");
-    change(
-        store,
-        &running,
-        Change::Finish {
-            state: State::Succeeded,
-            outcome: Outcome::Response(Any::default()),
-        },
-    )
-    .await;
+    change(store, &running, succeeded()).await;
     let next = insert_new(store, keyed("export")).await;
     assert_ne!(next.id, first.id, "a done holder frees the key");
     match store.insert(keyed("export")).await.expect("insert") {

@@ -9,8 +9,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use super::{
-    record_matches, Changes, Claim, Claimed, Deadlines, Inserted, NodeLease, Store, StoreError,
-    Summary, Swept, Written,
+    record_matches, Changes, Claim, Claimed, Deadlines, Gates, Inserted, KeyGate, NodeLease,
+    RateGate, Store, StoreError, Summary, Swept, Written,
 };
 use crate::filter::Filter;
 use crate::model::{Fence, OperationId, OperationRecord, State};
@@ -50,6 +50,9 @@ struct Inner {
     head: i64,
     /// Declared kinds and worker sessions, by name.
     registered: HashMap<super::Registered, BTreeMap<String, Vec<u8>>>,
+    /// When each operation of a kind with a start rate started (microseconds), with its
+    /// key, within the rate's period.
+    starts: HashMap<String, Vec<(i64, Option<String>)>>,
 }
 
 /// When a queued operation may start.
@@ -123,6 +126,32 @@ impl Inner {
         }
         self.feed.insert(self.head, r.seq);
         self.by_seq.insert(r.seq, r);
+    }
+
+    /// The gates of `kind` for `claim` at `now` (see [`Gates`]); starts older than the rate's
+    /// period are forgotten.
+    fn gates(&mut self, claim: &Claim, kind: &str, now: i64) -> Gates {
+        let keys = claim.key_limit(kind).map(|limit| {
+            let mut running: HashMap<String, usize> = HashMap::new();
+            for r in self.running.iter().filter_map(|seq| self.by_seq.get(seq)) {
+                if let (true, Some(key)) = (r.kind == kind, &r.concurrency_key) {
+                    *running.entry(key.clone()).or_default() += 1;
+                }
+            }
+            KeyGate::new(limit, running)
+        });
+        let rate = claim.rate(kind).map(|rate| {
+            let since = RateGate::since(rate, now);
+            let starts = self.starts.entry(kind.to_owned()).or_default();
+            starts.retain(|(at, _)| *at > since);
+            let mut per_key: HashMap<String, usize> = HashMap::new();
+            for key in starts.iter().filter_map(|(_, key)| key.clone()) {
+                *per_key.entry(key).or_default() += 1;
+            }
+            let oldest = starts.iter().map(|(at, _)| *at).min();
+            RateGate::new(rate, starts.len(), per_key, oldest)
+        });
+        Gates { keys, rate }
     }
 
     /// Refuses records whose ids are taken (as the SQL stores' unique index on `id` does).
@@ -265,17 +294,43 @@ impl Store for MemoryStore {
         } else {
             (claim.kinds.clone(), claim.total)
         };
+        let now = super::micros(claim.now);
         let mut candidates: Vec<(i32, SystemTime, i64)> = Vec::new();
         let mut next_due: Option<SystemTime> = None;
+        let mut held = Vec::new();
+        let mut sooner = |at: SystemTime| next_due = Some(next_due.map_or(at, |n| n.min(at)));
         for (kind, room) in &kinds {
+            let mut gates = g.gates(claim, kind, now);
             let (Some(q), Some(ranked)) = (g.queued.get(kind), g.ranked.get(kind)) else {
                 continue;
             };
-            let due_now = ranked.iter().filter(|(_, d, _)| *d <= claim.now);
-            candidates.extend(due_now.take(*room).copied());
+            let mut taken = 0;
+            for candidate in ranked.iter().filter(|(_, d, _)| *d <= claim.now) {
+                if taken == *room {
+                    break;
+                }
+                let key = g
+                    .by_seq
+                    .get(&candidate.2)
+                    .and_then(|r| r.concurrency_key.as_deref());
+                // Work of a key at its limit, or over the rate, is passed over: the work
+                // behind it may start.
+                if !gates.admit(key, now) {
+                    if gates.exhausted() {
+                        break;
+                    }
+                    continue;
+                }
+                candidates.push(*candidate);
+                taken += 1;
+            }
+            if let Some(at) = gates.rate.as_ref().and_then(RateGate::next) {
+                held.push(kind.clone());
+                sooner(super::from_micros(at));
+            }
             if let Some((later, _)) = q.range((claim.now, i64::MAX)..).next() {
                 if *later > claim.now {
-                    next_due = Some(next_due.map_or(*later, |n| n.min(*later)));
+                    sooner(*later);
                 }
             }
         }
@@ -286,6 +341,12 @@ impl Store for MemoryStore {
             let Some(mut r) = g.by_seq.get(&seq).cloned() else {
                 continue;
             };
+            if claim.rate(&r.kind).is_some() {
+                g.starts
+                    .entry(r.kind.clone())
+                    .or_default()
+                    .push((now, r.concurrency_key.clone()));
+            }
             r.state = State::Running;
             r.owner = Some(claim.node.clone());
             r.start_time = Some(claim.now);
@@ -298,6 +359,7 @@ impl Store for MemoryStore {
         Ok(Claimed {
             operations,
             next_due,
+            held,
         })
     }
 

@@ -104,13 +104,207 @@ pub struct Claim {
     pub kinds: Vec<(String, usize)>,
     /// How many more the node may start now, over all kinds.
     pub total: usize,
-    /// Operations due at or before this time may start.
+    /// Operations due at or before this time may start, and start at it (a store whose
+    /// claims wait for each other's turn, under a limit over the cluster, dates them when the
+    /// turn came: what another node ended meanwhile never seems to overlap them).
     pub now: SystemTime,
     /// The running limits that hold over every node of a shared store: how many of each kind
     /// may run at once, and how many in all. A shared store counts what runs on every node
     /// and claims no more than these allow (claims serialised so that two nodes cannot both
     /// take the last room). An exclusive store ignores them: its one node's room says it.
     pub limits: RunningLimits,
+    /// The kinds whose operations with one concurrency key may run at most this many at once
+    /// (on every store: counted over all that runs, and what the claim starts). Queued work
+    /// of a key at its limit is passed over, not waited for: the work behind it starts.
+    pub key_limits: Vec<(String, usize)>,
+    /// The kinds whose starts are limited per period, over every node: the store keeps when
+    /// each start of such a kind was, and a claim starts no more than the rate leaves in the
+    /// period ending at `now` (per concurrency key, for a rate per key). Work over the rate
+    /// waits: [`Claimed::held`] names the kind, and [`Claimed::next_due`] says when the rate
+    /// lets more start.
+    pub rates: Vec<(String, Rate)>,
+}
+
+/// How many operations of a kind may start per period (see [`Claim::rates`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Starts allowed in any period.
+    pub starts: usize,
+    /// The period, e.g. a second.
+    pub period: std::time::Duration,
+    /// Whether the rate holds for each concurrency key apart (operations without a key are
+    /// then not limited).
+    pub per_key: bool,
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}s{}",
+            self.starts,
+            self.period.as_secs_f64(),
+            if self.per_key { " per key" } else { "" }
+        )
+    }
+}
+
+/// Where a claim under a [`Rate`] stands for one kind: the starts the rate still allows (in
+/// all, or per key) and when the oldest start in the period leaves it.
+#[derive(Debug)]
+pub(crate) struct RateGate {
+    /// Starts left in the period (for a rate over the whole kind).
+    left: usize,
+    /// Starts left per key (for a rate per key).
+    keys: Option<KeyGate>,
+    /// When the oldest start counted leaves the period (microseconds), if one is counted.
+    frees_at: Option<i64>,
+    period: i64,
+    /// Whether the rate held back work this claim.
+    pub(crate) held: bool,
+}
+
+impl RateGate {
+    /// A gate for `rate` given the starts in the period now ending: per key (`(key, n)`, for a
+    /// rate per key) or in all (`total`), and the oldest of them (microseconds).
+    pub(crate) fn new(
+        rate: Rate,
+        total: usize,
+        per_key: impl IntoIterator<Item = (String, usize)>,
+        oldest: Option<i64>,
+    ) -> Self {
+        let period = i64::try_from(rate.period.as_micros()).unwrap_or(i64::MAX);
+        Self {
+            left: if rate.per_key {
+                usize::MAX
+            } else {
+                rate.starts.saturating_sub(total)
+            },
+            keys: rate.per_key.then(|| KeyGate::new(rate.starts, per_key)),
+            frees_at: oldest.map(|at| at.saturating_add(period)),
+            period,
+            held: false,
+        }
+    }
+
+    /// Whether one more start (of `key`) is within the rate; if not, the rate holds work.
+    pub(crate) fn allows(&mut self, key: Option<&str>) -> bool {
+        let allowed = match &self.keys {
+            Some(keys) => keys.allows(key),
+            None => self.left > 0,
+        };
+        self.held |= !allowed;
+        allowed
+    }
+
+    /// Counts a start (of `key`) made at `now` (microseconds).
+    pub(crate) fn take(&mut self, key: Option<&str>, now: i64) {
+        match &mut self.keys {
+            Some(keys) => keys.take(key),
+            None => self.left = self.left.saturating_sub(1),
+        }
+        self.frees_at.get_or_insert(now.saturating_add(self.period));
+    }
+
+    /// When more may start, if the rate held work back (microseconds).
+    pub(crate) fn next(&self) -> Option<i64> {
+        self.held.then_some(self.frees_at).flatten()
+    }
+
+    /// The start of the period ending at `now` (microseconds): starts at or before it no
+    /// longer count.
+    pub(crate) fn since(rate: Rate, now: i64) -> i64 {
+        now.saturating_sub(i64::try_from(rate.period.as_micros()).unwrap_or(i64::MAX))
+    }
+}
+
+impl Claim {
+    /// The limit per concurrency key of `kind`, if it has one.
+    pub(crate) fn key_limit(&self, kind: &str) -> Option<usize> {
+        self.key_limits
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map(|(_, n)| *n)
+    }
+
+    /// The start rate of `kind`, if it has one.
+    pub(crate) fn rate(&self, kind: &str) -> Option<Rate> {
+        self.rates.iter().find(|(k, _)| k == kind).map(|(_, r)| *r)
+    }
+
+    /// Whether a claim of `kind` must pass over some of its work (a limit per key or a
+    /// rate): its rows are read one by one rather than taken in order.
+    pub(crate) fn gated(&self, kind: &str) -> bool {
+        self.key_limit(kind).is_some() || self.rate(kind).is_some()
+    }
+}
+
+/// The check of a claim against a kind's limit per concurrency key: what runs of each key,
+/// and what the claim took so far.
+#[derive(Debug, Default)]
+pub(crate) struct KeyGate {
+    limit: usize,
+    busy: std::collections::HashMap<String, usize>,
+}
+
+impl KeyGate {
+    /// A gate for a kind with `limit` per key, given how many of each key run now.
+    pub(crate) fn new(limit: usize, running: impl IntoIterator<Item = (String, usize)>) -> Self {
+        Self {
+            limit,
+            busy: running.into_iter().collect(),
+        }
+    }
+
+    /// Whether an operation with `key` may start (without counting it).
+    pub(crate) fn allows(&self, key: Option<&str>) -> bool {
+        key.is_none_or(|key| self.busy.get(key).copied().unwrap_or(0) < self.limit)
+    }
+
+    /// Counts an operation with `key` as started.
+    pub(crate) fn take(&mut self, key: Option<&str>) {
+        if let Some(key) = key {
+            *self.busy.entry(key.to_owned()).or_default() += 1;
+        }
+    }
+}
+
+/// The gates a claim passes each due operation of a kind through: its limit per concurrency
+/// key and its start rate, either or both.
+#[derive(Debug, Default)]
+pub(crate) struct Gates {
+    pub(crate) keys: Option<KeyGate>,
+    pub(crate) rate: Option<RateGate>,
+}
+
+impl Gates {
+    /// Whether an operation with `key` may start now; if so, it is counted (as running, and
+    /// as a start in the rate's period).
+    pub(crate) fn admit(&mut self, key: Option<&str>, now: i64) -> bool {
+        // A key at its running limit is passed over before the rate is asked: that work does
+        // not wait for the rate.
+        if !self.keys.as_ref().is_none_or(|g| g.allows(key)) {
+            return false;
+        }
+        if !self.rate.as_mut().is_none_or(|g| g.allows(key)) {
+            return false;
+        }
+        if let Some(g) = &mut self.keys {
+            g.take(key);
+        }
+        if let Some(g) = &mut self.rate {
+            g.take(key, now);
+        }
+        true
+    }
+
+    /// Whether the rate leaves no start at all for work without a key or of any key (for a
+    /// rate over the whole kind): nothing more of the kind can start in this claim.
+    pub(crate) fn exhausted(&self) -> bool {
+        self.rate
+            .as_ref()
+            .is_some_and(|g| g.keys.is_none() && g.left == 0)
+    }
 }
 
 /// Running limits over a whole cluster (see [`Claim::limits`]).
@@ -163,9 +357,23 @@ impl RunningLimits {
     }
 }
 
+/// The rate gate of a kind from the starts counted in its period: `(key, n, oldest)` rows
+/// (the key NULL for starts without one), as the SQL backends read them.
+pub(crate) fn rate_gate(rate: Rate, rows: Vec<(Option<String>, i64, i64)>) -> RateGate {
+    let count = |n: i64| usize::try_from(n).unwrap_or(usize::MAX);
+    let total = rows.iter().map(|(_, n, _)| count(*n)).sum();
+    let oldest = rows.iter().map(|(_, _, at)| *at).min();
+    let per_key = rows
+        .into_iter()
+        .filter_map(|(key, n, _)| Some((key?, count(n))));
+    RateGate::new(rate, total, per_key, oldest)
+}
+
 /// What [`Store::claim`] started.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Claimed {
+    /// The kinds whose start rate held due work back in this claim (see [`Claim::rates`]).
+    pub held: Vec<String>,
     /// The operations now RUNNING on the node (version one higher, `owner` the node,
     /// `start_time` the claim's `now`), oldest due first.
     pub operations: Vec<OperationRecord>,
@@ -701,6 +909,7 @@ pub(crate) fn decode_record(
         priority: meta.priority,
         unique_key: (!meta.unique_key.is_empty()).then_some(meta.unique_key),
         retry_policy: meta.retry_policy,
+        concurrency_key: (!meta.concurrency_key.is_empty()).then_some(meta.concurrency_key),
     })
 }
 

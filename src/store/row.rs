@@ -46,6 +46,8 @@ pub(crate) struct RowImage {
     pub priority: i32,
     /// Written only by inserts (it never changes).
     pub unique_key: Option<String>,
+    /// Written only by inserts (it never changes).
+    pub concurrency_key: Option<String>,
 }
 
 impl RowImage {
@@ -76,6 +78,7 @@ impl RowImage {
             due: due(r),
             priority: r.priority,
             unique_key: r.unique_key.clone(),
+            concurrency_key: r.concurrency_key.clone(),
         }
     }
 }

@@ -95,6 +95,7 @@ pub fn echo_kind(
         default_timeout: None,
         heartbeat_timeout: prost_types::Duration::try_from(heartbeat).ok(),
         concurrency,
+        max_per_key: 0,
     }
 }
 

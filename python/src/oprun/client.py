@@ -42,6 +42,8 @@ class Submission:
     unique_key: str = ""
     #: At most this many attempts (0: the kind's; never more than the kind allows).
     max_attempts: int = 0
+    #: Operations of the kind with the same key share its limit per key (``max_per_key``).
+    concurrency_key: str = ""
     #: The operation ends DEADLINE_EXCEEDED if not done this long after submission.
     timeout: datetime.timedelta | None = None
     #: The operation stays queued until then (an aware datetime).
@@ -57,6 +59,7 @@ class Submission:
             request_id=self.request_id,
             priority=self.priority,
             unique_key=self.unique_key,
+            concurrency_key=self.concurrency_key,
         )
         if self.max_attempts:
             request.retry_policy.CopyFrom(metadata_pb2.RetryPolicy(max_attempts=self.max_attempts))

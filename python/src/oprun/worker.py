@@ -166,6 +166,7 @@ class _Kind:
     default_timeout: float | None
     heartbeat_timeout: float
     concurrency: int
+    max_per_key: int
 
 
 def _files_of(*classes: type[Message]) -> bytes:
@@ -257,10 +258,13 @@ class Worker:
         default_timeout: float | None = None,
         heartbeat_timeout: float = 30.0,
         concurrency: int = 1,
+        max_per_key: int = 0,
     ) -> Callable[[Handler], Handler]:
         """Declares a kind whose handler the decorated function is. ``input`` and ``output``
         are message classes (``struct_pb2.Struct`` for JSON objects, which a handler may also
-        return as a ``dict``); the worker sends the descriptors of their files."""
+        return as a ``dict``); the worker sends the descriptors of their files.
+        ``max_per_key`` (0: none) is how many operations of one concurrency key run at once
+        over the whole cluster."""
 
         def register(handler: Handler) -> Handler:
             if name in self._kinds:
@@ -276,6 +280,7 @@ class Worker:
                 default_timeout=default_timeout,
                 heartbeat_timeout=float(heartbeat_timeout),
                 concurrency=max(1, int(concurrency)),
+                max_per_key=max(0, int(max_per_key)),
             )
             return handler
 
@@ -296,6 +301,7 @@ class Worker:
                 max_attempts=max(1, k.max_attempts),
                 heartbeat_timeout=_duration(k.heartbeat_timeout),
                 concurrency=k.concurrency,
+                max_per_key=k.max_per_key,
             )
             if k.default_timeout is not None:
                 declaration.default_timeout.CopyFrom(_duration(k.default_timeout))

@@ -43,6 +43,7 @@ macro_rules! settled {
 }
 
 mod batch;
+mod gated;
 mod inserts;
 mod listen;
 pub mod schema;
@@ -211,12 +212,14 @@ fn records(rows: &[Row]) -> Result<Vec<OperationRecord>, StoreError> {
 
 /// Runs [`CLAIM`] for `room` (per kind; `total` in all) on `client` (a connection, or the
 /// transaction holding the claim lock), pipelined with the read of when the next queued
-/// operation of `claim`'s kinds is due: one round trip.
+/// operation of `claim`'s kinds is due: one round trip. `also` (started by the caller, each
+/// with its place in the claim's order: -priority and due) is merged in.
 async fn claim_on(
     client: &impl GenericClient,
     claim: &Claim,
     room: &[(&str, usize)],
     total: usize,
+    also: Vec<(i64, i64, OperationRecord)>,
 ) -> Result<Claimed, StoreError> {
     let (kinds, rooms): (Vec<&str>, Vec<i64>) = room
         .iter()
@@ -244,7 +247,7 @@ async fn claim_on(
     let (started, next) = tokio::try_join!(started, next_due).map_err(pg_error)?;
     // Highest priority first, then oldest due (the claim cleared `due` in the row; the
     // statement returns it).
-    let mut operations = Vec::with_capacity(started.len());
+    let mut operations = also;
     for row in &started {
         let due: i64 = row.try_get(COLUMN_COUNT).map_err(pg_error)?;
         let priority: i32 = row.try_get(COLUMN_COUNT + 1).map_err(pg_error)?;
@@ -256,6 +259,7 @@ async fn claim_on(
     Ok(Claimed {
         operations,
         next_due: next_due.map(from_micros),
+        held: Vec::new(),
     })
 }
 
@@ -695,14 +699,19 @@ impl Store for PostgresStore {
     }
 
     async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError> {
+        let asked = std::time::Instant::now();
         let mut client = self.client().await?;
-        if claim.limits.is_none() {
+        let gated = claim
+            .kinds
+            .iter()
+            .any(|(kind, room)| *room > 0 && claim.gated(kind));
+        if claim.limits.is_none() && !gated {
             // No limit over the cluster: each node claims within its own room, and the claim
             // is one statement (its rows locked with SKIP LOCKED), pipelined with the
             // next-due read: one round trip.
             let room: Vec<(&str, usize)> =
                 claim.kinds.iter().map(|(k, n)| (k.as_str(), *n)).collect();
-            return claim_on(&client, claim, &room, claim.total).await;
+            return claim_on(&client, claim, &room, claim.total, Vec::new()).await;
         }
         // READ COMMITTED whatever the database's default: the count below must see what
         // claims committed while this one waited for the lock.
@@ -726,16 +735,50 @@ impl Store for PostgresStore {
         let (_, counts) =
             tokio::try_join!(tx.query(&lock, &[&CLAIM_LOCK]), tx.query(&counted, &[]))
                 .map_err(pg_error)?;
+        // What it starts starts now, once it holds the lock, not when the claim was asked: a
+        // claim that waited for another node's must not date its starts before what that one
+        // ended (the run of a key would seem to overlap the one before it).
+        let claim = &Claim {
+            now: crate::model::time::to_micros(claim.now + asked.elapsed()),
+            ..claim.clone()
+        };
         let mut running = std::collections::HashMap::new();
         for row in &counts {
             let kind: String = row.try_get(0).map_err(pg_error)?;
             let n: i64 = row.try_get(1).map_err(pg_error)?;
             running.insert(kind, usize::try_from(n).unwrap_or(usize::MAX));
         }
-        let (room, total) = claim.limits.narrow(&claim.kinds, claim.total, &running);
-        let room: Vec<(&str, usize)> = room.iter().map(|(k, n)| (k.as_str(), *n)).collect();
-        let claimed = claim_on(&tx, claim, &room, total).await?;
+        let (room, total) = if claim.limits.is_none() {
+            (claim.kinds.clone(), claim.total)
+        } else {
+            claim.limits.narrow(&claim.kinds, claim.total, &running)
+        };
+        // Kinds with a limit per concurrency key or a start rate first, each by an ordered
+        // read that passes over what their gates refuse; then the others in one statement, in
+        // the room left.
+        let mut left = total;
+        let mut picked = Vec::new();
+        let mut plain: Vec<(&str, usize)> = Vec::new();
+        let mut held = Vec::new();
+        let mut rate_next: Option<SystemTime> = None;
+        for (kind, n) in &room {
+            if !claim.gated(kind) {
+                plain.push((kind.as_str(), *n));
+                continue;
+            }
+            let chosen = gated::pick(&tx, claim, kind, (*n).min(left)).await?;
+            left -= chosen.seqs.len();
+            if let Some(at) = chosen.rate_next {
+                held.push(kind.clone());
+                rate_next = Some(rate_next.map_or(at, |n| n.min(at)));
+            }
+            picked.extend(chosen.seqs.into_iter().map(|p| (kind.clone(), p)));
+        }
+        let started = gated::start(&tx, claim, &picked).await?;
+        let mut claimed = claim_on(&tx, claim, &plain, left, started).await?;
         tx.commit().await.map_err(pg_error)?;
+        claimed.held = held;
+        claimed.next_due = claimed.next_due.into_iter().chain(rate_next).min();
         Ok(claimed)
     }
 

@@ -31,7 +31,7 @@ use super::pg_error;
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const VERSION: i32 = 5;
+pub const VERSION: i32 = 6;
 
 /// The key of the advisory lock migrations hold (any constant shared by every build).
 const MIGRATION_LOCK: i64 = 0x6f70_7275_6e5f_6d67; // "oprun_mg"
@@ -138,6 +138,20 @@ ALTER TABLE operations ADD COLUMN unique_key TEXT;
 CREATE INDEX operations_ready ON operations(kind, priority DESC, due, seq) WHERE state = 1;
 CREATE UNIQUE INDEX operations_unique ON operations(kind, unique_key)
     WHERE done = 0 AND unique_key IS NOT NULL;
+",
+    // Concurrency keys: what runs of each key of a kind is counted by a claim under a limit
+    // per key (in the body too; never changes once inserted). Start rates: when each start
+    // of a kind with a rate was, and its key, for as long as the rate's period.
+    "
+ALTER TABLE operations ADD COLUMN concurrency_key TEXT;
+CREATE INDEX operations_running_keys ON operations(kind, concurrency_key)
+    WHERE state = 2 AND concurrency_key IS NOT NULL;
+CREATE TABLE starts (
+    kind TEXT NOT NULL,
+    key  TEXT,
+    at   BIGINT NOT NULL
+);
+CREATE INDEX starts_by_kind ON starts(kind, at);
 ",
 ];
 

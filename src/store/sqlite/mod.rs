@@ -551,13 +551,14 @@ impl Store for SqliteStore {
 
     async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError> {
         let claim = claim.clone();
-        let (rows, next_due) = self.send(|tx| Command::Claim(claim, tx)).await?;
+        let (rows, next_due, held) = self.send(|tx| Command::Claim(claim, tx)).await?;
         Ok(Claimed {
             operations: rows
                 .into_iter()
                 .map(RawRow::decode)
                 .collect::<Result<_, _>>()?,
             next_due: next_due.map(from_micros),
+            held,
         })
     }
 

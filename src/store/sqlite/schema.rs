@@ -14,6 +14,12 @@
 //! the one unfinished operation per kind and unique key (`operations_unique`). Both are
 //! also in the body, which reads take them from; they never change once inserted.
 //!
+//! # Version 4
+//! `concurrency_key` (NULL without one) is a column, and `operations_running_keys` counts the
+//! RUNNING operations of a kind by key for a claim under a limit per key. `starts` keeps
+//! when each operation of a kind with a start rate started (and its key), for as long as the
+//! rate's period: a claim counts them.
+//!
 //! Version 1 (before) kept those fields in the body only. Opening one adds the columns, fills
 //! them for the unfinished operations from their bodies (a finished one never changes again:
 //! its body stays authoritative, `layout` NULL), and sets the version, in one transaction.
@@ -26,7 +32,7 @@ use crate::store::row::due;
 use crate::store::{decode_record, micros, Columns, StoreError};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub(super) const VERSION: i64 = 3;
+pub(super) const VERSION: i64 = 4;
 
 /// The `layout` of a row whose columns are authoritative.
 pub(super) const LAYOUT_CURRENT: i64 = 2;
@@ -56,7 +62,8 @@ CREATE TABLE IF NOT EXISTS operations (
     cancel_requested  INTEGER NOT NULL DEFAULT 0,
     due               INTEGER,
     priority          INTEGER NOT NULL DEFAULT 0,
-    unique_key        TEXT
+    unique_key        TEXT,
+    concurrency_key   TEXT
 );
 ";
 
@@ -64,6 +71,11 @@ CREATE TABLE IF NOT EXISTS operations (
 const ADD_COLUMNS_3: &str = "
 ALTER TABLE operations ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE operations ADD COLUMN unique_key TEXT;
+";
+
+/// The column version 4 adds to a version 3 table.
+const ADD_COLUMNS_4: &str = "
+ALTER TABLE operations ADD COLUMN concurrency_key TEXT;
 ";
 
 /// The columns version 2 adds to a version 1 table.
@@ -111,6 +123,14 @@ CREATE INDEX IF NOT EXISTS operations_ready ON operations(kind, priority DESC, d
     WHERE state = 1;
 CREATE UNIQUE INDEX IF NOT EXISTS operations_unique ON operations(kind, unique_key)
     WHERE done = 0 AND unique_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS operations_running_keys ON operations(kind, concurrency_key)
+    WHERE state = 2 AND concurrency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS starts (
+    kind TEXT NOT NULL,
+    key  TEXT,
+    at   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS starts_by_kind ON starts(kind, at);
 CREATE INDEX IF NOT EXISTS operations_owner ON operations(owner) WHERE state = 2;
 CREATE INDEX IF NOT EXISTS operations_deadline ON operations(deadline)
     WHERE state = 1 AND deadline IS NOT NULL;
@@ -148,8 +168,13 @@ pub(super) fn prepare(conn: &mut Connection, from: i64) -> Result<(), StoreError
             tx.execute_batch(ADD_COLUMNS).map_err(sql_error)?;
             fill_unfinished(&tx)?;
             tx.execute_batch(ADD_COLUMNS_3).map_err(sql_error)?;
+            tx.execute_batch(ADD_COLUMNS_4).map_err(sql_error)?;
         }
-        2 => tx.execute_batch(ADD_COLUMNS_3).map_err(sql_error)?,
+        2 => {
+            tx.execute_batch(ADD_COLUMNS_3).map_err(sql_error)?;
+            tx.execute_batch(ADD_COLUMNS_4).map_err(sql_error)?;
+        }
+        3 => tx.execute_batch(ADD_COLUMNS_4).map_err(sql_error)?,
         _ => {}
     }
     tx.execute_batch(INDEXES).map_err(sql_error)?;

@@ -24,6 +24,7 @@
 //!   checkpoint succeeds. Only a read that lasts longer (`oprun store check` beside a running
 //!   server) lets the log pass its bound, until that read ends.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
@@ -35,7 +36,9 @@ use super::schema::{row_to_record, RawRow, COLUMNS, LAYOUT_CURRENT};
 use super::{sql_error, sql_limit};
 use crate::model::{Fence, OperationId};
 use crate::store::row::RowImage;
-use crate::store::{from_micros, micros, Claim, StoreError, Swept};
+use crate::store::{
+    from_micros, micros, rate_gate, Claim, Gates, KeyGate, RateGate, StoreError, Swept,
+};
 
 /// What an insert found.
 pub(super) enum InsertOutcome {
@@ -45,8 +48,9 @@ pub(super) enum InsertOutcome {
     Existing(Box<RawRow>),
 }
 
-/// The rows a claim started, and the next due time of a queued operation of its kinds.
-pub(super) type ClaimedRows = (Vec<RawRow>, Option<i64>);
+/// The rows a claim started, the next due time of a queued operation of its kinds (or when
+/// a rate lets more start), and the kinds a rate held back.
+pub(super) type ClaimedRows = (Vec<RawRow>, Option<i64>, Vec<String>);
 
 /// What the writer thread is asked to do; each carries the channel its answer goes to.
 pub(super) enum Command {
@@ -388,7 +392,7 @@ fn fail(cmd: Command) -> Finish {
         Command::Insert(_, tx) => reply(tx, Err(StoreError::Closed)),
         Command::InsertMany(_, tx) => reply(tx, Err(StoreError::Closed)),
         Command::Write(_, _, tx) => reply(tx, Ok(WriteOutcome::Stale(None))),
-        Command::Claim(_, tx) => reply(tx, Ok((Vec::new(), None))),
+        Command::Claim(_, tx) => reply(tx, Ok((Vec::new(), None, Vec::new()))),
         Command::Heartbeat(_, _, tx) | Command::Close(tx) => reply(tx, Ok(())),
         Command::Register(_, _, _, tx) => reply(tx, Err(StoreError::Closed)),
         Command::Delete(_, tx) => reply(tx, Ok(None)),
@@ -463,9 +467,9 @@ fn insert(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<InsertOutcome,
     tx.prepare_cached(
         "INSERT INTO operations (id, request_id, kind, done, state, error_code, create_time, \
          update_time, end_time, input, body, layout, version, owner, attempt, start_time, \
-         next_attempt_time, deadline, cancel_requested, due, priority, unique_key) VALUES \
-         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-         ?20, ?21, ?22)",
+         next_attempt_time, deadline, cancel_requested, due, priority, unique_key, \
+         concurrency_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+         ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -491,6 +495,7 @@ fn insert(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<InsertOutcome,
             r.due,
             r.priority,
             r.unique_key,
+            r.concurrency_key,
         ])
     })
     .map_err(sql_error)?;
@@ -580,7 +585,7 @@ fn write(
 }
 
 /// A kind's due work, oldest due first (served by `operations_queue`).
-const CLAIM_DUE: &str = "SELECT priority, due, seq FROM operations \
+const CLAIM_DUE: &str = "SELECT priority, due, seq, concurrency_key FROM operations \
      INDEXED BY operations_ready WHERE state = 1 AND due <= ?1 AND kind = {kind} \
      ORDER BY priority DESC, due, seq";
 
@@ -606,24 +611,36 @@ fn for_kind(sql: &str, kind: &str) -> (String, bool) {
     }
 }
 
-/// Starts the oldest due operations of the claim's kinds on its node (see `Store::claim`);
-/// answers the rows, and the next due time of a queued operation of those kinds.
+/// Starts the due operations of the claim's kinds on its node, in the claim's order, within
+/// each kind's limit per key and start rate (see `Store::claim`); answers the rows, the next
+/// due time of a queued operation of those kinds (or when a rate lets more start), and the
+/// kinds a rate held back.
 fn claim(tx: &rusqlite::Transaction<'_>, claim: &Claim) -> Result<ClaimedRows, StoreError> {
     let now = micros(claim.now);
     // (-priority, due, seq): the claim's order, highest priority first.
     let mut candidates: Vec<(i64, i64, i64)> = Vec::new();
+    // The starts to count against a rate: seq → kind and key.
+    let mut counted: HashMap<i64, (&str, Option<String>)> = HashMap::new();
     let mut next_due: Option<i64> = None;
+    let mut held = Vec::new();
+    let sooner = |at: i64, next_due: &mut Option<i64>| {
+        *next_due = Some(next_due.map_or(at, |n| n.min(at)));
+    };
     for (kind, room) in &claim.kinds {
         if *room == 0 {
             continue;
         }
+        let mut gates = gates(tx, claim, kind, now)?;
         let (sql, bound) = for_kind(CLAIM_DUE, kind);
         let mut due_now = tx.prepare_cached(&sql).map_err(sql_error)?;
         let row = |row: &rusqlite::Row<'_>| {
             Ok((
-                -row.get::<_, i64>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, i64>(2)?,
+                (
+                    -row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                ),
+                row.get::<_, Option<String>>(3)?,
             ))
         };
         let rows = if bound {
@@ -631,9 +648,33 @@ fn claim(tx: &rusqlite::Transaction<'_>, claim: &Claim) -> Result<ClaimedRows, S
         } else {
             due_now.query_map(params![now], row)
         }
-        .and_then(|rows| rows.take(*room).collect::<rusqlite::Result<Vec<_>>>())
         .map_err(sql_error)?;
-        candidates.extend(rows);
+        let mut taken = 0;
+        for row in rows {
+            if taken == *room {
+                break;
+            }
+            let (candidate, key) = row.map_err(sql_error)?;
+            // Work of a key at its limit, or over the rate, is passed over: the work behind
+            // it may start.
+            if !gates.admit(key.as_deref(), now) {
+                if gates.exhausted() {
+                    break;
+                }
+                continue;
+            }
+            if gates.rate.is_some() {
+                counted.insert(candidate.2, (kind.as_str(), key));
+            }
+            candidates.push(candidate);
+            taken += 1;
+        }
+        if let Some(rate) = &gates.rate {
+            if let Some(at) = rate.next() {
+                held.push(kind.clone());
+                sooner(at, &mut next_due);
+            }
+        }
 
         let (sql, bound) = for_kind(CLAIM_NEXT_DUE, kind);
         let mut next = tx.prepare_cached(&sql).map_err(sql_error)?;
@@ -644,7 +685,7 @@ fn claim(tx: &rusqlite::Transaction<'_>, claim: &Claim) -> Result<ClaimedRows, S
         }
         .map_err(sql_error)?;
         if let Some(later) = later {
-            next_due = Some(next_due.map_or(later, |n| n.min(later)));
+            sooner(later, &mut next_due);
         }
     }
     candidates.sort_unstable();
@@ -663,10 +704,79 @@ fn claim(tx: &rusqlite::Transaction<'_>, claim: &Claim) -> Result<ClaimedRows, S
             .optional()
             .map_err(sql_error)?
         {
+            if let Some((kind, key)) = counted.get(&seq) {
+                tx.prepare_cached("INSERT INTO starts (kind, key, at) VALUES (?1, ?2, ?3)")
+                    .and_then(|mut s| s.execute(params![kind, key, now]))
+                    .map_err(sql_error)?;
+            }
             started.push(row);
         }
     }
-    Ok((started, next_due))
+    Ok((started, next_due, held))
+}
+
+/// The gates of `kind` for `claim` at `now`: its limit per key (with what runs of each key)
+/// and its start rate (with the starts in the period; older ones are forgotten here).
+fn gates(
+    tx: &rusqlite::Transaction<'_>,
+    claim: &Claim,
+    kind: &str,
+    now: i64,
+) -> Result<Gates, StoreError> {
+    let keys = match claim.key_limit(kind) {
+        Some(limit) => Some(KeyGate::new(limit, running_keys(tx, kind)?)),
+        None => None,
+    };
+    let rate = match claim.rate(kind) {
+        None => None,
+        Some(rate) => {
+            let since = RateGate::since(rate, now);
+            tx.prepare_cached("DELETE FROM starts WHERE kind = ?1 AND at <= ?2")
+                .and_then(|mut s| s.execute(params![kind, since]))
+                .map_err(sql_error)?;
+            let mut counts = tx
+                .prepare_cached(
+                    "SELECT key, count(*), min(at) FROM starts WHERE kind = ?1 GROUP BY key",
+                )
+                .map_err(sql_error)?;
+            let rows = counts
+                .query_map(params![kind], |row| {
+                    Ok((
+                        row.get::<_, Option<String>>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })
+                .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+                .map_err(sql_error)?;
+            Some(rate_gate(rate, rows))
+        }
+    };
+    Ok(Gates { keys, rate })
+}
+
+/// How many operations of `kind` run now with each concurrency key.
+fn running_keys(
+    tx: &rusqlite::Transaction<'_>,
+    kind: &str,
+) -> Result<Vec<(String, usize)>, StoreError> {
+    // The condition of `operations_running_keys`, literally, so that it serves the count.
+    let mut running = tx
+        .prepare_cached(
+            "SELECT concurrency_key, count(*) FROM operations WHERE kind = ?1 AND state = 2 \
+             AND concurrency_key IS NOT NULL GROUP BY concurrency_key",
+        )
+        .map_err(sql_error)?;
+    let rows = running
+        .query_map(params![kind], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })
+        .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+        .map_err(sql_error)?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, n)| (key, usize::try_from(n).unwrap_or(usize::MAX)))
+        .collect())
 }
 
 fn heartbeat(tx: &rusqlite::Transaction<'_>, node: &str, until: i64) -> Result<(), StoreError> {
@@ -779,7 +889,7 @@ mod tests {
         for round in 0..6 {
             let tx = conn.transaction().unwrap();
             let room = round % 3 + 1;
-            let (started, _) = claim(
+            let (started, _, _) = claim(
                 &tx,
                 &Claim {
                     node: "n".into(),
@@ -787,6 +897,8 @@ mod tests {
                     total: 8,
                     now: SystemTime::now(),
                     limits: crate::store::RunningLimits::none(),
+                    key_limits: Vec::new(),
+                    rates: Vec::new(),
                 },
             )
             .unwrap();

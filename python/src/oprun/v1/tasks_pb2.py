@@ -32,7 +32,7 @@ from oprun.v1 import metadata_pb2 as oprun_dot_v1_dot_metadata__pb2
 from oprun.v1 import worker_pb2 as oprun_dot_v1_dot_worker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14oprun/v1/tasks.proto\x12\x08oprun.v1\x1a\x1cgoogle/api/annotations.proto\x1a#google/longrunning/operations.proto\x1a\x19google/protobuf/any.proto\x1a google/protobuf/descriptor.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17oprun/v1/metadata.proto\x1a\x15oprun/v1/worker.proto\"\x89\x02\n\x11SubmitTaskRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12#\n\x05input\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\nnot_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x12\n\nunique_key\x18\x07 \x01(\t\x12+\n\x0cretry_policy\x18\x08 \x01(\x0b\x32\x15.oprun.v1.RetryPolicy\"H\n\x17\x42\x61tchSubmitTasksRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.oprun.v1.SubmitTaskRequest\"M\n\x18\x42\x61tchSubmitTasksResponse\x12\x31\n\noperations\x18\x01 \x03(\x0b\x32\x1d.google.longrunning.Operation\"\x12\n\x10ListNodesRequest\"2\n\x11ListNodesResponse\x12\x1d\n\x05nodes\x18\x01 \x03(\x0b\x32\x0e.oprun.v1.Node\"\xa7\x01\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04live\x18\x03 \x01(\x08\x12\x0f\n\x07running\x18\x04 \x01(\x03\x12(\n\x07session\x18\x05 \x01(\x0b\x32\x17.oprun.v1.WorkerSession\x12\x13\n\x0bholds_store\x18\x06 \x01(\x08\"0\n\x14ListTaskKindsRequest\x12\x18\n\x10with_descriptors\x18\x01 \x01(\x08\":\n\x15ListTaskKindsResponse\x12!\n\x05kinds\x18\x01 \x03(\x0b\x32\x12.oprun.v1.TaskKind\"\xf6\x02\n\x08TaskKind\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ninput_type\x18\x02 \x01(\t\x12\x15\n\rresponse_type\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x65tails_type\x18\x04 \x01(\t\x12\x12\n\nretry_safe\x18\x05 \x01(\x08\x12\x17\n\x0fmax_concurrency\x18\x06 \x01(\r\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\r\x12\x32\n\x0f\x64\x65\x66\x61ult_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nin_process\x18\t \x01(\x08\x12\x10\n\x08sessions\x18\n \x03(\t\x12\x0f\n\x07waiting\x18\x0b \x01(\x03\x12\x37\n\x0b\x64\x65scriptors\x18\x0c \x01(\x0b\x32\".google.protobuf.FileDescriptorSet\x12\x34\n\x11heartbeat_timeout\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\"u\n\nSleepInput\x12+\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05steps\x18\x02 \x01(\r\x12\x14\n\x0c\x66\x61il_message\x18\x03 \x01(\t\x12\x15\n\rfail_attempts\x18\x04 \x01(\r\"!\n\x0bSleepOutput\x12\x12\n\nsteps_done\x18\x01 \x01(\r2\xe8\x03\n\x0bTaskService\x12\x99\x01\n\nSubmitTask\x12\x1b.oprun.v1.SubmitTaskRequest\x1a\x1d.google.longrunning.Operation\"O\xca\x41\x31\n\x13google.protobuf.Any\x12\x1aoprun.v1.OperationMetadata\x82\xd3\xe4\x93\x02\x15\"\x10/v1/tasks:submit:\x01*\x12{\n\x10\x42\x61tchSubmitTasks\x12!.oprun.v1.BatchSubmitTasksRequest\x1a\".oprun.v1.BatchSubmitTasksResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/tasks:batchSubmit:\x01*\x12g\n\rListTaskKinds\x12\x1e.oprun.v1.ListTaskKindsRequest\x1a\x1f.oprun.v1.ListTaskKindsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/taskKinds\x12W\n\tListNodes\x12\x1a.oprun.v1.ListNodesRequest\x1a\x1b.oprun.v1.ListNodesResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/nodesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14oprun/v1/tasks.proto\x12\x08oprun.v1\x1a\x1cgoogle/api/annotations.proto\x1a#google/longrunning/operations.proto\x1a\x19google/protobuf/any.proto\x1a google/protobuf/descriptor.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17oprun/v1/metadata.proto\x1a\x15oprun/v1/worker.proto\"\xa2\x02\n\x11SubmitTaskRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12#\n\x05input\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\nnot_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x12\n\nunique_key\x18\x07 \x01(\t\x12+\n\x0cretry_policy\x18\x08 \x01(\x0b\x32\x15.oprun.v1.RetryPolicy\x12\x17\n\x0f\x63oncurrency_key\x18\t \x01(\t\"H\n\x17\x42\x61tchSubmitTasksRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.oprun.v1.SubmitTaskRequest\"M\n\x18\x42\x61tchSubmitTasksResponse\x12\x31\n\noperations\x18\x01 \x03(\x0b\x32\x1d.google.longrunning.Operation\"\x12\n\x10ListNodesRequest\"2\n\x11ListNodesResponse\x12\x1d\n\x05nodes\x18\x01 \x03(\x0b\x32\x0e.oprun.v1.Node\"\xa7\x01\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04live\x18\x03 \x01(\x08\x12\x0f\n\x07running\x18\x04 \x01(\x03\x12(\n\x07session\x18\x05 \x01(\x0b\x32\x17.oprun.v1.WorkerSession\x12\x13\n\x0bholds_store\x18\x06 \x01(\x08\"0\n\x14ListTaskKindsRequest\x12\x18\n\x10with_descriptors\x18\x01 \x01(\x08\":\n\x15ListTaskKindsResponse\x12!\n\x05kinds\x18\x01 \x03(\x0b\x32\x12.oprun.v1.TaskKind\"\x8b\x03\n\x08TaskKind\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ninput_type\x18\x02 \x01(\t\x12\x15\n\rresponse_type\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x65tails_type\x18\x04 \x01(\t\x12\x12\n\nretry_safe\x18\x05 \x01(\x08\x12\x17\n\x0fmax_concurrency\x18\x06 \x01(\r\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\r\x12\x32\n\x0f\x64\x65\x66\x61ult_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nin_process\x18\t \x01(\x08\x12\x10\n\x08sessions\x18\n \x03(\t\x12\x0f\n\x07waiting\x18\x0b \x01(\x03\x12\x37\n\x0b\x64\x65scriptors\x18\x0c \x01(\x0b\x32\".google.protobuf.FileDescriptorSet\x12\x34\n\x11heartbeat_timeout\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bmax_per_key\x18\x0e \x01(\r\"u\n\nSleepInput\x12+\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05steps\x18\x02 \x01(\r\x12\x14\n\x0c\x66\x61il_message\x18\x03 \x01(\t\x12\x15\n\rfail_attempts\x18\x04 \x01(\r\"!\n\x0bSleepOutput\x12\x12\n\nsteps_done\x18\x01 \x01(\r2\xe8\x03\n\x0bTaskService\x12\x99\x01\n\nSubmitTask\x12\x1b.oprun.v1.SubmitTaskRequest\x1a\x1d.google.longrunning.Operation\"O\xca\x41\x31\n\x13google.protobuf.Any\x12\x1aoprun.v1.OperationMetadata\x82\xd3\xe4\x93\x02\x15\"\x10/v1/tasks:submit:\x01*\x12{\n\x10\x42\x61tchSubmitTasks\x12!.oprun.v1.BatchSubmitTasksRequest\x1a\".oprun.v1.BatchSubmitTasksResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/tasks:batchSubmit:\x01*\x12g\n\rListTaskKinds\x12\x1e.oprun.v1.ListTaskKindsRequest\x1a\x1f.oprun.v1.ListTaskKindsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/taskKinds\x12W\n\tListNodes\x12\x1a.oprun.v1.ListNodesRequest\x1a\x1b.oprun.v1.ListNodesResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/nodesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,27 +48,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKSERVICE'].methods_by_name['ListNodes']._loaded_options = None
   _globals['_TASKSERVICE'].methods_by_name['ListNodes']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/nodes'
   _globals['_SUBMITTASKREQUEST']._serialized_start=276
-  _globals['_SUBMITTASKREQUEST']._serialized_end=541
-  _globals['_BATCHSUBMITTASKSREQUEST']._serialized_start=543
-  _globals['_BATCHSUBMITTASKSREQUEST']._serialized_end=615
-  _globals['_BATCHSUBMITTASKSRESPONSE']._serialized_start=617
-  _globals['_BATCHSUBMITTASKSRESPONSE']._serialized_end=694
-  _globals['_LISTNODESREQUEST']._serialized_start=696
-  _globals['_LISTNODESREQUEST']._serialized_end=714
-  _globals['_LISTNODESRESPONSE']._serialized_start=716
-  _globals['_LISTNODESRESPONSE']._serialized_end=766
-  _globals['_NODE']._serialized_start=769
-  _globals['_NODE']._serialized_end=936
-  _globals['_LISTTASKKINDSREQUEST']._serialized_start=938
-  _globals['_LISTTASKKINDSREQUEST']._serialized_end=986
-  _globals['_LISTTASKKINDSRESPONSE']._serialized_start=988
-  _globals['_LISTTASKKINDSRESPONSE']._serialized_end=1046
-  _globals['_TASKKIND']._serialized_start=1049
-  _globals['_TASKKIND']._serialized_end=1423
-  _globals['_SLEEPINPUT']._serialized_start=1425
-  _globals['_SLEEPINPUT']._serialized_end=1542
-  _globals['_SLEEPOUTPUT']._serialized_start=1544
-  _globals['_SLEEPOUTPUT']._serialized_end=1577
-  _globals['_TASKSERVICE']._serialized_start=1580
-  _globals['_TASKSERVICE']._serialized_end=2068
+  _globals['_SUBMITTASKREQUEST']._serialized_end=566
+  _globals['_BATCHSUBMITTASKSREQUEST']._serialized_start=568
+  _globals['_BATCHSUBMITTASKSREQUEST']._serialized_end=640
+  _globals['_BATCHSUBMITTASKSRESPONSE']._serialized_start=642
+  _globals['_BATCHSUBMITTASKSRESPONSE']._serialized_end=719
+  _globals['_LISTNODESREQUEST']._serialized_start=721
+  _globals['_LISTNODESREQUEST']._serialized_end=739
+  _globals['_LISTNODESRESPONSE']._serialized_start=741
+  _globals['_LISTNODESRESPONSE']._serialized_end=791
+  _globals['_NODE']._serialized_start=794
+  _globals['_NODE']._serialized_end=961
+  _globals['_LISTTASKKINDSREQUEST']._serialized_start=963
+  _globals['_LISTTASKKINDSREQUEST']._serialized_end=1011
+  _globals['_LISTTASKKINDSRESPONSE']._serialized_start=1013
+  _globals['_LISTTASKKINDSRESPONSE']._serialized_end=1071
+  _globals['_TASKKIND']._serialized_start=1074
+  _globals['_TASKKIND']._serialized_end=1469
+  _globals['_SLEEPINPUT']._serialized_start=1471
+  _globals['_SLEEPINPUT']._serialized_end=1588
+  _globals['_SLEEPOUTPUT']._serialized_start=1590
+  _globals['_SLEEPOUTPUT']._serialized_end=1623
+  _globals['_TASKSERVICE']._serialized_start=1626
+  _globals['_TASKSERVICE']._serialized_end=2114
 # @@protoc_insertion_point(module_scope)

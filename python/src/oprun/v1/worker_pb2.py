@@ -32,7 +32,7 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from oprun.v1 import metadata_pb2 as oprun_dot_v1_dot_metadata__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15oprun/v1/worker.proto\x12\x08oprun.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/protobuf/any.proto\x1a google/protobuf/descriptor.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x17oprun/v1/metadata.proto\"\xc0\x02\n\x0fKindDeclaration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ninput_type\x18\x02 \x01(\t\x12\x13\n\x0boutput_type\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x65tails_type\x18\x04 \x01(\t\x12\x37\n\x0b\x64\x65scriptors\x18\x05 \x01(\x0b\x32\".google.protobuf.FileDescriptorSet\x12\x12\n\nretry_safe\x18\x06 \x01(\x08\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\r\x12\x32\n\x0f\x64\x65\x66\x61ult_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11heartbeat_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x63oncurrency\x18\n \x01(\r\"N\n\x12OpenSessionRequest\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12(\n\x05kinds\x18\x02 \x03(\x0b\x32\x19.oprun.v1.KindDeclaration\"\x8b\x02\n\rWorkerSession\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06worker\x18\x02 \x01(\t\x12$\n\x05kinds\x18\x03 \x03(\x0b\x32\x15.oprun.v1.SessionKind\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x34\n\x11heartbeat_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\topen_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_seen_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07running\x18\x08 \x01(\x03\"0\n\x0bSessionKind\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x02 \x01(\r\"+\n\x18StreamAssignmentsRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\"r\n\x0bWorkerEvent\x12*\n\nassignment\x18\x01 \x01(\x0b\x32\x14.oprun.v1.AssignmentH\x00\x12.\n\x0c\x63\x61ncellation\x18\x02 \x01(\x0b\x32\x16.oprun.v1.CancellationH\x00\x42\x07\n\x05\x65vent\"\xd7\x01\n\nAssignment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12#\n\x05input\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12,\n\x08\x64\x65\x61\x64line\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blease_token\x18\x06 \x01(\t\x12\x34\n\x11heartbeat_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"1\n\x0c\x43\x61ncellation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\"R\n\x16PollAssignmentsRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\'\n\x04wait\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"s\n\x17PollAssignmentsResponse\x12)\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x14.oprun.v1.Assignment\x12-\n\rcancellations\x18\x02 \x03(\x0b\x32\x16.oprun.v1.Cancellation\"\x9f\x01\n\x15ReportProgressRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12$\n\x08progress\x18\x03 \x01(\x0b\x32\x12.oprun.v1.Progress\x12\x16\n\x0estatus_message\x18\x04 \x01(\t\x12%\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x14.google.protobuf.Any\"2\n\x16ReportProgressResponse\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\"\x97\x01\n\x19\x43ompleteAssignmentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12(\n\x08response\x18\x03 \x01(\x0b\x32\x14.google.protobuf.AnyH\x00\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"2\n\x13\x43loseSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64rain\x18\x02 \x01(\x08\x32\xc4\x05\n\rWorkerService\x12\x63\n\x0bOpenSession\x12\x1c.oprun.v1.OpenSessionRequest\x1a\x17.oprun.v1.WorkerSession\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/v1/workerSessions:\x01*\x12P\n\x11StreamAssignments\x12\".oprun.v1.StreamAssignmentsRequest\x1a\x15.oprun.v1.WorkerEvent0\x01\x12\x86\x01\n\x0fPollAssignments\x12 .oprun.v1.PollAssignmentsRequest\x1a!.oprun.v1.PollAssignmentsResponse\".\x82\xd3\xe4\x93\x02(\"#/v1/{session=workerSessions/*}:poll:\x01*\x12~\n\x0eReportProgress\x12\x1f.oprun.v1.ReportProgressRequest\x1a .oprun.v1.ReportProgressResponse\")\x82\xd3\xe4\x93\x02#\"\x1e/v1/{name=operations/*}:report:\x01*\x12~\n\x12\x43ompleteAssignment\x12#.oprun.v1.CompleteAssignmentRequest\x1a\x16.google.protobuf.Empty\"+\x82\xd3\xe4\x93\x02%\" /v1/{name=operations/*}:complete:\x01*\x12s\n\x0c\x43loseSession\x12\x1d.oprun.v1.CloseSessionRequest\x1a\x16.google.protobuf.Empty\",\x82\xd3\xe4\x93\x02&\"!/v1/{name=workerSessions/*}:close:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15oprun/v1/worker.proto\x12\x08oprun.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/protobuf/any.proto\x1a google/protobuf/descriptor.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x17oprun/v1/metadata.proto\"\xd5\x02\n\x0fKindDeclaration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ninput_type\x18\x02 \x01(\t\x12\x13\n\x0boutput_type\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x65tails_type\x18\x04 \x01(\t\x12\x37\n\x0b\x64\x65scriptors\x18\x05 \x01(\x0b\x32\".google.protobuf.FileDescriptorSet\x12\x12\n\nretry_safe\x18\x06 \x01(\x08\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\r\x12\x32\n\x0f\x64\x65\x66\x61ult_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11heartbeat_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x63oncurrency\x18\n \x01(\r\x12\x13\n\x0bmax_per_key\x18\x0b \x01(\r\"N\n\x12OpenSessionRequest\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12(\n\x05kinds\x18\x02 \x03(\x0b\x32\x19.oprun.v1.KindDeclaration\"\x8b\x02\n\rWorkerSession\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06worker\x18\x02 \x01(\t\x12$\n\x05kinds\x18\x03 \x03(\x0b\x32\x15.oprun.v1.SessionKind\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x34\n\x11heartbeat_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\topen_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_seen_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07running\x18\x08 \x01(\x03\"0\n\x0bSessionKind\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x02 \x01(\r\"+\n\x18StreamAssignmentsRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\"r\n\x0bWorkerEvent\x12*\n\nassignment\x18\x01 \x01(\x0b\x32\x14.oprun.v1.AssignmentH\x00\x12.\n\x0c\x63\x61ncellation\x18\x02 \x01(\x0b\x32\x16.oprun.v1.CancellationH\x00\x42\x07\n\x05\x65vent\"\xd7\x01\n\nAssignment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12#\n\x05input\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12,\n\x08\x64\x65\x61\x64line\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blease_token\x18\x06 \x01(\t\x12\x34\n\x11heartbeat_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"1\n\x0c\x43\x61ncellation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\"R\n\x16PollAssignmentsRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\'\n\x04wait\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"s\n\x17PollAssignmentsResponse\x12)\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x14.oprun.v1.Assignment\x12-\n\rcancellations\x18\x02 \x03(\x0b\x32\x16.oprun.v1.Cancellation\"\x9f\x01\n\x15ReportProgressRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12$\n\x08progress\x18\x03 \x01(\x0b\x32\x12.oprun.v1.Progress\x12\x16\n\x0estatus_message\x18\x04 \x01(\t\x12%\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x14.google.protobuf.Any\"2\n\x16ReportProgressResponse\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\"\x97\x01\n\x19\x43ompleteAssignmentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12(\n\x08response\x18\x03 \x01(\x0b\x32\x14.google.protobuf.AnyH\x00\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"2\n\x13\x43loseSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64rain\x18\x02 \x01(\x08\x32\xc4\x05\n\rWorkerService\x12\x63\n\x0bOpenSession\x12\x1c.oprun.v1.OpenSessionRequest\x1a\x17.oprun.v1.WorkerSession\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/v1/workerSessions:\x01*\x12P\n\x11StreamAssignments\x12\".oprun.v1.StreamAssignmentsRequest\x1a\x15.oprun.v1.WorkerEvent0\x01\x12\x86\x01\n\x0fPollAssignments\x12 .oprun.v1.PollAssignmentsRequest\x1a!.oprun.v1.PollAssignmentsResponse\".\x82\xd3\xe4\x93\x02(\"#/v1/{session=workerSessions/*}:poll:\x01*\x12~\n\x0eReportProgress\x12\x1f.oprun.v1.ReportProgressRequest\x1a .oprun.v1.ReportProgressResponse\")\x82\xd3\xe4\x93\x02#\"\x1e/v1/{name=operations/*}:report:\x01*\x12~\n\x12\x43ompleteAssignment\x12#.oprun.v1.CompleteAssignmentRequest\x1a\x16.google.protobuf.Empty\"+\x82\xd3\xe4\x93\x02%\" /v1/{name=operations/*}:complete:\x01*\x12s\n\x0c\x43loseSession\x12\x1d.oprun.v1.CloseSessionRequest\x1a\x16.google.protobuf.Empty\",\x82\xd3\xe4\x93\x02&\"!/v1/{name=workerSessions/*}:close:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,33 +50,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKERSERVICE'].methods_by_name['CloseSession']._loaded_options = None
   _globals['_WORKERSERVICE'].methods_by_name['CloseSession']._serialized_options = b'\202\323\344\223\002&\"!/v1/{name=workerSessions/*}:close:\001*'
   _globals['_KINDDECLARATION']._serialized_start=271
-  _globals['_KINDDECLARATION']._serialized_end=591
-  _globals['_OPENSESSIONREQUEST']._serialized_start=593
-  _globals['_OPENSESSIONREQUEST']._serialized_end=671
-  _globals['_WORKERSESSION']._serialized_start=674
-  _globals['_WORKERSESSION']._serialized_end=941
-  _globals['_SESSIONKIND']._serialized_start=943
-  _globals['_SESSIONKIND']._serialized_end=991
-  _globals['_STREAMASSIGNMENTSREQUEST']._serialized_start=993
-  _globals['_STREAMASSIGNMENTSREQUEST']._serialized_end=1036
-  _globals['_WORKEREVENT']._serialized_start=1038
-  _globals['_WORKEREVENT']._serialized_end=1152
-  _globals['_ASSIGNMENT']._serialized_start=1155
-  _globals['_ASSIGNMENT']._serialized_end=1370
-  _globals['_CANCELLATION']._serialized_start=1372
-  _globals['_CANCELLATION']._serialized_end=1421
-  _globals['_POLLASSIGNMENTSREQUEST']._serialized_start=1423
-  _globals['_POLLASSIGNMENTSREQUEST']._serialized_end=1505
-  _globals['_POLLASSIGNMENTSRESPONSE']._serialized_start=1507
-  _globals['_POLLASSIGNMENTSRESPONSE']._serialized_end=1622
-  _globals['_REPORTPROGRESSREQUEST']._serialized_start=1625
-  _globals['_REPORTPROGRESSREQUEST']._serialized_end=1784
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=1786
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=1836
-  _globals['_COMPLETEASSIGNMENTREQUEST']._serialized_start=1839
-  _globals['_COMPLETEASSIGNMENTREQUEST']._serialized_end=1990
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1992
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=2042
-  _globals['_WORKERSERVICE']._serialized_start=2045
-  _globals['_WORKERSERVICE']._serialized_end=2753
+  _globals['_KINDDECLARATION']._serialized_end=612
+  _globals['_OPENSESSIONREQUEST']._serialized_start=614
+  _globals['_OPENSESSIONREQUEST']._serialized_end=692
+  _globals['_WORKERSESSION']._serialized_start=695
+  _globals['_WORKERSESSION']._serialized_end=962
+  _globals['_SESSIONKIND']._serialized_start=964
+  _globals['_SESSIONKIND']._serialized_end=1012
+  _globals['_STREAMASSIGNMENTSREQUEST']._serialized_start=1014
+  _globals['_STREAMASSIGNMENTSREQUEST']._serialized_end=1057
+  _globals['_WORKEREVENT']._serialized_start=1059
+  _globals['_WORKEREVENT']._serialized_end=1173
+  _globals['_ASSIGNMENT']._serialized_start=1176
+  _globals['_ASSIGNMENT']._serialized_end=1391
+  _globals['_CANCELLATION']._serialized_start=1393
+  _globals['_CANCELLATION']._serialized_end=1442
+  _globals['_POLLASSIGNMENTSREQUEST']._serialized_start=1444
+  _globals['_POLLASSIGNMENTSREQUEST']._serialized_end=1526
+  _globals['_POLLASSIGNMENTSRESPONSE']._serialized_start=1528
+  _globals['_POLLASSIGNMENTSRESPONSE']._serialized_end=1643
+  _globals['_REPORTPROGRESSREQUEST']._serialized_start=1646
+  _globals['_REPORTPROGRESSREQUEST']._serialized_end=1805
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=1807
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=1857
+  _globals['_COMPLETEASSIGNMENTREQUEST']._serialized_start=1860
+  _globals['_COMPLETEASSIGNMENTREQUEST']._serialized_end=2011
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=2013
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=2063
+  _globals['_WORKERSERVICE']._serialized_start=2066
+  _globals['_WORKERSERVICE']._serialized_end=2774
 # @@protoc_insertion_point(module_scope)

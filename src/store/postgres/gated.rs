@@ -1,0 +1,208 @@
+//! Claims of kinds that must pass over some of their work: a limit per concurrency key
+//! ([`Claim::key_limits`]) or a start rate ([`Claim::rates`]). What runs of each key, and the
+//! starts in the rate's period, are counted; then the kind's due work is read in the claim's
+//! order, a page at a time, passing over what the gates refuse, until the room is filled.
+//! Run in the transaction that holds the claim lock, so that two nodes cannot both take the
+//! last room of a key or of a rate.
+
+use std::time::SystemTime;
+
+use deadpool_postgres::GenericClient;
+
+use super::{micros, pg_error, raw};
+use crate::model::OperationRecord;
+use crate::store::{rate_gate, Claim, Gates, KeyGate, RateGate, StoreError};
+
+/// Rows read per page of a kind's due work.
+const PAGE: i64 = 256;
+
+/// How many operations of a kind (`$1`) run now with each concurrency key.
+const RUNNING_KEYS: &str = "SELECT concurrency_key, count(*) FROM operations \
+     WHERE state = 2 AND kind = $1 AND concurrency_key IS NOT NULL GROUP BY concurrency_key";
+
+/// Forgets a kind's (`$1`) starts at or before `$2`.
+const FORGET_STARTS: &str = "DELETE FROM starts WHERE kind = $1 AND at <= $2";
+
+/// A kind's (`$1`) starts in its rate's period, by key: how many, and the oldest.
+const COUNT_STARTS: &str = "SELECT key, count(*), min(at) FROM starts WHERE kind = $1 GROUP BY key";
+
+/// Counts starts against their kind's rate: kinds `$1`, keys `$2`, at `$3`.
+const RECORD_STARTS: &str =
+    "INSERT INTO starts (kind, key, at) SELECT k, c, $3 FROM unnest($1::text[], $2::text[]) \
+     AS s(k, c)";
+
+/// A page of a kind's (`$1`) due work (at `$2`) in the claim's order, after the position
+/// (`$3` priority, `$4` due, `$5` seq); rows another claimer holds are skipped.
+const PAGE_SQL: &str = "SELECT seq, concurrency_key, priority, due FROM operations \
+     WHERE state = 1 AND kind = $1 AND due <= $2 \
+       AND (priority < $3 OR (priority = $3 AND (due > $4 OR (due = $4 AND seq > $5)))) \
+     ORDER BY priority DESC, due, seq LIMIT $6 FOR UPDATE SKIP LOCKED";
+
+/// Starts the operations whose `seq`s are `$1` on node `$2` at `$3` (as the claim does).
+const START: &str = concat!(
+    "UPDATE operations SET state = 2, owner = $2, start_time = $3, update_time = $3, \
+       next_attempt_time = NULL, due = NULL, version = version + 1, changed_by = ",
+    this_transaction!(),
+    " WHERE seq = ANY($1) AND state = 1 RETURNING ",
+    columns!()
+);
+
+/// One operation [`pick`] chose.
+pub(super) struct Pick {
+    seq: i64,
+    key: Option<String>,
+    /// Its place in the claim's order: -priority, then due.
+    rank: (i64, i64),
+}
+
+/// What [`pick`] chose for one kind.
+pub(super) struct Picked {
+    /// The operations to start, in the claim's order.
+    pub(super) seqs: Vec<Pick>,
+    /// When the kind's rate lets more start, if it held work back.
+    pub(super) rate_next: Option<SystemTime>,
+}
+
+/// The gates of `kind` for `claim` (see [`Gates`]), read from the database at `now`.
+async fn gates(
+    client: &impl GenericClient,
+    claim: &Claim,
+    kind: &str,
+    now: i64,
+) -> Result<Gates, StoreError> {
+    let keys = match claim.key_limit(kind) {
+        None => None,
+        Some(limit) => {
+            let running = client
+                .prepare_cached(RUNNING_KEYS)
+                .await
+                .map_err(pg_error)?;
+            let mut busy = Vec::new();
+            for row in client.query(&running, &[&kind]).await.map_err(pg_error)? {
+                let key: String = row.try_get(0).map_err(pg_error)?;
+                let n: i64 = row.try_get(1).map_err(pg_error)?;
+                busy.push((key, usize::try_from(n).unwrap_or(usize::MAX)));
+            }
+            Some(KeyGate::new(limit, busy))
+        }
+    };
+    let rate = match claim.rate(kind) {
+        None => None,
+        Some(rate) => {
+            let (forget, count) = tokio::try_join!(
+                client.prepare_cached(FORGET_STARTS),
+                client.prepare_cached(COUNT_STARTS)
+            )
+            .map_err(pg_error)?;
+            client
+                .execute(&forget, &[&kind, &RateGate::since(rate, now)])
+                .await
+                .map_err(pg_error)?;
+            let mut rows = Vec::new();
+            for row in client.query(&count, &[&kind]).await.map_err(pg_error)? {
+                rows.push((
+                    row.try_get(0).map_err(pg_error)?,
+                    row.try_get(1).map_err(pg_error)?,
+                    row.try_get(2).map_err(pg_error)?,
+                ));
+            }
+            Some(rate_gate(rate, rows))
+        }
+    };
+    Ok(Gates { keys, rate })
+}
+
+/// Up to `room` due operations of `kind` that its gates let start, in the claim's order.
+pub(super) async fn pick(
+    client: &impl GenericClient,
+    claim: &Claim,
+    kind: &str,
+    room: usize,
+) -> Result<Picked, StoreError> {
+    let now = micros(claim.now);
+    let mut gates = gates(client, claim, kind, now).await?;
+    let page = client.prepare_cached(PAGE_SQL).await.map_err(pg_error)?;
+    let (mut priority, mut due, mut seq) = (i32::MAX, i64::MIN, i64::MIN);
+    let mut seqs = Vec::new();
+    'pages: while seqs.len() < room {
+        let rows = client
+            .query(&page, &[&kind, &now, &priority, &due, &seq, &PAGE])
+            .await
+            .map_err(pg_error)?;
+        for row in &rows {
+            seq = row.try_get(0).map_err(pg_error)?;
+            let key: Option<String> = row.try_get(1).map_err(pg_error)?;
+            priority = row.try_get(2).map_err(pg_error)?;
+            due = row.try_get(3).map_err(pg_error)?;
+            // Work of a key at its limit, or over the rate, is passed over: the work behind
+            // it may start.
+            if !gates.admit(key.as_deref(), now) {
+                if gates.exhausted() {
+                    break 'pages;
+                }
+                continue;
+            }
+            seqs.push(Pick {
+                seq,
+                key,
+                rank: (-i64::from(priority), due),
+            });
+            if seqs.len() == room {
+                break 'pages;
+            }
+        }
+        if i64::try_from(rows.len()).unwrap_or(i64::MAX) < PAGE {
+            break;
+        }
+    }
+    Ok(Picked {
+        seqs,
+        rate_next: gates
+            .rate
+            .as_ref()
+            .and_then(RateGate::next)
+            .map(super::from_micros),
+    })
+}
+
+/// Starts the operations picked for `claim`'s node (each with its kind), counting those of
+/// kinds with a rate as starts; answers each with its place in the claim's order.
+pub(super) async fn start(
+    client: &impl GenericClient,
+    claim: &Claim,
+    picked: &[(String, Pick)],
+) -> Result<Vec<(i64, i64, OperationRecord)>, StoreError> {
+    if picked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let seqs: Vec<i64> = picked.iter().map(|(_, p)| p.seq).collect();
+    let now = micros(claim.now);
+    let statement = client.prepare_cached(START).await.map_err(pg_error)?;
+    let rows = client
+        .query(&statement, &[&seqs, &claim.node, &now])
+        .await
+        .map_err(pg_error)?;
+    let started = rows.iter().map(raw).collect::<Result<Vec<_>, _>>()?;
+    let (kinds, keys): (Vec<&str>, Vec<Option<&str>>) = picked
+        .iter()
+        .filter(|(kind, p)| claim.rate(kind).is_some() && started.iter().any(|r| r.seq == p.seq))
+        .map(|(kind, p)| (kind.as_str(), p.key.as_deref()))
+        .unzip();
+    if !kinds.is_empty() {
+        let record = client
+            .prepare_cached(RECORD_STARTS)
+            .await
+            .map_err(pg_error)?;
+        client
+            .execute(&record, &[&kinds, &keys, &now])
+            .await
+            .map_err(pg_error)?;
+    }
+    Ok(started
+        .into_iter()
+        .filter_map(|r| {
+            let (_, p) = picked.iter().find(|(_, p)| p.seq == r.seq)?;
+            Some((p.rank.0, p.rank.1, r))
+        })
+        .collect())
+}
