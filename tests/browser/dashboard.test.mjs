@@ -414,6 +414,31 @@ test("run again", { timeout: 300_000 }, async () => {
   assert.equal(b.response.stepsDone, 3);
 });
 
+/** Issue 22: a batch submitted over REST shows each operation's priority in the list, and its
+ *  keys and attempts on its page. */
+test("priorities and keys of a batch", { timeout: 300_000 }, async () => {
+  const input = { "@type": "type.googleapis.com/oprun.v1.SleepInput", duration: "0.1s" };
+  const { operations } = await rest(open, "POST", "/v1/tasks:batchSubmit", {
+    requests: [
+      { kind: "sleep", input, priority: 42, uniqueKey: "report-42", concurrencyKey: "db-7", retryPolicy: { maxAttempts: 1 } },
+      { kind: "sleep", input, priority: -3 },
+    ],
+  });
+  assert.equal(operations.length, 2);
+  await page.goto(open.http + "/#/operations?filter=" + encodeURIComponent("priority != 0"));
+  const header = await page.locator("thead th").allTextContents();
+  assert.ok(header.includes("Priority"), `columns: ${header}`);
+  for (const [op, want] of [[operations[0], "42"], [operations[1], "-3"]]) {
+    await row(page, op.name).waitFor();
+    const cells = await row(page, op.name).locator("td").allTextContents();
+    assert.ok(cells.includes(want), `${op.name}: ${cells}`);
+  }
+  await page.goto(open.http + "/#/operations/" + idOf(operations[0].name));
+  await page.getByTestId("meta-priority").filter({ hasText: "42" }).waitFor();
+  const meta = await page.getByTestId("detail-meta").textContent();
+  for (const text of ["report-42", "db-7", "Max attempts"]) assert.ok(meta.includes(text), `${text} in ${meta}`);
+});
+
 /** The Submit form starts a sleep; bad input shows the server's error beside the field. */
 test("submit form", { timeout: 300_000 }, async () => {
   await page.goto(open.http + "/#/kinds");

@@ -918,6 +918,7 @@
     const table = h("table", { "data-testid": "ops-table" },
       h("thead", {}, h("tr", {},
         h("th", {}, allBox), h("th", { text: "Name" }), h("th", { text: "Kind" }), h("th", { text: "State" }),
+        h("th", { class: "num", text: "Priority" }),
         h("th", { text: "Progress" }), h("th", { text: "Status" }), h("th", { class: "num", text: "Attempt" }),
         h("th", { text: "Created" }), h("th", { text: "Started" }), h("th", { text: "Ended" }), h("th", { text: "Node" }))),
       tbody);
@@ -985,7 +986,7 @@
       if (err.status === "PERMISSION_DENIED") showBanner(String(err));
       filterError.textContent = String(err);
       if (err.status === "INVALID_ARGUMENT") input.setAttribute("aria-invalid", "true");
-      clear(tbody).append(h("tr", {}, h("td", { class: "empty", colspan: 11, text: "Could not list operations." })));
+      clear(tbody).append(h("tr", {}, h("td", { class: "empty", colspan: 12, text: "Could not list operations." })));
     }
 
     function showOps(ops, newest) {
@@ -1012,7 +1013,7 @@
     function showEmpty() {
       const empty = tbody.querySelector("td.empty");
       if (st.order.length === 0 && !empty) {
-        tbody.append(h("tr", {}, h("td", { class: "empty", colspan: 11, text: filter ? "No operations match the filter." : "No operations yet." })));
+        tbody.append(h("tr", {}, h("td", { class: "empty", colspan: 12, text: filter ? "No operations match the filter." : "No operations yet." })));
       } else if (st.order.length > 0 && empty) empty.parentElement.remove();
     }
 
@@ -1026,7 +1027,7 @@
         tr.classList.toggle("selected", box.checked);
         updateSelection();
       });
-      const cells = Array.from({ length: 9 }, () => h("td"));
+      const cells = Array.from({ length: 10 }, () => h("td"));
       tr.append(h("td", {}, box),
         h("td", { class: "mono" }, h("a", { href: opHref(op.name), title: op.name, "data-testid": "op-link", text: shortId(op.name) })),
         ...cells);
@@ -1042,10 +1043,12 @@
       row.box.checked = st.selected.has(op.name);
       row.tr.classList.toggle("selected", row.box.checked);
       row.tr.dataset.state = m.state || "";
-      const [kind, state, progress, status, attempt, created, started, ended, node] = row.cells;
+      const [kind, state, priority, progress, status, attempt, created, started, ended, node] = row.cells;
       kind.textContent = m.kind || "";
       clear(state).append(badge(stateOf(op)));
       if (m.requestedCancellation && !op.done) state.append(" ", h("span", { class: "hint", text: "cancel requested" }));
+      priority.className = "num";
+      priority.textContent = String(m.priority || 0);
       clear(progress).append(progressEl(op, false));
       status.className = "wrap";
       status.textContent = m.statusMessage || "";
@@ -1358,6 +1361,10 @@
     addMeta(dl, "Updated", m.updateTime && timeEl(m.updateTime));
     addMeta(dl, "Ended", m.endTime && timeEl(m.endTime));
     addMeta(dl, "Attempt", m.attempt ? String(m.attempt) : "");
+    addMeta(dl, "Priority", m.priority ? String(m.priority) : "", "meta-priority");
+    addMeta(dl, "Max attempts", m.retryPolicy && m.retryPolicy.maxAttempts ? String(m.retryPolicy.maxAttempts) : "");
+    addMeta(dl, "Unique key", m.uniqueKey && h("code", { text: m.uniqueKey }));
+    addMeta(dl, "Concurrency key", m.concurrencyKey && h("code", { text: m.concurrencyKey }));
     addMeta(dl, "Node", m.node);
     addMeta(dl, "Cancellation requested", m.requestedCancellation ? "yes" : "no", "meta-cancel-requested");
     addMeta(dl, "Deadline", m.deadline && timeEl(m.deadline));
