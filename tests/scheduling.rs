@@ -437,7 +437,17 @@ async fn a_submission_narrows_the_retry_policy() {
                 }),
                 ..Default::default()
             },
-            "from initial_backoff",
+            "no faster than kind",
+        ),
+        (
+            RetryPolicy {
+                max_backoff: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            "no faster than kind",
         ),
     ] {
         let err = TaskServiceClient::new(channel.clone())

@@ -69,7 +69,10 @@ impl Runner {
     /// # Errors
     /// As [`submit`](Self::submit), for the first submission at fault, named by its index
     /// (`requests[i]`); INVALID_ARGUMENT for more than [`MAX_BATCH_SUBMIT`] submissions, or
-    /// one `request_id` given twice for different requests. Nothing is stored then.
+    /// one `request_id` given twice for different requests. Nothing is stored then. One case
+    /// is judged only after the transaction: a `request_id` that another client's different
+    /// request took at the same moment answers ALREADY_EXISTS for its index while the others
+    /// were stored (a retry of the same batch then answers them by their request ids).
     pub async fn submit_many(
         &self,
         requests: Vec<Submission>,
@@ -434,8 +437,8 @@ fn check_key(field: &'static str, key: String) -> Result<Option<String>, Error> 
 const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
 
 /// The retry policy a submission asks for, checked against its kind's (`policy`): no more
-/// attempts, no faster backoff; unset fields filled with the kind's, so that the result says
-/// all that applies.
+/// attempts, no faster backoff (both bounds at least the kind's); unset fields filled with the
+/// kind's, so that the result says all that applies.
 fn narrow_retry(
     kind: &str,
     policy: &crate::task::RetryPolicy,
@@ -466,31 +469,40 @@ fn narrow_retry(
             })
             .transpose()
     };
-    let initial = duration("retry_policy.initial_backoff", &asked.initial_backoff)?
-        .unwrap_or(policy.initial_delay);
-    if initial < policy.initial_delay {
-        return Err(Error::invalid_argument(
-            "retry_policy.initial_backoff",
-            format!(
-                "retry_policy.initial_backoff is {}s; kind {kind:?} retries no sooner than {}s",
-                initial.as_secs_f64(),
-                policy.initial_delay.as_secs_f64()
-            ),
-        ));
-    }
-    let max = duration("retry_policy.max_backoff", &asked.max_backoff)?
-        .unwrap_or_else(|| policy.max_delay.max(initial));
-    if max < initial || max > MAX_BACKOFF {
-        return Err(Error::invalid_argument(
-            "retry_policy.max_backoff",
-            format!(
-                "retry_policy.max_backoff is {}s; it must be from initial_backoff ({}s) to \
-                 a day",
-                max.as_secs_f64(),
-                initial.as_secs_f64()
-            ),
-        ));
-    }
+    // No faster than the kind: every delay (initial × multiplier^n, capped at the max) is at
+    // least the kind's when both bounds are at least the kind's. The day's cap is on what
+    // the caller gives, not on the kind's own bounds.
+    let initial = match duration("retry_policy.initial_backoff", &asked.initial_backoff)? {
+        None => policy.initial_delay,
+        Some(d) if d < policy.initial_delay || d > MAX_BACKOFF => {
+            return Err(Error::invalid_argument(
+                "retry_policy.initial_backoff",
+                format!(
+                    "retry_policy.initial_backoff is {}s; kind {kind:?} retries no sooner than \
+                     {}s, and the longest backoff is a day",
+                    d.as_secs_f64(),
+                    policy.initial_delay.as_secs_f64()
+                ),
+            ))
+        }
+        Some(d) => d,
+    };
+    let least_max = policy.max_delay.max(initial);
+    let max = match duration("retry_policy.max_backoff", &asked.max_backoff)? {
+        None => least_max,
+        Some(d) if d < least_max || d > MAX_BACKOFF.max(least_max) => {
+            return Err(Error::invalid_argument(
+                "retry_policy.max_backoff",
+                format!(
+                    "retry_policy.max_backoff is {}s; it must be from {}s (the kind's, and at \
+                     least initial_backoff: no faster than kind {kind:?} retries) to a day",
+                    d.as_secs_f64(),
+                    least_max.as_secs_f64()
+                ),
+            ))
+        }
+        Some(d) => d,
+    };
     let proto = |d: Duration| prost_types::Duration::try_from(d).ok();
     Ok(RetryPolicyProto {
         max_attempts,

@@ -1046,6 +1046,58 @@ async fn claims_keep_each_kinds_start_rate<S: Store>(store: &S) {
         "one of each key, every one without a key"
     );
     assert_eq!(started.held, vec!["p".to_owned()]);
+
+    // A rate with no start left holds the kind's work back even where a key limit would pass
+    // over it first: the claim says so, and when the rate frees (else work of another key
+    // would wait for an unrelated wake).
+    for key in ["a", "a", "b"] {
+        let mut r = queued("kr");
+        r.create_time = base();
+        r.concurrency_key = Some(key.to_owned());
+        insert_new(store, r).await;
+    }
+    let mut both = claim("n1", &[("kr", 10)], 10, now);
+    both.key_limits = vec![("kr".to_owned(), 1)];
+    both.rates = vec![(
+        "kr".to_owned(),
+        Rate {
+            starts: 1,
+            period: Duration::from_secs(10),
+            per_key: false,
+        },
+    )];
+    let one = store.claim(&both).await.expect("claim");
+    assert_eq!(one.operations.len(), 1);
+    let again = store.claim(&both).await.expect("claim");
+    assert!(again.operations.is_empty());
+    assert_eq!(again.held, vec!["kr".to_owned()], "the rate holds the rest");
+    assert!(again.next_due.is_some(), "and says when it frees");
+
+    // Kinds with a rate and kinds without share one order: the highest priority first,
+    // whatever its kind.
+    let mut low = queued("rated");
+    low.create_time = base();
+    low.priority = -100;
+    insert_new(store, low).await;
+    let mut high = queued("plain");
+    high.create_time = base();
+    high.priority = 100;
+    let high = insert_new(store, high).await;
+    let mut mixed = claim("n1", &[("rated", 1), ("plain", 1)], 1, now);
+    mixed.rates = vec![(
+        "rated".to_owned(),
+        Rate {
+            starts: 10,
+            period: Duration::from_secs(10),
+            per_key: false,
+        },
+    )];
+    let first = store.claim(&mixed).await.expect("claim");
+    assert_eq!(
+        first.operations.iter().map(|r| &r.id).collect::<Vec<_>>(),
+        vec![&high.id],
+        "priority over all kinds"
+    );
 }
 
 /// While an operation holding a kind's unique key is not done, an insert of that kind with

@@ -281,6 +281,14 @@ impl Gates {
     /// Whether an operation with `key` may start now; if so, it is counted (as running, and
     /// as a start in the rate's period).
     pub(crate) fn admit(&mut self, key: Option<&str>, now: i64) -> bool {
+        // A rate with no start left holds this work back, whatever its key (so the claim
+        // reports it held, and when the rate frees).
+        if self.exhausted() {
+            if let Some(g) = &mut self.rate {
+                g.allows(key);
+            }
+            return false;
+        }
         // A key at its running limit is passed over before the rate is asked: that work does
         // not wait for the rate.
         if !self.keys.as_ref().is_none_or(|g| g.allows(key)) {

@@ -1,7 +1,8 @@
-//! Claims of kinds that must pass over some of their work: a limit per concurrency key
+//! Claims where a kind must pass over some of its work: a limit per concurrency key
 //! ([`Claim::key_limits`]) or a start rate ([`Claim::rates`]). What runs of each key, and the
-//! starts in the rate's period, are counted; then the kind's due work is read in the claim's
-//! order, a page at a time, passing over what the gates refuse, until the room is filled.
+//! starts in the rate's period, are counted; then each kind's due work is read in the
+//! claim's order, a page at a time, passing over what the gates refuse, until its room is
+//! filled; the first over all kinds start.
 //! Run in the transaction that holds the claim lock, so that two nodes cannot both take the
 //! last room of a key or of a rate.
 
@@ -64,7 +65,7 @@ pub(super) struct Picked {
 }
 
 /// The gates of `kind` for `claim` (see [`Gates`]), read from the database at `now`.
-async fn gates(
+pub(super) async fn gates(
     client: &impl GenericClient,
     claim: &Claim,
     kind: &str,
@@ -112,15 +113,15 @@ async fn gates(
     Ok(Gates { keys, rate })
 }
 
-/// Up to `room` due operations of `kind` that its gates let start, in the claim's order.
+/// Up to `room` due operations of `kind` that its `gates` let start at `now` (microseconds),
+/// in the claim's order.
 pub(super) async fn pick(
     client: &impl GenericClient,
-    claim: &Claim,
     kind: &str,
+    mut gates: Gates,
     room: usize,
+    now: i64,
 ) -> Result<Picked, StoreError> {
-    let now = micros(claim.now);
-    let mut gates = gates(client, claim, kind, now).await?;
     let page = client.prepare_cached(PAGE_SQL).await.map_err(pg_error)?;
     let (mut priority, mut due, mut seq) = (i32::MAX, i64::MIN, i64::MIN);
     let mut seqs = Vec::new();
@@ -165,8 +166,16 @@ pub(super) async fn pick(
     })
 }
 
-/// Starts the operations picked for `claim`'s node (each with its kind), counting those of
-/// kinds with a rate as starts; answers each with its place in the claim's order.
+/// Keeps the first `total` of `picked` (each with its kind) in the claim's order over all
+/// kinds: highest priority first, then oldest due, then first inserted.
+pub(super) fn keep_first(picked: &mut Vec<(String, Pick)>, total: usize) {
+    picked.sort_by_key(|(_, p)| (p.rank, p.seq));
+    picked.truncate(total);
+}
+
+/// Starts the operations picked for `claim`'s node (each with its kind) at the claim's time,
+/// counting those of kinds with a rate as starts; answers each with its place in the claim's
+/// order.
 pub(super) async fn start(
     client: &impl GenericClient,
     claim: &Claim,

@@ -735,13 +735,15 @@ impl Store for PostgresStore {
         let (_, counts) =
             tokio::try_join!(tx.query(&lock, &[&CLAIM_LOCK]), tx.query(&counted, &[]))
                 .map_err(pg_error)?;
-        // What it starts starts now, once it holds the lock, not when the claim was asked: a
-        // claim that waited for another node's must not date its starts before what that one
-        // ended (the run of a key would seem to overlap the one before it).
-        let claim = &Claim {
+        // What it starts starts once it holds the lock, not when the claim was asked: a claim
+        // that waited for another node's must not date its starts before what that one ended
+        // (the run of a key would seem to overlap the one before it).
+        let late = |claim: &Claim| Claim {
             now: crate::model::time::to_micros(claim.now + asked.elapsed()),
             ..claim.clone()
         };
+        let asked_claim = claim;
+        let claim = &late(asked_claim);
         let mut running = std::collections::HashMap::new();
         for row in &counts {
             let kind: String = row.try_get(0).map_err(pg_error)?;
@@ -753,29 +755,38 @@ impl Store for PostgresStore {
         } else {
             claim.limits.narrow(&claim.kinds, claim.total, &running)
         };
-        // Kinds with a limit per concurrency key or a start rate first, each by an ordered
-        // read that passes over what their gates refuse; then the others in one statement, in
-        // the room left.
-        let mut left = total;
+        if !gated {
+            let room: Vec<(&str, usize)> = room.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+            let claimed = claim_on(&tx, claim, &room, total, Vec::new()).await?;
+            tx.commit().await.map_err(pg_error)?;
+            return Ok(claimed);
+        }
+        // Some kind has a limit per concurrency key or a start rate: every kind's due work is
+        // read in the claim's order, passing over what its gates refuse; the first `total`
+        // over all kinds (highest priority first, whatever the kind) start.
+        let mut gates = Vec::with_capacity(room.len());
+        for (kind, _) in &room {
+            gates.push(gated::gates(&tx, claim, kind, micros(claim.now)).await?);
+        }
+        // What starts is dated after the reads that let it start: an end committed while
+        // this claim held the lock (and so seen by its counts) is never after its start, and
+        // the starts a rate counts are dated alike.
+        let claim = &late(asked_claim);
         let mut picked = Vec::new();
-        let mut plain: Vec<(&str, usize)> = Vec::new();
         let mut held = Vec::new();
         let mut rate_next: Option<SystemTime> = None;
-        for (kind, n) in &room {
-            if !claim.gated(kind) {
-                plain.push((kind.as_str(), *n));
-                continue;
-            }
-            let chosen = gated::pick(&tx, claim, kind, (*n).min(left)).await?;
-            left -= chosen.seqs.len();
+        for ((kind, n), gates) in room.iter().zip(gates) {
+            let chosen = gated::pick(&tx, kind, gates, (*n).min(total), micros(claim.now)).await?;
             if let Some(at) = chosen.rate_next {
                 held.push(kind.clone());
                 rate_next = Some(rate_next.map_or(at, |n| n.min(at)));
             }
             picked.extend(chosen.seqs.into_iter().map(|p| (kind.clone(), p)));
         }
+        gated::keep_first(&mut picked, total);
         let started = gated::start(&tx, claim, &picked).await?;
-        let mut claimed = claim_on(&tx, claim, &plain, left, started).await?;
+        // No more to start: the statement reads when the next queued operation is due.
+        let mut claimed = claim_on(&tx, claim, &[], 0, started).await?;
         tx.commit().await.map_err(pg_error)?;
         claimed.held = held;
         claimed.next_due = claimed.next_due.into_iter().chain(rate_next).min();
