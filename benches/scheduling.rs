@@ -18,11 +18,9 @@ mod harness;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use harness::{connect, env_or, noop, percentile_ms, Server, Target};
+use harness::{connect, env_or, noop, percentile_ms, wait_for, Server, Target};
 use oprun::proto::google::longrunning::operations_client::OperationsClient;
-use oprun::proto::google::longrunning::{
-    CancelOperationRequest, GetOperationRequest, Operation, WaitOperationRequest,
-};
+use oprun::proto::google::longrunning::{CancelOperationRequest, GetOperationRequest, Operation};
 use oprun::proto::oprun::v1::operation_metadata::State;
 use oprun::proto::oprun::v1::task_service_client::TaskServiceClient;
 use oprun::proto::oprun::v1::{BatchSubmitTasksRequest, OperationMetadata, SubmitTaskRequest};
@@ -58,13 +56,7 @@ async fn get(channel: &Channel, name: &str) -> Operation {
 async fn wait(channel: &Channel, name: &str) -> Operation {
     loop {
         let op = OperationsClient::new(channel.clone())
-            .wait_operation(WaitOperationRequest {
-                name: name.into(),
-                timeout: Some(prost_types::Duration {
-                    seconds: 10,
-                    nanos: 0,
-                }),
-            })
+            .wait_operation(wait_for(name.to_owned(), 10))
             .await
             .expect("wait")
             .into_inner();

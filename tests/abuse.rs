@@ -25,17 +25,9 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-async fn channel(server: &BinServer) -> Channel {
-    Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 /// The server still answers.
 async fn alive(server: &BinServer) {
-    TaskServiceClient::new(channel(server).await)
+    TaskServiceClient::new(server.channel().await)
         .list_task_kinds(ListTaskKindsRequest::default())
         .await
         .expect("the server still serves");
@@ -69,7 +61,7 @@ fn assert_invalid(result: Result<impl std::fmt::Debug, Status>, field: &str, wha
 async fn out_of_range_times_are_invalid_argument() {
     let dir = tempfile::tempdir().unwrap();
     let server = BinServer::start(dir.path(), "127.0.0.1:0", &[], &[]);
-    let mut tasks = TaskServiceClient::new(channel(&server).await);
+    let mut tasks = TaskServiceClient::new(server.channel().await);
     let submit = |timeout, not_before| SubmitTaskRequest {
         kind: "sleep".into(),
         input: Some(sleep_input(0, 1, "")),
@@ -96,7 +88,7 @@ async fn out_of_range_times_are_invalid_argument() {
     ] {
         assert_invalid(tasks.submit_task(submit(None, t)).await, "not_before", what);
     }
-    let mut ops = OperationsClient::new(channel(&server).await);
+    let mut ops = OperationsClient::new(server.channel().await);
     assert_invalid(
         ops.wait_operation(WaitOperationRequest {
             name: "operations/x".into(),
@@ -192,7 +184,7 @@ async fn malformed_protobuf_is_invalid_argument() {
         (&[0x0f, 0x00], "wire type 7"),
         (&[0x00, 0x01], "field number 0"),
     ];
-    let mut grpc = tonic::client::Grpc::new(channel(&server).await);
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
     let mut tried = 0;
     for method in METHODS {
         for (body, what) in bodies {
@@ -235,8 +227,8 @@ async fn errors_quote_a_short_prefix() {
     let server = BinServer::start(dir.path(), "127.0.0.1:0", &[], &[]);
     let huge = "x".repeat(1 << 20);
     let bad_name = format!("operations/{huge}");
-    let mut ops = OperationsClient::new(channel(&server).await);
-    let mut tasks = TaskServiceClient::new(channel(&server).await);
+    let mut ops = OperationsClient::new(server.channel().await);
+    let mut tasks = TaskServiceClient::new(server.channel().await);
     let mut statuses = vec![
         ops.get_operation(GetOperationRequest {
             name: bad_name.clone(),
@@ -359,7 +351,7 @@ async fn a_client_that_never_reads_is_bounded() {
         &[],
     );
     // 1,000 finished operations with ~1 KB of status each.
-    let mut tasks = TaskServiceClient::new(channel(&server).await);
+    let mut tasks = TaskServiceClient::new(server.channel().await);
     let note = "n".repeat(1000);
     let mut submits = Vec::new();
     for _ in 0..1000 {
@@ -587,7 +579,7 @@ async fn silent_idle_and_dead_connections_are_closed() {
     );
 
     // A call longer than the idle timeout keeps its connection.
-    let mut tasks = TaskServiceClient::new(channel(&server).await);
+    let mut tasks = TaskServiceClient::new(server.channel().await);
     let op = tasks
         .submit_task(SubmitTaskRequest {
             kind: "sleep".into(),
@@ -597,7 +589,7 @@ async fn silent_idle_and_dead_connections_are_closed() {
         .await
         .unwrap()
         .into_inner();
-    let mut ops = OperationsClient::new(channel(&server).await);
+    let mut ops = OperationsClient::new(server.channel().await);
     let waited = ops
         .wait_operation(WaitOperationRequest {
             name: op.name,
@@ -722,8 +714,8 @@ async fn shutdown_does_not_wait_for_a_peer_that_never_reads() {
 async fn connections_past_the_limit_wait_for_one_to_close() {
     let dir = tempfile::tempdir().unwrap();
     let server = BinServer::start(dir.path(), "127.0.0.1:0", &["--max-connections", "2"], &[]);
-    let first = channel(&server).await;
-    let second = channel(&server).await;
+    let first = server.channel().await;
+    let second = server.channel().await;
     for c in [&first, &second] {
         TaskServiceClient::new(c.clone())
             .list_task_kinds(ListTaskKindsRequest::default())
@@ -1024,8 +1016,8 @@ async fn unread_event_streams_are_bounded() {
         assert_eq!(&first, b"HTTP/1.1 200");
     }
     let before = rss(server.child.id());
-    let mut tasks = TaskServiceClient::new(channel(&server).await);
-    let mut ops = OperationsClient::new(channel(&server).await);
+    let mut tasks = TaskServiceClient::new(server.channel().await);
+    let mut ops = OperationsClient::new(server.channel().await);
     for i in 0..4 {
         let op = tasks
             .submit_task(SubmitTaskRequest {

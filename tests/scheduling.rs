@@ -21,14 +21,6 @@ use oprun::proto::oprun::v1::{
 use oprun::store::postgres::testing::TestDatabase;
 use tonic::transport::Channel;
 
-async fn channel(server: &BinServer) -> Channel {
-    Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 fn sleep(ms: u64) -> SubmitTaskRequest {
     SubmitTaskRequest {
         kind: "sleep".into(),
@@ -115,7 +107,7 @@ fn start_time(op: &Operation) -> SystemTime {
 /// With the one slot busy, 50 low then 50 high are submitted; when the slot frees, every
 /// high one starts before any low one.
 async fn high_priorities_start_first(server: &BinServer) {
-    let channel = channel(server).await;
+    let channel = server.channel().await;
     let busy = submit(&channel, sleep(60_000)).await;
     wait_running(&channel, &busy.name).await;
     let mut low = Vec::new();
@@ -197,7 +189,7 @@ async fn high_priorities_start_first_on_postgres() {
 async fn a_priority_out_of_range_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let server = BinServer::start(dir.path(), "127.0.0.1:0", &[], &[]);
-    let channel = channel(&server).await;
+    let channel = server.channel().await;
     for priority in [101, -101, i32::MAX] {
         let err = TaskServiceClient::new(channel.clone())
             .submit_task(SubmitTaskRequest {
@@ -221,7 +213,7 @@ async fn a_priority_out_of_range_is_refused() {
 async fn batch_submit_is_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = BinServer::start_with(dir.path(), "127.0.0.1:0", &[], &[]);
-    let channel = channel(&server).await;
+    let channel = server.channel().await;
     let mut tasks = TaskServiceClient::new(channel.clone());
     let thousand: Vec<SubmitTaskRequest> = (0..1000).map(|_| sleep(1)).collect();
     let ops = tasks
@@ -347,7 +339,7 @@ async fn batch_submit_is_all_or_nothing() {
 async fn a_unique_key_makes_one_operation_across_nodes() {
     let db = TestDatabase::create("unique").await;
     let (_dirs, servers) = nodes(&db, &["node-a", "node-b"], &[]);
-    let channels = [channel(&servers[0]).await, channel(&servers[1]).await];
+    let channels = [servers[0].channel().await, servers[1].channel().await];
     let keyed = || SubmitTaskRequest {
         unique_key: "customer-7".into(),
         ..sleep(1500)
@@ -380,7 +372,7 @@ async fn a_unique_key_makes_one_operation_across_nodes() {
 async fn a_submission_narrows_the_retry_policy() {
     let dir = tempfile::tempdir().unwrap();
     let server = BinServer::start(dir.path(), "127.0.0.1:0", &[], &[]);
-    let channel = channel(&server).await;
+    let channel = server.channel().await;
     // The sleep kind retries UNAVAILABLE up to 5 attempts; its first 3 fail.
     let flaky = |policy: Option<RetryPolicy>| SubmitTaskRequest {
         kind: "sleep".into(),
@@ -472,7 +464,7 @@ async fn a_key_runs_one_at_a_time_over_three_nodes() {
     );
     let mut channels = Vec::new();
     for server in &servers {
-        channels.push(channel(server).await);
+        channels.push(server.channel().await);
     }
     let mut names = Vec::new();
     for i in 0..60 {
@@ -529,7 +521,7 @@ async fn a_key_runs_one_at_a_time_over_three_nodes() {
 async fn a_start_rate_holds_over_two_nodes() {
     let db = TestDatabase::create("rates").await;
     let (_dirs, servers) = nodes(&db, &["node-a", "node-b"], &["--kind-rate", "sleep=50/1s"]);
-    let channels = [channel(&servers[0]).await, channel(&servers[1]).await];
+    let channels = [servers[0].channel().await, servers[1].channel().await];
     let mut names = Vec::new();
     for (i, channel) in channels.iter().enumerate() {
         let ops = TaskServiceClient::new(channel.clone())

@@ -47,11 +47,10 @@ impl Runner {
             Admitted::Repeat(existing) => return Ok(existing),
             Admitted::New { record, max_queued } => (record, max_queued),
         };
-        let kind = record.kind.clone();
-        self.reserve_or_wait(&kind, max_queued).await?;
         let asked = Asked::of(&record);
+        self.reserve_or_wait(&asked.kind, max_queued).await?;
         let inserted = self.create(record).await;
-        self.lock_slots().unreserve(&kind);
+        self.lock_slots().unreserve(&asked.kind);
         match inserted? {
             Inserted::New(r) => {
                 self.admitted(&r);

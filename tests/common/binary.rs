@@ -164,6 +164,15 @@ impl BinServer {
         format!("http://{}", self.addr)
     }
 
+    /// A gRPC channel to the server.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(self.url())
+            .expect("a valid URL")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
     /// SIGTERM, then up to 10 s for the exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();

@@ -473,27 +473,27 @@ async fn taken(
     client: &impl GenericClient,
     row: &RowImage,
 ) -> Result<Option<OperationRecord>, StoreError> {
-    let found = match (&row.request_id, &row.unique_key) {
-        (Some(rid), _) => {
-            let statement = client.prepare_cached(BY_REQUEST).await.map_err(pg_error)?;
-            client
-                .query_opt(&statement, &[rid])
-                .await
-                .map_err(pg_error)?
+    if let Some(rid) = &row.request_id {
+        let statement = client.prepare_cached(BY_REQUEST).await.map_err(pg_error)?;
+        if let Some(found) = client
+            .query_opt(&statement, &[rid])
+            .await
+            .map_err(pg_error)?
+        {
+            return raw(&found).map(Some);
         }
-        _ => None,
+    }
+    let Some(key) = &row.unique_key else {
+        return Ok(None);
     };
-    let found = match (found, &row.unique_key) {
-        (None, Some(key)) => {
-            let statement = client.prepare_cached(BY_UNIQUE).await.map_err(pg_error)?;
-            client
-                .query_opt(&statement, &[&row.kind, key])
-                .await
-                .map_err(pg_error)?
-        }
-        (found, _) => found,
-    };
-    found.as_ref().map(raw).transpose()
+    let statement = client.prepare_cached(BY_UNIQUE).await.map_err(pg_error)?;
+    client
+        .query_opt(&statement, &[&row.kind, key])
+        .await
+        .map_err(pg_error)?
+        .as_ref()
+        .map(raw)
+        .transpose()
 }
 
 /// Each kind's due work, highest priority first then oldest due (`operations_ready`),
@@ -635,19 +635,24 @@ impl Store for PostgresStore {
     }
 
     async fn insert(&self, mut record: OperationRecord) -> Result<Inserted, StoreError> {
-        let row = RowImage::of(&record, true);
         // A taken request id or unique key is usually found here, without a write; one taken
         // meanwhile (by another node, or in the same batch) inserts nothing and is read
         // after. A unique key's holder may end between the two: then the insert is tried
-        // again.
+        // again (the row encoded again only then).
+        let mut encoded = Some(RowImage::of(&record, true));
         for _ in 0..INSERT_TRIES {
-            if let Some(existing) = taken(&self.client().await?, &row).await? {
-                return Ok(Inserted::Existing(existing));
+            let row = encoded
+                .take()
+                .unwrap_or_else(|| RowImage::of(&record, true));
+            if row.request_id.is_some() || row.unique_key.is_some() {
+                if let Some(existing) = taken(&self.client().await?, &row).await? {
+                    return Ok(Inserted::Existing(existing));
+                }
             }
             if self.closed.load(Ordering::Acquire) {
                 return Err(StoreError::Closed);
             }
-            if let Some(seq) = self.inserter.call(RowImage::of(&record, true)).await? {
+            if let Some(seq) = self.inserter.call(row).await? {
                 record.seq = seq;
                 return Ok(Inserted::New(record));
             }
