@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/oprun/v1/watch.proto",
         "proto/oprun/v1/admin.proto",
         "proto/oprun/v1/worker.proto",
+        "proto/oprun/v1/schedules.proto",
         // Not used by a message of oprun's: in the descriptor set for the kinds `oprun
         // worker exec` runs, whose input and output are JSON objects.
         "google/protobuf/struct.proto",

@@ -147,6 +147,8 @@ pub fn required_role(grpc_path: &str) -> Option<Role> {
         | "/oprun.v1.AdminService/SummarizeOperations"
         | "/oprun.v1.AdminService/GetCaller"
         | "/oprun.v1.AdminService/GetOperationInput"
+        | "/oprun.v1.ScheduleService/GetSchedule"
+        | "/oprun.v1.ScheduleService/ListSchedules"
         | "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
         | "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" => Role::Reader,
         "/oprun.v1.TaskService/SubmitTask"
@@ -154,9 +156,15 @@ pub fn required_role(grpc_path: &str) -> Option<Role> {
         | "/oprun.v1.SnapshotService/CreateSnapshot"
         | "/google.longrunning.Operations/CancelOperation"
         | "/oprun.v1.AdminService/CancelOperations"
-        | "/oprun.v1.AdminService/RerunOperation" => Role::Submitter,
+        | "/oprun.v1.AdminService/RerunOperation"
+        | "/oprun.v1.ScheduleService/CreateSchedule"
+        | "/oprun.v1.ScheduleService/UpdateSchedule"
+        | "/oprun.v1.ScheduleService/PauseSchedule"
+        | "/oprun.v1.ScheduleService/ResumeSchedule"
+        | "/oprun.v1.ScheduleService/TriggerSchedule" => Role::Submitter,
         "/google.longrunning.Operations/DeleteOperation"
-        | "/oprun.v1.AdminService/DeleteOperations" => Role::Admin,
+        | "/oprun.v1.AdminService/DeleteOperations"
+        | "/oprun.v1.ScheduleService/DeleteSchedule" => Role::Admin,
         "/oprun.v1.WorkerService/OpenSession"
         | "/oprun.v1.WorkerService/StreamAssignments"
         | "/oprun.v1.WorkerService/PollAssignments"
@@ -623,7 +631,7 @@ where
 mod tests {
     use super::*;
 
-    const PATHS: [&str; 10] = [
+    const PATHS: [&str; 18] = [
         "/google.longrunning.Operations/GetOperation",
         "/google.longrunning.Operations/ListOperations",
         "/google.longrunning.Operations/WaitOperation",
@@ -634,6 +642,14 @@ mod tests {
         "/oprun.v1.TaskService/ListTaskKinds",
         "/oprun.v1.TaskService/ListNodes",
         "/oprun.v1.SnapshotService/CreateSnapshot",
+        "/oprun.v1.ScheduleService/CreateSchedule",
+        "/oprun.v1.ScheduleService/GetSchedule",
+        "/oprun.v1.ScheduleService/ListSchedules",
+        "/oprun.v1.ScheduleService/UpdateSchedule",
+        "/oprun.v1.ScheduleService/DeleteSchedule",
+        "/oprun.v1.ScheduleService/PauseSchedule",
+        "/oprun.v1.ScheduleService/ResumeSchedule",
+        "/oprun.v1.ScheduleService/TriggerSchedule",
     ];
 
     /// Every served method has a role; anything else has none (and so needs admin).

@@ -34,6 +34,18 @@ pub enum Error {
         /// The resource name asked for.
         name: String,
     },
+    /// No schedule has that name.
+    #[error("schedule {name} not found; `oprun schedule list` lists them")]
+    ScheduleNotFound {
+        /// The resource name asked for.
+        name: String,
+    },
+    /// A schedule of that name exists already.
+    #[error("schedule {name} already exists; pick another schedule_id, or update that one")]
+    ScheduleExists {
+        /// The resource name asked for.
+        name: String,
+    },
     /// The operation is not in a state that allows the call.
     #[error("{message}")]
     FailedPrecondition {
@@ -167,6 +179,8 @@ impl Error {
         match self {
             Error::InvalidArgument { reason, .. } => (Code::InvalidArgument, reason),
             Error::NotFound { .. } => (Code::NotFound, "OPERATION_NOT_FOUND"),
+            Error::ScheduleNotFound { .. } => (Code::NotFound, "SCHEDULE_NOT_FOUND"),
+            Error::ScheduleExists { .. } => (Code::AlreadyExists, "SCHEDULE_EXISTS"),
             Error::FailedPrecondition { reason, .. } => (Code::FailedPrecondition, reason),
             Error::PermissionDenied { reason, .. } => (Code::PermissionDenied, reason),
             Error::AlreadyExists { .. } => (Code::AlreadyExists, "REQUEST_ID_REUSED"),
@@ -196,7 +210,9 @@ impl From<Error> for tonic::Status {
                 metadata.insert("field".to_owned(), field.to_string());
                 details.add_bad_request_violation(field.to_string(), message.clone());
             }
-            Error::NotFound { name } => {
+            Error::NotFound { name }
+            | Error::ScheduleNotFound { name }
+            | Error::ScheduleExists { name } => {
                 metadata.insert("name".to_owned(), name.clone());
             }
             Error::PermissionDenied { role, needed, .. } => {

@@ -17,9 +17,11 @@
 //!   conformance suite.
 //! - [`task`]: the task API: the [`task::Task`] trait, [`task::TaskContext`] for progress and
 //!   cancellation, and the [`task::Registry`] of kinds. [`kinds`] holds the built-in `sleep`.
+//! - [`schedules`]: schedules' model: cron specs, calendars in IANA time zones, and the
+//!   pure decision of what a due fire does (overlap policies, catch-up windows).
 //! - [`scheduler`]: the [`scheduler::Runner`]: queues, limits, workers, cancel, wait,
-//!   recovery and graceful shutdown.
-//! - [`service`]: the gRPC services (Operations, TaskService, SnapshotService), each a value
+//!   recovery and graceful shutdown; and the fire loop of schedules.
+//! - [`service`]: the gRPC services (Operations, TaskService, ScheduleService, ...), each a value
 //!   to mount on any tonic router.
 //! - [`auth`]: bearer tokens with roles ([`auth::Tokens`], [`auth::Role`]) and the
 //!   [`auth::AuthLayer`] that checks every call before any service sees it (applied, with
@@ -56,6 +58,7 @@ mod otel;
 pub mod page_token;
 pub mod proto;
 pub mod scheduler;
+pub mod schedules;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -196,6 +196,7 @@ impl Fields {
             create_time: self.create_time,
             update_time: self.update_time,
             priority: self.priority,
+            schedule: "",
         }
     }
 }
@@ -832,6 +833,7 @@ fn rust_verdict(filter: &Filter, record: &OperationRecord) -> bool {
         create_time: record.create_time,
         update_time: record.update_time,
         priority: record.priority,
+        schedule: record.schedule.as_deref().unwrap_or_default(),
     })
 }
 
@@ -1881,6 +1883,7 @@ fn must_match(k: &Known, filter: &Filter) -> bool {
         create_time: now,
         update_time: now,
         priority: 0,
+        schedule: "",
     };
     let error_code = |result: &operation::Result| match result {
         operation::Result::Error(status) => Some(status.code),

@@ -10,9 +10,7 @@ use common::binary::BinServer;
 use common::http::request;
 use common::{error_code, metadata, sleep_input};
 use oprun::proto::google::longrunning::operations_client::OperationsClient;
-use oprun::proto::google::longrunning::{
-    CancelOperationRequest, GetOperationRequest, ListOperationsRequest, Operation,
-};
+use oprun::proto::google::longrunning::{CancelOperationRequest, GetOperationRequest, Operation};
 use oprun::proto::oprun::v1::operation_metadata::State;
 use oprun::proto::oprun::v1::task_service_client::TaskServiceClient;
 use oprun::proto::oprun::v1::{
@@ -57,26 +55,7 @@ async fn wait_running(channel: &Channel, name: &str) {
 }
 
 async fn count(channel: &Channel, filter: &str) -> usize {
-    let mut token = String::new();
-    let mut n = 0;
-    loop {
-        let page = OperationsClient::new(channel.clone())
-            .list_operations(ListOperationsRequest {
-                name: "operations".into(),
-                filter: filter.into(),
-                page_size: 500,
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .expect("list")
-            .into_inner();
-        n += page.operations.len();
-        if page.next_page_token.is_empty() {
-            return n;
-        }
-        token = page.next_page_token;
-    }
+    common::list_all(channel, filter).await.len()
 }
 
 /// `oprun serve` nodes on the PostgreSQL database `db`, named `ids`, each with `extra`, and

@@ -11,6 +11,7 @@
 
 mod client;
 mod otlp;
+mod schedule;
 mod serve;
 mod show;
 mod store;
@@ -236,6 +237,10 @@ enum Command {
     /// Run work in a worker process of its own (connected to a server).
     #[command(subcommand)]
     Worker(WorkerCommand),
+    /// Start operations on a calendar or at an interval: create, get, list, pause, resume,
+    /// trigger, delete.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
     /// Manage bearer tokens for `serve --tokens-file`.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -496,6 +501,7 @@ async fn run(
         Command::Wait { name, timeout } => wait(&client, &full_name(&name), timeout).await,
         Command::Watch { name } => show::watch(&client, &full_name(&name)).await,
         Command::Store(StoreCommand::Check { data_dir }) => store::check(&data_dir),
+        Command::Schedule(command) => schedule::run(&client, command).await,
         Command::Migrate { store } => store::migrate(&store).await,
         Command::Cancel { name: None, batch } => follow_batch(&client, batch, false).await,
         Command::Delete { name: None, batch } => follow_batch(&client, batch, true).await,
@@ -642,8 +648,23 @@ async fn submit(
     mut request: SubmitTaskRequest,
     input: &str,
 ) -> Result<Operation, Failure> {
-    let kind = request.kind.clone();
     let channel = connect(client).await?;
+    request.input = Some(kind_input(&channel, &request.kind, input).await?);
+    let op = TaskServiceClient::new(channel)
+        .submit_task(request)
+        .await
+        .map_err(status_line)?
+        .into_inner();
+    Ok(op)
+}
+
+/// The input of `kind` from its proto3 JSON (`--input`), in the type the server says the
+/// kind takes.
+async fn kind_input(
+    channel: &client::Conn,
+    kind: &str,
+    input: &str,
+) -> Result<prost_types::Any, Failure> {
     let kinds = TaskServiceClient::new(channel.clone())
         .list_task_kinds(ListTaskKindsRequest::default())
         .await
@@ -658,17 +679,9 @@ async fn submit(
         )
         .into());
     };
-    request.input = Some(
-        codec()?
-            .any_from_json(&k.input_type, input)
-            .map_err(|e| format!("--input: {e}"))?,
-    );
-    let op = TaskServiceClient::new(channel)
-        .submit_task(request)
-        .await
-        .map_err(status_line)?
-        .into_inner();
-    Ok(op)
+    Ok(codec()?
+        .any_from_json(&k.input_type, input)
+        .map_err(|e| format!("--input: {e}"))?)
 }
 
 /// Waits until the operation is done, calling WaitOperation again whenever the server's own

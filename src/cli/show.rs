@@ -29,7 +29,7 @@ fn state_name(m: &OperationMetadata) -> &'static str {
 }
 
 /// A timestamp to the second, RFC 3339 in UTC; `-` when unset.
-fn time(t: Option<&prost_types::Timestamp>) -> String {
+pub(super) fn time(t: Option<&prost_types::Timestamp>) -> String {
     t.map_or_else(
         || "-".to_owned(),
         |t| {
@@ -204,7 +204,7 @@ pub(super) fn print_json<M: Message + Name>(resp: &M) -> CliResult {
 }
 
 /// Prints `rows` under `header`, each column as wide as its widest cell.
-fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+pub(super) fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
     let header = header.map(str::to_owned);
     let mut widths = header.clone().map(|h| h.chars().count());
     for row in rows {

@@ -32,6 +32,7 @@
 //! | `error.code` | 0 to 16, or a `google.rpc.Code` name such as `NOT_FOUND` | all |
 //! | `create_time`, `update_time` (also with `metadata.`) | RFC 3339 timestamp | all |
 //! | `priority` (`metadata.priority`) | an integer, -100 to 100 | all |
+//! | `schedule` (`metadata.schedule`) | string; `schedules/ID` or the bare `ID`; `*` wildcard at either end with `=`; empty for an operation no schedule started | `=`, `!=`, `:` |
 //!
 //! `error:*` and `error.code:*` hold when the operation failed with an error. When an
 //! operation has no error, every `error.code` comparison is false except `!=`.
@@ -54,7 +55,8 @@ pub const MAX_FILTER_LEN: usize = 4096;
 const MAX_DEPTH: usize = 32;
 
 /// The filterable fields, as listed in error messages.
-const FIELD_LIST: &str = "name, done, kind, state, error.code, create_time, update_time, priority";
+const FIELD_LIST: &str =
+    "name, done, kind, state, error.code, create_time, update_time, priority, schedule";
 
 /// The operation states, by enum value name.
 const STATES: [&str; 5] = ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"];
@@ -83,6 +85,9 @@ const CODE_NAMES: [&str; 17] = [
 /// The prefix of every operation name.
 const NAME_PREFIX: &str = "operations/";
 
+/// The prefix of every schedule name.
+const SCHEDULE_PREFIX: &str = "schedules/";
+
 /// The values of one operation that a filter can test.
 #[derive(Debug, Clone, Copy)]
 pub struct FilterFields<'a> {
@@ -104,6 +109,8 @@ pub struct FilterFields<'a> {
     pub update_time: SystemTime,
     /// The priority it was submitted with.
     pub priority: i32,
+    /// The schedule that started it (`schedules/ID`), or empty.
+    pub schedule: &'a str,
 }
 
 /// A parsed AIP-160 filter over operations.
@@ -372,6 +379,11 @@ enum Test {
         op: Op,
         value: i32,
     },
+    /// `schedule`, its pattern on the full name (`schedules/ID`).
+    Schedule {
+        negate: bool,
+        pattern: Pattern,
+    },
 }
 
 impl Test {
@@ -401,6 +413,7 @@ impl Test {
             Test::CreateTime { op, value } => op.compare(&fields.create_time, value),
             Test::UpdateTime { op, value } => op.compare(&fields.update_time, value),
             Test::Priority { op, value } => op.compare(&fields.priority, value),
+            Test::Schedule { negate, pattern } => pattern.matches(fields.schedule) != *negate,
         }
     }
 }
@@ -417,6 +430,7 @@ enum Field {
     CreateTime,
     UpdateTime,
     Priority,
+    Schedule,
 }
 
 impl Field {
@@ -432,6 +446,7 @@ impl Field {
                 "create_time" => Field::CreateTime,
                 "update_time" => Field::UpdateTime,
                 "priority" => Field::Priority,
+                "schedule" => Field::Schedule,
                 _ => return None,
             },
         };
@@ -450,6 +465,7 @@ impl Field {
             Field::CreateTime => "timestamp field create_time",
             Field::UpdateTime => "timestamp field update_time",
             Field::Priority => "integer field priority",
+            Field::Schedule => "string field schedule",
         }
     }
 }
@@ -895,7 +911,18 @@ fn typed_test(field: Field, op: Op, op_pos: usize, value: &Value) -> Result<Test
     }
     let negate = op == Op::Ne;
     match field {
-        Field::Name | Field::Kind if !op.is_equality() => Err(operator_error()),
+        Field::Name | Field::Kind | Field::Schedule if !op.is_equality() => Err(operator_error()),
+        Field::Schedule => {
+            // A bare id means the schedule of that id; the empty value, no schedule.
+            let mut pattern = Pattern::new(&value.text);
+            if !pattern.any_prefix
+                && !pattern.text.is_empty()
+                && !pattern.text.starts_with(SCHEDULE_PREFIX)
+            {
+                pattern.text.insert_str(0, SCHEDULE_PREFIX);
+            }
+            Ok(Test::Schedule { negate, pattern })
+        }
         Field::Name => {
             let pattern = Pattern::new(&value.text);
             Ok(Test::Name {
@@ -1064,6 +1091,7 @@ mod tests {
             create_time: at(T0, 0),
             update_time: at(T0 + 60, 500_000_000),
             priority: 0,
+            schedule: "",
         }
     }
 
@@ -1404,7 +1432,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "invalid filter at character 1: unknown field \"foo\"; filterable fields are: \
-             name, done, kind, state, error.code, create_time, update_time, priority"
+             name, done, kind, state, error.code, create_time, update_time, priority, schedule"
         );
     }
 
@@ -1414,7 +1442,7 @@ mod tests {
             "foo=1",
             1,
             "unknown field \"foo\"; filterable fields are: \
-             name, done, kind, state, error.code, create_time, update_time, priority",
+             name, done, kind, state, error.code, create_time, update_time, priority, schedule",
         );
         fails(
             "done=true AND metadata.name=x",

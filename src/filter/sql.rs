@@ -54,6 +54,8 @@ pub struct SqlColumns {
     pub update_time: &'static str,
     /// The priority it was submitted with (INTEGER, not NULL).
     pub priority: &'static str,
+    /// The schedule that started it (TEXT), NULL when none did.
+    pub schedule: &'static str,
 }
 
 /// A value bound to one placeholder of a [`SqlFilter`]; rusqlite binds it as it is
@@ -106,6 +108,7 @@ impl Filter {
     ///     create_time: "create_time",
     ///     update_time: "update_time",
     ///     priority: "priority",
+    ///     schedule: "schedule",
     /// };
     /// let filter = Filter::parse("kind = sleep AND NOT error:*").unwrap();
     /// let sql = filter.to_sqlite(&columns);
@@ -132,6 +135,7 @@ impl Filter {
     ///     create_time: "create_time",
     ///     update_time: "update_time",
     ///     priority: "priority",
+    ///     schedule: "schedule",
     /// };
     /// let filter = Filter::parse("kind = sleep AND NOT error:*").unwrap();
     /// let sql = filter.to_postgres(&columns, 3);
@@ -261,6 +265,12 @@ impl Builder<'_> {
                 }
                 self.pattern(columns.kind, pattern);
             }
+            Test::Schedule { negate, pattern } => {
+                if *negate {
+                    self.clause.push_str("NOT ");
+                }
+                self.schedule(pattern);
+            }
             // `done` and `state` are written as numbers, not bound: they are the conditions of
             // the store's partial indexes (unfinished operations, final states), which SQLite
             // uses only when the query names the same condition literally; and a statement
@@ -329,6 +339,22 @@ impl Builder<'_> {
         // The prefix is a constant of the code (no quote in it), not the user's text.
         let full = format!("('{NAME_PREFIX}' || {id})");
         self.pattern(&full, pattern);
+    }
+
+    /// The schedule column (NULL for no schedule, which compares as the empty string)
+    /// matching `pattern`: an exact name as an equality its index serves.
+    fn schedule(&mut self, pattern: &Pattern) {
+        let column = self.columns.schedule;
+        if !pattern.any_prefix && !pattern.any_suffix && !pattern.text.is_empty() {
+            // `NULL = ?` is NULL; the expression must never be.
+            let _ = write!(self.clause, "({column} IS NOT NULL AND ");
+            self.compare(column, "=", SqlValue::Text(pattern.text.clone()));
+            self.clause.push(')');
+            return;
+        }
+        // The column is a constant of the code, not the user's text.
+        let subject = format!("COALESCE({column}, '')");
+        self.pattern(&subject, pattern);
     }
 
     /// `subject` (a TEXT expression, never NULL) matching `pattern`, as [`Pattern::matches`]
@@ -535,6 +561,7 @@ mod tests {
         create_time: i64,
         update_time: i64,
         priority: i32,
+        schedule: Option<&'static str>,
     }
 
     impl Row {
@@ -559,16 +586,29 @@ mod tests {
             update_time: create_time + 60_500_000,
             // -3 to 3, from the creation time: several rows share one.
             priority: create_time.rem_euclid(7) as i32 - 3,
+            schedule: None,
         }
+    }
+
+    /// `r`, started by the schedule `name`.
+    const fn scheduled(mut r: Row, name: &'static str) -> Row {
+        r.schedule = Some(name);
+        r
     }
 
     /// Operations with look-alike ids and kinds, LIKE and GLOB wildcards, NUL, non-ASCII
     /// text, error codes present (0 included) and absent, and times on either side of T0 and
     /// of the epoch by a microsecond.
     const ROWS: [Row; 9] = [
-        row("abc", "sleep", "QUEUED", None, T0),
-        row("abd", "snapshot", "RUNNING", None, T0 + 1),
-        row("xabc", "sleepy", "SUCCEEDED", None, T0 - 1),
+        scheduled(row("abc", "sleep", "QUEUED", None, T0), "schedules/nightly"),
+        scheduled(
+            row("abd", "snapshot", "RUNNING", None, T0 + 1),
+            "schedules/night",
+        ),
+        scheduled(
+            row("xabc", "sleepy", "SUCCEEDED", None, T0 - 1),
+            "schedules/x",
+        ),
         row("x_c", "Sleep", "FAILED", Some(5), 0),
         row("xyz", "sl%p", "FAILED", Some(0), -1),
         row("a%c", "", "CANCELLED", Some(1), 1),
@@ -587,13 +627,13 @@ mod tests {
         conn.execute_batch(
             "CREATE TABLE ops (id TEXT NOT NULL, kind TEXT NOT NULL, done INTEGER NOT NULL, \
              state INTEGER NOT NULL, error_code INTEGER, create_time INTEGER NOT NULL, \
-             update_time INTEGER NOT NULL, priority INTEGER NOT NULL)",
+             update_time INTEGER NOT NULL, priority INTEGER NOT NULL, schedule TEXT)",
         )
         .expect("the table is created");
         for r in rows {
             let state = operation_metadata::State::from_str_name(r.state).expect("a state") as i32;
             conn.execute(
-                "INSERT INTO ops VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO ops VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     r.id,
                     r.kind,
@@ -602,7 +642,8 @@ mod tests {
                     r.error_code,
                     r.create_time,
                     r.update_time,
-                    r.priority
+                    r.priority,
+                    r.schedule
                 ],
             )
             .expect("the row is inserted");
@@ -637,6 +678,7 @@ mod tests {
                 create_time: from_micros(r.create_time),
                 update_time: from_micros(r.update_time),
                 priority: r.priority,
+                schedule: r.schedule.unwrap_or_default(),
             };
             let expected = parsed.matches(&fields);
             assert_eq!(
@@ -922,6 +964,31 @@ mod tests {
         assert!(err.to_string().contains("invalid priority"), "{err}");
     }
 
+    /// `schedule` compares the full name, a bare id as `schedules/ID`; an operation without
+    /// one (NULL) is the empty string, so `!=` selects it and no verdict is NULL; an exact
+    /// name is an equality on the column (which its index serves).
+    #[test]
+    fn schedule_comparisons() {
+        let all: Vec<&str> = ROWS.iter().map(|r| r.id).collect();
+        let unscheduled: Vec<&str> = all[3..].to_vec();
+        selects("schedule=nightly", &["abc"]);
+        selects("schedule = \"schedules/nightly\"", &["abc"]);
+        selects("metadata.schedule:night", &["abd"]);
+        selects("schedule=night*", &["abc", "abd"]);
+        selects("schedule=*ight", &["abd"]);
+        selects("schedule=\"schedules/*\"", &["abc", "abd", "xabc"]);
+        selects("schedule:*", &all);
+        selects("schedule=\"\"", &unscheduled);
+        let mut not_nightly = vec!["abd", "xabc"];
+        not_nightly.extend(&unscheduled);
+        selects("schedule!=nightly", &not_nightly);
+        selects("NOT schedule=nightly", &not_nightly);
+        let sql = parse("schedule=nightly").to_sqlite(&COLUMNS);
+        assert_eq!(sql.clause, "(schedule IS NOT NULL AND (schedule = ?))");
+        let err = Filter::parse("schedule>x").unwrap_err();
+        assert!(err.to_string().contains("schedule"), "{err}");
+    }
+
     /// Without an error the code column is NULL, and as in Rust every `error.code` test is
     /// false except `!=`; negating one is true. No verdict is NULL (the harness checks each
     /// one), so `NOT` and `OR` around a NULL code agree with Rust.
@@ -1187,6 +1254,7 @@ mod tests {
                         create_time: from_micros(r.create_time),
                         update_time: from_micros(r.update_time),
                         priority: r.priority,
+                        schedule: r.schedule.unwrap_or_default(),
                     };
                     assert_eq!(filter.matches(&fields), clause == "1", "{op:?} {r:?}");
                 }

@@ -37,13 +37,14 @@ use crate::scheduler::Runner;
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The services whose HTTP rules oprun serves.
-pub const SERVICES: [&str; 6] = [
+pub const SERVICES: [&str; 7] = [
     "google.longrunning.Operations",
     "oprun.v1.TaskService",
     "oprun.v1.SnapshotService",
     "oprun.v1.WatchService",
     "oprun.v1.AdminService",
     "oprun.v1.WorkerService",
+    "oprun.v1.ScheduleService",
 ];
 
 #[derive(Clone)]

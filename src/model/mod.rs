@@ -250,6 +250,10 @@ pub struct OperationRecord {
     pub retry_policy: Option<RetryPolicy>,
     /// Operations of its kind with the same key share the kind's limit per key.
     pub concurrency_key: Option<String>,
+    /// The schedule that started it (`schedules/{id}`), if one did.
+    pub schedule: Option<String>,
+    /// The fire time it ran for, when a schedule started it.
+    pub fire_time: Option<SystemTime>,
 }
 
 /// The lowest priority a submission may give.
@@ -288,6 +292,8 @@ impl OperationRecord {
             unique_key: None,
             retry_policy: None,
             concurrency_key: None,
+            schedule: None,
+            fire_time: None,
         }
     }
 
@@ -350,6 +356,8 @@ impl OperationRecord {
             unique_key: self.unique_key.clone().unwrap_or_default(),
             retry_policy: self.retry_policy,
             concurrency_key: self.concurrency_key.clone().unwrap_or_default(),
+            schedule: self.schedule.clone().unwrap_or_default(),
+            fire_time: self.fire_time.map(Timestamp::from),
         }
     }
 

@@ -132,6 +132,8 @@ impl Runner {
                 unique_key: old.unique_key.clone().unwrap_or_default(),
                 retry_policy: old.retry_policy,
                 concurrency_key: old.concurrency_key.clone().unwrap_or_default(),
+                schedule: String::new(),
+                fire_time: None,
             })
             .await?;
         info!(op.name = %new.id, op.kind = %new.kind, from = %id, "run again");

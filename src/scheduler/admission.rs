@@ -60,6 +60,16 @@ impl Runner {
         }
     }
 
+    /// Checks a submission as [`submit`](Self::submit) does, storing nothing (a schedule's
+    /// task, before the schedule is written). Its `request_id` is not looked up.
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit)'s checks.
+    pub(super) async fn check_submission(&self, mut request: Submission) -> Result<(), Error> {
+        request.request_id = String::new();
+        self.admit(request).await.map(|_| ())
+    }
+
     /// Submits up to [`MAX_BATCH_SUBMIT`] tasks in one transaction: every one is checked as
     /// [`submit`](Self::submit) checks it, then all are stored or none. Answers one operation
     /// per submission, in order (a repeated `request_id` or an active `unique_key` answers the
@@ -164,6 +174,8 @@ impl Runner {
             unique_key,
             retry_policy,
             concurrency_key,
+            schedule,
+            fire_time,
         } = request;
         if !self.shared.accepting.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
@@ -264,6 +276,8 @@ impl Runner {
         record.unique_key = unique_key;
         record.retry_policy = retry_policy;
         record.concurrency_key = concurrency_key;
+        record.schedule = (!schedule.is_empty()).then_some(schedule);
+        record.fire_time = fire_time;
         Ok(Admitted::New {
             record,
             max_queued: task.options().max_queued,

@@ -20,6 +20,8 @@
 //! - `follow`: on a store several nodes share, the changes other nodes made (the store's
 //!   feed), brought to this node's bus, workers and dispatcher.
 //! - `retention`: the sweeper of finished operations.
+//! - `schedules`: the calls of the ScheduleService, and the fire loop that starts each
+//!   schedule's operations (see [`crate::schedules`]).
 //! - `queries`: Get, List, Wait, Cancel, Delete.
 //! - `clock`: the clock timers read, injected.
 //!
@@ -45,6 +47,7 @@ mod recount;
 mod recovery;
 mod retention;
 mod run;
+mod schedules;
 mod slots;
 mod streams;
 mod transition;
@@ -228,6 +231,8 @@ struct Shared {
     dispatch_wake: Notify,
     /// Wakes the deadline sweeper: a submission carries a deadline.
     deadline_wake: Notify,
+    /// Wakes the fire loop: a schedule of this node changed.
+    schedule_wake: Notify,
     /// Wakes the submissions waiting for room in a full queue: operations left it.
     queue_room: Notify,
     bus: Arc<bus::Bus>,
@@ -306,6 +311,7 @@ impl Runner {
                 dispatch_wake: Notify::new(),
                 queue_room: Notify::new(),
                 deadline_wake: Notify::new(),
+                schedule_wake: Notify::new(),
                 bus: Arc::new(bus::Bus::new(followed.is_some())),
                 root: CancellationToken::new(),
                 tracker: TaskTracker::new(),
@@ -349,9 +355,14 @@ impl Runner {
         // On an exclusive store no other node holds work or can take this node's over: no
         // lease to renew, no orphans but the last process's (taken over by `recover`).
         let shared_store = followed.is_some().then_some([Task::Leases, Task::Recount]);
-        for task in [Task::Dispatch, Task::Deadlines, Task::Retention]
-            .into_iter()
-            .chain(shared_store.into_iter().flatten())
+        for task in [
+            Task::Dispatch,
+            Task::Deadlines,
+            Task::Retention,
+            Task::Schedules,
+        ]
+        .into_iter()
+        .chain(shared_store.into_iter().flatten())
         {
             let runner = runner.clone();
             runner.shared.tracker.clone().spawn(async move {
@@ -361,6 +372,7 @@ impl Runner {
                     Task::Leases => runner.lease_loop().await,
                     Task::Retention => runner.sweep_loop().await,
                     Task::Recount => runner.recount_loop().await,
+                    Task::Schedules => runner.fire_loop().await,
                 }
             });
         }
@@ -530,6 +542,7 @@ enum Task {
     Leases,
     Retention,
     Recount,
+    Schedules,
 }
 
 /// A request to run a task.
@@ -565,6 +578,11 @@ pub struct Submission {
     /// Operations of the kind with the same key share its limit per key (empty: no key; at
     /// most [`MAX_UNIQUE_KEY_LEN`] bytes).
     pub concurrency_key: String,
+    /// The schedule the submission fires for (`schedules/{id}`; empty: none), kept in the
+    /// operation's metadata.
+    pub schedule: String,
+    /// The fire time it runs for, with `schedule`.
+    pub fire_time: Option<std::time::SystemTime>,
 }
 
 /// The longest unique key a submission may carry, in bytes.

@@ -14,7 +14,9 @@ use super::reflection::{ReflectionV1, ReflectionV1Alpha};
 use crate::auth::{AuthLayer, Tokens};
 use crate::http::{BrowserRules, Gateway, GrpcService, RulesError};
 use crate::scheduler::Runner;
-use crate::service::{AdminApi, OperationsApi, SnapshotApi, TaskApi, WatchApi, WorkerApi};
+use crate::service::{
+    AdminApi, OperationsApi, ScheduleApi, SnapshotApi, TaskApi, WatchApi, WorkerApi,
+};
 
 /// How often the health service checks that the store answers.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
@@ -23,7 +25,7 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The services `grpc.health.v1` reports on (besides `""`, the whole server).
 /// (The services with HTTP rules are all of them.)
-pub const HEALTH_SERVICES: [&str; 6] = crate::http::SERVICES;
+pub const HEALTH_SERVICES: [&str; 7] = crate::http::SERVICES;
 
 /// Why the routes cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,7 @@ pub fn routes(runner: &Runner) -> Result<Routes, RoutesError> {
         .add_service(WatchApi::server(runner.clone()))
         .add_service(AdminApi::server(runner.clone()))
         .add_service(WorkerApi::server(runner.clone()))
+        .add_service(ScheduleApi::server(runner.clone()))
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha);

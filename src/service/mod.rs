@@ -8,6 +8,7 @@
 
 mod admin;
 mod operations;
+mod schedules;
 mod snapshot;
 mod tasks;
 mod watch;
@@ -15,6 +16,7 @@ mod worker;
 
 pub use admin::AdminApi;
 pub use operations::OperationsApi;
+pub use schedules::ScheduleApi;
 pub use snapshot::SnapshotApi;
 pub use tasks::TaskApi;
 pub(crate) use watch::proto_form;

@@ -145,5 +145,7 @@ fn submission(
         unique_key: req.unique_key,
         retry_policy: req.retry_policy,
         concurrency_key: req.concurrency_key,
+        schedule: String::new(),
+        fire_time: None,
     })
 }

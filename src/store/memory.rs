@@ -53,6 +53,8 @@ struct Inner {
     /// When each operation of a kind with a start rate started (microseconds), with its
     /// key, within the rate's period.
     starts: HashMap<String, Vec<(i64, Option<String>)>>,
+    /// Schedules, by id.
+    schedules: BTreeMap<String, super::ScheduleRow>,
 }
 
 /// When a queued operation may start.
@@ -576,6 +578,67 @@ impl Store for MemoryStore {
             .get(&what)
             .map(|kept| kept.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default())
+    }
+
+    async fn put_schedule(
+        &self,
+        row: &super::ScheduleRow,
+        expected: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        let stored = g.schedules.get(&row.id).map(|s| s.version);
+        if stored != expected {
+            return Ok(false);
+        }
+        g.schedules.insert(row.id.clone(), row.clone());
+        Ok(true)
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().schedules.remove(id).is_some())
+    }
+
+    async fn schedule(&self, id: &str) -> Result<Option<super::ScheduleRow>, StoreError> {
+        Ok(self.lock().schedules.get(id).cloned())
+    }
+
+    async fn schedules(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<super::ScheduleRow>, StoreError> {
+        use std::ops::Bound;
+        Ok(self
+            .lock()
+            .schedules
+            .range::<str, _>((Bound::Excluded(after), Bound::Unbounded))
+            .take(limit)
+            .map(|(_, row)| row.clone())
+            .collect())
+    }
+
+    async fn due_schedules(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<super::DueSchedules, StoreError> {
+        let g = self.lock();
+        let mut due: Vec<&super::ScheduleRow> = g
+            .schedules
+            .values()
+            .filter(|row| row.wake.is_some_and(|wake| wake <= now))
+            .collect();
+        due.sort_by_key(|row| row.wake);
+        let next_wake = g
+            .schedules
+            .values()
+            .filter_map(|row| row.wake)
+            .filter(|wake| *wake > now)
+            .min();
+        Ok(super::DueSchedules {
+            due: due.into_iter().take(limit).cloned().collect(),
+            next_wake,
+        })
     }
 
     async fn nodes(&self) -> Result<Vec<NodeLease>, StoreError> {

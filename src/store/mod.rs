@@ -20,6 +20,7 @@
 
 pub mod memory;
 pub mod postgres;
+mod schedules;
 pub mod sqlite;
 
 pub(crate) mod row;
@@ -32,6 +33,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use prost::Message;
 use prost_types::{Any, Timestamp};
+
+pub use schedules::{DueSchedules, ScheduleRow};
 
 use crate::filter::{Filter, FilterFields};
 use crate::model::{Fence, OperationId, OperationRecord, Outcome, State};
@@ -696,6 +699,43 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError`] when the store cannot be read.
     async fn registered(&self, what: Registered) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
+    /// Writes a schedule: a new one when `expected` is `None` (refused, `Ok(false)`, when the
+    /// id is taken), else a change of the stored one if its version is still `expected`
+    /// (`row.version` is then `expected + 1`; `Ok(false)` when it is gone or was changed).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the write could not be made durable.
+    async fn put_schedule(
+        &self,
+        row: &ScheduleRow,
+        expected: Option<i64>,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes a schedule; `Ok(false)` when there is none of that id.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the write could not be made durable.
+    async fn delete_schedule(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// The schedule of that id.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    async fn schedule(&self, id: &str) -> Result<Option<ScheduleRow>, StoreError>;
+
+    /// Up to `limit` schedules whose id sorts after `after`, by id.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    async fn schedules(&self, after: &str, limit: usize) -> Result<Vec<ScheduleRow>, StoreError>;
+
+    /// Up to `limit` schedules whose wake time is at or before `now` (microseconds), earliest
+    /// first, and the earliest wake time after `now`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    async fn due_schedules(&self, now: i64, limit: usize) -> Result<DueSchedules, StoreError>;
+
     /// Every node that holds (or held) a lease, with how many operations run under it, by
     /// id; a node owning running work without a lease is listed with a lease at the epoch.
     ///
@@ -788,6 +828,7 @@ fn matches_in_state(filter: &Filter, r: &OperationRecord, state: State) -> bool 
             create_time: r.create_time,
             update_time: r.update_time,
             priority: r.priority,
+            schedule: r.schedule.as_deref().unwrap_or_default(),
         })
 }
 
@@ -918,6 +959,8 @@ pub(crate) fn decode_record(
         unique_key: (!meta.unique_key.is_empty()).then_some(meta.unique_key),
         retry_policy: meta.retry_policy,
         concurrency_key: (!meta.concurrency_key.is_empty()).then_some(meta.concurrency_key),
+        schedule: (!meta.schedule.is_empty()).then_some(meta.schedule),
+        fire_time: time(meta.fire_time)?,
     })
 }
 

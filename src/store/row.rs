@@ -17,6 +17,7 @@ pub(crate) const FILTER_COLUMNS: SqlColumns = SqlColumns {
     create_time: "create_time",
     update_time: "update_time",
     priority: "priority",
+    schedule: "schedule",
 };
 
 /// A record's columns as a backend stores them, encoded by the caller (so a writer thread or
@@ -48,6 +49,8 @@ pub(crate) struct RowImage {
     pub unique_key: Option<String>,
     /// Written only by inserts (it never changes).
     pub concurrency_key: Option<String>,
+    /// Written only by inserts (it never changes).
+    pub schedule: Option<String>,
 }
 
 impl RowImage {
@@ -79,6 +82,7 @@ impl RowImage {
             priority: r.priority,
             unique_key: r.unique_key.clone(),
             concurrency_key: r.concurrency_key.clone(),
+            schedule: r.schedule.clone(),
         }
     }
 }

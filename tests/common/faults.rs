@@ -226,6 +226,38 @@ impl Store for FaultyStore {
         self.read()?;
         self.inner.unfinished().await
     }
+    async fn put_schedule(
+        &self,
+        row: &oprun::store::ScheduleRow,
+        expected: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        self.refuse_write()?;
+        self.inner.put_schedule(row, expected).await
+    }
+    async fn delete_schedule(&self, id: &str) -> Result<bool, StoreError> {
+        self.refuse_write()?;
+        self.inner.delete_schedule(id).await
+    }
+    async fn schedule(&self, id: &str) -> Result<Option<oprun::store::ScheduleRow>, StoreError> {
+        self.read()?;
+        self.inner.schedule(id).await
+    }
+    async fn schedules(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<oprun::store::ScheduleRow>, StoreError> {
+        self.read()?;
+        self.inner.schedules(after, limit).await
+    }
+    async fn due_schedules(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<oprun::store::DueSchedules, StoreError> {
+        self.read()?;
+        self.inner.due_schedules(now, limit).await
+    }
     async fn nodes(&self) -> Result<Vec<oprun::store::NodeLease>, StoreError> {
         self.read()?;
         self.inner.nodes().await

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use oprun::model::pack;
 use oprun::proto::google::longrunning::operations_client::OperationsClient;
-use oprun::proto::google::longrunning::{operation, Operation, WaitOperationRequest};
+use oprun::proto::google::longrunning::{
+    operation, ListOperationsRequest, Operation, WaitOperationRequest,
+};
 use oprun::proto::oprun::v1::task_service_client::TaskServiceClient;
 use oprun::proto::oprun::v1::{OperationMetadata, SleepInput, SleepOutput, SubmitTaskRequest};
 use oprun::store::sqlite::{SqliteOptions, SqliteStore};
@@ -278,6 +280,30 @@ pub async fn memory_runner() -> Runner {
     )
     .await
     .expect("runner")
+}
+
+/// Every operation matching `filter`, oldest first, page after page.
+pub async fn list_all(channel: &Channel, filter: &str) -> Vec<Operation> {
+    let mut token = String::new();
+    let mut all = Vec::new();
+    loop {
+        let page = OperationsClient::new(channel.clone())
+            .list_operations(ListOperationsRequest {
+                name: "operations".into(),
+                filter: filter.into(),
+                page_size: 500,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        all.extend(page.operations);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        token = page.next_page_token;
+    }
 }
 
 /// WaitOperation of `name` for up to 10 s; the operation, which must be done by then.

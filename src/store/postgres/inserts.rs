@@ -41,20 +41,20 @@ const INSERT_BATCH: &str = concat!(
      $3::text[], $4::smallint[], $5::int[], $6::int[], $7::bigint[], $8::bigint[], \
      $9::bigint[], $10::bytea[], $11::bytea[], $12::bigint[], $13::text[], $14::int[], \
      $15::bigint[], $16::bigint[], $17::bigint[], $18::bool[], $19::bigint[], $21::int[], \
-     $22::text[], $23::text[]) WITH ORDINALITY \
+     $22::text[], $23::text[], $24::text[]) WITH ORDINALITY \
      AS i(id, request_id, kind, done, state, error_code, create_time, update_time, end_time, \
      input, body, version, owner, attempt, start_time, next_attempt_time, deadline, \
-     cancel_requested, due, priority, unique_key, concurrency_key, ord)), \
+     cancel_requested, due, priority, unique_key, concurrency_key, schedule, ord)), \
      next AS (UPDATE oprun_counters SET value = value + $20 WHERE name = 'seq' RETURNING value) \
      INSERT INTO operations (seq, id, request_id, kind, done, state, error_code, create_time, \
      update_time, end_time, input, body, version, owner, attempt, start_time, \
      next_attempt_time, deadline, cancel_requested, due, priority, unique_key, \
-     concurrency_key, changed_by) \
+     concurrency_key, schedule, changed_by) \
      SELECT next.value - $20 + input.ord, input.id, input.request_id, input.kind, input.done, \
      input.state, input.error_code, input.create_time, input.update_time, input.end_time, \
      input.input, input.body, input.version, input.owner, input.attempt, input.start_time, \
      input.next_attempt_time, input.deadline, input.cancel_requested, input.due, \
-     input.priority, input.unique_key, input.concurrency_key, ",
+     input.priority, input.unique_key, input.concurrency_key, input.schedule, ",
     this_transaction!(),
     " FROM input, next ORDER BY input.ord ON CONFLICT DO NOTHING RETURNING id, seq"
 );
@@ -88,8 +88,9 @@ pub(super) async fn insert_rows(
     let unique_keys: Vec<Option<&str>> = rows.iter().map(|r| r.unique_key.as_deref()).collect();
     let concurrency_keys: Vec<Option<&str>> =
         rows.iter().map(|r| r.concurrency_key.as_deref()).collect();
+    let schedules: Vec<Option<&str>> = rows.iter().map(|r| r.schedule.as_deref()).collect();
     let size = i64::try_from(rows.len()).unwrap_or(i64::MAX);
-    let params: [&(dyn ToSql + Sync); 23] = [
+    let params: [&(dyn ToSql + Sync); 24] = [
         &ids,
         &request_ids,
         &kinds,
@@ -113,6 +114,7 @@ pub(super) async fn insert_rows(
         &priorities,
         &unique_keys,
         &concurrency_keys,
+        &schedules,
     ];
     let statement = client
         .prepare_cached(INSERT_BATCH)

@@ -1069,6 +1069,92 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn put_schedule(
+        &self,
+        row: &crate::store::ScheduleRow,
+        expected: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let written = match expected {
+            None => {
+                self.query(
+                    "INSERT INTO schedules (id, body, wake, version) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (id) DO NOTHING RETURNING id",
+                    &[&row.id, &row.body, &row.wake, &row.version],
+                )
+                .await?
+            }
+            Some(version) => {
+                self.query(
+                    "UPDATE schedules SET body = $2, wake = $3, version = $4 \
+                     WHERE id = $1 AND version = $5 RETURNING id",
+                    &[&row.id, &row.body, &row.wake, &row.version, &version],
+                )
+                .await?
+            }
+        };
+        Ok(!written.is_empty())
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<bool, StoreError> {
+        let rows = self
+            .query("DELETE FROM schedules WHERE id = $1 RETURNING id", &[&id])
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    async fn schedule(&self, id: &str) -> Result<Option<crate::store::ScheduleRow>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT id, body, wake, version FROM schedules WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+        rows.iter().map(schedule_row).next().transpose()
+    }
+
+    async fn schedules(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::store::ScheduleRow>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .query(
+                "SELECT id, body, wake, version FROM schedules WHERE id > $1 \
+                 ORDER BY id LIMIT $2",
+                &[&after, &limit],
+            )
+            .await?;
+        rows.iter().map(schedule_row).collect()
+    }
+
+    async fn due_schedules(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<crate::store::DueSchedules, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .query(
+                "SELECT id, body, wake, version FROM schedules \
+                 WHERE wake IS NOT NULL AND wake <= $1 ORDER BY wake LIMIT $2",
+                &[&now, &limit],
+            )
+            .await?;
+        let due = rows.iter().map(schedule_row).collect::<Result<_, _>>()?;
+        let next = self
+            .query(
+                "SELECT min(wake) FROM schedules WHERE wake IS NOT NULL AND wake > $1",
+                &[&now],
+            )
+            .await?;
+        let next_wake = match next.first() {
+            Some(row) => row.try_get::<_, Option<i64>>(0).map_err(pg_error)?,
+            None => None,
+        };
+        Ok(crate::store::DueSchedules { due, next_wake })
+    }
+
     async fn nodes(&self) -> Result<Vec<NodeLease>, StoreError> {
         let rows = self.query(super::NODES_SQL, &[]).await?;
         rows.iter()
@@ -1144,6 +1230,16 @@ impl Store for PostgresStore {
         self.pool.close();
         Ok(())
     }
+}
+
+/// A schedule's row, from `id, body, wake, version`.
+fn schedule_row(row: &tokio_postgres::Row) -> Result<crate::store::ScheduleRow, StoreError> {
+    Ok(crate::store::ScheduleRow {
+        id: row.try_get(0).map_err(pg_error)?,
+        body: row.try_get(1).map_err(pg_error)?,
+        wake: row.try_get(2).map_err(pg_error)?,
+        version: row.try_get(3).map_err(pg_error)?,
+    })
 }
 
 #[cfg(test)]

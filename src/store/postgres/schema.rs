@@ -31,7 +31,7 @@ use super::pg_error;
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const VERSION: i32 = 6;
+pub const VERSION: i32 = 7;
 
 /// The key of the advisory lock migrations hold (any constant shared by every build).
 const MIGRATION_LOCK: i64 = 0x6f70_7275_6e5f_6d67; // "oprun_mg"
@@ -152,6 +152,19 @@ CREATE TABLE starts (
     at   BIGINT NOT NULL
 );
 CREATE INDEX starts_by_kind ON starts(kind, at);
+",
+    // Schedules (see `crate::store::ScheduleRow`), and the schedule that started an
+    // operation (in the body too; never changes once inserted), for the filter on it.
+    "
+ALTER TABLE operations ADD COLUMN schedule TEXT;
+CREATE INDEX operations_by_schedule ON operations(schedule, seq) WHERE schedule IS NOT NULL;
+CREATE TABLE schedules (
+    id      TEXT PRIMARY KEY,
+    body    BYTEA NOT NULL,
+    wake    BIGINT,
+    version BIGINT NOT NULL
+);
+CREATE INDEX schedules_wake ON schedules(wake) WHERE wake IS NOT NULL;
 ",
 ];
 

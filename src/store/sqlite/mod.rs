@@ -439,6 +439,19 @@ fn sql_limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// The columns of a schedule's row, as [`schedule_row`] reads them.
+const SCHEDULE_COLUMNS: &str = "id, body, wake, version";
+
+/// A schedule's row, from [`SCHEDULE_COLUMNS`].
+fn schedule_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<crate::store::ScheduleRow> {
+    Ok(crate::store::ScheduleRow {
+        id: row.get(0)?,
+        body: row.get(1)?,
+        wake: row.get(2)?,
+        version: row.get(3)?,
+    })
+}
+
 /// The query of `list`: rows after a `seq` that match a filter (its SQL in `clause`), in
 /// `seq` order, up to a limit. Placeholders: the `seq`, the filter's, the limit.
 ///
@@ -747,6 +760,82 @@ impl Store for SqliteStore {
                 .and_then(Iterator::collect)
                 .map_err(sql_error)?;
             Ok(rows)
+        })
+        .await
+    }
+
+    async fn put_schedule(
+        &self,
+        row: &crate::store::ScheduleRow,
+        expected: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let row = row.clone();
+        self.send(|tx| Command::PutSchedule(row, expected, tx))
+            .await
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.send(|tx| Command::DeleteSchedule(id, tx)).await
+    }
+
+    async fn schedule(&self, id: &str) -> Result<Option<crate::store::ScheduleRow>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = ?1"
+            ))
+            .and_then(|mut s| s.query_row([&id], schedule_row).optional())
+            .map_err(sql_error)
+        })
+        .await
+    }
+
+    async fn schedules(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::store::ScheduleRow>, StoreError> {
+        let after = after.to_owned();
+        let limit = sql_limit(limit);
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))
+            .and_then(|mut s| {
+                s.query_map(rusqlite::params![after, limit], schedule_row)?
+                    .collect()
+            })
+            .map_err(sql_error)
+        })
+        .await
+    }
+
+    async fn due_schedules(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<crate::store::DueSchedules, StoreError> {
+        let limit = sql_limit(limit);
+        self.read(move |conn| {
+            // Both read `schedules_wake`, whose condition they name.
+            let due = conn
+                .prepare_cached(&format!(
+                    "SELECT {SCHEDULE_COLUMNS} FROM schedules \
+                     WHERE wake IS NOT NULL AND wake <= ?1 ORDER BY wake LIMIT ?2"
+                ))
+                .and_then(|mut s| {
+                    s.query_map(rusqlite::params![now, limit], schedule_row)?
+                        .collect()
+                })
+                .map_err(sql_error)?;
+            let next_wake = conn
+                .prepare_cached(
+                    "SELECT min(wake) FROM schedules WHERE wake IS NOT NULL AND wake > ?1",
+                )
+                .and_then(|mut s| s.query_row([now], |row| row.get(0)))
+                .map_err(sql_error)?;
+            Ok(crate::store::DueSchedules { due, next_wake })
         })
         .await
     }

@@ -20,6 +20,12 @@
 //! when each operation of a kind with a start rate started (and its key), for as long as the
 //! rate's period: a claim counts them.
 //!
+//! # Version 5
+//! `schedule` (NULL for an operation no schedule started) is a column, for the filter
+//! `schedule = "schedules/x"` (`operations_by_schedule`), and `schedules` keeps the schedules
+//! (see [`crate::store::ScheduleRow`]), `schedules_wake` ordering them by when a node should
+//! next act on them.
+//!
 //! Version 1 (before) kept those fields in the body only. Opening one adds the columns, fills
 //! them for the unfinished operations from their bodies (a finished one never changes again:
 //! its body stays authoritative, `layout` NULL), and sets the version, in one transaction.
@@ -32,7 +38,7 @@ use crate::store::row::due;
 use crate::store::{decode_record, micros, Columns, StoreError};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub(super) const VERSION: i64 = 4;
+pub(super) const VERSION: i64 = 5;
 
 /// The `layout` of a row whose columns are authoritative.
 pub(super) const LAYOUT_CURRENT: i64 = 2;
@@ -63,7 +69,8 @@ CREATE TABLE IF NOT EXISTS operations (
     due               INTEGER,
     priority          INTEGER NOT NULL DEFAULT 0,
     unique_key        TEXT,
-    concurrency_key   TEXT
+    concurrency_key   TEXT,
+    schedule          TEXT
 );
 ";
 
@@ -76,6 +83,11 @@ ALTER TABLE operations ADD COLUMN unique_key TEXT;
 /// The column version 4 adds to a version 3 table.
 const ADD_COLUMNS_4: &str = "
 ALTER TABLE operations ADD COLUMN concurrency_key TEXT;
+";
+
+/// The column version 5 adds to a version 4 table.
+const ADD_COLUMNS_5: &str = "
+ALTER TABLE operations ADD COLUMN schedule TEXT;
 ";
 
 /// The columns version 2 adds to a version 1 table.
@@ -134,6 +146,15 @@ CREATE INDEX IF NOT EXISTS starts_by_kind ON starts(kind, at);
 CREATE INDEX IF NOT EXISTS operations_owner ON operations(owner) WHERE state = 2;
 CREATE INDEX IF NOT EXISTS operations_deadline ON operations(deadline)
     WHERE state = 1 AND deadline IS NOT NULL;
+CREATE INDEX IF NOT EXISTS operations_by_schedule ON operations(schedule, seq)
+    WHERE schedule IS NOT NULL;
+CREATE TABLE IF NOT EXISTS schedules (
+    id      TEXT PRIMARY KEY,
+    body    BLOB NOT NULL,
+    wake    INTEGER,
+    version INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS schedules_wake ON schedules(wake) WHERE wake IS NOT NULL;
 CREATE TABLE IF NOT EXISTS nodes (
     id          TEXT PRIMARY KEY,
     lease_until INTEGER NOT NULL
@@ -169,12 +190,18 @@ pub(super) fn prepare(conn: &mut Connection, from: i64) -> Result<(), StoreError
             fill_unfinished(&tx)?;
             tx.execute_batch(ADD_COLUMNS_3).map_err(sql_error)?;
             tx.execute_batch(ADD_COLUMNS_4).map_err(sql_error)?;
+            tx.execute_batch(ADD_COLUMNS_5).map_err(sql_error)?;
         }
         2 => {
             tx.execute_batch(ADD_COLUMNS_3).map_err(sql_error)?;
             tx.execute_batch(ADD_COLUMNS_4).map_err(sql_error)?;
+            tx.execute_batch(ADD_COLUMNS_5).map_err(sql_error)?;
         }
-        3 => tx.execute_batch(ADD_COLUMNS_4).map_err(sql_error)?,
+        3 => {
+            tx.execute_batch(ADD_COLUMNS_4).map_err(sql_error)?;
+            tx.execute_batch(ADD_COLUMNS_5).map_err(sql_error)?;
+        }
+        4 => tx.execute_batch(ADD_COLUMNS_5).map_err(sql_error)?,
         _ => {}
     }
     tx.execute_batch(INDEXES).map_err(sql_error)?;

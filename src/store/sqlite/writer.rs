@@ -74,6 +74,13 @@ pub(super) enum Command {
         Option<Vec<u8>>,
         oneshot::Sender<Result<(), StoreError>>,
     ),
+    /// Writes a schedule, fenced by its expected version (`None`: a new one).
+    PutSchedule(
+        crate::store::ScheduleRow,
+        Option<i64>,
+        oneshot::Sender<Result<bool, StoreError>>,
+    ),
+    DeleteSchedule(String, oneshot::Sender<Result<bool, StoreError>>),
     Delete(
         OperationId,
         oneshot::Sender<Result<Option<bool>, StoreError>>,
@@ -395,6 +402,9 @@ fn fail(cmd: Command) -> Finish {
         Command::Claim(_, tx) => reply(tx, Ok((Vec::new(), None, Vec::new()))),
         Command::Heartbeat(_, _, tx) | Command::Close(tx) => reply(tx, Ok(())),
         Command::Register(_, _, _, tx) => reply(tx, Err(StoreError::Closed)),
+        Command::PutSchedule(_, _, tx) | Command::DeleteSchedule(_, tx) => {
+            reply(tx, Err(StoreError::Closed))
+        }
         Command::Delete(_, tx) => reply(tx, Ok(None)),
         Command::Sweep(_, _, tx) => reply(tx, Ok(Swept::default())),
     }
@@ -410,10 +420,47 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command) -> Finish {
         Command::Register(what, name, value, reply_to) => {
             reply(reply_to, register(tx, what, &name, value.as_deref()))
         }
+        Command::PutSchedule(row, expected, reply_to) => {
+            reply(reply_to, put_schedule(tx, &row, expected))
+        }
+        Command::DeleteSchedule(id, reply_to) => reply(reply_to, delete_schedule(tx, &id)),
         Command::Delete(id, reply_to) => reply(reply_to, delete_done(tx, &id)),
         Command::Sweep(before, keep, reply_to) => reply(reply_to, sweep(tx, before, keep)),
         Command::Close(reply_to) => reply(reply_to, Ok(())),
     }
+}
+
+/// Writes a schedule: inserts it when `expected` is `None`, else replaces the stored one if
+/// its version is `expected`; whether it did.
+fn put_schedule(
+    tx: &rusqlite::Transaction<'_>,
+    row: &crate::store::ScheduleRow,
+    expected: Option<i64>,
+) -> Result<bool, StoreError> {
+    let written = match expected {
+        None => tx
+            .prepare_cached(
+                "INSERT INTO schedules (id, body, wake, version) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![row.id, row.body, row.wake, row.version])),
+        Some(version) => tx
+            .prepare_cached(
+                "UPDATE schedules SET body = ?2, wake = ?3, version = ?4 \
+                 WHERE id = ?1 AND version = ?5",
+            )
+            .and_then(|mut s| s.execute(params![row.id, row.body, row.wake, row.version, version])),
+    }
+    .map_err(sql_error)?;
+    Ok(written == 1)
+}
+
+/// Deletes a schedule; whether there was one.
+fn delete_schedule(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<bool, StoreError> {
+    tx.prepare_cached("DELETE FROM schedules WHERE id = ?1")
+        .and_then(|mut s| s.execute(params![id]))
+        .map(|n| n == 1)
+        .map_err(sql_error)
 }
 
 /// Keeps (`Some`) or forgets (`None`) what is registered under `name`.
@@ -468,8 +515,8 @@ fn insert(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<InsertOutcome,
         "INSERT INTO operations (id, request_id, kind, done, state, error_code, create_time, \
          update_time, end_time, input, body, layout, version, owner, attempt, start_time, \
          next_attempt_time, deadline, cancel_requested, due, priority, unique_key, \
-         concurrency_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-         ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+         concurrency_key, schedule) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
+         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -496,6 +543,7 @@ fn insert(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<InsertOutcome,
             r.priority,
             r.unique_key,
             r.concurrency_key,
+            r.schedule,
         ])
     })
     .map_err(sql_error)?;

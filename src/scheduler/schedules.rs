@@ -1,0 +1,657 @@
+//! Schedules on the runner: the calls of `oprun.v1.ScheduleService`, and the fire loop every
+//! node runs.
+//!
+//! Every change of a schedule is a fenced write of its row (its version): a call, or one
+//! node's step of the fire loop, reads it, changes it, and writes it only if nobody wrote
+//! it meanwhile, else reads it again. A due fire goes through three writes' worth of states:
+//! decided (pending, with the next fire time moved on), started (an operation submitted
+//! under the request id `schedule:{id}:{fire time in µs}`), recorded (pending cleared, the run
+//! at the head of the recent runs). A node that dies between two of them leaves the pending
+//! fire for the next node (or itself, restarted) to start again; the request id makes that
+//! start answer the same operation. Two nodes deciding at once write once: the second's
+//! fenced write fails and it reads what the first decided.
+
+use std::time::{Duration, SystemTime};
+
+use tracing::{info, warn, Instrument};
+
+use super::{Runner, Submission};
+use crate::error::Error;
+use crate::model::{time, OperationId, OperationRecord};
+use crate::proto::google::rpc::Status;
+use crate::proto::oprun::v1::schedule::OverlapPolicy;
+use crate::proto::oprun::v1::{Schedule, ScheduleRun, ScheduleTask};
+use crate::schedules::stored::{self, stamp, timestamp, Stored};
+use crate::schedules::{check_id, generate_id, id_of, plan, NAME_PREFIX};
+use crate::store::{from_micros, micros, ScheduleRow};
+
+/// The most due schedules one pass of the fire loop reads.
+const DUE_BATCH: usize = 100;
+
+/// On a store other nodes share, the longest the fire loop sleeps: a schedule another node
+/// created or changed is seen within it.
+const SHARED_IDLE: Duration = Duration::from_secs(1);
+
+/// How long the fire loop waits after a pass in which a schedule failed (say, a full
+/// queue refused its fire) before it tries again.
+const FAILED_PAUSE: Duration = Duration::from_secs(1);
+
+/// How many times a change is read and written again when other writers keep winning.
+const WRITE_TRIES: usize = 16;
+
+/// The fields an update may name (all of them when it names none).
+const UPDATABLE: [&str; 8] = [
+    "task",
+    "cron",
+    "time_zone",
+    "interval",
+    "overlap_policy",
+    "catchup_window",
+    "paused",
+    "note",
+];
+
+/// The request id of the operation a fire starts: the same for every start of one fire.
+fn fire_request_id(id: &str, fire: SystemTime) -> String {
+    format!("schedule:{id}:{}", micros(fire))
+}
+
+/// Errors a fire cannot get past by trying again (the run records them); others (a full
+/// queue, a store out of reach, shutting down) leave the fire pending.
+fn is_permanent(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::InvalidArgument { .. }
+            | Error::PermissionDenied { .. }
+            | Error::InputRefused { .. }
+            | Error::FailedPrecondition { .. }
+            | Error::AlreadyExists { .. }
+    )
+}
+
+/// An error of the task's checks, naming the field inside the schedule.
+fn in_task(e: Error) -> Error {
+    match e {
+        Error::InvalidArgument {
+            field,
+            message,
+            reason,
+        } => Error::InvalidArgument {
+            field: format!("schedule.task.{field}").into(),
+            message: format!("task: {message}"),
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// The submission a schedule's task makes.
+fn submission(
+    task: &ScheduleTask,
+    name: &str,
+    fire: SystemTime,
+    request_id: String,
+) -> Result<Submission, Error> {
+    let timeout = task
+        .timeout
+        .as_ref()
+        .map(|t| {
+            time::duration(t).map_err(|e| {
+                Error::invalid_argument("timeout", format!("timeout is not a valid duration: {e}"))
+            })
+        })
+        .transpose()?;
+    Ok(Submission {
+        kind: task.kind.clone(),
+        input: task.input.clone(),
+        request_id,
+        timeout,
+        priority: task.priority,
+        concurrency_key: task.concurrency_key.clone(),
+        retry_policy: task.retry_policy,
+        schedule: name.to_owned(),
+        fire_time: Some(fire),
+        ..Submission::default()
+    })
+}
+
+impl Runner {
+    /// Creates a schedule named `schedules/{id}` (a generated id when `id` is empty) from
+    /// what a client may set of `schedule` (output fields are ignored). Its first fire is
+    /// the first fire time after now.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT for a bad id, spec (the cron field at fault named), time zone,
+    /// overlap policy, catch-up window or task (as SubmitTask judges it); PERMISSION_DENIED
+    /// when `role` may not start the task's kind; ALREADY_EXISTS when the id is taken;
+    /// UNAVAILABLE when the store fails.
+    pub async fn create_schedule(
+        &self,
+        id: &str,
+        schedule: Schedule,
+        role: Option<crate::auth::Role>,
+    ) -> Result<Schedule, Error> {
+        let id = if id.is_empty() {
+            generate_id()
+        } else {
+            check_id("schedule_id", id)?;
+            id.to_owned()
+        };
+        let now = self.now();
+        let name = format!("{NAME_PREFIX}{id}");
+        let mut fresh = Schedule {
+            name: name.clone(),
+            create_time: Some(stamp(now)),
+            ..Schedule::default()
+        };
+        merge(&mut fresh, schedule, &UPDATABLE);
+        self.check_schedule(&fresh, role).await?;
+        let mut stored = Stored {
+            schedule: Some(fresh),
+            pending: None,
+            anchor: Some(stamp(now)),
+        };
+        restart_calendar(&mut stored, now)?;
+        if !self
+            .shared
+            .store
+            .put_schedule(&stored.row(&id, 1, now), None)
+            .await?
+        {
+            return Err(Error::ScheduleExists { name });
+        }
+        self.shared.schedule_wake.notify_one();
+        info!(schedule = %name, "schedule created");
+        Ok(self.with_outcomes(stored).await)
+    }
+
+    /// The schedule of that name, its recent runs with how they ended.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT for a malformed name; NOT_FOUND when there is none; UNAVAILABLE
+    /// when the store fails.
+    pub async fn get_schedule(&self, name: &str) -> Result<Schedule, Error> {
+        let (_, stored) = self.read_schedule(name).await?;
+        Ok(self.with_outcomes(stored).await)
+    }
+
+    /// Up to `limit` schedules whose id sorts after `after`, by id.
+    ///
+    /// # Errors
+    /// UNAVAILABLE when the store fails; DATA_LOSS for a stored schedule that does not
+    /// decode.
+    pub async fn list_schedules(&self, after: &str, limit: usize) -> Result<Vec<Schedule>, Error> {
+        let rows = self.shared.store.schedules(after, limit).await?;
+        let mut schedules = Vec::with_capacity(rows.len());
+        for row in rows {
+            let stored = Stored::decode_row(&row)?;
+            schedules.push(self.with_outcomes(stored).await);
+        }
+        Ok(schedules)
+    }
+
+    /// Changes the fields of the schedule named by `schedule.name` that `mask` names (every
+    /// updatable one when it is empty). A new cron, interval or time zone fires from now.
+    ///
+    /// # Errors
+    /// As [`create_schedule`](Self::create_schedule); INVALID_ARGUMENT for a field the mask
+    /// names that cannot change; NOT_FOUND when there is no such schedule.
+    pub async fn update_schedule(
+        &self,
+        schedule: Schedule,
+        mask: &[String],
+        role: Option<crate::auth::Role>,
+    ) -> Result<Schedule, Error> {
+        let paths: Vec<&str> = if mask.is_empty() {
+            UPDATABLE.to_vec()
+        } else {
+            let mut paths = Vec::with_capacity(mask.len());
+            for path in mask {
+                let Some(known) = UPDATABLE.iter().find(|p| **p == path.as_str()) else {
+                    return Err(Error::invalid_argument(
+                        "update_mask",
+                        format!(
+                            "update_mask names {}, which cannot be changed; it may name {}",
+                            crate::text::quote(path),
+                            UPDATABLE.join(", ")
+                        ),
+                    ));
+                };
+                paths.push(*known);
+            }
+            paths
+        };
+        let name = schedule.name.clone();
+        let stored = self
+            .change_schedule(&name, role, |stored, now| {
+                let before = stored.schedule().clone();
+                let current = stored.schedule_mut();
+                merge(current, schedule.clone(), &paths);
+                current.update_time = Some(stamp(now));
+                let spec_changed = current.cron != before.cron
+                    || current.interval != before.interval
+                    || current.time_zone != before.time_zone
+                    || current.paused != before.paused;
+                if spec_changed {
+                    if current.interval != before.interval {
+                        stored.anchor = Some(stamp(now));
+                    }
+                    restart_calendar(stored, now)?;
+                }
+                Ok(())
+            })
+            .await?;
+        info!(schedule = %name, "schedule updated");
+        Ok(self.with_outcomes(stored).await)
+    }
+
+    /// Deletes a schedule; the operations it started are left as they are.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT for a malformed name; NOT_FOUND when there is none; UNAVAILABLE
+    /// when the store fails.
+    pub async fn delete_schedule(&self, name: &str) -> Result<(), Error> {
+        let id = id_of("name", name)?;
+        if !self.shared.store.delete_schedule(&id).await? {
+            return Err(Error::ScheduleNotFound {
+                name: name.to_owned(),
+            });
+        }
+        info!(schedule = %name, "schedule deleted");
+        Ok(())
+    }
+
+    /// Pauses a schedule, keeping `note` (when not empty) as its note: it fires no more
+    /// until resumed, and the fires meanwhile do not run later.
+    ///
+    /// # Errors
+    /// As [`delete_schedule`](Self::delete_schedule); INVALID_ARGUMENT for a note too long.
+    pub async fn pause_schedule(&self, name: &str, note: &str) -> Result<Schedule, Error> {
+        let note = note.to_owned();
+        let stored = self
+            .change_schedule(name, None, |stored, now| {
+                let schedule = stored.schedule_mut();
+                schedule.paused = true;
+                if !note.is_empty() {
+                    schedule.note.clone_from(&note);
+                }
+                schedule.update_time = Some(stamp(now));
+                stored::check(stored.schedule())?;
+                restart_calendar(stored, now)
+            })
+            .await?;
+        info!(schedule = %name, "schedule paused");
+        Ok(self.with_outcomes(stored).await)
+    }
+
+    /// Resumes a paused schedule: it fires from the first fire time after now.
+    ///
+    /// # Errors
+    /// As [`delete_schedule`](Self::delete_schedule).
+    pub async fn resume_schedule(&self, name: &str) -> Result<Schedule, Error> {
+        let stored = self
+            .change_schedule(name, None, |stored, now| {
+                let schedule = stored.schedule_mut();
+                schedule.paused = false;
+                schedule.update_time = Some(stamp(now));
+                restart_calendar(stored, now)
+            })
+            .await?;
+        info!(schedule = %name, "schedule resumed");
+        Ok(self.with_outcomes(stored).await)
+    }
+
+    /// Starts one operation of the schedule now, whatever its calendar, pause or overlap
+    /// policy; it counts as the schedule's latest run. A repeated `request_id` answers the
+    /// operation it started.
+    ///
+    /// # Errors
+    /// As [`get_schedule`](Self::get_schedule); as [`submit`](Self::submit) for the task.
+    pub async fn trigger_schedule(
+        &self,
+        name: &str,
+        request_id: String,
+        traceparent: Option<String>,
+        role: Option<crate::auth::Role>,
+    ) -> Result<OperationRecord, Error> {
+        let (_, stored) = self.read_schedule(name).await?;
+        let now = self.now();
+        let schedule = stored.schedule();
+        let mut submission = submission(
+            schedule.task.as_ref().unwrap_or(&ScheduleTask::default()),
+            &schedule.name,
+            now,
+            request_id,
+        )
+        .map_err(in_task)?;
+        submission.traceparent = traceparent;
+        submission.role = role;
+        let record = self.submit(submission).await?;
+        let operation = record.id.name();
+        let fire = record.fire_time.unwrap_or(now);
+        let recorded = self
+            .change_schedule(name, None, |stored, _| {
+                if !stored
+                    .schedule()
+                    .recent_runs
+                    .iter()
+                    .any(|run| run.operation == operation)
+                {
+                    plan::record_run(
+                        stored,
+                        ScheduleRun {
+                            fire_time: Some(stamp(fire)),
+                            operation: operation.clone(),
+                            triggered: true,
+                            ..ScheduleRun::default()
+                        },
+                    );
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = recorded {
+            // The operation runs; only the schedule's list of runs misses it.
+            warn!(schedule = %name, op.name = %operation, error = %e, "triggered run not recorded");
+        }
+        info!(schedule = %name, op.name = %operation, "schedule triggered");
+        Ok(record)
+    }
+
+    /// Checks a schedule a client wrote: its spec, and its task as a submission by `role`.
+    async fn check_schedule(
+        &self,
+        schedule: &Schedule,
+        role: Option<crate::auth::Role>,
+    ) -> Result<(), Error> {
+        stored::check(schedule)?;
+        let Some(task) = &schedule.task else {
+            return Err(Error::invalid_argument(
+                "schedule.task",
+                "a schedule needs a task: the kind and input of the operations it starts",
+            ));
+        };
+        let mut submission =
+            submission(task, &schedule.name, self.now(), String::new()).map_err(in_task)?;
+        submission.role = role;
+        self.check_submission(submission).await.map_err(in_task)
+    }
+
+    /// The schedule of that name, as stored.
+    async fn read_schedule(&self, name: &str) -> Result<(ScheduleRow, Stored), Error> {
+        let id = id_of("name", name)?;
+        let Some(row) = self.shared.store.schedule(&id).await? else {
+            return Err(Error::ScheduleNotFound {
+                name: name.to_owned(),
+            });
+        };
+        let stored = Stored::decode_row(&row)?;
+        Ok((row, stored))
+    }
+
+    /// Reads the schedule, applies `change` and writes it fenced, again while other writers
+    /// win; checks what it would write first: its spec, and a changed task as a submission
+    /// by `role`.
+    async fn change_schedule(
+        &self,
+        name: &str,
+        role: Option<crate::auth::Role>,
+        mut change: impl FnMut(&mut Stored, SystemTime) -> Result<(), Error>,
+    ) -> Result<Stored, Error> {
+        for _ in 0..WRITE_TRIES {
+            let (row, mut stored) = self.read_schedule(name).await?;
+            let now = self.now();
+            let before_task = stored.schedule().task.clone();
+            change(&mut stored, now)?;
+            stored::check(stored.schedule())?;
+            if stored.schedule().task != before_task {
+                self.check_schedule(stored.schedule(), role).await?;
+            }
+            let next = stored.row(&row.id, row.version + 1, now);
+            if self
+                .shared
+                .store
+                .put_schedule(&next, Some(row.version))
+                .await?
+            {
+                self.shared.schedule_wake.notify_one();
+                return Ok(stored);
+            }
+        }
+        Err(Error::Store(crate::store::StoreError::Unavailable(
+            format!("{name} kept changing under this call; retry it"),
+        )))
+    }
+
+    /// The schedule's wire form, with how each recent run ended (as far as its operation can
+    /// still be read).
+    async fn with_outcomes(&self, stored: Stored) -> Schedule {
+        let mut schedule = stored.schedule.unwrap_or_default();
+        for run in &mut schedule.recent_runs {
+            let Ok(id) = OperationId::parse_name(&run.operation) else {
+                continue;
+            };
+            if let Ok(Some(record)) = self.shared.store.get(&id).await {
+                run.done = record.is_done();
+                run.error = record.error_code().map(|code| Status {
+                    code,
+                    message: match &record.outcome {
+                        Some(crate::model::Outcome::Error(status)) => status.message.clone(),
+                        _ => String::new(),
+                    },
+                    details: Vec::new(),
+                });
+            }
+        }
+        schedule
+    }
+
+    /// The fire loop: acts on every schedule whose wake time came, then sleeps until the
+    /// next one's (on a shared store at most [`SHARED_IDLE`], to see the other nodes'
+    /// changes), or until a call here changes one.
+    pub(super) async fn fire_loop(self) {
+        let shared_store = !self.shared.store.is_exclusive();
+        loop {
+            let now = self.now();
+            let wait = match self.fire_due(now).await {
+                Ok(next) => {
+                    let until = next.map(|next| {
+                        from_micros(next)
+                            .duration_since(now)
+                            .unwrap_or(Duration::ZERO)
+                    });
+                    match (until, shared_store) {
+                        (Some(until), true) => Some(until.min(SHARED_IDLE)),
+                        (None, true) => Some(SHARED_IDLE),
+                        (until, false) => until,
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "schedules: a fire failed; trying again in a second");
+                    Some(FAILED_PAUSE)
+                }
+            };
+            tokio::select! {
+                () = async {
+                    match wait {
+                        Some(wait) => tokio::time::sleep(wait).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                () = self.shared.schedule_wake.notified() => {}
+                () = self.shared.root.cancelled() => return,
+            }
+        }
+    }
+
+    /// One pass: acts on the schedules due at `now`; answers when the next one is (now, when
+    /// it acted on some: their new wake times are read by the next pass).
+    async fn fire_due(&self, now: SystemTime) -> Result<Option<i64>, Error> {
+        let due = self
+            .shared
+            .store
+            .due_schedules(micros(now), DUE_BATCH)
+            .await?;
+        // After acting on some, their next wake times are read again at once.
+        let acted = !due.due.is_empty();
+        let mut failed = None;
+        for row in due.due {
+            let name = format!("{NAME_PREFIX}{}", row.id);
+            let span = tracing::info_span!("schedule", schedule = %name);
+            if let Err(e) = self.act_on(row).instrument(span).await {
+                warn!(schedule = %name, error = %e, "schedule: fire not done; trying again");
+                failed = Some(e);
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        Ok(if acted {
+            Some(micros(now))
+        } else {
+            due.next_wake
+        })
+    }
+
+    /// Acts on one due schedule until nothing is due in it: starts its pending fire, or
+    /// decides its due one, each step a fenced write.
+    async fn act_on(&self, mut row: ScheduleRow) -> Result<(), Error> {
+        for _ in 0..WRITE_TRIES {
+            let now = self.now();
+            let mut stored = Stored::decode_row(&row)?;
+            if let Some(fire) = stored.pending {
+                let run = self.start_fire(&row.id, &stored, timestamp(&fire)).await?;
+                plan::record_run(&mut stored, run);
+            } else {
+                let calendar = stored.calendar()?;
+                let previous_running = self.previous_running(&stored).await?;
+                let decided = plan::decide(&mut stored, &calendar, now, previous_running);
+                if !decided && stored.wake(now).map(micros) == row.wake {
+                    return Ok(());
+                }
+            }
+            let next = stored.row(&row.id, row.version + 1, now);
+            if self
+                .shared
+                .store
+                .put_schedule(&next, Some(row.version))
+                .await?
+            {
+                if next.wake.is_none_or(|wake| wake > micros(now)) {
+                    return Ok(());
+                }
+                row = next;
+                continue;
+            }
+            // Another node or a call wrote it meanwhile: go on from what it wrote, if
+            // anything in it is still due.
+            match self.shared.store.schedule(&row.id).await? {
+                Some(fresh) if fresh.wake.is_some_and(|wake| wake <= micros(now)) => row = fresh,
+                _ => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the schedule's latest run is still going (an operation that cannot be found
+    /// any more is not).
+    async fn previous_running(&self, stored: &Stored) -> Result<bool, Error> {
+        let Some(run) = stored.schedule().recent_runs.first() else {
+            return Ok(false);
+        };
+        let Ok(id) = OperationId::parse_name(&run.operation) else {
+            return Ok(false);
+        };
+        Ok(self
+            .shared
+            .store
+            .get(&id)
+            .await?
+            .is_some_and(|r| !r.is_done()))
+    }
+
+    /// Starts the operation of a decided fire (the same one however often it is called for
+    /// that fire), cancelling the previous run first under CANCEL_PREVIOUS. A fire that
+    /// cannot start for good (its kind is gone, its input no longer valid) is a run that
+    /// shows why.
+    async fn start_fire(
+        &self,
+        id: &str,
+        stored: &Stored,
+        fire: SystemTime,
+    ) -> Result<ScheduleRun, Error> {
+        let schedule = stored.schedule();
+        if stored::overlap_policy(schedule) == OverlapPolicy::CancelPrevious {
+            if let Some(previous) = schedule.recent_runs.first() {
+                if let Ok(previous) = OperationId::parse_name(&previous.operation) {
+                    match self.cancel(&previous).await {
+                        Ok(()) | Err(Error::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        let request_id = fire_request_id(id, fire);
+        let task = schedule.task.clone().unwrap_or_default();
+        let started = match submission(&task, &schedule.name, fire, request_id.clone()) {
+            Ok(submission) => self.submit(submission).await,
+            Err(e) => Err(e),
+        };
+        let mut run = ScheduleRun {
+            fire_time: Some(stamp(fire)),
+            ..ScheduleRun::default()
+        };
+        match started {
+            Ok(record) => run.operation = record.id.name(),
+            Err(e) if is_permanent(&e) => {
+                // The same fire started before under a task since changed: that one stands.
+                if let Some(record) = self.shared.store.find_request(&request_id).await? {
+                    run.operation = record.id.name();
+                } else {
+                    warn!(schedule = %schedule.name, error = %e, "fire could not start");
+                    let status = tonic::Status::from(e);
+                    run.error = Some(Status {
+                        code: status.code() as i32,
+                        message: status.message().to_owned(),
+                        details: Vec::new(),
+                    });
+                    return Ok(run);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        info!(schedule = %schedule.name, op.name = %run.operation, fire = %micros(fire), "fired");
+        Ok(run)
+    }
+}
+
+/// Copies the fields `paths` names from `from` into `into`.
+fn merge(into: &mut Schedule, from: Schedule, paths: &[&str]) {
+    for path in paths {
+        match *path {
+            "task" => into.task.clone_from(&from.task),
+            "cron" => into.cron.clone_from(&from.cron),
+            "time_zone" => into.time_zone.clone_from(&from.time_zone),
+            "interval" => into.interval = from.interval,
+            "overlap_policy" => into.overlap_policy = from.overlap_policy,
+            "catchup_window" => into.catchup_window = from.catchup_window,
+            "paused" => into.paused = from.paused,
+            "note" => into.note.clone_from(&from.note),
+            _ => {}
+        }
+    }
+}
+
+/// Sets the next fire time from `now` (none while paused).
+fn restart_calendar(stored: &mut Stored, now: SystemTime) -> Result<(), Error> {
+    let next = if stored.schedule().paused {
+        None
+    } else {
+        let anchor = stored.anchor.as_ref().map_or(now, timestamp);
+        stored::calendar_of(stored.schedule(), anchor)?
+            .next_after(now)
+            .map(stamp)
+    };
+    stored.schedule_mut().next_run_time = next;
+    Ok(())
+}
