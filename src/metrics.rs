@@ -26,6 +26,14 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+/// Labels of a schedule's fire: what became of it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FireLabels {
+    /// `started` (an operation), `skipped` (overlap policy, or missed past the catch-up
+    /// window) or `failed` (the task could not start: say, its kind is gone).
+    pub result: &'static str,
+}
+
 /// Labels of a per-kind, per-end-state metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndLabels {
@@ -115,6 +123,8 @@ pub struct Metrics {
     grpc_started: Family<GrpcLabels, Counter>,
     grpc_handled: Family<GrpcCodeLabels, Counter>,
     grpc_seconds: Family<GrpcLabels, Histogram, HistogramFn>,
+    schedule_fires: Family<FireLabels, Counter>,
+    schedule_fire_delay: Histogram,
     /// One scrape at a time (the gauges are set, then encoded).
     scrape: Mutex<()>,
 }
@@ -190,6 +200,18 @@ impl Metrics {
                 store.batch_size,
             );
         }
+        let schedule_fires = Family::<FireLabels, Counter>::default();
+        let schedule_fire_delay = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "oprun_schedule_fires",
+            "Fire times of schedules this node decided or started, by what became of them",
+            schedule_fires.clone(),
+        );
+        registry.register(
+            "oprun_schedule_fire_delay_seconds",
+            "Time from a fire time to its operation's creation, on the node that created it",
+            schedule_fire_delay.clone(),
+        );
         registry.register(
             "grpc_server_started",
             "RPCs started on the server",
@@ -217,6 +239,8 @@ impl Metrics {
             grpc_started,
             grpc_handled,
             grpc_seconds,
+            schedule_fires,
+            schedule_fire_delay,
             scrape: Mutex::new(()),
         }
     }
@@ -228,6 +252,20 @@ impl Metrics {
                 kind: kind.to_owned(),
             })
             .inc();
+    }
+
+    /// `n` fire times of schedules became `result` (see [`FireLabels`]).
+    pub fn schedule_fires(&self, result: &'static str, n: u64) {
+        if n > 0 {
+            self.schedule_fires
+                .get_or_create(&FireLabels { result })
+                .inc_by(n);
+        }
+    }
+
+    /// A schedule's fire created its operation `delay` after the fire time.
+    pub fn schedule_fire_delay(&self, delay: Duration) {
+        self.schedule_fire_delay.observe(delay.as_secs_f64());
     }
 
     /// A claim of this node found `kind`'s start rate holding due work back.

@@ -100,6 +100,7 @@ fn every_block_is_checked() {
                 "http",
                 "exec",
                 "scheduling",
+                "schedules",
                 "rust",
                 "python",
                 "python-worker"
@@ -280,6 +281,45 @@ fn the_tour_runs() {
             "index.html",
         ],
     );
+}
+
+/// Issue 22: the schedules tour runs as written: an every-second schedule runs, a bad cron
+/// spec is refused naming the hour field, pause keeps its note, trigger runs one now that
+/// names its schedule, REST shows the next run, delete deletes.
+#[test]
+fn the_schedules_tour_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_block_on("schedules", free_port(), dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the schedules block failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for expected in [
+        "name:            schedules/heartbeat",
+        "refused: exit code 1",
+        "30 2 * * * (America/New_York)",
+        "every 1s",
+        "schedule:    schedules/nightly",
+        "fire time:",
+        "\"nextRunTime\":\"",
+        "paused:          yes",
+        "note:            quiet during the migration",
+        "deleted schedules/heartbeat",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} missing from:\n{stdout}"
+        );
+    }
+    assert!(stderr.contains("hour field \"25\""), "{stderr}");
+    let listed = stdout
+        .lines()
+        .filter(|l| l.starts_with("operations/") && l.contains("sleep"))
+        .count();
+    assert!(listed >= 2, "the heartbeat ran: {stdout}");
 }
 
 /// Issue 22: the scheduling tour runs as written: the high-priority operation started before

@@ -15,7 +15,7 @@ use oprun::proto::oprun::v1::schedule::OverlapPolicy;
 use oprun::proto::oprun::v1::schedule_service_client::ScheduleServiceClient;
 use oprun::proto::oprun::v1::{
     CreateScheduleRequest, GetScheduleRequest, PauseScheduleRequest, ResumeScheduleRequest,
-    Schedule, ScheduleTask, TriggerScheduleRequest,
+    Schedule, ScheduleTask, TriggerScheduleRequest, UpdateScheduleRequest,
 };
 use oprun::store::postgres::testing::TestDatabase;
 use tonic::transport::Channel;
@@ -144,8 +144,19 @@ async fn every_fire_runs_once_on_two_postgres_nodes_through_a_kill() {
             "consecutive fires are one second apart: none missing, none doubled ({fires:?})"
         );
     }
-    let first = time(created.create_time) + Duration::from_secs(1);
-    assert_eq!(fires[0], first, "the first fire is a second after creation");
+    let created_at = time(created.create_time);
+    assert_eq!(
+        fires[0]
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos(),
+        0,
+        "an interval's fires fall on whole seconds"
+    );
+    assert!(
+        fires[0] > created_at && fires[0] <= created_at + Duration::from_secs(1),
+        "the first fire is the first whole second after creation"
+    );
     let shown = get(&channel, &created.name).await;
     assert_eq!(shown.started_runs, i64::try_from(fires.len()).unwrap());
     assert_eq!(
@@ -233,6 +244,26 @@ async fn skip_never_overlaps_a_slow_run() {
     let shown = get(&channel, &s.name).await;
     assert!(ops.len() <= 4, "{} runs of 2.5 s in 9 s", ops.len());
     assert!(shown.skipped_runs >= 4, "skipped {}", shown.skipped_runs);
+    let metrics = request(server.addr, "GET", "/metrics", &[], None)
+        .await
+        .body;
+    let counted = |line: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {line} in:\n{metrics}"))
+    };
+    assert_eq!(
+        counted("oprun_schedule_fires_total{result=\"skipped\"}"),
+        f64::from(u32::try_from(shown.skipped_runs).unwrap()),
+        "every skipped fire is counted"
+    );
+    assert_eq!(
+        counted("oprun_schedule_fires_total{result=\"started\"}"),
+        f64::from(u32::try_from(shown.started_runs).unwrap())
+    );
+    assert!(metrics.contains("oprun_schedule_fire_delay_seconds_count"));
 }
 
 /// CANCEL_PREVIOUS cancels the run still going when the next fire comes: each run but the
@@ -454,4 +485,95 @@ async fn bad_schedules_are_refused_by_field_and_trigger_runs_now() {
         .await
         .expect_err("deleted");
     assert_eq!(gone.code(), tonic::Code::NotFound);
+}
+
+/// UpdateSchedule changes the fields its mask names (a new spec fires from now), refuses a
+/// mask naming what cannot change and a task SubmitTask would refuse, over gRPC and REST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_changes_the_fields_its_mask_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinServer::start_with(dir.path(), "127.0.0.1:0", &[], &[]);
+    let channel = server.channel().await;
+    let mut api = ScheduleServiceClient::new(channel.clone());
+    let hourly = create(&channel, "hourly", every(3600, 10, OverlapPolicy::Skip)).await;
+    let update = |schedule: Schedule, paths: &[&str]| UpdateScheduleRequest {
+        schedule: Some(schedule),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+        }),
+    };
+    let asked = Schedule {
+        name: hourly.name.clone(),
+        cron: "*/2 * * * * *".into(),
+        note: "not this".into(),
+        ..Default::default()
+    };
+    let updated = api
+        .update_schedule(update(asked.clone(), &["cron", "interval"]))
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(updated.cron, "*/2 * * * * *");
+    assert_eq!(updated.interval, None);
+    assert_eq!(updated.note, "", "a field the mask does not name is kept");
+    assert_eq!(updated.task, hourly.task, "the task is kept");
+    let next = time(updated.next_run_time);
+    assert!(
+        next <= SystemTime::now() + Duration::from_secs(2),
+        "fires from now: {next:?}"
+    );
+    wait_runs(&channel, &hourly.name, 1).await;
+    for (paths, schedule, field) in [
+        (vec!["name"], asked.clone(), "update_mask"),
+        (
+            vec!["task"],
+            Schedule {
+                name: hourly.name.clone(),
+                task: Some(ScheduleTask {
+                    kind: "nope".into(),
+                    input: Some(sleep_input(1, 1, "")),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "schedule.task.kind",
+        ),
+        (
+            vec!["cron"],
+            Schedule {
+                cron: String::new(),
+                ..asked.clone()
+            },
+            "schedule.cron",
+        ),
+    ] {
+        let status = api
+            .update_schedule(update(schedule, &paths))
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{paths:?}: {status:?}"
+        );
+        let details = tonic_types::StatusExt::get_error_details(&status);
+        let violation = &details
+            .bad_request()
+            .expect("a BadRequest")
+            .field_violations[0];
+        assert_eq!(violation.field, field, "{}", status.message());
+    }
+    let reply = request(
+        server.addr,
+        "PATCH",
+        "/v1/schedules/hourly?updateMask=note,overlapPolicy",
+        &[("content-type", "application/json")],
+        Some(r#"{"note":"owned by the data team","overlapPolicy":"BUFFER_ONE"}"#),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let shown = get(&channel, &hourly.name).await;
+    assert_eq!(shown.note, "owned by the data team");
+    assert_eq!(shown.overlap_policy, OverlapPolicy::BufferOne as i32);
+    assert_eq!(shown.cron, "*/2 * * * * *");
 }

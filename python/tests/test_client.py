@@ -108,3 +108,42 @@ def test_a_worker_kind_runs_one_operation_of_a_key_at_a_time(server: Server, tmp
         assert overlapped_keys, "keys a and b ran side by side"
     finally:
         worker.stop()
+
+
+def test_a_schedule_from_the_generated_stubs(server: Server) -> None:
+    """The stubs of `oprun.v1.ScheduleService` create an every-second schedule; its runs name
+    it, and a bad cron spec is refused naming the field at fault."""
+    from google.protobuf import duration_pb2
+
+    from oprun.v1 import schedules_pb2, schedules_pb2_grpc
+
+    with server.channel() as channel:
+        stub = schedules_pb2_grpc.ScheduleServiceStub(channel)
+        task = schedules_pb2.ScheduleTask(kind="sleep")
+        task.input.Pack(tasks_pb2.SleepInput())
+        created = stub.CreateSchedule(
+            schedules_pb2.CreateScheduleRequest(
+                schedule_id="py-tick",
+                schedule=schedules_pb2.Schedule(task=task, interval=duration_pb2.Duration(seconds=1)),
+            )
+        )
+        assert created.name == "schedules/py-tick"
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.CreateSchedule(
+                schedules_pb2.CreateScheduleRequest(
+                    schedule=schedules_pb2.Schedule(task=task, cron="61 * * * *")
+                )
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert 'minute field "61"' in (refused.value.details() or "")
+        for _ in range(200):
+            shown = stub.GetSchedule(schedules_pb2.GetScheduleRequest(name=created.name))
+            if shown.recent_runs:
+                break
+            time.sleep(0.05)
+        run = shown.recent_runs[0]
+        from google.api_core import operations_v1
+
+        op = operations_v1.OperationsClient(channel).get_operation(run.operation)
+        assert meta(op).schedule == "schedules/py-tick"
+        assert meta(op).fire_time == run.fire_time

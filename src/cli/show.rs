@@ -123,6 +123,10 @@ pub(super) fn print_operation(client: &ClientArgs, op: &Operation) -> CliResult 
     if !meta.concurrency_key.is_empty() {
         fields.push(("key", meta.concurrency_key.clone()));
     }
+    if !meta.schedule.is_empty() {
+        fields.push(("schedule", meta.schedule.clone()));
+        fields.push(("fire time", time(meta.fire_time.as_ref())));
+    }
     if !meta.node.is_empty() {
         fields.push(("node", meta.node.clone()));
     }

@@ -149,7 +149,6 @@ impl Runner {
         let mut stored = Stored {
             schedule: Some(fresh),
             pending: None,
-            anchor: Some(stamp(now)),
         };
         restart_calendar(&mut stored, now)?;
         if !self
@@ -233,9 +232,6 @@ impl Runner {
                     || current.time_zone != before.time_zone
                     || current.paused != before.paused;
                 if spec_changed {
-                    if current.interval != before.interval {
-                        stored.anchor = Some(stamp(now));
-                    }
                     restart_calendar(stored, now)?;
                 }
                 Ok(())
@@ -519,8 +515,15 @@ impl Runner {
         for _ in 0..WRITE_TRIES {
             let now = self.now();
             let mut stored = Stored::decode_row(&row)?;
+            let skipped_before = stored.schedule().skipped_runs;
+            let mut started = None;
             if let Some(fire) = stored.pending {
                 let run = self.start_fire(&row.id, &stored, timestamp(&fire)).await?;
+                started = Some(if run.operation.is_empty() {
+                    "failed"
+                } else {
+                    "started"
+                });
                 plan::record_run(&mut stored, run);
             } else {
                 let calendar = stored.calendar()?;
@@ -537,6 +540,15 @@ impl Runner {
                 .put_schedule(&next, Some(row.version))
                 .await?
             {
+                let metrics = &self.shared.metrics;
+                if let Some(result) = started {
+                    metrics.schedule_fires(result, 1);
+                }
+                let skipped = stored
+                    .schedule()
+                    .skipped_runs
+                    .saturating_sub(skipped_before);
+                metrics.schedule_fires("skipped", u64::try_from(skipped).unwrap_or(0));
                 if next.wake.is_none_or(|wake| wake > micros(now)) {
                     return Ok(());
                 }
@@ -602,7 +614,12 @@ impl Runner {
             ..ScheduleRun::default()
         };
         match started {
-            Ok(record) => run.operation = record.id.name(),
+            Ok(record) => {
+                if let Ok(delay) = record.create_time.duration_since(fire) {
+                    self.shared.metrics.schedule_fire_delay(delay);
+                }
+                run.operation = record.id.name();
+            }
             Err(e) if is_permanent(&e) => {
                 // The same fire started before under a task since changed: that one stands.
                 if let Some(record) = self.shared.store.find_request(&request_id).await? {
@@ -647,8 +664,7 @@ fn restart_calendar(stored: &mut Stored, now: SystemTime) -> Result<(), Error> {
     let next = if stored.schedule().paused {
         None
     } else {
-        let anchor = stored.anchor.as_ref().map_or(now, timestamp);
-        stored::calendar_of(stored.schedule(), anchor)?
+        stored::calendar_of(stored.schedule())?
             .next_after(now)
             .map(stamp)
     };

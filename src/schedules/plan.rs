@@ -128,7 +128,6 @@ mod tests {
                 ..Schedule::default()
             }),
             pending: None,
-            anchor: Some(stamp(at(0))),
         };
         (stored, calendar)
     }
@@ -252,6 +251,86 @@ mod tests {
             stored.schedule().skipped_runs,
             i64::try_from(MAX_COUNTED - 1).unwrap()
         );
+    }
+
+    /// A cron schedule in New York, its next fire after `from`.
+    fn new_york(spec: &str, from: &str) -> (Stored, Calendar) {
+        let calendar = Calendar::Cron {
+            cron: crate::schedules::cron::Cron::parse(spec).expect("a spec"),
+            zone: crate::schedules::calendar::time_zone("America/New_York").expect("a zone"),
+        };
+        let next = calendar.next_after(utc(from)).expect("a fire");
+        let stored = Stored {
+            schedule: Some(Schedule {
+                cron: spec.into(),
+                time_zone: "America/New_York".into(),
+                next_run_time: Some(stamp(next)),
+                ..Schedule::default()
+            }),
+            pending: None,
+        };
+        (stored, calendar)
+    }
+
+    fn utc(text: &str) -> SystemTime {
+        let t: prost_types::Timestamp = text.parse().expect("RFC 3339");
+        SystemTime::try_from(t).expect("a time")
+    }
+
+    /// The clock is injected: the decisions of a daily 02:30 fire around the day New York
+    /// springs forward (02:30 does not exist: it runs at 03:00 EDT, the first instant after
+    /// the gap) and a daily 01:30 fire around the day it falls back (01:30 happens twice: it
+    /// runs once, at the first).
+    #[test]
+    fn dst_days_follow_the_time_zone() {
+        let (mut stored, calendar) = new_york("30 2 * * *", "2026-03-07T12:00:00Z");
+        assert_eq!(
+            stored.schedule().next_run_time,
+            Some(stamp(utc("2026-03-08T07:00:00Z"))),
+            "03:00 EDT"
+        );
+        assert!(!decide(
+            &mut stored,
+            &calendar,
+            utc("2026-03-08T06:59:59Z"),
+            false
+        ));
+        assert!(decide(
+            &mut stored,
+            &calendar,
+            utc("2026-03-08T07:00:00.3Z"),
+            false
+        ));
+        assert_eq!(stored.pending, Some(stamp(utc("2026-03-08T07:00:00Z"))));
+        assert_eq!(
+            stored.schedule().next_run_time,
+            Some(stamp(utc("2026-03-09T06:30:00Z"))),
+            "02:30 EDT the day after"
+        );
+        let (mut stored, calendar) = new_york("30 1 * * *", "2026-10-31T12:00:00Z");
+        assert!(decide(
+            &mut stored,
+            &calendar,
+            utc("2026-11-01T05:30:00.1Z"),
+            false
+        ));
+        assert_eq!(
+            stored.pending,
+            Some(stamp(utc("2026-11-01T05:30:00Z"))),
+            "01:30 EDT"
+        );
+        run(&mut stored);
+        assert_eq!(
+            stored.schedule().next_run_time,
+            Some(stamp(utc("2026-11-02T06:30:00Z"))),
+            "not again at 01:30 EST the same night"
+        );
+        assert!(!decide(
+            &mut stored,
+            &calendar,
+            utc("2026-11-01T06:30:00.1Z"),
+            false
+        ));
     }
 
     #[test]

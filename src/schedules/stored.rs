@@ -29,9 +29,6 @@ pub struct Stored {
     /// makes every start of it the same operation).
     #[prost(message, optional, tag = "2")]
     pub pending: Option<Timestamp>,
-    /// Where an interval counts from.
-    #[prost(message, optional, tag = "3")]
-    pub anchor: Option<Timestamp>,
 }
 
 impl Stored {
@@ -98,12 +95,7 @@ impl Stored {
     /// # Errors
     /// [`StoreError::Corrupt`] when its spec no longer parses (it was checked when written).
     pub fn calendar(&self) -> Result<Calendar, StoreError> {
-        let anchor = self
-            .anchor
-            .as_ref()
-            .or(self.schedule().create_time.as_ref())
-            .map_or(SystemTime::UNIX_EPOCH, timestamp);
-        calendar_of(self.schedule(), anchor)
+        calendar_of(self.schedule())
             .map_err(|e| StoreError::Corrupt(format!("{}: spec: {e}", self.schedule().name)))
     }
 }
@@ -118,11 +110,12 @@ pub fn stamp(t: SystemTime) -> Timestamp {
     Timestamp::from(from_micros(micros(t)))
 }
 
-/// The fire times of a checked `schedule`, an interval counting from `anchor`.
+/// The fire times of a checked `schedule`. An interval counts from the Unix epoch, so that
+/// its fires fall on round times: every hour on the hour (UTC), every 30 s at :00 and :30.
 ///
 /// # Errors
 /// INVALID_ARGUMENT naming the field at fault.
-pub fn calendar_of(schedule: &Schedule, anchor: SystemTime) -> Result<Calendar, Error> {
+pub fn calendar_of(schedule: &Schedule) -> Result<Calendar, Error> {
     match (&schedule.interval, schedule.cron.is_empty()) {
         (Some(_), false) => Err(Error::invalid_argument(
             "schedule.cron",
@@ -155,7 +148,10 @@ pub fn calendar_of(schedule: &Schedule, anchor: SystemTime) -> Result<Calendar, 
                     ),
                 ));
             }
-            Ok(Calendar::Interval { every, anchor })
+            Ok(Calendar::Interval {
+                every,
+                anchor: SystemTime::UNIX_EPOCH,
+            })
         }
         (None, false) => {
             let cron = Cron::parse(&schedule.cron).map_err(|e| {
@@ -206,7 +202,7 @@ pub fn catchup_window(schedule: &Schedule) -> Result<Duration, Error> {
 /// # Errors
 /// INVALID_ARGUMENT naming the field at fault.
 pub fn check(schedule: &Schedule) -> Result<(), Error> {
-    calendar_of(schedule, SystemTime::UNIX_EPOCH)?;
+    calendar_of(schedule)?;
     if OverlapPolicy::try_from(schedule.overlap_policy).is_err() {
         return Err(Error::invalid_argument(
             "schedule.overlap_policy",
@@ -336,7 +332,6 @@ mod tests {
                 ..every(60)
             }),
             pending: None,
-            anchor: None,
         };
         assert_eq!(stored.wake(now), Some(next));
         stored.schedule_mut().buffered_run_time = Some(stamp(now));

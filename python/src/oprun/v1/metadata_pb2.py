@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17oprun/v1/metadata.proto\x12\x08oprun.v1\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xa8\x06\n\x11OperationMetadata\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32!.oprun.v1.OperationMetadata.State\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x08progress\x18\x07 \x01(\x0b\x32\x12.oprun.v1.Progress\x12\x16\n\x0estatus_message\x18\x08 \x01(\t\x12\x1e\n\x16requested_cancellation\x18\t \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\n \x01(\r\x12%\n\x07\x64\x65tails\x18\x0b \x01(\x0b\x32\x14.google.protobuf.Any\x12\x35\n\x11next_attempt_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\nlast_error\x18\x0e \x01(\x0b\x32\x12.google.rpc.Status\x12\x0c\n\x04node\x18\x0f \x01(\t\x12\x13\n\x0btraceparent\x18\x10 \x01(\t\x12\x10\n\x08priority\x18\x11 \x01(\x05\x12\x12\n\nunique_key\x18\x12 \x01(\t\x12+\n\x0cretry_policy\x18\x13 \x01(\x0b\x32\x15.oprun.v1.RetryPolicy\x12\x17\n\x0f\x63oncurrency_key\x18\x14 \x01(\t\"a\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\"\x87\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\":\n\x08Progress\x12\x11\n\tcompleted\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x0c\n\x04unit\x18\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17oprun/v1/metadata.proto\x12\x08oprun.v1\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xe9\x06\n\x11OperationMetadata\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32!.oprun.v1.OperationMetadata.State\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x08progress\x18\x07 \x01(\x0b\x32\x12.oprun.v1.Progress\x12\x16\n\x0estatus_message\x18\x08 \x01(\t\x12\x1e\n\x16requested_cancellation\x18\t \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\n \x01(\r\x12%\n\x07\x64\x65tails\x18\x0b \x01(\x0b\x32\x14.google.protobuf.Any\x12\x35\n\x11next_attempt_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\nlast_error\x18\x0e \x01(\x0b\x32\x12.google.rpc.Status\x12\x0c\n\x04node\x18\x0f \x01(\t\x12\x13\n\x0btraceparent\x18\x10 \x01(\t\x12\x10\n\x08priority\x18\x11 \x01(\x05\x12\x12\n\nunique_key\x18\x12 \x01(\t\x12+\n\x0cretry_policy\x18\x13 \x01(\x0b\x32\x15.oprun.v1.RetryPolicy\x12\x17\n\x0f\x63oncurrency_key\x18\x14 \x01(\t\x12\x10\n\x08schedule\x18\x15 \x01(\t\x12-\n\tfire_time\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\"\x87\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\":\n\x08Progress\x12\x11\n\tcompleted\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x0c\n\x04unit\x18\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,11 +36,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'oprun.v1.metadata_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_OPERATIONMETADATA']._serialized_start=155
-  _globals['_OPERATIONMETADATA']._serialized_end=963
-  _globals['_OPERATIONMETADATA_STATE']._serialized_start=866
-  _globals['_OPERATIONMETADATA_STATE']._serialized_end=963
-  _globals['_RETRYPOLICY']._serialized_start=966
-  _globals['_RETRYPOLICY']._serialized_end=1101
-  _globals['_PROGRESS']._serialized_start=1103
-  _globals['_PROGRESS']._serialized_end=1161
+  _globals['_OPERATIONMETADATA']._serialized_end=1028
+  _globals['_OPERATIONMETADATA_STATE']._serialized_start=931
+  _globals['_OPERATIONMETADATA_STATE']._serialized_end=1028
+  _globals['_RETRYPOLICY']._serialized_start=1031
+  _globals['_RETRYPOLICY']._serialized_end=1166
+  _globals['_PROGRESS']._serialized_start=1168
+  _globals['_PROGRESS']._serialized_end=1226
 # @@protoc_insertion_point(module_scope)
