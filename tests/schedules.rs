@@ -198,12 +198,17 @@ async fn pause_stops_firing_within_a_second_and_resume_continues() {
     let resumed = ScheduleServiceClient::new(channel.clone())
         .resume_schedule(ResumeScheduleRequest {
             name: s.name.clone(),
+            note: String::new(),
         })
         .await
         .expect("resume")
         .into_inner();
     let resumed_at = SystemTime::now();
     assert!(!resumed.paused);
+    assert_eq!(
+        resumed.note, "",
+        "resuming without a note clears the pause's"
+    );
     assert!(time(resumed.next_run_time) > resumed_at - Duration::from_millis(100));
     let after = wait_runs(&channel, &s.name, during.len() + 2).await;
     let fires = fire_times(&s.name, &after);

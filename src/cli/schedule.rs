@@ -70,6 +70,9 @@ pub(super) enum ScheduleCommand {
     Resume {
         /// `schedules/{id}` or the bare id.
         name: String,
+        /// A note (replacing the pause's).
+        #[arg(long, default_value = "")]
+        note: String,
     },
     /// Start one run now, whatever the calendar, pause or overlap policy say.
     Trigger {
@@ -200,9 +203,10 @@ pub(super) async fn run(client: &ClientArgs, command: ScheduleCommand) -> CliRes
             })
             .await
         }
-        ScheduleCommand::Resume { name } => {
+        ScheduleCommand::Resume { name, note } => {
             api.resume_schedule(ResumeScheduleRequest {
                 name: schedule_name(&name),
+                note,
             })
             .await
         }
@@ -316,13 +320,18 @@ fn spec(s: &Schedule) -> String {
     }
 }
 
-/// How a run ended: `RUNNING`, `SUCCEEDED` or its error code.
+/// How a run stands: its state (`QUEUED`, `RUNNING`, `SUCCEEDED`), or its error code's name
+/// (`CANCELLED`, `DEADLINE_EXCEEDED`).
 fn outcome(run: &ScheduleRun) -> String {
-    match (&run.error, run.done) {
-        (Some(e), _) => format!("{:?}", tonic::Code::from_i32(e.code)),
-        (None, true) => "SUCCEEDED".to_owned(),
-        (None, false) if run.operation.is_empty() => "-".to_owned(),
-        (None, false) => "RUNNING".to_owned(),
+    if let Some(e) = &run.error {
+        return crate::proto::google::rpc::Code::try_from(e.code).map_or_else(
+            |_| format!("code {}", e.code),
+            |c| c.as_str_name().to_owned(),
+        );
+    }
+    match crate::proto::oprun::v1::operation_metadata::State::try_from(run.state) {
+        Ok(state) if run.state != 0 => state.as_str_name().to_owned(),
+        _ => "-".to_owned(),
     }
 }
 

@@ -142,6 +142,7 @@ impl Runner {
         let mut fresh = Schedule {
             name: name.clone(),
             create_time: Some(stamp(now)),
+            update_time: Some(stamp(now)),
             ..Schedule::default()
         };
         merge(&mut fresh, schedule, &UPDATABLE);
@@ -257,8 +258,8 @@ impl Runner {
         Ok(())
     }
 
-    /// Pauses a schedule, keeping `note` (when not empty) as its note: it fires no more
-    /// until resumed, and the fires meanwhile do not run later.
+    /// Pauses a schedule, with `note` as its note (empty: none): it fires no more until
+    /// resumed, and the fires meanwhile do not run later.
     ///
     /// # Errors
     /// As [`delete_schedule`](Self::delete_schedule); INVALID_ARGUMENT for a note too long.
@@ -268,9 +269,7 @@ impl Runner {
             .change_schedule(name, None, |stored, now| {
                 let schedule = stored.schedule_mut();
                 schedule.paused = true;
-                if !note.is_empty() {
-                    schedule.note.clone_from(&note);
-                }
+                schedule.note.clone_from(&note);
                 schedule.update_time = Some(stamp(now));
                 stored::check(stored.schedule())?;
                 restart_calendar(stored, now)
@@ -280,15 +279,18 @@ impl Runner {
         Ok(self.with_outcomes(stored).await)
     }
 
-    /// Resumes a paused schedule: it fires from the first fire time after now.
+    /// Resumes a paused schedule, with `note` as its note (empty: none): it fires from the
+    /// first fire time after now.
     ///
     /// # Errors
-    /// As [`delete_schedule`](Self::delete_schedule).
-    pub async fn resume_schedule(&self, name: &str) -> Result<Schedule, Error> {
+    /// As [`pause_schedule`](Self::pause_schedule).
+    pub async fn resume_schedule(&self, name: &str, note: &str) -> Result<Schedule, Error> {
+        let note = note.to_owned();
         let stored = self
             .change_schedule(name, None, |stored, now| {
                 let schedule = stored.schedule_mut();
                 schedule.paused = false;
+                schedule.note.clone_from(&note);
                 schedule.update_time = Some(stamp(now));
                 restart_calendar(stored, now)
             })
@@ -429,6 +431,7 @@ impl Runner {
             };
             if let Ok(Some(record)) = self.shared.store.get(&id).await {
                 run.done = record.is_done();
+                run.state = record.state.to_proto() as i32;
                 run.error = record.error_code().map(|code| Status {
                     code,
                     message: match &record.outcome {

@@ -165,7 +165,9 @@ impl ScheduleService for ScheduleApi {
         request: Request<ResumeScheduleRequest>,
     ) -> Result<Response<Schedule>, Status> {
         Ok(Response::new(
-            self.runner.resume_schedule(&request.get_ref().name).await?,
+            self.runner
+                .resume_schedule(&request.get_ref().name, &request.get_ref().note)
+                .await?,
         ))
     }
 
