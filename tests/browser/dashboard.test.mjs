@@ -532,6 +532,186 @@ test("a kind run by a worker process", { timeout: 300_000 }, async () => {
   }
 });
 
+/** `oprun schedule create ID` of sleeps through gRPC with the CLI; `args` say when. */
+async function createSchedule(server, id, args, { token } = {}) {
+  const all = ["schedule", "create", id, "--addr", server.grpc, "--kind", "sleep", "--input", '{"duration":"0.1s"}', ...args];
+  if (token) all.push("--token", token);
+  const r = await cli(all);
+  assert.equal(r.code, 0, `oprun schedule create failed: ${r.stderr}`);
+}
+
+const sched = {}; // the schedule tests' own server and page
+
+/**
+ * The Schedules page lists what GET /v1/schedules says (spec, paused, note), follows the
+ * schedule that fires every second to its latest run, and its buttons act on the server:
+ * Run now starts a triggered run of a paused schedule, Pause keeps the note typed in the
+ * dialog, Resume fires again.
+ */
+test("schedules list: rows as the server says, Run now, Pause with a note, Resume", { timeout: 300_000 }, async () => {
+  // Its own server: a schedule firing every second would change what the other tests count.
+  const s = (sched.server = await startServer());
+  await createSchedule(s, "tick", ["--every", "1s"]);
+  await createSchedule(s, "nightly", ["--cron", "0 3 * * *", "--time-zone", "Europe/Paris",
+    "--paused", "--note", "waiting for the migration"]);
+  const p = (sched.page = await newPage());
+  await p.goto(s.http + "/#/schedules");
+  const tick = row(p, "schedules/tick");
+  const nightly = row(p, "schedules/nightly");
+  await tick.waitFor();
+  await nightly.waitFor();
+  assert.equal(await p.locator('nav a[data-nav="schedules"]').getAttribute("aria-current"), "page");
+
+  const { schedules } = await rest(s, "GET", "/v1/schedules");
+  const byName = Object.fromEntries(schedules.map((x) => [x.name, x]));
+  const [t, n] = [byName["schedules/tick"], byName["schedules/nightly"]];
+  assert.equal(t.interval, "1s");
+  assert.equal(t.paused, undefined);
+  assert.equal(await tick.getByTestId("sched-spec").textContent(), "every 1s");
+  assert.equal(await tick.getByTestId("sched-kind").textContent(), t.task.kind);
+  assert.equal(await tick.getAttribute("data-paused"), "false");
+  assert.equal(await tick.getByTestId("sched-next").locator("time").count(), 1, "an active schedule's next run");
+  assert.equal(n.paused, true);
+  assert.equal(n.nextRunTime, undefined);
+  assert.equal(await nightly.getByTestId("sched-spec").textContent(), `${n.cron} (${n.timeZone})`);
+  assert.equal(await nightly.getAttribute("data-paused"), "true");
+  assert.match(await nightly.getByTestId("sched-next").textContent(), /^paused/);
+  assert.equal(await nightly.getByTestId("sched-note").textContent(), n.note);
+  assert.equal(await nightly.getByTestId("sched-last").textContent(), "—");
+  assert.equal(await nightly.getByTestId("sched-runs").textContent(), "0 / 0");
+
+  // The running one fires: its Last run comes to name an operation the schedule started.
+  const tickRun = tick.getByTestId("sched-last").getByTestId("run-link");
+  await tickRun.waitFor();
+  const href = await tickRun.getAttribute("href");
+  assert.match(href, /^#\/operations\/[0-9a-f]{32}$/);
+  const fired = (await getCli(s, "operations/" + href.slice("#/operations/".length))).op;
+  assert.equal(fired.metadata.schedule, "schedules/tick");
+  assert.ok(fired.metadata.fireTime, "a fired operation's fire time");
+
+  // Run now on the paused one: a triggered run is its Last run, and it stays paused.
+  await nightly.getByTestId("sched-trigger").click();
+  await confirm(p);
+  await nightly.getByTestId("run-triggered").waitFor();
+  const triggered = await nightly.getByTestId("run-link").getAttribute("href");
+  const afterRun = await rest(s, "GET", "/v1/schedules/nightly");
+  assert.equal(afterRun.paused, true, "Run now resumed it");
+  assert.equal(afterRun.recentRuns[0].triggered, true);
+  assert.equal(afterRun.recentRuns[0].operation, "operations/" + triggered.slice("#/operations/".length));
+
+  // Pause the running one with a note typed in the dialog.
+  await tick.getByTestId("sched-pause").click();
+  await p.getByTestId("confirm-dialog").waitFor({ state: "visible" });
+  await p.getByTestId("confirm-input").fill("deploying v2");
+  await shot(p, "schedules-pause-dialog");
+  await p.getByTestId("confirm-ok").click();
+  await tick.getByTestId("sched-note").filter({ hasText: "deploying v2" }).waitFor();
+  const paused = await rest(s, "GET", "/v1/schedules/tick");
+  assert.equal(paused.paused, true);
+  assert.equal(paused.note, "deploying v2");
+  assert.equal(paused.nextRunTime, undefined);
+  assert.equal(await tick.getByTestId("sched-resume").isVisible(), true);
+  assert.equal(await tick.getByTestId("sched-pause").isVisible(), false);
+  await shot(p, "schedules");
+
+  // Resume: it fires again.
+  await tick.getByTestId("sched-resume").click();
+  await tick.getByTestId("sched-next").locator("time").waitFor();
+  const resumed = await rest(s, "GET", "/v1/schedules/tick");
+  assert.equal(resumed.paused, undefined);
+  assert.equal(resumed.note, undefined, "Resume without a note clears the pause's");
+  assert.ok(resumed.nextRunTime, "a resumed schedule's next run");
+  const started = Number(resumed.startedRuns);
+  await eventually("tick fires after Resume", async () =>
+    Number((await rest(s, "GET", "/v1/schedules/tick")).startedRuns) > started);
+});
+
+/**
+ * A schedule's page shows its fields and recent runs, each linking to its operation; the
+ * operation's page links back to the schedule with the fire time; "All runs" lists what it
+ * started; Delete asks, then removes it; an unknown schedule says not found.
+ */
+test("schedule page: fields, recent runs, All runs, the operation's Schedule link, Delete", { timeout: 300_000 }, async () => {
+  const { server: s, page: p } = sched;
+  assert.ok(s && p, "runs after the schedules list test");
+  try {
+    await p.goto(s.http + "/#/schedules");
+    await row(p, "schedules/tick").getByTestId("sched-link").click();
+    await p.waitForURL((u) => u.hash === "#/schedules/tick");
+    await p.getByTestId("sched-meta").getByTestId("sched-spec").waitFor();
+    const got = await rest(s, "GET", "/v1/schedules/tick");
+    const meta = p.getByTestId("sched-meta");
+    assert.equal(await meta.getByTestId("sched-spec").textContent(), "every 1s");
+    assert.match(await meta.getByTestId("sched-overlap").textContent(), new RegExp("^" + got.overlapPolicy + ":"));
+    assert.equal(await meta.getByTestId("sched-catchup").textContent(), "1m (default)");
+    // Resuming without a note cleared the pause's.
+    assert.equal(got.note, undefined);
+    assert.equal(await meta.getByTestId("sched-note").count(), 0);
+    assert.equal(await p.getByTestId("sched-state").textContent(), "active");
+    assert.match(await p.getByTestId("sched-input").textContent(), /"duration": "0\.100s"/);
+    await p.getByText("Input · oprun.v1.SleepInput").waitFor();
+
+    // Recent runs: newest first, at most 10, each linking to its operation's page.
+    const runs = p.getByTestId("sched-runs-table").locator("tbody tr[data-operation]");
+    await runs.nth(1).waitFor();
+    const shown = await runs.evaluateAll((trs) => trs.map((tr) => ({
+      name: tr.dataset.operation,
+      href: tr.querySelector("a[data-testid=run-link]").getAttribute("href"),
+      fire: Date.parse(tr.querySelector("time").getAttribute("datetime")),
+    })));
+    assert.ok(shown.length <= 10, `${shown.length} recent runs`);
+    for (const r of shown) assert.equal(r.href, "#/operations/" + r.name.replace(/^operations\//, ""));
+    const fires = shown.map((r) => r.fire);
+    assert.deepEqual([...fires].sort((a, b) => b - a), fires, "newest first");
+    await shot(p, "schedule-detail");
+
+    // An operation it started: Schedule and Fire time in its metadata, the link goes back.
+    await runs.first().getByTestId("run-link").click();
+    await p.waitForURL((u) => u.hash === "#/operations/" + shown[0].name.replace(/^operations\//, ""));
+    const link = p.getByTestId("meta-schedule").locator("a");
+    await link.waitFor();
+    assert.equal(await link.textContent(), "schedules/tick");
+    const op = (await getCli(s, shown[0].name)).op;
+    assert.equal(op.metadata.schedule, "schedules/tick");
+    assert.equal(await p.getByTestId("meta-fire-time").locator("time").getAttribute("datetime"), op.metadata.fireTime);
+    await link.click();
+    await p.waitForURL((u) => u.hash === "#/schedules/tick");
+
+    // All runs: the operations list under `schedule = "schedules/tick"`.
+    await p.getByTestId("sched-all-runs").click();
+    await p.waitForURL(/#\/operations\?filter=/);
+    assert.equal(await p.getByTestId("filter-input").inputValue(), 'schedule = "schedules/tick"');
+    const listed = p.locator("tbody tr[data-name]");
+    await listed.first().waitFor();
+    const first = (await getCli(s, await listed.first().getAttribute("data-name"))).op;
+    assert.equal(first.metadata.schedule, "schedules/tick");
+
+    // The paused one's page: its triggered run is marked.
+    await p.goto(s.http + "/#/schedules/nightly");
+    await p.getByTestId("sched-state").filter({ hasText: "paused" }).waitFor();
+    await p.locator('tr[data-triggered="true"]').first().waitFor();
+    assert.equal(await p.getByTestId("sched-meta").getByTestId("sched-zone").textContent(), "Europe/Paris");
+    assert.equal(await p.getByTestId("sched-resume").isVisible(), true);
+
+    // Delete, after a confirmation: back to the list, without it.
+    await p.getByTestId("sched-delete").click();
+    await confirm(p);
+    await p.waitForURL((u) => u.hash === "#/schedules");
+    await row(p, "schedules/tick").waitFor();
+    assert.equal(await row(p, "schedules/nightly").count(), 0, "the deleted schedule is still listed");
+    await assert.rejects(rest(s, "GET", "/v1/schedules/nightly"), /404/);
+
+    // A schedule that does not exist.
+    await p.goto(s.http + "/#/schedules/nope");
+    await p.getByTestId("sched-error").filter({ hasText: "NOT_FOUND" }).waitFor();
+    assert.equal(await p.getByTestId("sched-runs-table").isVisible(), false);
+  } finally {
+    await p.context().close();
+    servers.splice(servers.indexOf(s), 1);
+    await stopServer(s);
+  }
+});
+
 /** A bulk cancel over a filter matching 500 running sleeps ends them all, with live progress. */
 test("bulk cancel of 500 running operations", { timeout: 900_000 }, async () => {
   for (const n of longRunning) await rest(open, "POST", `/v1/operations/${idOf(n)}:cancel`, {});
@@ -653,6 +833,7 @@ test("tokens: sign-in and the reader's view", { timeout: 300_000 }, async () => 
   await writeFile(file, lines.join("\n") + "\n");
   const secured = await startServer(["--tokens-file", file]);
   const name = await submitCli(secured, { duration: "300s", steps: 30 }, { token: tokens.admin });
+  await createSchedule(secured, "hourly", ["--cron", "@hourly"], { token: tokens.admin });
 
   const p = await newPage();
   await p.goto(secured.http + "/#/operations");
@@ -686,6 +867,17 @@ test("tokens: sign-in and the reader's view", { timeout: 300_000 }, async () => 
   await p.goto(secured.http + "/#/kinds");
   await p.getByTestId("kinds-table").locator('tr[data-kind="sleep"]').waitFor();
   assert.equal(await p.getByTestId("submit-form").count(), 0, "Submit shown to a reader");
+  // Schedules: listed and shown, without Pause, Run now or Delete.
+  await p.goto(secured.http + "/#/schedules");
+  await row(p, "schedules/hourly").getByTestId("sched-spec").filter({ hasText: "@hourly (UTC)" }).waitFor();
+  assert.equal(await p.getByTestId("sched-pause").count(), 0, "Pause shown to a reader");
+  assert.equal(await p.getByTestId("sched-trigger").count(), 0, "Run now shown to a reader");
+  await p.goto(secured.http + "/#/schedules/hourly");
+  await p.getByTestId("sched-state").filter({ hasText: "active" }).waitFor();
+  for (const id of ["sched-pause", "sched-resume", "sched-trigger", "sched-delete"]) {
+    assert.equal(await p.getByTestId(id).isVisible(), false, id + " shown to a reader");
+  }
+  await p.getByText("Read only: the role READER cannot change schedules.").waitFor();
 
   // Sign out brings the prompt back and forgets the token.
   await p.getByTestId("signout").click();

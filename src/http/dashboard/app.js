@@ -8,7 +8,8 @@
 //   confirmation dialog and the hash router. Each page gets a fresh `ctx` whose AbortSignal
 //   ends every request, stream and timer of the page when the route changes.
 // - Pages: Overview (#/), Operations (#/operations?filter=…), Detail (#/operations/{id}),
-//   Kinds (#/kinds) and the sign-in view.
+//   Schedules (#/schedules), Schedule (#/schedules/{id}), Kinds (#/kinds) and the sign-in
+//   view.
 "use strict";
 
 (() => {
@@ -16,6 +17,15 @@
 
   const STATES = ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"];
   const PAGE_SIZE = 50;
+  // How often the schedule pages read their schedules again (nothing streams them).
+  const SCHEDULE_REFRESH_MS = 5000;
+  // What each overlap policy does, in a few words.
+  const OVERLAP_TEXT = {
+    SKIP: "a fire is skipped while the previous run is not done",
+    ALLOW: "every fire starts a run, whatever the previous runs do",
+    BUFFER_ONE: "one fire waits for the previous run to end; more are skipped",
+    CANCEL_PREVIOUS: "a fire cancels the previous run if it is not done",
+  };
   const TOKEN_KEY = "oprun.token";
   const TYPE_PREFIX = "type.googleapis.com/";
   // google.rpc.Code names by number.
@@ -87,6 +97,11 @@
   /** Ids start with a timestamp; their random tail tells operations apart at a glance. */
   const shortId = (name) => "…" + opId(name).slice(-8);
   const opHref = (name) => "#/operations/" + encodeURIComponent(opId(name));
+  /** The id of `schedules/{id}`. */
+  const schedId = (name) => String(name || "").replace(/^schedules\//, "");
+  const schedHref = (name) => "#/schedules/" + encodeURIComponent(schedId(name));
+  /** The operations list, filtered to the operations a schedule started. */
+  const schedRunsHref = (name) => "#/operations?filter=" + encodeURIComponent(`schedule = "${name}"`);
 
   const codeName = (code) => CODE_NAMES[code || 0] || "CODE_" + code;
   const toInt = (s) => (s === undefined || s === null || s === "" ? 0 : Number(s));
@@ -105,7 +120,7 @@
     const secs = Math.round((Date.now() - t) / 1000);
     const abs = Math.abs(secs);
     let text;
-    if (abs < 5) return "just now";
+    if (abs < 5) return secs >= 0 ? "just now" : "in a moment";
     if (abs < 60) text = abs + " s";
     else if (abs < 3600) text = Math.floor(abs / 60) + " min";
     else if (abs < 86400) text = Math.floor(abs / 3600) + " h";
@@ -166,6 +181,39 @@
   }
 
   const prettyJson = (value) => JSON.stringify(value, null, 2);
+
+  /**
+   * A task input for reading: its JSON without "@type" (a well-known type, such as the
+   * Struct of a script's kind, as its `value`).
+   */
+  function inputJson(input) {
+    const { "@type": _type, ...fields } = input || {};
+    const wellKnown = typeName(input).startsWith("google.protobuf.") && "value" in fields;
+    return prettyJson(wellKnown ? fields.value : fields);
+  }
+
+  /** A Duration's JSON ("5400s", "0.100s") for a person: "1h 30m", "0.1s". */
+  function durText(d) {
+    const secs = Number(String(d || "").replace(/s$/, ""));
+    if (!d || Number.isNaN(secs)) return String(d || "");
+    if (!Number.isInteger(secs) || secs < 60) return secs + "s";
+    const parts = [];
+    let rest = secs;
+    for (const [unit, n] of [["d", 86400], ["h", 3600], ["m", 60], ["s", 1]]) {
+      if (rest >= n) {
+        parts.push(Math.floor(rest / n) + unit);
+        rest %= n;
+      }
+    }
+    return parts.join(" ");
+  }
+
+  /** A schedule's spec: "0 3 * * * (Europe/Paris)" or "every 30s". */
+  function specText(s) {
+    if (s.cron) return `${s.cron} (${s.timeZone || "UTC"})`;
+    if (s.interval) return "every " + durText(s.interval);
+    return "—";
+  }
 
   /** A random UUID, also where crypto.randomUUID is missing (plain HTTP off loopback). */
   function uuid() {
@@ -471,11 +519,29 @@
    * Escape. `detail` is shown verbatim in a <pre> (e.g. the filter a batch acts on).
    */
   function confirmAction({ title, message, detail, ok, danger = true }) {
+    return askDialog({ title, message, detail, ok, danger, field: null });
+  }
+
+  /**
+   * As confirmAction, with a one-line text field (`label`, starting as `value`): resolves
+   * with its text when OK is pressed (or Enter in the field), null otherwise.
+   */
+  async function promptAction({ title, message, label, value = "", ok, danger = false }) {
+    const yes = await askDialog({ title, message, ok, danger, field: { label, value } });
+    return yes ? $("confirm-input").value.trim() : null;
+  }
+
+  /** The dialog behind confirmAction and promptAction; resolves true on OK. */
+  function askDialog({ title, message, detail, ok, danger, field }) {
     const dialog = $("confirm");
     $("confirm-title").textContent = title;
     $("confirm-message").textContent = message;
     $("confirm-detail").textContent = detail || "";
     $("confirm-detail").hidden = !detail;
+    const input = $("confirm-input");
+    $("confirm-field").hidden = !field;
+    $("confirm-label").textContent = field ? field.label : "";
+    input.value = field ? field.value : "";
     const okButton = $("confirm-ok");
     okButton.textContent = ok;
     okButton.className = danger ? "danger" : "primary";
@@ -483,6 +549,7 @@
       const done = (answer) => {
         okButton.removeEventListener("click", onOk);
         $("confirm-cancel").removeEventListener("click", onBack);
+        input.removeEventListener("keydown", onKey);
         dialog.removeEventListener("close", onClose);
         if (dialog.open) dialog.close();
         resolve(answer);
@@ -490,11 +557,22 @@
       const onOk = () => done(true);
       const onBack = () => done(false);
       const onClose = () => done(false); // Escape
+      const onKey = (e) => {
+        if (e.key !== "Enter") return;
+        e.preventDefault();
+        done(true);
+      };
       okButton.addEventListener("click", onOk);
       $("confirm-cancel").addEventListener("click", onBack);
+      input.addEventListener("keydown", onKey);
       dialog.addEventListener("close", onClose);
       dialog.showModal();
-      $("confirm-cancel").focus(); // the safe choice has the focus
+      if (field) {
+        input.focus(); // asked for a text: the field has the focus
+        input.select();
+      } else {
+        $("confirm-cancel").focus(); // the safe choice has the focus
+      }
     });
   }
 
@@ -553,13 +631,16 @@
       listPage(ctx, main, params.get("filter") || "");
     } else if (path.startsWith("/operations/")) {
       section = "operations";
-      let id = null;
-      try {
-        id = decodeURIComponent(path.slice("/operations/".length));
-      } catch (_) {
-        // a malformed %-escape: not found below
-      }
+      const id = pathId(path, "/operations/");
       if (id !== null) detailPage(ctx, main, id);
+      else notFound(main);
+    } else if (path === "/schedules") {
+      section = "schedules";
+      schedulesPage(ctx, main);
+    } else if (path.startsWith("/schedules/")) {
+      section = "schedules";
+      const id = pathId(path, "/schedules/");
+      if (id !== null) schedulePage(ctx, main, id);
       else notFound(main);
     } else if (path === "/kinds") {
       section = "kinds";
@@ -571,6 +652,15 @@
     for (const a of document.querySelectorAll("nav a[data-nav]")) {
       if (a.dataset.nav === section) a.setAttribute("aria-current", "page");
       else a.removeAttribute("aria-current");
+    }
+  }
+
+  /** The decoded rest of `path` after `prefix`; null for a malformed %-escape. */
+  function pathId(path, prefix) {
+    try {
+      return decodeURIComponent(path.slice(prefix.length));
+    } catch (_) {
+      return null;
     }
   }
 
@@ -878,7 +968,7 @@
         h("button", { type: "submit", class: "primary", "data-testid": "filter-apply", text: "Apply" }),
         filter ? h("button", { type: "button", onclick: () => navigate("#/operations"), text: "Clear" }) : null),
       h("p", { id: "filter-hint", class: "hint" },
-        "AIP-160 filter on name, done, kind, state, error.code, create_time, update_time, priority. Press / to focus, Enter to apply."),
+        "AIP-160 filter on name, done, kind, state, error.code, create_time, update_time, priority, schedule. Press / to focus, Enter to apply."),
       filterError);
     form.addEventListener("submit", (e) => {
       e.preventDefault();
@@ -1272,11 +1362,8 @@
 
     // The job's arguments: the input it was submitted with, its type in the heading.
     api("GET", `/v1/operations/${encodeURIComponent(id)}:input`, undefined, ctx.signal).then((input) => {
-      const { "@type": _type, ...fields } = input || {};
       inputHead.textContent = "Input" + (input && input["@type"] ? " · " + typeName(input) : "");
-      // A well-known type (a Struct, from a script's kind) is its `value`.
-      const wellKnown = typeName(input).startsWith("google.protobuf.") && "value" in fields;
-      inputBox.textContent = prettyJson(wellKnown ? fields.value : fields);
+      inputBox.textContent = inputJson(input);
     }, (err) => {
       if (err && err.name === "AbortError") return;
       inputBox.textContent = `The input cannot be shown: ${err}`;
@@ -1356,6 +1443,8 @@
     clear(dl);
     addMeta(dl, "Kind", m.kind);
     addMeta(dl, "State", m.state);
+    addMeta(dl, "Schedule", m.schedule && h("a", { href: schedHref(m.schedule), text: m.schedule }), "meta-schedule");
+    addMeta(dl, "Fire time", m.fireTime && timeEl(m.fireTime), "meta-fire-time");
     addMeta(dl, "Created", m.createTime && timeEl(m.createTime));
     addMeta(dl, "Started", m.startTime && timeEl(m.startTime));
     addMeta(dl, "Updated", m.updateTime && timeEl(m.updateTime));
@@ -1400,6 +1489,372 @@
     } catch (_) {
       note.textContent = "Copy failed: select the text and copy it by hand.";
     }
+  }
+
+  // ===================================================================== page: schedules
+
+  /** How a schedule's run stands: its state (QUEUED, RUNNING, SUCCEEDED), or its error's code name. */
+  function runBadge(run) {
+    let state = run.state && run.state !== "STATE_UNSPECIFIED" ? run.state : (run.done ? "SUCCEEDED" : "RUNNING");
+    let text = state;
+    if (run.error) {
+      text = codeName(run.error.code);
+      state = text === "CANCELLED" ? "CANCELLED" : "FAILED";
+    }
+    return h("span", {
+      class: "badge", "data-state": state, "data-testid": "run-outcome",
+      title: run.error ? run.error.message || "" : null, text,
+    });
+  }
+
+  /** A run's operation as a link, or why there is none (a fire that could not start one). */
+  function runLink(run) {
+    if (!run.operation) return h("span", { class: "hint", text: "not started" });
+    return h("a", { href: opHref(run.operation), class: "mono", title: run.operation, "data-testid": "run-link", text: shortId(run.operation) });
+  }
+
+  /** The "Last run" of a schedule: outcome, operation, fire time, and whether Run now started it. */
+  function lastRun(s) {
+    const run = (s.recentRuns || [])[0];
+    if (!run) return h("span", { class: "muted", text: "—" });
+    return h("span", { class: "last-run" }, runBadge(run), " ", runLink(run), " ", timeEl(run.fireTime),
+      run.triggered ? h("span", { class: "hint", "data-testid": "run-triggered", text: " · triggered" }) : null);
+  }
+
+  /**
+   * Pauses a schedule (asking for a note), resumes it or starts a run now (asking first).
+   * Resolves with the schedule as it is afterwards, or null when declined or failed (the
+   * failure is on the banner).
+   */
+  async function scheduleAction(ctx, s, action) {
+    const path = `/v1/schedules/${encodeURIComponent(schedId(s.name))}`;
+    try {
+      if (action === "pause") {
+        const note = await promptAction({
+          title: `Pause ${s.name}?`,
+          message: "It stops firing until resumed; the fires meanwhile are not run later.",
+          label: "Note (optional): why it is paused",
+          value: s.note || "",
+          ok: "Pause",
+        });
+        if (note === null || ctx.signal.aborted) return null;
+        return await api("POST", path + ":pause", { note }, ctx.signal);
+      }
+      if (action === "resume") return await api("POST", path + ":resume", {}, ctx.signal);
+      const kind = (s.task && s.task.kind) || "";
+      const ok = await confirmAction({
+        title: `Run ${s.name} now?`,
+        message: `One ${kind} operation starts now, whatever the calendar, pause or overlap policy say; the schedule's own fires go on as before.`,
+        ok: "Run now",
+        danger: false,
+      });
+      if (!ok || ctx.signal.aborted) return null;
+      await api("POST", path + ":trigger", { requestId: uuid() }, ctx.signal);
+      return await api("GET", path, undefined, ctx.signal);
+    } catch (err) {
+      if (!ctx.signal.aborted) reportError(err);
+      return null;
+    }
+  }
+
+  /** The Pause, Resume and Run now buttons of a schedule; `onChange` gets it after an action. */
+  function scheduleButtons(ctx, onChange) {
+    let sched = null; // as last shown
+    const pause = h("button", { type: "button", "data-testid": "sched-pause", text: "Pause", hidden: true, onclick: () => act("pause") });
+    const resume = h("button", { type: "button", "data-testid": "sched-resume", text: "Resume", hidden: true, onclick: () => act("resume") });
+    const trigger = h("button", { type: "button", "data-testid": "sched-trigger", text: "Run now", onclick: () => act("trigger") });
+    const nodes = [pause, resume, trigger];
+    async function act(action) {
+      if (!sched) return;
+      nodes.forEach((b) => { b.disabled = true; });
+      try {
+        const fresh = await scheduleAction(ctx, sched, action);
+        if (fresh && !ctx.signal.aborted) onChange(fresh);
+      } finally {
+        nodes.forEach((b) => { b.disabled = false; });
+      }
+    }
+    return {
+      nodes,
+      /** Shows the buttons that apply to `s`. */
+      show(s) {
+        sched = s;
+        pause.hidden = !!s.paused;
+        resume.hidden = !s.paused;
+      },
+    };
+  }
+
+  function schedulesPage(ctx, main) {
+    document.title = "Schedules · oprun";
+    setConn("ready");
+    const mayChange = can("submit");
+    const st = {
+      rows: new Map(), // name → { tr, cells, buttons }
+      tokens: [], // page tokens of the pages before this one ("" for the first)
+      token: "", // this page's token
+      next: "",
+      load: 0, // the latest load: an older one answering late is dropped
+      loading: false,
+    };
+    const error = h("p", { class: "field-error", role: "alert", "data-testid": "schedules-error" });
+    const tbody = h("tbody");
+    const cols = mayChange ? 7 : 6;
+    const table = h("table", { "data-testid": "schedules-table" },
+      h("thead", {}, h("tr", {},
+        h("th", { text: "Name" }), h("th", { text: "Spec" }), h("th", { text: "Kind" }),
+        h("th", { text: "Next run" }), h("th", { text: "Last run" }),
+        h("th", { class: "num", title: "operations started / fires skipped", text: "Started / skipped" }),
+        mayChange ? h("th", { text: "Actions" }) : null)),
+      tbody);
+    const pageInfo = h("span", { class: "muted", "data-testid": "page-info" });
+    const prevBtn = h("button", { type: "button", "data-testid": "prev-page", text: "Previous page", disabled: true, onclick: () => go(st.tokens.pop() || "") });
+    const nextBtn = h("button", { type: "button", "data-testid": "next-page", text: "Next page", disabled: true, onclick: () => { st.tokens.push(st.token); go(st.next); } });
+    main.append(h("h1", { text: "Schedules" }), error,
+      h("div", { class: "table-wrap" }, table),
+      h("div", { class: "pager" }, prevBtn, nextBtn, pageInfo));
+
+    function go(token) {
+      st.token = token;
+      prevBtn.disabled = st.tokens.length === 0;
+      nextBtn.disabled = true;
+      load();
+    }
+
+    async function load() {
+      const n = ++st.load;
+      st.loading = true;
+      const q = new URLSearchParams({ pageSize: String(PAGE_SIZE) });
+      if (st.token) q.set("pageToken", st.token);
+      try {
+        const res = await api("GET", "/v1/schedules?" + q, undefined, ctx.signal);
+        if (n !== st.load) return;
+        error.textContent = "";
+        st.next = res.nextPageToken || "";
+        show(res.schedules || []);
+      } catch (err) {
+        if (n !== st.load || ctx.signal.aborted || err.status === "UNAUTHENTICATED") return;
+        if (err.status === "PERMISSION_DENIED") showBanner(String(err));
+        error.textContent = String(err);
+      } finally {
+        if (n === st.load) st.loading = false;
+      }
+    }
+
+    /** Puts the page's schedules on screen, updating the rows already there in place. */
+    function show(list) {
+      const names = new Set(list.map((s) => s.name));
+      for (const [name, row] of st.rows) {
+        if (names.has(name)) continue;
+        row.tr.remove();
+        st.rows.delete(name);
+      }
+      const empty = tbody.querySelector("td.empty");
+      if (empty) empty.parentElement.remove();
+      list.forEach((s, i) => {
+        let row = st.rows.get(s.name);
+        if (row) fillRow(row, s);
+        else st.rows.set(s.name, (row = makeRow(s)));
+        // Moved only when out of place, so that a focused button keeps its focus.
+        if (tbody.children[i] !== row.tr) tbody.insertBefore(row.tr, tbody.children[i] || null);
+      });
+      if (list.length === 0) {
+        tbody.append(h("tr", {}, h("td", {
+          class: "empty", colspan: cols,
+          text: st.token ? "No more schedules." : "No schedules yet: `oprun schedule create` makes one.",
+        })));
+      }
+      pageInfo.textContent = `Page ${st.tokens.length + 1} · ${list.length} shown`;
+      prevBtn.disabled = st.tokens.length === 0;
+      nextBtn.disabled = !st.next;
+    }
+
+    /** A row for a schedule: the link and buttons stay, the other cells follow refreshes. */
+    function makeRow(s) {
+      const tr = h("tr", { "data-name": s.name });
+      const cells = ["sched-spec", "sched-kind", "sched-next", "sched-last", "sched-runs"].map((t) => h("td", { "data-testid": t }));
+      const buttons = scheduleButtons(ctx, (fresh) => {
+        const row = st.rows.get(fresh.name);
+        if (row) fillRow(row, fresh);
+        load(); // also drops the answer of a read that started before the action
+      });
+      append(tr, [
+        h("td", { class: "mono" }, h("a", { href: schedHref(s.name), "data-testid": "sched-link", text: schedId(s.name) })),
+        cells,
+        mayChange ? h("td", {}, h("div", { class: "row-actions" }, buttons.nodes)) : null,
+      ]);
+      const row = { tr, cells, buttons };
+      fillRow(row, s);
+      return row;
+    }
+
+    function fillRow(row, s) {
+      const [spec, kind, next, last, runs] = row.cells;
+      row.tr.dataset.paused = s.paused ? "true" : "false";
+      spec.className = "mono";
+      spec.textContent = specText(s);
+      kind.textContent = (s.task && s.task.kind) || "";
+      clear(next);
+      if (s.paused) {
+        next.className = "wrap";
+        append(next, [h("span", { class: "badge", "data-state": "PAUSED", title: s.note || null, text: "paused" }),
+          s.note ? h("span", { class: "cell-note", "data-testid": "sched-note", text: s.note }) : null]);
+      } else {
+        next.className = "";
+        next.append(timeEl(s.nextRunTime));
+      }
+      clear(last).append(lastRun(s));
+      runs.className = "num";
+      runs.title = `${toInt(s.startedRuns)} started, ${toInt(s.skippedRuns)} skipped`;
+      runs.textContent = `${toInt(s.startedRuns)} / ${toInt(s.skippedRuns)}`;
+      row.buttons.show(s);
+    }
+
+    go("");
+    // A refresh still on its way is not doubled (a page change still supersedes it).
+    ctx.every(SCHEDULE_REFRESH_MS, () => { if (!st.loading) load(); });
+  }
+
+  function schedulePage(ctx, main, id) {
+    const name = "schedules/" + id;
+    const path = `/v1/schedules/${encodeURIComponent(id)}`;
+    document.title = `${id} · Schedules · oprun`;
+    setConn("ready");
+    let loads = 0; // the latest read: an older one answering late is dropped
+    let loading = false;
+    let gone = false;
+
+    const stateSlot = h("span", { "data-testid": "sched-state" });
+    const kindEl = h("span", { class: "muted", "data-testid": "sched-kind" });
+    const error = h("p", { class: "field-error", role: "alert", "data-testid": "sched-error" });
+    const buttons = scheduleButtons(ctx, (s) => {
+      loads++; // a read that started before the action is out of date
+      show(s);
+    });
+    const deleteBtn = h("button", { type: "button", "data-testid": "sched-delete", text: "Delete", hidden: !can("delete"), onclick: onDelete });
+    const readOnly = h("span", { class: "hint", hidden: can("submit"), text: `Read only: the role ${session.caller ? session.caller.role : ""} cannot change schedules.` });
+    const specList = h("dl", { class: "meta", "data-testid": "sched-meta" });
+    const taskList = h("dl", { class: "meta", "data-testid": "sched-task" });
+    const inputHead = h("h2", { text: "Input" });
+    const inputBox = h("pre", { class: "json", "data-testid": "sched-input", tabindex: "0" });
+    const runsBody = h("tbody");
+    const raw = h("pre", { class: "json", "data-testid": "raw-json", tabindex: "0" });
+    const copyBtn = h("button", { type: "button", "data-testid": "btn-copy", text: "Copy" });
+    const copied = h("span", { class: "muted", role: "status" });
+    copyBtn.addEventListener("click", () => copyText(raw.textContent, copied));
+    // Shown once the schedule is read.
+    const content = h("div", { hidden: true },
+      h("section", { class: "panel" },
+        h("div", { class: "actions" }, can("submit") ? buttons.nodes : null, deleteBtn, readOnly,
+          h("span", { class: "spacer" }),
+          h("a", { href: schedRunsHref(name), class: "button", "data-testid": "sched-all-runs", text: "All runs" }))),
+      h("div", { class: "two-col" },
+        h("section", { class: "panel" }, h("h2", { text: "Schedule" }), specList),
+        h("section", { class: "panel" }, h("h2", { text: "Task" }), taskList, inputHead, inputBox)),
+      h("section", {},
+        h("h2", { text: "Recent runs" }),
+        h("div", { class: "table-wrap" }, h("table", { "data-testid": "sched-runs-table" },
+          h("thead", {}, h("tr", {}, h("th", { text: "Fire time" }), h("th", { text: "Operation" }),
+            h("th", { text: "Outcome" }), h("th", { text: "Started by" }))),
+          runsBody))),
+      h("section", { class: "panel" },
+        h("div", { class: "section-head" }, h("h2", { text: "Raw schedule" }), copied, copyBtn),
+        raw));
+
+    main.append(
+      h("p", {}, h("a", { href: "#/schedules", text: "← Schedules" })),
+      h("div", { class: "detail-head" }, h("h1", { "data-testid": "sched-name", text: name }), kindEl, stateSlot),
+      error,
+      content);
+
+    function show(s) {
+      const task = s.task || {};
+      const state = s.paused ? "PAUSED" : "ACTIVE";
+      kindEl.textContent = task.kind || "";
+      if (stateSlot.textContent !== state.toLowerCase()) {
+        clear(stateSlot).append(h("span", { class: "badge", "data-state": state, text: state.toLowerCase() }));
+      }
+      buttons.show(s);
+
+      clear(specList);
+      addMeta(specList, "Spec", h("code", { text: s.cron || (s.interval ? "every " + durText(s.interval) : "—") }), "sched-spec");
+      if (s.cron) addMeta(specList, "Time zone", s.timeZone || "UTC", "sched-zone");
+      const policy = s.overlapPolicy || "SKIP";
+      addMeta(specList, "Overlap policy", `${policy}: ${OVERLAP_TEXT[policy] || ""}`, "sched-overlap");
+      addMeta(specList, "Catch-up window", catchupText(s.catchupWindow), "sched-catchup");
+      addMeta(specList, "Next run", s.paused ? "none while paused" : timeEl(s.nextRunTime), "sched-next");
+      addMeta(specList, "Note", s.note, "sched-note");
+      addMeta(specList, "Buffered run", s.bufferedRunTime && timeEl(s.bufferedRunTime), "sched-buffered");
+      addMeta(specList, "Started runs", String(toInt(s.startedRuns)), "sched-started");
+      addMeta(specList, "Skipped fires", String(toInt(s.skippedRuns)), "sched-skipped");
+      addMeta(specList, "Created", s.createTime && timeEl(s.createTime));
+      addMeta(specList, "Updated", s.updateTime && timeEl(s.updateTime));
+
+      clear(taskList);
+      addMeta(taskList, "Kind", task.kind);
+      addMeta(taskList, "Priority", task.priority ? String(task.priority) : "");
+      addMeta(taskList, "Timeout", task.timeout && durText(task.timeout));
+      addMeta(taskList, "Concurrency key", task.concurrencyKey && h("code", { text: task.concurrencyKey }));
+      addMeta(taskList, "Max attempts", task.retryPolicy && task.retryPolicy.maxAttempts ? String(task.retryPolicy.maxAttempts) : "");
+      inputHead.textContent = "Input" + (task.input && task.input["@type"] ? " · " + typeName(task.input) : "");
+      inputBox.textContent = inputJson(task.input);
+
+      const runs = s.recentRuns || [];
+      clear(runsBody);
+      if (runs.length === 0) runsBody.append(h("tr", {}, h("td", { class: "empty", colspan: 4, text: "No runs yet." })));
+      for (const run of runs) {
+        runsBody.append(h("tr", { "data-operation": run.operation || "", "data-triggered": run.triggered ? "true" : "false" },
+          h("td", {}, timeEl(run.fireTime)),
+          h("td", {}, runLink(run)),
+          h("td", {}, runBadge(run), run.error && run.error.message ? h("span", { class: "hint", text: " " + run.error.message }) : null),
+          h("td", { text: run.triggered ? "Run now (triggered)" : "its calendar" })));
+      }
+      raw.textContent = prettyJson(s);
+      content.hidden = false;
+    }
+
+    async function load() {
+      if (loading || gone) return;
+      const n = ++loads;
+      loading = true;
+      try {
+        const s = await api("GET", path, undefined, ctx.signal);
+        if (n !== loads) return;
+        error.textContent = "";
+        show(s);
+      } catch (err) {
+        if (n !== loads || ctx.signal.aborted || err.status === "UNAUTHENTICATED") return;
+        if (err.status === "PERMISSION_DENIED") showBanner(String(err));
+        if (err.status === "NOT_FOUND") {
+          gone = true; // deleted, or never was: reading it again will not help
+          document.title = "Not found · oprun";
+          content.hidden = true;
+        }
+        error.textContent = String(err);
+      } finally {
+        loading = false;
+      }
+    }
+
+    async function onDelete() {
+      const ok = await confirmAction({ title: "Delete this schedule?", message: `${name} stops firing and is removed for good; the operations it started stay.`, ok: "Delete schedule" });
+      if (!ok) return;
+      try {
+        await api("DELETE", path, undefined, ctx.signal);
+        navigate("#/schedules");
+      } catch (err) {
+        reportError(err);
+      }
+    }
+
+    load();
+    ctx.every(SCHEDULE_REFRESH_MS, load);
+  }
+
+  /** A catch-up window: unset means one minute; zero, that missed fires are always skipped. */
+  function catchupText(d) {
+    if (!d) return "1m (default)";
+    return toInt(String(d).replace(/s$/, "")) === 0 ? "0s: missed fires are skipped" : durText(d);
   }
 
   // ===================================================================== page: kinds and submit
