@@ -13,6 +13,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use futures::StreamExt;
 use tracing::{info, warn, Instrument};
 
 use super::{Runner, Submission};
@@ -27,6 +28,9 @@ use crate::store::{from_micros, micros, ScheduleRow};
 
 /// The most due schedules one pass of the fire loop reads.
 const DUE_BATCH: usize = 100;
+
+/// How many due schedules one node acts on at once.
+const CONCURRENT_FIRES: usize = 32;
 
 /// On a store other nodes share, the longest the fire loop sleeps: a schedule another node
 /// created or changed is seen within it.
@@ -493,11 +497,19 @@ impl Runner {
             .await?;
         // After acting on some, their next wake times are read again at once.
         let acted = !due.due.is_empty();
+        // Several at once: their writes share the store's commits.
+        let results: Vec<(String, Result<(), Error>)> = futures::stream::iter(due.due)
+            .map(|row| {
+                let name = format!("{NAME_PREFIX}{}", row.id);
+                let span = tracing::info_span!("schedule", schedule = %name);
+                async move { (name, self.act_on(row).instrument(span).await) }
+            })
+            .buffer_unordered(CONCURRENT_FIRES)
+            .collect()
+            .await;
         let mut failed = None;
-        for row in due.due {
-            let name = format!("{NAME_PREFIX}{}", row.id);
-            let span = tracing::info_span!("schedule", schedule = %name);
-            if let Err(e) = self.act_on(row).instrument(span).await {
+        for (name, result) in results {
+            if let Err(e) = result {
                 warn!(schedule = %name, error = %e, "schedule: fire not done; trying again");
                 failed = Some(e);
             }
