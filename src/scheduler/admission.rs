@@ -226,7 +226,13 @@ impl Runner {
                 ),
             ));
         }
-        let request_id = check_request_id(&request_id)?;
+        // A fire's request id (`schedule/…`) is made by the fire loop in a form no client's
+        // passes the check, so that no client can take a fire's place.
+        let request_id = if schedule.is_empty() || !is_fire_request_id(&request_id) {
+            check_request_id(&request_id)?
+        } else {
+            Some(request_id)
+        };
         check_priority(priority)?;
         let unique_key = check_key("unique_key", unique_key)?;
         let concurrency_key = check_key("concurrency_key", concurrency_key)?;
@@ -524,7 +530,19 @@ fn narrow_retry(
     })
 }
 
-fn check_request_id(request_id: &str) -> Result<Option<String>, Error> {
+/// The request id of a schedule's fire: `schedule/{id}/{fire time in µs}` (a `/` is in no
+/// client's request id).
+pub(super) fn fire_request_id(schedule_id: &str, fire: std::time::SystemTime) -> String {
+    format!("schedule/{schedule_id}/{}", crate::store::micros(fire))
+}
+
+/// Whether a request id is a fire's (see [`fire_request_id`]).
+fn is_fire_request_id(request_id: &str) -> bool {
+    request_id.starts_with("schedule/") && request_id.len() <= MAX_REQUEST_ID_LEN
+}
+
+/// A client's request id, checked.
+pub(super) fn check_request_id(request_id: &str) -> Result<Option<String>, Error> {
     if request_id.is_empty() {
         return Ok(None);
     }

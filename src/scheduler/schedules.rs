@@ -55,18 +55,12 @@ const UPDATABLE: [&str; 8] = [
     "note",
 ];
 
-/// The request id of the operation a fire starts: the same for every start of one fire.
-fn fire_request_id(id: &str, fire: SystemTime) -> String {
-    format!("schedule:{id}:{}", micros(fire))
-}
-
 /// Errors a fire cannot get past by trying again (the run records them); others (a full
 /// queue, a store out of reach, shutting down) leave the fire pending.
 fn is_permanent(e: &Error) -> bool {
     matches!(
         e,
         Error::InvalidArgument { .. }
-            | Error::PermissionDenied { .. }
             | Error::InputRefused { .. }
             | Error::FailedPrecondition { .. }
             | Error::AlreadyExists { .. }
@@ -156,10 +150,13 @@ impl Runner {
             pending: None,
         };
         restart_calendar(&mut stored, now)?;
+        // Versions start at the creation time (µs), not 1: a schedule deleted and created
+        // again under its id never shows a version a stale writer of the old one expects.
+        let version = micros(now).max(1);
         if !self
             .shared
             .store
-            .put_schedule(&stored.row(&id, 1, now), None)
+            .put_schedule(&stored.row(&id, version, now), None)
             .await?
         {
             return Err(Error::ScheduleExists { name });
@@ -232,6 +229,8 @@ impl Runner {
                 let current = stored.schedule_mut();
                 merge(current, schedule.clone(), &paths);
                 current.update_time = Some(stamp(now));
+                // The next fire moves only when the calendar changes or the schedule is paused
+                // or resumed: a fire due meanwhile is not dropped by an unrelated change.
                 let spec_changed = current.cron != before.cron
                     || current.interval != before.interval
                     || current.time_zone != before.time_zone
@@ -284,19 +283,29 @@ impl Runner {
     }
 
     /// Resumes a paused schedule, with `note` as its note (empty: none): it fires from the
-    /// first fire time after now.
+    /// first fire time after now (a schedule that was not paused keeps its next fire).
     ///
     /// # Errors
-    /// As [`pause_schedule`](Self::pause_schedule).
-    pub async fn resume_schedule(&self, name: &str, note: &str) -> Result<Schedule, Error> {
+    /// As [`pause_schedule`](Self::pause_schedule); PERMISSION_DENIED when `role` may not
+    /// start the schedule's kind.
+    pub async fn resume_schedule(
+        &self,
+        name: &str,
+        note: &str,
+        role: Option<crate::auth::Role>,
+    ) -> Result<Schedule, Error> {
         let note = note.to_owned();
         let stored = self
-            .change_schedule(name, None, |stored, now| {
+            .change_schedule(name, role, |stored, now| {
                 let schedule = stored.schedule_mut();
+                let was_paused = schedule.paused;
                 schedule.paused = false;
                 schedule.note.clone_from(&note);
                 schedule.update_time = Some(stamp(now));
-                restart_calendar(stored, now)
+                if was_paused {
+                    restart_calendar(stored, now)?;
+                }
+                Ok(())
             })
             .await?;
         info!(schedule = %name, "schedule resumed");
@@ -317,6 +326,8 @@ impl Runner {
         role: Option<crate::auth::Role>,
     ) -> Result<OperationRecord, Error> {
         let (_, stored) = self.read_schedule(name).await?;
+        // A client's request id, checked as SubmitTask checks it (a fire's id is no client's).
+        let request_id = super::admission::check_request_id(&request_id)?.unwrap_or_default();
         let now = self.now();
         let schedule = stored.schedule();
         let mut submission = submission(
@@ -328,7 +339,7 @@ impl Runner {
         .map_err(in_task)?;
         submission.traceparent = traceparent;
         submission.role = role;
-        let record = self.submit(submission).await?;
+        let record = self.submit(submission).await.map_err(in_task)?;
         let operation = record.id.name();
         let fire = record.fire_time.unwrap_or(now);
         let recorded = self
@@ -392,8 +403,9 @@ impl Runner {
     }
 
     /// Reads the schedule, applies `change` and writes it fenced, again while other writers
-    /// win; checks what it would write first: its spec, and a changed task as a submission
-    /// by `role`.
+    /// win; checks what it would write first: its spec, and (with a caller's `role`, and
+    /// whenever the task changed) its task as a submission by that role: a caller who may not
+    /// start the task's kind may not make the schedule start it either.
     async fn change_schedule(
         &self,
         name: &str,
@@ -406,7 +418,7 @@ impl Runner {
             let before_task = stored.schedule().task.clone();
             change(&mut stored, now)?;
             stored::check(stored.schedule())?;
-            if stored.schedule().task != before_task {
+            if role.is_some() || stored.schedule().task != before_task {
                 self.check_schedule(stored.schedule(), role).await?;
             }
             let next = stored.row(&row.id, row.version + 1, now);
@@ -533,7 +545,25 @@ impl Runner {
             let skipped_before = stored.schedule().skipped_runs;
             let mut started = None;
             if let Some(fire) = stored.pending {
-                let run = self.start_fire(&row.id, &stored, timestamp(&fire)).await?;
+                // Read again just before the start: a row read before a long wait may be one
+                // whose fire another node started, recorded and (its operation deleted since)
+                // left no request id to answer a second start.
+                match self.shared.store.schedule(&row.id).await? {
+                    Some(fresh) if fresh.version == row.version => {}
+                    Some(fresh) if fresh.wake.is_some_and(|wake| wake <= micros(now)) => {
+                        row = fresh;
+                        continue;
+                    }
+                    _ => return Ok(()),
+                }
+                let run = match self.start_fire(&row.id, &stored, timestamp(&fire)).await {
+                    Ok(run) => run,
+                    Err(e) => {
+                        // It stays pending; the others due are not held back behind it.
+                        self.postpone(&row, now).await;
+                        return Err(e);
+                    }
+                };
                 started = Some(if run.operation.is_empty() {
                     "failed"
                 } else {
@@ -580,21 +610,53 @@ impl Runner {
         Ok(())
     }
 
-    /// Whether the schedule's latest run is still going (an operation that cannot be found
-    /// any more is not).
-    async fn previous_running(&self, stored: &Stored) -> Result<bool, Error> {
-        let Some(run) = stored.schedule().recent_runs.first() else {
-            return Ok(false);
+    /// Leaves a schedule whose pending fire could not start now (a full queue, a store out
+    /// of reach) for [`FAILED_PAUSE`]: its wake moves on, so that the fire loop's next passes
+    /// read the schedules due behind it. Best effort: a write that fails leaves it as it is.
+    async fn postpone(&self, row: &ScheduleRow, now: SystemTime) {
+        let Some(later) = time::add(now, FAILED_PAUSE) else {
+            return;
         };
-        let Ok(id) = OperationId::parse_name(&run.operation) else {
-            return Ok(false);
+        let postponed = ScheduleRow {
+            wake: Some(micros(later)),
+            version: row.version + 1,
+            ..row.clone()
         };
-        Ok(self
+        if let Err(e) = self
             .shared
             .store
-            .get(&id)
-            .await?
-            .is_some_and(|r| !r.is_done()))
+            .put_schedule(&postponed, Some(row.version))
+            .await
+        {
+            warn!(schedule = %row.id, error = %e, "could not postpone a fire that failed to start");
+        }
+    }
+
+    /// The schedule's recent runs that are not done (an operation that cannot be found any
+    /// more is done): what the overlap policy calls the previous run, however many there
+    /// are (a triggered run among them).
+    async fn unfinished_runs(&self, stored: &Stored) -> Result<Vec<OperationRecord>, Error> {
+        let mut unfinished = Vec::new();
+        for run in &stored.schedule().recent_runs {
+            let Ok(id) = OperationId::parse_name(&run.operation) else {
+                continue;
+            };
+            if let Some(record) = self.shared.store.get(&id).await? {
+                if !record.is_done() {
+                    unfinished.push(record);
+                }
+            }
+        }
+        Ok(unfinished)
+    }
+
+    /// Whether a run of the schedule is still going.
+    async fn previous_running(&self, stored: &Stored) -> Result<bool, Error> {
+        let policy = stored::overlap_policy(stored.schedule());
+        if policy == OverlapPolicy::Allow && stored.schedule().buffered_run_time.is_none() {
+            return Ok(false);
+        }
+        Ok(!self.unfinished_runs(stored).await?.is_empty())
     }
 
     /// Starts the operation of a decided fire (the same one however often it is called for
@@ -609,16 +671,14 @@ impl Runner {
     ) -> Result<ScheduleRun, Error> {
         let schedule = stored.schedule();
         if stored::overlap_policy(schedule) == OverlapPolicy::CancelPrevious {
-            if let Some(previous) = schedule.recent_runs.first() {
-                if let Ok(previous) = OperationId::parse_name(&previous.operation) {
-                    match self.cancel(&previous).await {
-                        Ok(()) | Err(Error::NotFound { .. }) => {}
-                        Err(e) => return Err(e),
-                    }
+            for previous in self.unfinished_runs(stored).await? {
+                match self.cancel_from(previous).await {
+                    Ok(()) | Err(Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
                 }
             }
         }
-        let request_id = fire_request_id(id, fire);
+        let request_id = super::admission::fire_request_id(id, fire);
         let task = schedule.task.clone().unwrap_or_default();
         let started = match submission(&task, &schedule.name, fire, request_id.clone()) {
             Ok(submission) => self.submit(submission).await,
@@ -637,7 +697,16 @@ impl Runner {
             }
             Err(e) if is_permanent(&e) => {
                 // The same fire started before under a task since changed: that one stands.
-                if let Some(record) = self.shared.store.find_request(&request_id).await? {
+                let earlier = self
+                    .shared
+                    .store
+                    .find_request(&request_id)
+                    .await?
+                    .filter(|r| {
+                        r.schedule.as_deref() == Some(schedule.name.as_str())
+                            && r.fire_time == Some(fire)
+                    });
+                if let Some(record) = earlier {
                     run.operation = record.id.name();
                 } else {
                     warn!(schedule = %schedule.name, error = %e, "fire could not start");
@@ -679,9 +748,7 @@ fn restart_calendar(stored: &mut Stored, now: SystemTime) -> Result<(), Error> {
     let next = if stored.schedule().paused {
         None
     } else {
-        stored::calendar_of(stored.schedule())?
-            .next_after(now)
-            .map(stamp)
+        stored::next_fire(&stored::calendar_of(stored.schedule())?, now).map(stamp)
     };
     stored.schedule_mut().next_run_time = next;
     Ok(())

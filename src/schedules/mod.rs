@@ -20,7 +20,7 @@
 pub mod calendar;
 pub mod cron;
 pub(crate) mod plan;
-pub(crate) mod stored;
+pub mod stored;
 
 use std::time::Duration;
 
@@ -47,6 +47,9 @@ pub const FIRE_GRACE: Duration = Duration::from_secs(5);
 
 /// The shortest interval.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The longest interval (a cron spec says what longer periods mean: `@yearly`).
+pub const MAX_INTERVAL: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// The longest note.
 pub const MAX_NOTE_LEN: usize = 1024;

@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::calendar::Calendar;
-use super::stored::{catchup_window, overlap_policy, stamp, timestamp, Stored};
+use super::stored::{catchup_window, next_fire, overlap_policy, stamp, timestamp, Stored};
 use super::{FIRE_GRACE, MAX_RECENT_RUNS};
 use crate::proto::oprun::v1::schedule::OverlapPolicy;
 use crate::proto::oprun::v1::ScheduleRun;
@@ -50,15 +50,8 @@ pub fn decide(
     let before_next = next
         .checked_sub(Duration::from_micros(1))
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let (due, mut latest) = calendar.fires_between(before_next, now, MAX_COUNTED);
-    if due >= MAX_COUNTED {
-        // Too many to walk to the latest: look for it within the window only.
-        let recent_from = now
-            .checked_sub(window)
-            .unwrap_or(before_next)
-            .max(before_next);
-        latest = calendar.fires_between(recent_from, now, MAX_COUNTED).1;
-    }
+    // Counted up to a bound; the latest is found however many there are.
+    let (due, latest) = calendar.fires_between(before_next, now, MAX_COUNTED);
     let latest = latest.unwrap_or(next);
     let on_time = now.duration_since(latest).unwrap_or_default() <= window;
     let mut skipped = due.saturating_sub(u64::from(on_time));
@@ -81,7 +74,7 @@ pub fn decide(
     schedule.skipped_runs = schedule
         .skipped_runs
         .saturating_add(i64::try_from(skipped).unwrap_or(i64::MAX));
-    schedule.next_run_time = calendar.next_after(now).map(stamp);
+    schedule.next_run_time = next_fire(calendar, now).map(stamp);
     true
 }
 

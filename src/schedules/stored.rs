@@ -7,7 +7,7 @@ use prost_types::Timestamp;
 
 use super::calendar::{self, Calendar};
 use super::cron::Cron;
-use super::{DEFAULT_CATCHUP_WINDOW, MAX_CATCHUP_WINDOW, MAX_NOTE_LEN, MIN_INTERVAL};
+use super::{DEFAULT_CATCHUP_WINDOW, MAX_CATCHUP_WINDOW, MAX_INTERVAL, MAX_NOTE_LEN, MIN_INTERVAL};
 use crate::error::Error;
 use crate::model::time;
 use crate::proto::oprun::v1::schedule::OverlapPolicy;
@@ -100,7 +100,12 @@ impl Stored {
     }
 }
 
-/// A stored time (written by this module, so within range).
+/// The first fire after `after` that a `Timestamp` can show (none past 9999-12-31).
+pub fn next_fire(calendar: &Calendar, after: SystemTime) -> Option<SystemTime> {
+    calendar.next_after(after).filter(|t| *t <= time::latest())
+}
+
+/// A stored time (written by this module through [`stamp`], so within range).
 pub fn timestamp(t: &Timestamp) -> SystemTime {
     time::timestamp(t).unwrap_or(SystemTime::UNIX_EPOCH)
 }
@@ -138,13 +143,15 @@ pub fn calendar_of(schedule: &Schedule) -> Result<Calendar, Error> {
                     format!("interval is not a valid duration: {e}"),
                 )
             })?;
-            if every < MIN_INTERVAL {
+            if every < MIN_INTERVAL || every > MAX_INTERVAL {
                 return Err(Error::invalid_argument(
                     "schedule.interval",
                     format!(
-                        "interval is {} ms; it must be at least {} s",
+                        "interval is {} ms; it must be at least {} s and at most {} days (use a \
+                         cron spec such as @yearly for longer)",
                         every.as_millis(),
-                        MIN_INTERVAL.as_secs()
+                        MIN_INTERVAL.as_secs(),
+                        MAX_INTERVAL.as_secs() / 86_400
                     ),
                 ));
             }
@@ -262,6 +269,16 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("at least 1 s"));
+        let long = every(300_000_000_000);
+        assert!(check(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("at most 366 days"));
+        let far = Calendar::Interval {
+            every: Duration::from_secs(366 * 24 * 3600),
+            anchor: SystemTime::UNIX_EPOCH,
+        };
+        assert_eq!(next_fire(&far, time::latest()), None, "none past 9999");
         let zoned = Schedule {
             time_zone: "Europe/Paris".into(),
             ..every(60)

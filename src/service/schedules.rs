@@ -18,6 +18,9 @@ use crate::scheduler::Runner;
 /// follows), so that a token of another list is refused.
 const TOKEN_PREFIX: &str = "schedules:";
 
+/// The largest ListSchedules page.
+const MAX_PAGE_SIZE: usize = 100;
+
 /// The ScheduleService over a [`Runner`].
 #[derive(Clone)]
 pub struct ScheduleApi {
@@ -94,7 +97,8 @@ impl ScheduleService for ScheduleApi {
         request: Request<ListSchedulesRequest>,
     ) -> Result<Response<ListSchedulesResponse>, Status> {
         let request = request.into_inner();
-        let limit = super::page_size(request.page_size)?;
+        // At most 100 a page: each schedule's recent runs are read with it.
+        let limit = super::page_size(request.page_size)?.min(MAX_PAGE_SIZE);
         let after = after(&request.page_token)?;
         // One more than the page tells whether another follows.
         let mut schedules = self
@@ -166,7 +170,11 @@ impl ScheduleService for ScheduleApi {
     ) -> Result<Response<Schedule>, Status> {
         Ok(Response::new(
             self.runner
-                .resume_schedule(&request.get_ref().name, &request.get_ref().note)
+                .resume_schedule(
+                    &request.get_ref().name,
+                    &request.get_ref().note,
+                    super::caller_role(&request),
+                )
                 .await?,
         ))
     }

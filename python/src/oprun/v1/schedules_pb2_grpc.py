@@ -139,7 +139,8 @@ class ScheduleServiceServicer:
 
     def TriggerSchedule(self, request, context):
         """Starts one operation of the schedule now, whatever its calendar, pause or overlap
-        policy say; the schedule's own fires go on as before.
+        policy say (with the caller's role and request id). Its calendar goes on as before; the
+        run counts among the schedule's runs for the overlap policy of the next fires.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
