@@ -788,3 +788,61 @@ async fn a_fire_left_pending_by_a_dead_node_starts_once() {
         );
     }
 }
+
+/// A stored schedule this build refuses (its time zone gone from the tz database, made here by
+/// hand in the store) is left without a next fire instead of failing every pass of the fire
+/// loop, and can still be read and paused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_this_build_refuses_is_left_alone_and_can_be_paused() {
+    use oprun::schedules::stored::{stamp, Stored};
+    use oprun::store::sqlite::{SqliteOptions, SqliteStore};
+    use oprun::store::Store;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(
+        SqliteStore::open(&dir.path().join("data"), SqliteOptions::default()).unwrap(),
+    );
+    let now = SystemTime::now();
+    let stored = Stored {
+        schedule: Some(Schedule {
+            name: "schedules/old".into(),
+            task: every(1, 1, OverlapPolicy::Skip).task,
+            cron: "* * * * * *".into(),
+            time_zone: "Atlantis/Capital".into(),
+            next_run_time: Some(stamp(now - Duration::from_secs(1))),
+            ..Default::default()
+        }),
+        pending: None,
+    };
+    assert!(store
+        .put_schedule(&stored.row("old", 1, now), None)
+        .await
+        .unwrap());
+    let server = common::TestServer::start_on(dir, store, oprun::RunnerConfig::default()).await;
+    let channel = server.channel().await;
+    let mut shown = get(&channel, "schedules/old").await;
+    for _ in 0..100 {
+        if shown.next_run_time.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        shown = get(&channel, "schedules/old").await;
+    }
+    assert_eq!(shown.next_run_time, None, "left without a next fire");
+    assert!(runs(&channel, "schedules/old").await.is_empty());
+    let paused = pause(&channel, "schedules/old").await;
+    assert!(paused.paused);
+    let resumed = ScheduleServiceClient::new(channel.clone())
+        .resume_schedule(ResumeScheduleRequest {
+            name: "schedules/old".into(),
+            note: String::new(),
+        })
+        .await
+        .expect_err("its spec is refused when it would fire again");
+    assert_eq!(resumed.code(), tonic::Code::InvalidArgument);
+    assert!(
+        resumed.message().contains("Atlantis/Capital"),
+        "{}",
+        resumed.message()
+    );
+}

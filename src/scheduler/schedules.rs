@@ -270,12 +270,14 @@ impl Runner {
         let note = note.to_owned();
         let stored = self
             .change_schedule(name, None, |stored, now| {
+                stored::check_note(&note)?;
                 let schedule = stored.schedule_mut();
                 schedule.paused = true;
                 schedule.note.clone_from(&note);
                 schedule.update_time = Some(stamp(now));
-                stored::check(stored.schedule())?;
-                restart_calendar(stored, now)
+                // No calendar read: a schedule whose spec a later build refuses can be paused.
+                schedule.next_run_time = None;
+                Ok(())
             })
             .await?;
         info!(schedule = %name, "schedule paused");
@@ -415,9 +417,22 @@ impl Runner {
         for _ in 0..WRITE_TRIES {
             let (row, mut stored) = self.read_schedule(name).await?;
             let now = self.now();
-            let before_task = stored.schedule().task.clone();
+            let before = stored.schedule().clone();
             change(&mut stored, now)?;
-            stored::check(stored.schedule())?;
+            let after = stored.schedule();
+            let spec_changed = after.cron != before.cron
+                || after.interval != before.interval
+                || after.time_zone != before.time_zone
+                || after.overlap_policy != before.overlap_policy
+                || after.catchup_window != before.catchup_window
+                || (before.paused && !after.paused);
+            // The spec is judged when it changes or would fire again (a schedule whose spec
+            // a later build refuses can still be paused, noted and read).
+            if spec_changed {
+                stored::check(stored.schedule())?;
+            }
+            stored::check_note(&stored.schedule().note)?;
+            let before_task = before.task;
             if role.is_some() || stored.schedule().task != before_task {
                 self.check_schedule(stored.schedule(), role).await?;
             }
@@ -571,9 +586,19 @@ impl Runner {
                 });
                 plan::record_run(&mut stored, run);
             } else {
-                let calendar = stored.calendar()?;
-                let previous_running = self.previous_running(&stored).await?;
-                let decided = plan::decide(&mut stored, &calendar, now, previous_running);
+                let decided = match stored.calendar() {
+                    Ok(calendar) => {
+                        let previous_running = self.previous_running(&stored).await?;
+                        plan::decide(&mut stored, &calendar, now, previous_running)
+                    }
+                    Err(e) => {
+                        // A spec this build refuses (a zone gone from the tz database): no
+                        // next fire until it is updated, instead of an error every pass.
+                        warn!(schedule = %row.id, error = %e, "schedule left without a next fire");
+                        stored.schedule_mut().next_run_time = None;
+                        true
+                    }
+                };
                 if !decided && stored.wake(now).map(micros) == row.wake {
                     return Ok(());
                 }

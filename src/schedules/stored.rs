@@ -220,13 +220,18 @@ pub fn check(schedule: &Schedule) -> Result<(), Error> {
         ));
     }
     catchup_window(schedule)?;
-    if schedule.note.len() > MAX_NOTE_LEN {
+    check_note(&schedule.note)
+}
+
+/// Checks a note's length.
+///
+/// # Errors
+/// INVALID_ARGUMENT when it is longer than [`MAX_NOTE_LEN`] bytes.
+pub fn check_note(note: &str) -> Result<(), Error> {
+    if note.len() > MAX_NOTE_LEN {
         return Err(Error::invalid_argument(
             "schedule.note",
-            format!(
-                "note is {} bytes; the limit is {MAX_NOTE_LEN}",
-                schedule.note.len()
-            ),
+            format!("note is {} bytes; the limit is {MAX_NOTE_LEN}", note.len()),
         ));
     }
     Ok(())
