@@ -846,3 +846,39 @@ async fn a_schedule_this_build_refuses_is_left_alone_and_can_be_paused() {
         resumed.message()
     );
 }
+
+/// BUFFER_ONE keeps one fire while a run goes on and starts it when the run ends: runs of
+/// 2.5 s every second never overlap, each after the first is a fire kept while the one before
+/// ran (under SKIP it would be a fire after its end), and the fires beyond the one kept are
+/// skipped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffer_one_starts_the_kept_fire_when_the_run_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinServer::start_with(dir.path(), "127.0.0.1:0", &[], &[]);
+    let channel = server.channel().await;
+    let s = create(&channel, "kept", every(1, 2500, OverlapPolicy::BufferOne)).await;
+    let ops = wait_runs(&channel, &s.name, 3).await;
+    pause(&channel, &s.name).await;
+    // (fire time, start, end) of each run, in order.
+    let mut runs_seen = Vec::new();
+    for op in ops.iter().take(3) {
+        let done = common::wait_done(&mut OperationsClient::new(channel.clone()), &op.name).await;
+        let meta = metadata(&done);
+        runs_seen.push((
+            time(meta.fire_time),
+            time(meta.start_time),
+            time(meta.end_time),
+        ));
+    }
+    runs_seen.sort();
+    for pair in runs_seen.windows(2) {
+        let ((_, _, previous_end), (fire, start, _)) = (pair[0], pair[1]);
+        assert!(previous_end <= start, "runs overlap: {pair:?}");
+        assert!(
+            fire < previous_end,
+            "the run after is a fire kept while the one before ran: {pair:?}"
+        );
+    }
+    let shown = get(&channel, &s.name).await;
+    assert!(shown.skipped_runs >= 2, "skipped {}", shown.skipped_runs);
+}
