@@ -5,7 +5,8 @@
 //! node's step of the fire loop, reads it, changes it, and writes it only if nobody wrote
 //! it meanwhile, else reads it again. A due fire goes through three writes' worth of states:
 //! decided (pending, with the next fire time moved on), started (an operation submitted
-//! under the request id `schedule:{id}:{fire time in µs}`), recorded (pending cleared, the run
+//! under the request id `schedule/{id}/{fire time in µs}`, a form no client's request id
+//! takes), recorded (pending cleared, the run
 //! at the head of the recent runs). A node that dies between two of them leaves the pending
 //! fire for the next node (or itself, restarted) to start again; the request id makes that
 //! start answer the same operation. Two nodes deciding at once write once: the second's
@@ -144,7 +145,8 @@ impl Runner {
             ..Schedule::default()
         };
         merge(&mut fresh, schedule, &UPDATABLE);
-        self.check_schedule(&fresh, role).await?;
+        stored::check(&fresh)?;
+        self.check_task(&fresh, role).await?;
         let mut stored = Stored {
             schedule: Some(fresh),
             pending: None,
@@ -225,19 +227,9 @@ impl Runner {
         let name = schedule.name.clone();
         let stored = self
             .change_schedule(&name, role, |stored, now| {
-                let before = stored.schedule().clone();
                 let current = stored.schedule_mut();
                 merge(current, schedule.clone(), &paths);
                 current.update_time = Some(stamp(now));
-                // The next fire moves only when the calendar changes or the schedule is paused
-                // or resumed: a fire due meanwhile is not dropped by an unrelated change.
-                let spec_changed = current.cron != before.cron
-                    || current.interval != before.interval
-                    || current.time_zone != before.time_zone
-                    || current.paused != before.paused;
-                if spec_changed {
-                    restart_calendar(stored, now)?;
-                }
                 Ok(())
             })
             .await?;
@@ -275,8 +267,6 @@ impl Runner {
                 schedule.paused = true;
                 schedule.note.clone_from(&note);
                 schedule.update_time = Some(stamp(now));
-                // No calendar read: a schedule whose spec a later build refuses can be paused.
-                schedule.next_run_time = None;
                 Ok(())
             })
             .await?;
@@ -300,13 +290,9 @@ impl Runner {
         let stored = self
             .change_schedule(name, role, |stored, now| {
                 let schedule = stored.schedule_mut();
-                let was_paused = schedule.paused;
                 schedule.paused = false;
                 schedule.note.clone_from(&note);
                 schedule.update_time = Some(stamp(now));
-                if was_paused {
-                    restart_calendar(stored, now)?;
-                }
                 Ok(())
             })
             .await?;
@@ -373,13 +359,12 @@ impl Runner {
         Ok(record)
     }
 
-    /// Checks a schedule a client wrote: its spec, and its task as a submission by `role`.
-    async fn check_schedule(
+    /// Checks a schedule's task as a submission by `role`.
+    async fn check_task(
         &self,
         schedule: &Schedule,
         role: Option<crate::auth::Role>,
     ) -> Result<(), Error> {
-        stored::check(schedule)?;
         let Some(task) = &schedule.task else {
             return Err(Error::invalid_argument(
                 "schedule.task",
@@ -405,9 +390,13 @@ impl Runner {
     }
 
     /// Reads the schedule, applies `change` and writes it fenced, again while other writers
-    /// win; checks what it would write first: its spec, and (with a caller's `role`, and
-    /// whenever the task changed) its task as a submission by that role: a caller who may not
-    /// start the task's kind may not make the schedule start it either.
+    /// win. Checks what it would write first: its spec when it changed or the schedule is
+    /// resumed (a schedule whose spec a later build refuses can still be paused, noted and
+    /// read), its note, and (with a caller's `role`, and whenever the task changed) its task
+    /// as a submission by that role: a caller who may not start the task's kind may not make
+    /// the schedule start it either. The next fire moves only when the calendar changes or
+    /// the schedule is paused or resumed: a fire due meanwhile is not dropped by an
+    /// unrelated change.
     async fn change_schedule(
         &self,
         name: &str,
@@ -420,21 +409,23 @@ impl Runner {
             let before = stored.schedule().clone();
             change(&mut stored, now)?;
             let after = stored.schedule();
-            let spec_changed = after.cron != before.cron
+            let calendar_changed = after.cron != before.cron
                 || after.interval != before.interval
-                || after.time_zone != before.time_zone
+                || after.time_zone != before.time_zone;
+            let resumed = before.paused && !after.paused;
+            if calendar_changed
+                || resumed
                 || after.overlap_policy != before.overlap_policy
                 || after.catchup_window != before.catchup_window
-                || (before.paused && !after.paused);
-            // The spec is judged when it changes or would fire again (a schedule whose spec
-            // a later build refuses can still be paused, noted and read).
-            if spec_changed {
-                stored::check(stored.schedule())?;
+            {
+                stored::check(after)?;
             }
-            stored::check_note(&stored.schedule().note)?;
-            let before_task = before.task;
-            if role.is_some() || stored.schedule().task != before_task {
-                self.check_schedule(stored.schedule(), role).await?;
+            stored::check_note(&after.note)?;
+            if role.is_some() || after.task != before.task {
+                self.check_task(after, role).await?;
+            }
+            if calendar_changed || after.paused != before.paused {
+                restart_calendar(&mut stored, now)?;
             }
             let next = stored.row(&row.id, row.version + 1, now);
             if self
@@ -497,7 +488,7 @@ impl Runner {
                     }
                 }
                 Err(e) => {
-                    warn!(error = %e, "schedules: a fire failed; trying again in a second");
+                    warn!(error = %e, "schedules: the due ones could not be read; trying again in a second");
                     Some(FAILED_PAUSE)
                 }
             };
@@ -514,8 +505,9 @@ impl Runner {
         }
     }
 
-    /// One pass: acts on the schedules due at `now`; answers when the next one is (now, when
-    /// it acted on some: their new wake times are read by the next pass).
+    /// One pass: acts on the schedules due at `now`; answers when to look again: now when it
+    /// acted on some (their new wake times are read by the next pass), [`FAILED_PAUSE`] on
+    /// when one of them failed (each failure is logged here), else the next wake time.
     async fn fire_due(&self, now: SystemTime) -> Result<Option<i64>, Error> {
         let due = self
             .shared
@@ -534,17 +526,16 @@ impl Runner {
             .buffer_unordered(CONCURRENT_FIRES)
             .collect()
             .await;
-        let mut failed = None;
+        let mut failed = false;
         for (name, result) in results {
             if let Err(e) = result {
                 warn!(schedule = %name, error = %e, "schedule: fire not done; trying again");
-                failed = Some(e);
+                failed = true;
             }
         }
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        Ok(if acted {
+        Ok(if failed {
+            time::add(now, FAILED_PAUSE).map(micros)
+        } else if acted {
             Some(micros(now))
         } else {
             due.next_wake
@@ -554,22 +545,26 @@ impl Runner {
     /// Acts on one due schedule until nothing is due in it: starts its pending fire, or
     /// decides its due one, each step a fenced write.
     async fn act_on(&self, mut row: ScheduleRow) -> Result<(), Error> {
+        // Whether `row` is what this loop wrote itself (else it was read, maybe long ago).
+        let mut written_here = false;
         for _ in 0..WRITE_TRIES {
             let now = self.now();
             let mut stored = Stored::decode_row(&row)?;
             let skipped_before = stored.schedule().skipped_runs;
             let mut started = None;
             if let Some(fire) = stored.pending {
-                // Read again just before the start: a row read before a long wait may be one
-                // whose fire another node started, recorded and (its operation deleted since)
-                // left no request id to answer a second start.
-                match self.shared.store.schedule(&row.id).await? {
-                    Some(fresh) if fresh.version == row.version => {}
-                    Some(fresh) if fresh.wake.is_some_and(|wake| wake <= micros(now)) => {
-                        row = fresh;
-                        continue;
+                // A row read (not just written here) is read again just before the start: one
+                // read before a long wait may be one whose fire another node started, recorded
+                // and (its operation deleted since) left no request id to answer a second start.
+                if !written_here {
+                    match self.shared.store.schedule(&row.id).await? {
+                        Some(fresh) if fresh.version == row.version => {}
+                        Some(fresh) if fresh.wake.is_some_and(|wake| wake <= micros(now)) => {
+                            row = fresh;
+                            continue;
+                        }
+                        _ => return Ok(()),
                     }
-                    _ => return Ok(()),
                 }
                 let run = match self.start_fire(&row.id, &stored, timestamp(&fire)).await {
                     Ok(run) => run,
@@ -623,12 +618,16 @@ impl Runner {
                     return Ok(());
                 }
                 row = next;
+                written_here = true;
                 continue;
             }
             // Another node or a call wrote it meanwhile: go on from what it wrote, if
             // anything in it is still due.
             match self.shared.store.schedule(&row.id).await? {
-                Some(fresh) if fresh.wake.is_some_and(|wake| wake <= micros(now)) => row = fresh,
+                Some(fresh) if fresh.wake.is_some_and(|wake| wake <= micros(now)) => {
+                    row = fresh;
+                    written_here = false;
+                }
                 _ => return Ok(()),
             }
         }
@@ -675,10 +674,16 @@ impl Runner {
         Ok(unfinished)
     }
 
-    /// Whether a run of the schedule is still going.
+    /// Whether a run of the schedule is still going, read only where a decision needs it:
+    /// under SKIP and BUFFER_ONE, or with a buffered fire (ALLOW and CANCEL_PREVIOUS start
+    /// every fire).
     async fn previous_running(&self, stored: &Stored) -> Result<bool, Error> {
-        let policy = stored::overlap_policy(stored.schedule());
-        if policy == OverlapPolicy::Allow && stored.schedule().buffered_run_time.is_none() {
+        let schedule = stored.schedule();
+        let needed = matches!(
+            stored::overlap_policy(schedule),
+            OverlapPolicy::Skip | OverlapPolicy::BufferOne
+        ) || schedule.buffered_run_time.is_some();
+        if !needed {
             return Ok(false);
         }
         Ok(!self.unfinished_runs(stored).await?.is_empty())
