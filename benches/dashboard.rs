@@ -8,9 +8,12 @@
 //!   50 and one to tell that more follow), with no filter, a kind, a rare state, and a state
 //!   chip plus kind;
 //! - a page deep in the list (below the middle `seq`);
-//! - the overview's counts and finishes over five minutes (`summarize`).
+//! - the first page oldest first (`list`, as ListOperations pages) with a `create_time`
+//!   lower bound in the middle of the history;
+//! - the overview's counts and finishes over five minutes and over a day (`summarize`, read
+//!   from the tallies the store keeps as operations change).
 //!
-//! None of them reads every operation's body; `summarize` counts every row (an index scan).
+//! Each line prints the median and the slowest round.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -66,7 +69,7 @@ async fn fill(store: &Arc<SqliteStore>, total: usize) {
     }
 }
 
-async fn time<F, Fut, T>(rounds: usize, mut f: F) -> (Duration, T)
+async fn time<F, Fut, T>(rounds: usize, mut f: F) -> ((Duration, Duration), T)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = T>,
@@ -79,7 +82,10 @@ where
         took.push(started.elapsed());
     }
     took.sort();
-    (took[took.len() / 2], last.expect("at least one round"))
+    (
+        (took[took.len() / 2], took[took.len() - 1]),
+        last.expect("at least one round"),
+    )
 }
 
 #[tokio::main]
@@ -131,20 +137,59 @@ async fn main() {
         let filter = Filter::parse(filter).expect("filter");
         let (took, rows) = time(rounds, || store.list_newest(before, &filter, 51)).await;
         let rows = rows.expect("list").len();
-        println!("  {label:<50} {:>8.2} ms  ({rows} rows)", ms(took));
+        println!("  {label:<50} {}  ({rows} rows)", ms(took));
     }
-    let since = SystemTime::now() - Duration::from_secs(300);
-    let (took, summary) = time(rounds, || store.summarize(since, Duration::from_secs(10))).await;
-    let summary = summary.expect("summarize");
-    let counted: u64 = summary.counts.iter().map(|c| c.2).sum();
-    println!(
-        "  {:<50} {:>8.2} ms  ({counted} counted)",
-        "summarize (counts + finishes over 5 min)",
-        ms(took)
-    );
+    let first = store
+        .list(0, &Filter::parse("").expect("filter"), 1)
+        .await
+        .expect("oldest");
+    let newest = store
+        .list_newest(i64::MAX, &Filter::parse("").expect("filter"), 1)
+        .await
+        .expect("newest");
+    if let (Some(first), Some(last)) = (first.first(), newest.first()) {
+        let span = last
+            .create_time
+            .duration_since(first.create_time)
+            .unwrap_or_default();
+        let middle = first.create_time + span / 2;
+        let filter = format!(
+            "create_time >= \"{}\"",
+            prost_types::Timestamp::from(middle)
+        );
+        let filter = Filter::parse(&filter).expect("filter");
+        let (took, rows) = time(rounds, || store.list(0, &filter, 51)).await;
+        let rows = rows.expect("list").len();
+        let label = "oldest first, create_time >= the middle";
+        println!("  {label:<50} {}  ({rows} rows)", ms(took));
+    }
+    for (label, window, bucket) in [
+        ("summarize (counts + finishes over 5 min)", 300, 10),
+        ("summarize (counts + finishes over a day)", 86_400, 2_880),
+    ] {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs();
+        let since = SystemTime::UNIX_EPOCH + Duration::from_secs(now - now % bucket - window);
+        let bucket = Duration::from_secs(bucket);
+        let (took, summary) = time(rounds, || store.summarize(since, bucket)).await;
+        let summary = summary.expect("summarize");
+        let counted: u64 = summary.counts.iter().map(|c| c.2).sum();
+        let ended: u64 = summary.finished.iter().map(|c| c.1).sum();
+        println!(
+            "  {label:<50} {}  ({counted} counted, {ended} ended)",
+            ms(took)
+        );
+    }
     store.close().await.expect("close");
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
+/// A median and the slowest round, in milliseconds.
+fn ms((median, slowest): (Duration, Duration)) -> String {
+    format!(
+        "{:>8.2} ms (slowest {:>7.2} ms)",
+        median.as_secs_f64() * 1e3,
+        slowest.as_secs_f64() * 1e3
+    )
 }

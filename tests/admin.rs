@@ -440,6 +440,20 @@ async fn summary_counts_kinds_states_and_finishes() {
         .map(|b| b.start_time.expect("start").seconds)
         .collect();
     assert!(starts.windows(2).all(|w| w[1] - w[0] == 2), "{starts:?}");
+    // Past half an hour, whole minutes (the store's tally by minute).
+    for (window, bucket, buckets) in [(2_000, 120, 17), (86_400, 2_880, 30)] {
+        let long = admin
+            .summarize_operations(SummarizeOperationsRequest {
+                window_seconds: window,
+            })
+            .await
+            .expect("summary")
+            .into_inner();
+        assert_eq!(long.bucket_seconds, bucket, "{window}");
+        assert_eq!(long.finished.len(), buckets, "{window}");
+        let finished: i64 = long.finished.iter().map(|b| b.count).sum();
+        assert_eq!(finished, 4, "{window}: {long:?}");
+    }
     for bad in [-1, 86_401] {
         let e = admin
             .summarize_operations(SummarizeOperationsRequest {

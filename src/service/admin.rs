@@ -28,8 +28,11 @@ use crate::text::quote;
 const DEFAULT_WINDOW: u32 = 300;
 /// The longest window `SummarizeOperations` counts finishes over.
 const MAX_WINDOW: u32 = 86_400;
-/// How many buckets a window is cut into.
+/// How many buckets a window is cut into (at most).
 const BUCKETS: u32 = 30;
+/// The longest window whose buckets may be any whole number of seconds; a longer one's are
+/// whole minutes.
+const LONG_WINDOW: u32 = 1_800;
 
 /// The AdminService over a [`Runner`].
 #[derive(Clone)]
@@ -172,8 +175,12 @@ impl AdminService for AdminApi {
             }
         };
         // Whole buckets of at least a second, aligned to the clock so that two reads a
-        // moment apart agree on their edges.
-        let bucket_secs = window.div_ceil(BUCKETS).max(1);
+        // moment apart agree on their edges; whole minutes past half an hour, so that the
+        // store reads its tally of ends by minute (at most 1,440 rows) rather than by second.
+        let bucket_secs = match window.div_ceil(BUCKETS).max(1) {
+            secs if window > LONG_WINDOW => secs.div_ceil(60) * 60,
+            secs => secs,
+        };
         let buckets = window.div_ceil(bucket_secs);
         let bucket = Duration::from_secs(u64::from(bucket_secs));
         let now = self.runner.config().clock.now();

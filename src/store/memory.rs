@@ -55,6 +55,8 @@ struct Inner {
     starts: HashMap<String, Vec<(i64, Option<String>)>>,
     /// Schedules, by id.
     schedules: BTreeMap<String, super::ScheduleRow>,
+    /// The summary, kept as records change.
+    tally: super::tally::Tally,
 }
 
 /// When a queued operation may start.
@@ -77,6 +79,7 @@ impl Inner {
     /// Stores `r` (new or changed), keeping the indexes in step with the record it replaces.
     fn put(&mut self, r: OperationRecord) {
         if let Some(old) = self.by_seq.get(&r.seq) {
+            self.tally.count(old, -1);
             let (old_kind, old_due, old_state, old_deadline, old_rank) = (
                 old.kind.clone(),
                 due(old),
@@ -127,6 +130,7 @@ impl Inner {
             self.feed.remove(&old);
         }
         self.feed.insert(self.head, r.seq);
+        self.tally.count(&r, 1);
         self.by_seq.insert(r.seq, r);
     }
 
@@ -198,7 +202,9 @@ impl Inner {
             gone.state = State::Succeeded;
             gone.deadline = None;
             self.put(gone);
-            self.by_seq.remove(&seq);
+            if let Some(gone) = self.by_seq.remove(&seq) {
+                self.tally.count(&gone, -1);
+            }
             if let Some(position) = self.position.remove(&seq) {
                 self.feed.remove(&position);
             }
@@ -475,28 +481,7 @@ impl Store for MemoryStore {
         since: SystemTime,
         bucket: std::time::Duration,
     ) -> Result<Summary, StoreError> {
-        let g = self.lock();
-        let mut counts: BTreeMap<(&str, i32), (State, u64)> = BTreeMap::new();
-        let mut finished: BTreeMap<u64, u64> = BTreeMap::new();
-        for r in g.by_seq.values() {
-            counts
-                .entry((r.kind.as_str(), r.state.to_proto() as i32))
-                .or_insert((r.state, 0))
-                .1 += 1;
-            if let Some(i) = r
-                .end_time
-                .and_then(|end| Summary::bucket_of(since, bucket, end))
-            {
-                *finished.entry(i).or_default() += 1;
-            }
-        }
-        Ok(Summary {
-            counts: counts
-                .into_iter()
-                .map(|((kind, _), (state, n))| (kind.to_owned(), state, n))
-                .collect(),
-            finished: finished.into_iter().collect(),
-        })
+        self.lock().tally.summary(since, bucket)
     }
 
     async fn sweep(
@@ -518,6 +503,7 @@ impl Store for MemoryStore {
         for (_, seq) in finished.drain(..remove) {
             g.remove(seq);
         }
+        g.tally.forget_old_ends();
         Ok(Swept {
             deleted: remove,
             finished: keep_at_most.map(|_| finished.len()),

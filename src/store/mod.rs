@@ -24,6 +24,7 @@ mod schedules;
 pub mod sqlite;
 
 pub(crate) mod row;
+pub(crate) mod tally;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -439,17 +440,6 @@ impl Summary {
                 .collect::<Result<_, StoreError>>()?,
         })
     }
-
-    /// The bucket an operation that ended at `end` falls in, if at or after `since`.
-    pub(crate) fn bucket_of(
-        since: SystemTime,
-        bucket: std::time::Duration,
-        end: SystemTime,
-    ) -> Option<u64> {
-        let after = end.duration_since(since).ok()?;
-        let width = bucket.as_micros().max(1);
-        u64::try_from(after.as_micros() / width).ok()
-    }
 }
 
 /// A page of the change feed ([`Store::changes`]).
@@ -618,7 +608,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<OperationRecord>, StoreError>;
 
     /// How many operations there are of each kind in each state, and how many finished at
-    /// or after `since`, by `bucket` (see [`Summary`]).
+    /// or after `since`, by `bucket` (see [`Summary`]), to the second: `since` is rounded
+    /// down to one, `bucket` taken in whole seconds (at least one), an end counted in its
+    /// second. Read from the tallies each backend keeps as operations change
+    /// ([`tally`]), never by counting them; ends are kept for two days before the latest.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be read.

@@ -47,6 +47,7 @@ mod gated;
 mod inserts;
 mod listen;
 pub mod schema;
+mod tally;
 #[cfg(any(test, feature = "conformance"))]
 pub mod testing;
 mod tls;
@@ -102,8 +103,8 @@ pub struct PostgresStore {
     signal: Arc<ChangeSignal>,
     /// Stops the `LISTEN` connection.
     stop: CancellationToken,
-    /// The `LISTEN` connection's task, awaited at close.
-    listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The `LISTEN` connection's task and the summary's folder, awaited at close.
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Inserts, committed in groups.
     inserter: inserts::Inserter,
     /// Fenced writes, committed in groups.
@@ -329,6 +330,7 @@ impl PostgresStore {
         let signal = Arc::new(ChangeSignal::default());
         let stop = CancellationToken::new();
         let listener = tokio::spawn(listen::run(database, Arc::clone(&signal), stop.clone()));
+        let folder = tokio::spawn(tally::run(pool.clone(), stop.clone()));
         let stats = crate::metrics::CommitStats::default();
         let inserter = inserts::start(pool.clone(), stats.clone());
         let writer = writes::start(pool.clone(), stats.clone());
@@ -337,7 +339,7 @@ impl PostgresStore {
             closed: AtomicBool::new(false),
             signal,
             stop,
-            listener: std::sync::Mutex::new(Some(listener)),
+            tasks: std::sync::Mutex::new(vec![listener, folder]),
             inserter,
             writer,
             stats,
@@ -907,33 +909,26 @@ impl Store for PostgresStore {
         since: SystemTime,
         bucket: std::time::Duration,
     ) -> Result<Summary, StoreError> {
-        let since = micros(since);
-        let width = i64::try_from(bucket.as_micros().max(1)).unwrap_or(i64::MAX);
+        let (span, since, width) = crate::store::tally::span_for(since, bucket);
+        let span32 = i32::try_from(span).unwrap_or(1);
         let client = self.client().await?;
         let counts = client
-            .query(
-                "SELECT kind, state, COUNT(*) FROM operations GROUP BY kind, state",
-                &[],
-            )
+            .query(tally::COUNTS, &[])
             .await
             .map_err(pg_error)?
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
             .collect::<Result<Vec<(String, i32, i64)>, tokio_postgres::Error>>()
             .map_err(pg_error)?;
-        let finished = client
-            .query(
-                "SELECT (end_time - $1) / $2, COUNT(*) FROM operations \
-                 WHERE done = 1 AND end_time >= $1 GROUP BY 1",
-                &[&since, &width],
-            )
+        let ends = client
+            .query(tally::ENDS, &[&span32, &since])
             .await
             .map_err(pg_error)?
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect::<Result<Vec<(i64, i64)>, tokio_postgres::Error>>()
             .map_err(pg_error)?;
-        Summary::from_rows(counts, finished)
+        crate::store::tally::summary_from(counts, ends, since, width)
     }
 
     async fn sweep(
@@ -961,8 +956,9 @@ impl Store for PostgresStore {
         };
         let mut finished = None;
         if let Some(keep) = keep_at_most {
+            // The tallies, not a count of the finished rows (a million at the cap).
             let counted: i64 = tx
-                .query_one("SELECT count(*) FROM operations WHERE done = 1", &[])
+                .query_one(tally::FINISHED, &[])
                 .await
                 .and_then(|row| row.try_get(0))
                 .map_err(pg_error)?;
@@ -1219,13 +1215,14 @@ impl Store for PostgresStore {
     async fn close(&self) -> Result<(), StoreError> {
         self.closed.store(true, Ordering::Release);
         self.stop.cancel();
-        let listener = self
-            .listener
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(listener) = listener {
-            let _ = listener.await;
+        let tasks = std::mem::take(
+            &mut *self
+                .tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for task in tasks {
+            let _ = task.await;
         }
         self.pool.close();
         Ok(())
@@ -1268,6 +1265,59 @@ mod tests {
             }
         })
         .await;
+    }
+
+    /// The summary two nodes keep while both change operations at once is a full count,
+    /// before and after the deltas are folded in (and the fold leaves none). A database of
+    /// the version before the tallies gets them filled from a full count when a node of
+    /// this build opens it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_summary_two_nodes_keep_is_a_full_count() {
+        use crate::store::conformance::{churn, counted_summaries, summaries};
+        let db = TestDatabase::create("tally").await;
+        let url = db.url();
+        let connect = || PostgresStore::connect(&url, PostgresOptions::default());
+        let (a, b) = (connect().await.expect("a"), connect().await.expect("b"));
+        tokio::join!(churn(&a, "x", 120), churn(&b, "x", 120), churn(&b, "y", 60));
+        let swept = b
+            .sweep(SystemTime::UNIX_EPOCH, Some(100))
+            .await
+            .expect("sweep");
+        assert_eq!(swept.finished, Some(100), "the cap counts from the tallies");
+        let want = counted_summaries(&a).await;
+        assert_eq!(summaries(&a).await, want, "before the fold, on a");
+        assert_eq!(summaries(&b).await, want, "before the fold, on b");
+        let client = a.client().await.expect("client");
+        let pending = |sql: &'static str| {
+            let client = &client;
+            async move {
+                let n: i64 = client.query_one(sql, &[]).await.expect("count").get(0);
+                n
+            }
+        };
+        assert!(pending("SELECT count(*) FROM tally_deltas").await > 0);
+        while tally::fold(&a.pool).await.expect("fold") > 0 {}
+        assert_eq!(pending("SELECT count(*) FROM tally_deltas").await, 0);
+        assert_eq!(summaries(&b).await, want, "after the fold");
+
+        client
+            .batch_execute(
+                "DROP TRIGGER operations_tally_inserted ON operations; \
+                 DROP TRIGGER operations_tally_updated ON operations; \
+                 DROP TRIGGER operations_tally_deleted ON operations; \
+                 DROP FUNCTION oprun_tally_inserted(); DROP FUNCTION oprun_tally_updated(); \
+                 DROP FUNCTION oprun_tally_deleted(); \
+                 DROP TABLE tally_counts, tally_ends, tally_deltas; \
+                 DELETE FROM oprun_schema WHERE version = 8;",
+            )
+            .await
+            .expect("back to version 7");
+        drop(client);
+        churn(&a, "z", 12).await;
+        a.close().await.expect("close");
+        b.close().await.expect("close");
+        let c = connect().await.expect("c");
+        assert_eq!(summaries(&c).await, counted_summaries(&c).await, "filled");
     }
 
     /// Paging by `seq` while eight connections insert: every page resumes after the last

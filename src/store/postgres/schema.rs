@@ -31,7 +31,7 @@ use super::pg_error;
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const VERSION: i32 = 7;
+pub const VERSION: i32 = 8;
 
 /// The key of the advisory lock migrations hold (any constant shared by every build).
 const MIGRATION_LOCK: i64 = 0x6f70_7275_6e5f_6d67; // "oprun_mg"
@@ -166,6 +166,8 @@ CREATE TABLE schedules (
 );
 CREATE INDEX schedules_wake ON schedules(wake) WHERE wake IS NOT NULL;
 ",
+    // The summary's tallies (see `super::tally`).
+    super::tally::MIGRATION,
 ];
 
 /// What [`migrate`] did.

@@ -43,6 +43,7 @@ use super::{
 use crate::filter::{Filter, SqlValue};
 use crate::model::{Fence, OperationId, OperationRecord};
 use crate::store::row::{recent_by_first, RowImage, FILTER_COLUMNS, RECENT_AT_MOST};
+use crate::store::tally;
 use schema::{row_to_record, RawRow, COLUMNS};
 use writer::{checkpointer, writer_loop, Command, InsertOutcome, WalBound, WriteOutcome};
 
@@ -689,27 +690,23 @@ impl Store for SqliteStore {
     }
 
     async fn summarize(&self, since: SystemTime, bucket: Duration) -> Result<Summary, StoreError> {
-        let since = micros(since);
-        let width = i64::try_from(bucket.as_micros().max(1)).unwrap_or(i64::MAX);
+        let (span, since, width) = tally::span_for(since, bucket);
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT kind, state, COUNT(*) FROM operations GROUP BY kind, state")
+            let counts: Vec<(String, i32, i64)> = conn
+                .prepare_cached("SELECT kind, state, n FROM tally_counts WHERE n <> 0")
+                .and_then(|mut s| {
+                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect()
+                })
                 .map_err(sql_error)?;
-            let rows: Vec<(String, i32, i64)> = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .and_then(Iterator::collect)
+            let ends: Vec<(i64, i64)> = conn
+                .prepare_cached("SELECT at, n FROM tally_ends WHERE span = ?1 AND at >= ?2")
+                .and_then(|mut s| {
+                    s.query_map([span, since], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect()
+                })
                 .map_err(sql_error)?;
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT (end_time - ?1) / ?2, COUNT(*) FROM operations \
-                     WHERE done = 1 AND end_time >= ?1 GROUP BY 1",
-                )
-                .map_err(sql_error)?;
-            let finished: Vec<(i64, i64)> = stmt
-                .query_map([since, width], |r| Ok((r.get(0)?, r.get(1)?)))
-                .and_then(Iterator::collect)
-                .map_err(sql_error)?;
-            Summary::from_rows(rows, finished)
+            tally::summary_from(counts, ends, since, width)
         })
         .await
     }
@@ -1002,6 +999,42 @@ mod tests {
             stored.push(rec);
         }
         stored
+    }
+
+    /// The summary is a full count after a restart, and a database of the version before
+    /// the tallies gets them filled from a full count when opened.
+    #[tokio::test]
+    async fn the_summary_is_a_full_count_across_restarts_and_the_upgrade() {
+        use crate::store::conformance::{churn, counted_summaries, summaries};
+        let dir = tempfile::tempdir().unwrap();
+        let open = || SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        let store = open();
+        churn(&store, "x", 100).await;
+        churn(&store, "y", 30).await;
+        let want = counted_summaries(&store).await;
+        assert_eq!(summaries(&store).await, want);
+        store.close().await.unwrap();
+        drop(store);
+        let store = open();
+        assert_eq!(summaries(&store).await, want, "after a restart");
+        store.close().await.unwrap();
+        drop(store);
+        {
+            let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+            conn.execute_batch(
+                "DROP TABLE tally_counts; DROP TABLE tally_ends; PRAGMA user_version = 5;",
+            )
+            .unwrap();
+            conn.execute("DELETE FROM operations WHERE seq % 5 = 0", [])
+                .unwrap();
+        }
+        let store = open();
+        assert_ne!(counted_summaries(&store).await, want, "some were deleted");
+        assert_eq!(
+            summaries(&store).await,
+            counted_summaries(&store).await,
+            "filled"
+        );
     }
 
     /// A list whose filter tests `done`, `state`, `kind`, `error.code` or `name` reads one

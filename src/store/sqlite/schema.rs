@@ -26,6 +26,13 @@
 //! (see [`crate::store::ScheduleRow`]), `schedules_wake` ordering them by when a node should
 //! next act on them.
 //!
+//! # Version 6
+//! `tally_counts` (operations by kind and state) and `tally_ends` (ends by second and by
+//! minute) keep the summary (see [`crate::store::tally`]), moved by the writer in the
+//! transaction that changes the operations (by what each change moved: counted in memory
+//! over a batch, written once before its commit), the sweep and deletes included.
+//! Opening an older database fills them from a full count, once.
+//!
 //! Version 1 (before) kept those fields in the body only. Opening one adds the columns, fills
 //! them for the unfinished operations from their bodies (a finished one never changes again:
 //! its body stays authoritative, `layout` NULL), and sets the version, in one transaction.
@@ -38,7 +45,7 @@ use crate::store::row::due;
 use crate::store::{decode_record, micros, Columns, StoreError};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub(super) const VERSION: i64 = 5;
+pub(super) const VERSION: i64 = 6;
 
 /// The `layout` of a row whose columns are authoritative.
 pub(super) const LAYOUT_CURRENT: i64 = 2;
@@ -169,6 +176,36 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 ";
 
+/// The tallies (see the module's version 6), which the writer moves with each change it
+/// makes (`writer::write_tally`). Ends are counted in the second and the minute of
+/// `end_time`.
+const TALLY: &str = "
+CREATE TABLE IF NOT EXISTS tally_counts (
+    kind  TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    n     INTEGER NOT NULL,
+    PRIMARY KEY (kind, state)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tally_ends (
+    span INTEGER NOT NULL,
+    at   INTEGER NOT NULL,
+    n    INTEGER NOT NULL,
+    PRIMARY KEY (span, at)
+) WITHOUT ROWID;
+";
+
+/// Fills the tallies of a database made before them, from a full count.
+const TALLY_FILL: &str = "
+DELETE FROM tally_counts;
+DELETE FROM tally_ends;
+INSERT INTO tally_counts (kind, state, n) SELECT kind, state, COUNT(*) FROM operations
+    GROUP BY kind, state;
+INSERT INTO tally_ends (span, at, n) SELECT 1, end_time / 1000000, COUNT(*) FROM operations
+    WHERE done = 1 AND end_time IS NOT NULL GROUP BY 2;
+INSERT INTO tally_ends (span, at, n) SELECT 60, end_time / 60000000 * 60, COUNT(*)
+    FROM operations WHERE done = 1 AND end_time IS NOT NULL GROUP BY 2;
+";
+
 /// Creates the schema in a database of version `from` (0: empty), or brings one of an
 /// earlier version up to this one, in one transaction.
 ///
@@ -205,6 +242,10 @@ pub(super) fn prepare(conn: &mut Connection, from: i64) -> Result<(), StoreError
         _ => {}
     }
     tx.execute_batch(INDEXES).map_err(sql_error)?;
+    tx.execute_batch(TALLY).map_err(sql_error)?;
+    if (1..6).contains(&from) {
+        tx.execute_batch(TALLY_FILL).map_err(sql_error)?;
+    }
     tx.execute_batch(&format!("PRAGMA user_version = {VERSION};"))
         .map_err(sql_error)?;
     tx.commit().map_err(sql_error)

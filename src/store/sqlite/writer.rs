@@ -33,9 +33,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::schema::{row_to_record, RawRow, COLUMNS, LAYOUT_CURRENT};
-use super::{sql_error, sql_limit};
-use crate::model::{Fence, OperationId};
+use super::sql_error;
+use crate::model::{Fence, OperationId, State};
 use crate::store::row::RowImage;
+use crate::store::tally::{self, Tally};
 use crate::store::{
     from_micros, micros, rate_gate, Claim, Gates, KeyGate, RateGate, StoreError, Swept,
 };
@@ -360,8 +361,10 @@ fn apply_batch(conn: &mut Connection, batch: Vec<Command>) {
         Ok(tx) => {
             let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
             let mut batch = batch.into_iter();
+            // What the batch's changes move in the summary's tallies, written with them.
+            let mut tally = Tally::default();
             for cmd in batch.by_ref() {
-                finishes.push(apply(&tx, cmd));
+                finishes.push(apply(&tx, cmd, &mut tally));
                 if tx.is_autocommit() {
                     // SQLite rolled the whole transaction back (e.g. disk full): nothing of
                     // this batch is stored, so every command fails, and none may run outside
@@ -374,7 +377,8 @@ fn apply_batch(conn: &mut Connection, batch: Vec<Command>) {
                     "the store rolled back a write (is the disk full?)".to_owned(),
                 ))
             } else {
-                tx.commit().map_err(sql_error)
+                // A failed tally fails the batch: the transaction rolls back when dropped.
+                write_tally(&tx, &mut tally).and_then(|()| tx.commit().map_err(sql_error))
             };
             for finish in finishes {
                 finish(&commit);
@@ -410,12 +414,12 @@ fn fail(cmd: Command) -> Finish {
     }
 }
 
-fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command) -> Finish {
+fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command, tally: &mut Tally) -> Finish {
     match cmd {
-        Command::Insert(r, reply_to) => reply(reply_to, insert(tx, &r)),
-        Command::InsertMany(rows, reply_to) => reply(reply_to, insert_many(tx, &rows)),
-        Command::Write(r, fence, reply_to) => reply(reply_to, write(tx, &r, &fence)),
-        Command::Claim(claim, reply_to) => reply(reply_to, self::claim(tx, &claim)),
+        Command::Insert(r, reply_to) => reply(reply_to, insert(tx, &r, tally)),
+        Command::InsertMany(rows, reply_to) => reply(reply_to, insert_many(tx, &rows, tally)),
+        Command::Write(r, fence, reply_to) => reply(reply_to, write(tx, &r, &fence, tally)),
+        Command::Claim(claim, reply_to) => reply(reply_to, self::claim(tx, &claim, tally)),
         Command::Heartbeat(node, until, reply_to) => reply(reply_to, heartbeat(tx, &node, until)),
         Command::Register(what, name, value, reply_to) => {
             reply(reply_to, register(tx, what, &name, value.as_deref()))
@@ -424,10 +428,38 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command) -> Finish {
             reply(reply_to, put_schedule(tx, &row, expected))
         }
         Command::DeleteSchedule(id, reply_to) => reply(reply_to, delete_schedule(tx, &id)),
-        Command::Delete(id, reply_to) => reply(reply_to, delete_done(tx, &id)),
-        Command::Sweep(before, keep, reply_to) => reply(reply_to, sweep(tx, before, keep)),
+        Command::Delete(id, reply_to) => reply(reply_to, delete_done(tx, &id, tally)),
+        Command::Sweep(before, keep, reply_to) => reply(reply_to, sweep(tx, before, keep, tally)),
         Command::Close(reply_to) => reply(reply_to, Ok(())),
     }
+}
+
+/// Adds what `tally` counted to the summary's tables (see [`crate::store::tally`]), and
+/// empties it.
+fn write_tally(tx: &rusqlite::Transaction<'_>, tally: &mut Tally) -> Result<(), StoreError> {
+    if tally.is_empty() {
+        return Ok(());
+    }
+    let (counts, ends) = tally.drain();
+    let mut add = tx
+        .prepare_cached(
+            "INSERT INTO tally_counts (kind, state, n) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (kind, state) DO UPDATE SET n = n + excluded.n",
+        )
+        .map_err(sql_error)?;
+    for (kind, state, n) in counts {
+        add.execute(params![kind, state, n]).map_err(sql_error)?;
+    }
+    let mut add = tx
+        .prepare_cached(
+            "INSERT INTO tally_ends (span, at, n) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (span, at) DO UPDATE SET n = n + excluded.n",
+        )
+        .map_err(sql_error)?;
+    for (span, at, n) in ends {
+        add.execute(params![span, at, n]).map_err(sql_error)?;
+    }
+    Ok(())
 }
 
 /// Writes a schedule: inserts it when `expected` is `None`, else replaces the stored one if
@@ -486,7 +518,11 @@ fn register(
     .map_err(sql_error)
 }
 
-fn insert(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<InsertOutcome, StoreError> {
+fn insert(
+    tx: &rusqlite::Transaction<'_>,
+    r: &RowImage,
+    tally: &mut Tally,
+) -> Result<InsertOutcome, StoreError> {
     if let Some(rid) = &r.request_id {
         let existing = tx
             .prepare_cached(&format!(
@@ -547,6 +583,7 @@ fn insert(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<InsertOutcome,
         ])
     })
     .map_err(sql_error)?;
+    tally.add(&r.kind, r.state, r.end_time.filter(|_| r.done), 1);
     Ok(InsertOutcome::New(tx.last_insert_rowid()))
 }
 
@@ -554,11 +591,17 @@ fn insert(tx: &rusqlite::Transaction<'_>, r: &RowImage) -> Result<InsertOutcome,
 fn insert_many(
     tx: &rusqlite::Transaction<'_>,
     rows: &[RowImage],
+    tally: &mut Tally,
 ) -> Result<Vec<InsertOutcome>, StoreError> {
     tx.execute_batch("SAVEPOINT insert_many")
         .map_err(sql_error)?;
+    // Counted only if kept.
+    let mut these = Tally::default();
     let inserted: Result<Vec<InsertOutcome>, StoreError> =
-        rows.iter().map(|r| insert(tx, r)).collect();
+        rows.iter().map(|r| insert(tx, r, &mut these)).collect();
+    if inserted.is_ok() {
+        tally.absorb(these);
+    }
     let end = if inserted.is_ok() {
         "RELEASE insert_many"
     } else {
@@ -577,6 +620,7 @@ fn write(
     tx: &rusqlite::Transaction<'_>,
     r: &RowImage,
     fence: &Fence,
+    tally: &mut Tally,
 ) -> Result<WriteOutcome, StoreError> {
     let columns = params![
         r.id,
@@ -594,6 +638,11 @@ fn write(
         r.due,
     ];
     let returned = |row: &rusqlite::Row<'_>| Ok((row.get::<_, i64>(0)?, row.get::<_, bool>(1)?));
+    // What the row was, for the tallies: an owner's write is to a RUNNING one.
+    let before: Option<(i32, Option<i64>)> = match fence {
+        Fence::Owner { .. } => Some((2, None)),
+        Fence::Version(_) => was(tx, &r.id)?,
+    };
     let written = match fence {
         Fence::Version(expected) => {
             let mut all: Vec<&dyn rusqlite::ToSql> = columns.to_vec();
@@ -623,6 +672,11 @@ fn write(
     }
     .map_err(sql_error)?;
     if let Some((version, cancel_requested)) = written {
+        let after = (r.state, r.end_time.filter(|_| r.done));
+        if let Some(before) = before.filter(|b| *b != after) {
+            tally.add(&r.kind, before.0, before.1, -1);
+            tally.add(&r.kind, after.0, after.1, 1);
+        }
         return Ok(WriteOutcome::Applied(version, cancel_requested));
     }
     let stored = tx
@@ -630,6 +684,18 @@ fn write(
         .and_then(|mut s| s.query_row(params![r.id], row_to_record).optional())
         .map_err(sql_error)?;
     Ok(WriteOutcome::Stale(stored.map(Box::new)))
+}
+
+/// The state of the operation `id` and, if it finished, its end (µs).
+fn was(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<Option<(i32, Option<i64>)>, StoreError> {
+    tx.prepare_cached(
+        "SELECT state, CASE WHEN done = 1 THEN end_time END FROM operations WHERE id = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()
+    })
+    .map_err(sql_error)
 }
 
 /// A kind's due work, oldest due first (served by `operations_queue`).
@@ -663,10 +729,14 @@ fn for_kind(sql: &str, kind: &str) -> (String, bool) {
 /// each kind's limit per key and start rate (see `Store::claim`); answers the rows, the next
 /// due time of a queued operation of those kinds (or when a rate lets more start), and the
 /// kinds a rate held back.
-fn claim(tx: &rusqlite::Transaction<'_>, claim: &Claim) -> Result<ClaimedRows, StoreError> {
+fn claim(
+    tx: &rusqlite::Transaction<'_>,
+    claim: &Claim,
+    tally: &mut Tally,
+) -> Result<ClaimedRows, StoreError> {
     let now = micros(claim.now);
-    // (-priority, due, seq): the claim's order, highest priority first.
-    let mut candidates: Vec<(i64, i64, i64)> = Vec::new();
+    // (-priority, due, seq, kind): the claim's order, highest priority first.
+    let mut candidates: Vec<(i64, i64, i64, &str)> = Vec::new();
     // The starts to count against a rate: seq → kind and key.
     let mut counted: HashMap<i64, (&str, Option<String>)> = HashMap::new();
     let mut next_due: Option<i64> = None;
@@ -714,7 +784,7 @@ fn claim(tx: &rusqlite::Transaction<'_>, claim: &Claim) -> Result<ClaimedRows, S
             if gates.rate.is_some() {
                 counted.insert(candidate.2, (kind.as_str(), key));
             }
-            candidates.push(candidate);
+            candidates.push((candidate.0, candidate.1, candidate.2, kind.as_str()));
             taken += 1;
         }
         if let Some(rate) = &gates.rate {
@@ -746,7 +816,7 @@ fn claim(tx: &rusqlite::Transaction<'_>, claim: &Claim) -> Result<ClaimedRows, S
         ))
         .map_err(sql_error)?;
     let mut started = Vec::with_capacity(candidates.len());
-    for (_, _, seq) in candidates {
+    for (_, _, seq, kind) in candidates {
         if let Some(row) = start
             .query_row(params![seq, claim.node, now], row_to_record)
             .optional()
@@ -757,6 +827,8 @@ fn claim(tx: &rusqlite::Transaction<'_>, claim: &Claim) -> Result<ClaimedRows, S
                     .and_then(|mut s| s.execute(params![kind, key, now]))
                     .map_err(sql_error)?;
             }
+            tally.add(kind, 1, None, -1);
+            tally.add(kind, 2, None, 1);
             started.push(row);
         }
     }
@@ -847,56 +919,98 @@ fn heartbeat(tx: &rusqlite::Transaction<'_>, node: &str, until: i64) -> Result<(
 fn delete_done(
     tx: &rusqlite::Transaction<'_>,
     id: &OperationId,
+    tally: &mut Tally,
 ) -> Result<Option<bool>, StoreError> {
-    let done: Option<bool> = tx
-        .prepare_cached("SELECT done FROM operations WHERE id = ?1")
+    let found: Option<(String, i32, Option<i64>)> = tx
+        .prepare_cached(
+            "SELECT kind, state, CASE WHEN done = 1 THEN end_time END FROM operations \
+             WHERE id = ?1",
+        )
         .and_then(|mut s| {
-            s.query_row(params![id.as_str()], |row| row.get(0))
-                .optional()
+            s.query_row(params![id.as_str()], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .optional()
         })
         .map_err(sql_error)?;
-    match done {
+    match found {
         None => Ok(None),
-        Some(false) => Ok(Some(false)),
-        Some(true) => {
+        Some((kind, state, end)) if State::from_i32(state).is_some_and(State::is_done) => {
             tx.execute("DELETE FROM operations WHERE id = ?1", params![id.as_str()])
                 .map_err(sql_error)?;
+            tally.add(&kind, state, end, -1);
             Ok(Some(true))
         }
+        Some(_) => Ok(Some(false)),
     }
+}
+
+/// Deletes the finished rows `sql` (with `param`) selects, counting them out of `tally`:
+/// how many.
+fn delete_counted(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    param: i64,
+    tally: &mut Tally,
+) -> Result<usize, StoreError> {
+    let mut delete = tx.prepare_cached(sql).map_err(sql_error)?;
+    let mut rows = delete.query(params![param]).map_err(sql_error)?;
+    let mut deleted = 0;
+    while let Some(row) = rows.next().map_err(sql_error)? {
+        let kind: String = row.get(0).map_err(sql_error)?;
+        let state: i32 = row.get(1).map_err(sql_error)?;
+        let end: Option<i64> = row.get(2).map_err(sql_error)?;
+        tally.add(&kind, state, end, -1);
+        deleted += 1;
+    }
+    Ok(deleted)
 }
 
 fn sweep(
     tx: &rusqlite::Transaction<'_>,
     finished_before: SystemTime,
     keep_at_most: Option<usize>,
+    tally: &mut Tally,
 ) -> Result<Swept, StoreError> {
-    let mut deleted = tx
-        .prepare_cached("DELETE FROM operations WHERE done = 1 AND end_time < ?1")
-        .and_then(|mut s| s.execute(params![micros(finished_before)]))
-        .map_err(sql_error)?;
+    const RETURNING: &str = "RETURNING kind, state, end_time";
+    let mut deleted = delete_counted(
+        tx,
+        &format!("DELETE FROM operations WHERE done = 1 AND end_time < ?1 {RETURNING}"),
+        micros(finished_before),
+        tally,
+    )?;
     let mut finished = None;
     if let Some(keep) = keep_at_most {
+        // The tallies (with what this batch moved), not a count of the finished rows (a
+        // million at the cap).
+        write_tally(tx, tally)?;
         let mut kept: usize = tx
-            .query_row("SELECT COUNT(*) FROM operations WHERE done = 1", [], |r| {
-                r.get::<_, i64>(0)
-            })
+            .prepare_cached("SELECT COALESCE(SUM(n), 0) FROM tally_counts WHERE state >= 3")
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
             .map(|n| usize::try_from(n).unwrap_or(0))
             .map_err(sql_error)?;
         if kept > keep {
-            let excess = kept - keep;
-            let n = tx
-                .execute(
+            let excess = i64::try_from(kept - keep).unwrap_or(i64::MAX);
+            let n = delete_counted(
+                tx,
+                &format!(
                     "DELETE FROM operations WHERE seq IN (SELECT seq FROM operations \
-                     WHERE done = 1 ORDER BY end_time, seq LIMIT ?1)",
-                    params![sql_limit(excess)],
-                )
-                .map_err(sql_error)?;
+                     WHERE done = 1 ORDER BY end_time, seq LIMIT ?1) {RETURNING}"
+                ),
+                excess,
+                tally,
+            )?;
             deleted += n;
             kept -= n;
         }
         finished = Some(kept);
     }
+    // The ends' tallies keep what a summary reads (a day) and a day more.
+    tx.prepare_cached(
+        "DELETE FROM tally_ends WHERE at < (SELECT MAX(at) FROM tally_ends WHERE span = 1) - ?1",
+    )
+    .and_then(|mut s| s.execute(params![tally::ENDS_KEPT_SECONDS]))
+    .map_err(sql_error)?;
     let oldest: Option<i64> = tx
         .query_row(
             "SELECT MIN(end_time) FROM operations WHERE done = 1",
@@ -930,7 +1044,7 @@ mod tests {
             let tx = conn.transaction().unwrap();
             for i in 0..8 {
                 let r = OperationRecord::new_queued(kinds[i % 2].into(), Default::default(), None);
-                insert(&tx, &RowImage::of(&r, true)).unwrap();
+                insert(&tx, &RowImage::of(&r, true), &mut Tally::default()).unwrap();
             }
             tx.commit().unwrap();
         }
@@ -948,6 +1062,7 @@ mod tests {
                     key_limits: Vec::new(),
                     rates: Vec::new(),
                 },
+                &mut Tally::default(),
             )
             .unwrap();
             assert_eq!(started.len(), room);
