@@ -153,14 +153,22 @@ async fn main() {
             .duration_since(first.create_time)
             .unwrap_or_default();
         let middle = first.create_time + span / 2;
-        let filter = format!(
-            "create_time >= \"{}\"",
-            prost_types::Timestamp::from(middle)
-        );
-        let filter = Filter::parse(&filter).expect("filter");
+        let at = prost_types::Timestamp::from(middle);
+        let filter = Filter::parse(&format!("create_time >= \"{at}\"")).expect("filter");
         let (took, rows) = time(rounds, || store.list(0, &filter, 51)).await;
-        let rows = rows.expect("list").len();
+        let rows = rows.expect("list");
         let label = "oldest first, create_time >= the middle";
+        println!("  {label:<50} {}  ({} rows)", ms(took), rows.len());
+        // The last page newest first: 20 matches, then nothing older can match.
+        let before = rows.get(20).map_or(i64::MAX, |r| r.seq);
+        let (took, rows) = time(rounds, || store.list_newest(before, &filter, 51)).await;
+        let rows = rows.expect("list").len();
+        let label = "newest first, create_time >= the middle, last page";
+        println!("  {label:<50} {}  ({rows} rows)", ms(took));
+        let filter = Filter::parse(&format!("create_time < \"{at}\"")).expect("filter");
+        let (took, rows) = time(rounds, || store.list_newest(i64::MAX, &filter, 51)).await;
+        let rows = rows.expect("list").len();
+        let label = "newest first, create_time < the middle";
         println!("  {label:<50} {}  ({rows} rows)", ms(took));
     }
     for (label, window, bucket) in [

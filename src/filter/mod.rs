@@ -208,6 +208,23 @@ impl Filter {
             other => bound(other),
         }
     }
+
+    /// The earliest time every match is created before (exclusive): from `create_time < T`
+    /// (T) or `create_time <= T` (T and a microsecond, the stores' precision) at the top level
+    /// or in a top-level AND, if any.
+    pub fn created_before(&self) -> Option<SystemTime> {
+        let bound = |e: &Expr| match e {
+            Expr::Test(Test::CreateTime { op: Op::Lt, value }) => Some(*value),
+            Expr::Test(Test::CreateTime { op: Op::Le, value }) => {
+                value.checked_add(std::time::Duration::from_micros(1))
+            }
+            _ => None,
+        };
+        match self.expr.as_ref()? {
+            Expr::And(parts) => parts.iter().filter_map(bound).min(),
+            other => bound(other),
+        }
+    }
 }
 
 /// A boolean combination of tests.
@@ -1071,6 +1088,38 @@ mod tests {
             format!("NOT create_time > \"{t1}\""),
         ] {
             assert_eq!(after(&f), None, "{f}");
+        }
+    }
+
+    #[test]
+    fn created_before_is_the_earliest_upper_bound_every_match_meets() {
+        let at = |s: &str| {
+            SystemTime::try_from(
+                <prost_types::Timestamp as std::str::FromStr>::from_str(s).unwrap(),
+            )
+            .unwrap()
+        };
+        let before = |f: &str| Filter::parse(f).unwrap().created_before();
+        let (t1, t2) = ("2026-01-02T15:04:05Z", "2026-03-04T05:06:07Z");
+        assert_eq!(before(&format!("create_time < \"{t1}\"")), Some(at(t1)));
+        assert_eq!(
+            before(&format!("create_time <= \"{t1}\"")),
+            Some(at(t1) + Duration::from_micros(1)),
+            "inclusive: the next microsecond"
+        );
+        assert_eq!(
+            before(&format!(
+                "kind = sleep AND create_time <= \"{t2}\" AND create_time < \"{t1}\""
+            )),
+            Some(at(t1))
+        );
+        for f in [
+            String::new(),
+            format!("create_time > \"{t1}\""),
+            format!("create_time < \"{t1}\" OR done = true"),
+            format!("NOT create_time < \"{t1}\""),
+        ] {
+            assert_eq!(before(&f), None, "{f}");
         }
     }
 

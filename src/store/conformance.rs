@@ -27,6 +27,11 @@ where
     list_newest_pages_backwards_with_filter(&make().await).await;
     summarize_counts_kinds_states_and_ends(&make().await).await;
     the_summary_is_a_full_count(&make().await).await;
+    {
+        let store = make().await;
+        let stored = skewed_creations(&store).await;
+        create_time_bounds_list_every_match(&store, &stored).await;
+    }
     unfinished_lists_queued_and_running(&make().await).await;
     scheduling_fields_round_trip(&make().await).await;
     sweep_removes_expired_then_oldest(&make().await).await;
@@ -548,6 +553,102 @@ async fn summarize_counts_kinds_states_and_ends<S: Store>(store: &S) {
         later.finished.is_empty(),
         "an end before `since` is not counted"
     );
+}
+
+/// 100 operations created at 0, 10, 20, … 990 s after [`base`], but the 51st at 5 s (a
+/// clock set back) and the 81st at 2,000 s (set forward): the first 50 inserted one by one,
+/// the rest in batches of 10.
+pub async fn skewed_creations<S: Store>(store: &S) -> Vec<OperationRecord> {
+    let at = |s: u64| base() + Duration::from_secs(s);
+    let records: Vec<OperationRecord> = (0..100u64)
+        .map(|i| {
+            let mut r = queued("sleep");
+            r.create_time = match i {
+                50 => at(5),
+                80 => at(2_000),
+                _ => at(i * 10),
+            };
+            r
+        })
+        .collect();
+    let mut stored = Vec::new();
+    for r in &records[..50] {
+        stored.push(insert_new(store, r.clone()).await);
+    }
+    for batch in records[50..].chunks(10) {
+        for inserted in store
+            .insert_many(batch.to_vec())
+            .await
+            .expect("insert_many")
+        {
+            match inserted {
+                Inserted::New(r) => stored.push(r),
+                Inserted::Existing(r) => panic!("fresh insert returned existing {}", r.id),
+            }
+        }
+    }
+    stored
+}
+
+/// Lists with bounds on `create_time` (`>=`, `<`, and `>` with `<=`, at times around the
+/// skewed ones of [`skewed_creations`]) give every match, in order, oldest first and newest
+/// first, a page of 7 at a time: however a store narrows its walk, none is missed.
+pub async fn create_time_bounds_list_every_match<S: Store>(store: &S, stored: &[OperationRecord]) {
+    let at = |s: u64| base() + Duration::from_secs(s);
+    let stamp = |s: u64| prost_types::Timestamp::from(at(s));
+    let micro = Duration::from_micros(1);
+    for since in [0, 5, 6, 400, 495, 500, 501, 990, 995, 2_000, 2_001] {
+        // Each filter, and the times it keeps: from (inclusive), until (exclusive).
+        let bounds: [(String, Option<SystemTime>, Option<SystemTime>); 3] = [
+            (
+                format!("create_time >= \"{}\"", stamp(since)),
+                Some(at(since)),
+                None,
+            ),
+            (
+                format!("create_time < \"{}\"", stamp(since)),
+                None,
+                Some(at(since)),
+            ),
+            (
+                format!(
+                    "create_time > \"{}\" AND create_time <= \"{}\"",
+                    stamp(since),
+                    stamp(since + 300)
+                ),
+                Some(at(since) + micro),
+                Some(at(since + 300) + micro),
+            ),
+        ];
+        for (filter, from, until) in bounds {
+            let parsed = Filter::parse(&filter).unwrap();
+            let want: Vec<i64> = stored
+                .iter()
+                .filter(|r| from.is_none_or(|t| r.create_time >= t))
+                .filter(|r| until.is_none_or(|t| r.create_time < t))
+                .map(|r| r.seq)
+                .collect();
+            let mut got = Vec::new();
+            let mut after = 0;
+            loop {
+                let listed = store.list(after, &parsed, 7).await.unwrap();
+                let Some(last) = listed.last() else { break };
+                after = last.seq;
+                got.extend(listed.iter().map(|r| r.seq));
+            }
+            assert_eq!(got, want, "oldest first: {filter}");
+            let mut got = Vec::new();
+            let mut before = i64::MAX;
+            loop {
+                let listed = store.list_newest(before, &parsed, 7).await.unwrap();
+                let Some(last) = listed.last() else { break };
+                before = last.seq;
+                got.extend(listed.iter().map(|r| r.seq));
+            }
+            got.reverse();
+            assert_eq!(got, want, "newest first: {filter}");
+        }
+    }
 }
 
 /// What [`Store::summarize`] answers, counted from every operation (the definition the

@@ -92,26 +92,3 @@ impl RowImage {
 pub(crate) fn due(r: &OperationRecord) -> Option<i64> {
     (r.state == State::Queued).then(|| micros(r.next_attempt_time.unwrap_or(r.create_time)))
 }
-
-/// How `list` reads a filter with a `create_time` lower bound (see
-/// [`crate::filter::Filter::created_after`]) in both SQL backends: walking `seq` from the
-/// page's start reads every older operation before the first match, so when that is more than
-/// [`WALK_AT_MOST`] rows and fewer than [`RECENT_AT_MOST`] operations match, the matches are
-/// read through the `create_time` index (`operations_created`) and sorted instead. Both plans
-/// give the same page; this only guesses the cheaper.
-pub(crate) const WALK_AT_MOST: i64 = 10_000;
-
-/// See [`WALK_AT_MOST`]: at most this many rows are sorted by the `create_time` plan.
-pub(crate) const RECENT_AT_MOST: i64 = 50_000;
-
-/// The first half of the choice of [`WALK_AT_MOST`]: given the `seq` of the first operation
-/// created at or after the bound (`None`: there is none), `Some(plan)` when that decides it
-/// (`true`: the `create_time` index), `None` when the matches must be counted (up to
-/// [`RECENT_AT_MOST`]).
-pub(crate) fn recent_by_first(first: Option<i64>, after: i64) -> Option<bool> {
-    match first {
-        None => Some(true),
-        Some(first) if first.saturating_sub(after) <= WALK_AT_MOST => Some(false),
-        Some(_) => None,
-    }
-}

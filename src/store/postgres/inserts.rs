@@ -33,7 +33,10 @@ pub(super) fn start(pool: Pool, stats: crate::metrics::CommitStats) -> Inserter 
 }
 
 /// The statement: the batch's columns as arrays, numbered in order, given `seq`s after the
-/// counter's value (which the batch moves on by its size). A request id already taken, or a
+/// counter's value (which the batch moves on by its size), and as `created_max` the latest
+/// `create_time` of any batch so far, this one's included (both counters in one `UPDATE`,
+/// which locks their rows in one order); `created_lag` becomes at least how far that is past
+/// the batch's earliest `create_time`. A request id already taken, or a
 /// unique key an unfinished operation of the kind holds (or either taken twice in the
 /// batch), inserts nothing for that row.
 const INSERT_BATCH: &str = concat!(
@@ -45,18 +48,25 @@ const INSERT_BATCH: &str = concat!(
      AS i(id, request_id, kind, done, state, error_code, create_time, update_time, end_time, \
      input, body, version, owner, attempt, start_time, next_attempt_time, deadline, \
      cancel_requested, due, priority, unique_key, concurrency_key, schedule, ord)), \
-     next AS (UPDATE oprun_counters SET value = value + $20 WHERE name = 'seq' RETURNING value) \
+     counters AS (UPDATE oprun_counters SET value = CASE name WHEN 'seq' THEN value + $20 \
+     ELSE greatest(value, (SELECT max(create_time) FROM input)) END \
+     WHERE name IN ('created_max', 'seq') RETURNING name, value), \
+     next AS (SELECT value FROM counters WHERE name = 'seq'), \
+     latest AS (SELECT value FROM counters WHERE name = 'created_max'), \
+     lag AS (UPDATE oprun_counters SET value = greatest(value, \
+     (SELECT value FROM latest) - (SELECT min(create_time) FROM input)) \
+     WHERE name = 'created_lag') \
      INSERT INTO operations (seq, id, request_id, kind, done, state, error_code, create_time, \
      update_time, end_time, input, body, version, owner, attempt, start_time, \
      next_attempt_time, deadline, cancel_requested, due, priority, unique_key, \
-     concurrency_key, schedule, changed_by) \
+     concurrency_key, schedule, created_max, changed_by) \
      SELECT next.value - $20 + input.ord, input.id, input.request_id, input.kind, input.done, \
      input.state, input.error_code, input.create_time, input.update_time, input.end_time, \
      input.input, input.body, input.version, input.owner, input.attempt, input.start_time, \
      input.next_attempt_time, input.deadline, input.cancel_requested, input.due, \
-     input.priority, input.unique_key, input.concurrency_key, input.schedule, ",
+     input.priority, input.unique_key, input.concurrency_key, input.schedule, latest.value, ",
     this_transaction!(),
-    " FROM input, next ORDER BY input.ord ON CONFLICT DO NOTHING RETURNING id, seq"
+    " FROM input, next, latest ORDER BY input.ord ON CONFLICT DO NOTHING RETURNING id, seq"
 );
 
 /// Inserts `rows` in one statement on `client` (a connection, or a transaction); answers the

@@ -67,7 +67,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use schema::Migrated;
 
-use super::row::{recent_by_first, RowImage, FILTER_COLUMNS, RECENT_AT_MOST};
+use super::row::{RowImage, FILTER_COLUMNS};
 use super::{
     decode_record, from_micros, micros, ChangeSignal, Changes, Claim, Claimed, Columns, Deadlines,
     Inserted, NodeLease, Store, StoreError, Summary, Swept, Written,
@@ -565,26 +565,24 @@ const CHANGES_REST: &str = concat!(
     ", changed_by FROM operations WHERE changed_by = $1 AND seq > $2 ORDER BY seq"
 );
 
-/// The query of `list`: rows after a `seq` (`$1`) that match a filter (its SQL in `clause`,
-/// from `$3`), in `seq` order, at most `$2`. `recent` orders by `seq + 0`, which no index
-/// holds: the planner then reads the matches through the index their filter's bound uses
-/// (`operations_created` for a recent `create_time` bound, see [`WALK_AT_MOST`](crate::store::row::WALK_AT_MOST)) and sorts
-/// them, where it would otherwise walk `seq` in order, trusting to find matches evenly spread
-/// (they all come last).
-fn list_sql(clause: &str, recent: bool) -> String {
-    let order = if recent { "seq + 0" } else { "seq" };
+/// The query of `list`: rows after a `seq` (`$1`) and before another (`$3`) that match a
+/// filter (its SQL in `clause`, from `$4`), in `seq` order, at most `$2`.
+fn list_sql(clause: &str) -> String {
     format!(
-        "SELECT {COLUMNS} FROM operations WHERE seq > $1 AND ({clause}) ORDER BY {order} LIMIT $2"
+        "SELECT {COLUMNS} FROM operations WHERE seq > $1 AND seq < $3 AND ({clause}) \
+         ORDER BY seq LIMIT $2"
     )
 }
 
-/// Runs a listing query whose parameters are a `seq` (`$1`), the limit (`$2`), then the
-/// filter's, and decodes its rows. Not prepared and cached: clients' filters have endless
-/// shapes, and each prepared statement stays on its connection (and the server) for good.
+/// Runs a listing query whose parameters are a `seq` (`$1`), the limit (`$2`), `more`
+/// (`$3`…), then the filter's, and decodes its rows. Not prepared and cached: clients'
+/// filters have endless shapes, and each prepared statement stays on its connection (and the
+/// server) for good.
 async fn page(
     client: &Object,
     sql: &str,
     seq: i64,
+    more: &[i64],
     filter: &[SqlValue],
     limit: usize,
 ) -> Result<Vec<OperationRecord>, StoreError> {
@@ -592,42 +590,72 @@ async fn page(
     let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(filter.len() + 2);
     params.push(&seq);
     params.push(&limit);
+    params.extend(more.iter().map(|p| p as &(dyn ToSql + Sync)));
     params.extend(filter.iter().map(|p| p as &(dyn ToSql + Sync)));
     let rows = client.query(sql, &params).await.map_err(pg_error)?;
     records(&rows)
 }
 
-/// Whether `list` reads the operations created at or after `since` (on a page starting after
-/// `after`) through `operations_created` (see [`WALK_AT_MOST`](crate::store::row::WALK_AT_MOST)): one index seek, then at most
-/// one read of [`RECENT_AT_MOST`] index entries.
-async fn reads_recent(client: &Object, since: i64, after: i64) -> Result<bool, StoreError> {
-    let first = client
-        .prepare_cached(
-            "SELECT seq FROM operations WHERE create_time >= $1 ORDER BY create_time LIMIT 1",
-        )
-        .await
-        .map_err(pg_error)?;
-    let first: Option<i64> = client
-        .query_opt(&first, &[&since])
-        .await
-        .and_then(|row| row.map(|r| r.try_get(0)).transpose())
-        .map_err(pg_error)?;
-    if let Some(decided) = recent_by_first(first, after) {
-        return Ok(decided);
-    }
-    let counted = client
-        .prepare_cached(
-            "SELECT count(*) FROM (SELECT 1 FROM operations WHERE create_time >= $1 \
-             ORDER BY create_time LIMIT $2) recent",
-        )
-        .await
-        .map_err(pg_error)?;
-    let n: i64 = client
-        .query_one(&counted, &[&since, &RECENT_AT_MOST])
-        .await
-        .and_then(|row| row.try_get(0))
-        .map_err(pg_error)?;
-    Ok(n < RECENT_AT_MOST)
+/// Where the matches of a filter that bounds `create_time` (at or after `after`, before
+/// `before`) can be: `(floor, ceiling)`, none at or below `floor` nor at or above `ceiling`;
+/// `None` when none can be. Seeks of `operations_created_max` (see the schema's version 9):
+/// the first row whose `created_max` reaches `after`, and the first that reaches `before`
+/// plus the largest lag of any operation (the `created_lag` counter: how far `created_max`
+/// may be past an operation's own `create_time`); rows a node of an older build inserted
+/// without `created_max` widen the window to hold them.
+async fn created_window(
+    client: &Object,
+    after: Option<i64>,
+    before: Option<i64>,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    let floor = match after {
+        None => 0,
+        Some(after) => {
+            let first = client
+                .prepare_cached(
+                    "SELECT least((SELECT seq FROM operations WHERE created_max >= $1 \
+                     ORDER BY created_max, seq LIMIT 1), \
+                     (SELECT min(seq) FROM operations WHERE created_max IS NULL))",
+                )
+                .await
+                .map_err(pg_error)?;
+            let first: Option<i64> = client
+                .query_one(&first, &[&after])
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(pg_error)?;
+            match first {
+                Some(seq) => seq - 1,
+                None => return Ok(None),
+            }
+        }
+    };
+    let ceiling = match before {
+        None => i64::MAX,
+        Some(before) => {
+            let last = client
+                .prepare_cached(
+                    "SELECT (SELECT seq FROM operations WHERE created_max >= $1 + \
+                     (SELECT value FROM oprun_counters WHERE name = 'created_lag') \
+                     ORDER BY created_max, seq LIMIT 1), \
+                     (SELECT max(seq) FROM operations WHERE created_max IS NULL)",
+                )
+                .await
+                .map_err(pg_error)?;
+            let row = client
+                .query_one(&last, &[&before])
+                .await
+                .map_err(pg_error)?;
+            let reached: Option<i64> = row.try_get(0).map_err(pg_error)?;
+            let unknown: Option<i64> = row.try_get(1).map_err(pg_error)?;
+            match (reached, unknown) {
+                (None, _) => i64::MAX,
+                (Some(seq), None) => seq,
+                (Some(seq), Some(last)) => seq.max(last.saturating_add(1)),
+            }
+        }
+    };
+    Ok((floor < ceiling).then_some((floor, ceiling)))
 }
 
 #[async_trait]
@@ -878,15 +906,27 @@ impl Store for PostgresStore {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError> {
-        let created_after = filter.created_after().map(micros);
-        let filter = filter.to_postgres(&FILTER_COLUMNS, 3);
+        let (created_after, created_before) = (
+            filter.created_after().map(micros),
+            filter.created_before().map(micros),
+        );
+        let filter = filter.to_postgres(&FILTER_COLUMNS, 4);
         let client = self.client().await?;
-        let recent = match created_after {
-            Some(since) => reads_recent(&client, since, after).await?,
-            None => false,
+        // Bounds on `create_time`: the walk goes where the matches can be.
+        let Some((floor, ceiling)) = created_window(&client, created_after, created_before).await?
+        else {
+            return Ok(Vec::new());
         };
-        let sql = list_sql(&filter.clause, recent);
-        page(&client, &sql, after, &filter.params, limit).await
+        let sql = list_sql(&filter.clause);
+        page(
+            &client,
+            &sql,
+            after.max(floor),
+            &[ceiling],
+            &filter.params,
+            limit,
+        )
+        .await
     }
 
     async fn list_newest(
@@ -895,13 +935,31 @@ impl Store for PostgresStore {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError> {
-        let filter = filter.to_postgres(&FILTER_COLUMNS, 3);
+        let (created_after, created_before) = (
+            filter.created_after().map(micros),
+            filter.created_before().map(micros),
+        );
+        let filter = filter.to_postgres(&FILTER_COLUMNS, 4);
         let client = self.client().await?;
+        // With bounds on `create_time`, from and down to where the matches can be.
+        let Some((floor, ceiling)) = created_window(&client, created_after, created_before).await?
+        else {
+            return Ok(Vec::new());
+        };
         let sql = format!(
-            "SELECT {COLUMNS} FROM operations WHERE seq < $1 AND ({}) ORDER BY seq DESC LIMIT $2",
+            "SELECT {COLUMNS} FROM operations WHERE seq < $1 AND seq > $3 AND ({}) \
+             ORDER BY seq DESC LIMIT $2",
             filter.clause
         );
-        page(&client, &sql, before, &filter.params, limit).await
+        page(
+            &client,
+            &sql,
+            before.min(ceiling),
+            &[floor],
+            &filter.params,
+            limit,
+        )
+        .await
     }
 
     async fn summarize(
@@ -1269,8 +1327,8 @@ mod tests {
 
     /// The summary two nodes keep while both change operations at once is a full count,
     /// before and after the deltas are folded in (and the fold leaves none). A database of
-    /// the version before the tallies gets them filled from a full count when a node of
-    /// this build opens it.
+    /// the version before the tallies (changed since without them) gets them filled from a
+    /// full count when a node of this build opens it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_summary_two_nodes_keep_is_a_full_count() {
         use crate::store::conformance::{churn, counted_summaries, summaries};
@@ -1308,12 +1366,14 @@ mod tests {
                  DROP FUNCTION oprun_tally_inserted(); DROP FUNCTION oprun_tally_updated(); \
                  DROP FUNCTION oprun_tally_deleted(); \
                  DROP TABLE tally_counts, tally_ends, tally_deltas; \
-                 DELETE FROM oprun_schema WHERE version = 8;",
+                 ALTER TABLE operations DROP COLUMN created_max; \
+                 DELETE FROM oprun_counters WHERE name IN ('created_max', 'created_lag'); \
+                 DELETE FROM oprun_schema WHERE version >= 8; \
+                 DELETE FROM operations WHERE seq % 7 = 0;",
             )
             .await
-            .expect("back to version 7");
+            .expect("back to version 7, and a change no tally saw");
         drop(client);
-        churn(&a, "z", 12).await;
         a.close().await.expect("close");
         b.close().await.expect("close");
         let c = connect().await.expect("c");
@@ -1417,14 +1477,14 @@ mod tests {
             .batch_execute(
                 "INSERT INTO operations (seq, id, request_id, kind, done, state, error_code, \
                  create_time, update_time, end_time, input, body, version, owner, attempt, \
-                 cancel_requested, due, changed_by) \
+                 cancel_requested, due, created_max, changed_by) \
                  SELECT n, 'op' || n, NULL, \
                    CASE WHEN n % 1000 = 7 THEN 'rare' ELSE 'k' || (n % 10) END, \
                    CASE WHEN n % 10 = 0 THEN 0 ELSE 1 END, \
                    CASE WHEN n % 10 = 0 THEN 1 + n % 2 WHEN n % 100 = 1 THEN 4 ELSE 3 END, \
                    CASE WHEN n % 100 = 1 THEN 5 END, n, n, \
                    CASE WHEN n % 10 = 0 THEN NULL ELSE n END, '', '', 1, NULL, 1, FALSE, \
-                   CASE WHEN n % 20 = 0 THEN n END, 1 \
+                   CASE WHEN n % 20 = 0 THEN n END, n, 1 \
                  FROM generate_series(1, 20000) AS n; \
                  ANALYZE operations;",
             )
@@ -1440,38 +1500,51 @@ mod tests {
         ] {
             let filter = Filter::parse(text)
                 .expect("a filter")
-                .to_postgres(&FILTER_COLUMNS, 3);
-            let after = 0_i64;
-            let limit = 100_i64;
-            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&after, &limit];
+                .to_postgres(&FILTER_COLUMNS, 4);
+            let (after, limit, until) = (0_i64, 100_i64, i64::MAX);
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&after, &limit, &until];
             params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));
-            let plan = explain(&client, &list_sql(&filter.clause, false), &params).await;
+            let plan = explain(&client, &list_sql(&filter.clause), &params).await;
             // Neither the table nor the whole of it in `seq` order with the filter on top.
             let walks_all = plan.contains("operations_pkey") && plan.contains("Filter");
             assert!(!plan.contains("Seq Scan") && !walks_all, "{text}: {plan}");
         }
 
-        // The last 2,000 created (create_time n µs): past the walk's reach from the start,
-        // read through `operations_created`, although in `seq` order the planner expects to
-        // meet one in ten at once; a page that starts near them walks.
+        // The last 2,000 created (create_time n µs): the walk starts at the first, found by
+        // one seek of `operations_created_max`, not by walking the 18,000 before it.
         let since = 18_001_i64;
-        assert!(reads_recent(&client, since, 0).await.expect("choose"));
-        assert!(!reads_recent(&client, since, 17_000).await.expect("choose"));
+        let window = |after: Option<i64>, before: Option<i64>| {
+            let client = &client;
+            async move { created_window(client, after, before).await.expect("window") }
+        };
+        assert_eq!(window(Some(since), None).await, Some((18_000, i64::MAX)));
+        assert_eq!(window(Some(30_000), None).await, None);
+        // No lag: an upper bound ends the walk at the first created at it.
+        assert_eq!(window(None, Some(2_001)).await, Some((0, 2_001)));
+        assert_eq!(window(Some(500), Some(2_001)).await, Some((499, 2_001)));
+        let plan = explain(
+            &client,
+            "SELECT seq FROM operations WHERE created_max >= $1 ORDER BY created_max, seq LIMIT 1",
+            &[&since],
+        )
+        .await;
+        assert!(plan.contains("operations_created_max"), "{plan}");
+        assert!(
+            !plan.contains("Seq Scan") && !plan.contains("Sort"),
+            "{plan}"
+        );
         let text = format!(
             "create_time >= \"{}\"",
             prost_types::Timestamp::from(from_micros(since))
         );
         let filter = Filter::parse(&text)
             .expect("a filter")
-            .to_postgres(&FILTER_COLUMNS, 3);
-        let (after, limit) = (0_i64, 100_i64);
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&after, &limit];
+            .to_postgres(&FILTER_COLUMNS, 4);
+        let (after, limit, until) = (18_000_i64, 100_i64, i64::MAX);
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&after, &limit, &until];
         params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));
-        let plan = explain(&client, &list_sql(&filter.clause, true), &params).await;
-        assert!(plan.contains("operations_created"), "{plan}");
-        assert!(!plan.contains("Seq Scan"), "{plan}");
         let seqs: Vec<i64> = client
-            .query(&list_sql(&filter.clause, true), &params)
+            .query(&list_sql(&filter.clause), &params)
             .await
             .expect("list")
             .iter()

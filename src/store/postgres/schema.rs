@@ -31,7 +31,7 @@ use super::pg_error;
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const VERSION: i32 = 8;
+pub const VERSION: i32 = 9;
 
 /// The key of the advisory lock migrations hold (any constant shared by every build).
 const MIGRATION_LOCK: i64 = 0x6f70_7275_6e5f_6d67; // "oprun_mg"
@@ -168,6 +168,27 @@ CREATE INDEX schedules_wake ON schedules(wake) WHERE wake IS NOT NULL;
 ",
     // The summary's tallies (see `super::tally`).
     super::tally::MIGRATION,
+    // `created_max`: the latest `create_time` of the operation's insert and every one before
+    // it (the counter of that name), so it only grows with `seq`: the first row whose value
+    // reaches a time is where a walk in `seq` order finds the first operation created at or
+    // after it. Replaces `operations_created`, whose lists sorted what they found.
+    // `created_lag` (a counter) is at least the largest `created_max - create_time`: an
+    // operation created before a time has a `created_max` below it plus that, which bounds
+    // the walk of an upper bound. Rows a node of an older build inserts have none: a walk
+    // goes over all of them.
+    "
+ALTER TABLE operations ADD COLUMN created_max BIGINT;
+UPDATE operations SET created_max = w.latest
+    FROM (SELECT seq, max(create_time) OVER (ORDER BY seq) AS latest FROM operations) AS w
+    WHERE operations.seq = w.seq;
+INSERT INTO oprun_counters (name, value)
+    SELECT 'created_max', COALESCE(max(create_time), 0) FROM operations;
+INSERT INTO oprun_counters (name, value)
+    SELECT 'created_lag', COALESCE(max(created_max - create_time), 0) FROM operations;
+CREATE INDEX operations_created_max ON operations(created_max, seq);
+CREATE INDEX operations_created_unknown ON operations(seq) WHERE created_max IS NULL;
+DROP INDEX IF EXISTS operations_created;
+",
 ];
 
 /// What [`migrate`] did.

@@ -42,7 +42,7 @@ use super::{
 };
 use crate::filter::{Filter, SqlValue};
 use crate::model::{Fence, OperationId, OperationRecord};
-use crate::store::row::{recent_by_first, RowImage, FILTER_COLUMNS, RECENT_AT_MOST};
+use crate::store::row::{RowImage, FILTER_COLUMNS};
 use crate::store::tally;
 use schema::{row_to_record, RawRow, COLUMNS};
 use writer::{checkpointer, writer_loop, Command, InsertOutcome, WalBound, WriteOutcome};
@@ -453,34 +453,29 @@ fn schedule_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<crate::store::Sched
     })
 }
 
-/// The query of `list`: rows after a `seq` that match a filter (its SQL in `clause`), in
-/// `seq` order, up to a limit. Placeholders: the `seq`, the filter's, the limit.
-///
-/// `recent` reads the matches through `operations_created` and sorts them: for a filter with
-/// a `create_time` lower bound that few operations meet, after many older ones (see
-/// [`reads_recent`]). Walking `seq` instead would read every older operation first.
-fn list_query(clause: &str, recent: bool) -> String {
-    let index = if recent {
-        " INDEXED BY operations_created"
-    } else {
-        ""
-    };
+/// The query of `list`: rows after a `seq` and before another that match a filter (its SQL
+/// in `clause`), in `seq` order, up to a limit. Placeholders: the two `seq`s, the filter's,
+/// the limit.
+fn list_query(clause: &str) -> String {
     format!(
-        "SELECT {COLUMNS} FROM operations{index} WHERE seq > ? AND ({clause}) ORDER BY seq LIMIT ?"
+        "SELECT {COLUMNS} FROM operations WHERE seq > ? AND seq < ? AND ({clause}) \
+         ORDER BY seq LIMIT ?"
     )
 }
 
-/// Runs a listing query whose placeholders are a `seq`, the filter's, then the limit, and
-/// decodes its rows.
+/// Runs a listing query whose placeholders are `bounds` (`seq`s), the filter's, then the
+/// limit, and decodes its rows.
 fn page(
     conn: &Connection,
     sql: &str,
-    seq: i64,
+    bounds: &[i64],
     filter: Vec<SqlValue>,
     limit: usize,
 ) -> Result<Vec<OperationRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(sql).map_err(sql_error)?;
-    let params = std::iter::once(SqlValue::Integer(seq))
+    let params = bounds
+        .iter()
+        .map(|b| SqlValue::Integer(*b))
         .chain(filter)
         .chain(std::iter::once(SqlValue::Integer(sql_limit(limit))));
     let rows: Vec<RawRow> = stmt
@@ -490,28 +485,48 @@ fn page(
     rows.into_iter().map(RawRow::decode).collect()
 }
 
-/// Whether `list` reads the operations created at or after `since` (on a page starting after
-/// `after`) through `operations_created` rather than by walking `seq` (see [`WALK_AT_MOST`](crate::store::row::WALK_AT_MOST)):
-/// at most one index seek and one read of [`RECENT_AT_MOST`] index entries.
-fn reads_recent(conn: &Connection, since: i64, after: i64) -> Result<bool, StoreError> {
-    let first: Option<i64> = conn
-        .prepare_cached(
-            "SELECT seq FROM operations INDEXED BY operations_created WHERE create_time >= ? \
-             ORDER BY create_time LIMIT 1",
+/// Where the matches of a filter that bounds `create_time` (at or after `after`, before
+/// `before`) can be: `(floor, ceiling)`, none at or below `floor` nor at or above `ceiling`;
+/// `None` when none can be. One or two seeks of `operations_created_max` (see the schema's
+/// version 6) and, for an upper bound, one of `operations_created_lag`: an operation created
+/// before `before` has a `created_max` below `before` plus the largest lag of any (how far
+/// `created_max` is past an operation's own `create_time`).
+fn created_window(
+    conn: &Connection,
+    after: Option<i64>,
+    before: Option<i64>,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    let first_reaching = |at: i64| {
+        conn.prepare_cached(
+            "SELECT seq FROM operations INDEXED BY operations_created_max \
+             WHERE created_max >= ? ORDER BY created_max, seq LIMIT 1",
         )
-        .and_then(|mut s| s.query_row([since], |r| r.get(0)).optional())
-        .map_err(sql_error)?;
-    if let Some(decided) = recent_by_first(first, after) {
-        return Ok(decided);
-    }
-    let n: i64 = conn
-        .prepare_cached(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM operations INDEXED BY operations_created \
-             WHERE create_time >= ? LIMIT ?)",
-        )
-        .and_then(|mut s| s.query_row([since, RECENT_AT_MOST], |r| r.get(0)))
-        .map_err(sql_error)?;
-    Ok(n < RECENT_AT_MOST)
+        .and_then(|mut s| s.query_row([at], |r| r.get::<_, i64>(0)).optional())
+        .map_err(sql_error)
+    };
+    let floor = match after {
+        None => 0,
+        Some(after) => match first_reaching(after)? {
+            Some(seq) => seq - 1,
+            None => return Ok(None),
+        },
+    };
+    let ceiling = match before {
+        None => i64::MAX,
+        Some(before) => {
+            let lag: i64 = conn
+                .prepare_cached(
+                    "SELECT created_max - create_time FROM operations \
+                     INDEXED BY operations_created_lag WHERE created_max > create_time \
+                     ORDER BY created_max - create_time DESC LIMIT 1",
+                )
+                .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
+                .map_err(sql_error)?
+                .unwrap_or(0);
+            first_reaching(before.saturating_add(lag))?.unwrap_or(i64::MAX)
+        }
+    };
+    Ok((floor < ceiling).then_some((floor, ceiling)))
 }
 
 /// What the writer's answer to the insert of `record` means.
@@ -652,17 +667,20 @@ impl Store for SqliteStore {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError> {
-        let created_after = filter.created_after().map(micros);
+        let created = (
+            filter.created_after().map(micros),
+            filter.created_before().map(micros),
+        );
         let filter = filter.to_sqlite(&FILTER_COLUMNS);
         self.read(move |conn| {
-            let recent = match created_after {
-                Some(since) => reads_recent(conn, since, after)?,
-                None => false,
+            // Bounds on `create_time`: the walk goes where the matches can be.
+            let Some((floor, ceiling)) = created_window(conn, created.0, created.1)? else {
+                return Ok(Vec::new());
             };
             page(
                 conn,
-                &list_query(&filter.clause, recent),
-                after,
+                &list_query(&filter.clause),
+                &[after.max(floor), ceiling],
                 filter.params,
                 limit,
             )
@@ -676,15 +694,29 @@ impl Store for SqliteStore {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError> {
+        let created = (
+            filter.created_after().map(micros),
+            filter.created_before().map(micros),
+        );
         let filter = filter.to_sqlite(&FILTER_COLUMNS);
         self.read(move |conn| {
-            // Newest first is `seq` backwards: the primary key, whatever the filter.
+            // Newest first is `seq` backwards: the primary key, whatever the filter; with
+            // bounds on `create_time`, from and down to where the matches can be.
+            let Some((floor, ceiling)) = created_window(conn, created.0, created.1)? else {
+                return Ok(Vec::new());
+            };
             let sql = format!(
-                "SELECT {COLUMNS} FROM operations WHERE seq < ? AND ({}) ORDER BY seq DESC \
-                 LIMIT ?",
+                "SELECT {COLUMNS} FROM operations WHERE seq < ? AND seq > ? AND ({}) \
+                 ORDER BY seq DESC LIMIT ?",
                 filter.clause
             );
-            page(conn, &sql, before, filter.params, limit)
+            page(
+                conn,
+                &sql,
+                &[before.min(ceiling), floor],
+                filter.params,
+                limit,
+            )
         })
         .await
     }
@@ -910,7 +942,6 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::model::State;
-    use crate::store::row::WALK_AT_MOST;
 
     /// The SQLite store keeps the store contract.
     #[tokio::test]
@@ -955,20 +986,12 @@ mod tests {
 
     /// The plan SQLite chooses for `list` with `filter`, its steps joined by "; ".
     fn plan(conn: &Connection, filter: &str) -> String {
-        plan_of(conn, filter, false)
-    }
-
-    /// [`plan`] of the query `list` runs when `recent` (see [`list_query`]).
-    fn plan_of(conn: &Connection, filter: &str, recent: bool) -> String {
         let sql = Filter::parse(filter).unwrap().to_sqlite(&FILTER_COLUMNS);
-        let params = std::iter::once(SqlValue::Integer(0))
+        let params = [SqlValue::Integer(0), SqlValue::Integer(i64::MAX)]
+            .into_iter()
             .chain(sql.params)
             .chain(std::iter::once(SqlValue::Integer(50)));
-        explain(
-            conn,
-            &list_query(&sql.clause, recent),
-            params_from_iter(params),
-        )
+        explain(conn, &list_query(&sql.clause), params_from_iter(params))
     }
 
     /// The plan SQLite chooses for `sql` with `params`, its steps joined by "; ".
@@ -1022,7 +1045,9 @@ mod tests {
         {
             let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
             conn.execute_batch(
-                "DROP TABLE tally_counts; DROP TABLE tally_ends; PRAGMA user_version = 5;",
+                "DROP TABLE tally_counts; DROP TABLE tally_ends; \
+                 DROP INDEX operations_created_max; DROP INDEX operations_created_lag; \
+                 ALTER TABLE operations DROP COLUMN created_max; PRAGMA user_version = 5;",
             )
             .unwrap();
             conn.execute("DELETE FROM operations WHERE seq % 5 = 0", [])
@@ -1047,22 +1072,28 @@ mod tests {
         fill(&store, 6).await;
         let conn = Connection::open(store.path()).unwrap();
         for (filter, index) in [
-            ("done = false", "operations_unfinished (seq>?)"),
-            ("state=RUNNING", "operations_unfinished (seq>?)"),
-            ("state=QUEUED", "operations_unfinished (seq>?)"),
-            ("state=FAILED", "operations_end_state (state=? AND seq>?)"),
+            ("done = false", "operations_unfinished (seq>? AND seq<?)"),
+            ("state=RUNNING", "operations_unfinished (seq>? AND seq<?)"),
+            ("state=QUEUED", "operations_unfinished (seq>? AND seq<?)"),
+            (
+                "state=FAILED",
+                "operations_end_state (state=? AND seq>? AND seq<?)",
+            ),
             (
                 "state=CANCELLED",
-                "operations_end_state (state=? AND seq>?)",
+                "operations_end_state (state=? AND seq>? AND seq<?)",
             ),
-            ("kind=sleep", "operations_by_kind (kind=? AND seq>?)"),
+            (
+                "kind=sleep",
+                "operations_by_kind (kind=? AND seq>? AND seq<?)",
+            ),
             (
                 "error.code = 1",
-                "operations_failed (error_code=? AND seq>?)",
+                "operations_failed (error_code=? AND seq>? AND seq<?)",
             ),
             (
                 "error.code=NOT_FOUND done=true",
-                "operations_failed (error_code=? AND seq>?)",
+                "operations_failed (error_code=? AND seq>? AND seq<?)",
             ),
             (
                 "name=operations/abc",
@@ -1087,7 +1118,7 @@ mod tests {
         ] {
             let plan = plan(&conn, filter);
             assert!(
-                plan.contains("USING INTEGER PRIMARY KEY (rowid>?)"),
+                plan.contains("USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)"),
                 "{plan}"
             );
         }
@@ -1106,63 +1137,66 @@ mod tests {
         assert!(!plan.contains("SCAN o;"), "{plan}");
     }
 
-    /// A filter with a `create_time` lower bound that few operations meet, after many older
-    /// ones, reads them through `operations_created` (then sorts at most [`RECENT_AT_MOST`])
-    /// instead of walking every older operation; with few older ones, or once that many meet
-    /// it, `list` walks `seq`. Each plan gives the same page.
+    /// A filter with a `create_time` lower bound starts its walk where the first operation
+    /// created at or after it can be (one seek of `operations_created_max`), and one with an
+    /// upper bound ends it where the last can be (that seek past the largest lag, one seek
+    /// of `operations_created_lag`), both ways, so a bound in the middle of a long history
+    /// does not walk the other half; and where `create_time` does not grow with `seq` (a
+    /// clock set back, or forward), the pages are still every match (see
+    /// [`crate::store::conformance::skewed_creations`]).
     #[tokio::test]
-    async fn recent_create_time_bounds_read_their_index() {
+    async fn create_time_bounds_walk_only_where_the_matches_can_be() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
-        let stored = fill(&store, 6).await;
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + s);
+        let stored = crate::store::conformance::skewed_creations(&store).await;
         let conn = Connection::open(store.path()).unwrap();
-        // `n` copies of the last stored operation, created `offset` µs + i after it.
-        let copies = |n: i64, offset: i64| {
-            conn.execute(
-                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
-                 INSERT INTO operations (id, kind, done, state, create_time, update_time, \
-                     input, body, layout) \
-                 SELECT 'copy' || ?2 || '-' || i, kind, done, state, create_time + ?2 + i, \
-                     update_time, input, body, layout FROM n, operations WHERE seq = ?3",
-                [n, offset, stored[5].seq],
-            )
-            .unwrap();
+        let floor = |since: SystemTime| {
+            created_window(&conn, Some(micros(since)), None)
+                .unwrap()
+                .map(|w| w.0)
         };
-        copies(WALK_AT_MOST + 10, 0);
-        let old = stored[5].seq + WALK_AT_MOST + 10;
-        let since = micros(stored[5].create_time) + 1_000_000;
-        copies(5, 1_000_000);
-        let filter = format!(
-            "kind = sleep AND create_time >= \"{}\"",
-            prost_types::Timestamp::from(crate::store::from_micros(since))
+        // Below the first whose `created_max` reaches the time: the 52nd (at 510 s) for 500 s,
+        // as the 51st (at 5 s) keeps the 50th's 490 s; the 81st (set forward) for 995 s.
+        assert_eq!(floor(at(500)), Some(stored[51].seq - 1));
+        assert_eq!(floor(at(995)), Some(stored[80].seq - 1));
+        assert_eq!(floor(at(3_000)), None, "none was created so late");
+        let seek = explain(
+            &conn,
+            "SELECT seq FROM operations INDEXED BY operations_created_max WHERE created_max >= ? \
+             ORDER BY created_max, seq LIMIT 1",
+            [0],
         );
-        let parsed = Filter::parse(&filter).unwrap();
-        let page = |after: i64| {
-            let parsed = &parsed;
-            let store = &store;
-            async move {
-                let listed = store.list(after, parsed, 100).await.unwrap();
-                listed.iter().map(|r| r.seq).collect::<Vec<_>>()
-            }
-        };
-        let recent = plan_of(&conn, &filter, true);
         assert!(
-            recent.contains("USING INDEX operations_created (create_time>?)"),
-            "{recent}"
+            seek.contains("USING COVERING INDEX operations_created_max"),
+            "{seek}"
         );
-        assert!(!recent.contains("SCAN"), "{recent}");
-        assert!(reads_recent(&conn, since, 0).unwrap());
-        let mut expected: Vec<i64> = (1..=5).map(|i| old + i).collect();
-        assert_eq!(page(0).await, expected);
-        // A page that starts near the first match walks.
-        assert!(!reads_recent(&conn, since, old - 5).unwrap());
-        assert_eq!(page(old - 5).await, expected);
+        assert!(!seek.contains("TEMP B-TREE"), "{seek}");
 
-        // As many more newer operations as the limit: the walk again.
-        copies(RECENT_AT_MOST, 2_000_000);
-        assert!(!reads_recent(&conn, since, 0).unwrap());
-        expected.extend((1..=95).map(|i| old + 5 + i));
-        assert_eq!(page(0).await, expected);
+        // Upper bounds: the 82nd (810 s, 1,190 s behind the 2,000 s before it) has the largest
+        // lag.
+        let ceiling = |before: SystemTime| {
+            created_window(&conn, None, Some(micros(before)))
+                .unwrap()
+                .map(|w| w.1)
+        };
+        assert_eq!(
+            ceiling(at(10)),
+            Some(stored[80].seq),
+            "10 s + 1,190 s: first reached by the one set forward"
+        );
+        assert_eq!(ceiling(at(3_000)), Some(i64::MAX), "none reaches 3,485 s");
+        let lag = explain(
+            &conn,
+            "SELECT created_max - create_time FROM operations \
+             INDEXED BY operations_created_lag WHERE created_max > create_time \
+             ORDER BY created_max - create_time DESC LIMIT 1",
+            [],
+        );
+        assert!(!lag.contains("TEMP B-TREE"), "{lag}");
+
+        // Every match, both ways: the conformance suite's check.
+        crate::store::conformance::create_time_bounds_list_every_match(&store, &stored).await;
     }
 
     /// A store made before the filter indexes existed opens, gets them, and lists with

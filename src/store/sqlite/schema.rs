@@ -33,6 +33,16 @@
 //! over a batch, written once before its commit), the sweep and deletes included.
 //! Opening an older database fills them from a full count, once.
 //!
+//! `created_max` is the latest `create_time` of the operation and every one inserted before
+//! it (set by the insert from the row before it; rows deleted since do not matter): it only
+//! grows with `seq`, so the first row whose `created_max` reaches a time is where a walk in
+//! `seq` order finds the first operation created at or after it (none before it can be).
+//! `operations_created_max` serves that seek; it replaces `operations_created` (an index on
+//! `create_time`, whose lists sorted what they found). An upper bound is found the same way
+//! from the largest lag, `created_max - create_time`, of any operation
+//! (`operations_created_lag`, which holds only the operations created before one inserted
+//! ahead of them). Opening an older database fills `created_max` in `seq` order, once.
+//!
 //! Version 1 (before) kept those fields in the body only. Opening one adds the columns, fills
 //! them for the unfinished operations from their bodies (a finished one never changes again:
 //! its body stays authoritative, `layout` NULL), and sets the version, in one transaction.
@@ -77,7 +87,8 @@ CREATE TABLE IF NOT EXISTS operations (
     priority          INTEGER NOT NULL DEFAULT 0,
     unique_key        TEXT,
     concurrency_key   TEXT,
-    schedule          TEXT
+    schedule          TEXT,
+    created_max       INTEGER
 );
 ";
 
@@ -95,6 +106,16 @@ ALTER TABLE operations ADD COLUMN concurrency_key TEXT;
 /// The column version 5 adds to a version 4 table.
 const ADD_COLUMNS_5: &str = "
 ALTER TABLE operations ADD COLUMN schedule TEXT;
+";
+
+/// The column version 6 adds to a version 5 table, filled in `seq` order, and the index it
+/// replaces.
+const ADD_COLUMNS_6: &str = "
+ALTER TABLE operations ADD COLUMN created_max INTEGER;
+UPDATE operations SET created_max = w.latest
+    FROM (SELECT seq, MAX(create_time) OVER (ORDER BY seq) AS latest FROM operations) AS w
+    WHERE operations.seq = w.seq;
+DROP INDEX IF EXISTS operations_created;
 ";
 
 /// The columns version 2 adds to a version 1 table.
@@ -117,8 +138,8 @@ ALTER TABLE operations ADD COLUMN due INTEGER;
 /// `operations_unique` keeps one unfinished operation per kind and unique key,
 /// `operations_owner` the rescue of a node's work, `operations_deadline` the queued deadline
 /// sweep; `operations_by_kind` and `operations_failed` filters on the kind and the error
-/// code; `operations_created` filters with a recent `create_time` lower bound (it holds
-/// `seq` too, as every SQLite index holds the rowid). A filter's index holds an equality column (or none) then `seq`, so that
+/// code; `operations_created_max` filters with a `create_time` lower bound (see the
+/// module's version 6). Every SQLite index holds the rowid, `seq`. A filter's index holds an equality column (or none) then `seq`, so that
 /// `col = ? AND seq > ?` is one range read, already in `seq` order.
 ///
 /// Every index is written on every change of a column it holds, and the writer's cost (its
@@ -134,7 +155,9 @@ CREATE INDEX IF NOT EXISTS operations_unfinished ON operations(seq) WHERE done =
 CREATE INDEX IF NOT EXISTS operations_ended ON operations(end_time) WHERE done = 1;
 CREATE INDEX IF NOT EXISTS operations_end_state ON operations(state, seq) WHERE done = 1;
 CREATE INDEX IF NOT EXISTS operations_by_kind ON operations(kind, seq);
-CREATE INDEX IF NOT EXISTS operations_created ON operations(create_time);
+CREATE INDEX IF NOT EXISTS operations_created_max ON operations(created_max);
+CREATE INDEX IF NOT EXISTS operations_created_lag ON operations(created_max - create_time)
+    WHERE created_max > create_time;
 CREATE INDEX IF NOT EXISTS operations_failed ON operations(error_code, seq)
     WHERE error_code IS NOT NULL;
 CREATE INDEX IF NOT EXISTS operations_queue ON operations(kind, due, seq) WHERE state = 1;
@@ -228,17 +251,24 @@ pub(super) fn prepare(conn: &mut Connection, from: i64) -> Result<(), StoreError
             tx.execute_batch(ADD_COLUMNS_3).map_err(sql_error)?;
             tx.execute_batch(ADD_COLUMNS_4).map_err(sql_error)?;
             tx.execute_batch(ADD_COLUMNS_5).map_err(sql_error)?;
+            tx.execute_batch(ADD_COLUMNS_6).map_err(sql_error)?;
         }
         2 => {
             tx.execute_batch(ADD_COLUMNS_3).map_err(sql_error)?;
             tx.execute_batch(ADD_COLUMNS_4).map_err(sql_error)?;
             tx.execute_batch(ADD_COLUMNS_5).map_err(sql_error)?;
+            tx.execute_batch(ADD_COLUMNS_6).map_err(sql_error)?;
         }
         3 => {
             tx.execute_batch(ADD_COLUMNS_4).map_err(sql_error)?;
             tx.execute_batch(ADD_COLUMNS_5).map_err(sql_error)?;
+            tx.execute_batch(ADD_COLUMNS_6).map_err(sql_error)?;
         }
-        4 => tx.execute_batch(ADD_COLUMNS_5).map_err(sql_error)?,
+        4 => {
+            tx.execute_batch(ADD_COLUMNS_5).map_err(sql_error)?;
+            tx.execute_batch(ADD_COLUMNS_6).map_err(sql_error)?;
+        }
+        5 => tx.execute_batch(ADD_COLUMNS_6).map_err(sql_error)?,
         _ => {}
     }
     tx.execute_batch(INDEXES).map_err(sql_error)?;

@@ -551,8 +551,9 @@ fn insert(
         "INSERT INTO operations (id, request_id, kind, done, state, error_code, create_time, \
          update_time, end_time, input, body, layout, version, owner, attempt, start_time, \
          next_attempt_time, deadline, cancel_requested, due, priority, unique_key, \
-         concurrency_key, schedule) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
-         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+         concurrency_key, schedule, created_max) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
+         ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, \
+         MAX(?7, IFNULL((SELECT created_max FROM operations ORDER BY seq DESC LIMIT 1), ?7)))",
     )
     .and_then(|mut s| {
         s.execute(params![
