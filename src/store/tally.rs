@@ -129,16 +129,14 @@ impl Tally {
         self.ends.is_empty() && self.counts.values().all(|s| s.iter().all(|n| *n == 0))
     }
 
-    /// Takes what is counted: `(kind, state, n)` and `(span, at, n)`, none at zero.
-    pub(crate) fn drain(&mut self) -> (Vec<KindCount>, Vec<EndCount>) {
-        let mut counts = Vec::new();
-        for (kind, states) in self.counts.drain() {
-            for (state, n) in (0_i32..).zip(states) {
-                if n != 0 {
-                    counts.push((kind.clone(), state, n));
-                }
-            }
-        }
+    /// Takes what is counted: by kind, how many in each state (indexed by its wire number),
+    /// and `(span, at, n)`; none all at zero.
+    pub(crate) fn drain(&mut self) -> (Vec<(String, [i64; 6])>, Vec<EndCount>) {
+        let counts = self
+            .counts
+            .drain()
+            .filter(|(_, states)| states.iter().any(|n| *n != 0))
+            .collect();
         let ends = std::mem::take(&mut self.ends)
             .into_iter()
             .map(|((span, at), n)| (span, at, n))

@@ -193,10 +193,10 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
     }
 }
 
-/// Opens a connection to `path` with `flags` that waits for locks for up to `patience`.
 /// How many prepared statements the writer keeps.
 const WRITER_STATEMENTS: usize = 128;
 
+/// Opens a connection to `path` with `flags` that waits for locks for up to `patience`.
 fn connect(path: &Path, flags: OpenFlags, patience: Duration) -> Result<Connection, StoreError> {
     let mut conn = Connection::open_with_flags(path, flags)
         .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
@@ -724,13 +724,22 @@ impl Store for SqliteStore {
     async fn summarize(&self, since: SystemTime, bucket: Duration) -> Result<Summary, StoreError> {
         let (span, since, width) = tally::span_for(since, bucket);
         self.read(move |conn| {
-            let counts: Vec<(String, i32, i64)> = conn
-                .prepare_cached("SELECT kind, state, n FROM tally_counts WHERE n <> 0")
-                .and_then(|mut s| {
-                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                        .collect()
-                })
+            let mut counts: Vec<(String, i32, i64)> = Vec::new();
+            let mut rows = conn
+                .prepare_cached(
+                    "SELECT kind, queued, running, succeeded, failed, cancelled \
+                     FROM tally_counts",
+                )
                 .map_err(sql_error)?;
+            let mut rows = rows.query([]).map_err(sql_error)?;
+            while let Some(row) = rows.next().map_err(sql_error)? {
+                let kind: String = row.get(0).map_err(sql_error)?;
+                // Columns 1 to 5: QUEUED (1) to CANCELLED (5).
+                for (column, state) in (1..=5).zip(1_i32..) {
+                    let n: i64 = row.get(column).map_err(sql_error)?;
+                    counts.push((kind.clone(), state, n));
+                }
+            }
             let ends: Vec<(i64, i64)> = conn
                 .prepare_cached("SELECT at, n FROM tally_ends WHERE span = ?1 AND at >= ?2")
                 .and_then(|mut s| {

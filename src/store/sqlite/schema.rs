@@ -27,7 +27,7 @@
 //! next act on them.
 //!
 //! # Version 6
-//! `tally_counts` (operations by kind and state) and `tally_ends` (ends by second and by
+//! `tally_counts` (operations of each kind in each state: a row per kind) and `tally_ends` (ends by second and by
 //! minute) keep the summary (see [`crate::store::tally`]), moved by the writer in the
 //! transaction that changes the operations (by what each change moved: counted in memory
 //! over a batch, written once before its commit), the sweep and deletes included.
@@ -204,10 +204,12 @@ CREATE TABLE IF NOT EXISTS sessions (
 /// `end_time`.
 const TALLY: &str = "
 CREATE TABLE IF NOT EXISTS tally_counts (
-    kind  TEXT NOT NULL,
-    state INTEGER NOT NULL,
-    n     INTEGER NOT NULL,
-    PRIMARY KEY (kind, state)
+    kind      TEXT PRIMARY KEY,
+    queued    INTEGER NOT NULL,
+    running   INTEGER NOT NULL,
+    succeeded INTEGER NOT NULL,
+    failed    INTEGER NOT NULL,
+    cancelled INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tally_ends (
     span INTEGER NOT NULL,
@@ -221,8 +223,10 @@ CREATE TABLE IF NOT EXISTS tally_ends (
 const TALLY_FILL: &str = "
 DELETE FROM tally_counts;
 DELETE FROM tally_ends;
-INSERT INTO tally_counts (kind, state, n) SELECT kind, state, COUNT(*) FROM operations
-    GROUP BY kind, state;
+INSERT INTO tally_counts (kind, queued, running, succeeded, failed, cancelled)
+    SELECT kind, SUM(state = 1), SUM(state = 2), SUM(state = 3), SUM(state = 4),
+        SUM(state = 5)
+    FROM operations GROUP BY kind;
 INSERT INTO tally_ends (span, at, n) SELECT 1, end_time / 1000000, COUNT(*) FROM operations
     WHERE done = 1 AND end_time IS NOT NULL GROUP BY 2;
 INSERT INTO tally_ends (span, at, n) SELECT 60, end_time / 60000000 * 60, COUNT(*)

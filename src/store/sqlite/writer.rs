@@ -356,44 +356,55 @@ fn reply<T: 'static>(
 fn apply_batch(conn: &mut Connection, batch: Vec<Command>) {
     // IMMEDIATE: take the write lock when the transaction begins (waiting up to
     // busy_timeout), rather than upgrading a read to a write midway, which SQLite refuses at
-    // once with SQLITE_BUSY when another connection has written meanwhile.
-    match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-        Ok(tx) => {
-            let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
-            let mut batch = batch.into_iter();
-            // What the batch's changes move in the summary's tallies, written with them.
-            let mut tally = Tally::default();
-            for cmd in batch.by_ref() {
-                finishes.push(apply(&tx, cmd, &mut tally));
-                if tx.is_autocommit() {
-                    // SQLite rolled the whole transaction back (e.g. disk full): nothing of
-                    // this batch is stored, so every command fails, and none may run outside
-                    // the transaction.
-                    break;
-                }
-            }
-            let commit = if tx.is_autocommit() {
-                Err(StoreError::Unavailable(
-                    "the store rolled back a write (is the disk full?)".to_owned(),
-                ))
-            } else {
-                // A failed tally fails the batch: the transaction rolls back when dropped.
-                write_tally(&tx, &mut tally).and_then(|()| tx.commit().map_err(sql_error))
-            };
-            for finish in finishes {
-                finish(&commit);
-            }
-            for cmd in batch {
-                fail(cmd)(&commit);
-            }
+    // once with SQLITE_BUSY when another connection has written meanwhile. BEGIN and COMMIT
+    // are prepared once (a transaction object parses each, every batch).
+    if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
+        let failed = Err(e);
+        for cmd in batch {
+            fail(cmd)(&failed);
         }
-        Err(e) => {
-            let failed = Err(sql_error(e));
-            for cmd in batch {
-                fail(cmd)(&failed);
-            }
+        return;
+    }
+    let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
+    let mut batch = batch.into_iter();
+    // What the batch's changes move in the summary's tallies, written with them.
+    let mut tally = Tally::default();
+    for cmd in batch.by_ref() {
+        finishes.push(apply(conn, cmd, &mut tally));
+        if conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (e.g. disk full): nothing of this
+            // batch is stored, so every command fails, and none may run outside the
+            // transaction.
+            break;
         }
     }
+    let commit = if conn.is_autocommit() {
+        Err(StoreError::Unavailable(
+            "the store rolled back a write (is the disk full?)".to_owned(),
+        ))
+    } else {
+        write_tally(conn, &mut tally).and_then(|()| run_cached(conn, "COMMIT"))
+    };
+    if commit.is_err() && !conn.is_autocommit() {
+        // Nothing of a batch that did not commit stays (its tally neither).
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
+            tracing::warn!(error = %e, "could not roll back a failed batch");
+        }
+    }
+    for finish in finishes {
+        finish(&commit);
+    }
+    for cmd in batch {
+        fail(cmd)(&commit);
+    }
+}
+
+/// Runs a statement without parameters or rows, prepared once.
+fn run_cached(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(drop)
+        .map_err(sql_error)
 }
 
 /// The answer to a command that was not applied: the failed commit's error is what is sent
@@ -414,7 +425,7 @@ fn fail(cmd: Command) -> Finish {
     }
 }
 
-fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command, tally: &mut Tally) -> Finish {
+fn apply(tx: &Connection, cmd: Command, tally: &mut Tally) -> Finish {
     match cmd {
         Command::Insert(r, reply_to) => reply(reply_to, insert(tx, &r, tally)),
         Command::InsertMany(rows, reply_to) => reply(reply_to, insert_many(tx, &rows, tally)),
@@ -436,19 +447,24 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command, tally: &mut Tally) -> Fin
 
 /// Adds what `tally` counted to the summary's tables (see [`crate::store::tally`]), and
 /// empties it.
-fn write_tally(tx: &rusqlite::Transaction<'_>, tally: &mut Tally) -> Result<(), StoreError> {
+fn write_tally(tx: &Connection, tally: &mut Tally) -> Result<(), StoreError> {
     if tally.is_empty() {
         return Ok(());
     }
     let (counts, ends) = tally.drain();
+    // A row per kind: one statement per kind a batch changed, whatever the states.
     let mut add = tx
         .prepare_cached(
-            "INSERT INTO tally_counts (kind, state, n) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (kind, state) DO UPDATE SET n = n + excluded.n",
+            "INSERT INTO tally_counts (kind, queued, running, succeeded, failed, cancelled) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (kind) DO UPDATE SET \
+             queued = queued + excluded.queued, running = running + excluded.running, \
+             succeeded = succeeded + excluded.succeeded, failed = failed + excluded.failed, \
+             cancelled = cancelled + excluded.cancelled",
         )
         .map_err(sql_error)?;
-    for (kind, state, n) in counts {
-        add.execute(params![kind, state, n]).map_err(sql_error)?;
+    for (kind, n) in counts {
+        add.execute(params![kind, n[1], n[2], n[3], n[4], n[5]])
+            .map_err(sql_error)?;
     }
     let mut add = tx
         .prepare_cached(
@@ -465,7 +481,7 @@ fn write_tally(tx: &rusqlite::Transaction<'_>, tally: &mut Tally) -> Result<(), 
 /// Writes a schedule: inserts it when `expected` is `None`, else replaces the stored one if
 /// its version is `expected`; whether it did.
 fn put_schedule(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     row: &crate::store::ScheduleRow,
     expected: Option<i64>,
 ) -> Result<bool, StoreError> {
@@ -488,7 +504,7 @@ fn put_schedule(
 }
 
 /// Deletes a schedule; whether there was one.
-fn delete_schedule(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<bool, StoreError> {
+fn delete_schedule(tx: &Connection, id: &str) -> Result<bool, StoreError> {
     tx.prepare_cached("DELETE FROM schedules WHERE id = ?1")
         .and_then(|mut s| s.execute(params![id]))
         .map(|n| n == 1)
@@ -497,7 +513,7 @@ fn delete_schedule(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<bool, Sto
 
 /// Keeps (`Some`) or forgets (`None`) what is registered under `name`.
 fn register(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     what: crate::store::Registered,
     name: &str,
     value: Option<&[u8]>,
@@ -518,11 +534,7 @@ fn register(
     .map_err(sql_error)
 }
 
-fn insert(
-    tx: &rusqlite::Transaction<'_>,
-    r: &RowImage,
-    tally: &mut Tally,
-) -> Result<InsertOutcome, StoreError> {
+fn insert(tx: &Connection, r: &RowImage, tally: &mut Tally) -> Result<InsertOutcome, StoreError> {
     if let Some(rid) = &r.request_id {
         let existing = tx
             .prepare_cached(&format!(
@@ -590,7 +602,7 @@ fn insert(
 
 /// Inserts every row or none: under a savepoint, rolled back when one insert fails.
 fn insert_many(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     rows: &[RowImage],
     tally: &mut Tally,
 ) -> Result<Vec<InsertOutcome>, StoreError> {
@@ -618,7 +630,7 @@ const SET: &str = "done = ?2, state = ?3, error_code = ?4, update_time = ?5, end
      next_attempt_time = ?11, deadline = ?12, due = ?13";
 
 fn write(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     r: &RowImage,
     fence: &Fence,
     tally: &mut Tally,
@@ -688,7 +700,7 @@ fn write(
 }
 
 /// The state of the operation `id` and, if it finished, its end (µs).
-fn was(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<Option<(i32, Option<i64>)>, StoreError> {
+fn was(tx: &Connection, id: &str) -> Result<Option<(i32, Option<i64>)>, StoreError> {
     tx.prepare_cached(
         "SELECT state, CASE WHEN done = 1 THEN end_time END FROM operations WHERE id = ?1",
     )
@@ -730,11 +742,7 @@ fn for_kind(sql: &str, kind: &str) -> (String, bool) {
 /// each kind's limit per key and start rate (see `Store::claim`); answers the rows, the next
 /// due time of a queued operation of those kinds (or when a rate lets more start), and the
 /// kinds a rate held back.
-fn claim(
-    tx: &rusqlite::Transaction<'_>,
-    claim: &Claim,
-    tally: &mut Tally,
-) -> Result<ClaimedRows, StoreError> {
+fn claim(tx: &Connection, claim: &Claim, tally: &mut Tally) -> Result<ClaimedRows, StoreError> {
     let now = micros(claim.now);
     // (-priority, due, seq, kind): the claim's order, highest priority first.
     let mut candidates: Vec<(i64, i64, i64, &str)> = Vec::new();
@@ -838,12 +846,7 @@ fn claim(
 
 /// The gates of `kind` for `claim` at `now`: its limit per key (with what runs of each key)
 /// and its start rate (with the starts in the period; older ones are forgotten here).
-fn gates(
-    tx: &rusqlite::Transaction<'_>,
-    claim: &Claim,
-    kind: &str,
-    now: i64,
-) -> Result<Gates, StoreError> {
+fn gates(tx: &Connection, claim: &Claim, kind: &str, now: i64) -> Result<Gates, StoreError> {
     let keys = match claim.key_limit(kind) {
         Some(limit) => Some(KeyGate::new(limit, running_keys(tx, kind)?)),
         None => None,
@@ -877,10 +880,7 @@ fn gates(
 }
 
 /// How many operations of `kind` run now with each concurrency key.
-fn running_keys(
-    tx: &rusqlite::Transaction<'_>,
-    kind: &str,
-) -> Result<Vec<(String, usize)>, StoreError> {
+fn running_keys(tx: &Connection, kind: &str) -> Result<Vec<(String, usize)>, StoreError> {
     // The condition of `operations_running_keys`, literally, so that it serves the count.
     let mut running = tx
         .prepare_cached(
@@ -900,7 +900,7 @@ fn running_keys(
         .collect())
 }
 
-fn heartbeat(tx: &rusqlite::Transaction<'_>, node: &str, until: i64) -> Result<(), StoreError> {
+fn heartbeat(tx: &Connection, node: &str, until: i64) -> Result<(), StoreError> {
     let before = crate::store::forget_before(until);
     tx.prepare_cached(
         "DELETE FROM nodes WHERE lease_until < ?1 AND id <> ?2 AND NOT EXISTS \
@@ -918,7 +918,7 @@ fn heartbeat(tx: &rusqlite::Transaction<'_>, node: &str, until: i64) -> Result<(
 }
 
 fn delete_done(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     id: &OperationId,
     tally: &mut Tally,
 ) -> Result<Option<bool>, StoreError> {
@@ -949,7 +949,7 @@ fn delete_done(
 /// Deletes the finished rows `sql` (with `param`) selects, counting them out of `tally`:
 /// how many.
 fn delete_counted(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     sql: &str,
     param: i64,
     tally: &mut Tally,
@@ -968,7 +968,7 @@ fn delete_counted(
 }
 
 fn sweep(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     finished_before: SystemTime,
     keep_at_most: Option<usize>,
     tally: &mut Tally,
@@ -986,7 +986,9 @@ fn sweep(
         // million at the cap).
         write_tally(tx, tally)?;
         let mut kept: usize = tx
-            .prepare_cached("SELECT COALESCE(SUM(n), 0) FROM tally_counts WHERE state >= 3")
+            .prepare_cached(
+                "SELECT COALESCE(SUM(succeeded + failed + cancelled), 0) FROM tally_counts",
+            )
             .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
             .map(|n| usize::try_from(n).unwrap_or(0))
             .map_err(sql_error)?;
