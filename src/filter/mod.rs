@@ -209,12 +209,15 @@ impl Filter {
         }
     }
 
-    /// The earliest time every match is created before (exclusive): from `create_time < T`
-    /// (T) or `create_time <= T` (T and a microsecond, the stores' precision) at the top level
-    /// or in a top-level AND, if any.
+    /// A time every match is created before (exclusive), to the stores' microsecond: from
+    /// `create_time < T` (T, rounded up to a whole microsecond as the SQL compares it) or
+    /// `create_time <= T` (T and a microsecond) at the top level or in a top-level AND, if
+    /// any. A store's microseconds (`micros`, which rounds down) of it bound every match.
     pub fn created_before(&self) -> Option<SystemTime> {
         let bound = |e: &Expr| match e {
-            Expr::Test(Test::CreateTime { op: Op::Lt, value }) => Some(*value),
+            Expr::Test(Test::CreateTime { op: Op::Lt, value }) => {
+                value.checked_add(std::time::Duration::from_nanos(999))
+            }
             Expr::Test(Test::CreateTime { op: Op::Le, value }) => {
                 value.checked_add(std::time::Duration::from_micros(1))
             }
@@ -1101,17 +1104,33 @@ mod tests {
         };
         let before = |f: &str| Filter::parse(f).unwrap().created_before();
         let (t1, t2) = ("2026-01-02T15:04:05Z", "2026-03-04T05:06:07Z");
-        assert_eq!(before(&format!("create_time < \"{t1}\"")), Some(at(t1)));
+        let micros = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_micros();
+        let bound = |f: &str| before(f).map(micros);
+        assert_eq!(
+            bound(&format!("create_time < \"{t1}\"")),
+            Some(micros(at(t1)))
+        );
+        // Half a microsecond past a whole one: `c < ⌈T⌉` in the SQL, so the bound rounds up
+        // (rounded down, a row created at that whole microsecond would be left out).
+        let half = "2026-01-02T15:04:05.0000105Z";
+        assert_eq!(
+            bound(&format!("create_time < \"{half}\"")),
+            Some(micros(at("2026-01-02T15:04:05.000011Z")))
+        );
+        assert_eq!(
+            bound(&format!("create_time <= \"{half}\"")),
+            Some(micros(at("2026-01-02T15:04:05.000011Z")))
+        );
         assert_eq!(
             before(&format!("create_time <= \"{t1}\"")),
             Some(at(t1) + Duration::from_micros(1)),
             "inclusive: the next microsecond"
         );
         assert_eq!(
-            before(&format!(
+            bound(&format!(
                 "kind = sleep AND create_time <= \"{t2}\" AND create_time < \"{t1}\""
             )),
-            Some(at(t1))
+            Some(micros(at(t1)))
         );
         for f in [
             String::new(),

@@ -611,7 +611,7 @@ pub trait Store: Send + Sync + 'static {
     /// or after `since`, by `bucket` (see [`Summary`]), to the second: `since` is rounded
     /// down to one, `bucket` taken in whole seconds (at least one), an end counted in its
     /// second. Read from the tallies each backend keeps as operations change
-    /// (`store::tally`), never by counting them; ends are kept for two days before the latest.
+    /// (`store::tally`), never by counting them; ends are kept for two days before now.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be read.

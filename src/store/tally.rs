@@ -4,12 +4,14 @@
 //! overview asks every 2 s).
 //!
 //! Each backend keeps the same two tallies next to its operations, changed by the change
-//! that changes an operation, in its transaction: SQLite by triggers on `operations`,
-//! PostgreSQL by statement triggers writing deltas that any node folds in (no row every
-//! node updates), the memory store in [`Tally`] under its lock. Ends are counted by whole
+//! that changes an operation, in its transaction: SQLite's writer counts each batch's
+//! changes in a [`Tally`] and adds them before the batch commits, PostgreSQL's statement
+//! triggers write deltas that any node folds in (no row every node updates), the memory
+//! store keeps a [`Tally`] under its lock. Ends are counted by whole
 //! second (`end_time / 1e6`, truncated as SQL's integer division does) and by minute; a
 //! summary whose start and bucket are whole minutes reads the minutes. Ends are kept for
-//! [`ENDS_KEPT_SECONDS`] before the latest one; the summary's window is at most a day.
+//! [`ENDS_KEPT_SECONDS`] before now; the summary's window is at most a day. A count or a
+//! bucket at or below zero (an end forgotten, then its operation deleted) is left out.
 //!
 //! [`Store::summarize`]: super::Store::summarize
 
@@ -19,8 +21,14 @@ use std::time::{Duration, SystemTime};
 use super::{micros, StoreError, Summary};
 use crate::model::OperationRecord;
 
-/// How long before the latest end the tallies of ends are kept.
+/// How long (before now) the tallies of ends are kept.
 pub(crate) const ENDS_KEPT_SECONDS: i64 = 2 * 86_400;
+
+/// The second before which the tallies of ends are forgotten: [`ENDS_KEPT_SECONDS`] before
+/// the wall clock (housekeeping only: a summary reads at most a day back).
+pub(crate) fn ends_forgotten_before() -> i64 {
+    end_second(micros(SystemTime::now())).saturating_sub(ENDS_KEPT_SECONDS)
+}
 
 /// The second an operation that ended at `end_micros` is counted in.
 pub(crate) fn end_second(end_micros: i64) -> i64 {
@@ -54,13 +62,13 @@ pub(crate) fn summary_from(
 ) -> Result<Summary, StoreError> {
     let mut finished: BTreeMap<i64, i64> = BTreeMap::new();
     for (at, n) in ends {
-        if at >= since && n != 0 {
+        if at >= since {
             *finished.entry((at - since) / width.max(1)).or_default() += n;
         }
     }
     Summary::from_rows(
-        counts.into_iter().filter(|c| c.2 != 0).collect(),
-        finished.into_iter().collect(),
+        counts.into_iter().filter(|c| c.2 > 0).collect(),
+        finished.into_iter().filter(|b| b.1 > 0).collect(),
     )
 }
 
@@ -90,7 +98,10 @@ impl Tally {
     /// Counts an operation of `kind` in `state` (a wire number) that ended at `end` (µs; for
     /// a finished one) in (`by` = 1) or out (`by` = -1).
     pub(crate) fn add(&mut self, kind: &str, state: i32, end: Option<i64>, by: i64) {
-        let state = usize::try_from(state).unwrap_or(0).min(5);
+        // QUEUED (1) to CANCELLED (5); no other is stored.
+        let Some(state) = usize::try_from(state).ok().filter(|s| (1..=5).contains(s)) else {
+            return;
+        };
         if let Some(states) = self.counts.get_mut(kind) {
             states[state] += by;
         } else {
@@ -144,12 +155,14 @@ impl Tally {
         (counts, ends)
     }
 
-    /// Drops the ends more than [`ENDS_KEPT_SECONDS`] before the latest.
+    /// How many finished operations it counts (SUCCEEDED, FAILED, CANCELLED).
+    pub(crate) fn finished(&self) -> i64 {
+        self.counts.values().map(|s| s[3] + s[4] + s[5]).sum()
+    }
+
+    /// Drops the ends before [`ends_forgotten_before`].
     pub(crate) fn forget_old_ends(&mut self) {
-        let Some(latest) = self.ends.range((1, i64::MIN)..(2, i64::MIN)).next_back() else {
-            return;
-        };
-        let before = latest.0 .1.saturating_sub(ENDS_KEPT_SECONDS);
+        let before = ends_forgotten_before();
         for span in [1, 60] {
             let old: Vec<_> = self
                 .ends
@@ -191,6 +204,7 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::State;
 
     #[test]
     fn whole_minutes_read_the_minutes_and_anything_else_the_seconds() {
@@ -206,6 +220,39 @@ mod tests {
             (1, 610, 1),
             "rounded to whole seconds"
         );
+    }
+
+    /// An end far in the future (a node's clock set forward) does not make the tallies forget
+    /// the ends of now; ends older than they keep are forgotten; a count out of an end already
+    /// forgotten leaves no negative bucket in a summary.
+    #[test]
+    fn ends_are_forgotten_by_the_clock_not_by_the_latest_end() {
+        let now = SystemTime::now();
+        let mut tally = Tally::default();
+        let ended = |at: SystemTime| Some(micros(at));
+        tally.add("x", 3, ended(now), 1);
+        tally.add("x", 3, ended(now + Duration::from_secs(10 * 86_400)), 1);
+        tally.add("x", 3, ended(now - Duration::from_secs(3 * 86_400)), 1);
+        tally.forget_old_ends();
+        let since = now - Duration::from_secs(4 * 86_400);
+        let summary = tally
+            .summary(since, Duration::from_secs(86_400))
+            .expect("summary");
+        assert_eq!(
+            summary.finished,
+            vec![(4, 1), (14, 1)],
+            "the old one forgotten"
+        );
+        tally.add("x", 3, ended(now - Duration::from_secs(3 * 86_400)), -1);
+        let summary = tally
+            .summary(since, Duration::from_secs(86_400))
+            .expect("summary");
+        assert_eq!(
+            summary.finished,
+            vec![(4, 1), (14, 1)],
+            "no negative bucket"
+        );
+        assert_eq!(summary.counts, vec![("x".to_owned(), State::Succeeded, 2)]);
     }
 
     #[test]

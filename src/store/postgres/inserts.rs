@@ -34,11 +34,12 @@ pub(super) fn start(pool: Pool, stats: crate::metrics::CommitStats) -> Inserter 
 
 /// The statement: the batch's columns as arrays, numbered in order, given `seq`s after the
 /// counter's value (which the batch moves on by its size), and as `created_max` the latest
-/// `create_time` of any batch so far, this one's included (both counters in one `UPDATE`,
-/// which locks their rows in one order); `created_lag` becomes at least how far that is past
-/// the batch's earliest `create_time`. A request id already taken, or a
-/// unique key an unfinished operation of the kind holds (or either taken twice in the
-/// batch), inserts nothing for that row.
+/// `create_time` of any batch so far, this one's included; `created_lag` becomes at least how
+/// far that is past the batch's earliest `create_time`. Each counter's update reads the one
+/// before it (`next`, then `latest`), so every insert locks the rows in the same order, the
+/// `seq` row first (which serialises inserts): no two wait on each other. A request id
+/// already taken, or a unique key an unfinished operation of the kind holds (or either taken
+/// twice in the batch), inserts nothing for that row.
 const INSERT_BATCH: &str = concat!(
     "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], \
      $3::text[], $4::smallint[], $5::int[], $6::int[], $7::bigint[], $8::bigint[], \
@@ -48,11 +49,10 @@ const INSERT_BATCH: &str = concat!(
      AS i(id, request_id, kind, done, state, error_code, create_time, update_time, end_time, \
      input, body, version, owner, attempt, start_time, next_attempt_time, deadline, \
      cancel_requested, due, priority, unique_key, concurrency_key, schedule, ord)), \
-     counters AS (UPDATE oprun_counters SET value = CASE name WHEN 'seq' THEN value + $20 \
-     ELSE greatest(value, (SELECT max(create_time) FROM input)) END \
-     WHERE name IN ('created_max', 'seq') RETURNING name, value), \
-     next AS (SELECT value FROM counters WHERE name = 'seq'), \
-     latest AS (SELECT value FROM counters WHERE name = 'created_max'), \
+     next AS (UPDATE oprun_counters SET value = value + $20 WHERE name = 'seq' RETURNING value), \
+     latest AS (UPDATE oprun_counters SET value = greatest(value, \
+     (SELECT max(create_time) FROM input)) \
+     WHERE name = 'created_max' AND EXISTS (SELECT 1 FROM next) RETURNING value), \
      lag AS (UPDATE oprun_counters SET value = greatest(value, \
      (SELECT value FROM latest) - (SELECT min(create_time) FROM input)) \
      WHERE name = 'created_lag') \

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::pg_error;
-use crate::store::tally::ENDS_KEPT_SECONDS;
+use crate::store::tally::ends_forgotten_before;
 use crate::store::StoreError;
 
 /// The migration that adds the tallies and fills them from a full count. The triggers are
@@ -127,10 +127,8 @@ WITH moved AS (
 SELECT count(*) FROM moved
 ";
 
-/// Forgets ends older than the tallies keep (`$1`: how long before the latest).
-const FORGET: &str = "
-DELETE FROM tally_ends WHERE at < (SELECT max(at) FROM tally_ends WHERE span = 1) - $1
-";
+/// Forgets ends before second `$1` (see [`ends_forgotten_before`]).
+const FORGET: &str = "DELETE FROM tally_ends WHERE at < $1";
 
 /// Counts by kind and state: the totals and the deltas not yet folded.
 pub(super) const COUNTS: &str = "
@@ -180,7 +178,7 @@ pub(super) async fn fold(pool: &Pool) -> Result<u64, StoreError> {
         .await
         .and_then(|row| row.try_get(0))
         .map_err(pg_error)?;
-    tx.execute(FORGET, &[&ENDS_KEPT_SECONDS])
+    tx.execute(FORGET, &[&ends_forgotten_before()])
         .await
         .map_err(pg_error)?;
     tx.commit().await.map_err(pg_error)?;

@@ -358,6 +358,10 @@ fn apply_batch(conn: &mut Connection, batch: Vec<Command>) {
     // busy_timeout), rather than upgrading a read to a write midway, which SQLite refuses at
     // once with SQLITE_BUSY when another connection has written meanwhile. BEGIN and COMMIT
     // are prepared once (a transaction object parses each, every batch).
+    if !conn.is_autocommit() {
+        // A batch before this one whose rollback failed: nothing of it may stay.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
     if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
         let failed = Err(e);
         for cmd in batch {
@@ -831,13 +835,14 @@ fn claim(tx: &Connection, claim: &Claim, tally: &mut Tally) -> Result<ClaimedRow
             .optional()
             .map_err(sql_error)?
         {
+            // Counted as soon as it moved, whatever fails after.
+            tally.add(kind, 1, None, -1);
+            tally.add(kind, 2, None, 1);
             if let Some((kind, key)) = counted.get(&seq) {
                 tx.prepare_cached("INSERT INTO starts (kind, key, at) VALUES (?1, ?2, ?3)")
                     .and_then(|mut s| s.execute(params![kind, key, now]))
                     .map_err(sql_error)?;
             }
-            tally.add(kind, 1, None, -1);
-            tally.add(kind, 2, None, 1);
             started.push(row);
         }
     }
@@ -982,16 +987,15 @@ fn sweep(
     )?;
     let mut finished = None;
     if let Some(keep) = keep_at_most {
-        // The tallies (with what this batch moved), not a count of the finished rows (a
-        // million at the cap).
-        write_tally(tx, tally)?;
-        let mut kept: usize = tx
+        // The tallies (with what this batch moved so far, not yet written), not a count of
+        // the finished rows (a million at the cap).
+        let stored: i64 = tx
             .prepare_cached(
                 "SELECT COALESCE(SUM(succeeded + failed + cancelled), 0) FROM tally_counts",
             )
-            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
-            .map(|n| usize::try_from(n).unwrap_or(0))
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .map_err(sql_error)?;
+        let mut kept = usize::try_from(stored.saturating_add(tally.finished())).unwrap_or(0);
         if kept > keep {
             let excess = i64::try_from(kept - keep).unwrap_or(i64::MAX);
             let n = delete_counted(
@@ -1009,11 +1013,9 @@ fn sweep(
         finished = Some(kept);
     }
     // The ends' tallies keep what a summary reads (a day) and a day more.
-    tx.prepare_cached(
-        "DELETE FROM tally_ends WHERE at < (SELECT MAX(at) FROM tally_ends WHERE span = 1) - ?1",
-    )
-    .and_then(|mut s| s.execute(params![tally::ENDS_KEPT_SECONDS]))
-    .map_err(sql_error)?;
+    tx.prepare_cached("DELETE FROM tally_ends WHERE at < ?1")
+        .and_then(|mut s| s.execute(params![tally::ends_forgotten_before()]))
+        .map_err(sql_error)?;
     let oldest: Option<i64> = tx
         .query_row(
             "SELECT MIN(end_time) FROM operations WHERE done = 1",
