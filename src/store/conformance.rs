@@ -321,6 +321,54 @@ fn failed() -> Change {
     }
 }
 
+fn cancelled() -> Change {
+    Change::Finish {
+        state: State::Cancelled,
+        outcome: Outcome::Error(crate::proto::google::rpc::Status {
+            code: Code::Cancelled as i32,
+            message: "cancelled".into(),
+            details: Vec::new(),
+        }),
+    }
+}
+
+/// Every operation `filter` matches, oldest first, read in pages of `size`.
+async fn all_oldest_first<S: Store>(
+    store: &S,
+    filter: &Filter,
+    size: usize,
+) -> Vec<OperationRecord> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.list(after, filter, size).await.expect("list");
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        all.extend(page);
+    }
+    all
+}
+
+/// Every operation `filter` matches, newest first, read in pages of `size`.
+async fn all_newest_first<S: Store>(
+    store: &S,
+    filter: &Filter,
+    size: usize,
+) -> Vec<OperationRecord> {
+    let mut all = Vec::new();
+    let mut before = i64::MAX;
+    loop {
+        let page = store
+            .list_newest(before, filter, size)
+            .await
+            .expect("list_newest");
+        let Some(last) = page.last() else { break };
+        before = last.seq;
+        all.extend(page);
+    }
+    all
+}
+
 fn claim(node: &str, kinds: &[(&str, usize)], total: usize, now: SystemTime) -> Claim {
     Claim {
         node: node.to_owned(),
@@ -628,23 +676,10 @@ pub async fn create_time_bounds_list_every_match<S: Store>(store: &S, stored: &[
                 .filter(|r| until.is_none_or(|t| r.create_time < t))
                 .map(|r| r.seq)
                 .collect();
-            let mut got = Vec::new();
-            let mut after = 0;
-            loop {
-                let listed = store.list(after, &parsed, 7).await.unwrap();
-                let Some(last) = listed.last() else { break };
-                after = last.seq;
-                got.extend(listed.iter().map(|r| r.seq));
-            }
+            let seqs = |listed: Vec<OperationRecord>| listed.iter().map(|r| r.seq).collect();
+            let got: Vec<i64> = seqs(all_oldest_first(store, &parsed, 7).await);
             assert_eq!(got, want, "oldest first: {filter}");
-            let mut got = Vec::new();
-            let mut before = i64::MAX;
-            loop {
-                let listed = store.list_newest(before, &parsed, 7).await.unwrap();
-                let Some(last) = listed.last() else { break };
-                before = last.seq;
-                got.extend(listed.iter().map(|r| r.seq));
-            }
+            let mut got: Vec<i64> = seqs(all_newest_first(store, &parsed, 7).await);
             got.reverse();
             assert_eq!(got, want, "newest first: {filter}");
         }
@@ -658,22 +693,16 @@ pub async fn counted<S: Store>(store: &S, since: SystemTime, bucket: Duration) -
     let mut counts: std::collections::BTreeMap<(String, &'static str), (State, u64)> =
         std::collections::BTreeMap::new();
     let mut finished: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
-    let mut after = 0;
-    loop {
-        let page = store.list(after, &all, 100).await.expect("list");
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        for r in &page {
-            counts
-                .entry((r.kind.clone(), r.state.as_str()))
-                .or_insert((r.state, 0))
-                .1 += 1;
-            let end = r.end_time.filter(|_| r.is_done());
-            if let Some(after) = end.and_then(|end| end.duration_since(since).ok()) {
-                *finished
-                    .entry(after.as_secs() / bucket.as_secs())
-                    .or_default() += 1;
-            }
+    for r in all_oldest_first(store, &all, 100).await {
+        counts
+            .entry((r.kind.clone(), r.state.as_str()))
+            .or_insert((r.state, 0))
+            .1 += 1;
+        let end = r.end_time.filter(|_| r.is_done());
+        if let Some(after) = end.and_then(|end| end.duration_since(since).ok()) {
+            *finished
+                .entry(after.as_secs() / bucket.as_secs())
+                .or_default() += 1;
         }
     }
     super::Summary {
@@ -797,17 +826,9 @@ async fn the_summary_is_a_full_count<S: Store>(store: &S) {
     }
     let batch = vec![queued("b"), queued("d"), queued("d")];
     store.insert_many(batch).await.expect("insert_many");
-    let cancelled = insert_new(store, queued("d")).await;
-    let cancelled = change(store, &cancelled, Change::RequestCancel).await;
-    let cancel = Change::Finish {
-        state: State::Cancelled,
-        outcome: Outcome::Error(crate::proto::google::rpc::Status {
-            code: Code::Cancelled as i32,
-            message: "cancelled".into(),
-            details: Vec::new(),
-        }),
-    };
-    let _ = change(store, &cancelled, cancel).await;
+    let asked = insert_new(store, queued("d")).await;
+    let asked = change(store, &asked, Change::RequestCancel).await;
+    let _ = change(store, &asked, cancelled()).await;
     let _ = change(
         store,
         &running,

@@ -1,6 +1,6 @@
 //! A record as the SQL backends store it: its indexed columns next to its encoded body.
 
-use crate::filter::SqlColumns;
+use crate::filter::{Filter, SqlColumns};
 use crate::model::{OperationRecord, State};
 use crate::store::{encode_body, encode_input, micros};
 
@@ -91,4 +91,14 @@ impl RowImage {
 /// time; none when it is not queued.
 pub(crate) fn due(r: &OperationRecord) -> Option<i64> {
     (r.state == State::Queued).then(|| micros(r.next_attempt_time.unwrap_or(r.create_time)))
+}
+
+/// The `create_time` bounds of `filter` in microseconds, as both SQL backends narrow a list's
+/// walk by them: every match is created at or after the first and before the second (see
+/// [`Filter::created_after`] and [`Filter::created_before`]).
+pub(crate) fn created_bounds(filter: &Filter) -> (Option<i64>, Option<i64>) {
+    (
+        filter.created_after().map(micros),
+        filter.created_before().map(micros),
+    )
 }

@@ -50,7 +50,8 @@ pub(crate) fn span_for(since: SystemTime, bucket: Duration) -> (i64, i64, i64) {
 }
 
 /// A summary from the tallies' rows: `(kind, state, n)` and the ends' `(at, n)` of the
-/// span from `since` on, bucketed by `width` (all in seconds). Rows at zero are left out.
+/// span from `since` on, bucketed by `width` (all in seconds). Counts and buckets at or below
+/// zero are left out.
 ///
 /// # Errors
 /// [`StoreError::Corrupt`] for a state or a count that cannot be.
@@ -178,7 +179,8 @@ impl Tally {
     /// The summary from `since` in buckets of `bucket` (see [`span_for`]).
     ///
     /// # Errors
-    /// [`StoreError::Corrupt`] for a count below zero (one counted out that never was in).
+    /// [`StoreError::Corrupt`] for a state or a count that cannot be (see
+    /// [`Summary::from_rows`]).
     pub(crate) fn summary(
         &self,
         since: SystemTime,

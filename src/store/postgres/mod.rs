@@ -67,7 +67,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use schema::Migrated;
 
-use super::row::{RowImage, FILTER_COLUMNS};
+use super::row::{created_bounds, RowImage, FILTER_COLUMNS};
 use super::{
     decode_record, from_micros, micros, ChangeSignal, Changes, Claim, Claimed, Columns, Deadlines,
     Inserted, NodeLease, Store, StoreError, Summary, Swept, Written,
@@ -596,6 +596,18 @@ async fn page(
     records(&rows)
 }
 
+/// Takes the advisory lock `key` until the end of `tx`, if no other session holds it:
+/// whether it did.
+async fn try_xact_lock(
+    tx: &deadpool_postgres::Transaction<'_>,
+    key: i64,
+) -> Result<bool, StoreError> {
+    tx.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&key])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(pg_error)
+}
+
 /// Where the matches of a filter that bounds `create_time` (at or after `after`, before
 /// `before`) can be: `(floor, ceiling)`, none at or below `floor` nor at or above `ceiling`;
 /// `None` when none can be. Seeks of `operations_created_max` (see the schema's version 9):
@@ -906,10 +918,7 @@ impl Store for PostgresStore {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError> {
-        let (created_after, created_before) = (
-            filter.created_after().map(micros),
-            filter.created_before().map(micros),
-        );
+        let (created_after, created_before) = created_bounds(filter);
         let filter = filter.to_postgres(&FILTER_COLUMNS, 4);
         let client = self.client().await?;
         // Bounds on `create_time`: the walk goes where the matches can be.
@@ -935,10 +944,7 @@ impl Store for PostgresStore {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError> {
-        let (created_after, created_before) = (
-            filter.created_after().map(micros),
-            filter.created_before().map(micros),
-        );
+        let (created_after, created_before) = created_bounds(filter);
         let filter = filter.to_postgres(&FILTER_COLUMNS, 4);
         let client = self.client().await?;
         // With bounds on `create_time`, from and down to where the matches can be.
@@ -997,11 +1003,7 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         // One node sweeps at a time; the others only read what is left.
-        let sweeping: bool = tx
-            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&SWEEP_LOCK])
-            .await
-            .and_then(|row| row.try_get(0))
-            .map_err(pg_error)?;
+        let sweeping = try_xact_lock(&tx, SWEEP_LOCK).await?;
         let mut deleted = if sweeping {
             tx.execute(
                 "DELETE FROM operations WHERE done = 1 AND end_time < $1",

@@ -165,12 +165,7 @@ SELECT COALESCE(sum(n), 0)::bigint FROM (
 pub(super) async fn fold(pool: &Pool) -> Result<u64, StoreError> {
     let mut client = pool.get().await.map_err(super::pool_error)?;
     let tx = client.transaction().await.map_err(pg_error)?;
-    let locked: bool = tx
-        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&FOLD_LOCK])
-        .await
-        .and_then(|row| row.try_get(0))
-        .map_err(pg_error)?;
-    if !locked {
+    if !super::try_xact_lock(&tx, FOLD_LOCK).await? {
         return Ok(0);
     }
     let folded: i64 = tx

@@ -42,7 +42,7 @@ use super::{
 };
 use crate::filter::{Filter, SqlValue};
 use crate::model::{Fence, OperationId, OperationRecord};
-use crate::store::row::{RowImage, FILTER_COLUMNS};
+use crate::store::row::{created_bounds, RowImage, FILTER_COLUMNS};
 use crate::store::tally;
 use schema::{row_to_record, RawRow, COLUMNS};
 use writer::{checkpointer, writer_loop, Command, InsertOutcome, WalBound, WriteOutcome};
@@ -667,14 +667,12 @@ impl Store for SqliteStore {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError> {
-        let created = (
-            filter.created_after().map(micros),
-            filter.created_before().map(micros),
-        );
+        let (created_after, created_before) = created_bounds(filter);
         let filter = filter.to_sqlite(&FILTER_COLUMNS);
         self.read(move |conn| {
             // Bounds on `create_time`: the walk goes where the matches can be.
-            let Some((floor, ceiling)) = created_window(conn, created.0, created.1)? else {
+            let Some((floor, ceiling)) = created_window(conn, created_after, created_before)?
+            else {
                 return Ok(Vec::new());
             };
             page(
@@ -694,15 +692,13 @@ impl Store for SqliteStore {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError> {
-        let created = (
-            filter.created_after().map(micros),
-            filter.created_before().map(micros),
-        );
+        let (created_after, created_before) = created_bounds(filter);
         let filter = filter.to_sqlite(&FILTER_COLUMNS);
         self.read(move |conn| {
             // Newest first is `seq` backwards: the primary key, whatever the filter; with
             // bounds on `create_time`, from and down to where the matches can be.
-            let Some((floor, ceiling)) = created_window(conn, created.0, created.1)? else {
+            let Some((floor, ceiling)) = created_window(conn, created_after, created_before)?
+            else {
                 return Ok(Vec::new());
             };
             let sql = format!(
@@ -725,13 +721,13 @@ impl Store for SqliteStore {
         let (span, since, width) = tally::span_for(since, bucket);
         self.read(move |conn| {
             let mut counts: Vec<(String, i32, i64)> = Vec::new();
-            let mut rows = conn
+            let mut by_kind = conn
                 .prepare_cached(
                     "SELECT kind, queued, running, succeeded, failed, cancelled \
                      FROM tally_counts",
                 )
                 .map_err(sql_error)?;
-            let mut rows = rows.query([]).map_err(sql_error)?;
+            let mut rows = by_kind.query([]).map_err(sql_error)?;
             while let Some(row) = rows.next().map_err(sql_error)? {
                 let kind: String = row.get(0).map_err(sql_error)?;
                 // Columns 1 to 5: QUEUED (1) to CANCELLED (5).

@@ -33,7 +33,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::schema::{row_to_record, RawRow, COLUMNS, LAYOUT_CURRENT};
-use super::sql_error;
+use super::{sql_error, sql_limit};
 use crate::model::{Fence, OperationId, State};
 use crate::store::row::RowImage;
 use crate::store::tally::{self, Tally};
@@ -658,7 +658,7 @@ fn write(
     // What the row was, for the tallies: an owner's write is to a RUNNING one.
     let before: Option<(i32, Option<i64>)> = match fence {
         Fence::Owner { .. } => Some((2, None)),
-        Fence::Version(_) => was(tx, &r.id)?,
+        Fence::Version(_) => tallied(tx, &r.id)?.map(|(_, state, end)| (state, end)),
     };
     let written = match fence {
         Fence::Version(expected) => {
@@ -703,14 +703,17 @@ fn write(
     Ok(WriteOutcome::Stale(stored.map(Box::new)))
 }
 
-/// The state of the operation `id` and, if it finished, its end (µs).
-fn was(tx: &Connection, id: &str) -> Result<Option<(i32, Option<i64>)>, StoreError> {
+/// How the operation `id` is counted in the tallies: its kind, its state and, if it
+/// finished, its end (µs).
+fn tallied(tx: &Connection, id: &str) -> Result<Option<(String, i32, Option<i64>)>, StoreError> {
     tx.prepare_cached(
-        "SELECT state, CASE WHEN done = 1 THEN end_time END FROM operations WHERE id = ?1",
+        "SELECT kind, state, CASE WHEN done = 1 THEN end_time END FROM operations WHERE id = ?1",
     )
     .and_then(|mut s| {
-        s.query_row(params![id], |row| Ok((row.get(0)?, row.get(1)?)))
-            .optional()
+        s.query_row(params![id], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .optional()
     })
     .map_err(sql_error)
 }
@@ -927,19 +930,7 @@ fn delete_done(
     id: &OperationId,
     tally: &mut Tally,
 ) -> Result<Option<bool>, StoreError> {
-    let found: Option<(String, i32, Option<i64>)> = tx
-        .prepare_cached(
-            "SELECT kind, state, CASE WHEN done = 1 THEN end_time END FROM operations \
-             WHERE id = ?1",
-        )
-        .and_then(|mut s| {
-            s.query_row(params![id.as_str()], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-            })
-            .optional()
-        })
-        .map_err(sql_error)?;
-    match found {
+    match tallied(tx, id.as_str())? {
         None => Ok(None),
         Some((kind, state, end)) if State::from_i32(state).is_some_and(State::is_done) => {
             tx.execute("DELETE FROM operations WHERE id = ?1", params![id.as_str()])
@@ -997,14 +988,13 @@ fn sweep(
             .map_err(sql_error)?;
         let mut kept = usize::try_from(stored.saturating_add(tally.finished())).unwrap_or(0);
         if kept > keep {
-            let excess = i64::try_from(kept - keep).unwrap_or(i64::MAX);
             let n = delete_counted(
                 tx,
                 &format!(
                     "DELETE FROM operations WHERE seq IN (SELECT seq FROM operations \
                      WHERE done = 1 ORDER BY end_time, seq LIMIT ?1) {RETURNING}"
                 ),
-                excess,
+                sql_limit(kept - keep),
                 tally,
             )?;
             deleted += n;
