@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use oprun::filter::Filter;
-use oprun::model::{pack, Fence, OperationRecord, Outcome, State};
+use oprun::model::{pack, Change, Fence, OperationRecord, Outcome, State};
 use oprun::proto::oprun::v1::{SleepInput, SleepOutput};
 use oprun::store::sqlite::{Durability, SqliteOptions, SqliteStore};
 use oprun::store::{Inserted, Store};
@@ -47,14 +47,21 @@ async fn fill(store: &Arc<SqliteStore>, total: usize) {
                     unreachable!("no request_id")
                 };
                 if i % 1000 != 0 {
-                    let mut done = r.clone();
-                    if i % 7 == 0 {
-                        done.fail(State::Failed, Code::Unknown, "a failure of ordinary length");
+                    let end = if i % 7 == 0 {
+                        Change::Finish {
+                            state: State::Failed,
+                            outcome: Outcome::error(Code::Unknown, "a failure of ordinary length"),
+                        }
                     } else {
                         let output = pack(&SleepOutput { steps_done: 1 });
-                        done.finish(State::Succeeded, Outcome::Response(output));
-                    }
-                    done.version += 1;
+                        Change::Finish {
+                            state: State::Succeeded,
+                            outcome: Outcome::Response(output),
+                        }
+                    };
+                    let done = r
+                        .apply(end, SystemTime::now())
+                        .expect("a queued operation may end");
                     store
                         .write(&done, &Fence::Version(r.version))
                         .await

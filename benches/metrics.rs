@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use oprun::metrics::{CommitStats, GrpcLabels, Metrics};
-use oprun::model::{OperationRecord, State};
+use oprun::model::{OperationRecord, Outcome, State};
 use oprun::Code;
 
 fn env(key: &str, default: usize) -> usize {
@@ -28,7 +28,8 @@ fn records() -> Vec<OperationRecord> {
             let mut r = OperationRecord::new_queued(format!("kind{k}"), Default::default(), None);
             r.state = State::Running;
             r.start_time = r.create_time.checked_add(Duration::from_millis(3));
-            r.fail(State::Failed, Code::Unknown, "x");
+            r.state = State::Failed;
+            r.outcome = Some(Outcome::error(Code::Unknown, "x"));
             r.start_time = r.create_time.checked_add(Duration::from_millis(3));
             r.end_time = Some(SystemTime::now());
             r

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oprun::model::{pack, Fence, OperationRecord, State};
+use oprun::model::{pack, Change, Fence, OperationRecord, Outcome, State};
 use oprun::proto::oprun::v1::SleepInput;
 use oprun::store::sqlite::{check, Durability, SqliteOptions, SqliteStore};
 use oprun::store::{Inserted, Store};
@@ -58,14 +58,20 @@ async fn fill(dir: &std::path::Path, total: usize) {
                 let Inserted::New(r) = store.insert(r).await.expect("insert") else {
                     unreachable!("no request_id")
                 };
-                let mut done = r.clone();
-                done.status_message = "step 1 of 1".into();
-                done.fail(
-                    State::Failed,
-                    Code::Unknown,
-                    "a failure message of ordinary length",
-                );
-                done.version += 1;
+                let mut ran = r.clone();
+                ran.status_message = "step 1 of 1".into();
+                let done = ran
+                    .apply(
+                        Change::Finish {
+                            state: State::Failed,
+                            outcome: Outcome::error(
+                                Code::Unknown,
+                                "a failure message of ordinary length",
+                            ),
+                        },
+                        std::time::SystemTime::now(),
+                    )
+                    .expect("a queued operation may fail");
                 store
                     .write(&done, &Fence::Version(r.version))
                     .await

@@ -113,7 +113,9 @@ async fn rust_worker() {
         .await
         .expect("connect");
     let mut registry = Registry::new();
-    registry.register(Noop { cancel_log });
+    registry
+        .register(Noop { cancel_log })
+        .expect("a kind of its own name");
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");

@@ -36,7 +36,7 @@ impl Task for Count {
 
 fn main() -> std::process::ExitCode {
     oprun::cli::main(|kinds, _serve_args| {
-        kinds.register(Count);
+        kinds.register(Count)?; // an error if the name is taken
         Ok(())
     })
 }

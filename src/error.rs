@@ -187,8 +187,9 @@ impl Error {
             Error::InputRefused { code, .. } => (*code, "INPUT_REFUSED"),
             Error::ResourceExhausted { .. } => (Code::ResourceExhausted, "QUEUE_FULL"),
             Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
-            // Unreadable stored data will not heal by retrying.
+            // Another process holds the data directory: it may let go, so retrying may help.
             Error::Store(StoreError::Locked(_)) => (Code::Unavailable, "STORE_LOCKED"),
+            // Unreadable stored data will not heal by retrying.
             Error::Store(StoreError::Corrupt(_)) => (Code::DataLoss, "STORE_DATA_CORRUPT"),
             // A store that cannot answer now is UNAVAILABLE, never INTERNAL: stock clients
             // stop polling for good on INTERNAL, but retry UNAVAILABLE.

@@ -13,16 +13,16 @@
 //!   declared kinds'), which every JSON path and input check reads.
 //! - [`filter`], [`page_token`]: the AIP-160 list filter and AIP-158 page tokens.
 //! - [`store`]: durable storage behind the [`store::Store`] trait: SQLite (embedded default,
-//!   with a bounded write-ahead log and integrity checks) and in-memory, both passing one
-//!   conformance suite.
+//!   with a bounded write-ahead log and integrity checks), PostgreSQL (several nodes on one
+//!   database) and in-memory, all passing one conformance suite.
 //! - [`task`]: the task API: the [`task::Task`] trait, [`task::TaskContext`] for progress and
 //!   cancellation, and the [`task::Registry`] of kinds. [`kinds`] holds the built-in `sleep`.
 //! - [`schedules`]: schedules' model: cron specs, calendars in IANA time zones, and the
 //!   pure decision of what a due fire does (overlap policies, catch-up windows).
 //! - [`scheduler`]: the [`scheduler::Runner`]: queues, limits, workers, cancel, wait,
 //!   recovery and graceful shutdown; and the fire loop of schedules.
-//! - [`service`]: the gRPC services (Operations, TaskService, ScheduleService, ...), each a value
-//!   to mount on any tonic router.
+//! - [`service`]: the gRPC services (Operations, TaskService, WatchService, ScheduleService,
+//!   AdminService, SnapshotService, WorkerService), each a value to mount on any tonic router.
 //! - [`auth`]: bearer tokens with roles ([`auth::Tokens`], [`auth::Role`]) and the
 //!   [`auth::AuthLayer`] that checks every call before any service sees it (applied, with
 //!   TLS, by [`server::serve_with`]).
@@ -70,4 +70,6 @@ pub mod worker;
 pub use error::Error;
 pub use proto::google::rpc::Code;
 pub use scheduler::{Runner, RunnerConfig, Submission};
-pub use task::{Registry, Retry, RetryPolicy, Task, TaskContext, TaskError, TaskOptions};
+pub use task::{
+    RegisterError, Registry, Retry, RetryPolicy, Task, TaskContext, TaskError, TaskOptions,
+};

@@ -29,8 +29,11 @@
 //! }
 //!
 //! let mut kinds = oprun::task::Registry::new();
-//! kinds.register(Count);
+//! kinds.register(Count)?;
 //! assert!(kinds.get("count").is_some());
+//! // A second kind under a taken name is refused, never swapped in silently.
+//! assert!(kinds.register(Count).is_err());
+//! # Ok::<(), oprun::task::RegisterError>(())
 //! ```
 
 use std::collections::BTreeMap;
@@ -555,6 +558,18 @@ fn task_error_to_rpc(e: TaskError) -> Error {
     }
 }
 
+/// Why a kind could not be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegisterError {
+    /// A kind of that name is registered already.
+    #[error("a kind named {kind:?} is registered already; each kind needs a name of its own")]
+    Taken {
+        /// The name asked for.
+        kind: String,
+    },
+}
+
 /// The registered kinds, by name.
 #[derive(Clone, Default)]
 pub struct Registry {
@@ -567,25 +582,30 @@ impl Registry {
         Self::default()
     }
 
-    /// A registry holding the built-in kinds (`sleep`).
-    pub fn with_builtins() -> Self {
-        let mut r = Self::new();
-        r.register(crate::kinds::sleep::Sleep);
-        r
-    }
-
-    /// Registers a kind, replacing any kind of the same name.
-    pub fn register<T: Task>(&mut self, task: T) -> &mut Self {
-        self.kinds
-            .insert(T::KIND.to_owned(), Arc::new(Erased(Arc::new(task))));
-        self
+    /// Registers a kind.
+    ///
+    /// # Errors
+    /// [`RegisterError::Taken`] when a kind of that name is registered already (the registry
+    /// is left as it was: a kind is never replaced silently).
+    pub fn register<T: Task>(&mut self, task: T) -> Result<&mut Self, RegisterError> {
+        self.register_erased(T::KIND, Arc::new(Erased(Arc::new(task))))
     }
 
     /// Registers a kind with its types erased (its name given at run time).
-    #[cfg_attr(not(feature = "cli"), allow(dead_code))]
-    pub(crate) fn register_erased(&mut self, kind: &str, task: Arc<dyn ErasedTask>) -> &mut Self {
-        self.kinds.insert(kind.to_owned(), task);
-        self
+    pub(crate) fn register_erased(
+        &mut self,
+        kind: &str,
+        task: Arc<dyn ErasedTask>,
+    ) -> Result<&mut Self, RegisterError> {
+        match self.kinds.entry(kind.to_owned()) {
+            std::collections::btree_map::Entry::Occupied(_) => Err(RegisterError::Taken {
+                kind: kind.to_owned(),
+            }),
+            std::collections::btree_map::Entry::Vacant(free) => {
+                free.insert(task);
+                Ok(self)
+            }
+        }
     }
 
     /// Whether a kind is registered.

@@ -8,15 +8,16 @@
 //! use oprun::client::Client;
 //! use oprun::worker::Worker;
 //!
-//! # async fn run() -> Result<(), oprun::worker::WorkerError> {
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let client = Client::connect("http://127.0.0.1:50051").await?;
 //! let mut kinds = oprun::Registry::new();
-//! kinds.register(oprun::kinds::sleep::Sleep);
+//! kinds.register(oprun::kinds::sleep::Sleep)?; // an error if the name is taken
 //! Worker::new(client, kinds)
 //!     .name("sleeper")
 //!     .concurrency("sleep", 8)
 //!     .run(async { let _ = tokio::signal::ctrl_c().await; })
-//!     .await
+//!     .await?;
+//! # Ok(())
 //! # }
 //! ```
 //!

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use common::binary::{oprun, run_to_exit};
 use common::faults::FaultyStore;
 use common::{error_code, metadata, sleep_input, TestServer};
-use oprun::model::{Change, Fence, OperationRecord, State};
+use oprun::model::{Change, Fence, OperationRecord, Outcome, State};
 use oprun::proto::google::longrunning::{DeleteOperationRequest, WaitOperationRequest};
 use oprun::proto::oprun::v1::operation_metadata;
 use oprun::store::sqlite::{SqliteOptions, SqliteStore};
@@ -338,9 +338,16 @@ async fn filled_store(dir: &std::path::Path, n: usize) {
         let Inserted::New(r) = store.insert(r).await.unwrap() else {
             panic!("new");
         };
-        let mut done = r.clone();
-        done.fail(State::Failed, oprun::Code::Unknown, "done");
-        done.version += 1;
+        let failed = Outcome::error(oprun::Code::Unknown, "done");
+        let done = r
+            .apply(
+                Change::Finish {
+                    state: State::Failed,
+                    outcome: failed,
+                },
+                SystemTime::now(),
+            )
+            .unwrap();
         store
             .write(&done, &Fence::Version(r.version))
             .await

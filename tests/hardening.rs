@@ -125,10 +125,11 @@ impl Task for AgainAtOnce {
 
 fn registry() -> Registry {
     let mut r = Registry::with_builtins();
-    r.register(Flaky);
-    r.register(AgainAtOnce);
-    r.register(Bounded);
-    r.register(common::StubbornTask);
+    r.register(Flaky).expect("a kind of its own name");
+    r.register(AgainAtOnce).expect("a kind of its own name");
+    r.register(Bounded).expect("a kind of its own name");
+    r.register(common::StubbornTask)
+        .expect("a kind of its own name");
     r
 }
 
@@ -772,7 +773,7 @@ async fn runs_never_exceed_the_policy() {
         }
     }
     let mut r = registry();
-    r.register(Counted);
+    r.register(Counted).expect("a kind of its own name");
     let runner = Runner::start(
         r,
         Arc::new(MemoryStore::new()),

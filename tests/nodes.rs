@@ -112,8 +112,12 @@ impl Node {
         config: RunnerConfig,
     ) -> Self {
         let mut registry = Registry::with_builtins();
-        registry.register(Counted(Arc::clone(tally)));
-        registry.register(Once(Arc::clone(tally)));
+        registry
+            .register(Counted(Arc::clone(tally)))
+            .expect("a kind of its own name");
+        registry
+            .register(Once(Arc::clone(tally)))
+            .expect("a kind of its own name");
         let store: Arc<dyn Store> = Arc::clone(store) as Arc<dyn Store>;
         let config = RunnerConfig {
             node: name.to_owned(),
@@ -576,7 +580,9 @@ async fn workers_stop_when_the_lease_ends_though_the_renewal_hangs() {
     let store = FaultyStore::new(Arc::new(MemoryStore::shared()));
     let cancelled = Arc::new(Mutex::new(None));
     let mut registry = Registry::with_builtins();
-    registry.register(Watched(Arc::clone(&cancelled)));
+    registry
+        .register(Watched(Arc::clone(&cancelled)))
+        .expect("a kind of its own name");
     let lease = Duration::from_secs(3);
     let config = RunnerConfig {
         node: "alone".into(),
@@ -620,7 +626,9 @@ async fn a_hanging_rescue_never_costs_a_renewed_lease() {
     let store = FaultyStore::new(Arc::new(MemoryStore::shared()));
     let cancelled = Arc::new(Mutex::new(None));
     let mut registry = Registry::with_builtins();
-    registry.register(Watched(Arc::clone(&cancelled)));
+    registry
+        .register(Watched(Arc::clone(&cancelled)))
+        .expect("a kind of its own name");
     let config = RunnerConfig {
         node: "alone".into(),
         lease: Duration::from_secs(3),

@@ -59,9 +59,10 @@ impl Task for OnceOnly {
 
 fn registry() -> Registry {
     let mut r = Registry::with_builtins();
-    r.register(common::StubbornTask);
-    r.register(Chatty);
-    r.register(OnceOnly);
+    r.register(common::StubbornTask)
+        .expect("a kind of its own name");
+    r.register(Chatty).expect("a kind of its own name");
+    r.register(OnceOnly).expect("a kind of its own name");
     r
 }
 
@@ -264,4 +265,48 @@ async fn shutdown_is_not_a_cancel() {
         .await
         .unwrap_err();
     assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unavailable);
+}
+
+/// A kind of its own under the name of a built-in batch kind.
+struct Impostor;
+
+impl Task for Impostor {
+    const KIND: &'static str = oprun::scheduler::batch::CANCEL_KIND;
+    type Input = SleepInput;
+    type Output = SleepOutput;
+
+    async fn run(&self, _input: SleepInput, _ctx: TaskContext) -> Result<SleepOutput, TaskError> {
+        Ok(SleepOutput { steps_done: 0 })
+    }
+}
+
+/// Registration never replaces a kind silently: a second kind under a taken name is refused
+/// and the first stays; a kind named as a built-in batch kind stops the runner from starting.
+#[tokio::test]
+async fn a_taken_kind_name_is_refused() {
+    let mut kinds = registry();
+    let taken = kinds.register(Chatty).map(|_| ()).unwrap_err();
+    assert_eq!(
+        taken,
+        oprun::RegisterError::Taken {
+            kind: "chatty".into()
+        }
+    );
+    assert!(taken
+        .to_string()
+        .contains("\"chatty\" is registered already"));
+    assert!(kinds.contains("chatty"));
+    assert!(Registry::with_builtins()
+        .register(oprun::kinds::sleep::Sleep)
+        .is_err());
+
+    kinds.register(Impostor).expect("free in the registry");
+    let refused = Runner::start(kinds, Arc::new(MemoryStore::new()), RunnerConfig::default())
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(
+        tonic::Status::from(refused).code(),
+        tonic::Code::InvalidArgument
+    );
 }

@@ -694,7 +694,9 @@ async fn absolute_paths_through_a_symlinked_root_are_accepted() {
     std::os::unix::fs::symlink(&real, &alias).unwrap();
 
     let mut registry = Registry::with_builtins();
-    registry.register(oprun_workers::snapshot::SnapshotTask::new(&alias).expect("snapshot root"));
+    registry
+        .register(oprun_workers::snapshot::SnapshotTask::new(&alias).expect("snapshot root"))
+        .expect("a kind of its own name");
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let runner = Runner::start(registry, store, RunnerConfig::default())
         .await

@@ -949,7 +949,7 @@ async fn the_same_rust_task_runs_in_a_worker_of_its_own() {
         .await
         .expect("connect");
     let mut kinds = oprun::Registry::new();
-    kinds.register(Count);
+    kinds.register(Count).expect("a kind of its own name");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(
         oprun::worker::Worker::new(client.clone(), kinds)

@@ -38,6 +38,10 @@ use client::{codec, connect, full_name, status_line, ClientArgs};
 
 pub use serve::{ServeArgs, StoreKind, SyncMode};
 
+/// Why the binary's own kinds could not be registered for `serve` (what its `register`
+/// function returns): any error, e.g. a [`crate::task::RegisterError`] or a message.
+pub type RegisterFailure = Box<dyn std::error::Error + Send + Sync>;
+
 /// The exit codes of every subcommand, as documented: (code, meaning).
 pub const EXIT_CODES: [(u8, &str); 6] = [
     (0, "succeeded"),
@@ -295,7 +299,9 @@ enum TokenCommand {
 
 /// Runs the command line. `register` adds the binary's own kinds for `serve`, given the
 /// serve settings (for example the snapshot root). Returns the exit code ([`EXIT_CODES`]).
-pub fn main(register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), String>) -> ExitCode {
+pub fn main(
+    register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), RegisterFailure>,
+) -> ExitCode {
     let cli = Cli::parse();
     // A server or a worker: logs at info, and keeps Rust's handling of SIGPIPE.
     let serving = matches!(cli.command, Command::Serve(_) | Command::Worker(_));
@@ -408,7 +414,7 @@ fn init_tracing(
 
 async fn run(
     cli: Cli,
-    register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), String>,
+    register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), RegisterFailure>,
 ) -> CliResult {
     let Cli { command, client } = cli;
     match command {

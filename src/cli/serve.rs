@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
-use super::{read_file, CliResult, Failure};
+use super::{read_file, CliResult, Failure, RegisterFailure};
 use crate::auth::Tokens;
 use crate::http::BrowserRules;
 use crate::scheduler::{Runner, RunnerConfig};
@@ -574,7 +574,7 @@ fn return_large_blocks() {
 
 pub(super) async fn serve(
     args: ServeArgs,
-    register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), String>,
+    register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), RegisterFailure>,
 ) -> CliResult {
     return_large_blocks();
     // Every setting is checked before the store is opened or any work resumes.
@@ -582,7 +582,7 @@ pub(super) async fn serve(
     let tokens = args.tokens()?;
     args.check_exposure().await?;
     let mut registry = Registry::with_builtins();
-    register(&mut registry, &args)?;
+    register(&mut registry, &args).map_err(|e| format!("cannot register the kinds: {e}"))?;
     let store: Arc<dyn Store> = match &args.store {
         StoreKind::Memory => Arc::new(MemoryStore::new()),
         StoreKind::Postgres(url) => Arc::new(

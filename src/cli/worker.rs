@@ -108,7 +108,9 @@ pub(super) async fn exec(args: ExecArgs, client: &ClientArgs) -> CliResult {
     let kind = args.kind.clone();
     let concurrency = args.concurrency.max(1);
     let name = args.name.clone();
-    registry.register_erased(&kind, Arc::new(Exec { args }));
+    registry
+        .register_erased(&kind, Arc::new(Exec { args }))
+        .map_err(|e| e.to_string())?;
     let mut worker = crate::worker::Worker::new(client, registry).concurrency(&kind, concurrency);
     if let Some(name) = name {
         worker = worker.name(name);

@@ -179,6 +179,23 @@ pub enum Outcome {
     Error(Status),
 }
 
+impl Outcome {
+    /// An error outcome with `code` (never OK: [`Code::Ok`] becomes [`Code::Unknown`]) and a
+    /// message, with no details.
+    pub fn error(code: Code, message: impl Into<String>) -> Self {
+        let code = if code == Code::Ok {
+            Code::Unknown
+        } else {
+            code
+        };
+        Outcome::Error(Status {
+            code: code as i32,
+            message: message.into(),
+            details: Vec::new(),
+        })
+    }
+}
+
 /// Why an operation's cancellation token was cancelled. Only a client's cancel ends an
 /// operation as CANCELLED.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,8 +327,10 @@ impl OperationRecord {
         }
     }
 
-    /// Ends the operation. `state` must be a done state matching the outcome.
-    pub fn finish(&mut self, state: State, outcome: Outcome) {
+    /// Ends the operation at the wall clock's now, outside the state machine: for unit tests'
+    /// fixtures only (the runner ends operations through [`OperationRecord::apply`]).
+    #[cfg(test)]
+    pub(crate) fn finish(&mut self, state: State, outcome: Outcome) {
         debug_assert!(state.is_done());
         let now = time::to_micros(SystemTime::now());
         self.state = state;
@@ -321,16 +340,10 @@ impl OperationRecord {
         self.next_attempt_time = None;
     }
 
-    /// Ends the operation with an error status.
-    pub fn fail(&mut self, state: State, code: Code, message: impl Into<String>) {
-        self.finish(
-            state,
-            Outcome::Error(Status {
-                code: code as i32,
-                message: message.into(),
-                details: Vec::new(),
-            }),
-        );
+    /// Ends the operation with an error status (a unit tests' fixture, as `finish`).
+    #[cfg(test)]
+    pub(crate) fn fail(&mut self, state: State, code: Code, message: impl Into<String>) {
+        self.finish(state, Outcome::error(code, message));
     }
 
     /// The metadata message.

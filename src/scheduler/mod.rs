@@ -23,6 +23,13 @@
 //! - `schedules`: the calls of the ScheduleService, and the fire loop that starts each
 //!   schedule's operations (see [`crate::schedules`]).
 //! - `queries`: Get, List, Wait, Cancel, Delete.
+//! - `admin`: what operators and the dashboard ask beyond the standard queries (newest
+//!   first, counts, rerun).
+//! - `batch`: cancelling or deleting many operations as one operation of a built-in kind.
+//! - `kinds`: the kinds a runner knows, registered in process or declared by workers (kept
+//!   in the store).
+//! - `workers`: worker sessions in their own processes (`oprun.v1.WorkerService`).
+//! - `recount`: the queue bounds over a store several nodes share.
 //! - `clock`: the clock timers read, injected.
 //!
 //! # How it holds state
@@ -207,8 +214,11 @@ pub fn default_node() -> String {
 /// `registry` with the built-in batch kinds, which act through the runner (held weakly: the
 /// runner holds the registry).
 fn with_batches(mut registry: Registry, shared: &std::sync::Weak<Shared>) -> Registry {
-    registry.register(batch::Batch::<false>(shared.clone()));
-    registry.register(batch::Batch::<true>(shared.clone()));
+    let registered = registry
+        .register(batch::Batch::<false>(shared.clone()))
+        .and_then(|r| r.register(batch::Batch::<true>(shared.clone())))
+        .map(|_| ());
+    debug_assert!(registered.is_ok(), "Runner::start refuses these names");
     registry
 }
 
@@ -275,7 +285,8 @@ impl Runner {
     ///
     /// # Errors
     /// [`Error::Store`] when the store cannot be read or holds unreadable data; the runner
-    /// never starts on a store it could not recover.
+    /// never starts on a store it could not recover. [`Error::InvalidArgument`] when
+    /// `registry` holds a kind under a built-in kind's name or descriptors that cannot be used.
     pub async fn start(
         registry: Registry,
         store: Arc<dyn Store>,
@@ -288,6 +299,14 @@ impl Runner {
         } else {
             Some(store.changes(None, 0).await?.next)
         };
+        for builtin in [batch::CANCEL_KIND, batch::DELETE_KIND] {
+            if registry.contains(builtin) {
+                return Err(Error::invalid_argument(
+                    "kinds",
+                    format!("kind {builtin:?} is built into the runner; register yours under another name"),
+                ));
+            }
+        }
         // The types of every in-process kind that gives its own.
         let types = crate::types::Types::new();
         for (name, task) in registry.kinds() {

@@ -15,8 +15,9 @@
 //! Backends: [`sqlite::SqliteStore`] (the embedded default, group-committed; exclusive, its
 //! data directory is locked) and [`memory::MemoryStore`] (for tests and benchmarks; nothing
 //! survives a restart; exclusive, or shared by several runners in one process with
-//! [`memory::MemoryStore::shared`], which is how the multi-node protocol is tested). A
-//! PostgreSQL backend for several nodes fits the same trait.
+//! [`memory::MemoryStore::shared`], which is how the multi-node protocol is tested) and
+//! [`postgres::PostgresStore`] (several nodes on one database; not exclusive: leases, fences
+//! and the change feed carry what the nodes must know of each other).
 
 pub mod memory;
 pub mod postgres;

@@ -109,10 +109,12 @@ impl Task for StubbornTask {
 /// The kinds every test server has: the built-ins, snapshot, and the test kinds.
 pub fn registry(gauge: &Arc<Gauge>, snapshot_root: &std::path::Path) -> Registry {
     let mut r = Registry::with_builtins();
-    r.register(GaugeTask(Arc::clone(gauge)));
-    r.register(PanicTask);
-    r.register(StubbornTask);
-    r.register(oprun_workers::snapshot::SnapshotTask::new(snapshot_root).expect("snapshot root"));
+    r.register(GaugeTask(Arc::clone(gauge)))
+        .expect("a kind of its own name");
+    r.register(PanicTask).expect("a kind of its own name");
+    r.register(StubbornTask).expect("a kind of its own name");
+    r.register(oprun_workers::snapshot::SnapshotTask::new(snapshot_root).expect("snapshot root"))
+        .expect("a kind of its own name");
     r
 }
 

@@ -4,14 +4,14 @@
 
 pub mod snapshot;
 
-use oprun::cli::ServeArgs;
+use oprun::cli::{RegisterFailure, ServeArgs};
 use oprun::Registry;
 
 /// Registers this crate's kinds for `oprun serve`.
 ///
 /// # Errors
-/// A message when a kind cannot be set up (e.g. the snapshot root cannot be created).
-pub fn register(registry: &mut Registry, args: &ServeArgs) -> Result<(), String> {
-    registry.register(snapshot::SnapshotTask::new(&args.snapshot_root())?);
+/// Why a kind cannot be set up (e.g. the snapshot root cannot be created).
+pub fn register(registry: &mut Registry, args: &ServeArgs) -> Result<(), RegisterFailure> {
+    registry.register(snapshot::SnapshotTask::new(&args.snapshot_root())?)?;
     Ok(())
 }
