@@ -43,7 +43,7 @@ use oprun::proto::oprun::v1::task_service_client::TaskServiceClient;
 use oprun::proto::oprun::v1::{
     ListTaskKindsRequest, OperationMetadata, SleepInput, SubmitTaskRequest,
 };
-use oprun::{Registry, Task, TaskContext, TaskError, TaskOptions};
+use oprun::{Registry, Kind, Task, TaskContext, TaskError, TaskOptions};
 use prost::Message;
 use prost_types::Timestamp;
 
@@ -56,11 +56,13 @@ struct Noop {
     cancel_log: Option<PathBuf>,
 }
 
-impl Task for Noop {
+impl Kind for Noop {
     const KIND: &'static str = RUST_KIND;
     type Input = SleepInput;
     type Output = Timestamp;
+}
 
+impl Task for Noop {
     fn options(&self) -> TaskOptions {
         TaskOptions {
             retry_safe: true,

@@ -1,16 +1,18 @@
 // examples/count.rs: a task kind of your own, served by the oprun command line
 // (`cargo run --example count -- serve`, then `oprun submit count --input '{"steps":5}'`).
 use oprun::proto::oprun::v1::{SleepInput, SleepOutput};
-use oprun::{Task, TaskContext, TaskError, TaskOptions};
+use oprun::{Kind, Task, TaskContext, TaskError, TaskOptions};
 
 /// Counts to `steps`, one step every 100 ms, and stops when cancelled.
 struct Count;
 
-impl Task for Count {
+impl Kind for Count {
     const KIND: &'static str = "count"; // never rename once released
     type Input = SleepInput; // any prost message with a type name
     type Output = SleepOutput;
+}
 
+impl Task for Count {
     fn options(&self) -> TaskOptions {
         TaskOptions {
             retry_safe: true,

@@ -29,7 +29,8 @@ use prost::{Message, Name};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use tonic::Code;
+
+use crate::Code;
 use tonic_types::StatusExt;
 
 use crate::auth::BearerToken;
@@ -46,7 +47,7 @@ use crate::proto::oprun::v1::{
     BatchResult, BatchSubmitTasksRequest, CancelOperationsRequest, DeleteOperationsRequest,
     OperationMetadata, RetryPolicy, SubmitTaskRequest, WatchOperationRequest,
 };
-use crate::task::Task;
+use crate::kind::Kind;
 
 /// How long [`OperationHandle::wait`] asks the server to wait per call.
 const WAIT_CALL: Duration = Duration::from_secs(50);
@@ -96,7 +97,7 @@ pub enum ClientError {
 impl From<tonic::Status> for ClientError {
     fn from(s: tonic::Status) -> Self {
         Self::Rpc {
-            code: s.code(),
+            code: s.code().into(),
             message: s.message().to_owned(),
             details: Box::new(s.get_error_details()),
         }
@@ -277,7 +278,7 @@ pub struct SubmitOptions {
 }
 
 /// The SubmitTaskRequest of an input of kind `K` with `options`.
-fn request<K: Task>(input: &K::Input, options: SubmitOptions) -> SubmitTaskRequest {
+fn request<K: Kind>(input: &K::Input, options: SubmitOptions) -> SubmitTaskRequest {
     SubmitTaskRequest {
         kind: K::KIND.to_owned(),
         input: Some(crate::model::pack(input)),
@@ -354,7 +355,7 @@ impl Client {
     /// # Errors
     /// [`ClientError::Rpc`]: INVALID_ARGUMENT for a kind the server does not have or a bad
     /// input, RESOURCE_EXHAUSTED when its queue stays full, …
-    pub async fn submit<K: Task>(
+    pub async fn submit<K: Kind>(
         &self,
         input: K::Input,
     ) -> Result<OperationHandle<K::Output>, ClientError> {
@@ -365,7 +366,7 @@ impl Client {
     ///
     /// # Errors
     /// As [`Client::submit`].
-    pub async fn submit_with<K: Task>(
+    pub async fn submit_with<K: Kind>(
         &self,
         input: K::Input,
         options: SubmitOptions,
@@ -384,7 +385,7 @@ impl Client {
     /// # Errors
     /// As [`Client::submit`]; the message of an error that one input caused starts with its
     /// index (`requests[i]: `), and then none was created.
-    pub async fn submit_many<K: Task>(
+    pub async fn submit_many<K: Kind>(
         &self,
         inputs: impl IntoIterator<Item = (K::Input, SubmitOptions)>,
     ) -> Result<Vec<OperationHandle<K::Output>>, ClientError> {
@@ -528,7 +529,7 @@ impl<O> OperationHandle<O> {
             match waited {
                 Ok(op) if op.get_ref().done => return Ok(op.into_inner()),
                 Ok(_) => unavailable = 0,
-                Err(s) if s.code() == Code::Unimplemented => return self.poll().await,
+                Err(s) if s.code() == tonic::Code::Unimplemented => return self.poll().await,
                 Err(s) if retryable(&s) && unavailable < RETRIES => {
                     unavailable += 1;
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -630,7 +631,7 @@ pub fn outcome<O: Message + Default + Name>(op: &Operation) -> Result<O, ClientE
             O::decode(any.value.as_slice()).map_err(|e| ClientError::Decode(e.to_string()))
         }
         Some(operation::Result::Error(status)) => Err(ClientError::Failed {
-            code: Code::from_i32(status.code),
+            code: Code::try_from(status.code).unwrap_or(Code::Unknown),
             message: status.message.clone(),
             details: status.details.clone(),
         }),
@@ -651,7 +652,10 @@ pub fn metadata(op: &Operation) -> Option<OperationMetadata> {
 }
 
 fn retryable(s: &tonic::Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded)
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+    )
 }
 
 struct Follow {

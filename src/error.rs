@@ -77,7 +77,7 @@ pub enum Error {
     #[error("{message}")]
     InputRefused {
         /// The status code the kind chose.
-        code: tonic::Code,
+        code: crate::Code,
         /// What was refused and why.
         message: String,
     },
@@ -184,7 +184,7 @@ impl Error {
             Error::FailedPrecondition { reason, .. } => (Code::FailedPrecondition, reason),
             Error::PermissionDenied { reason, .. } => (Code::PermissionDenied, reason),
             Error::AlreadyExists { .. } => (Code::AlreadyExists, "REQUEST_ID_REUSED"),
-            Error::InputRefused { code, .. } => (*code, "INPUT_REFUSED"),
+            Error::InputRefused { code, .. } => ((*code).into(), "INPUT_REFUSED"),
             Error::ResourceExhausted { .. } => (Code::ResourceExhausted, "QUEUE_FULL"),
             Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
             // Another process holds the data directory: it may let go, so retrying may help.

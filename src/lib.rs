@@ -15,8 +15,10 @@
 //! - [`store`]: durable storage behind the [`store::Store`] trait: SQLite (embedded default,
 //!   with a bounded write-ahead log and integrity checks), PostgreSQL (several nodes on one
 //!   database) and in-memory, all passing one conformance suite.
-//! - [`task`]: the task API: the [`task::Task`] trait, [`task::TaskContext`] for progress and
-//!   cancellation, and the [`task::Registry`] of kinds. [`kinds`] holds the built-in `sleep`.
+//! - [`kind`]: what a kind *is*: the [`Kind`] trait (name, input, output and details
+//!   types), all a client or a JSON path needs of it.
+//! - [`task`]: the task API: how a kind runs, the [`task::Task`] trait (built on [`Kind`]),
+//!   [`task::TaskContext`] for progress and cancellation, and the [`task::Registry`] of kinds. [`kinds`] holds the built-in `sleep`.
 //! - [`schedules`]: schedules' model: cron specs, calendars in IANA time zones, and the
 //!   pure decision of what a due fire does (overlap policies, catch-up windows).
 //! - [`scheduler`]: the [`scheduler::Runner`]: queues, limits, workers, cancel, wait,
@@ -51,6 +53,7 @@ pub mod error;
 pub mod filter;
 pub mod http;
 pub mod json;
+pub mod kind;
 pub mod kinds;
 pub mod metrics;
 pub mod model;
@@ -70,6 +73,7 @@ pub mod worker;
 pub use error::Error;
 pub use proto::google::rpc::Code;
 pub use scheduler::{Runner, RunnerConfig, Submission};
+pub use kind::Kind;
 pub use task::{
     RegisterError, Registry, Retry, RetryPolicy, Task, TaskContext, TaskError, TaskOptions,
 };

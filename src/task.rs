@@ -6,17 +6,19 @@
 //! carries the operation's [`CancellationToken`].
 //!
 //! ```
-//! use oprun::task::{Task, TaskContext, TaskError, TaskOptions};
+//! use oprun::task::{Kind, Task, TaskContext, TaskError, TaskOptions};
 //! use oprun::proto::oprun::v1::{SleepInput, SleepOutput};
 //!
 //! /// Counts to `steps`, one step at a time, and stops when cancelled.
 //! struct Count;
 //!
-//! impl Task for Count {
+//! impl Kind for Count {
 //!     const KIND: &'static str = "count";
 //!     type Input = SleepInput;
 //!     type Output = SleepOutput;
+//! }
 //!
+//! impl Task for Count {
 //!     async fn run(&self, input: SleepInput, ctx: TaskContext) -> Result<SleepOutput, TaskError> {
 //!         for i in 0..input.steps {
 //!             if ctx.is_cancelled() {
@@ -50,6 +52,7 @@ use tokio::sync::watch;
 
 use crate::auth::Role;
 use crate::error::Error;
+pub use crate::kind::Kind;
 use crate::model::{pack, type_name, OperationId};
 use crate::proto::google::rpc::Code;
 use crate::proto::oprun::v1::{Progress, TaskKind};
@@ -167,17 +170,8 @@ impl RetryPolicy {
     }
 }
 
-/// A kind of work that runs as an operation.
-pub trait Task: Send + Sync + 'static {
-    /// The kind's name. Stable forever once released: stored operations refer to it.
-    const KIND: &'static str;
-    /// The full name of the details message the kind reports, if any.
-    const DETAILS_TYPE: Option<&'static str> = None;
-    /// The input message.
-    type Input: Message + Name + Default + Send + 'static;
-    /// The response message.
-    type Output: Message + Name + Send + 'static;
-
+/// How a [`Kind`] of work runs as an operation.
+pub trait Task: Kind + Send + Sync {
     /// How the runner treats this kind.
     fn options(&self) -> TaskOptions {
         TaskOptions::default()
@@ -543,13 +537,11 @@ impl<T: Task> ErasedTask for Erased<T> {
 /// Maps a kind's validation failure to the RPC error the submitter sees, keeping the kind's
 /// code (a code that makes no sense for a refusal becomes INVALID_ARGUMENT).
 fn task_error_to_rpc(e: TaskError) -> Error {
-    let code = match tonic::Code::from_i32(e.code as i32) {
-        tonic::Code::Ok | tonic::Code::Cancelled | tonic::Code::Unknown => {
-            tonic::Code::InvalidArgument
-        }
+    let code = match e.code {
+        Code::Ok | Code::Cancelled | Code::Unknown => Code::InvalidArgument,
         code => code,
     };
-    if code == tonic::Code::InvalidArgument {
+    if code == Code::InvalidArgument {
         return Error::invalid_argument_because("input", "INPUT_REFUSED", e.message);
     }
     Error::InputRefused {

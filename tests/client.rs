@@ -12,7 +12,7 @@ use oprun::auth::Tokens;
 use oprun::client::{metadata, Client, ClientError, SubmitOptions};
 use oprun::kinds::sleep::Sleep;
 use oprun::proto::oprun::v1::{SleepInput, SleepOutput};
-use tonic::Code;
+use oprun::Code;
 
 fn sleep(ms: u64, steps: u32, fail: &str) -> SleepInput {
     SleepInput {

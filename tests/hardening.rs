@@ -16,7 +16,7 @@ use oprun::store::memory::MemoryStore;
 use oprun::store::sqlite::{SqliteOptions, SqliteStore};
 use oprun::store::{Store, StoreError};
 use oprun::{
-    Code, Registry, RetryPolicy, Runner, RunnerConfig, Submission, Task, TaskContext, TaskError,
+    Code, Registry, RetryPolicy, Runner, RunnerConfig, Submission, Kind, Task, TaskContext, TaskError,
     TaskOptions,
 };
 use tokio::time::Instant;
@@ -37,11 +37,13 @@ fn flaky_error(kind: &str) -> TaskError {
     }
 }
 
-impl Task for Flaky {
+impl Kind for Flaky {
     const KIND: &'static str = "flaky";
     type Input = SleepInput;
     type Output = SleepOutput;
+}
 
+impl Task for Flaky {
     fn options(&self) -> TaskOptions {
         TaskOptions {
             retry: RetryPolicy {
@@ -69,11 +71,13 @@ impl Task for Flaky {
 /// Sleeps; its default timeout is 3 s and at most 2 may wait at once.
 struct Bounded;
 
-impl Task for Bounded {
+impl Kind for Bounded {
     const KIND: &'static str = "bounded";
     type Input = SleepInput;
     type Output = SleepOutput;
+}
 
+impl Task for Bounded {
     fn options(&self) -> TaskOptions {
         TaskOptions {
             default_timeout: Some(Duration::from_secs(3)),
@@ -99,11 +103,13 @@ fn flaky(fails: u32, how: &str) -> Submission {
 /// Asks to be retried at once on its first attempt; later attempts run until cancelled.
 struct AgainAtOnce;
 
-impl Task for AgainAtOnce {
+impl Kind for AgainAtOnce {
     const KIND: &'static str = "again";
     type Input = SleepInput;
     type Output = SleepOutput;
+}
 
+impl Task for AgainAtOnce {
     fn options(&self) -> TaskOptions {
         TaskOptions {
             retry: RetryPolicy {
@@ -753,10 +759,13 @@ async fn store_failures_are_unavailable() {
 async fn runs_never_exceed_the_policy() {
     static RUNS: AtomicU32 = AtomicU32::new(0);
     struct Counted;
-    impl Task for Counted {
+    impl Kind for Counted {
         const KIND: &'static str = "counted";
         type Input = SleepInput;
         type Output = SleepOutput;
+    }
+
+    impl Task for Counted {
         fn options(&self) -> TaskOptions {
             TaskOptions {
                 retry: RetryPolicy {

@@ -22,7 +22,7 @@ use oprun::proto::oprun::v1::task_service_client::TaskServiceClient;
 use oprun::proto::oprun::v1::{SleepInput, SleepOutput, SubmitTaskRequest};
 use oprun::store::memory::MemoryStore;
 use oprun::store::Store;
-use oprun::{Code, Registry, Runner, RunnerConfig, Task, TaskContext, TaskError, TaskOptions};
+use oprun::{Code, Registry, Runner, RunnerConfig, Kind, Task, TaskContext, TaskError, TaskOptions};
 use prost_types::Any;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -40,11 +40,13 @@ impl Tally {
 /// Sleeps like `sleep` (cooperatively cancelled), counting its runs in a [`Tally`].
 struct Counted(Arc<Tally>);
 
-impl Task for Counted {
+impl Kind for Counted {
     const KIND: &'static str = "counted";
     type Input = SleepInput;
     type Output = SleepOutput;
+}
 
+impl Task for Counted {
     fn options(&self) -> TaskOptions {
         TaskOptions {
             retry_safe: true,
@@ -75,11 +77,13 @@ impl Task for Counted {
 /// ABORTED.
 struct Once(Arc<Tally>);
 
-impl Task for Once {
+impl Kind for Once {
     const KIND: &'static str = "once";
     type Input = SleepInput;
     type Output = SleepOutput;
+}
 
+impl Task for Once {
     fn options(&self) -> TaskOptions {
         TaskOptions {
             retry_safe: false,
@@ -557,11 +561,13 @@ async fn the_queue_bound_holds_over_all_nodes() {
 /// Waits for its cancellation and notes when it came.
 struct Watched(Arc<Mutex<Option<tokio::time::Instant>>>);
 
-impl Task for Watched {
+impl Kind for Watched {
     const KIND: &'static str = "watched";
     type Input = SleepInput;
     type Output = SleepOutput;
+}
 
+impl Task for Watched {
     async fn run(&self, _: SleepInput, ctx: TaskContext) -> Result<SleepOutput, TaskError> {
         ctx.cancelled().await;
         *self.0.lock().unwrap() = Some(tokio::time::Instant::now());

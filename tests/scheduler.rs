@@ -14,17 +14,19 @@ use oprun::proto::oprun::v1::{SleepInput, SleepOutput};
 use oprun::store::memory::MemoryStore;
 use oprun::store::{Inserted, Store};
 use oprun::{
-    Code, Registry, Runner, RunnerConfig, Submission, Task, TaskContext, TaskError, TaskOptions,
+    Code, Registry, Runner, RunnerConfig, Submission, Kind, Task, TaskContext, TaskError, TaskOptions,
 };
 
 /// Reports progress `steps` times in a tight loop, yielding between reports.
 struct Chatty;
 
-impl Task for Chatty {
+impl Kind for Chatty {
     const KIND: &'static str = "chatty";
     type Input = SleepInput;
     type Output = SleepOutput;
+}
 
+impl Task for Chatty {
     async fn run(&self, input: SleepInput, ctx: TaskContext) -> Result<SleepOutput, TaskError> {
         for i in 1..=input.steps {
             ctx.progress(i64::from(i), i64::from(input.steps), "ticks");
@@ -39,11 +41,13 @@ impl Task for Chatty {
 /// A kind that is not safe to run twice.
 struct OnceOnly;
 
-impl Task for OnceOnly {
+impl Kind for OnceOnly {
     const KIND: &'static str = "once";
     type Input = SleepInput;
     type Output = SleepOutput;
+}
 
+impl Task for OnceOnly {
     fn options(&self) -> TaskOptions {
         TaskOptions {
             retry_safe: false,
@@ -270,11 +274,13 @@ async fn shutdown_is_not_a_cancel() {
 /// A kind of its own under the name of a built-in batch kind.
 struct Impostor;
 
-impl Task for Impostor {
+impl Kind for Impostor {
     const KIND: &'static str = oprun::scheduler::batch::CANCEL_KIND;
     type Input = SleepInput;
     type Output = SleepOutput;
+}
 
+impl Task for Impostor {
     async fn run(&self, _input: SleepInput, _ctx: TaskContext) -> Result<SleepOutput, TaskError> {
         Ok(SleepOutput { steps_done: 0 })
     }

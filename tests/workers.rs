@@ -908,11 +908,13 @@ async fn the_worker_role_runs_work_and_nothing_else() {
 /// Counts to `steps`, a step per 20 ms, reporting each; stops when cancelled.
 struct Count;
 
-impl oprun::Task for Count {
+impl oprun::Kind for Count {
     const KIND: &'static str = "count";
     type Input = oprun::proto::oprun::v1::SleepInput;
     type Output = oprun::proto::oprun::v1::SleepOutput;
+}
 
+impl oprun::Task for Count {
     fn options(&self) -> oprun::TaskOptions {
         oprun::TaskOptions {
             retry_safe: true,

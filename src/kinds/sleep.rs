@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::proto::oprun::v1::{SleepInput, SleepOutput};
-use crate::task::{RetryPolicy, Task, TaskContext, TaskError, TaskOptions};
+use crate::task::{Kind, RetryPolicy, Task, TaskContext, TaskError, TaskOptions};
 
 /// Longest sleep accepted.
 pub const MAX_SLEEP: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -30,11 +30,13 @@ fn duration_of(input: &SleepInput) -> Result<Duration, TaskError> {
     Ok(d)
 }
 
-impl Task for Sleep {
+impl Kind for Sleep {
     const KIND: &'static str = "sleep";
     type Input = SleepInput;
     type Output = SleepOutput;
+}
 
+impl Task for Sleep {
     fn options(&self) -> TaskOptions {
         TaskOptions {
             retry_safe: true,

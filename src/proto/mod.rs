@@ -31,6 +31,20 @@ pub mod oprun {
     }
 }
 
+/// `google.rpc.Code` is the one code type of oprun's API; tonic's own is the same numbering,
+/// used only where a `tonic::Status` is made or read.
+impl From<google::rpc::Code> for tonic::Code {
+    fn from(code: google::rpc::Code) -> Self {
+        tonic::Code::from_i32(code as i32)
+    }
+}
+
+impl From<tonic::Code> for google::rpc::Code {
+    fn from(code: tonic::Code) -> Self {
+        google::rpc::Code::try_from(code as i32).unwrap_or(google::rpc::Code::Unknown)
+    }
+}
+
 /// The encoded descriptor set of every proto oprun serves, with imports.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/oprun_descriptor.bin"));

@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::filter::Filter;
 use crate::model::{OperationId, OperationRecord};
 use crate::proto::oprun::v1::{BatchProgress, BatchResult, BatchSelection};
-use crate::task::{RetryPolicy, Task, TaskContext, TaskError, TaskOptions};
+use crate::task::{Kind, RetryPolicy, Task, TaskContext, TaskError, TaskOptions};
 
 /// The kind of the operations `CancelOperations` starts.
 pub const CANCEL_KIND: &str = "oprun.cancel_operations";
@@ -57,12 +57,14 @@ enum Acted {
 /// (`DELETE = true`: [`DELETE_KIND`]) the operations a selection names.
 pub(super) struct Batch<const DELETE: bool>(pub(super) Weak<Shared>);
 
-impl<const DELETE: bool> Task for Batch<DELETE> {
+impl<const DELETE: bool> Kind for Batch<DELETE> {
     const KIND: &'static str = if DELETE { DELETE_KIND } else { CANCEL_KIND };
     const DETAILS_TYPE: Option<&'static str> = Some("oprun.v1.BatchProgress");
     type Input = BatchSelection;
     type Output = BatchResult;
+}
 
+impl<const DELETE: bool> Task for Batch<DELETE> {
     fn options(&self) -> TaskOptions {
         TaskOptions {
             retry_safe: true,

@@ -23,7 +23,7 @@ use oprun::proto::oprun::v1::task_service_client::TaskServiceClient;
 use oprun::proto::oprun::v1::{OperationMetadata, SleepInput, SleepOutput, SubmitTaskRequest};
 use oprun::store::sqlite::{SqliteOptions, SqliteStore};
 use oprun::store::Store;
-use oprun::{Registry, Runner, RunnerConfig, Task, TaskContext, TaskError, TaskOptions};
+use oprun::{Registry, Runner, RunnerConfig, Kind, Task, TaskContext, TaskError, TaskOptions};
 use prost::Message;
 use prost_types::Any;
 use tokio::sync::oneshot;
@@ -51,11 +51,13 @@ pub struct Gauge {
 /// Like sleep, but counted by a [`Gauge`].
 pub struct GaugeTask(pub Arc<Gauge>);
 
-impl Task for GaugeTask {
+impl Kind for GaugeTask {
     const KIND: &'static str = "gauge";
     type Input = SleepInput;
     type Output = SleepOutput;
+}
 
+impl Task for GaugeTask {
     fn options(&self) -> TaskOptions {
         TaskOptions {
             retry_safe: true,
@@ -81,11 +83,13 @@ impl Task for GaugeTask {
 /// Panics when run.
 pub struct PanicTask;
 
-impl Task for PanicTask {
+impl Kind for PanicTask {
     const KIND: &'static str = "panic";
     type Input = SleepInput;
     type Output = SleepOutput;
+}
 
+impl Task for PanicTask {
     async fn run(&self, input: SleepInput, _ctx: TaskContext) -> Result<SleepOutput, TaskError> {
         panic!("worker exploded: {}", input.fail_message);
     }
@@ -94,11 +98,13 @@ impl Task for PanicTask {
 /// Ignores its cancellation token and sleeps for `duration`.
 pub struct StubbornTask;
 
-impl Task for StubbornTask {
+impl Kind for StubbornTask {
     const KIND: &'static str = "stubborn";
     type Input = SleepInput;
     type Output = SleepOutput;
+}
 
+impl Task for StubbornTask {
     async fn run(&self, input: SleepInput, _ctx: TaskContext) -> Result<SleepOutput, TaskError> {
         let d = Duration::try_from(input.duration.unwrap_or_default()).unwrap_or_default();
         tokio::time::sleep(d).await;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use oprun::proto::oprun::v1::{CreateSnapshotRequest, Snapshot, SnapshotProgress};
-use oprun::{Code, Task, TaskContext, TaskError, TaskOptions};
+use oprun::{Code, Kind, Task, TaskContext, TaskError, TaskOptions};
 
 use archive::{write_archive, ArchiveError, ArchiveProgress};
 use paths::{resolve, PathError};
@@ -88,12 +88,14 @@ fn path_error(e: PathError) -> TaskError {
     TaskError::new(code, e.to_string())
 }
 
-impl Task for SnapshotTask {
+impl Kind for SnapshotTask {
     const KIND: &'static str = KIND;
     const DETAILS_TYPE: Option<&'static str> = Some("oprun.v1.SnapshotProgress");
     type Input = CreateSnapshotRequest;
     type Output = Snapshot;
+}
 
+impl Task for SnapshotTask {
     fn options(&self) -> TaskOptions {
         TaskOptions {
             // A re-run starts from scratch into a fresh temporary file, so it is safe.
