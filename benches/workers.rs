@@ -43,7 +43,7 @@ use oprun::proto::oprun::v1::task_service_client::TaskServiceClient;
 use oprun::proto::oprun::v1::{
     ListTaskKindsRequest, OperationMetadata, SleepInput, SubmitTaskRequest,
 };
-use oprun::{Registry, Kind, Task, TaskContext, TaskError, TaskOptions};
+use oprun::{Kind, Registry, Task, TaskContext, TaskError, TaskOptions};
 use prost::Message;
 use prost_types::Timestamp;
 

@@ -34,6 +34,7 @@ use crate::Code;
 use tonic_types::StatusExt;
 
 use crate::auth::BearerToken;
+use crate::kind::Kind;
 use crate::model::type_name;
 use crate::proto::google::longrunning::operations_client::OperationsClient;
 use crate::proto::google::longrunning::{
@@ -47,7 +48,6 @@ use crate::proto::oprun::v1::{
     BatchResult, BatchSubmitTasksRequest, CancelOperationsRequest, DeleteOperationsRequest,
     OperationMetadata, RetryPolicy, SubmitTaskRequest, WatchOperationRequest,
 };
-use crate::kind::Kind;
 
 /// How long [`OperationHandle::wait`] asks the server to wait per call.
 const WAIT_CALL: Duration = Duration::from_secs(50);

@@ -71,9 +71,9 @@ pub mod types;
 pub mod worker;
 
 pub use error::Error;
+pub use kind::Kind;
 pub use proto::google::rpc::Code;
 pub use scheduler::{Runner, RunnerConfig, Submission};
-pub use kind::Kind;
 pub use task::{
     RegisterError, Registry, Retry, RetryPolicy, Task, TaskContext, TaskError, TaskOptions,
 };

@@ -16,8 +16,8 @@ use oprun::store::memory::MemoryStore;
 use oprun::store::sqlite::{SqliteOptions, SqliteStore};
 use oprun::store::{Store, StoreError};
 use oprun::{
-    Code, Registry, RetryPolicy, Runner, RunnerConfig, Submission, Kind, Task, TaskContext, TaskError,
-    TaskOptions,
+    Code, Kind, Registry, RetryPolicy, Runner, RunnerConfig, Submission, Task, TaskContext,
+    TaskError, TaskOptions,
 };
 use tokio::time::Instant;
 

@@ -22,7 +22,9 @@ use oprun::proto::oprun::v1::task_service_client::TaskServiceClient;
 use oprun::proto::oprun::v1::{SleepInput, SleepOutput, SubmitTaskRequest};
 use oprun::store::memory::MemoryStore;
 use oprun::store::Store;
-use oprun::{Code, Registry, Runner, RunnerConfig, Kind, Task, TaskContext, TaskError, TaskOptions};
+use oprun::{
+    Code, Kind, Registry, Runner, RunnerConfig, Task, TaskContext, TaskError, TaskOptions,
+};
 use prost_types::Any;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;

@@ -14,7 +14,8 @@ use oprun::proto::oprun::v1::{SleepInput, SleepOutput};
 use oprun::store::memory::MemoryStore;
 use oprun::store::{Inserted, Store};
 use oprun::{
-    Code, Registry, Runner, RunnerConfig, Submission, Kind, Task, TaskContext, TaskError, TaskOptions,
+    Code, Kind, Registry, Runner, RunnerConfig, Submission, Task, TaskContext, TaskError,
+    TaskOptions,
 };
 
 /// Reports progress `steps` times in a tight loop, yielding between reports.

@@ -23,7 +23,7 @@ use oprun::proto::oprun::v1::task_service_client::TaskServiceClient;
 use oprun::proto::oprun::v1::{OperationMetadata, SleepInput, SleepOutput, SubmitTaskRequest};
 use oprun::store::sqlite::{SqliteOptions, SqliteStore};
 use oprun::store::Store;
-use oprun::{Registry, Runner, RunnerConfig, Kind, Task, TaskContext, TaskError, TaskOptions};
+use oprun::{Kind, Registry, Runner, RunnerConfig, Task, TaskContext, TaskError, TaskOptions};
 use prost::Message;
 use prost_types::Any;
 use tokio::sync::oneshot;
