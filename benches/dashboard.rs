@@ -103,10 +103,7 @@ async fn main() {
     let store = Arc::new(
         SqliteStore::open(
             dir.path(),
-            SqliteOptions {
-                durability: Durability::Normal,
-                ..SqliteOptions::default()
-            },
+            SqliteOptions::default().durability(Durability::Normal),
         )
         .expect("store"),
     );

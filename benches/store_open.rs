@@ -34,14 +34,8 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 async fn fill(dir: &std::path::Path, total: usize) {
     let store = Arc::new(
-        SqliteStore::open(
-            dir,
-            SqliteOptions {
-                durability: Durability::Normal,
-                ..SqliteOptions::default()
-            },
-        )
-        .expect("store"),
+        SqliteStore::open(dir, SqliteOptions::default().durability(Durability::Normal))
+            .expect("store"),
     );
     let writers = 64;
     let mut tasks = Vec::new();
@@ -111,14 +105,9 @@ fn main() {
             store.close().await.expect("close");
 
             let t = Instant::now();
-            let store = SqliteStore::open(
-                dir.path(),
-                SqliteOptions {
-                    integrity_check: false,
-                    ..SqliteOptions::default()
-                },
-            )
-            .expect("open");
+            let store =
+                SqliteStore::open(dir.path(), SqliteOptions::default().integrity_check(false))
+                    .expect("open");
             unchecked.push(t.elapsed());
             let t = Instant::now();
             let runner = Runner::start(

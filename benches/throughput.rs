@@ -59,10 +59,7 @@ struct Figures {
 }
 
 async fn run(label: &str, store: Arc<dyn Store>, total: usize) -> Figures {
-    let config = RunnerConfig {
-        max_running: 256,
-        ..RunnerConfig::default()
-    };
+    let config = RunnerConfig::default().max_running(256);
     let runner = Runner::start(Registry::with_builtins(), store, config)
         .await
         .expect("runner");
@@ -291,10 +288,7 @@ fn main() {
             let n = fresh.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let store = SqliteStore::open(
                 &dir.path().join(format!("db{n}")),
-                SqliteOptions {
-                    durability,
-                    ..SqliteOptions::default()
-                },
+                SqliteOptions::default().durability(durability),
             )
             .expect("sqlite");
             Arc::new(store) as Arc<dyn Store>

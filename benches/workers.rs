@@ -64,10 +64,7 @@ impl Kind for Noop {
 
 impl Task for Noop {
     fn options(&self) -> TaskOptions {
-        TaskOptions {
-            retry_safe: true,
-            ..TaskOptions::default()
-        }
+        TaskOptions::default().retry_safe(true)
     }
 
     async fn run(&self, input: SleepInput, ctx: TaskContext) -> Result<Timestamp, TaskError> {

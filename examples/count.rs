@@ -14,11 +14,7 @@ impl Kind for Count {
 
 impl Task for Count {
     fn options(&self) -> TaskOptions {
-        TaskOptions {
-            retry_safe: true,
-            max_concurrency: Some(4),
-            ..TaskOptions::default()
-        }
+        TaskOptions::default().retry_safe(true).max_concurrency(4)
     }
 
     async fn run(&self, input: SleepInput, ctx: TaskContext) -> Result<SleepOutput, TaskError> {

@@ -57,6 +57,7 @@ use crate::error::ERROR_DOMAIN;
 /// ones below it allow. Worker stands apart: it allows only the workers' methods (which an
 /// admin may call too). Compare with [`Role::allows`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Role {
     /// Reads operations, kinds and nodes: Get, List, Wait, ListTaskKinds, ListNodes.
     Reader,
@@ -199,6 +200,7 @@ pub struct Caller {
 
 /// Errors loading a tokens file.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TokensError {
     /// The file could not be read.
     #[error("cannot read it: {0}")]

@@ -22,7 +22,8 @@
 
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use futures::Stream;
 use prost::{Message, Name};
@@ -61,13 +62,30 @@ const RETRIES: u32 = 30;
 
 /// What went wrong, typed.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The settings cannot make a connection (a malformed address, unusable TLS files).
-    #[error("{0}")]
-    Config(String),
+    #[error("{message}")]
+    Config {
+        /// What is wrong with the settings, and how to fix it.
+        message: String,
+        /// The error that said so, when there is one.
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
     /// Nothing answered at the address.
+    #[error("{message}")]
+    Connect {
+        /// What was tried, and what to check.
+        message: String,
+        /// The transport's error, when there is one.
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
+    /// A submission's options cannot be sent (a timeout longer than a protobuf `Duration`
+    /// holds, a `not_before` outside the timestamp range): nothing was submitted.
     #[error("{0}")]
-    Connect(String),
+    Options(String),
     /// A call failed: its `google.rpc` code, message and error details.
     #[error("{code:?}: {message}")]
     Rpc {
@@ -92,6 +110,16 @@ pub enum ClientError {
     /// The response is not the type expected, or does not decode.
     #[error("cannot read the response: {0}")]
     Decode(String),
+}
+
+impl ClientError {
+    /// A [`ClientError::Config`] with no source.
+    fn config(message: String) -> Self {
+        Self::Config {
+            message,
+            source: None,
+        }
+    }
 }
 
 impl From<tonic::Status> for ClientError {
@@ -191,21 +219,22 @@ impl ClientBuilder {
     /// [`ClientError::Connect`] when nothing answers.
     pub async fn connect(self) -> Result<Client, ClientError> {
         let credentials = match &self.token {
-            Some(token) => Some(BearerToken::new(token).map_err(ClientError::Config)?),
+            Some(token) => Some(BearerToken::new(token).map_err(ClientError::config)?),
             None => None,
         };
         let url = self.url();
         let mut endpoint = Channel::from_shared(url.clone())
-            .map_err(|e| {
-                ClientError::Config(format!(
+            .map_err(|e| ClientError::Config {
+                message: format!(
                     "{:?} is not an address: {e}; give host:port, e.g. 127.0.0.1:50051",
                     self.addr
-                ))
+                ),
+                source: Some(Arc::new(e)),
             })?
             .connect_timeout(self.connect_timeout);
         if endpoint.uri().scheme_str() == Some("https") {
             let Some(ca) = &self.ca else {
-                return Err(ClientError::Config(format!(
+                return Err(ClientError::config(format!(
                     "{} is https:// and needs the PEM certificate of the CA that signed the \
                      server's certificate",
                     self.addr
@@ -215,19 +244,20 @@ impl ClientBuilder {
             if let Some((cert, key)) = &self.identity {
                 tls = tls.identity(Identity::from_pem(cert, key));
             }
-            endpoint = endpoint.tls_config(tls).map_err(|e| {
-                ClientError::Config(format!("TLS settings: {}", crate::server::error_chain(&e)))
+            endpoint = endpoint.tls_config(tls).map_err(|e| ClientError::Config {
+                message: format!("TLS settings: {}", crate::server::error_chain(&e)),
+                source: Some(Arc::new(e)),
             })?;
         } else if self.ca.is_some() || self.identity.is_some() {
-            return Err(ClientError::Config(format!(
+            return Err(ClientError::config(format!(
                 "a CA certificate or a client identity is for TLS, but {} is not https://",
                 self.addr
             )));
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| ClientError::Connect(cannot_connect(&url, &e)))?;
+        let channel = endpoint.connect().await.map_err(|e| ClientError::Connect {
+            message: cannot_connect(&url, &e),
+            source: Some(Arc::new(e)),
+        })?;
         Ok(Client {
             conn: InterceptedService::new(channel, Credentials(credentials)),
         })
@@ -259,8 +289,10 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// What [`Client::submit_with`] sends besides the input.
+/// What [`Client::submit_with`] sends besides the input: `SubmitOptions::default()` and its
+/// builder methods, e.g. `SubmitOptions::default().request_id("nightly-2026-12-07")`.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct SubmitOptions {
     /// AIP-155 idempotency key: a repeat with the same id returns the same operation.
     pub request_id: Option<String>,
@@ -275,18 +307,96 @@ pub struct SubmitOptions {
     pub max_attempts: Option<u32>,
     /// Operations of the kind with the same key share its limit per key.
     pub concurrency_key: Option<String>,
+    /// The operation waits QUEUED and starts no earlier than this.
+    pub not_before: Option<SystemTime>,
+}
+
+impl SubmitOptions {
+    /// With an AIP-155 idempotency key.
+    #[must_use]
+    pub fn request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into());
+        self
+    }
+
+    /// Ends DEADLINE_EXCEEDED if not done this long after submission.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Higher runs first, from -100 to 100.
+    #[must_use]
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Answered by the operation of the kind with this key that is not done, if any.
+    #[must_use]
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
+    }
+
+    /// At most this many attempts.
+    #[must_use]
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts);
+        self
+    }
+
+    /// Shares the kind's limit per key with the operations of this key.
+    #[must_use]
+    pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
+        self.concurrency_key = Some(key.into());
+        self
+    }
+
+    /// Starts no earlier than `at`.
+    #[must_use]
+    pub fn not_before(mut self, at: SystemTime) -> Self {
+        self.not_before = Some(at);
+        self
+    }
 }
 
 /// The SubmitTaskRequest of an input of kind `K` with `options`.
-fn request<K: Kind>(input: &K::Input, options: SubmitOptions) -> SubmitTaskRequest {
-    SubmitTaskRequest {
+///
+/// # Errors
+/// [`ClientError::Options`] for a timeout or a `not_before` the wire cannot carry.
+fn request<K: Kind>(
+    input: &K::Input,
+    options: SubmitOptions,
+) -> Result<SubmitTaskRequest, ClientError> {
+    let timeout = options
+        .timeout
+        .map(|t| {
+            crate::model::time::to_duration(t).ok_or_else(|| {
+                ClientError::Options(format!(
+                    "a timeout of {} s is longer than a protobuf Duration holds (10,000 years)",
+                    t.as_secs()
+                ))
+            })
+        })
+        .transpose()?;
+    let not_before = options
+        .not_before
+        .map(|at| {
+            crate::model::time::to_timestamp(at).ok_or_else(|| {
+                ClientError::Options(format!(
+                    "not_before {at:?} is outside the timestamp range (years 1 to 9999)"
+                ))
+            })
+        })
+        .transpose()?;
+    Ok(SubmitTaskRequest {
         kind: K::KIND.to_owned(),
         input: Some(crate::model::pack(input)),
         request_id: options.request_id.unwrap_or_default(),
-        timeout: options
-            .timeout
-            .and_then(|t| prost_types::Duration::try_from(t).ok()),
-        not_before: None,
+        timeout,
+        not_before,
         priority: options.priority,
         unique_key: options.unique_key.unwrap_or_default(),
         retry_policy: options.max_attempts.map(|max_attempts| RetryPolicy {
@@ -294,7 +404,7 @@ fn request<K: Kind>(input: &K::Input, options: SubmitOptions) -> SubmitTaskReque
             ..RetryPolicy::default()
         }),
         concurrency_key: options.concurrency_key.unwrap_or_default(),
-    }
+    })
 }
 
 impl Client {
@@ -373,7 +483,7 @@ impl Client {
     ) -> Result<OperationHandle<K::Output>, ClientError> {
         let op = self
             .tasks()
-            .submit_task(request::<K>(&input, options))
+            .submit_task(request::<K>(&input, options)?)
             .await?
             .into_inner();
         Ok(self.operation(op.name))
@@ -392,7 +502,7 @@ impl Client {
         let requests = inputs
             .into_iter()
             .map(|(input, options)| request::<K>(&input, options))
-            .collect();
+            .collect::<Result<_, _>>()?;
         let ops = self
             .tasks()
             .batch_submit_tasks(BatchSubmitTasksRequest { requests })
@@ -715,10 +825,13 @@ async fn next_state(mut s: Follow) -> Option<(Result<Operation, ClientError>, Fo
         if s.reopens > RETRIES {
             s.done = true;
             return Some((
-                Err(ClientError::Connect(format!(
-                    "the server kept ending the watch of {} before it was done",
-                    s.handle.name
-                ))),
+                Err(ClientError::Connect {
+                    message: format!(
+                        "the server kept ending the watch of {} before it was done",
+                        s.handle.name
+                    ),
+                    source: None,
+                }),
                 s,
             ));
         }

@@ -17,6 +17,7 @@ pub use crate::text::{quote, truncate_message, MAX_STATUS_MESSAGE, QUOTE_CHARS};
 
 /// Errors of the runner and its services.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The request is malformed; `field` names the request field.
     #[error("{message}")]

@@ -7,6 +7,7 @@ use prost_types::Any;
 
 /// Errors of JSON conversion.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum JsonError {
     /// The message type is not among oprun's protos.
     #[error("unknown message type {0:?}")]

@@ -44,6 +44,9 @@
 //! - [`text`]: bounded quoting of client input in messages (the bottom layer).
 #![deny(missing_docs)]
 
+#[macro_use]
+mod setters;
+
 pub mod auth;
 mod budget;
 #[cfg(feature = "cli")]

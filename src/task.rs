@@ -58,8 +58,10 @@ use crate::proto::google::rpc::Code;
 use crate::proto::oprun::v1::{Progress, TaskKind};
 use crate::text::quote;
 
-/// How the runner treats a kind.
+/// How the runner treats a kind: `TaskOptions::default()` and its setters, e.g.
+/// `TaskOptions::default().retry_safe(true).max_concurrency(4)`.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct TaskOptions {
     /// Whether a run interrupted by a crash or shutdown may run again (`attempt` + 1).
     /// Kinds that are not retry-safe end ABORTED instead (at-most-once).
@@ -99,8 +101,21 @@ impl Default for TaskOptions {
     }
 }
 
-/// Exponential backoff with jitter for retryable failures.
+setters!(TaskOptions {
+    retry_safe: bool,
+    retry: RetryPolicy,
+    start_role: Role,
+} optional {
+    max_concurrency: usize,
+    default_timeout: Duration,
+    max_queued: usize,
+    max_per_key: usize,
+});
+
+/// Exponential backoff with jitter for retryable failures: [`RetryPolicy::exponential`] or
+/// `RetryPolicy::default()`, and its setters.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Attempts in all, the first included (1: never retry).
     pub max_attempts: u32,
@@ -126,6 +141,14 @@ impl Default for RetryPolicy {
         }
     }
 }
+
+setters!(RetryPolicy {
+    max_attempts: u32,
+    initial_delay: Duration,
+    max_delay: Duration,
+    multiplier: f64,
+    jitter: f64,
+});
 
 impl RetryPolicy {
     /// Up to `max_attempts` attempts, from 1 s doubling up to 5 min, with 20% jitter.
@@ -210,6 +233,7 @@ pub trait Task: Kind + Send + Sync {
 
 /// Whether a failure may be retried (under the kind's [`RetryPolicy`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Retry {
     /// Decided by the code: UNAVAILABLE, ABORTED and RESOURCE_EXHAUSTED are retryable.
     #[default]

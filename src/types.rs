@@ -17,6 +17,7 @@ use crate::text::quote;
 
 /// Why files could not be added.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TypesError {
     /// The files do not make a valid set (a type they use is missing, a name is defined twice).
     #[error("the descriptors are not valid: {0}")]

@@ -63,6 +63,7 @@ const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// Why a worker stopped.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WorkerError {
     /// The connection could not be made.
     #[error(transparent)]

@@ -67,11 +67,7 @@ async fn until_matching(server: &TestServer, filter: &str, n: usize) {
 /// does not match, and what is submitted later, is left alone. Its progress counts them.
 #[tokio::test]
 async fn batch_cancel_by_filter_runs_with_every_slot_taken() {
-    let server = TestServer::start_with(RunnerConfig {
-        max_running: 2,
-        ..RunnerConfig::default()
-    })
-    .await;
+    let server = TestServer::start_with(RunnerConfig::default().max_running(2)).await;
     let mut sleeps = Vec::new();
     for _ in 0..5 {
         sleeps.push(server.submit_sleep(600_000, 1).await.name);
@@ -133,16 +129,16 @@ async fn batches_are_idempotent_and_cancellable() {
 
     let delayed = server
         .runner
-        .submit(oprun::scheduler::Submission {
-            not_before: Some(std::time::SystemTime::now() + Duration::from_secs(3600)),
-            ..oprun::scheduler::Submission::new(
+        .submit(
+            oprun::scheduler::Submission::new(
                 oprun::scheduler::batch::DELETE_KIND,
                 oprun::model::pack(&oprun::proto::oprun::v1::BatchSelection {
                     filter: "done = true".into(),
                     names: Vec::new(),
                 }),
             )
-        })
+            .not_before(std::time::SystemTime::now() + Duration::from_secs(3600)),
+        )
         .await
         .expect("a delayed batch");
     let name = delayed.id.name();
@@ -473,10 +469,7 @@ async fn the_node_of_an_exclusive_store_stays_live() {
     let runner = oprun::Runner::start(
         oprun::Registry::with_builtins(),
         Arc::new(oprun::store::memory::MemoryStore::new()),
-        RunnerConfig {
-            clock: Arc::new(oprun::scheduler::PausedClock::new()),
-            ..RunnerConfig::default()
-        },
+        RunnerConfig::default().clock(Arc::new(oprun::scheduler::PausedClock::new())),
     )
     .await
     .expect("runner");

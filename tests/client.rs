@@ -70,10 +70,7 @@ async fn typed_submit_progress_and_results() {
     let submit_once = || {
         client.submit_with::<Sleep>(
             sleep(3_600_000, 1, ""),
-            SubmitOptions {
-                request_id: Some("6f1c7a53-2f7e-4f7a-9d84-0f5b2d1c9e10".into()),
-                ..SubmitOptions::default()
-            },
+            SubmitOptions::default().request_id("6f1c7a53-2f7e-4f7a-9d84-0f5b2d1c9e10"),
         )
     };
     let long = submit_once().await.expect("submit");
@@ -108,15 +105,9 @@ async fn submit_many_is_one_call_all_or_none() {
         .await
         .expect("connect");
     let handles = client
-        .submit_many::<Sleep>((0..20).map(|i| {
-            (
-                sleep(1, 1, ""),
-                SubmitOptions {
-                    priority: i,
-                    ..SubmitOptions::default()
-                },
-            )
-        }))
+        .submit_many::<Sleep>(
+            (0..20).map(|i| (sleep(1, 1, ""), SubmitOptions::default().priority(i))),
+        )
         .await
         .expect("submit_many");
     assert_eq!(handles.len(), 20);
@@ -131,13 +122,7 @@ async fn submit_many_is_one_call_all_or_none() {
     let refused = client
         .submit_many::<Sleep>([
             (sleep(1, 1, ""), SubmitOptions::default()),
-            (
-                sleep(1, 1, ""),
-                SubmitOptions {
-                    max_attempts: Some(1000),
-                    ..SubmitOptions::default()
-                },
-            ),
+            (sleep(1, 1, ""), SubmitOptions::default().max_attempts(1000)),
         ])
         .await
         .expect_err("a policy wider than the kind's");
@@ -203,11 +188,14 @@ async fn errors_and_tokens() {
         .connect()
         .await
         .expect_err("https without a CA");
-    assert!(matches!(https, ClientError::Config(_)), "{https:?}");
+    assert!(matches!(https, ClientError::Config { .. }), "{https:?}");
     let nothing = Client::connect("127.0.0.1:1")
         .await
         .expect_err("nothing there");
-    assert!(matches!(nothing, ClientError::Connect(_)), "{nothing:?}");
+    assert!(
+        matches!(nothing, ClientError::Connect { .. }),
+        "{nothing:?}"
+    );
     server.stop().await;
 }
 
@@ -273,4 +261,55 @@ where
         }
         Box::pin(self.0.call(req))
     }
+}
+
+/// `not_before` reaches the server (the operation waits QUEUED until then), and an option the
+/// wire cannot carry is refused before anything is sent, never dropped silently.
+#[tokio::test]
+async fn submit_options_reach_the_server_or_are_refused() {
+    let server = Server::start(None).await;
+    let client = Client::connect(server.grpc.to_string())
+        .await
+        .expect("connect");
+
+    let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+    let waiting = client
+        .submit_with::<Sleep>(
+            sleep(1, 1, ""),
+            SubmitOptions::default()
+                .not_before(later)
+                .request_id("later-1"),
+        )
+        .await
+        .expect("submit");
+    let op = waiting.get().await.expect("get");
+    let meta = metadata(&op).expect("metadata");
+    assert_eq!(
+        meta.state,
+        oprun::proto::oprun::v1::operation_metadata::State::Queued as i32
+    );
+    let starts = meta.next_attempt_time.expect("a start time");
+    // Stored to the microsecond.
+    let later = oprun::model::time::to_micros(later);
+    assert_eq!(starts, prost_types::Timestamp::from(later));
+
+    for (options, says) in [
+        (SubmitOptions::default().timeout(Duration::MAX), "timeout"),
+        (
+            SubmitOptions::default().not_before(
+                std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(400_000_000_000),
+            ),
+            "not_before",
+        ),
+    ] {
+        let refused = client
+            .submit_with::<Sleep>(sleep(1, 1, ""), options)
+            .await
+            .expect_err("an option the wire cannot carry");
+        assert!(
+            matches!(&refused, ClientError::Options(m) if m.contains(says)),
+            "{refused:?}"
+        );
+    }
+    server.stop().await;
 }

@@ -200,10 +200,10 @@ async fn a_cancel_whose_caller_went_away_is_still_published() {
     // Queued for a day: only the cancel ends it.
     let op = server
         .runner
-        .submit(oprun::Submission {
-            not_before: Some(SystemTime::now() + Duration::from_secs(86_400)),
-            ..oprun::Submission::new("sleep", sleep_input(0, 1, ""))
-        })
+        .submit(
+            oprun::Submission::new("sleep", sleep_input(0, 1, ""))
+                .not_before(SystemTime::now() + Duration::from_secs(86_400)),
+        )
         .await
         .unwrap();
     assert_eq!(server.runner.unfinished(), 1);
@@ -400,14 +400,8 @@ async fn corruption_at_run_time_is_data_loss() {
     let dir = tempfile::tempdir().unwrap();
     filled_store(dir.path(), 1000).await;
     damage(&dir.path().join("oprun.sqlite3"), 64 << 10);
-    let store = SqliteStore::open(
-        dir.path(),
-        SqliteOptions {
-            integrity_check: false,
-            ..SqliteOptions::default()
-        },
-    )
-    .unwrap();
+    let store =
+        SqliteStore::open(dir.path(), SqliteOptions::default().integrity_check(false)).unwrap();
     let mut after = 0;
     let failure = loop {
         match store
@@ -509,11 +503,9 @@ async fn a_long_read_delays_the_bound_not_the_writes() {
 fn bounded_store(dir: &std::path::Path, limit: u64) -> SqliteStore {
     SqliteStore::open(
         dir,
-        SqliteOptions {
-            wal_limit_bytes: limit,
-            durability: oprun::store::sqlite::Durability::Normal,
-            ..SqliteOptions::default()
-        },
+        SqliteOptions::default()
+            .wal_limit_bytes(limit)
+            .durability(oprun::store::sqlite::Durability::Normal),
     )
     .unwrap()
 }

@@ -45,17 +45,13 @@ impl Kind for Flaky {
 
 impl Task for Flaky {
     fn options(&self) -> TaskOptions {
-        TaskOptions {
-            retry: RetryPolicy {
-                max_attempts: 4,
-                initial_delay: Duration::from_secs(1),
-                max_delay: Duration::from_secs(60),
-                multiplier: 2.0,
-                jitter: 0.0,
-            },
-            default_timeout: None,
-            ..TaskOptions::default()
-        }
+        TaskOptions::default().retry(
+            RetryPolicy::exponential(4)
+                .initial_delay(Duration::from_secs(1))
+                .max_delay(Duration::from_secs(60))
+                .multiplier(2.0)
+                .jitter(0.0),
+        )
     }
 
     async fn run(&self, input: SleepInput, ctx: TaskContext) -> Result<SleepOutput, TaskError> {
@@ -79,12 +75,10 @@ impl Kind for Bounded {
 
 impl Task for Bounded {
     fn options(&self) -> TaskOptions {
-        TaskOptions {
-            default_timeout: Some(Duration::from_secs(3)),
-            max_queued: Some(2),
-            max_concurrency: Some(1),
-            ..TaskOptions::default()
-        }
+        TaskOptions::default()
+            .default_timeout(Duration::from_secs(3))
+            .max_queued(2)
+            .max_concurrency(1)
     }
 
     async fn run(&self, input: SleepInput, ctx: TaskContext) -> Result<SleepOutput, TaskError> {
@@ -111,13 +105,7 @@ impl Kind for AgainAtOnce {
 
 impl Task for AgainAtOnce {
     fn options(&self) -> TaskOptions {
-        TaskOptions {
-            retry: RetryPolicy {
-                max_attempts: 2,
-                ..RetryPolicy::default()
-            },
-            ..TaskOptions::default()
-        }
+        TaskOptions::default().retry(RetryPolicy::exponential(2))
     }
 
     async fn run(&self, _: SleepInput, ctx: TaskContext) -> Result<SleepOutput, TaskError> {
@@ -141,10 +129,7 @@ fn registry() -> Registry {
 
 /// A runner whose wall clock follows tokio's (paused) clock.
 async fn runner_with(store: Arc<dyn Store>, config: RunnerConfig) -> Runner {
-    let config = RunnerConfig {
-        clock: Arc::new(oprun::scheduler::PausedClock::new()),
-        ..config
-    };
+    let config = config.clock(Arc::new(oprun::scheduler::PausedClock::new()));
     Runner::start(registry(), store, config)
         .await
         .expect("runner starts")
@@ -157,10 +142,7 @@ async fn runner() -> Runner {
 
 /// The default configuration, but a full queue refuses at once (no `queue_full_wait`).
 fn refusing() -> RunnerConfig {
-    RunnerConfig {
-        queue_full_wait: Duration::ZERO,
-        ..RunnerConfig::default()
-    }
+    RunnerConfig::default().queue_full_wait(Duration::ZERO)
 }
 
 fn error_of(r: &OperationRecord) -> (i32, String) {
@@ -264,10 +246,10 @@ async fn deadline_ends_running_operations() {
     let runner = runner().await;
     let t0 = Instant::now();
     let op = runner
-        .submit(Submission {
-            timeout: Some(Duration::from_secs(5)),
-            ..Submission::new("sleep", sleep_input(3_600_000, 10, ""))
-        })
+        .submit(
+            Submission::new("sleep", sleep_input(3_600_000, 10, ""))
+                .timeout(Duration::from_secs(5)),
+        )
         .await
         .unwrap();
     assert!(op.deadline.is_some(), "the deadline is visible in metadata");
@@ -285,10 +267,10 @@ async fn deadline_ends_running_operations() {
 
     let t0 = Instant::now();
     let stubborn = runner
-        .submit(Submission {
-            timeout: Some(Duration::from_secs(5)),
-            ..Submission::new("stubborn", sleep_input(3_600_000, 1, ""))
-        })
+        .submit(
+            Submission::new("stubborn", sleep_input(3_600_000, 1, ""))
+                .timeout(Duration::from_secs(5)),
+        )
         .await
         .unwrap();
     let done = runner
@@ -343,10 +325,7 @@ async fn delayed_start_waits_and_survives_restart() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let runner = runner_with(store.clone(), RunnerConfig::default()).await;
     let at = SystemTime::now() + Duration::from_secs(10);
-    let delayed = |ms| Submission {
-        not_before: Some(at),
-        ..Submission::new("sleep", sleep_input(ms, 1, ""))
-    };
+    let delayed = |ms| Submission::new("sleep", sleep_input(ms, 1, "")).not_before(at);
     let op = runner.submit(delayed(0)).await.unwrap();
     let cancelled = runner.submit(delayed(0)).await.unwrap();
     let survivor = runner.submit(delayed(0)).await.unwrap();
@@ -369,10 +348,8 @@ async fn delayed_start_waits_and_survives_restart() {
 
     // Restart before the survivor's (new) time.
     runner.shutdown(Duration::from_secs(1)).await.unwrap();
-    let again = Submission {
-        not_before: Some(SystemTime::now() + Duration::from_secs(20)),
-        ..Submission::new("sleep", sleep_input(0, 1, ""))
-    };
+    let again = Submission::new("sleep", sleep_input(0, 1, ""))
+        .not_before(SystemTime::now() + Duration::from_secs(20));
     let runner = runner_with(store.clone(), RunnerConfig::default()).await;
     let later = runner.submit(again).await.unwrap();
     let kept = runner.get(&survivor.id).await.unwrap();
@@ -398,11 +375,7 @@ async fn delayed_start_waits_and_survives_restart() {
 async fn full_queues_push_back() {
     let runner = runner_with(
         Arc::new(MemoryStore::new()),
-        RunnerConfig {
-            max_running: 1,
-            max_queued: 3,
-            ..refusing()
-        },
+        refusing().max_running(1).max_queued(3),
     )
     .await;
     let blocker = runner
@@ -478,12 +451,10 @@ async fn full_queues_push_back() {
 async fn a_full_queue_slows_submissions_to_the_pace_of_the_work() {
     let runner = runner_with(
         Arc::new(MemoryStore::new()),
-        RunnerConfig {
-            max_running: 1,
-            max_queued: 1,
-            queue_full_wait: Duration::from_secs(5),
-            ..RunnerConfig::default()
-        },
+        RunnerConfig::default()
+            .max_running(1)
+            .max_queued(1)
+            .queue_full_wait(Duration::from_secs(5)),
     )
     .await;
     let first = runner
@@ -529,11 +500,7 @@ async fn a_full_queue_slows_submissions_to_the_pace_of_the_work() {
 async fn a_repeated_request_id_is_answered_while_the_queue_is_full() {
     let runner = runner_with(
         Arc::new(MemoryStore::new()),
-        RunnerConfig {
-            max_running: 1,
-            max_queued: 1,
-            ..refusing()
-        },
+        refusing().max_running(1).max_queued(1),
     )
     .await;
     let _running = runner
@@ -541,10 +508,8 @@ async fn a_repeated_request_id_is_answered_while_the_queue_is_full() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1)).await;
-    let request = Submission {
-        request_id: "0b1d7c1e-7a43-4e8e-9d57-5a3c2d1b0f00".into(),
-        ..Submission::new("sleep", sleep_input(0, 1, ""))
-    };
+    let request = Submission::new("sleep", sleep_input(0, 1, ""))
+        .request_id("0b1d7c1e-7a43-4e8e-9d57-5a3c2d1b0f00".into());
     let original = runner.submit(request.clone()).await.unwrap();
     // The queue is full now.
     let refused = runner
@@ -561,10 +526,7 @@ async fn a_repeated_request_id_is_answered_while_the_queue_is_full() {
 async fn limits_are_named() {
     let runner = runner_with(
         Arc::new(MemoryStore::new()),
-        RunnerConfig {
-            max_input_bytes: 64,
-            ..RunnerConfig::default()
-        },
+        RunnerConfig::default().max_input_bytes(64),
     )
     .await;
     let big = sleep_input(0, 1, &"x".repeat(100));
@@ -582,10 +544,7 @@ async fn limits_are_named() {
     );
     let status = code_of(
         runner
-            .submit(Submission {
-                timeout: Some(Duration::ZERO),
-                ..Submission::new("sleep", sleep_input(0, 1, ""))
-            })
+            .submit(Submission::new("sleep", sleep_input(0, 1, "")).timeout(Duration::ZERO))
             .await
             .unwrap_err(),
     );
@@ -598,10 +557,7 @@ async fn limits_are_named() {
 async fn retention_removes_old_finished_operations() {
     let runner = runner_with(
         Arc::new(MemoryStore::new()),
-        RunnerConfig {
-            retention: Duration::from_millis(300),
-            ..RunnerConfig::default()
-        },
+        RunnerConfig::default().retention(Duration::from_millis(300)),
     )
     .await;
     let done = runner
@@ -639,10 +595,7 @@ async fn retention_removes_old_finished_operations() {
 async fn retention_cap_keeps_the_newest() {
     let runner = runner_with(
         Arc::new(MemoryStore::new()),
-        RunnerConfig {
-            max_retained: Some(3),
-            ..RunnerConfig::default()
-        },
+        RunnerConfig::default().max_retained(3),
     )
     .await;
     let mut ids = Vec::new();
@@ -698,10 +651,7 @@ async fn full_store_fails_submissions_cleanly() {
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(
             dir.path(),
-            SqliteOptions {
-                max_size_bytes: Some(96 * 1024),
-                ..SqliteOptions::default()
-            },
+            SqliteOptions::default().max_size_bytes(96 * 1024),
         )
         .unwrap(),
     );
@@ -767,14 +717,7 @@ async fn runs_never_exceed_the_policy() {
 
     impl Task for Counted {
         fn options(&self) -> TaskOptions {
-            TaskOptions {
-                retry: RetryPolicy {
-                    max_attempts: 3,
-                    jitter: 0.0,
-                    ..RetryPolicy::default()
-                },
-                ..TaskOptions::default()
-            }
+            TaskOptions::default().retry(RetryPolicy::exponential(3).jitter(0.0))
         }
         async fn run(&self, _: SleepInput, _: TaskContext) -> Result<SleepOutput, TaskError> {
             RUNS.fetch_add(1, Ordering::SeqCst);
@@ -786,10 +729,7 @@ async fn runs_never_exceed_the_policy() {
     let runner = Runner::start(
         r,
         Arc::new(MemoryStore::new()),
-        RunnerConfig {
-            clock: Arc::new(oprun::scheduler::PausedClock::new()),
-            ..RunnerConfig::default()
-        },
+        RunnerConfig::default().clock(Arc::new(oprun::scheduler::PausedClock::new())),
     )
     .await
     .unwrap();
@@ -811,14 +751,7 @@ async fn cancel_during_retry_bookkeeping_ends_the_operation() {
     let gate = common::faults::FaultyStore::new(Arc::new(MemoryStore::new()));
     let (reached, release) =
         gate.hold_writes(|r| r.kind == "flaky" && r.state == State::Queued && r.attempt == 2);
-    let runner = runner_with(
-        gate.clone(),
-        RunnerConfig {
-            max_running: 1,
-            ..RunnerConfig::default()
-        },
-    )
-    .await;
+    let runner = runner_with(gate.clone(), RunnerConfig::default().max_running(1)).await;
     let flaky_op = runner.submit(flaky(1, "unavailable")).await.unwrap();
     // Queued behind it; takes the only slot for an hour once the flaky attempt releases it.
     let long = runner
@@ -844,14 +777,7 @@ async fn cancel_during_retry_bookkeeping_ends_the_operation() {
 async fn a_returned_worker_frees_its_slot_before_its_end_is_written() {
     let gate = common::faults::FaultyStore::new(Arc::new(MemoryStore::new()));
     let (reached, release) = gate.hold_writes(|r| r.kind == "sleep" && r.is_done());
-    let runner = runner_with(
-        gate.clone(),
-        RunnerConfig {
-            max_running: 1,
-            ..RunnerConfig::default()
-        },
-    )
-    .await;
+    let runner = runner_with(gate.clone(), RunnerConfig::default().max_running(1)).await;
     let first = runner
         .submit(Submission::new("sleep", sleep_input(0, 1, "")))
         .await

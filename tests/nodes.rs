@@ -50,10 +50,7 @@ impl Kind for Counted {
 
 impl Task for Counted {
     fn options(&self) -> TaskOptions {
-        TaskOptions {
-            retry_safe: true,
-            ..TaskOptions::default()
-        }
+        TaskOptions::default().retry_safe(true)
     }
 
     async fn run(&self, input: SleepInput, ctx: TaskContext) -> Result<SleepOutput, TaskError> {
@@ -87,10 +84,7 @@ impl Kind for Once {
 
 impl Task for Once {
     fn options(&self) -> TaskOptions {
-        TaskOptions {
-            retry_safe: false,
-            ..TaskOptions::default()
-        }
+        TaskOptions::default().retry_safe(false)
     }
 
     async fn run(&self, input: SleepInput, ctx: TaskContext) -> Result<SleepOutput, TaskError> {
@@ -125,11 +119,9 @@ impl Node {
             .register(Once(Arc::clone(tally)))
             .expect("a kind of its own name");
         let store: Arc<dyn Store> = Arc::clone(store) as Arc<dyn Store>;
-        let config = RunnerConfig {
-            node: name.to_owned(),
-            follow_interval: Duration::from_millis(20),
-            ..config
-        };
+        let config = config
+            .node(name.to_owned())
+            .follow_interval(Duration::from_millis(20));
         // Built and entered on a plain thread: a runtime cannot be blocked on from the test's.
         let (runtime, runner, addr, shutdown) = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -281,10 +273,7 @@ async fn owner(store: &MemoryStore, name: &str) -> Option<String> {
 /// Nodes `a` and `b` of one running at a time: `a` starts alone and takes a long operation
 /// (returned), so that what is submitted next runs on `b`.
 async fn full_a_then_b(store: &Arc<MemoryStore>, tally: &Arc<Tally>) -> (Node, Node, Operation) {
-    let config = RunnerConfig {
-        max_running: 1,
-        ..RunnerConfig::default()
-    };
+    let config = RunnerConfig::default().max_running(1);
     let a = Node::start("a", store, tally, config.clone());
     let long = a.submit("counted", counted(3_600_000)).await;
     a.until(&long.name, "ran on a", running).await;
@@ -341,10 +330,7 @@ async fn nodes_share_the_work_and_follow_each_other() {
 async fn the_work_of_a_node_that_dies_is_taken_over() {
     let store = Arc::new(MemoryStore::shared());
     let tally = Arc::new(Tally::default());
-    let config = RunnerConfig {
-        lease: Duration::from_millis(600),
-        ..RunnerConfig::default()
-    };
+    let config = RunnerConfig::default().lease(Duration::from_millis(600));
     let doomed = Node::start("doomed", &store, &tally, config.clone());
     let again = doomed.submit("counted", counted(3_600_000)).await;
     let once = doomed.submit("once", counted(3_600_000)).await;
@@ -384,10 +370,7 @@ async fn the_work_of_a_node_that_dies_is_taken_over() {
         "heir",
         &store,
         &tally,
-        RunnerConfig {
-            lease: Duration::from_secs(3600),
-            ..RunnerConfig::default()
-        },
+        RunnerConfig::default().lease(Duration::from_secs(3600)),
     );
     survivor.stop().await;
     let inherited = heir
@@ -410,10 +393,7 @@ async fn the_work_of_a_node_that_dies_is_taken_over() {
 async fn two_nodes_never_run_one_operation_twice() {
     let store = Arc::new(MemoryStore::shared());
     let tally = Arc::new(Tally::default());
-    let config = RunnerConfig {
-        max_running: 2,
-        ..RunnerConfig::default()
-    };
+    let config = RunnerConfig::default().max_running(2);
     let nodes = [
         Node::start("one", &store, &tally, config.clone()),
         Node::start("two", &store, &tally, config),
@@ -450,12 +430,10 @@ async fn a_node_that_cannot_renew_its_lease_stops_its_workers() {
     use common::faults::FaultyStore;
     use std::sync::atomic::Ordering;
     let store = FaultyStore::new(Arc::new(MemoryStore::shared()));
-    let config = RunnerConfig {
-        node: "alone".into(),
-        lease: Duration::from_millis(600),
-        follow_interval: Duration::from_millis(20),
-        ..RunnerConfig::default()
-    };
+    let config = RunnerConfig::default()
+        .node("alone".into())
+        .lease(Duration::from_millis(600))
+        .follow_interval(Duration::from_millis(20));
     let runner = Runner::start(
         Registry::with_builtins(),
         Arc::clone(&store) as Arc<dyn Store>,
@@ -501,14 +479,12 @@ async fn the_queue_bound_holds_over_all_nodes() {
     use oprun::model::State as Stored;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::shared());
     let start = |node: &str, max_running: usize| {
-        let config = RunnerConfig {
-            node: node.into(),
-            max_queued: 3,
-            queue_full_wait: Duration::ZERO,
-            max_running,
-            queue_recount: Duration::from_millis(100),
-            ..RunnerConfig::default()
-        };
+        let config = RunnerConfig::default()
+            .node(node.into())
+            .max_queued(3)
+            .queue_full_wait(Duration::ZERO)
+            .max_running(max_running)
+            .queue_recount(Duration::from_millis(100));
         Runner::start(Registry::with_builtins(), Arc::clone(&store), config)
     };
     let a = start("a", 1).await.expect("a starts");
@@ -592,11 +568,7 @@ async fn workers_stop_when_the_lease_ends_though_the_renewal_hangs() {
         .register(Watched(Arc::clone(&cancelled)))
         .expect("a kind of its own name");
     let lease = Duration::from_secs(3);
-    let config = RunnerConfig {
-        node: "alone".into(),
-        lease,
-        ..RunnerConfig::default()
-    };
+    let config = RunnerConfig::default().node("alone".into()).lease(lease);
     let runner = Runner::start(registry, Arc::clone(&store) as Arc<dyn Store>, config)
         .await
         .expect("the runner starts");
@@ -637,11 +609,9 @@ async fn a_hanging_rescue_never_costs_a_renewed_lease() {
     registry
         .register(Watched(Arc::clone(&cancelled)))
         .expect("a kind of its own name");
-    let config = RunnerConfig {
-        node: "alone".into(),
-        lease: Duration::from_secs(3),
-        ..RunnerConfig::default()
-    };
+    let config = RunnerConfig::default()
+        .node("alone".into())
+        .lease(Duration::from_secs(3));
     let runner = Runner::start(registry, Arc::clone(&store) as Arc<dyn Store>, config)
         .await
         .expect("the runner starts");

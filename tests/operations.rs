@@ -375,11 +375,7 @@ async fn cancel_running_operation() {
 /// behind it still runs.
 #[tokio::test]
 async fn cancel_queued_operation() {
-    let server = TestServer::start_with(RunnerConfig {
-        max_running: 1,
-        ..RunnerConfig::default()
-    })
-    .await;
+    let server = TestServer::start_with(RunnerConfig::default().max_running(1)).await;
     let blocker = server.submit_sleep(60_000, 600).await;
     poll_until(&server, &blocker.name, |op| {
         metadata(op).state() == State::Running
@@ -703,11 +699,7 @@ async fn concurrency_limits_hold() {
     );
     server.stop().await;
 
-    let server = TestServer::start_with(RunnerConfig {
-        max_running: 2,
-        ..RunnerConfig::default()
-    })
-    .await;
+    let server = TestServer::start_with(RunnerConfig::default().max_running(2)).await;
     let mut names = Vec::new();
     for _ in 0..8 {
         names.push(server.submit("gauge", sleep_input(100, 1, "")).await.name);
@@ -726,11 +718,7 @@ async fn concurrency_limits_hold() {
 /// Within a kind, operations start in submission order.
 #[tokio::test]
 async fn fifo_within_a_kind() {
-    let server = TestServer::start_with(RunnerConfig {
-        max_running: 1,
-        ..RunnerConfig::default()
-    })
-    .await;
+    let server = TestServer::start_with(RunnerConfig::default().max_running(1)).await;
     let mut names = Vec::new();
     for _ in 0..6 {
         names.push(server.submit_sleep(20, 1).await.name);

@@ -851,10 +851,7 @@ fn check_sql_listing(
         .expect("a tokio runtime starts");
     let dir = tempfile::tempdir().expect("a temporary directory");
     rt.block_on(async {
-        let options = SqliteOptions {
-            durability: Durability::Normal,
-            ..SqliteOptions::default()
-        };
+        let options = SqliteOptions::default().durability(Durability::Normal);
         let store = SqliteStore::open(dir.path(), options).map_err(|e| fail(e.to_string()))?;
         check_listing(&store, text, filter, records, page).await
     })
@@ -981,10 +978,9 @@ fn postgres_filters_select_what_the_evaluator_selects() {
             })
             .collect::<Vec<_>>();
         rt.block_on(async {
-            let options = PostgresOptions {
-                pool_size: 2,
-                schema: Some(format!("case_{case}")),
-            };
+            let options = PostgresOptions::default()
+                .pool_size(2)
+                .schema(format!("case_{case}"));
             let store = PostgresStore::connect(&url, options)
                 .await
                 .map_err(|e| fail(e.to_string()))?;
@@ -1359,11 +1355,10 @@ fn submission(job: &Job, request_id: Option<&str>) -> Submission {
         },
         fail_attempts: u32::from(job.flaky),
     });
-    Submission {
-        request_id: request_id.unwrap_or_default().to_owned(),
-        timeout: job.timeout_ms.map(Duration::from_millis),
-        ..Submission::new("sleep", input)
-    }
+    let mut submission =
+        Submission::new("sleep", input).request_id(request_id.unwrap_or_default().to_owned());
+    submission.timeout = job.timeout_ms.map(Duration::from_millis);
+    submission
 }
 
 fn fail(message: String) -> TestCaseError {
@@ -1377,22 +1372,13 @@ async fn start_runner(dir: &Path) -> Result<Runner, TestCaseError> {
 fn open_store(dir: &Path) -> Result<SqliteStore, TestCaseError> {
     // NORMAL durability: a commit survives a process crash, which is all a graceful restart
     // needs, and the test does not pay for an fsync per commit.
-    SqliteStore::open(
-        dir,
-        SqliteOptions {
-            durability: Durability::Normal,
-            ..SqliteOptions::default()
-        },
-    )
-    .map_err(|e| fail(format!("the store does not open: {e}")))
+    SqliteStore::open(dir, SqliteOptions::default().durability(Durability::Normal))
+        .map_err(|e| fail(format!("the store does not open: {e}")))
 }
 
 async fn start_runner_over(store: Arc<dyn Store>) -> Result<Runner, TestCaseError> {
     // Two running at once, so that operations also wait in the queue.
-    let config = RunnerConfig {
-        max_running: 2,
-        ..RunnerConfig::default()
-    };
+    let config = RunnerConfig::default().max_running(2);
     Runner::start(Registry::with_builtins(), store, config)
         .await
         .map_err(|e| fail(format!("the runner does not start: {e}")))

@@ -1065,11 +1065,9 @@ async fn rest_and_events_across_nodes_on_postgres() {
 async fn the_http_listener_is_bounded() {
     let server = RestServer::start_with(
         None,
-        oprun::server::ServeLimits {
-            max_unread_response_bytes: 4096,
-            max_connections: 2,
-            ..oprun::server::ServeLimits::default()
-        },
+        oprun::server::ServeLimits::default()
+            .max_unread_response_bytes(4096)
+            .max_connections(2),
     )
     .await;
     for _ in 0..20 {

@@ -50,11 +50,7 @@ impl Kind for OnceOnly {
 
 impl Task for OnceOnly {
     fn options(&self) -> TaskOptions {
-        TaskOptions {
-            retry_safe: false,
-            max_concurrency: None,
-            ..TaskOptions::default()
-        }
+        TaskOptions::default().retry_safe(false)
     }
 
     async fn run(&self, _input: SleepInput, _ctx: TaskContext) -> Result<SleepOutput, TaskError> {
@@ -73,10 +69,7 @@ fn registry() -> Registry {
 
 /// A runner whose wall clock follows tokio's (paused) clock.
 async fn start(store: Arc<dyn Store>, config: RunnerConfig) -> Runner {
-    let config = RunnerConfig {
-        clock: Arc::new(oprun::scheduler::PausedClock::new()),
-        ..config
-    };
+    let config = config.clock(Arc::new(oprun::scheduler::PausedClock::new()));
     Runner::start(registry(), store, config)
         .await
         .expect("runner starts")
@@ -121,10 +114,7 @@ async fn stubborn_worker_is_aborted_after_grace() {
 async fn wait_times_out_and_is_capped() {
     let runner = start(
         Arc::new(MemoryStore::new()),
-        RunnerConfig {
-            max_wait: Duration::from_secs(60),
-            ..RunnerConfig::default()
-        },
+        RunnerConfig::default().max_wait(Duration::from_secs(60)),
     )
     .await;
     let op = runner
@@ -201,7 +191,7 @@ async fn recovery_requeues_or_aborts() {
             r.state = state;
             match store.insert(r).await.unwrap() {
                 Inserted::New(r) => r,
-                Inserted::Existing(_) => unreachable!("no request_id"),
+                other => unreachable!("no request_id: {other:?}"),
             }
         }
     };

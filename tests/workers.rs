@@ -916,10 +916,7 @@ impl oprun::Kind for Count {
 
 impl oprun::Task for Count {
     fn options(&self) -> oprun::TaskOptions {
-        oprun::TaskOptions {
-            retry_safe: true,
-            ..oprun::TaskOptions::default()
-        }
+        oprun::TaskOptions::default().retry_safe(true)
     }
 
     async fn run(

@@ -110,8 +110,10 @@ pub(super) async fn client(args: &ClientArgs) -> Result<Client, String> {
         ));
     }
     let client = builder.connect().await.map_err(|e| match e {
-        ClientError::Config(m) if m.contains("token") => format!("--token / OPRUN_TOKEN: {m}"),
-        ClientError::Config(m) => format!("--addr / TLS flags: {m}"),
+        ClientError::Config { message, .. } if message.contains("token") => {
+            format!("--token / OPRUN_TOKEN: {message}")
+        }
+        ClientError::Config { message, .. } => format!("--addr / TLS flags: {message}"),
         other => other.to_string(),
     })?;
     learn_kinds(&client.connection()).await;

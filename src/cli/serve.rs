@@ -20,6 +20,7 @@ use crate::task::Registry;
 
 /// Which store `serve` uses.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StoreKind {
     /// SQLite in `--data-dir` (durable; the default).
     Sqlite,
@@ -58,6 +59,7 @@ pub fn parse_store(s: &str) -> Result<StoreKind, String> {
 
 /// Commit durability of the SQLite store.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SyncMode {
     /// Survives power loss.
     Full,

@@ -61,6 +61,7 @@ pub struct SqlColumns {
 /// A value bound to one placeholder of a [`SqlFilter`]; rusqlite binds it as it is
 /// ([`rusqlite::ToSql`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SqlValue {
     /// An integer: a state or error code number, a time in microseconds, 0 or 1 for `done`.
     Integer(i64),

@@ -69,6 +69,7 @@ impl Route {
 
 /// Why the HTTP rules of a pool cannot be served.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RulesError {
     /// A template does not parse.
     #[error("{rpc}: {source}")]

@@ -28,6 +28,7 @@ impl std::fmt::Debug for TlsFiles {
 
 /// Why the TLS settings cannot serve HTTP.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HttpTlsError {
     /// A PEM file holds nothing usable.
     #[error("{what}: {why}")]

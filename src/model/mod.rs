@@ -120,6 +120,7 @@ impl fmt::Display for OperationId {
 
 /// Where an operation is in its life. Mirrors `oprun.v1.OperationMetadata.State`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum State {
     /// Accepted and durable, waiting for capacity.
     Queued,
@@ -172,6 +173,7 @@ impl State {
 
 /// How a finished operation ended.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// The kind's response message.
     Response(Any),
@@ -199,6 +201,7 @@ impl Outcome {
 /// Why an operation's cancellation token was cancelled. Only a client's cancel ends an
 /// operation as CANCELLED.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CancelReason {
     /// A client called CancelOperation.
     Client,

@@ -19,6 +19,7 @@ const NANOS_PER_SECOND: i32 = 1_000_000_000;
 
 /// Why a wire time was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TimeError {
     /// A `Timestamp` before year 1 or after year 9999.
     #[error("seconds {0} is outside the valid range 0001-01-01T00:00:00Z..9999-12-31T23:59:59Z")]
@@ -40,6 +41,19 @@ pub enum TimeError {
     /// A negative `Duration` where only non-negative ones make sense.
     #[error("it is negative")]
     Negative,
+}
+
+/// `t` as a `Timestamp`, when it lies in the documented range (years 1 to 9999).
+pub fn to_timestamp(t: SystemTime) -> Option<prost_types::Timestamp> {
+    let stamp = prost_types::Timestamp::from(t);
+    timestamp(&stamp).is_ok().then_some(stamp)
+}
+
+/// `d` as a `Duration`, when it lies in the documented range (10,000 years).
+pub fn to_duration(d: Duration) -> Option<prost_types::Duration> {
+    prost_types::Duration::try_from(d)
+        .ok()
+        .filter(|wire| duration(wire).is_ok())
 }
 
 /// A valid `Timestamp` as a `SystemTime`.

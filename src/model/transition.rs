@@ -26,6 +26,7 @@ use crate::proto::oprun::v1::Progress;
 
 /// A change of an operation's state.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Change {
     /// A node starts an attempt: QUEUED → RUNNING, owned by `node`.
     Start {
@@ -85,6 +86,7 @@ impl Change {
 /// The condition a store checks before it writes a change, so that a stale writer's write is
 /// refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fence {
     /// The stored operation must still be at this version (no change since it was read).
     Version(u64),
@@ -101,6 +103,7 @@ pub enum Fence {
 
 /// A change that is not allowed from the operation's state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum IllegalTransition {
     /// The operation is done: done never reverts and a result never changes.
     #[error("the operation is done (done never reverts, a result never changes)")]

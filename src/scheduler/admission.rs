@@ -151,7 +151,7 @@ impl Runner {
             .enumerate()
             .map(|(index, answer)| {
                 answer.ok_or_else(|| {
-                    Error::Store(crate::store::StoreError::Unavailable(format!(
+                    Error::Store(crate::store::StoreError::unavailable(format!(
                         "requests[{index}] got no answer from the store; retry the batch"
                     )))
                 })

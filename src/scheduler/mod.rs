@@ -96,8 +96,10 @@ pub const STORE_RETRY_MIN: Duration = Duration::from_millis(50);
 /// The longest pause between two attempts to write a refused state change.
 pub const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// How the runner schedules work.
+/// How the runner schedules work: `RunnerConfig::default()` and its setters, e.g.
+/// `RunnerConfig::default().max_running(8).cancel_grace(Duration::from_secs(5))`.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct RunnerConfig {
     /// Most operations running at once on this node, over all kinds.
     pub max_running: usize,
@@ -150,6 +152,28 @@ pub struct RunnerConfig {
     /// The clock that times and timestamps read.
     pub clock: Arc<dyn Clock>,
 }
+
+setters!(RunnerConfig {
+    max_running: usize,
+    kind_limits: HashMap<String, usize>,
+    kind_key_limits: HashMap<String, usize>,
+    kind_rates: Vec<(String, crate::store::Rate)>,
+    max_queued: usize,
+    queue_full_wait: Duration,
+    max_input_bytes: usize,
+    cancel_grace: Duration,
+    progress_interval: Duration,
+    max_wait: Duration,
+    retention: Duration,
+    node: String,
+    lease: Duration,
+    follow_interval: Duration,
+    queue_recount: Duration,
+    clock: Arc<dyn Clock>,
+} optional {
+    max_retained: usize,
+    cluster_max_running: usize,
+});
 
 impl std::fmt::Debug for RunnerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -437,7 +461,7 @@ impl Runner {
         match tokio::time::timeout(timeout, self.shared.store.get(&probe)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(Error::Store(crate::store::StoreError::Unavailable(
+            Err(_) => Err(Error::Store(crate::store::StoreError::unavailable(
                 format!("the store did not answer within {} ms", timeout.as_millis()),
             ))),
         }
@@ -564,8 +588,9 @@ enum Task {
     Schedules,
 }
 
-/// A request to run a task.
+/// A request to run a task: [`Submission::new`] and its setters.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct Submission {
     /// The registered kind.
     pub kind: String,
@@ -603,6 +628,23 @@ pub struct Submission {
     /// The fire time it runs for, with `schedule`.
     pub fire_time: Option<std::time::SystemTime>,
 }
+
+setters!(Submission {
+    kind: String,
+    request_id: String,
+    priority: i32,
+    unique_key: String,
+    concurrency_key: String,
+    schedule: String,
+} optional {
+    input: Any,
+    timeout: Duration,
+    not_before: std::time::SystemTime,
+    traceparent: String,
+    role: crate::auth::Role,
+    retry_policy: crate::proto::oprun::v1::RetryPolicy,
+    fire_time: std::time::SystemTime,
+});
 
 /// The longest unique key a submission may carry, in bytes.
 pub const MAX_UNIQUE_KEY_LEN: usize = 128;

@@ -438,7 +438,7 @@ impl Runner {
                 return Ok(stored);
             }
         }
-        Err(Error::Store(crate::store::StoreError::Unavailable(
+        Err(Error::Store(crate::store::StoreError::unavailable(
             format!("{name} kept changing under this call; retry it"),
         )))
     }

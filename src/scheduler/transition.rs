@@ -316,6 +316,6 @@ fn joined(e: &tokio::task::JoinError) -> StoreError {
     if e.is_cancelled() {
         StoreError::Closed
     } else {
-        StoreError::Unavailable(format!("a write task failed: {e}"))
+        StoreError::unavailable(format!("a write task failed: {e}"))
     }
 }

@@ -82,6 +82,7 @@ impl Sessions {
 
 /// How a worker completed an assignment.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Completion {
     /// With the kind's output message.
     Response(Any),

@@ -61,6 +61,7 @@ const MICROS_PER_SECOND: i128 = 1_000_000;
 
 /// When a schedule fires.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Calendar {
     /// Fires at the instants whose local time in `zone` matches `cron`.
     Cron {

@@ -33,6 +33,7 @@ use crate::scheduler::Runner;
 
 /// Errors of [`serve`] and [`serve_with`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     /// The TLS settings were refused (an unreadable certificate or key, or a key that does
     /// not match the certificate). Nothing was served.
@@ -72,6 +73,7 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
 /// What a client may hold of a server run by [`serve_with`], with documented defaults (those of
 /// `oprun serve`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ServeLimits {
     /// Connections open at once; past it, new ones wait until one closes. Default 1024.
     pub max_connections: usize,
@@ -100,6 +102,18 @@ pub struct ServeLimits {
     pub read_timeout: Duration,
 }
 
+setters!(ServeLimits {
+    max_connections: usize,
+    max_streams_per_connection: u32,
+    max_unread_response_bytes: usize,
+    keepalive_interval: Duration,
+    keepalive_timeout: Duration,
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+    unread_timeout: Duration,
+    read_timeout: Duration,
+});
+
 impl Default for ServeLimits {
     fn default() -> Self {
         Self {
@@ -125,6 +139,7 @@ impl Default for ServeLimits {
 /// // .tls(ServerTlsConfig::new().identity(..)) for TLS, .auth(tokens) for bearer tokens.
 /// ```
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct ServeOptions {
     grace: Duration,
     tls: Option<ServerTlsConfig>,

@@ -29,6 +29,7 @@ pub const HEALTH_SERVICES: [&str; 7] = crate::http::SERVICES;
 
 /// Why the routes cannot be built.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RoutesError {
     /// The reflection service refused the descriptor sets.
     #[error("cannot build the reflection service: {0}")]

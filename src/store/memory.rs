@@ -165,7 +165,7 @@ impl Inner {
         let mut seen = std::collections::HashSet::new();
         for r in records {
             if self.seq_by_id.contains_key(&r.id) || !seen.insert(&r.id) {
-                return Err(StoreError::Unavailable(format!(
+                return Err(StoreError::unavailable(format!(
                     "an operation with id {} is already stored",
                     r.id
                 )));

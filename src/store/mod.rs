@@ -30,6 +30,7 @@ pub(crate) mod tally;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -45,10 +46,17 @@ use crate::proto::oprun::v1::OperationMetadata;
 
 /// Errors of a store.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The store cannot answer now (I/O error, lock timeout, closed connection): retry later.
-    #[error("the operation store is unavailable: {0}")]
-    Unavailable(String),
+    #[error("the operation store is unavailable: {message}")]
+    Unavailable {
+        /// What failed, for people: the cause's own words included.
+        message: String,
+        /// The error that caused it, when there is one (a database or I/O error).
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
     /// Stored data cannot be read back; never silently ignored.
     #[error("the operation store holds unreadable data: {0}")]
     Corrupt(String),
@@ -58,6 +66,28 @@ pub enum StoreError {
     /// Another process holds the store (its data directory is locked).
     #[error("{0}")]
     Locked(String),
+}
+
+impl StoreError {
+    /// The store cannot answer now, for the reason `message` gives.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        StoreError::Unavailable {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The store cannot answer now because of `source`; `message` says what failed in words
+    /// that include the source's own.
+    pub fn unavailable_because(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StoreError::Unavailable {
+            message: message.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
 }
 
 /// How long after its lease ended a node with no running work is still listed.
@@ -84,6 +114,7 @@ pub struct Swept {
 
 /// The result of a fenced [`Store::write`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Written {
     /// Stored. `version` is the stored version now, and `requested_cancellation` whether a
     /// cancel request is recorded (an owner's write keeps one written meanwhile by someone
@@ -468,6 +499,7 @@ pub struct NodeLease {
 /// What a store keeps beside operations: each an encoded message under a name, durable like
 /// the operations and seen by every node sharing the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Registered {
     /// Kinds declared by workers (an `oprun.v1.KindDeclaration`), by kind name: they stay
     /// known after their workers leave and across restarts.
@@ -489,6 +521,7 @@ impl Registered {
 
 /// The result of an insert.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Inserted {
     /// Stored; the record now carries its `seq`.
     New(OperationRecord),
@@ -668,7 +701,7 @@ pub trait Store: Send + Sync + 'static {
     /// that keeps no feed.
     async fn changes(&self, after: Option<i64>, limit: usize) -> Result<Changes, StoreError> {
         let _ = (after, limit);
-        Err(StoreError::Unavailable(
+        Err(StoreError::unavailable(
             "this store keeps no change feed: one process owns it, and every change passes \
              through that process"
                 .to_owned(),

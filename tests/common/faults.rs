@@ -107,8 +107,8 @@ impl FaultyStore {
     fn refuse_write(&self) -> Result<(), StoreError> {
         if self.refuse_writes.load(Ordering::SeqCst) {
             self.refused.fetch_add(1, Ordering::SeqCst);
-            return Err(StoreError::Unavailable(
-                "the store is full (simulated: no space left on its disk)".into(),
+            return Err(StoreError::unavailable(
+                "the store is full (simulated: no space left on its disk)",
             ));
         }
         Ok(())
@@ -116,7 +116,7 @@ impl FaultyStore {
 
     fn read(&self) -> Result<(), StoreError> {
         if self.refuse_reads.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("disk I/O error (simulated)".into()));
+            return Err(StoreError::unavailable("disk I/O error (simulated)"));
         }
         Ok(())
     }

@@ -59,11 +59,7 @@ impl Kind for GaugeTask {
 
 impl Task for GaugeTask {
     fn options(&self) -> TaskOptions {
-        TaskOptions {
-            retry_safe: true,
-            max_concurrency: Some(3),
-            ..TaskOptions::default()
-        }
+        TaskOptions::default().retry_safe(true).max_concurrency(3)
     }
 
     async fn run(&self, input: SleepInput, ctx: TaskContext) -> Result<SleepOutput, TaskError> {

@@ -78,7 +78,7 @@ async fn group<T, R, F, Fut>(
                 }
             }
             Ok(answers) => {
-                let e = StoreError::Unavailable(format!(
+                let e = StoreError::unavailable(format!(
                     "a group of {expected} calls came back with {} answers",
                     answers.len()
                 ));
@@ -119,20 +119,20 @@ mod tests {
     async fn a_failed_group_fails_each_call_and_a_short_answer_is_an_error() {
         let batcher = Batcher::start(8, None, |items: Vec<u32>| async move {
             match items.first() {
-                Some(0) => Err(StoreError::Unavailable("down".into())),
+                Some(0) => Err(StoreError::unavailable("down")),
                 _ => Ok(vec![1]),
             }
         });
         assert!(matches!(
             batcher.call(0).await,
-            Err(StoreError::Unavailable(_))
+            Err(StoreError::Unavailable { .. })
         ));
         let both = futures::future::join(batcher.call(1), batcher.call(2)).await;
         assert!(
-            matches!(both.0, Err(StoreError::Unavailable(_))),
+            matches!(both.0, Err(StoreError::Unavailable { .. })),
             "{:?}",
             both.0
         );
-        assert!(matches!(both.1, Err(StoreError::Unavailable(_))));
+        assert!(matches!(both.1, Err(StoreError::Unavailable { .. })));
     }
 }

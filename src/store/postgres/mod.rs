@@ -77,6 +77,7 @@ use crate::model::{Fence, OperationId, OperationRecord};
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PostgresOptions {
     /// Connections in the pool.
     pub pool_size: usize,
@@ -85,6 +86,12 @@ pub struct PostgresOptions {
     /// one database this way.
     pub schema: Option<String>,
 }
+
+setters!(PostgresOptions {
+    pool_size: usize,
+} optional {
+    schema: String,
+});
 
 impl Default for PostgresOptions {
     fn default() -> Self {
@@ -154,9 +161,9 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
             StoreError::Corrupt(text)
         }
         Some(c) if *c == SqlState::DISK_FULL => {
-            StoreError::Unavailable(format!("the store is full: {text}"))
+            StoreError::unavailable_because(format!("the store is full: {text}"), e)
         }
-        _ => StoreError::Unavailable(text),
+        _ => StoreError::unavailable_because(text, e),
     }
 }
 
@@ -164,7 +171,7 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => pg_error(e),
         deadpool_postgres::PoolError::Closed => StoreError::Closed,
-        other => StoreError::Unavailable(other.to_string()),
+        other => StoreError::unavailable_because(other.to_string(), other),
     }
 }
 
@@ -326,7 +333,9 @@ impl PostgresStore {
             .wait_timeout(Some(POOL_WAIT))
             .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
-            .map_err(|e| StoreError::Unavailable(format!("cannot make a connection pool: {e}")))?;
+            .map_err(|e| {
+                StoreError::unavailable_because(format!("cannot make a connection pool: {e}"), e)
+            })?;
         let signal = Arc::new(ChangeSignal::default());
         let stop = CancellationToken::new();
         let listener = tokio::spawn(listen::run(database, Arc::clone(&signal), stop.clone()));
@@ -406,7 +415,7 @@ struct Database {
 fn database(url: &str, schema: Option<&str>) -> Result<Database, StoreError> {
     let (url, mut tls) = tls::split(url)?;
     let mut config = tokio_postgres::Config::from_str(&url).map_err(|e| {
-        StoreError::Unavailable(format!(
+        StoreError::unavailable(format!(
             "not a PostgreSQL connection string ({e}); expected postgres://USER@HOST:PORT/DB"
         ))
     })?;
@@ -463,10 +472,9 @@ const INSERT_TRIES: usize = 5;
 
 /// The answer when an insert was refused again and again and nothing holds what it took.
 fn unstored() -> StoreError {
-    StoreError::Unavailable(
+    StoreError::unavailable(
         "an insert was refused for a taken request id or unique key that no operation holds \
-         now; retry"
-            .into(),
+         now; retry",
     )
 }
 

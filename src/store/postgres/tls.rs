@@ -65,7 +65,7 @@ pub(super) fn split(url: &str) -> Result<(String, Settings), StoreError> {
                     "require" | "verify-full" => Mode::VerifyFull,
                     "verify-ca" => Mode::VerifyCa,
                     other => {
-                        return Err(StoreError::Unavailable(format!(
+                        return Err(StoreError::unavailable(format!(
                             "sslmode={other} is not a TLS mode; use disable, require, verify-ca \
                              or verify-full"
                         )))
@@ -189,7 +189,7 @@ impl Settings {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .map_err(|e| StoreError::Unavailable(format!("TLS to the database: {e}")))?;
+            .map_err(|e| StoreError::unavailable(format!("TLS to the database: {e}")))?;
         let roots = match self.mode() {
             Mode::Off => RootCertStore::empty(),
             Mode::VerifyCa | Mode::VerifyFull => self.roots()?,
@@ -201,7 +201,7 @@ impl Settings {
                     WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
                         .build()
                         .map_err(|e| {
-                            StoreError::Unavailable(format!("TLS to the database: {e}"))
+                            StoreError::unavailable(format!("TLS to the database: {e}"))
                         })?;
                 builder
                     .dangerous()
@@ -218,16 +218,15 @@ impl Settings {
                 let found = rustls_native_certs::load_native_certs();
                 roots.add_parsable_certificates(found.certs);
                 if roots.is_empty() {
-                    return Err(StoreError::Unavailable(
+                    return Err(StoreError::unavailable(
                         "TLS to the database: the system's trust store has no certificates; \
-                         name a CA file with sslrootcert=PATH"
-                            .into(),
+                         name a CA file with sslrootcert=PATH",
                     ));
                 }
             }
             Some(path) => {
                 let unreadable = |e: &dyn std::fmt::Display| {
-                    StoreError::Unavailable(format!(
+                    StoreError::unavailable(format!(
                         "sslrootcert={path}: cannot read PEM certificates ({e})"
                     ))
                 };

@@ -76,15 +76,17 @@ impl Report {
 pub fn run(dir: &Path) -> Result<Report, StoreError> {
     let path = dir.join(DATABASE_FILE);
     if !path.is_file() {
-        return Err(StoreError::Unavailable(format!(
+        return Err(StoreError::unavailable(format!(
             "there is no store in {} (no {DATABASE_FILE})",
             dir.display()
         )));
     }
     // Read-only: the check must not change the file an operator may want to restore (a
     // read-write connection that is the last to close would checkpoint the log into it).
-    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    let conn =
+        Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| {
+            StoreError::unavailable_because(format!("cannot open {}: {e}", path.display()), e)
+        })?;
     let mut problems = match pragma_check(&conn, "integrity_check") {
         Ok(problems) => problems,
         Err(e) => vec![format!("the file cannot be checked: {e}")],

@@ -49,6 +49,7 @@ use writer::{checkpointer, writer_loop, Command, InsertOutcome, WalBound, WriteO
 
 /// How hard a commit pushes data to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Durability {
     /// `synchronous=FULL`: a commit survives power loss (one WAL fsync per group commit).
     #[default]
@@ -63,6 +64,7 @@ pub const DEFAULT_WAL_LIMIT: u64 = 64 << 20;
 
 /// Tuning for [`SqliteStore`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SqliteOptions {
     /// Commit durability.
     pub durability: Durability,
@@ -80,6 +82,16 @@ pub struct SqliteOptions {
     /// damaged one. On by default; off only for tests that need to open a damaged file.
     pub integrity_check: bool,
 }
+
+setters!(SqliteOptions {
+    durability: Durability,
+    max_batch: usize,
+    readers: usize,
+    wal_limit_bytes: u64,
+    integrity_check: bool,
+} optional {
+    max_size_bytes: u64,
+});
 
 impl Default for SqliteOptions {
     fn default() -> Self {
@@ -117,7 +129,7 @@ pub const DATABASE_FILE: &str = "oprun.sqlite3";
 const BUSY_PATIENCE: Duration = Duration::from_secs(5);
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::unavailable(e.to_string())
 }
 
 /// Maps a SQLite error: damage is [`StoreError::Corrupt`] (it will not heal by retrying); a
@@ -146,10 +158,11 @@ fn sql_error(e: rusqlite::Error) -> StoreError {
         ) => StoreError::Corrupt(format!(
             "{e}; stop oprun and run `oprun store check` on its data directory"
         )),
-        Some(rusqlite::ErrorCode::DiskFull) => StoreError::Unavailable(format!(
-            "the store is full (no space left on its disk, or --max-db-size reached): {e}"
-        )),
-        _ => StoreError::Unavailable(e.to_string()),
+        Some(rusqlite::ErrorCode::DiskFull) => StoreError::unavailable_because(
+            format!("the store is full (no space left on its disk, or --max-db-size reached): {e}"),
+            e,
+        ),
+        _ => StoreError::unavailable_because(e.to_string(), e),
     }
 }
 

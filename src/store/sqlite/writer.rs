@@ -383,7 +383,7 @@ fn apply_batch(conn: &mut Connection, batch: Vec<Command>) {
         }
     }
     let commit = if conn.is_autocommit() {
-        Err(StoreError::Unavailable(
+        Err(StoreError::unavailable(
             "the store rolled back a write (is the disk full?)".to_owned(),
         ))
     } else {

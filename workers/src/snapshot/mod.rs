@@ -97,12 +97,10 @@ impl Kind for SnapshotTask {
 
 impl Task for SnapshotTask {
     fn options(&self) -> TaskOptions {
-        TaskOptions {
-            // A re-run starts from scratch into a fresh temporary file, so it is safe.
-            retry_safe: true,
-            max_concurrency: Some(DEFAULT_MAX_CONCURRENCY),
-            ..TaskOptions::default()
-        }
+        // A re-run starts from scratch into a fresh temporary file, so it is safe.
+        TaskOptions::default()
+            .retry_safe(true)
+            .max_concurrency(DEFAULT_MAX_CONCURRENCY)
     }
 
     fn validate(&self, input: &CreateSnapshotRequest) -> Result<(), TaskError> {
