@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use oprun::server::RestOptions;
 use oprun::store::sqlite::{SqliteOptions, SqliteStore};
 use oprun::{Registry, Runner, RunnerConfig};
 
@@ -20,12 +21,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // gRPC: oprun's services, health and reflection, plus yours.
     let routes = oprun::server::routes(&runner)?;
     // let routes = routes.add_service(YourServiceServer::new(your_service));
-    // REST: oprun's gateway (calling those same services in process) under /oprun in your app.
-    let rest = oprun::server::rest_router(
-        &runner,
-        oprun::server::grpc_stack(routes.clone(), None),
-        8 << 20,
-    )?;
+    // REST: oprun's gateway (calling its services in process) under /oprun in your app.
+    let rest = oprun::server::rest_router(&runner, RestOptions::default())?;
     let app = axum::Router::new()
         .route(
             "/hello",
@@ -39,14 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::net::TcpListener::bind(env("OPRUN_HTTP_LISTEN", "127.0.0.1:8080")).await?;
     println!("listening on {}", grpc_listener.local_addr()?);
     println!("http on {}", http_listener.local_addr()?);
-    let stopping = {
-        let runner = runner.clone();
-        async move {
-            let _ = tokio::signal::ctrl_c().await;
-            runner.begin_shutdown(); // refuse new work, release Wait calls, end watch streams
-        }
-    };
-    tokio::spawn(stopping);
+    // Both servers stop taking calls once the runner's shutdown begins.
     let grpc = tonic::transport::Server::builder()
         .add_routes(routes)
         .serve_with_incoming_shutdown(
@@ -54,10 +44,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             runner.stopping(),
         );
     let http = axum::serve(http_listener, app).with_graceful_shutdown(runner.stopping());
-    let (grpc, http) = tokio::join!(grpc, http);
+    let servers = async { tokio::join!(grpc, http) };
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    // One call: serve until Ctrl-C, begin shutdown (new work refused, Wait calls released),
+    // let the servers finish, give running workers 30 s, close the store.
+    let (grpc, http) = runner
+        .serve_until(ctrl_c, servers, Duration::from_secs(30))
+        .await?;
     grpc?;
     http?;
-    // Give running workers time to stop, then flush and close the store.
-    runner.shutdown(Duration::from_secs(30)).await?;
     Ok(())
 }

@@ -134,7 +134,7 @@ impl FromStr for Role {
 }
 
 /// The role a gRPC method needs, by its path (`/package.Service/Method`); `None` for a
-/// method this table does not know, which [`AuthLayer`] treats as needing [`Role::Admin`].
+/// method this table does not know, which [`AuthLayer`] treats as its [`OtherPaths`] say.
 pub fn required_role(grpc_path: &str) -> Option<Role> {
     Some(match grpc_path {
         "/google.longrunning.Operations/GetOperation"
@@ -456,12 +456,39 @@ impl Interceptor for BearerToken {
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     tokens: Arc<Tokens>,
+    others: OtherPaths,
+}
+
+/// What [`AuthLayer`] does with a call to a path oprun's table ([`required_role`]) does not
+/// know: an embedder's own services on the same server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OtherPaths {
+    /// Checked as oprun's own calls are: a valid bearer token whose role allows this one.
+    /// [`AuthLayer::new`] requires [`Role::Admin`], so that a path nobody classified is
+    /// never open by mistake.
+    Require(Role),
+    /// Not checked: the call passes as it came, its `authorization` header included (for
+    /// services that authenticate their callers themselves).
+    PassThrough,
 }
 
 impl AuthLayer {
-    /// A layer accepting `tokens`.
+    /// A layer accepting `tokens`; a path that is not oprun's needs [`Role::Admin`] (see
+    /// [`AuthLayer::other_paths`]).
     pub fn new(tokens: Arc<Tokens>) -> Self {
-        Self { tokens }
+        Self {
+            tokens,
+            others: OtherPaths::Require(Role::Admin),
+        }
+    }
+
+    /// How calls to paths that are not oprun's are treated: the embedder's own services
+    /// need the role it names, or pass through.
+    #[must_use]
+    pub fn other_paths(mut self, others: OtherPaths) -> Self {
+        self.others = others;
+        self
     }
 }
 
@@ -472,6 +499,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             tokens: Arc::clone(&self.tokens),
+            others: self.others,
         }
     }
 }
@@ -481,6 +509,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     tokens: Arc<Tokens>,
+    others: OtherPaths,
 }
 
 /// Why a call was refused: the gRPC code, a stable reason and the message for the caller.
@@ -505,7 +534,7 @@ const HOW: &str = "send \"authorization: Bearer <token>\"";
 impl<S> AuthService<S> {
     /// The caller of `req` if it may call the method it names, else why not. Logs the outcome
     /// with the method, the peer and the token's label, never the token.
-    fn check<B>(&self, req: &http::Request<B>) -> Result<Caller, Denial> {
+    fn check<B>(&self, req: &http::Request<B>, needed: Role) -> Result<Caller, Denial> {
         let path = req.uri().path();
         let method = method_name(path);
         let peer = peer_addr(req);
@@ -548,7 +577,6 @@ impl<S> AuthService<S> {
                     .to_owned(),
             ));
         };
-        let needed = required_role(path).unwrap_or(Role::Admin);
         if !caller.role.allows(needed) {
             tracing::warn!(
                 method,
@@ -611,11 +639,16 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
-        if is_public(req.uri().path()) {
+        let path = req.uri().path();
+        if is_public(path) {
             req.headers_mut().remove(http::header::AUTHORIZATION);
             return Either::Left(self.inner.call(req));
         }
-        match self.check(&req) {
+        let needed = match (required_role(path), self.others) {
+            (Some(role), _) | (None, OtherPaths::Require(role)) => role,
+            (None, OtherPaths::PassThrough) => return Either::Left(self.inner.call(req)),
+        };
+        match self.check(&req, needed) {
             Ok(caller) => {
                 // The services need only the caller; without the header nothing past this
                 // point can log the token by mistake.

@@ -326,7 +326,7 @@ impl TaskError {
 
 /// What a worker has reported and the runner has not written yet.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Report {
+pub(crate) struct Report {
     /// Work done so far.
     pub progress: Progress,
     /// The worker's latest words.
@@ -338,7 +338,7 @@ pub struct Report {
 /// A worker's reports, kept in memory: the worker changes them without waiting; the runner
 /// watches them and writes them (coalesced), and only what it wrote is shown to clients.
 #[derive(Debug)]
-pub struct Draft {
+pub(crate) struct Draft {
     // watch: the writer wants only the latest report, and to be woken when it changes.
     report: watch::Sender<Report>,
 }
@@ -369,7 +369,7 @@ impl Draft {
 
 /// What a running worker sees of its operation.
 ///
-/// Cheap to clone. Reporting methods change the operation's [`Draft`] in memory and never
+/// Cheap to clone. Reporting methods change the operation's draft in memory and never
 /// wait on I/O; the runner writes progress coalesced (a few times a second at most, and at the
 /// end), and clients see it once written.
 #[derive(Clone)]

@@ -5,6 +5,7 @@
 mod common;
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use oprun::client::Client;
@@ -67,8 +68,7 @@ async fn oprun_serves_next_to_services_of_its_own() {
         .add_service(Echo);
     let rest = oprun::server::rest_router(
         &runner,
-        oprun::server::grpc_stack(routes.clone(), None),
-        1 << 20,
+        oprun::server::RestOptions::default().max_body_bytes(1 << 20),
     )
     .expect("the REST router");
     let app = axum::Router::new()
@@ -126,7 +126,7 @@ async fn oprun_serves_next_to_services_of_its_own() {
         .await
         .expect("submit");
     assert_eq!(handle.result().await.expect("result").steps_done, 2);
-    let health = HealthClient::new(channel)
+    let health = HealthClient::new(channel.clone())
         .check(HealthCheckRequest {
             service: "oprun.v1.TaskService".into(),
         })
@@ -134,6 +134,14 @@ async fn oprun_serves_next_to_services_of_its_own() {
         .expect("health")
         .into_inner();
     assert_eq!(health.status, ServingStatus::Serving as i32);
+    // Health reports only on what is mounted: no snapshot kind here, no SnapshotService.
+    let unmounted = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "oprun.v1.SnapshotService".into(),
+        })
+        .await
+        .expect_err("SnapshotService is not mounted");
+    assert_eq!(unmounted.code(), tonic::Code::NotFound, "{unmounted:?}");
 
     // The app's own route, and oprun's REST gateway nested under /oprun.
     let mine = common::http::request(http, "GET", "/mine", &[], None).await;
@@ -159,4 +167,138 @@ async fn oprun_serves_next_to_services_of_its_own() {
         .shutdown(Duration::from_secs(1))
         .await
         .expect("shutdown");
+}
+
+/// A ping of the toy service through `channel`, with `token` as its bearer token if any.
+async fn ping(
+    channel: &tonic::transport::Channel,
+    token: Option<&str>,
+) -> Result<i64, tonic::Status> {
+    let mut raw = tonic::client::Grpc::new(channel.clone());
+    raw.ready().await.expect("ready");
+    let mut request = tonic::Request::new(prost_types::Duration {
+        seconds: 3,
+        nanos: 0,
+    });
+    if let Some(token) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("a header value"),
+        );
+    }
+    raw.unary(
+        request,
+        "/toy.v1.Echo/Ping".parse().expect("a path"),
+        StrictCodec::<prost_types::Duration, prost_types::Duration>::default(),
+    )
+    .await
+    .map(|r| r.into_inner().seconds)
+}
+
+/// With oprun's token check on the embedder's tonic server, its own paths need what it says
+/// (admin by default, a role it names, or nothing), while oprun's keep their roles; and
+/// `Runner::serve_until` serves until the signal, then ends the servers and the runner.
+#[tokio::test]
+async fn own_paths_need_what_the_embedder_says_and_one_call_shuts_down() {
+    use oprun::auth::{tokens_file_line, AuthLayer, OtherPaths, Role, Tokens};
+    let lines = [
+        tokens_file_line("reader-token", Role::Reader, None).expect("a line"),
+        tokens_file_line("admin-token", Role::Admin, None).expect("a line"),
+    ];
+    let tokens = Arc::new(Tokens::parse(&lines.join("\n")).expect("tokens"));
+    for (others, reader_may, anyone_may) in [
+        (None, false, false),
+        (Some(OtherPaths::Require(Role::Reader)), true, false),
+        (Some(OtherPaths::PassThrough), true, true),
+    ] {
+        let runner = common::memory_runner().await;
+        let routes = oprun::server::routes(&runner)
+            .expect("routes")
+            .add_service(Echo);
+        let layer = match others {
+            Some(others) => AuthLayer::new(Arc::clone(&tokens)).other_paths(others),
+            None => AuthLayer::new(Arc::clone(&tokens)),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let grpc = tonic::transport::Server::builder()
+            .layer(layer)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                runner.stopping(),
+            );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn({
+            let runner = runner.clone();
+            async move {
+                let signal = async {
+                    let _ = stopped.await;
+                };
+                runner
+                    .serve_until(signal, grpc, Duration::from_secs(1))
+                    .await
+            }
+        });
+
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        assert_eq!(ping(&channel, Some("admin-token")).await.expect("admin"), 3);
+        let as_reader = ping(&channel, Some("reader-token")).await;
+        assert_eq!(as_reader.is_ok(), reader_may, "{others:?}: {as_reader:?}");
+        if !reader_may {
+            assert_eq!(
+                as_reader.expect_err("refused").code(),
+                tonic::Code::PermissionDenied
+            );
+        }
+        let anonymous = ping(&channel, None).await;
+        assert_eq!(anonymous.is_ok(), anyone_may, "{others:?}: {anonymous:?}");
+        if !anyone_may {
+            assert_eq!(
+                anonymous.expect_err("refused").code(),
+                tonic::Code::Unauthenticated
+            );
+        }
+        // oprun's own calls keep their roles whatever the embedder says of its paths.
+        let mut ops = oprun::proto::google::longrunning::operations_client::OperationsClient::new(
+            channel.clone(),
+        );
+        let mut delete =
+            tonic::Request::new(oprun::proto::google::longrunning::DeleteOperationRequest {
+                name: "operations/none".into(),
+            });
+        delete.metadata_mut().insert(
+            "authorization",
+            "Bearer reader-token".parse().expect("a header value"),
+        );
+        let refused = ops
+            .delete_operation(delete)
+            .await
+            .expect_err("readers may not delete");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+
+        // One call ends it all: the server stops, the runner refuses work, the store is closed.
+        stop.send(()).expect("the server waits for the signal");
+        let served = tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("serve_until returns")
+            .expect("no panic")
+            .expect("shutdown");
+        served.expect("the server ended cleanly");
+        assert!(runner.ready(Duration::from_secs(1)).await.is_err());
+        assert!(
+            tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .expect("uri")
+                .connect()
+                .await
+                .is_err(),
+            "the listener is closed"
+        );
+    }
 }

@@ -3,7 +3,7 @@
 //! [`Filter::parse`] turns the `filter` string of a `ListOperations` request into a
 //! typed expression. [`Filter::matches`] tests one operation, described by
 //! [`FilterFields`], against it: the memory store uses it, and it is the reference the
-//! SQL translation is tested against. [`Filter::to_sqlite`] compiles the
+//! SQL translation is tested against. `Filter::to_sqlite` compiles the
 //! expression into a SQL `WHERE` condition with bound parameters, which the SQLite store
 //! runs so that a selective filter is answered from its indexes.
 //!
@@ -43,7 +43,7 @@
 
 mod sql;
 
-pub use sql::{SqlColumns, SqlFilter, SqlValue};
+pub(crate) use sql::{SqlColumns, SqlValue};
 
 use std::str::FromStr;
 use std::time::SystemTime;

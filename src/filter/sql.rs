@@ -26,8 +26,6 @@
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
-use rusqlite::types::{ToSqlOutput, Value, ValueRef};
-
 use super::{Expr, Filter, Op, Pattern, Test, NAME_PREFIX};
 use crate::proto::oprun::v1::operation_metadata;
 
@@ -58,8 +56,8 @@ pub struct SqlColumns {
     pub schedule: &'static str,
 }
 
-/// A value bound to one placeholder of a [`SqlFilter`]; rusqlite binds it as it is
-/// ([`rusqlite::ToSql`]).
+/// A value bound to one placeholder of a [`SqlFilter`]; each store binds it as its driver
+/// takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SqlValue {
@@ -82,68 +80,18 @@ pub struct SqlFilter {
     pub params: Vec<SqlValue>,
 }
 
-impl rusqlite::ToSql for SqlValue {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(match self {
-            SqlValue::Integer(n) => ToSqlOutput::Owned(Value::Integer(*n)),
-            SqlValue::Text(text) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
-            SqlValue::Blob(bytes) => ToSqlOutput::Borrowed(ValueRef::Blob(bytes)),
-        })
-    }
-}
-
 impl Filter {
     /// The filter as a SQLite `WHERE` condition over `columns`: it holds for a row exactly
     /// when [`Filter::matches`] holds for the operation the row describes (with its times as
     /// the columns hold them, to the microsecond).
-    ///
-    /// ```
-    /// use oprun::filter::{Filter, SqlColumns, SqlValue};
-    ///
-    /// let columns = SqlColumns {
-    ///     id: "id",
-    ///     kind: "kind",
-    ///     done: "done",
-    ///     state: "state",
-    ///     error_code: "error_code",
-    ///     create_time: "create_time",
-    ///     update_time: "update_time",
-    ///     priority: "priority",
-    ///     schedule: "schedule",
-    /// };
-    /// let filter = Filter::parse("kind = sleep AND NOT error:*").unwrap();
-    /// let sql = filter.to_sqlite(&columns);
-    /// assert_eq!(sql.clause, "((kind = ?) AND NOT (error_code IS NOT NULL))");
-    /// assert_eq!(sql.params, [SqlValue::Text("sleep".into())]);
-    /// ```
-    pub fn to_sqlite(&self, columns: &SqlColumns) -> SqlFilter {
+    pub(crate) fn to_sqlite(&self, columns: &SqlColumns) -> SqlFilter {
         self.to_sql(columns, Dialect::Sqlite)
     }
 
     /// The filter as a PostgreSQL `WHERE` condition over `columns`, with the same meaning as
     /// [`Filter::to_sqlite`]'s. Its placeholders are numbered from `$first` (so the query can
     /// bind its own parameters before them), each cast to its type.
-    ///
-    /// ```
-    /// use oprun::filter::{Filter, SqlColumns, SqlValue};
-    ///
-    /// let columns = SqlColumns {
-    ///     id: "id",
-    ///     kind: "kind",
-    ///     done: "done",
-    ///     state: "state",
-    ///     error_code: "error_code",
-    ///     create_time: "create_time",
-    ///     update_time: "update_time",
-    ///     priority: "priority",
-    ///     schedule: "schedule",
-    /// };
-    /// let filter = Filter::parse("kind = sleep AND NOT error:*").unwrap();
-    /// let sql = filter.to_postgres(&columns, 3);
-    /// assert_eq!(sql.clause, "((kind = $3::text) AND NOT (error_code IS NOT NULL))");
-    /// assert_eq!(sql.params, [SqlValue::Text("sleep".into())]);
-    /// ```
-    pub fn to_postgres(&self, columns: &SqlColumns, first: usize) -> SqlFilter {
+    pub(crate) fn to_postgres(&self, columns: &SqlColumns, first: usize) -> SqlFilter {
         self.to_sql(columns, Dialect::Postgres { next: first })
     }
 
@@ -551,6 +499,23 @@ mod tests {
 
     /// 2026-01-02T15:04:05Z in microseconds.
     const T0: i64 = 1_767_366_245_000_000;
+
+    #[test]
+    fn both_dialects_bind_what_the_user_wrote() {
+        let filter = Filter::parse("kind = sleep AND NOT error:*").unwrap();
+        let sqlite = filter.to_sqlite(&COLUMNS);
+        assert_eq!(
+            sqlite.clause,
+            "((kind = ?) AND NOT (error_code IS NOT NULL))"
+        );
+        assert_eq!(sqlite.params, [SqlValue::Text("sleep".into())]);
+        let postgres = filter.to_postgres(&COLUMNS, 3);
+        assert_eq!(
+            postgres.clause,
+            "((kind = $3::text) AND NOT (error_code IS NOT NULL))"
+        );
+        assert_eq!(postgres.params, [SqlValue::Text("sleep".into())]);
+    }
 
     /// One operation as a row of the test table holds it.
     #[derive(Debug, Clone, Copy)]

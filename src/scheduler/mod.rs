@@ -34,7 +34,7 @@
 //!
 //! # How it holds state
 //! The store holds every operation; this process holds only the ones it runs (`run::Running`:
-//! the last durable record, the worker's [`crate::task::Draft`], its cancellation token and
+//! the last durable record, the worker's draft (`task::Draft`), its cancellation token and
 //! why it was cancelled), and counts by kind. Each token is a child of one root token; every
 //! spawned task is tracked by a `TaskTracker` so shutdown can wait for them.
 
@@ -61,6 +61,7 @@ mod transition;
 mod workers;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -486,6 +487,47 @@ impl Runner {
     /// Every change of every operation from now on, after it is durable.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<OperationChanged>> {
         self.shared.bus.subscribe()
+    }
+
+    /// Runs an embedder's servers and shuts everything down in the right order, in one call:
+    /// `servers` (built to stop gracefully on [`stopping`](Self::stopping), e.g. tonic's
+    /// `serve_with_incoming_shutdown(.., runner.stopping())` and axum's
+    /// `with_graceful_shutdown(runner.stopping())`) run until `signal` completes or they end
+    /// by themselves; then shutdown begins (new work refused, Wait calls and watch streams
+    /// released, so that the servers' in-flight calls end), the servers finish, and
+    /// [`shutdown`](Self::shutdown) gives running workers `grace` and closes the store.
+    /// Returns what the servers returned.
+    ///
+    /// ```no_run
+    /// # async fn run(runner: oprun::Runner, listener: tokio::net::TcpListener) -> Result<(), Box<dyn std::error::Error>> {
+    /// let routes = oprun::server::routes(&runner)?;
+    /// let grpc = tonic::transport::Server::builder().add_routes(routes).serve_with_incoming_shutdown(
+    ///     tokio_stream::wrappers::TcpListenerStream::new(listener),
+    ///     runner.stopping(),
+    /// );
+    /// let ctrl_c = async { let _ = tokio::signal::ctrl_c().await; };
+    /// runner.serve_until(ctrl_c, grpc, std::time::Duration::from_secs(30)).await??;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`shutdown`](Self::shutdown).
+    pub async fn serve_until<T>(
+        &self,
+        signal: impl Future<Output = ()>,
+        servers: impl Future<Output = T>,
+        grace: Duration,
+    ) -> Result<T, Error> {
+        tokio::pin!(servers);
+        let served = tokio::select! {
+            served = &mut servers => served,
+            () = signal => {
+                self.begin_shutdown();
+                servers.await
+            }
+        };
+        self.shutdown(grace).await?;
+        Ok(served)
     }
 
     /// Stops gracefully: [`begin_shutdown`](Self::begin_shutdown), then waits up to `grace`

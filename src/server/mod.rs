@@ -13,7 +13,8 @@ mod limits;
 mod reflection;
 mod routes;
 
-pub use routes::{grpc_stack, rest_router, routes, RoutesError, HEALTH_SERVICES};
+use routes::grpc_stack;
+pub use routes::{rest_router, routes, RestOptions, RoutesError, HEALTH_SERVICES};
 
 use std::future::Future;
 use std::sync::Arc;

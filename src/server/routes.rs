@@ -2,6 +2,7 @@
 //! oprun next to their own services on one tonic server ([`routes`]) and mount its REST gateway
 //! in their own axum app ([`rest_router`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::service::Routes;
@@ -11,6 +12,7 @@ use tower::util::BoxCloneSyncService;
 use tower::Layer;
 
 use super::reflection::{ReflectionV1, ReflectionV1Alpha};
+use super::DEFAULT_MAX_BODY_BYTES;
 use crate::auth::{AuthLayer, Tokens};
 use crate::http::{BrowserRules, Gateway, GrpcService, RulesError};
 use crate::scheduler::Runner;
@@ -23,9 +25,13 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// How long one such check may take before the store counts as unavailable.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The services `grpc.health.v1` reports on (besides `""`, the whole server).
-/// (The services with HTTP rules are all of them.)
+/// The services `grpc.health.v1` may report on (besides `""`, the whole server): each one
+/// [`routes`] mounts (SnapshotService only with the `snapshot` kind). The services with HTTP
+/// rules are all of them.
 pub const HEALTH_SERVICES: [&str; 7] = crate::http::SERVICES;
+
+/// The SnapshotService's full name, mounted only when the `snapshot` kind is registered.
+const SNAPSHOT_SERVICE: &str = "oprun.v1.SnapshotService";
 
 /// Why the routes cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -63,27 +69,37 @@ pub enum RoutesError {
 /// # Errors
 /// [`RoutesError`] if the embedded descriptors cannot serve reflection (a build defect).
 pub fn routes(runner: &Runner) -> Result<Routes, RoutesError> {
+    let (services, snapshot) = services(runner);
+    let mounted: Vec<&'static str> = HEALTH_SERVICES
+        .into_iter()
+        .filter(|name| snapshot || *name != SNAPSHOT_SERVICE)
+        .collect();
     let (reporter, health) = tonic_health::server::health_reporter();
-    tokio::spawn(follow_health(runner.clone(), reporter));
+    tokio::spawn(follow_health(runner.clone(), reporter, mounted));
     let v1 = ReflectionV1::new(runner.types().clone())?;
     let v1alpha = ReflectionV1Alpha::new(runner.types().clone())?;
-    let mut routes = Routes::new(OperationsApi::server(runner.clone()))
+    Ok(services
+        .add_service(health)
+        .add_service(v1)
+        .add_service(v1alpha))
+}
+
+/// oprun's own services (no health, no reflection), and whether SnapshotService is among them.
+fn services(runner: &Runner) -> (Routes, bool) {
+    let routes = Routes::new(OperationsApi::server(runner.clone()))
         .add_service(TaskApi::server(runner.clone()))
         .add_service(WatchApi::server(runner.clone()))
         .add_service(AdminApi::server(runner.clone()))
         .add_service(WorkerApi::server(runner.clone()))
-        .add_service(ScheduleApi::server(runner.clone()))
-        .add_service(health)
-        .add_service(v1)
-        .add_service(v1alpha);
-    if let Some(snapshot) = SnapshotApi::server(runner.clone()) {
-        routes = routes.add_service(snapshot);
+        .add_service(ScheduleApi::server(runner.clone()));
+    match SnapshotApi::server(runner.clone()) {
+        Some(snapshot) => (routes.add_service(snapshot), true),
+        None => (routes, false),
     }
-    Ok(routes)
 }
 
-/// Keeps the health statuses in step with the runner until it shuts down.
-async fn follow_health(runner: Runner, reporter: HealthReporter) {
+/// Keeps the health statuses of `services` in step with the runner until it shuts down.
+async fn follow_health(runner: Runner, reporter: HealthReporter, services: Vec<&'static str>) {
     let stopping = runner.stopping();
     tokio::pin!(stopping);
     let mut last = None;
@@ -98,7 +114,7 @@ async fn follow_health(runner: Runner, reporter: HealthReporter) {
             }
         };
         if last != Some(status) {
-            set_all(&reporter, status).await;
+            set_all(&reporter, &services, status).await;
             last = Some(status);
         }
         tokio::select! {
@@ -106,39 +122,70 @@ async fn follow_health(runner: Runner, reporter: HealthReporter) {
             () = tokio::time::sleep(HEALTH_INTERVAL) => {}
         }
     }
-    set_all(&reporter, ServingStatus::NotServing).await;
+    set_all(&reporter, &services, ServingStatus::NotServing).await;
 }
 
-async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
+async fn set_all(reporter: &HealthReporter, services: &[&'static str], status: ServingStatus) {
     reporter.set_service_status("", status).await;
-    for service in HEALTH_SERVICES {
+    for service in services {
         reporter.set_service_status(service, status).await;
     }
 }
 
 /// The gRPC stack the REST gateway calls: `routes` behind the same bearer-token check a
 /// network client meets (when `tokens` is given).
-pub fn grpc_stack(routes: Routes, tokens: Option<std::sync::Arc<Tokens>>) -> GrpcService {
+pub(crate) fn grpc_stack(routes: Routes, tokens: Option<Arc<Tokens>>) -> GrpcService {
     match tokens {
         Some(tokens) => BoxCloneSyncService::new(AuthLayer::new(tokens).layer(routes)),
         None => BoxCloneSyncService::new(routes),
     }
 }
 
-/// The HTTP surface over `grpc` (see [`grpc_stack`]): REST/JSON for every RPC with an HTTP
-/// rule, `/openapi.json`, `/healthz`, `/readyz` and `/metrics`, as an axum router to serve
-/// or to nest in an app of your own. Request bodies are capped at `max_body_bytes`. A
-/// browser's request from another origin is refused ([`BrowserRules::new`]: any host name, the
-/// server's own origin only).
+/// How [`rest_router`] serves: `RestOptions::default()` and its setters.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct RestOptions {
+    /// The tokens every REST call is checked against, as a gRPC call is by
+    /// [`AuthLayer`] (`None`: no check).
+    pub tokens: Option<Arc<Tokens>>,
+    /// The largest request body, in bytes (`None`: [`DEFAULT_MAX_BODY_BYTES`], 8 MiB).
+    pub max_body_bytes: Option<usize>,
+    /// Which browsers' requests are answered ([`BrowserRules::new`] by default: any host
+    /// name, the server's own origin only).
+    pub browser: BrowserRules,
+}
+
+setters!(RestOptions {
+    browser: BrowserRules,
+} optional {
+    tokens: Arc<Tokens>,
+    max_body_bytes: usize,
+});
+
+impl std::fmt::Debug for RestOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestOptions")
+            .field("tokens", &self.tokens.as_ref().map(|_| "…"))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("browser", &self.browser)
+            .finish()
+    }
+}
+
+/// The HTTP surface of `runner`: REST/JSON for every RPC with an HTTP rule, `/openapi.json`,
+/// `/healthz`, `/readyz` and `/metrics`, as an axum router to serve or to nest in an app of
+/// your own. It calls oprun's services in process, behind `options.tokens` when given.
 ///
 /// # Errors
 /// [`RoutesError::Rules`] if a rule in the protos cannot be served (a build defect).
-pub fn rest_router(
-    runner: &Runner,
-    grpc: GrpcService,
-    max_body_bytes: usize,
-) -> Result<axum::Router, RoutesError> {
-    guarded_rest_router(runner, grpc, max_body_bytes, BrowserRules::new())
+pub fn rest_router(runner: &Runner, options: RestOptions) -> Result<axum::Router, RoutesError> {
+    let stack = grpc_stack(services(runner).0, options.tokens);
+    guarded_rest_router(
+        runner,
+        stack,
+        options.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        options.browser,
+    )
 }
 
 /// [`rest_router`] answering browsers by `rules`.

@@ -14,7 +14,7 @@
 //! * the change feed orders rows by the transaction that last changed them and stops below
 //!   the oldest transaction still running, so no change is passed while it is in flight.
 //!
-//! Filters are compiled to SQL ([`Filter::to_postgres`]) over the same partial indexes as the
+//! Filters are compiled to SQL (`Filter::to_postgres`) over the same partial indexes as the
 //! SQLite schema.
 
 // Pieces of SQL as macros, so that every statement is one literal (`concat!`), built at

@@ -7,7 +7,7 @@
 //!
 //! # Reads
 //! A small pool of read connections used from blocking threads; WAL lets them read while the
-//! writer commits. A list's filter is compiled to SQL ([`Filter::to_sqlite`]) and runs as the
+//! writer commits. A list's filter is compiled to SQL (`Filter::to_sqlite`) and runs as the
 //! query's `WHERE` condition, so a selective filter on `done`, `state`, `kind`, `error.code` or
 //! `name` reads one index range in `seq` order instead of scanning the table.
 //!
@@ -124,6 +124,18 @@ pub struct SqliteStore {
 pub const LOCK_FILE: &str = "oprun.lock";
 /// The database file in a data directory.
 pub const DATABASE_FILE: &str = "oprun.sqlite3";
+
+/// A filter's values bound as they are.
+impl rusqlite::ToSql for SqlValue {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+        Ok(match self {
+            SqlValue::Integer(n) => ToSqlOutput::Owned(Value::Integer(*n)),
+            SqlValue::Text(text) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+            SqlValue::Blob(bytes) => ToSqlOutput::Borrowed(ValueRef::Blob(bytes)),
+        })
+    }
+}
 
 /// How long a connection waits for another's lock before its statement fails as busy.
 const BUSY_PATIENCE: Duration = Duration::from_secs(5);
