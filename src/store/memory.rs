@@ -681,15 +681,13 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
 
-    /// The in-memory store keeps the store contract.
-    #[tokio::test]
-    async fn conforms() {
-        crate::store::conformance::run_all(|| async { MemoryStore::new() }).await;
-    }
-
-    /// Shared, it keeps the contract of a store several nodes share, feed included.
-    #[tokio::test]
-    async fn conforms_shared() {
-        crate::store::conformance::run_all(|| async { MemoryStore::shared() }).await;
-    }
+    // The in-memory store keeps the store contract: alone, and shared, as a store several
+    // nodes share (feed included).
+    crate::store_conformance_tests!(mod conforms, #[tokio::test], make: || async { MemoryStore::new() });
+    crate::store_conformance_tests!(
+        mod conforms_shared,
+        #[tokio::test],
+        make: || async { MemoryStore::shared() },
+        feed
+    );
 }

@@ -1312,28 +1312,29 @@ mod tests {
     use super::testing::TestDatabase;
     use super::*;
 
-    /// The PostgreSQL store keeps the store contract, feed included; each store the suite
-    /// asks for is a fresh schema of this test's own database.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn conforms() {
-        let db = TestDatabase::create("conformance").await;
-        let url = db.url();
-        let made = std::sync::atomic::AtomicUsize::new(0);
-        crate::store::conformance::run_all(|| {
-            let n = made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let url = url.clone();
-            async move {
-                let options = PostgresOptions {
-                    pool_size: 4,
-                    schema: Some(format!("store_{n}")),
-                };
-                PostgresStore::connect(&url, options)
-                    .await
-                    .expect("connect")
+    // The PostgreSQL store keeps the store contract, feed included; each check has a
+    // database of its own, and each store it asks for is a fresh schema of it.
+    crate::store_conformance_tests!(
+        mod conforms,
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)],
+        make: {
+            let db = Arc::new(TestDatabase::create("conformance").await);
+            let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            move || {
+                let n = made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let db = Arc::clone(&db);
+                async move {
+                    let options = PostgresOptions::default()
+                        .pool_size(4)
+                        .schema(format!("store_{n}"));
+                    PostgresStore::connect(&db.url(), options)
+                        .await
+                        .expect("connect")
+                }
             }
-        })
-        .await;
-    }
+        },
+        feed
+    );
 
     /// The summary two nodes keep while both change operations at once is a full count,
     /// before and after the deltas are folded in (and the fold leaves none). A database of

@@ -973,11 +973,11 @@ mod tests {
     use super::*;
     use crate::model::State;
 
-    /// The SQLite store keeps the store contract.
-    #[tokio::test]
-    async fn conforms() {
+    // The SQLite store keeps the store contract: each store in a temporary directory the
+    // test keeps until it ends.
+    crate::store_conformance_tests!(mod conforms, #[tokio::test], make: {
         let dirs = Arc::new(Mutex::new(Vec::new()));
-        crate::store::conformance::run_all(|| {
+        move || {
             let dirs = Arc::clone(&dirs);
             async move {
                 let dir = tempfile::tempdir().unwrap();
@@ -985,9 +985,8 @@ mod tests {
                 dirs.lock().unwrap().push(dir);
                 store
             }
-        })
-        .await;
-    }
+        }
+    });
 
     /// What was acknowledged is read back after the store is closed and opened again.
     #[tokio::test]
