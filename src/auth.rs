@@ -51,7 +51,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
-use crate::error::ERROR_DOMAIN;
+use crate::proto::ERROR_DOMAIN;
 
 /// What a caller may do. Reader, submitter and admin are ordered: each allows everything the
 /// ones below it allow. Worker stands apart: it allows only the workers' methods (which an

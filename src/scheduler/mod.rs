@@ -14,6 +14,8 @@
 //! - `slots`: running and waiting counts by kind (limits and bounds).
 //! - `dispatch`: claims due work from the store within the running limits, starts workers.
 //! - `run`: drives one worker: its deadline, cancellation, progress, and its end.
+//! - `running`: the running set's members (`Running`) and how a run leaves the set, which
+//!   `run` and `transition` both use.
 //! - `deadlines`: the deadlines of queued work.
 //! - `recovery`: leases and the work of nodes that went away (at start: this data directory's
 //!   last process).
@@ -33,7 +35,7 @@
 //! - `clock`: the clock timers read, injected.
 //!
 //! # How it holds state
-//! The store holds every operation; this process holds only the ones it runs (`run::Running`:
+//! The store holds every operation; this process holds only the ones it runs (`running::Running`:
 //! the last durable record, the worker's draft (`task::Draft`), its cancellation token and
 //! why it was cancelled), and counts by kind. Each token is a child of one root token; every
 //! spawned task is tracked by a `TaskTracker` so shutdown can wait for them.
@@ -54,6 +56,7 @@ mod recount;
 mod recovery;
 mod retention;
 mod run;
+mod running;
 mod schedules;
 mod slots;
 mod streams;
@@ -259,7 +262,7 @@ struct Shared {
     store: Arc<dyn Store>,
     config: RunnerConfig,
     /// The operations this node runs now.
-    running: DashMap<OperationId, Arc<run::Running>>,
+    running: DashMap<OperationId, Arc<running::Running>>,
     // std Mutex, not tokio's: nothing awaits while it is held.
     slots: Mutex<slots::Slots>,
     /// Wakes the dispatcher: work may be due, or a slot free.

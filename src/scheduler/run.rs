@@ -13,114 +13,15 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
 
 use super::outcome::{conclude, Decision, Situation, WorkerEnd};
+use super::running::Running;
 use super::transition::TransitionError;
 use super::{clock, Runner, STORE_RETRY_MAX, STORE_RETRY_MIN};
-use crate::model::{CancelReason, Change, Fence, OperationId, OperationRecord};
+use crate::model::{CancelReason, Change, OperationRecord};
 use crate::store::StoreError;
 use crate::task::{Draft, ErasedTask, Report, TaskContext};
-
-/// An operation this node runs.
-pub(crate) struct Running {
-    pub(crate) id: OperationId,
-    kind: String,
-    /// The operation as last written (durable); its owner and attempt fence this node's
-    /// writes.
-    // std Mutex: held only to read or replace the record.
-    record: Mutex<OperationRecord>,
-    /// What the worker reports, not yet written.
-    draft: Arc<Draft>,
-    token: CancellationToken,
-    reason: OnceLock<CancelReason>,
-    /// Consecutive writes of this operation the store refused (for logging once, and the
-    /// backoff).
-    write_failures: AtomicU32,
-    /// Whether it still holds a running slot: its worker has not returned yet. (One whose
-    /// worker returned waits for its end to be written without one: see
-    /// [`Runner::worker_returned`].)
-    holds_slot: AtomicBool,
-    /// The worker session that runs it, when its worker is in another process.
-    remote: Option<Arc<super::workers::Session>>,
-}
-
-impl Running {
-    /// The operation as last written.
-    pub(crate) fn record(&self) -> OperationRecord {
-        self.record
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// The version of the record as last written (without copying the record).
-    pub(crate) fn version(&self) -> u64 {
-        self.record
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .version
-    }
-
-    /// Replaces the record with a newer durable one (an older one, written concurrently and
-    /// answered later, is ignored).
-    pub(crate) fn set_record(&self, record: OperationRecord) {
-        let mut current = self
-            .record
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if record.version > current.version {
-            *current = record;
-        }
-    }
-
-    /// Cancels the worker's token, remembering why (the first reason wins).
-    pub(crate) fn cancel(&self, reason: CancelReason) {
-        self.mark(reason);
-        self.token.cancel();
-    }
-
-    /// Gives up its running slot: whether it held one until now (true once).
-    pub(crate) fn give_up_slot(&self) -> bool {
-        self.holds_slot.swap(false, Ordering::AcqRel)
-    }
-
-    /// Who owns it as last written: this node, or the worker session that runs it.
-    pub(crate) fn owner(&self) -> Option<String> {
-        self.record
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .owner
-            .clone()
-    }
-
-    /// The operation's kind.
-    pub(crate) fn kind(&self) -> &str {
-        &self.kind
-    }
-
-    /// Whether its worker is a worker session's (it holds no running slot of this node).
-    pub(crate) fn is_remote(&self) -> bool {
-        self.remote.is_some()
-    }
-
-    /// Remembers why the token is (about to be) cancelled.
-    pub(crate) fn mark(&self, reason: CancelReason) {
-        let _ = self.reason.set(reason);
-    }
-
-    fn fence(&self) -> Fence {
-        let r = self
-            .record
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Fence::Owner {
-            node: r.owner.clone().unwrap_or_default(),
-            attempt: r.attempt,
-        }
-    }
-}
 
 impl Runner {
     /// Runs a claimed operation on a tracked task.

@@ -10,7 +10,6 @@
 
 use tracing::{warn, Instrument};
 
-use super::run::Running;
 use super::Runner;
 use crate::model::{CancelReason, Change, Fence, IllegalTransition, OperationRecord, State};
 use crate::store::{Claim, Claimed, Inserted, StoreError, Written};
@@ -157,38 +156,6 @@ impl Runner {
                 Origin::Elsewhere => running.cancel(CancelReason::Lost),
             }
         }
-    }
-
-    /// Forgets a run of an operation this node ran (not a later run of the same operation
-    /// that took its place), freeing its slot, or the room its written end took (once,
-    /// however often asked).
-    pub(crate) fn release(&self, running: &std::sync::Arc<Running>) {
-        let removed = self
-            .shared
-            .running
-            .remove_if(&running.id, |_, held| std::sync::Arc::ptr_eq(held, running));
-        if removed.is_some() {
-            self.forget_run(running);
-        }
-    }
-
-    /// Gives back what a run that left the running map held: its slot, or the room its end
-    /// took while it was written.
-    pub(crate) fn forget_run(&self, running: &Running) {
-        if running.is_remote() {
-            // It held no slot here (its worker's session had the room).
-        } else if running.give_up_slot() {
-            self.lock_slots().stopped(running.kind());
-        } else {
-            self.lock_slots().ended();
-        }
-        if super::batch::CONTROL_KINDS.contains(&running.kind()) {
-            // Its room is free (or it was requeued to try again).
-            self.shared
-                .control_pending
-                .store(true, std::sync::atomic::Ordering::Release);
-        }
-        self.shared.dispatch_wake.notify_one();
     }
 
     /// Stores a new operation (or finds the one its request id names) and publishes a new one.
