@@ -13,7 +13,6 @@ use crate::http::BrowserRules;
 use crate::scheduler::{Runner, RunnerConfig};
 use crate::server::{error_chain, ServeLimits, ServeOptions};
 use crate::store::memory::MemoryStore;
-use crate::store::postgres::{PostgresOptions, PostgresStore};
 use crate::store::sqlite::{Durability, SqliteOptions, SqliteStore};
 use crate::store::Store;
 use crate::task::Registry;
@@ -574,6 +573,27 @@ fn return_large_blocks() {
     }
 }
 
+/// The PostgreSQL store at `url`.
+#[cfg(feature = "postgres")]
+async fn open_postgres(url: &str) -> Result<Arc<dyn Store>, String> {
+    use crate::store::postgres::{PostgresOptions, PostgresStore};
+    let store = PostgresStore::connect(url, PostgresOptions::default())
+        .await
+        .map_err(|e| format!("cannot open the PostgreSQL store: {e}"))?;
+    Ok(Arc::new(store))
+}
+
+/// A build without the PostgreSQL store says so.
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(_url: &str) -> Result<Arc<dyn Store>, String> {
+    Err(WITHOUT_POSTGRES.to_owned())
+}
+
+/// What a build without the `postgres` feature answers a PostgreSQL URL.
+#[cfg(not(feature = "postgres"))]
+pub(super) const WITHOUT_POSTGRES: &str = "--store: this oprun was built without the PostgreSQL \
+     store (cargo feature `postgres`); use the embedded store (the default) or a build with it";
+
 pub(super) async fn serve(
     args: ServeArgs,
     register: impl FnOnce(&mut Registry, &ServeArgs) -> Result<(), RegisterFailure>,
@@ -587,11 +607,7 @@ pub(super) async fn serve(
     register(&mut registry, &args).map_err(|e| format!("cannot register the kinds: {e}"))?;
     let store: Arc<dyn Store> = match &args.store {
         StoreKind::Memory => Arc::new(MemoryStore::new()),
-        StoreKind::Postgres(url) => Arc::new(
-            PostgresStore::connect(url, PostgresOptions::default())
-                .await
-                .map_err(|e| format!("cannot open the PostgreSQL store: {e}"))?,
-        ),
+        StoreKind::Postgres(url) => open_postgres(url).await?,
         StoreKind::Sqlite => Arc::new(
             SqliteStore::open(
                 &args.data_dir,

@@ -47,13 +47,21 @@ pub(super) async fn migrate(store: &str) -> CliResult {
             ))
         }
     };
-    let migrated = crate::store::postgres::migrate(&url, None)
-        .await
-        .map_err(|e| Failure::from(format!("cannot migrate the PostgreSQL store: {e}")))?;
-    if migrated.from == migrated.to {
-        println!("schema version {}: up to date", migrated.to);
-    } else {
-        println!("schema version {} (was {})", migrated.to, migrated.from);
+    #[cfg(feature = "postgres")]
+    {
+        let migrated = crate::store::postgres::migrate(&url, None)
+            .await
+            .map_err(|e| Failure::from(format!("cannot migrate the PostgreSQL store: {e}")))?;
+        if migrated.from == migrated.to {
+            println!("schema version {}: up to date", migrated.to);
+        } else {
+            println!("schema version {} (was {})", migrated.to, migrated.from);
+        }
+        Ok(())
     }
-    Ok(())
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = url;
+        Err(Failure::from(super::serve::WITHOUT_POSTGRES.to_owned()))
+    }
 }

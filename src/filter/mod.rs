@@ -41,8 +41,10 @@
 //! or a `<` on a boolean is reported as an error rather than silently matching
 //! nothing.
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) use sql::{SqlColumns, SqlValue};
 
 use std::str::FromStr;

@@ -84,6 +84,7 @@ impl Filter {
     /// The filter as a SQLite `WHERE` condition over `columns`: it holds for a row exactly
     /// when [`Filter::matches`] holds for the operation the row describes (with its times as
     /// the columns hold them, to the microsecond).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn to_sqlite(&self, columns: &SqlColumns) -> SqlFilter {
         self.to_sql(columns, Dialect::Sqlite)
     }
@@ -91,6 +92,7 @@ impl Filter {
     /// The filter as a PostgreSQL `WHERE` condition over `columns`, with the same meaning as
     /// [`Filter::to_sqlite`]'s. Its placeholders are numbered from `$first` (so the query can
     /// bind its own parameters before them), each cast to its type.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn to_postgres(&self, columns: &SqlColumns, first: usize) -> SqlFilter {
         self.to_sql(columns, Dialect::Postgres { next: first })
     }
@@ -113,8 +115,9 @@ impl Filter {
     }
 }
 
-/// The SQL a [`Builder`] writes.
+/// The SQL a [`Builder`] writes (a build with one SQL backend writes one of them).
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(all(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 enum Dialect {
     Sqlite,
     /// `next` is the number of the next placeholder.
@@ -485,7 +488,7 @@ fn signed_nanos(t: SystemTime) -> i128 {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 

@@ -77,6 +77,7 @@ pub(crate) fn summary_from(
 pub(crate) type KindCount = (String, i32, i64);
 
 /// How many ended in a span's period: `(span, at, n)`.
+#[cfg(feature = "sqlite")]
 pub(crate) type EndCount = (i64, i64, i64);
 
 /// Tallies in memory: the memory store's, and the changes a SQLite transaction makes,
@@ -124,6 +125,7 @@ impl Tally {
     }
 
     /// Adds what `other` counted.
+    #[cfg(feature = "sqlite")]
     pub(crate) fn absorb(&mut self, other: Tally) {
         for (kind, states) in other.counts {
             let mine = self.counts.entry(kind).or_insert([0; 6]);
@@ -137,12 +139,14 @@ impl Tally {
     }
 
     /// Whether nothing is counted.
+    #[cfg(feature = "sqlite")]
     pub(crate) fn is_empty(&self) -> bool {
         self.ends.is_empty() && self.counts.values().all(|s| s.iter().all(|n| *n == 0))
     }
 
     /// Takes what is counted: by kind, how many in each state (indexed by its wire number),
     /// and `(span, at, n)`; none all at zero.
+    #[cfg(feature = "sqlite")]
     pub(crate) fn drain(&mut self) -> (Vec<(String, [i64; 6])>, Vec<EndCount>) {
         let counts = self
             .counts
@@ -157,6 +161,7 @@ impl Tally {
     }
 
     /// How many finished operations it counts (SUCCEEDED, FAILED, CANCELLED).
+    #[cfg(feature = "sqlite")]
     pub(crate) fn finished(&self) -> i64 {
         self.counts.values().map(|s| s[3] + s[4] + s[5]).sum()
     }

@@ -12,7 +12,8 @@ use deadpool_postgres::GenericClient;
 
 use super::{micros, pg_error, raw};
 use crate::model::OperationRecord;
-use crate::store::{rate_gate, Claim, Gates, KeyGate, RateGate, StoreError};
+use crate::store::row::rate_gate;
+use crate::store::{Claim, Gates, KeyGate, RateGate, StoreError};
 
 /// Rows read per page of a kind's due work.
 const PAGE: i64 = 256;

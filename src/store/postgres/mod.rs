@@ -67,10 +67,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use schema::Migrated;
 
-use super::row::{created_bounds, RowImage, FILTER_COLUMNS};
+use super::row::{created_bounds, decode_record, Columns, RowImage, FILTER_COLUMNS};
 use super::{
-    decode_record, from_micros, micros, ChangeSignal, Changes, Claim, Claimed, Columns, Deadlines,
-    Inserted, NodeLease, Store, StoreError, Summary, Swept, Written,
+    from_micros, micros, ChangeSignal, Changes, Claim, Claimed, Deadlines, Inserted, NodeLease,
+    Store, StoreError, Summary, Swept, Written,
 };
 use crate::filter::{Filter, SqlValue};
 use crate::model::{Fence, OperationId, OperationRecord};
@@ -1061,7 +1061,7 @@ impl Store for PostgresStore {
     }
 
     async fn queued(&self) -> Result<std::collections::HashMap<String, usize>, StoreError> {
-        self.query(super::QUEUED_SQL, &[])
+        self.query(super::row::QUEUED_SQL, &[])
             .await?
             .iter()
             .map(|row| {
@@ -1220,7 +1220,7 @@ impl Store for PostgresStore {
     }
 
     async fn nodes(&self) -> Result<Vec<NodeLease>, StoreError> {
-        let rows = self.query(super::NODES_SQL, &[]).await?;
+        let rows = self.query(super::row::NODES_SQL, &[]).await?;
         rows.iter()
             .map(|row| {
                 let until: i64 = row.try_get(1).map_err(pg_error)?;

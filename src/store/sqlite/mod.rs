@@ -38,11 +38,12 @@ use tokio::sync::oneshot;
 
 use super::{
     from_micros, micros, Claim, Claimed, Deadlines, Inserted, NodeLease, Store, StoreError,
-    Summary, Swept, Written, NODES_SQL, QUEUED_SQL,
+    Summary, Swept, Written,
 };
 use crate::filter::{Filter, SqlValue};
 use crate::model::{Fence, OperationId, OperationRecord};
 use crate::store::row::{created_bounds, RowImage, FILTER_COLUMNS};
+use crate::store::row::{NODES_SQL, QUEUED_SQL};
 use crate::store::tally;
 use schema::{row_to_record, RawRow, COLUMNS};
 use writer::{checkpointer, writer_loop, Command, InsertOutcome, WalBound, WriteOutcome};
@@ -932,6 +933,11 @@ impl Store for SqliteStore {
             Ok(rows)
         })
         .await
+    }
+
+    /// Its data directory is locked: one process owns it.
+    fn is_exclusive(&self) -> bool {
+        true
     }
 
     async fn unfinished(&self) -> Result<Vec<OperationRecord>, StoreError> {

@@ -52,7 +52,8 @@ use rusqlite::{params, Connection, Transaction};
 use super::sql_error;
 use crate::model::OperationRecord;
 use crate::store::row::due;
-use crate::store::{decode_record, micros, Columns, StoreError};
+use crate::store::row::{decode_record, Columns};
+use crate::store::{micros, StoreError};
 
 /// The schema version this build writes (`PRAGMA user_version`).
 pub(super) const VERSION: i64 = 6;
@@ -381,7 +382,7 @@ impl RawRow {
 mod tests {
     use super::*;
     use crate::model::State;
-    use crate::store::{encode_body, encode_input};
+    use crate::store::row::{encode_body, encode_input};
 
     /// The version 1 table, as the first releases created it.
     const VERSION_1: &str = "

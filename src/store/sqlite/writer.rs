@@ -35,11 +35,9 @@ use tokio::sync::oneshot;
 use super::schema::{row_to_record, RawRow, COLUMNS, LAYOUT_CURRENT};
 use super::{sql_error, sql_limit};
 use crate::model::{Fence, OperationId, State};
-use crate::store::row::RowImage;
+use crate::store::row::{rate_gate, RowImage};
 use crate::store::tally::{self, Tally};
-use crate::store::{
-    from_micros, micros, rate_gate, Claim, Gates, KeyGate, RateGate, StoreError, Swept,
-};
+use crate::store::{from_micros, micros, Claim, Gates, KeyGate, RateGate, StoreError, Swept};
 
 /// What an insert found.
 pub(super) enum InsertOutcome {
