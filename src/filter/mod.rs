@@ -67,29 +67,12 @@ const MAX_DEPTH: usize = 32;
 const FIELD_LIST: &str =
     "name, done, kind, state, error.code, create_time, update_time, priority, schedule";
 
-/// The operation states, by enum value name.
-const STATES: [&str; 5] = ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"];
-
-/// The `google.rpc.Code` names, indexed by code number.
-const CODE_NAMES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+/// The operation states' names, as the wire and the filter spell them.
+fn state_names() -> impl Iterator<Item = &'static str> {
+    crate::model::State::ALL
+        .into_iter()
+        .map(crate::model::State::as_str)
+}
 
 /// The prefix of every operation name.
 const NAME_PREFIX: &str = "operations/";

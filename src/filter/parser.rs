@@ -283,7 +283,7 @@ pub(super) fn typed_test(
             })
         }
         Field::State if !op.is_equality() => Err(operator_error()),
-        Field::State => match STATES.iter().find(|state| **state == value.text) {
+        Field::State => match state_names().find(|state| *state == value.text) {
             Some(state) => Ok(Test::State {
                 negate,
                 value: state,
@@ -293,7 +293,7 @@ pub(super) fn typed_test(
                 format!(
                     "invalid state {}: state accepts {}",
                     value.quoted(),
-                    STATES.join(", ")
+                    state_names().collect::<Vec<_>>().join(", ")
                 ),
             )),
         },
@@ -332,10 +332,8 @@ pub(super) fn error_code(value: &Value) -> Result<i32, FilterError> {
         if (0..=16).contains(&number) {
             return Ok(number);
         }
-    } else if let Some(index) = CODE_NAMES.iter().position(|name| *name == value.text) {
-        if let Ok(number) = i32::try_from(index) {
-            return Ok(number);
-        }
+    } else if let Some(code) = crate::proto::google::rpc::Code::from_str_name(&value.text) {
+        return Ok(code as i32);
     }
     Err(FilterError::new(
         value.pos,

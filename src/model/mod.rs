@@ -135,6 +135,15 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, in the order of their enum numbers.
+    pub const ALL: [State; 5] = [
+        State::Queued,
+        State::Running,
+        State::Succeeded,
+        State::Failed,
+        State::Cancelled,
+    ];
+
     /// Whether the operation has finished.
     pub fn is_done(self) -> bool {
         matches!(self, State::Succeeded | State::Failed | State::Cancelled)
