@@ -19,6 +19,27 @@
 //! [`postgres::PostgresStore`] (several nodes on one database; not exclusive: leases, fences
 //! and the change feed carry what the nodes must know of each other).
 
+// The state numbers the SQL backends' statements compare `state` with, as literals for
+// `concat!` (their statements are built at compile time); `row::QUEUED` and `row::RUNNING`
+// are the same numbers for `format!`, taken from the protos' enum, and a test holds the two
+// together.
+
+/// `QUEUED`'s number in SQL text.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+macro_rules! queued_sql {
+    () => {
+        "1"
+    };
+}
+
+/// `RUNNING`'s number in SQL text.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+macro_rules! running_sql {
+    () => {
+        "2"
+    };
+}
+
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;

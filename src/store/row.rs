@@ -12,6 +12,13 @@ use crate::proto::google::longrunning::{operation, Operation};
 use crate::proto::oprun::v1::OperationMetadata;
 use crate::store::{from_micros, micros, Rate, RateGate, StoreError};
 
+/// `QUEUED`'s number, as the `state` column holds it (for `format!`ed statements).
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) const QUEUED: i32 = crate::proto::oprun::v1::operation_metadata::State::Queued as i32;
+/// `RUNNING`'s number, as the `state` column holds it (for `format!`ed statements).
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) const RUNNING: i32 = crate::proto::oprun::v1::operation_metadata::State::Running as i32;
+
 /// The columns of `operations` as a filter sees them, in both SQL backends (see
 /// [`crate::filter::Filter::to_sqlite`]): times are microseconds since the epoch, `state` the
 /// `OperationMetadata.State` number, `done` 0 or 1, `error_code` NULL unless the operation
@@ -124,12 +131,18 @@ pub(crate) fn rate_gate(rate: Rate, rows: Vec<(Option<String>, i64, i64)>) -> Ra
 }
 
 /// For the SQL backends' `nodes`: every node with a lease, then owners of running work without one; with what they run.
-pub(crate) const NODES_SQL: &str = "SELECT n.id, n.lease_until, count(o.seq) FROM nodes n \
-     LEFT JOIN operations o ON o.owner = n.id AND o.state = 2 GROUP BY n.id, n.lease_until \
+pub(crate) const NODES_SQL: &str = concat!(
+    "SELECT n.id, n.lease_until, count(o.seq) FROM nodes n \
+     LEFT JOIN operations o ON o.owner = n.id AND o.state = ",
+    running_sql!(),
+    " GROUP BY n.id, n.lease_until \
      UNION ALL \
-     SELECT o.owner, 0, count(*) FROM operations o WHERE o.state = 2 \
+     SELECT o.owner, 0, count(*) FROM operations o WHERE o.state = ",
+    running_sql!(),
+    " \
      AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = o.owner) GROUP BY o.owner \
-     ORDER BY 1";
+     ORDER BY 1"
+);
 
 /// The stored body of a record: its wire `Operation` (metadata and result).
 pub(crate) fn encode_body(r: &OperationRecord) -> Vec<u8> {
@@ -246,5 +259,22 @@ pub(crate) fn decode_record(
 }
 
 /// For the SQL backends' `queued`: queued operations by kind (the queue index's rows).
-pub(crate) const QUEUED_SQL: &str =
-    "SELECT kind, count(*) FROM operations WHERE state = 1 GROUP BY kind";
+pub(crate) const QUEUED_SQL: &str = concat!(
+    "SELECT kind, count(*) FROM operations WHERE state = ",
+    queued_sql!(),
+    " GROUP BY kind"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The state numbers written into SQL text are the protos'.
+    #[test]
+    fn the_sql_state_numbers_are_the_protos() {
+        assert_eq!(queued_sql!(), QUEUED.to_string());
+        assert_eq!(running_sql!(), RUNNING.to_string());
+        assert_eq!(QUEUED, crate::model::State::Queued.to_proto() as i32);
+        assert_eq!(RUNNING, crate::model::State::Running.to_proto() as i32);
+    }
+}

@@ -19,8 +19,12 @@ use crate::store::{Claim, Gates, KeyGate, RateGate, StoreError};
 const PAGE: i64 = 256;
 
 /// How many operations of a kind (`$1`) run now with each concurrency key.
-const RUNNING_KEYS: &str = "SELECT concurrency_key, count(*) FROM operations \
-     WHERE state = 2 AND kind = $1 AND concurrency_key IS NOT NULL GROUP BY concurrency_key";
+const RUNNING_KEYS: &str = concat!(
+    "SELECT concurrency_key, count(*) FROM operations \
+     WHERE state = ",
+    running_sql!(),
+    " AND kind = $1 AND concurrency_key IS NOT NULL GROUP BY concurrency_key"
+);
 
 /// Forgets a kind's (`$1`) starts at or before `$2`.
 const FORGET_STARTS: &str = "DELETE FROM starts WHERE kind = $1 AND at <= $2";
@@ -35,17 +39,25 @@ const RECORD_STARTS: &str =
 
 /// A page of a kind's (`$1`) due work (at `$2`) in the claim's order, after the position
 /// (`$3` priority, `$4` due, `$5` seq); rows another claimer holds are skipped.
-const PAGE_SQL: &str = "SELECT seq, concurrency_key, priority, due FROM operations \
-     WHERE state = 1 AND kind = $1 AND due <= $2 \
+const PAGE_SQL: &str = concat!(
+    "SELECT seq, concurrency_key, priority, due FROM operations \
+     WHERE state = ",
+    queued_sql!(),
+    " AND kind = $1 AND due <= $2 \
        AND (priority < $3 OR (priority = $3 AND (due > $4 OR (due = $4 AND seq > $5)))) \
-     ORDER BY priority DESC, due, seq LIMIT $6 FOR UPDATE SKIP LOCKED";
+     ORDER BY priority DESC, due, seq LIMIT $6 FOR UPDATE SKIP LOCKED"
+);
 
 /// Starts the operations whose `seq`s are `$1` on node `$2` at `$3` (as the claim does).
 const START: &str = concat!(
-    "UPDATE operations SET state = 2, owner = $2, start_time = $3, update_time = $3, \
+    "UPDATE operations SET state = ",
+    running_sql!(),
+    ", owner = $2, start_time = $3, update_time = $3, \
        next_attempt_time = NULL, due = NULL, version = version + 1, changed_by = ",
     this_transaction!(),
-    " WHERE seq = ANY($1) AND state = 1 RETURNING ",
+    " WHERE seq = ANY($1) AND state = ",
+    queued_sql!(),
+    " RETURNING ",
     columns!()
 );
 

@@ -233,7 +233,11 @@ impl Store for PostgresStore {
             .await
             .map_err(pg_error)?;
         let counted = tx
-            .prepare_cached("SELECT kind, count(*) FROM operations WHERE state = 2 GROUP BY kind")
+            .prepare_cached(concat!(
+                "SELECT kind, count(*) FROM operations WHERE state = ",
+                running_sql!(),
+                " GROUP BY kind"
+            ))
             .await
             .map_err(pg_error)?;
         let (_, counts) =
@@ -299,10 +303,14 @@ impl Store for PostgresStore {
 
     async fn heartbeat(&self, node: &str, lease_until: SystemTime) -> Result<(), StoreError> {
         self.query(
-            "WITH gone AS (DELETE FROM nodes n WHERE n.lease_until < $3 AND n.id <> $1 \
-               AND NOT EXISTS (SELECT 1 FROM operations o WHERE o.state = 2 AND o.owner = n.id)) \
+            concat!(
+                "WITH gone AS (DELETE FROM nodes n WHERE n.lease_until < $3 AND n.id <> $1 \
+               AND NOT EXISTS (SELECT 1 FROM operations o WHERE o.state = ",
+                running_sql!(),
+                " AND o.owner = n.id)) \
              INSERT INTO nodes (id, lease_until) VALUES ($1, $2) \
-             ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until",
+             ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until"
+            ),
             &[
                 &node,
                 &micros(lease_until),
@@ -330,8 +338,12 @@ impl Store for PostgresStore {
         let passed = self.query(DEADLINES_PASSED, &[&now, &count(limit)]).await?;
         let next = self
             .query(
-                "SELECT min(deadline) FROM operations WHERE state = 1 \
-                 AND deadline IS NOT NULL AND deadline > $1",
+                concat!(
+                    "SELECT min(deadline) FROM operations WHERE state = ",
+                    queued_sql!(),
+                    " \
+                 AND deadline IS NOT NULL AND deadline > $1"
+                ),
                 &[&now],
             )
             .await?;

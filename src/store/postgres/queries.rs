@@ -175,10 +175,10 @@ pub(super) const CLAIM: &str = concat!(
     "WITH wanted AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS w(kind, room)), \
      picked AS (SELECT c.seq AS claimed, c.due AS due_at, c.priority AS rank FROM wanted CROSS JOIN LATERAL ( \
          SELECT o.seq, o.due, o.priority FROM operations o \
-         WHERE o.state = 1 AND o.kind = wanted.kind AND o.due <= $3 \
+         WHERE o.state = ", queued_sql!(), " AND o.kind = wanted.kind AND o.due <= $3 \
          ORDER BY o.priority DESC, o.due, o.seq LIMIT wanted.room FOR UPDATE SKIP LOCKED) c \
        ORDER BY c.priority DESC, c.due, c.seq LIMIT $4) \
-     UPDATE operations SET state = 2, owner = $5, start_time = $3, update_time = $3, \
+     UPDATE operations SET state = ", running_sql!(), ", owner = $5, start_time = $3, update_time = $3, \
        next_attempt_time = NULL, due = NULL, version = version + 1, changed_by = ",
     this_transaction!(),
     " FROM picked WHERE seq = picked.claimed RETURNING ",
@@ -187,8 +187,12 @@ pub(super) const CLAIM: &str = concat!(
 );
 
 /// When the next queued operation of the kinds (`$1`) is due, after now (`$2`).
-pub(super) const NEXT_DUE: &str = "SELECT min(due) FROM operations \
-     WHERE state = 1 AND kind = ANY($1::text[]) AND due > $2";
+pub(super) const NEXT_DUE: &str = concat!(
+    "SELECT min(due) FROM operations \
+     WHERE state = ",
+    queued_sql!(),
+    " AND kind = ANY($1::text[]) AND due > $2"
+);
 
 pub(super) const UNFINISHED: &str = concat!(
     "SELECT ",
@@ -203,7 +207,9 @@ pub(super) const UNFINISHED: &str = concat!(
 pub(super) const ORPHANS: &str = concat!(
     "SELECT ",
     columns!(),
-    " FROM operations o WHERE o.state = 2 AND o.owner IS DISTINCT FROM $1 AND NOT EXISTS \
+    " FROM operations o WHERE o.state = ",
+    running_sql!(),
+    " AND o.owner IS DISTINCT FROM $1 AND NOT EXISTS \
      (SELECT 1 FROM nodes n WHERE n.id = o.owner AND n.lease_until >= $2) \
      ORDER BY o.seq + 0 LIMIT $3"
 );
@@ -211,7 +217,9 @@ pub(super) const ORPHANS: &str = concat!(
 pub(super) const DEADLINES_PASSED: &str = concat!(
     "SELECT ",
     columns!(),
-    " FROM operations WHERE state = 1 AND deadline IS NOT NULL AND deadline <= $1 \
+    " FROM operations WHERE state = ",
+    queued_sql!(),
+    " AND deadline IS NOT NULL AND deadline <= $1 \
      ORDER BY deadline, seq LIMIT $2"
 );
 

@@ -61,7 +61,9 @@ const WRITE_BATCH: &str = concat!(
      changed_by = ",
     this_transaction!(),
     " FROM w WHERE o.id = w.id AND CASE WHEN w.expected IS NULL \
-       THEN o.state = 2 AND o.owner = w.fence_owner AND o.attempt = w.fence_attempt \
+       THEN o.state = ",
+    running_sql!(),
+    " AND o.owner = w.fence_owner AND o.attempt = w.fence_attempt \
        ELSE o.version = w.expected END \
      RETURNING o.id, o.version, o.cancel_requested"
 );

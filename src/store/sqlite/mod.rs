@@ -45,7 +45,7 @@ use super::{
 use crate::filter::{Filter, SqlValue};
 use crate::model::{Fence, OperationId, OperationRecord};
 use crate::store::row::{created_bounds, RowImage, FILTER_COLUMNS};
-use crate::store::row::{NODES_SQL, QUEUED_SQL};
+use crate::store::row::{NODES_SQL, QUEUED, QUEUED_SQL};
 use crate::store::tally;
 use open::*;
 use queries::*;
@@ -213,7 +213,7 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let rows: Vec<RawRow> = conn
                 .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM operations WHERE state = 1 AND deadline <= ?1 \
+                    "SELECT {COLUMNS} FROM operations WHERE state = {QUEUED} AND deadline <= ?1 \
                      ORDER BY deadline LIMIT ?2"
                 ))
                 .and_then(|mut s| {
@@ -222,9 +222,11 @@ impl Store for SqliteStore {
                 })
                 .map_err(sql_error)?;
             let next: Option<i64> = conn
-                .prepare_cached(
-                    "SELECT MIN(deadline) FROM operations WHERE state = 1 AND deadline > ?1",
-                )
+                .prepare_cached(concat!(
+                    "SELECT MIN(deadline) FROM operations WHERE state = ",
+                    queued_sql!(),
+                    " AND deadline > ?1"
+                ))
                 .and_then(|mut s| s.query_row(params![now], |r| r.get(0)))
                 .map_err(sql_error)?;
             Ok(Deadlines {

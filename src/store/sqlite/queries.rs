@@ -2,6 +2,7 @@
 //! orphans, schedules.
 
 use super::*;
+use crate::store::row::RUNNING;
 
 /// [`COLUMNS`] of the table named `alias` in a join.
 pub(super) fn qualified(alias: &str) -> String {
@@ -20,7 +21,7 @@ pub(super) fn orphans_sql() -> String {
     format!(
         "SELECT {} FROM operations o INDEXED BY operations_owner \
          LEFT JOIN nodes n ON n.id = o.owner \
-         WHERE o.state = 2 AND (o.owner IS NULL OR o.owner != ?1) \
+         WHERE o.state = {RUNNING} AND (o.owner IS NULL OR o.owner != ?1) \
          AND (n.lease_until IS NULL OR n.lease_until < ?2) ORDER BY o.seq LIMIT ?3",
         qualified("o")
     )

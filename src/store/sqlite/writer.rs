@@ -35,7 +35,7 @@ use tokio::sync::oneshot;
 use super::schema::{row_to_record, RawRow, COLUMNS, LAYOUT_CURRENT};
 use super::{sql_error, sql_limit};
 use crate::model::{Fence, OperationId, State};
-use crate::store::row::{rate_gate, RowImage};
+use crate::store::row::{rate_gate, RowImage, QUEUED, RUNNING};
 use crate::store::tally::{self, Tally};
 use crate::store::{from_micros, micros, Claim, Gates, KeyGate, RateGate, StoreError, Swept};
 
@@ -679,7 +679,7 @@ fn write(
             tx.prepare_cached(&format!(
                 "UPDATE operations SET {SET}, version = version + 1, \
                  cancel_requested = MAX(cancel_requested, ?14) \
-                 WHERE id = ?1 AND state = 2 AND owner = ?15 AND attempt = ?16 \
+                 WHERE id = ?1 AND state = {RUNNING} AND owner = ?15 AND attempt = ?16 \
                  RETURNING version, cancel_requested"
             ))
             .and_then(|mut s| s.query_row(all.as_slice(), returned).optional())
@@ -717,13 +717,20 @@ fn tallied(tx: &Connection, id: &str) -> Result<Option<(String, i32, Option<i64>
 }
 
 /// A kind's due work, oldest due first (served by `operations_queue`).
-const CLAIM_DUE: &str = "SELECT priority, due, seq, concurrency_key FROM operations \
-     INDEXED BY operations_ready WHERE state = 1 AND due <= ?1 AND kind = {kind} \
-     ORDER BY priority DESC, due, seq";
+const CLAIM_DUE: &str = concat!(
+    "SELECT priority, due, seq, concurrency_key FROM operations \
+     INDEXED BY operations_ready WHERE state = ",
+    queued_sql!(),
+    " AND due <= ?1 AND kind = {kind} \
+     ORDER BY priority DESC, due, seq"
+);
 
 /// When a kind's next queued operation becomes due.
-const CLAIM_NEXT_DUE: &str =
-    "SELECT MIN(due) FROM operations WHERE state = 1 AND due > ?1 AND kind = {kind}";
+const CLAIM_NEXT_DUE: &str = concat!(
+    "SELECT MIN(due) FROM operations WHERE state = ",
+    queued_sql!(),
+    " AND due > ?1 AND kind = {kind}"
+);
 
 /// One of the claim's statements for one kind, and whether the kind is to be bound (as `?2`).
 ///
@@ -824,9 +831,9 @@ fn claim(tx: &Connection, claim: &Claim, tally: &mut Tally) -> Result<ClaimedRow
     candidates.truncate(claim.total);
     let mut start = tx
         .prepare_cached(&format!(
-            "UPDATE operations SET state = 2, owner = ?2, start_time = ?3, update_time = ?3, \
+            "UPDATE operations SET state = {RUNNING}, owner = ?2, start_time = ?3, update_time = ?3, \
              next_attempt_time = NULL, due = NULL, version = version + 1 \
-             WHERE seq = ?1 AND state = 1 RETURNING {COLUMNS}"
+             WHERE seq = ?1 AND state = {QUEUED} RETURNING {COLUMNS}"
         ))
         .map_err(sql_error)?;
     let mut started = Vec::with_capacity(candidates.len());
@@ -889,10 +896,12 @@ fn gates(tx: &Connection, claim: &Claim, kind: &str, now: i64) -> Result<Gates, 
 fn running_keys(tx: &Connection, kind: &str) -> Result<Vec<(String, usize)>, StoreError> {
     // The condition of `operations_running_keys`, literally, so that it serves the count.
     let mut running = tx
-        .prepare_cached(
-            "SELECT concurrency_key, count(*) FROM operations WHERE kind = ?1 AND state = 2 \
-             AND concurrency_key IS NOT NULL GROUP BY concurrency_key",
-        )
+        .prepare_cached(concat!(
+            "SELECT concurrency_key, count(*) FROM operations WHERE kind = ?1 AND state = ",
+            running_sql!(),
+            " \
+             AND concurrency_key IS NOT NULL GROUP BY concurrency_key"
+        ))
         .map_err(sql_error)?;
     let rows = running
         .query_map(params![kind], |row| {
@@ -908,10 +917,12 @@ fn running_keys(tx: &Connection, kind: &str) -> Result<Vec<(String, usize)>, Sto
 
 fn heartbeat(tx: &Connection, node: &str, until: i64) -> Result<(), StoreError> {
     let before = crate::store::forget_before(until);
-    tx.prepare_cached(
+    tx.prepare_cached(concat!(
         "DELETE FROM nodes WHERE lease_until < ?1 AND id <> ?2 AND NOT EXISTS \
-         (SELECT 1 FROM operations o WHERE o.state = 2 AND o.owner = nodes.id)",
-    )
+         (SELECT 1 FROM operations o WHERE o.state = ",
+        running_sql!(),
+        " AND o.owner = nodes.id)"
+    ))
     .and_then(|mut s| s.execute(params![before, node]))
     .map_err(sql_error)?;
     tx.prepare_cached(
