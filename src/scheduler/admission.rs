@@ -177,7 +177,7 @@ impl Runner {
             schedule,
             fire_time,
         } = request;
-        if !self.shared.accepting.load(Ordering::Acquire) {
+        if !self.shared.life.accepting.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
         let Some(task) = self.shared.kinds.find(&*self.shared.store, &kind).await else {
@@ -295,14 +295,14 @@ impl Runner {
     fn admitted(&self, r: &OperationRecord) {
         info!(op.name = %r.id, op.kind = %r.kind, "submitted");
         if super::batch::CONTROL_KINDS.contains(&r.kind.as_str()) {
-            self.shared.control_pending.store(true, Ordering::Release);
+            self.shared.pending.control.store(true, Ordering::Release);
         }
         if !self.shared.kinds.is_in_process(&r.kind) {
-            self.shared.remote_pending.store(true, Ordering::Release);
+            self.shared.pending.remote.store(true, Ordering::Release);
         }
-        self.shared.dispatch_wake.notify_one();
+        self.shared.wakes.dispatch.notify_one();
         if r.deadline.is_some() {
-            self.shared.deadline_wake.notify_one();
+            self.shared.wakes.deadline.notify_one();
         }
     }
 
@@ -340,12 +340,12 @@ impl Runner {
         let wait = self.shared.config.queue_full_wait;
         let started = tokio::time::Instant::now();
         loop {
-            let room = self.shared.queue_room.notified();
+            let room = self.shared.wakes.queue_room.notified();
             let full = match self.lock_slots().reserve(kind, kind_bound, global_bound) {
                 Ok(()) => return Ok(()),
                 Err(full) => full,
             };
-            if !self.shared.accepting.load(Ordering::Acquire) {
+            if !self.shared.life.accepting.load(Ordering::Acquire) {
                 return Err(Error::ShuttingDown);
             }
             let Some(left) = wait.checked_sub(started.elapsed()).filter(|d| !d.is_zero()) else {

@@ -34,8 +34,8 @@ impl Runner {
                 .min(SAFETY_POLL);
             tokio::select! {
                 () = tokio::time::sleep(sleep) => {}
-                () = self.shared.deadline_wake.notified() => {}
-                () = self.shared.root.cancelled() => return,
+                () = self.shared.wakes.deadline.notified() => {}
+                () = self.shared.life.root.cancelled() => return,
             }
         }
     }

@@ -98,7 +98,7 @@ impl Runner {
         let total: usize = kinds.iter().map(|(_, room)| room).sum();
         if total == 0 {
             // Full: the next batch to end frees room and asks again.
-            self.shared.control_pending.store(true, Ordering::Release);
+            self.shared.pending.control.store(true, Ordering::Release);
             return None;
         }
         let claim = Claim {
@@ -114,7 +114,7 @@ impl Runner {
             Ok(claimed) => {
                 // Full, or one waits for its time: look again at the next wake.
                 if claimed.operations.len() == total || claimed.next_due.is_some() {
-                    self.shared.control_pending.store(true, Ordering::Release);
+                    self.shared.pending.control.store(true, Ordering::Release);
                 }
                 for record in claimed.operations {
                     self.launch(record);
@@ -124,7 +124,7 @@ impl Runner {
             Err(e) => {
                 // The main claim that follows meets the same store and backs off.
                 warn!(error = %e, "the store refused a claim of batches");
-                self.shared.control_pending.store(true, Ordering::Release);
+                self.shared.pending.control.store(true, Ordering::Release);
                 None
             }
         }
@@ -149,17 +149,17 @@ impl Runner {
                 .lock_slots()
                 .room(self.kind_limits(), self.shared.config.max_running);
             let mut next_due = None;
-            let mut gate = Some(self.shared.claiming.lock().await);
+            let mut gate = Some(self.shared.lease.claiming.lock().await);
             // Without a lease, what this node claimed would look abandoned to the others.
-            let leased = !self.shared.lease_lost.load(Ordering::Acquire);
-            if leased && self.shared.control_pending.swap(false, Ordering::AcqRel) {
+            let leased = !self.shared.lease.lost.load(Ordering::Acquire);
+            if leased && self.shared.pending.control.swap(false, Ordering::AcqRel) {
                 next_due = self.claim_control().await;
             }
-            if leased && self.shared.remote_pending.swap(false, Ordering::AcqRel) {
+            if leased && self.shared.pending.remote.swap(false, Ordering::AcqRel) {
                 // A session's claim finding work due later looks again then.
                 if let Some(due) = self.claim_for_sessions().await {
                     next_due = next_due.into_iter().chain(Some(due)).min();
-                    self.shared.remote_pending.store(true, Ordering::Release);
+                    self.shared.pending.remote.store(true, Ordering::Release);
                 }
             }
             if leased && total > 0 && !kinds.is_empty() {
@@ -202,7 +202,7 @@ impl Runner {
                         }
                         tokio::select! {
                             () = tokio::time::sleep(retry) => {}
-                            () = self.shared.root.cancelled() => return,
+                            () = self.shared.life.root.cancelled() => return,
                         }
                         retry = (retry * 2).min(CLAIM_RETRY_MAX);
                         continue;
@@ -215,10 +215,10 @@ impl Runner {
                 // A batch another node queued and left (its node went away) is found by a
                 // look every safety poll, not on every wake.
                 last_control_look = tokio::time::Instant::now();
-                self.shared.control_pending.store(true, Ordering::Release);
+                self.shared.pending.control.store(true, Ordering::Release);
                 // Likewise work of declared kinds another node queued, and kinds another
                 // node declared.
-                self.shared.remote_pending.store(true, Ordering::Release);
+                self.shared.pending.remote.store(true, Ordering::Release);
                 if let Err(e) = self.shared.kinds.load(&*self.shared.store).await {
                     warn!(error = %e, "the declared kinds could not be read");
                 }
@@ -235,9 +235,9 @@ impl Runner {
                 }
             };
             tokio::select! {
-                () = self.shared.dispatch_wake.notified() => {}
+                () = self.shared.wakes.dispatch.notified() => {}
                 () = timer => {}
-                () = self.shared.root.cancelled() => return,
+                () = self.shared.life.root.cancelled() => return,
             }
         }
     }

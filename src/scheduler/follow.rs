@@ -75,7 +75,7 @@ impl Runner {
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
                 () = news => nudged = true,
-                () = self.shared.root.cancelled() => return,
+                () = self.shared.life.root.cancelled() => return,
             }
         }
     }
@@ -91,12 +91,13 @@ impl Runner {
             if !self.shared.kinds.is_in_process(&record.kind) {
                 // Work for this node's worker sessions, maybe.
                 self.shared
-                    .remote_pending
+                    .pending
+                    .remote
                     .store(true, std::sync::atomic::Ordering::Release);
             }
-            self.shared.dispatch_wake.notify_one();
+            self.shared.wakes.dispatch.notify_one();
             if record.deadline.is_some() {
-                self.shared.deadline_wake.notify_one();
+                self.shared.wakes.deadline.notify_one();
             }
         }
     }

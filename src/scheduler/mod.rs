@@ -250,6 +250,62 @@ fn with_batches(mut registry: Registry, shared: &std::sync::Weak<Shared>) -> Reg
     registry
 }
 
+/// Who to wake when something changed. Each is a hint: a woken task reads again the state it
+/// waits on, so a wake-up lost to a race costs at most a poll interval, never a stuck task.
+#[derive(Default)]
+struct Wakes {
+    /// The dispatcher: work may be due, or a slot free.
+    dispatch: Notify,
+    /// The deadline sweeper: a submission carries a deadline.
+    deadline: Notify,
+    /// The fire loop: a schedule of this node changed.
+    schedule: Notify,
+    /// The submissions waiting for room in a full queue: operations left it.
+    queue_room: Notify,
+    /// The retention sweeper, early (see `retention`).
+    sweep: Notify,
+}
+
+/// Whether the runner still takes work. Invariant: once `accepting` is false it never turns
+/// true again, and `root` is cancelled and `tracker` closed right after it turns
+/// (`Runner::begin_shutdown`, the one place that changes any of the three), so every worker
+/// token (a child of `root`) ends and shutdown waits for every task `tracker` spawned.
+struct Life {
+    accepting: AtomicBool,
+    root: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// The retention sweeper's view of the store (see `retention`).
+#[derive(Default)]
+struct Retained {
+    /// Finished operations in the store, as of the last sweep plus those finished since.
+    finished: AtomicUsize,
+    /// Whether the sweeper has no expiry scheduled (so the next finish must wake it).
+    sweeper_idle: AtomicBool,
+}
+
+/// This node's hold on its work (see `recovery`). Invariant: while `lost` is true, nothing
+/// is claimed; `claiming` is held across a claim and the launch of what it claimed, and while
+/// the node takes back what it left when its lease ended, so neither sees the other half
+/// done.
+#[derive(Default)]
+struct Lease {
+    /// This node's lease ended before it could renew it.
+    lost: AtomicBool,
+    claiming: tokio::sync::Mutex<()>,
+}
+
+/// Claims the dispatcher makes besides the ordinary one, only when one may be needed (so
+/// the hot path makes no extra store call). Set by whoever may have made one needed, cleared
+/// by the dispatcher before it claims.
+struct Pending {
+    /// Batches may wait for the dispatcher's own claim of them (see `batch`).
+    control: AtomicBool,
+    /// Work may wait for this node's worker sessions (see `workers`).
+    remote: AtomicBool,
+}
+
 /// The runner: a cheap `Clone` handle over shared state.
 #[derive(Clone)]
 pub struct Runner {
@@ -263,44 +319,32 @@ struct Shared {
     config: RunnerConfig,
     /// The operations this node runs now.
     running: DashMap<OperationId, Arc<running::Running>>,
+    /// This node's counts by kind (running, waiting), which the running limits and the queue
+    /// bounds read. Invariant with `running`: an operation of `running` that still holds a
+    /// slot (`Running::give_up_slot` has not answered true) is counted running here; every
+    /// path that takes one out of `running` gives its slot or room back once
+    /// (`Runner::release` → `Runner::forget_run`).
     // std Mutex, not tokio's: nothing awaits while it is held.
     slots: Mutex<slots::Slots>,
-    /// Wakes the dispatcher: work may be due, or a slot free.
-    dispatch_wake: Notify,
-    /// Wakes the deadline sweeper: a submission carries a deadline.
-    deadline_wake: Notify,
-    /// Wakes the fire loop: a schedule of this node changed.
-    schedule_wake: Notify,
-    /// Wakes the submissions waiting for room in a full queue: operations left it.
-    queue_room: Notify,
+    /// Who to wake when something changed.
+    wakes: Wakes,
     bus: Arc<bus::Bus>,
-    root: CancellationToken,
-    tracker: TaskTracker,
-    accepting: AtomicBool,
-    /// Wakes the retention sweeper early (see `retention`).
-    sweep_wake: Notify,
-    /// Finished operations in the store, as of the last sweep plus those finished since.
-    finished: AtomicUsize,
-    /// Whether the sweeper has no expiry scheduled (so the next finish must wake it).
-    sweeper_idle: AtomicBool,
-    /// Whether this node's lease ended before it could renew it: it claims nothing until it
-    /// holds one again (see `recovery`).
-    lease_lost: AtomicBool,
-    /// Held across a claim and the launch of what it claimed, and while this node takes back
-    /// the work it left when its lease ended: neither sees the other half done.
-    claiming: tokio::sync::Mutex<()>,
+    /// Whether this runner still takes work, and what ends with it.
+    life: Life,
+    /// The retention sweeper's view of the store.
+    retained: Retained,
+    /// This node's hold on its work.
+    lease: Lease,
     /// What this node counts for Prometheus (see [`crate::metrics`]).
     metrics: Arc<crate::metrics::Metrics>,
-    /// Whether batches may wait for the dispatcher's own claim of them (see `batch`).
-    control_pending: AtomicBool,
+    /// Claims the dispatcher makes besides the ordinary one.
+    pending: Pending,
     /// The last summary read (see `admin`).
     summary: Mutex<Option<admin::KeptSummary>>,
     /// The WatchOperations readers.
     fanout: Arc<fanout::Fanout>,
     /// The worker sessions open on this node.
     sessions: workers::Sessions,
-    /// Whether the dispatcher should claim work for the sessions (see `workers`).
-    remote_pending: AtomicBool,
     /// The kinds whose start rate held due work back at this node's last claim of them, with
     /// the rate: what a QUEUED operation of theirs waits for (see `queries`).
     throttled: DashMap<String, crate::store::Rate>,
@@ -355,24 +399,23 @@ impl Runner {
                 running: DashMap::new(),
                 throttled: DashMap::new(),
                 slots: Mutex::new(slots::Slots::default()),
-                dispatch_wake: Notify::new(),
-                queue_room: Notify::new(),
-                deadline_wake: Notify::new(),
-                schedule_wake: Notify::new(),
+                wakes: Wakes::default(),
                 bus: Arc::new(bus::Bus::new(followed.is_some())),
-                root: CancellationToken::new(),
-                tracker: TaskTracker::new(),
-                accepting: AtomicBool::new(true),
-                sweep_wake: Notify::new(),
-                finished: AtomicUsize::new(0),
-                sweeper_idle: AtomicBool::new(false),
-                lease_lost: AtomicBool::new(false),
-                claiming: tokio::sync::Mutex::new(()),
-                control_pending: AtomicBool::new(true),
+                life: Life {
+                    accepting: AtomicBool::new(true),
+                    root: CancellationToken::new(),
+                    tracker: TaskTracker::new(),
+                },
+                retained: Retained::default(),
+                lease: Lease::default(),
+                // A batch left by the last process may be waiting.
+                pending: Pending {
+                    control: AtomicBool::new(true),
+                    remote: AtomicBool::new(false),
+                },
                 summary: Mutex::new(None),
                 fanout: Arc::default(),
                 sessions: workers::Sessions::default(),
-                remote_pending: AtomicBool::new(false),
                 config,
             }),
         };
@@ -412,7 +455,7 @@ impl Runner {
         .chain(shared_store.into_iter().flatten())
         {
             let runner = runner.clone();
-            runner.shared.tracker.clone().spawn(async move {
+            runner.shared.life.tracker.clone().spawn(async move {
                 match task {
                     Task::Dispatch => runner.dispatch_loop().await,
                     Task::Deadlines => runner.deadline_loop().await,
@@ -427,6 +470,7 @@ impl Runner {
             let follower = runner.clone();
             runner
                 .shared
+                .life
                 .tracker
                 .spawn(async move { follower.follow_loop(after).await });
         }
@@ -457,7 +501,7 @@ impl Runner {
     /// [`Error::ShuttingDown`], or [`Error::Store`] when the store fails or does not answer
     /// in time.
     pub async fn ready(&self, timeout: Duration) -> Result<(), Error> {
-        if !self.shared.accepting.load(Ordering::Acquire) {
+        if !self.shared.life.accepting.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
         // A read of an id no operation has: it reaches the table every call reads.
@@ -484,7 +528,7 @@ impl Runner {
 
     /// Completes when shutdown begins ([`begin_shutdown`](Self::begin_shutdown)).
     pub fn stopping(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
-        self.shared.root.clone().cancelled_owned()
+        self.shared.life.root.clone().cancelled_owned()
     }
 
     /// Every change of every operation from now on, after it is durable.
@@ -543,7 +587,7 @@ impl Runner {
     /// [`Error::Store`] when the final flush of the store fails.
     pub async fn shutdown(&self, grace: Duration) -> Result<(), Error> {
         self.begin_shutdown();
-        if tokio::time::timeout(grace, self.shared.tracker.wait())
+        if tokio::time::timeout(grace, self.shared.life.tracker.wait())
             .await
             .is_err()
         {
@@ -585,15 +629,15 @@ impl Runner {
     /// The first, synchronous half of shutdown: refuse new submissions, start nothing new,
     /// cancel every running worker with the reason "shutdown", and release Wait calls.
     pub fn begin_shutdown(&self) {
-        if !self.shared.accepting.swap(false, Ordering::AcqRel) {
+        if !self.shared.life.accepting.swap(false, Ordering::AcqRel) {
             return;
         }
         info!(running = self.running(), "shutting down");
         for entry in &self.shared.running {
             entry.value().mark(crate::model::CancelReason::Shutdown);
         }
-        self.shared.root.cancel();
-        self.shared.tracker.close();
+        self.shared.life.root.cancel();
+        self.shared.life.tracker.close();
     }
 
     /// How many operations are not done yet, as this node counts them (queued or running).

@@ -187,7 +187,7 @@ impl Runner {
                 watch.receiver.wait_for(|r| r.as_ref().is_some_and(OperationRecord::is_done)),
             ) => seen.ok().and_then(Result::ok).and_then(|r| r.clone()),
             // At shutdown, answer now with the latest state rather than hold the server open.
-            () = self.shared.root.cancelled() => None,
+            () = self.shared.life.root.cancelled() => None,
         };
         match changed {
             Some(done) => Ok(done),

@@ -20,7 +20,7 @@ impl Runner {
         let counted = self.shared.store.queued().await?;
         self.lock_slots().recount(&before, &counted);
         // Other nodes' work may have left the queue.
-        self.shared.queue_room.notify_waiters();
+        self.shared.wakes.queue_room.notify_waiters();
         Ok(())
     }
 
@@ -48,7 +48,7 @@ impl Runner {
             };
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
-                () = self.shared.root.cancelled() => return,
+                () = self.shared.life.root.cancelled() => return,
             }
         }
     }

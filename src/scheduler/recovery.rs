@@ -205,13 +205,13 @@ impl Runner {
         loop {
             let waited = tokio::select! {
                 biased;
-                () = self.shared.root.cancelled() => return,
+                () = self.shared.life.root.cancelled() => return,
                 waited = self.before_lease_end(renewed, tokio::time::sleep(tick)) => waited,
             };
             if waited.is_none() {
                 continue;
             }
-            let lost = self.shared.lease_lost.load(Ordering::Acquire);
+            let lost = self.shared.lease.lost.load(Ordering::Acquire);
             if lost || renewed.elapsed() >= renew_every {
                 // The lease written runs from (at least) now. A renewal that hangs (a silent
                 // network) is given up after a third of the lease.
@@ -257,7 +257,7 @@ impl Runner {
         renewed: tokio::time::Instant,
         work: F,
     ) -> Option<F::Output> {
-        let held = !self.shared.lease_lost.load(Ordering::Acquire);
+        let held = !self.shared.lease.lost.load(Ordering::Acquire);
         match self.lease_end(renewed) {
             Some(end) if held => tokio::select! {
                 biased;
@@ -273,7 +273,7 @@ impl Runner {
 
     /// This node's lease ended: stops every worker, writing nothing for them.
     fn lease_ended(&self) {
-        self.shared.lease_lost.store(true, Ordering::Release);
+        self.shared.lease.lost.store(true, Ordering::Release);
         let stopped = self.shared.running.len();
         warn!(
             node = %self.shared.config.node,
@@ -294,7 +294,7 @@ impl Runner {
     /// nothing until then).
     async fn lease_regained(&self, renewed: tokio::time::Instant) {
         // No claim is on its way meanwhile (its work would look left behind).
-        let _gate = self.shared.claiming.lock().await;
+        let _gate = self.shared.lease.claiming.lock().await;
         let node = self.shared.config.node.as_str();
         let left = match self.shared.store.unfinished().await {
             Ok(all) => all,
@@ -341,9 +341,9 @@ impl Runner {
             );
             return;
         }
-        self.shared.lease_lost.store(false, Ordering::Release);
-        self.shared.control_pending.store(true, Ordering::Release);
-        self.shared.dispatch_wake.notify_one();
+        self.shared.lease.lost.store(false, Ordering::Release);
+        self.shared.pending.control.store(true, Ordering::Release);
+        self.shared.wakes.dispatch.notify_one();
         info!(requeued, "this node holds a lease again");
     }
 }

@@ -14,14 +14,20 @@ impl Runner {
     /// Counts a finished operation, waking the sweeper when it has nothing scheduled or the
     /// cap is passed.
     pub(crate) fn finished_one(&self) {
-        let finished = self.shared.finished.fetch_add(1, Ordering::AcqRel) + 1;
+        let finished = self.shared.retained.finished.fetch_add(1, Ordering::AcqRel) + 1;
         let over_cap = self
             .shared
             .config
             .max_retained
             .is_some_and(|cap| finished > cap + (cap / 100).max(1));
-        if over_cap || self.shared.sweeper_idle.swap(false, Ordering::AcqRel) {
-            self.shared.sweep_wake.notify_one();
+        if over_cap
+            || self
+                .shared
+                .retained
+                .sweeper_idle
+                .swap(false, Ordering::AcqRel)
+        {
+            self.shared.wakes.sweep.notify_one();
         }
     }
 
@@ -44,7 +50,7 @@ impl Runner {
                         );
                     }
                     if let Some(kept) = swept.finished {
-                        self.shared.finished.store(kept, Ordering::Release);
+                        self.shared.retained.finished.store(kept, Ordering::Release);
                     }
                     // An expiry past what a clock holds is never.
                     swept
@@ -63,6 +69,7 @@ impl Runner {
                 }
             };
             self.shared
+                .retained
                 .sweeper_idle
                 .store(next.is_none(), Ordering::Release);
             tokio::select! {
@@ -72,8 +79,8 @@ impl Runner {
                         None => std::future::pending().await,
                     }
                 } => {}
-                () = self.shared.sweep_wake.notified() => {}
-                () = self.shared.root.cancelled() => return,
+                () = self.shared.wakes.sweep.notified() => {}
+                () = self.shared.life.root.cancelled() => return,
             }
         }
     }

@@ -51,19 +51,19 @@ impl Runner {
                 status_message: record.status_message.clone(),
                 details: record.details.clone(),
             }),
-            token: self.shared.root.child_token(),
+            token: self.shared.life.root.child_token(),
             reason: OnceLock::new(),
             write_failures: AtomicU32::new(0),
             holds_slot: AtomicBool::new(remote.is_none()),
             remote,
             record: Mutex::new(record),
         });
-        if self.shared.lease_lost.load(Ordering::Acquire) {
+        if self.shared.lease.lost.load(Ordering::Acquire) {
             // Claimed as the lease ended: it is not this node's to run; taken back (queued
             // again) when the node holds a lease again.
             running.mark(CancelReason::Lost);
         }
-        if !self.shared.accepting.load(Ordering::Acquire) {
+        if !self.shared.life.accepting.load(Ordering::Acquire) {
             // Shutting down: it stays RUNNING in the store for the restart rule.
             running.mark(CancelReason::Shutdown);
         } else if running.record().requested_cancellation {
@@ -93,6 +93,7 @@ impl Runner {
         );
         crate::otel::join_trace(&span, &record.traceparent);
         self.shared
+            .life
             .tracker
             .spawn(async move { runner.drive(running, task).await }.instrument(span));
     }
@@ -141,7 +142,7 @@ impl Runner {
     fn worker_returned(&self, running: &Running) {
         if running.give_up_slot() {
             self.lock_slots().returned(&running.kind);
-            self.shared.dispatch_wake.notify_one();
+            self.shared.wakes.dispatch.notify_one();
         }
     }
 
@@ -175,7 +176,7 @@ impl Runner {
                 ctx,
             )),
         };
-        let mut worker = self.shared.tracker.spawn(ended.in_current_span());
+        let mut worker = self.shared.life.tracker.spawn(ended.in_current_span());
         let grace = self.shared.config.cancel_grace;
         let deadline = record.deadline.map(|d| clock::until(self.now(), d));
         let token = running.token.clone();
@@ -329,7 +330,7 @@ impl Runner {
             let delay = self.note_write_failure(running, &e, "its end");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = self.shared.root.cancelled() => return,
+                () = self.shared.life.root.cancelled() => return,
             }
         }
     }
@@ -351,12 +352,13 @@ impl Runner {
             // deadline.
             if !self.shared.kinds.is_in_process(&written.kind) {
                 self.shared
-                    .remote_pending
+                    .pending
+                    .remote
                     .store(true, std::sync::atomic::Ordering::Release);
             }
-            self.shared.dispatch_wake.notify_one();
+            self.shared.wakes.dispatch.notify_one();
             if written.deadline.is_some() {
-                self.shared.deadline_wake.notify_one();
+                self.shared.wakes.deadline.notify_one();
             }
         }
     }

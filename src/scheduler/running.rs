@@ -140,9 +140,10 @@ impl Runner {
         if super::batch::CONTROL_KINDS.contains(&running.kind()) {
             // Its room is free (or it was requeued to try again).
             self.shared
-                .control_pending
+                .pending
+                .control
                 .store(true, std::sync::atomic::Ordering::Release);
         }
-        self.shared.dispatch_wake.notify_one();
+        self.shared.wakes.dispatch.notify_one();
     }
 }

@@ -163,7 +163,7 @@ impl Runner {
         {
             return Err(Error::ScheduleExists { name });
         }
-        self.shared.schedule_wake.notify_one();
+        self.shared.wakes.schedule.notify_one();
         info!(schedule = %name, "schedule created");
         Ok(self.with_outcomes(stored).await)
     }
@@ -434,7 +434,7 @@ impl Runner {
                 .put_schedule(&next, Some(row.version))
                 .await?
             {
-                self.shared.schedule_wake.notify_one();
+                self.shared.wakes.schedule.notify_one();
                 return Ok(stored);
             }
         }
@@ -499,8 +499,8 @@ impl Runner {
                         None => std::future::pending().await,
                     }
                 } => {}
-                () = self.shared.schedule_wake.notified() => {}
-                () = self.shared.root.cancelled() => return,
+                () = self.shared.wakes.schedule.notified() => {}
+                () = self.shared.life.root.cancelled() => return,
             }
         }
     }

@@ -73,6 +73,7 @@ impl Runner {
         // unpublished, uncounted and unknown to this node.
         let runner = self.clone();
         self.shared
+            .life
             .tracker
             .spawn(
                 async move { runner.write_and_publish(before, next, fence).await }
@@ -113,7 +114,7 @@ impl Runner {
         match (before, written.state) {
             (State::Queued, after) if after != State::Queued => {
                 self.lock_slots().unqueued(&written.kind);
-                self.shared.queue_room.notify_waiters();
+                self.shared.wakes.queue_room.notify_waiters();
             }
             (before, State::Queued) if before != State::Queued => {
                 self.lock_slots().queued(&written.kind);
@@ -167,6 +168,7 @@ impl Runner {
         // still be stored, and is then counted and published).
         let runner = self.clone();
         self.shared
+            .life
             .tracker
             .spawn(
                 async move {
@@ -198,6 +200,7 @@ impl Runner {
     ) -> Result<Vec<Inserted>, StoreError> {
         let runner = self.clone();
         self.shared
+            .life
             .tracker
             .spawn(
                 async move {
@@ -263,7 +266,7 @@ impl Runner {
                 .publish(record, Some(crate::model::State::Queued));
         }
         if !claimed.operations.is_empty() {
-            self.shared.queue_room.notify_waiters();
+            self.shared.wakes.queue_room.notify_waiters();
         }
         for (kind, rate) in &claim.rates {
             if claimed.held.contains(kind) {

@@ -267,7 +267,7 @@ impl Runner {
         worker: String,
         declarations: Vec<KindDeclaration>,
     ) -> Result<WorkerSession, Error> {
-        if !self.shared.accepting.load(Ordering::Acquire) {
+        if !self.shared.life.accepting.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
         if worker.len() > MAX_WORKER_NAME || worker.chars().any(char::is_control) {
@@ -329,7 +329,7 @@ impl Runner {
             state: Mutex::new(State::default()),
             news: Notify::new(),
             attachment: Notify::new(),
-            ended: self.shared.root.child_token(),
+            ended: self.shared.life.root.child_token(),
             why: Mutex::new(None),
             draining: std::sync::atomic::AtomicBool::new(false),
         });
@@ -358,6 +358,7 @@ impl Runner {
         let runner = self.clone();
         let watched = Arc::clone(&session);
         self.shared
+            .life
             .tracker
             .spawn(async move { runner.watch_session(watched).await });
         self.wake_for_sessions();
@@ -522,7 +523,7 @@ impl Runner {
                         () = attached.session.ended.cancelled() => {
                             // At shutdown the worker is told to go elsewhere (UNAVAILABLE);
                             // otherwise the stream just ends with its session.
-                            if attached.runner.shared.root.is_cancelled() {
+                            if attached.runner.shared.life.root.is_cancelled() {
                                 attached.over = true;
                                 return Some((Err(Error::ShuttingDown), attached));
                             }
@@ -723,8 +724,8 @@ impl Runner {
 
     /// Wakes the dispatcher to claim work for the sessions.
     pub(crate) fn wake_for_sessions(&self) {
-        self.shared.remote_pending.store(true, Ordering::Release);
-        self.shared.dispatch_wake.notify_one();
+        self.shared.pending.remote.store(true, Ordering::Release);
+        self.shared.wakes.dispatch.notify_one();
     }
 
     /// Claims work for every session ready for it, within each one's room, and starts it.
@@ -774,7 +775,7 @@ impl Runner {
                 }
                 Err(e) => {
                     warn!(session = %session.name, error = %e, "the store refused a claim for a worker session");
-                    self.shared.remote_pending.store(true, Ordering::Release);
+                    self.shared.pending.remote.store(true, Ordering::Release);
                     return None;
                 }
             }
@@ -942,7 +943,7 @@ impl Drop for Release {
             // Drained: the session ends now.
             let runner = self.runner.clone();
             let session = Arc::clone(&self.session);
-            self.runner.shared.tracker.spawn(async move {
+            self.runner.shared.life.tracker.spawn(async move {
                 let why = format!("worker session {} was closed (drained)", session.name);
                 runner.end_session(&session, why).await;
             });
@@ -971,7 +972,7 @@ impl Drop for Attached {
         let runner = self.runner.clone();
         let session = Arc::clone(&self.session);
         let name = session.name.clone();
-        self.runner.shared.tracker.spawn(async move {
+        self.runner.shared.life.tracker.spawn(async move {
             runner
                 .end_session(
                     &session,
