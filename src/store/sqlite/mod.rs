@@ -23,9 +23,11 @@
 //! request in a hundred wait ~40 ms under load.
 
 pub mod check;
+mod claims;
 mod open;
 mod queries;
 mod schema;
+mod wal;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -50,7 +52,8 @@ use crate::store::tally;
 use open::*;
 use queries::*;
 use schema::{row_to_record, RawRow, COLUMNS};
-use writer::{checkpointer, writer_loop, Command, InsertOutcome, WalBound, WriteOutcome};
+use wal::{checkpointer, WalBound};
+use writer::{writer_loop, Command, InsertOutcome, WriteOutcome};
 
 /// How hard a commit pushes data to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -201,7 +201,7 @@ impl SqliteStore {
             .map_err(unavailable)?;
         // From here on the connection is the writer's: it only ever waits for readers still in
         // the log during a restart, briefly.
-        wait_patiently(&mut conn, writer::WRITER_PATIENCE).map_err(sql_error)?;
+        wait_patiently(&mut conn, super::wal::WRITER_PATIENCE).map_err(sql_error)?;
         let wal = WalBound::new(
             &mut conn,
             options.wal_limit_bytes.max(1 << 20),

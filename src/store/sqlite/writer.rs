@@ -24,20 +24,20 @@
 //!   checkpoint succeeds. Only a read that lasts longer (`oprun store check` beside a running
 //!   server) lets the log pass its bound, until that read ends.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
+use super::claims::{claim, ClaimedRows};
 use super::schema::{row_to_record, RawRow, COLUMNS, LAYOUT_CURRENT};
+use super::wal::WalBound;
 use super::{sql_error, sql_limit};
 use crate::model::{Fence, OperationId, State};
-use crate::store::row::{rate_gate, RowImage, QUEUED, RUNNING};
+use crate::store::row::{RowImage, RUNNING};
 use crate::store::tally::{self, Tally};
-use crate::store::{from_micros, micros, Claim, Gates, KeyGate, RateGate, StoreError, Swept};
+use crate::store::{from_micros, micros, Claim, StoreError, Swept};
 
 /// What an insert found.
 pub(super) enum InsertOutcome {
@@ -46,10 +46,6 @@ pub(super) enum InsertOutcome {
     /// The `request_id` was already used by this row.
     Existing(Box<RawRow>),
 }
-
-/// The rows a claim started, the next due time of a queued operation of its kinds (or when
-/// a rate lets more start), and the kinds a rate held back.
-pub(super) type ClaimedRows = (Vec<RawRow>, Option<i64>, Vec<String>);
 
 /// What the writer thread is asked to do; each carries the channel its answer goes to.
 pub(super) enum Command {
@@ -102,169 +98,6 @@ pub(super) enum WriteOutcome {
 
 /// The longest the writer lingers for more commands before committing.
 const MAX_LINGER: Duration = Duration::from_micros(500);
-
-/// How much the log grows between two requests for a background (PASSIVE) checkpoint.
-pub(super) const PASSIVE_STEP: u64 = 4 << 20;
-
-/// How long the writer keeps commits back, at the log's bound, for a checkpoint to succeed
-/// before it lets them go on (and says so).
-const HARD_WAIT: Duration = Duration::from_secs(1);
-
-/// After a restart failed (a read held the log), how long commits go on before the next try.
-const RESTART_BACKOFF: Duration = Duration::from_secs(1);
-
-/// How long the writer's connection waits for readers still in the log during a restart
-/// (its busy handler's patience; nothing else makes the only writer wait).
-pub(super) const WRITER_PATIENCE: Duration = Duration::from_millis(250);
-
-/// Copies the log into the database when the writer asks, concurrently with commits
-/// (PASSIVE: it never blocks the writer or readers), saying in `running` when it is at it.
-/// Blocks on its channel when idle.
-pub(super) fn checkpointer(conn: Connection, rx: mpsc::Receiver<()>, running: Arc<AtomicBool>) {
-    while rx.recv().is_ok() {
-        running.store(true, Ordering::Release);
-        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
-            tracing::warn!(error = %e, "WAL checkpoint failed; it will be retried");
-        }
-        running.store(false, Ordering::Release);
-    }
-}
-
-/// Keeps the log within its bound (see the module docs).
-pub(super) struct WalBound {
-    /// Pages in the log after the last commit, as SQLite's WAL hook reports them.
-    frames: Arc<AtomicI64>,
-    page_size: u64,
-    /// The log's bound, in bytes.
-    limit: u64,
-    /// `frames` when the last background checkpoint was requested.
-    requested_at: i64,
-    checkpoint: mpsc::SyncSender<()>,
-    /// Whether the background checkpoint is copying now.
-    copying: Arc<AtomicBool>,
-    /// Whether the log is known to be past its bound (logged once per episode).
-    over: bool,
-    /// No restart before this, after one failed.
-    backoff_until: Option<Instant>,
-}
-
-impl WalBound {
-    /// Watches `conn`'s log (through its WAL hook) and bounds it at `limit` bytes.
-    pub(super) fn new(
-        conn: &mut Connection,
-        limit: u64,
-        checkpoint: mpsc::SyncSender<()>,
-        copying: Arc<AtomicBool>,
-    ) -> rusqlite::Result<Self> {
-        let frames = Arc::new(AtomicI64::new(0));
-        let hook = Arc::clone(&frames);
-        conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
-            hook.store(i64::from(pages), Ordering::Relaxed);
-            Ok(())
-        }))?;
-        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        conn.execute_batch(&format!("PRAGMA journal_size_limit = {limit};"))?;
-        Ok(Self {
-            frames,
-            page_size: u64::try_from(page_size).unwrap_or(4096).max(512),
-            limit,
-            requested_at: 0,
-            checkpoint,
-            copying,
-            over: false,
-            backoff_until: None,
-        })
-    }
-
-    fn log_bytes(&self) -> u64 {
-        u64::try_from(self.frames.load(Ordering::Relaxed))
-            .unwrap_or(0)
-            .saturating_mul(self.page_size)
-    }
-
-    /// Runs after each commit: asks for a background checkpoint as the log grows, and
-    /// restarts the log past half its bound.
-    fn after_commit(&mut self, conn: &Connection) {
-        let frames = self.frames.load(Ordering::Relaxed);
-        if frames < self.requested_at {
-            // The log started again from its beginning.
-            self.requested_at = 0;
-        }
-        let grown = u64::try_from(frames - self.requested_at).unwrap_or(0) * self.page_size;
-        if grown >= PASSIVE_STEP {
-            // A full channel means a checkpoint is already pending: nothing to add.
-            let _ = self.checkpoint.try_send(());
-            self.requested_at = frames;
-        }
-        let bytes = self.log_bytes();
-        let hard = bytes >= self.limit;
-        // Below the bound, restart only while no background checkpoint is copying: the
-        // restart would wait for it, holding commits back; the next commit tries again.
-        if hard || (bytes >= self.limit / 2 && !self.copying.load(Ordering::Acquire)) {
-            self.restart(conn, hard);
-        }
-    }
-
-    /// Copies the whole log into the database so that the next commit starts it again from
-    /// its beginning. Below the bound, one try; at the bound (`hard`), commits wait while it
-    /// keeps trying for up to [`HARD_WAIT`]. When a read still holds the log (one that lasts
-    /// longer than the writer's patience, such as `oprun store check` beside the server),
-    /// commits go on and the next try is [`RESTART_BACKOFF`] later; past the bound the log
-    /// grows until that read ends (logged once per episode).
-    fn restart(&mut self, conn: &Connection, hard: bool) {
-        if self.backoff_until.is_some_and(|t| Instant::now() < t) {
-            return;
-        }
-        let started = Instant::now();
-        loop {
-            if !self.copying.load(Ordering::Acquire) {
-                // (busy, pages in the log, pages copied): busy is 1 when a reader outlasted
-                // the busy handler's patience, or another checkpoint held the checkpoint lock.
-                let attempt = Instant::now();
-                let result =
-                    conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
-                tracing::debug!(
-                    elapsed_us = u64::try_from(attempt.elapsed().as_micros()).unwrap_or(u64::MAX),
-                    wal_bytes = self.log_bytes(),
-                    ?result,
-                    "WAL restart checkpoint"
-                );
-                match result {
-                    Ok(0) => {
-                        self.frames.store(0, Ordering::Relaxed);
-                        self.requested_at = 0;
-                        self.backoff_until = None;
-                        if self.over {
-                            tracing::info!("the write-ahead log is back within its bound");
-                            self.over = false;
-                        }
-                        return;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "WAL checkpoint failed; it will be retried");
-                    }
-                }
-            }
-            if !hard || started.elapsed() >= HARD_WAIT {
-                break;
-            }
-            // A background checkpoint is copying, or held the lock a moment ago.
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        // A read holds the log: let commits go on for a while before the next try.
-        self.backoff_until = Some(Instant::now() + RESTART_BACKOFF);
-        if hard && !self.over {
-            self.over = true;
-            tracing::warn!(
-                wal_bytes = self.log_bytes(),
-                limit = self.limit,
-                "the write-ahead log is at its bound and a long read keeps it from being \
-                 reset; it grows past the bound until that read ends"
-            );
-        }
-    }
-}
 
 /// Applies commands in batches until every sender is gone or a Close arrives.
 pub(super) fn writer_loop(
@@ -716,205 +549,6 @@ fn tallied(tx: &Connection, id: &str) -> Result<Option<(String, i32, Option<i64>
     .map_err(sql_error)
 }
 
-/// A kind's due work, oldest due first (served by `operations_queue`).
-const CLAIM_DUE: &str = concat!(
-    "SELECT priority, due, seq, concurrency_key FROM operations \
-     INDEXED BY operations_ready WHERE state = ",
-    queued_sql!(),
-    " AND due <= ?1 AND kind = {kind} \
-     ORDER BY priority DESC, due, seq"
-);
-
-/// When a kind's next queued operation becomes due.
-const CLAIM_NEXT_DUE: &str = concat!(
-    "SELECT MIN(due) FROM operations WHERE state = ",
-    queued_sql!(),
-    " AND due > ?1 AND kind = {kind}"
-);
-
-/// One of the claim's statements for one kind, and whether the kind is to be bound (as `?2`).
-///
-/// SQLite prepares a statement again each time a value is bound to a parameter its planner
-/// looked at, and it looks at one compared for equality where rows are ordered (ORDER BY, MIN)
-/// and at a LIMIT's: bound, the kind made every claim prepare its statements again, which cost
-/// the writer more than the claim itself. So the kind is written into the statement, quoted
-/// (one statement per kind, each prepared once), and there is no LIMIT: rows come lazily, in
-/// the index's order, and the claim takes as many as it has room for. A kind with a NUL,
-/// which no SQL literal holds, is bound instead.
-fn for_kind(sql: &str, kind: &str) -> (String, bool) {
-    if kind.contains('\0') {
-        (sql.replace("{kind}", "?2"), true)
-    } else {
-        let quoted = format!("'{}'", kind.replace('\'', "''"));
-        (sql.replace("{kind}", &quoted), false)
-    }
-}
-
-/// Starts the due operations of the claim's kinds on its node, in the claim's order, within
-/// each kind's limit per key and start rate (see `Store::claim`); answers the rows, the next
-/// due time of a queued operation of those kinds (or when a rate lets more start), and the
-/// kinds a rate held back.
-fn claim(tx: &Connection, claim: &Claim, tally: &mut Tally) -> Result<ClaimedRows, StoreError> {
-    let now = micros(claim.now);
-    // (-priority, due, seq, kind): the claim's order, highest priority first.
-    let mut candidates: Vec<(i64, i64, i64, &str)> = Vec::new();
-    // The starts to count against a rate: seq → kind and key.
-    let mut counted: HashMap<i64, (&str, Option<String>)> = HashMap::new();
-    let mut next_due: Option<i64> = None;
-    let mut held = Vec::new();
-    let sooner = |at: i64, next_due: &mut Option<i64>| {
-        *next_due = Some(next_due.map_or(at, |n| n.min(at)));
-    };
-    for (kind, room) in &claim.kinds {
-        if *room == 0 {
-            continue;
-        }
-        let mut gates = gates(tx, claim, kind, now)?;
-        let (sql, bound) = for_kind(CLAIM_DUE, kind);
-        let mut due_now = tx.prepare_cached(&sql).map_err(sql_error)?;
-        let row = |row: &rusqlite::Row<'_>| {
-            Ok((
-                (
-                    -row.get::<_, i64>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, i64>(2)?,
-                ),
-                row.get::<_, Option<String>>(3)?,
-            ))
-        };
-        let rows = if bound {
-            due_now.query_map(params![now, kind], row)
-        } else {
-            due_now.query_map(params![now], row)
-        }
-        .map_err(sql_error)?;
-        let mut taken = 0;
-        for row in rows {
-            if taken == *room {
-                break;
-            }
-            let (candidate, key) = row.map_err(sql_error)?;
-            // Work of a key at its limit, or over the rate, is passed over: the work behind
-            // it may start.
-            if !gates.admit(key.as_deref(), now) {
-                if gates.exhausted() {
-                    break;
-                }
-                continue;
-            }
-            if gates.rate.is_some() {
-                counted.insert(candidate.2, (kind.as_str(), key));
-            }
-            candidates.push((candidate.0, candidate.1, candidate.2, kind.as_str()));
-            taken += 1;
-        }
-        if let Some(rate) = &gates.rate {
-            if let Some(at) = rate.next() {
-                held.push(kind.clone());
-                sooner(at, &mut next_due);
-            }
-        }
-
-        let (sql, bound) = for_kind(CLAIM_NEXT_DUE, kind);
-        let mut next = tx.prepare_cached(&sql).map_err(sql_error)?;
-        let later: Option<i64> = if bound {
-            next.query_row(params![now, kind], |row| row.get(0))
-        } else {
-            next.query_row(params![now], |row| row.get(0))
-        }
-        .map_err(sql_error)?;
-        if let Some(later) = later {
-            sooner(later, &mut next_due);
-        }
-    }
-    candidates.sort_unstable();
-    candidates.truncate(claim.total);
-    let mut start = tx
-        .prepare_cached(&format!(
-            "UPDATE operations SET state = {RUNNING}, owner = ?2, start_time = ?3, update_time = ?3, \
-             next_attempt_time = NULL, due = NULL, version = version + 1 \
-             WHERE seq = ?1 AND state = {QUEUED} RETURNING {COLUMNS}"
-        ))
-        .map_err(sql_error)?;
-    let mut started = Vec::with_capacity(candidates.len());
-    for (_, _, seq, kind) in candidates {
-        if let Some(row) = start
-            .query_row(params![seq, claim.node, now], row_to_record)
-            .optional()
-            .map_err(sql_error)?
-        {
-            // Counted as soon as it moved, whatever fails after.
-            tally.add(kind, 1, None, -1);
-            tally.add(kind, 2, None, 1);
-            if let Some((kind, key)) = counted.get(&seq) {
-                tx.prepare_cached("INSERT INTO starts (kind, key, at) VALUES (?1, ?2, ?3)")
-                    .and_then(|mut s| s.execute(params![kind, key, now]))
-                    .map_err(sql_error)?;
-            }
-            started.push(row);
-        }
-    }
-    Ok((started, next_due, held))
-}
-
-/// The gates of `kind` for `claim` at `now`: its limit per key (with what runs of each key)
-/// and its start rate (with the starts in the period; older ones are forgotten here).
-fn gates(tx: &Connection, claim: &Claim, kind: &str, now: i64) -> Result<Gates, StoreError> {
-    let keys = match claim.key_limit(kind) {
-        Some(limit) => Some(KeyGate::new(limit, running_keys(tx, kind)?)),
-        None => None,
-    };
-    let rate = match claim.rate(kind) {
-        None => None,
-        Some(rate) => {
-            let since = RateGate::since(rate, now);
-            tx.prepare_cached("DELETE FROM starts WHERE kind = ?1 AND at <= ?2")
-                .and_then(|mut s| s.execute(params![kind, since]))
-                .map_err(sql_error)?;
-            let mut counts = tx
-                .prepare_cached(
-                    "SELECT key, count(*), min(at) FROM starts WHERE kind = ?1 GROUP BY key",
-                )
-                .map_err(sql_error)?;
-            let rows = counts
-                .query_map(params![kind], |row| {
-                    Ok((
-                        row.get::<_, Option<String>>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, i64>(2)?,
-                    ))
-                })
-                .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
-                .map_err(sql_error)?;
-            Some(rate_gate(rate, rows))
-        }
-    };
-    Ok(Gates { keys, rate })
-}
-
-/// How many operations of `kind` run now with each concurrency key.
-fn running_keys(tx: &Connection, kind: &str) -> Result<Vec<(String, usize)>, StoreError> {
-    // The condition of `operations_running_keys`, literally, so that it serves the count.
-    let mut running = tx
-        .prepare_cached(concat!(
-            "SELECT concurrency_key, count(*) FROM operations WHERE kind = ?1 AND state = ",
-            running_sql!(),
-            " \
-             AND concurrency_key IS NOT NULL GROUP BY concurrency_key"
-        ))
-        .map_err(sql_error)?;
-    let rows = running
-        .query_map(params![kind], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-        })
-        .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
-        .map_err(sql_error)?;
-    Ok(rows
-        .into_iter()
-        .map(|(key, n)| (key, usize::try_from(n).unwrap_or(usize::MAX)))
-        .collect())
-}
-
 fn heartbeat(tx: &Connection, node: &str, until: i64) -> Result<(), StoreError> {
     let before = crate::store::forget_before(until);
     tx.prepare_cached(concat!(
@@ -1031,6 +665,7 @@ fn sweep(
 
 #[cfg(test)]
 mod tests {
+    use super::super::claims::{for_kind, CLAIM_DUE, CLAIM_NEXT_DUE};
     use super::*;
     use crate::model::OperationRecord;
     use rusqlite::StatementStatus;

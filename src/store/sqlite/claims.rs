@@ -1,0 +1,228 @@
+//! Claims in the writer's transaction: each kind's due work in order (or, for a kind under
+//! a limit per key or a start rate, row by row through its gates), merged across kinds by
+//! priority, due time and `seq`, and started QUEUED → RUNNING.
+
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::schema::{row_to_record, RawRow, COLUMNS};
+use super::sql_error;
+use crate::store::row::{rate_gate, QUEUED, RUNNING};
+use crate::store::tally::Tally;
+use crate::store::{micros, Claim, Gates, KeyGate, RateGate, StoreError};
+
+/// The rows a claim started, the next due time of a queued operation of its kinds (or when
+/// a rate lets more start), and the kinds a rate held back.
+pub(super) type ClaimedRows = (Vec<RawRow>, Option<i64>, Vec<String>);
+
+/// A kind's due work, oldest due first (served by `operations_queue`).
+pub(super) const CLAIM_DUE: &str = concat!(
+    "SELECT priority, due, seq, concurrency_key FROM operations \
+     INDEXED BY operations_ready WHERE state = ",
+    queued_sql!(),
+    " AND due <= ?1 AND kind = {kind} \
+     ORDER BY priority DESC, due, seq"
+);
+
+/// When a kind's next queued operation becomes due.
+pub(super) const CLAIM_NEXT_DUE: &str = concat!(
+    "SELECT MIN(due) FROM operations WHERE state = ",
+    queued_sql!(),
+    " AND due > ?1 AND kind = {kind}"
+);
+
+/// One of the claim's statements for one kind, and whether the kind is to be bound (as `?2`).
+///
+/// SQLite prepares a statement again each time a value is bound to a parameter its planner
+/// looked at, and it looks at one compared for equality where rows are ordered (ORDER BY, MIN)
+/// and at a LIMIT's: bound, the kind made every claim prepare its statements again, which cost
+/// the writer more than the claim itself. So the kind is written into the statement, quoted
+/// (one statement per kind, each prepared once), and there is no LIMIT: rows come lazily, in
+/// the index's order, and the claim takes as many as it has room for. A kind with a NUL,
+/// which no SQL literal holds, is bound instead.
+pub(super) fn for_kind(sql: &str, kind: &str) -> (String, bool) {
+    if kind.contains('\0') {
+        (sql.replace("{kind}", "?2"), true)
+    } else {
+        let quoted = format!("'{}'", kind.replace('\'', "''"));
+        (sql.replace("{kind}", &quoted), false)
+    }
+}
+
+/// Starts the due operations of the claim's kinds on its node, in the claim's order, within
+/// each kind's limit per key and start rate (see `Store::claim`); answers the rows, the next
+/// due time of a queued operation of those kinds (or when a rate lets more start), and the
+/// kinds a rate held back.
+pub(super) fn claim(
+    tx: &Connection,
+    claim: &Claim,
+    tally: &mut Tally,
+) -> Result<ClaimedRows, StoreError> {
+    let now = micros(claim.now);
+    // (-priority, due, seq, kind): the claim's order, highest priority first.
+    let mut candidates: Vec<(i64, i64, i64, &str)> = Vec::new();
+    // The starts to count against a rate: seq → kind and key.
+    let mut counted: HashMap<i64, (&str, Option<String>)> = HashMap::new();
+    let mut next_due: Option<i64> = None;
+    let mut held = Vec::new();
+    let sooner = |at: i64, next_due: &mut Option<i64>| {
+        *next_due = Some(next_due.map_or(at, |n| n.min(at)));
+    };
+    for (kind, room) in &claim.kinds {
+        if *room == 0 {
+            continue;
+        }
+        let mut gates = gates(tx, claim, kind, now)?;
+        let (sql, bound) = for_kind(CLAIM_DUE, kind);
+        let mut due_now = tx.prepare_cached(&sql).map_err(sql_error)?;
+        let row = |row: &rusqlite::Row<'_>| {
+            Ok((
+                (
+                    -row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                ),
+                row.get::<_, Option<String>>(3)?,
+            ))
+        };
+        let rows = if bound {
+            due_now.query_map(params![now, kind], row)
+        } else {
+            due_now.query_map(params![now], row)
+        }
+        .map_err(sql_error)?;
+        let mut taken = 0;
+        for row in rows {
+            if taken == *room {
+                break;
+            }
+            let (candidate, key) = row.map_err(sql_error)?;
+            // Work of a key at its limit, or over the rate, is passed over: the work behind
+            // it may start.
+            if !gates.admit(key.as_deref(), now) {
+                if gates.exhausted() {
+                    break;
+                }
+                continue;
+            }
+            if gates.rate.is_some() {
+                counted.insert(candidate.2, (kind.as_str(), key));
+            }
+            candidates.push((candidate.0, candidate.1, candidate.2, kind.as_str()));
+            taken += 1;
+        }
+        if let Some(rate) = &gates.rate {
+            if let Some(at) = rate.next() {
+                held.push(kind.clone());
+                sooner(at, &mut next_due);
+            }
+        }
+
+        let (sql, bound) = for_kind(CLAIM_NEXT_DUE, kind);
+        let mut next = tx.prepare_cached(&sql).map_err(sql_error)?;
+        let later: Option<i64> = if bound {
+            next.query_row(params![now, kind], |row| row.get(0))
+        } else {
+            next.query_row(params![now], |row| row.get(0))
+        }
+        .map_err(sql_error)?;
+        if let Some(later) = later {
+            sooner(later, &mut next_due);
+        }
+    }
+    candidates.sort_unstable();
+    candidates.truncate(claim.total);
+    let mut start = tx
+        .prepare_cached(&format!(
+            "UPDATE operations SET state = {RUNNING}, owner = ?2, start_time = ?3, update_time = ?3, \
+             next_attempt_time = NULL, due = NULL, version = version + 1 \
+             WHERE seq = ?1 AND state = {QUEUED} RETURNING {COLUMNS}"
+        ))
+        .map_err(sql_error)?;
+    let mut started = Vec::with_capacity(candidates.len());
+    for (_, _, seq, kind) in candidates {
+        if let Some(row) = start
+            .query_row(params![seq, claim.node, now], row_to_record)
+            .optional()
+            .map_err(sql_error)?
+        {
+            // Counted as soon as it moved, whatever fails after.
+            tally.add(kind, 1, None, -1);
+            tally.add(kind, 2, None, 1);
+            if let Some((kind, key)) = counted.get(&seq) {
+                tx.prepare_cached("INSERT INTO starts (kind, key, at) VALUES (?1, ?2, ?3)")
+                    .and_then(|mut s| s.execute(params![kind, key, now]))
+                    .map_err(sql_error)?;
+            }
+            started.push(row);
+        }
+    }
+    Ok((started, next_due, held))
+}
+
+/// The gates of `kind` for `claim` at `now`: its limit per key (with what runs of each key)
+/// and its start rate (with the starts in the period; older ones are forgotten here).
+pub(super) fn gates(
+    tx: &Connection,
+    claim: &Claim,
+    kind: &str,
+    now: i64,
+) -> Result<Gates, StoreError> {
+    let keys = match claim.key_limit(kind) {
+        Some(limit) => Some(KeyGate::new(limit, running_keys(tx, kind)?)),
+        None => None,
+    };
+    let rate = match claim.rate(kind) {
+        None => None,
+        Some(rate) => {
+            let since = RateGate::since(rate, now);
+            tx.prepare_cached("DELETE FROM starts WHERE kind = ?1 AND at <= ?2")
+                .and_then(|mut s| s.execute(params![kind, since]))
+                .map_err(sql_error)?;
+            let mut counts = tx
+                .prepare_cached(
+                    "SELECT key, count(*), min(at) FROM starts WHERE kind = ?1 GROUP BY key",
+                )
+                .map_err(sql_error)?;
+            let rows = counts
+                .query_map(params![kind], |row| {
+                    Ok((
+                        row.get::<_, Option<String>>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })
+                .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+                .map_err(sql_error)?;
+            Some(rate_gate(rate, rows))
+        }
+    };
+    Ok(Gates { keys, rate })
+}
+
+/// How many operations of `kind` run now with each concurrency key.
+pub(super) fn running_keys(
+    tx: &Connection,
+    kind: &str,
+) -> Result<Vec<(String, usize)>, StoreError> {
+    // The condition of `operations_running_keys`, literally, so that it serves the count.
+    let mut running = tx
+        .prepare_cached(concat!(
+            "SELECT concurrency_key, count(*) FROM operations WHERE kind = ?1 AND state = ",
+            running_sql!(),
+            " \
+             AND concurrency_key IS NOT NULL GROUP BY concurrency_key"
+        ))
+        .map_err(sql_error)?;
+    let rows = running
+        .query_map(params![kind], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })
+        .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+        .map_err(sql_error)?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, n)| (key, usize::try_from(n).unwrap_or(usize::MAX)))
+        .collect())
+}
