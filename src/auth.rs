@@ -13,8 +13,8 @@
 //! ordered, each allowing what the one below it does ([`required_role`] is the table):
 //! - `reader`: GetOperation, ListOperations, WaitOperation, ListTaskKinds, ListNodes;
 //! - `submitter`: also SubmitTask, CreateSnapshot, CancelOperation;
-//! - `admin`: also DeleteOperation (and any method the table does not name, and the
-//!   workers' methods);
+//! - `admin`: also DeleteOperation (and, by default, any method the table does not name: an
+//!   embedder's own, see [`OtherPaths`]; and the workers' methods);
 //! - `worker`, apart: only the WorkerService (declare kinds, take, report and complete
 //!   work), nothing else — a worker's token cannot read or start operations.
 //!
@@ -452,7 +452,9 @@ impl Interceptor for BearerToken {
 ///
 /// Apply it to the whole router: `Server::builder().layer(AuthLayer::new(tokens))`.
 /// Allowed calls go on with a [`Caller`] in their extensions and without their
-/// `authorization` header; refused ones get a gRPC error at once.
+/// `authorization` header; refused ones get a gRPC error at once. Calls to paths that are not
+/// oprun's go as [`AuthLayer::other_paths`] says (checked like oprun's, needing admin, by
+/// default; with [`OtherPaths::PassThrough`], as they came, header included).
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     tokens: Arc<Tokens>,

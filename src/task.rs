@@ -1,8 +1,8 @@
-//! The task API: how a kind of work is written and registered.
+//! The task API: how a kind of work runs and is registered.
 //!
-//! A task kind is a Rust type implementing [`Task`]: a stable kind name, an input message, a
-//! response message, optionally a details message, and an async `run` that receives the
-//! decoded input and a [`TaskContext`]. The context reports progress (never waiting on I/O) and
+//! A kind is a Rust type implementing [`Kind`] (a stable kind name, an input message, a
+//! response message, optionally a details message: what clients need) and [`Task`] (an async
+//! `run` that receives the decoded input and a [`TaskContext`]). The context reports progress (never waiting on I/O) and
 //! carries the operation's [`CancellationToken`].
 //!
 //! ```

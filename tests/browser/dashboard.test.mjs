@@ -3,14 +3,16 @@
 // the REST API; what the page shows is checked against what the server says.
 //
 // Env: OPRUN_BIN (default target/debug/oprun), CHROMIUM (default /usr/bin/chromium),
-// DASHBOARD_FROM_SOURCE=1 to serve the three dashboard files from src/http/dashboard/
-// instead of the copies embedded in the binary (front-end work without a rebuild).
+// DASHBOARD_FROM_SOURCE=1 to serve the dashboard's files (the page, its CSS and every ES
+// module but names.js, which the server makes) from src/http/dashboard/ instead of the copies
+// embedded in the binary (front-end work without a rebuild).
 // Screenshots go to target/browser-screenshots/.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFile } from "node:child_process";
 import http from "node:http";
+import { readdirSync } from "node:fs";
 import { mkdtemp, mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -157,14 +159,19 @@ async function pool(items, limit, fn) {
 
 const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
   "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-const ASSETS = { "/": ["index.html", "text/html"], "/ui/app.css": ["app.css", "text/css"], "/ui/app.js": ["app.js", "text/javascript"] };
+const DASHBOARD_DIR = path.join(ROOT, "src/http/dashboard");
+const ASSETS = Object.fromEntries([
+  ["/", ["index.html", "text/html"]],
+  ["/ui/app.css", ["app.css", "text/css"]],
+  ...readdirSync(DASHBOARD_DIR).filter((f) => f.endsWith(".js")).map((f) => ["/ui/" + f, [f, "text/javascript"]]),
+]);
 
 async function newPage(options = {}) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, ...options });
   if (FROM_SOURCE) {
     await context.route((url) => Object.hasOwn(ASSETS, url.pathname), async (route) => {
       const [file, type] = ASSETS[new URL(route.request().url()).pathname];
-      const body = await readFile(path.join(ROOT, "src/http/dashboard", file));
+      const body = await readFile(path.join(DASHBOARD_DIR, file));
       await route.fulfill({ status: 200, body, headers: { "content-type": type + "; charset=utf-8", "content-security-policy": CSP } });
     });
   }

@@ -1,6 +1,22 @@
 //! The write-ahead log kept within its bound: the checkpointer thread (PASSIVE, alongside
-//! commits) and the writer's `WalBound`, which asks for checkpoints as the log grows and
-//! restarts it, holding commits back at the bound for at most `HARD_WAIT`.
+//! commits) and the writer's `WalBound`.
+//!
+//! Each commit appends pages to `oprun.sqlite3-wal`; a checkpoint copies them into the
+//! database, and the log starts again from its beginning only when a checkpoint has copied all
+//! of it and no reader still reads from it. A checkpointer on another thread, racing commits
+//! that never stop, never reaches the end: under sustained load the log grew without bound
+//! (10 GB). So:
+//! - a checkpointer thread runs PASSIVE checkpoints (which block nobody) each time the log has
+//!   grown by [`PASSIVE_STEP`], keeping what is left to copy small;
+//! - once the log passes half its bound, the writer itself runs a RESTART checkpoint between
+//!   two commits, when no background checkpoint is copying (it would wait for that one):
+//!   nothing is appended meanwhile, so it copies the small rest, waits for the readers still
+//!   in the log (reads are short), and the next commit writes the log from its beginning;
+//!   `journal_size_limit` trims a file that grew past the bound back to it;
+//! - when a reader holds on and the checkpoint cannot finish, the writer tries again after the
+//!   next commit; at the bound itself it holds commits back (up to a second) until the
+//!   checkpoint succeeds. Only a read that lasts longer (`oprun store check` beside a running
+//!   server) lets the log pass its bound, until that read ends.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{mpsc, Arc};
