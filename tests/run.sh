@@ -6,7 +6,15 @@
 set -euo pipefail
 cd "$(dirname -- "${BASH_SOURCE[0]}")/.."
 cargo build --bin oprun
-cargo test --workspace
+# A failing test's own words are repeated last, where a log's tail shows them.
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+if ! cargo test --workspace 2>&1 | tee "$log"; then
+  echo
+  echo "==> why the failing tests failed"
+  grep -E -A14 -- '^---- .* (stdout|stderr) ----$' "$log" | head -n 200
+  exit 1
+fi
 tests/interop/run.sh
 python/run-tests.sh
 tests/browser/run.sh

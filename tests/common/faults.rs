@@ -49,6 +49,8 @@ pub struct FaultyStore {
     inner: Arc<dyn Store>,
     /// Refuse inserts, updates, deletes and sweeps with UNAVAILABLE, as a full disk does.
     pub refuse_writes: AtomicBool,
+    /// Refuse claims (the QUEUED → RUNNING writes) with UNAVAILABLE, taking submissions.
+    pub refuse_claims: AtomicBool,
     /// Refuse reads with UNAVAILABLE.
     pub refuse_reads: AtomicBool,
     /// Lease renewals and rescues never answer (a silent network) while set.
@@ -68,6 +70,7 @@ impl FaultyStore {
         Arc::new(Self {
             inner,
             refuse_writes: AtomicBool::new(false),
+            refuse_claims: AtomicBool::new(false),
             refuse_reads: AtomicBool::new(false),
             hang_leases: AtomicBool::new(false),
             hang_rescues: AtomicBool::new(false),
@@ -151,6 +154,12 @@ impl Store for FaultyStore {
         self.inner.write(r, fence).await
     }
     async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError> {
+        if self.refuse_claims.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::unavailable(
+                "the store refused the claim (simulated)",
+            ));
+        }
         self.refuse_write()?;
         self.inner.claim(claim).await
     }
