@@ -28,7 +28,7 @@ impl Runner {
     pub(crate) async fn follow_loop(self, mut after: i64) {
         let mut retry = STORE_RETRY_MIN;
         let mut refused = false;
-        let signal = self.shared.store.change_signal();
+        let mut signal = self.shared.store.change_signal();
         // Whether this read followed a signal.
         let mut nudged = false;
         loop {
@@ -51,7 +51,7 @@ impl Runner {
                     match &signal {
                         // Signalled news the feed does not show yet (a change that committed
                         // while an older transaction still ran) is looked for again soon.
-                        Some(signal) if signal.is_live() && !(empty && nudged) => SAFETY_POLL,
+                        Some(signal) if *signal.borrow() && !(empty && nudged) => SAFETY_POLL,
                         _ => self.shared.config.follow_interval,
                     }
                 }
@@ -66,8 +66,13 @@ impl Runner {
                 }
             };
             let news = async {
-                match &signal {
-                    Some(signal) if !refused => signal.news().await,
+                match &mut signal {
+                    // A store that closed its signal polls.
+                    Some(signal) if !refused => {
+                        if signal.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
                     _ => std::future::pending().await,
                 }
             };

@@ -781,8 +781,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// A signal the store raises when its feed may have news (a database that pushes
     /// notifications, as PostgreSQL's `LISTEN` does), so that a node reads the feed when it
-    /// fires and otherwise polls only as a safety net. `None` (the default): poll.
-    fn change_signal(&self) -> Option<std::sync::Arc<ChangeSignal>> {
+    /// fires and otherwise polls only as a safety net. The receiver sees a change
+    /// ([`changed`](tokio::sync::watch::Receiver::changed)) when the feed may have news; its
+    /// value says whether the store raises it for every change now (while it cannot, followers
+    /// poll). `None` (the default): poll.
+    fn change_signal(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         None
     }
 
@@ -796,36 +799,6 @@ pub trait Store: Send + Sync + 'static {
     /// `oprun_store_batch_size`), if it keeps them.
     fn commit_stats(&self) -> Option<crate::metrics::CommitStats> {
         None
-    }
-}
-
-/// What [`Store::change_signal`] returns: raised when the feed may have news, and whether
-/// the store can raise it now (while it cannot, followers poll).
-#[derive(Debug, Default)]
-pub struct ChangeSignal {
-    news: tokio::sync::Notify,
-    live: std::sync::atomic::AtomicBool,
-}
-
-impl ChangeSignal {
-    /// Says the feed may have news.
-    pub fn raise(&self) {
-        self.news.notify_one();
-    }
-
-    /// Completes once news came since the last call (at most one raise is remembered).
-    pub async fn news(&self) {
-        self.news.notified().await;
-    }
-
-    /// Sets whether the store raises the signal for every change now.
-    pub fn set_live(&self, live: bool) {
-        self.live.store(live, std::sync::atomic::Ordering::Release);
-    }
-
-    /// Whether the store raises the signal for every change now.
-    pub fn is_live(&self) -> bool {
-        self.live.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

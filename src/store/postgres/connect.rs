@@ -111,9 +111,9 @@ impl PostgresStore {
             .map_err(|e| {
                 StoreError::unavailable_because(format!("cannot make a connection pool: {e}"), e)
             })?;
-        let signal = Arc::new(ChangeSignal::default());
+        let signal = tokio::sync::watch::Sender::new(false);
         let stop = CancellationToken::new();
-        let listener = tokio::spawn(listen::run(database, Arc::clone(&signal), stop.clone()));
+        let listener = tokio::spawn(listen::run(database, signal.clone(), stop.clone()));
         let folder = tokio::spawn(tally::run(pool.clone(), stop.clone()));
         let stats = crate::metrics::CommitStats::default();
         let inserter = inserts::start(pool.clone(), stats.clone());

@@ -1,22 +1,19 @@
 //! The `LISTEN` connection: turns PostgreSQL's notifications of committed changes into the
-//! store's [`ChangeSignal`], so that nodes read the feed when something changed instead of
-//! polling it.
+//! store's change signal (see [`Store::change_signal`](crate::store::Store::change_signal)),
+//! so that nodes read the feed when something changed instead of polling it.
 //!
 //! At start (and after each reconnection) the connection checks that a notification it sends
 //! comes back: behind a transaction-pooling proxy `LISTEN` is accepted but nothing is
 //! delivered. While notifications do not work the signal is not live, said once in the log,
 //! and followers poll the feed at their `follow_interval` (100 ms by default).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-
-use crate::store::ChangeSignal;
 
 /// The channel the schema's trigger notifies.
 const CHANNEL: &str = "oprun_changes";
@@ -27,7 +24,7 @@ const PROBE_WAIT: Duration = Duration::from_secs(2);
 /// Keeps a `LISTEN` connection open until `stop`, reconnecting with backoff.
 pub(super) async fn run(
     database: super::Database,
-    signal: Arc<ChangeSignal>,
+    signal: watch::Sender<bool>,
     stop: CancellationToken,
 ) {
     let mut retry = Duration::from_millis(100);
@@ -37,9 +34,8 @@ pub(super) async fn run(
             ended = listen(&database, &signal) => ended,
             () = stop.cancelled() => return,
         };
-        signal.set_live(false);
-        // Whatever changed meanwhile is read by the followers' polls.
-        signal.raise();
+        // Not live; whatever changed meanwhile is read by the followers' polls.
+        signal.send_replace(false);
         if !said {
             said = true;
             warn!(
@@ -57,7 +53,7 @@ pub(super) async fn run(
 }
 
 /// One `LISTEN` connection, until it fails; answers why.
-async fn listen(database: &super::Database, signal: &ChangeSignal) -> String {
+async fn listen(database: &super::Database, signal: &watch::Sender<bool>) -> String {
     let (client, mut connection) = match database.config.connect(database.tls.clone()).await {
         Ok(c) => c,
         Err(e) => return format!("cannot connect: {e}"),
@@ -102,15 +98,19 @@ async fn listen(database: &super::Database, signal: &ChangeSignal) -> String {
             return "a notification sent at start never arrived (a transaction-pooling proxy?)"
                 .to_owned();
         }
-        signal.set_live(true);
-        signal.raise();
+        signal.send_replace(true);
         info!("following PostgreSQL notifications of changes");
         while rx.recv().await.is_some() {
-            signal.raise();
+            raise(signal);
         }
         "the notification connection closed".to_owned()
     }
     .await
+}
+
+/// Says the feed may have news: every receiver sees a change (a receiver remembers one).
+fn raise(signal: &watch::Sender<bool>) {
+    signal.send_modify(|_| {});
 }
 
 /// Aborts a task when dropped.

@@ -57,7 +57,6 @@ mod writes;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -76,8 +75,8 @@ use queries::*;
 
 use super::row::{created_bounds, decode_record, Columns, RowImage, FILTER_COLUMNS};
 use super::{
-    from_micros, micros, ChangeSignal, Changes, Claim, Claimed, Deadlines, Inserted, NodeLease,
-    Store, StoreError, Summary, Swept, Written,
+    from_micros, micros, Changes, Claim, Claimed, Deadlines, Inserted, NodeLease, Store,
+    StoreError, Summary, Swept, Written,
 };
 use crate::filter::{Filter, SqlValue};
 use crate::model::{Fence, OperationId, OperationRecord};
@@ -113,8 +112,9 @@ impl Default for PostgresOptions {
 pub struct PostgresStore {
     pool: Pool,
     closed: AtomicBool,
-    /// Raised by the `LISTEN` connection for every change any node commits.
-    signal: Arc<ChangeSignal>,
+    /// Raised by the `LISTEN` connection for every change any node commits (its value:
+    /// whether notifications work now).
+    signal: tokio::sync::watch::Sender<bool>,
     /// Stops the `LISTEN` connection.
     stop: CancellationToken,
     /// The `LISTEN` connection's task and the summary's folder, awaited at close.
@@ -737,8 +737,8 @@ impl Store for PostgresStore {
         })
     }
 
-    fn change_signal(&self) -> Option<Arc<ChangeSignal>> {
-        Some(Arc::clone(&self.signal))
+    fn change_signal(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        Some(self.signal.subscribe())
     }
 
     async fn close(&self) -> Result<(), StoreError> {

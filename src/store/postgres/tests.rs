@@ -1,6 +1,8 @@
 //! The PostgreSQL store against a real server: summaries over two nodes, paging under
 //! concurrent inserts, index use, sweeps, grouped writes, TLS, isolation, closing.
 
+use std::sync::Arc;
+
 use super::connect::quote_identifier;
 use super::testing::TestDatabase;
 use super::*;
