@@ -50,6 +50,8 @@ pub mod sqlite;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod row;
 pub(crate) mod tally;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) mod walk;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

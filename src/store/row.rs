@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use prost::Message;
 use prost_types::{Any, Timestamp};
 
-use crate::filter::{Filter, SqlColumns};
+use crate::filter::SqlColumns;
 use crate::model::{OperationId, OperationRecord, Outcome, State};
 use crate::proto::google::longrunning::{operation, Operation};
 use crate::proto::oprun::v1::OperationMetadata;
@@ -106,16 +106,6 @@ impl RowImage {
 /// time; none when it is not queued.
 pub(crate) fn due(r: &OperationRecord) -> Option<i64> {
     (r.state == State::Queued).then(|| micros(r.next_attempt_time.unwrap_or(r.create_time)))
-}
-
-/// The `create_time` bounds of `filter` in microseconds, as both SQL backends narrow a list's
-/// walk by them: every match is created at or after the first and before the second (see
-/// [`Filter::created_after`] and [`Filter::created_before`]).
-pub(crate) fn created_bounds(filter: &Filter) -> (Option<i64>, Option<i64>) {
-    (
-        filter.created_after().map(micros),
-        filter.created_before().map(micros),
-    )
 }
 
 /// The rate gate of a kind from the starts counted in its period: `(key, n, oldest)` rows

@@ -73,7 +73,8 @@ pub(crate) use connect::pg_error;
 use connect::{pool_error, Database};
 use queries::*;
 
-use super::row::{created_bounds, decode_record, Columns, RowImage, FILTER_COLUMNS};
+use super::row::{decode_record, Columns, RowImage, FILTER_COLUMNS};
+use super::walk::{created_bounds, Listing, Walk};
 use super::{
     from_micros, micros, Changes, Claim, Claimed, Deadlines, Inserted, NodeLease, Store,
     StoreError, Summary, Swept, Written,
@@ -387,24 +388,7 @@ impl Store for PostgresStore {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError> {
-        let (created_after, created_before) = created_bounds(filter);
-        let filter = filter.to_postgres(&FILTER_COLUMNS, 4);
-        let client = self.client().await?;
-        // Bounds on `create_time`: the walk goes where the matches can be.
-        let Some((floor, ceiling)) = created_window(&client, created_after, created_before).await?
-        else {
-            return Ok(Vec::new());
-        };
-        let sql = list_sql(&filter.clause);
-        page(
-            &client,
-            &sql,
-            after.max(floor),
-            &[ceiling],
-            &filter.params,
-            limit,
-        )
-        .await
+        self.walk(Listing::Oldest { after }, filter, limit).await
     }
 
     async fn list_newest(
@@ -413,28 +397,7 @@ impl Store for PostgresStore {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError> {
-        let (created_after, created_before) = created_bounds(filter);
-        let filter = filter.to_postgres(&FILTER_COLUMNS, 4);
-        let client = self.client().await?;
-        // With bounds on `create_time`, from and down to where the matches can be.
-        let Some((floor, ceiling)) = created_window(&client, created_after, created_before).await?
-        else {
-            return Ok(Vec::new());
-        };
-        let sql = format!(
-            "SELECT {COLUMNS} FROM operations WHERE seq < $1 AND seq > $3 AND ({}) \
-             ORDER BY seq DESC LIMIT $2",
-            filter.clause
-        );
-        page(
-            &client,
-            &sql,
-            before.min(ceiling),
-            &[floor],
-            &filter.params,
-            limit,
-        )
-        .await
+        self.walk(Listing::Newest { before }, filter, limit).await
     }
 
     async fn summarize(

@@ -242,35 +242,40 @@ pub(super) const CHANGES_REST: &str = concat!(
     ", changed_by FROM operations WHERE changed_by = $1 AND seq > $2 ORDER BY seq"
 );
 
-/// The query of `list`: rows after a `seq` (`$1`) and before another (`$3`) that match a
-/// filter (its SQL in `clause`, from `$4`), in `seq` order, at most `$2`.
-pub(super) fn list_sql(clause: &str) -> String {
-    format!(
-        "SELECT {COLUMNS} FROM operations WHERE seq > $1 AND seq < $3 AND ({clause}) \
-         ORDER BY seq LIMIT $2"
-    )
+impl PostgresStore {
+    /// A page of [`Store::list`] or [`Store::list_newest`], from `from`.
+    pub(super) async fn walk(
+        &self,
+        from: Listing,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, StoreError> {
+        let (created_after, created_before) = created_bounds(filter);
+        let filter = filter.to_postgres(&FILTER_COLUMNS, 4);
+        let client = self.client().await?;
+        // Bounds on `create_time`: the walk goes where the matches can be.
+        let Some(window) = created_window(&client, created_after, created_before).await? else {
+            return Ok(Vec::new());
+        };
+        let walk = Walk::within(from, window);
+        let limit = count(limit);
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(filter.params.len() + 3);
+        params.extend([&walk.above as &(dyn ToSql + Sync), &limit, &walk.below]);
+        params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));
+        // Not prepared and cached: clients' filters have endless shapes, and each prepared
+        // statement stays on its connection (and the server) for good.
+        let rows = client
+            .query(&page_sql(&walk, &filter.clause), &params)
+            .await
+            .map_err(pg_error)?;
+        records(&rows)
+    }
 }
 
-/// Runs a listing query whose parameters are a `seq` (`$1`), the limit (`$2`), `more`
-/// (`$3`…), then the filter's, and decodes its rows. Not prepared and cached: clients'
-/// filters have endless shapes, and each prepared statement stays on its connection (and the
-/// server) for good.
-pub(super) async fn page(
-    client: &Object,
-    sql: &str,
-    seq: i64,
-    more: &[i64],
-    filter: &[SqlValue],
-    limit: usize,
-) -> Result<Vec<OperationRecord>, StoreError> {
-    let limit = count(limit);
-    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(filter.len() + 2);
-    params.push(&seq);
-    params.push(&limit);
-    params.extend(more.iter().map(|p| p as &(dyn ToSql + Sync)));
-    params.extend(filter.iter().map(|p| p as &(dyn ToSql + Sync)));
-    let rows = client.query(sql, &params).await.map_err(pg_error)?;
-    records(&rows)
+/// The statement of `walk` with a filter's SQL `clause` (from `$4`). Parameters: the walk's
+/// lower `seq` (`$1`), the limit (`$2`), its upper `seq` (`$3`), then the filter's.
+pub(super) fn page_sql(walk: &Walk, clause: &str) -> String {
+    walk.sql(COLUMNS, clause, ["$1", "$3", "$2"])
 }
 
 /// Takes the advisory lock `key` until the end of `tx`, if no other session holds it:

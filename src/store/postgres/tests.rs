@@ -206,10 +206,11 @@ async fn selective_filters_read_an_index() {
         let filter = Filter::parse(text)
             .expect("a filter")
             .to_postgres(&FILTER_COLUMNS, 4);
-        let (after, limit, until) = (0_i64, 100_i64, i64::MAX);
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&after, &limit, &until];
+        let walk = Walk::within(Listing::Oldest { after: 0 }, (0, i64::MAX));
+        let limit = 100_i64;
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&walk.above, &limit, &walk.below];
         params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));
-        let plan = explain(&client, &list_sql(&filter.clause), &params).await;
+        let plan = explain(&client, &page_sql(&walk, &filter.clause), &params).await;
         // Neither the table nor the whole of it in `seq` order with the filter on top.
         let walks_all = plan.contains("operations_pkey") && plan.contains("Filter");
         assert!(!plan.contains("Seq Scan") && !walks_all, "{text}: {plan}");
@@ -245,11 +246,12 @@ async fn selective_filters_read_an_index() {
     let filter = Filter::parse(&text)
         .expect("a filter")
         .to_postgres(&FILTER_COLUMNS, 4);
-    let (after, limit, until) = (18_000_i64, 100_i64, i64::MAX);
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&after, &limit, &until];
+    let walk = Walk::within(Listing::Oldest { after: 0 }, (18_000, i64::MAX));
+    let limit = 100_i64;
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&walk.above, &limit, &walk.below];
     params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));
     let seqs: Vec<i64> = client
-        .query(&list_sql(&filter.clause), &params)
+        .query(&page_sql(&walk, &filter.clause), &params)
         .await
         .expect("list")
         .iter()

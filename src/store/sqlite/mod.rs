@@ -46,9 +46,10 @@ use super::{
 };
 use crate::filter::{Filter, SqlValue};
 use crate::model::{Fence, OperationId, OperationRecord};
-use crate::store::row::{created_bounds, RowImage, FILTER_COLUMNS};
+use crate::store::row::{RowImage, FILTER_COLUMNS};
 use crate::store::row::{NODES_SQL, QUEUED, QUEUED_SQL};
 use crate::store::tally;
+use crate::store::walk::{created_bounds, Listing, Walk};
 use open::*;
 use queries::*;
 use schema::{row_to_record, RawRow, COLUMNS};
@@ -262,23 +263,7 @@ impl Store for SqliteStore {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError> {
-        let (created_after, created_before) = created_bounds(filter);
-        let filter = filter.to_sqlite(&FILTER_COLUMNS);
-        self.read(move |conn| {
-            // Bounds on `create_time`: the walk goes where the matches can be.
-            let Some((floor, ceiling)) = created_window(conn, created_after, created_before)?
-            else {
-                return Ok(Vec::new());
-            };
-            page(
-                conn,
-                &list_query(&filter.clause),
-                &[after.max(floor), ceiling],
-                filter.params,
-                limit,
-            )
-        })
-        .await
+        self.walk(Listing::Oldest { after }, filter, limit).await
     }
 
     async fn list_newest(
@@ -287,29 +272,7 @@ impl Store for SqliteStore {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<OperationRecord>, StoreError> {
-        let (created_after, created_before) = created_bounds(filter);
-        let filter = filter.to_sqlite(&FILTER_COLUMNS);
-        self.read(move |conn| {
-            // Newest first is `seq` backwards: the primary key, whatever the filter; with
-            // bounds on `create_time`, from and down to where the matches can be.
-            let Some((floor, ceiling)) = created_window(conn, created_after, created_before)?
-            else {
-                return Ok(Vec::new());
-            };
-            let sql = format!(
-                "SELECT {COLUMNS} FROM operations WHERE seq < ? AND seq > ? AND ({}) \
-                 ORDER BY seq DESC LIMIT ?",
-                filter.clause
-            );
-            page(
-                conn,
-                &sql,
-                &[before.min(ceiling), floor],
-                filter.params,
-                limit,
-            )
-        })
-        .await
+        self.walk(Listing::Newest { before }, filter, limit).await
     }
 
     async fn summarize(&self, since: SystemTime, bucket: Duration) -> Result<Summary, StoreError> {

@@ -44,36 +44,43 @@ pub(super) fn schedule_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<crate::s
     })
 }
 
-/// The query of `list`: rows after a `seq` and before another that match a filter (its SQL
-/// in `clause`), in `seq` order, up to a limit. Placeholders: the two `seq`s, the filter's,
-/// the limit.
-pub(super) fn list_query(clause: &str) -> String {
-    format!(
-        "SELECT {COLUMNS} FROM operations WHERE seq > ? AND seq < ? AND ({clause}) \
-         ORDER BY seq LIMIT ?"
-    )
+impl SqliteStore {
+    /// A page of [`Store::list`] or [`Store::list_newest`], from `from`.
+    pub(super) async fn walk(
+        &self,
+        from: Listing,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, StoreError> {
+        let (created_after, created_before) = created_bounds(filter);
+        let filter = filter.to_sqlite(&FILTER_COLUMNS);
+        self.read(move |conn| {
+            // Bounds on `create_time`: the walk goes where the matches can be.
+            let Some(window) = created_window(conn, created_after, created_before)? else {
+                return Ok(Vec::new());
+            };
+            let walk = Walk::within(from, window);
+            let mut stmt = conn
+                .prepare_cached(&page_sql(&walk, &filter.clause))
+                .map_err(sql_error)?;
+            let params = [SqlValue::Integer(walk.above), SqlValue::Integer(walk.below)]
+                .into_iter()
+                .chain(filter.params)
+                .chain(std::iter::once(SqlValue::Integer(sql_limit(limit))));
+            let rows: Vec<RawRow> = stmt
+                .query_map(params_from_iter(params), row_to_record)
+                .and_then(Iterator::collect)
+                .map_err(sql_error)?;
+            rows.into_iter().map(RawRow::decode).collect()
+        })
+        .await
+    }
 }
 
-/// Runs a listing query whose placeholders are `bounds` (`seq`s), the filter's, then the
-/// limit, and decodes its rows.
-pub(super) fn page(
-    conn: &Connection,
-    sql: &str,
-    bounds: &[i64],
-    filter: Vec<SqlValue>,
-    limit: usize,
-) -> Result<Vec<OperationRecord>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql).map_err(sql_error)?;
-    let params = bounds
-        .iter()
-        .map(|b| SqlValue::Integer(*b))
-        .chain(filter)
-        .chain(std::iter::once(SqlValue::Integer(sql_limit(limit))));
-    let rows: Vec<RawRow> = stmt
-        .query_map(params_from_iter(params), row_to_record)
-        .and_then(Iterator::collect)
-        .map_err(sql_error)?;
-    rows.into_iter().map(RawRow::decode).collect()
+/// The statement of `walk` with the filter's SQL `clause`. Placeholders: the walk's two
+/// `seq`s, the filter's, the limit.
+pub(super) fn page_sql(walk: &Walk, clause: &str) -> String {
+    walk.sql(COLUMNS, clause, ["?", "?", "?"])
 }
 
 /// Where the matches of a filter that bounds `create_time` (at or after `after`, before

@@ -50,7 +50,12 @@ fn plan(conn: &Connection, filter: &str) -> String {
         .into_iter()
         .chain(sql.params)
         .chain(std::iter::once(SqlValue::Integer(50)));
-    explain(conn, &list_query(&sql.clause), params_from_iter(params))
+    let walk = Walk::within(Listing::Oldest { after: 0 }, (0, i64::MAX));
+    explain(
+        conn,
+        &page_sql(&walk, &sql.clause),
+        params_from_iter(params),
+    )
 }
 
 /// The plan SQLite chooses for `sql` with `params`, its steps joined by "; ".
