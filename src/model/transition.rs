@@ -101,6 +101,37 @@ pub enum Fence {
     },
 }
 
+impl Fence {
+    /// Whether the store may write over `stored` under this fence.
+    pub(crate) fn admits(&self, stored: &OperationRecord) -> bool {
+        match self {
+            Self::Version(v) => stored.version == *v,
+            Self::Owner { node, attempt } => {
+                stored.state == State::Running
+                    && stored.owner.as_deref() == Some(node.as_str())
+                    && stored.attempt == *attempt
+            }
+        }
+    }
+
+    /// What the store writes over `stored` (which this fence [admits](Self::admits)) when
+    /// asked to write `next`: `next` as it is under a version's fence (it was made from that
+    /// version); under an owner's, one version past the stored one, keeping a cancel request
+    /// written meanwhile. The SQL backends say the same in SQL: see `store::fence`.
+    pub(crate) fn written(
+        &self,
+        stored: &OperationRecord,
+        mut next: OperationRecord,
+    ) -> OperationRecord {
+        next.seq = stored.seq;
+        if let Self::Owner { .. } = self {
+            next.version = stored.version + 1;
+            next.requested_cancellation |= stored.requested_cancellation;
+        }
+        next
+    }
+}
+
 /// A change that is not allowed from the operation's state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -268,20 +268,10 @@ impl Store for MemoryStore {
         let Some(stored) = g.by_seq.get(&seq).cloned() else {
             return Ok(Written::Stale(None));
         };
-        let mut next = record.clone();
-        next.seq = seq;
-        match fence {
-            Fence::Version(v) if stored.version == *v => {}
-            Fence::Owner { node, attempt }
-                if stored.state == State::Running
-                    && stored.owner.as_deref() == Some(node.as_str())
-                    && stored.attempt == *attempt =>
-            {
-                next.version = stored.version + 1;
-                next.requested_cancellation |= stored.requested_cancellation;
-            }
-            _ => return Ok(Written::Stale(Some(Box::new(stored)))),
+        if !fence.admits(&stored) {
+            return Ok(Written::Stale(Some(Box::new(stored))));
         }
+        let next = fence.written(&stored, record.clone());
         let written = Written::Applied {
             version: next.version,
             requested_cancellation: next.requested_cancellation,

@@ -48,6 +48,8 @@ mod schedules;
 pub mod sqlite;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) mod fence;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod row;
 pub(crate) mod tally;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -12,6 +12,7 @@ use tokio_postgres::types::ToSql;
 use super::batch::Batcher;
 use super::{attempt_sql, pg_error, pool_error, records};
 use crate::model::Fence;
+use crate::store::fence::FenceSql;
 use crate::store::row::RowImage;
 use crate::store::{StoreError, Written};
 
@@ -44,29 +45,33 @@ pub(super) fn start(pool: Pool, stats: crate::metrics::CommitStats) -> Writer {
 /// Each write with its fence: a version fence stores the given version and cancel flag; an
 /// owner fence (the node running attempt `fence_attempt`) moves the version on by one and
 /// keeps a cancel request written meanwhile.
-const WRITE_BATCH: &str = concat!(
-    "WITH w AS (SELECT * FROM unnest($1::text[], $2::smallint[], $3::int[], $4::int[], \
-     $5::bigint[], $6::bigint[], $7::bytea[], $8::text[], $9::int[], $10::bigint[], \
-     $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bool[], $16::bigint[], \
-     $17::text[], $18::int[]) AS w(id, done, state, error_code, update_time, end_time, body, \
-     owner, attempt, start_time, next_attempt_time, deadline, due, version, cancel, expected, \
-     fence_owner, fence_attempt)) \
-     UPDATE operations o SET done = w.done, state = w.state, error_code = w.error_code, \
-     update_time = w.update_time, end_time = w.end_time, body = w.body, owner = w.owner, \
-     attempt = w.attempt, start_time = w.start_time, next_attempt_time = w.next_attempt_time, \
-     deadline = w.deadline, due = w.due, \
-     version = CASE WHEN w.expected IS NULL THEN o.version + 1 ELSE w.version END, \
-     cancel_requested = CASE WHEN w.expected IS NULL THEN o.cancel_requested OR w.cancel \
-       ELSE w.cancel END, \
-     changed_by = ",
-    this_transaction!(),
-    " FROM w WHERE o.id = w.id AND CASE WHEN w.expected IS NULL \
-       THEN o.state = ",
-    running_sql!(),
-    " AND o.owner = w.fence_owner AND o.attempt = w.fence_attempt \
-       ELSE o.version = w.expected END \
-     RETURNING o.id, o.version, o.cancel_requested"
-);
+static WRITE_BATCH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let fence = FenceSql {
+        row: "o.",
+        expected: "w.expected",
+        owner: "w.fence_owner",
+        attempt: "w.fence_attempt",
+        version: "w.version",
+        cancel: "w.cancel",
+    };
+    format!(
+        "WITH w AS (SELECT * FROM unnest($1::text[], $2::smallint[], $3::int[], $4::int[], \
+         $5::bigint[], $6::bigint[], $7::bytea[], $8::text[], $9::int[], $10::bigint[], \
+         $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bool[], \
+         $16::bigint[], $17::text[], $18::int[]) AS w(id, done, state, error_code, \
+         update_time, end_time, body, owner, attempt, start_time, next_attempt_time, deadline, \
+         due, version, cancel, expected, fence_owner, fence_attempt)) \
+         UPDATE operations o SET done = w.done, state = w.state, error_code = w.error_code, \
+         update_time = w.update_time, end_time = w.end_time, body = w.body, owner = w.owner, \
+         attempt = w.attempt, start_time = w.start_time, \
+         next_attempt_time = w.next_attempt_time, deadline = w.deadline, due = w.due, {}, \
+         changed_by = {} FROM w WHERE o.id = w.id AND {} \
+         RETURNING o.id, o.version, o.cancel_requested",
+        fence.written(),
+        this_transaction!(),
+        fence.admits()
+    )
+});
 
 const STORED: &str = concat!(
     "SELECT ",
@@ -219,7 +224,7 @@ async fn write_round(
     ];
     let client = pool.get().await.map_err(|e| Failed::Store(pool_error(e)))?;
     let statement = client
-        .prepare_cached(WRITE_BATCH)
+        .prepare_cached(&WRITE_BATCH)
         .await
         .map_err(|e| Failed::Store(pg_error(e)))?;
     let written = client.query(&statement, &params).await.map_err(|e| {

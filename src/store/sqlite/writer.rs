@@ -21,6 +21,7 @@ use super::schema::{row_to_record, RawRow, COLUMNS, LAYOUT_CURRENT};
 use super::wal::WalBound;
 use super::{sql_error, sql_limit};
 use crate::model::{Fence, OperationId, State};
+use crate::store::fence::FenceSql;
 use crate::store::row::{RowImage, RUNNING};
 use crate::store::tally::{self, Tally};
 use crate::store::{from_micros, micros, Claim, StoreError, Swept};
@@ -445,10 +446,27 @@ fn insert_many(
     inserted
 }
 
-/// The columns a write sets (`?1` is the id; the fence's parameters follow).
-const SET: &str = "done = ?2, state = ?3, error_code = ?4, update_time = ?5, end_time = ?6, \
-     body = ?7, layout = 2, owner = ?8, attempt = ?9, start_time = ?10, \
-     next_attempt_time = ?11, deadline = ?12, due = ?13";
+/// A fenced write: `?1` is the id, `?2`…`?13` the columns it sets, `?14` and `?15` the
+/// record's version and cancel request, `?16` the version read (NULL under an owner's fence),
+/// `?17` and `?18` the owner's node and attempt.
+static WRITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let fence = FenceSql {
+        row: "",
+        expected: "?16",
+        owner: "?17",
+        attempt: "?18",
+        version: "?14",
+        cancel: "?15",
+    };
+    format!(
+        "UPDATE operations SET done = ?2, state = ?3, error_code = ?4, update_time = ?5, \
+         end_time = ?6, body = ?7, layout = {LAYOUT_CURRENT}, owner = ?8, attempt = ?9, \
+         start_time = ?10, next_attempt_time = ?11, deadline = ?12, due = ?13, {} \
+         WHERE id = ?1 AND {} RETURNING version, cancel_requested",
+        fence.written(),
+        fence.admits()
+    )
+});
 
 fn write(
     tx: &Connection,
@@ -471,40 +489,36 @@ fn write(
         r.deadline,
         r.due,
     ];
-    let returned = |row: &rusqlite::Row<'_>| Ok((row.get::<_, i64>(0)?, row.get::<_, bool>(1)?));
     // What the row was, for the tallies: an owner's write is to a RUNNING one.
-    let before: Option<(i32, Option<i64>)> = match fence {
-        Fence::Owner { .. } => Some((2, None)),
-        Fence::Version(_) => tallied(tx, &r.id)?.map(|(_, state, end)| (state, end)),
+    let (before, expected, owner, attempt) = match fence {
+        Fence::Owner { node, attempt } => (Some((RUNNING, None)), None, Some(node), Some(attempt)),
+        Fence::Version(v) => {
+            let before = tallied(tx, &r.id)?.map(|(_, state, end)| (state, end));
+            (
+                before,
+                Some(i64::try_from(*v).unwrap_or(i64::MAX)),
+                None,
+                None,
+            )
+        }
     };
-    let written = match fence {
-        Fence::Version(expected) => {
-            let mut all: Vec<&dyn rusqlite::ToSql> = columns.to_vec();
-            let expected = i64::try_from(*expected).unwrap_or(i64::MAX);
-            all.extend([
-                &r.version as &dyn rusqlite::ToSql,
-                &r.cancel_requested,
-                &expected,
-            ]);
-            tx.prepare_cached(&format!(
-                "UPDATE operations SET {SET}, version = ?14, cancel_requested = ?15 \
-                 WHERE id = ?1 AND version = ?16 RETURNING version, cancel_requested"
-            ))
-            .and_then(|mut s| s.query_row(all.as_slice(), returned).optional())
-        }
-        Fence::Owner { node, attempt } => {
-            let mut all: Vec<&dyn rusqlite::ToSql> = columns.to_vec();
-            all.extend([&r.cancel_requested as &dyn rusqlite::ToSql, node, attempt]);
-            tx.prepare_cached(&format!(
-                "UPDATE operations SET {SET}, version = version + 1, \
-                 cancel_requested = MAX(cancel_requested, ?14) \
-                 WHERE id = ?1 AND state = {RUNNING} AND owner = ?15 AND attempt = ?16 \
-                 RETURNING version, cancel_requested"
-            ))
-            .and_then(|mut s| s.query_row(all.as_slice(), returned).optional())
-        }
-    }
-    .map_err(sql_error)?;
+    let mut all: Vec<&dyn rusqlite::ToSql> = columns.to_vec();
+    all.extend([
+        &r.version as &dyn rusqlite::ToSql,
+        &r.cancel_requested,
+        &expected,
+        &owner,
+        &attempt,
+    ]);
+    let written = tx
+        .prepare_cached(&WRITE)
+        .and_then(|mut s| {
+            s.query_row(all.as_slice(), |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, bool>(1)?))
+            })
+            .optional()
+        })
+        .map_err(sql_error)?;
     if let Some((version, cancel_requested)) = written {
         let after = (r.state, r.end_time.filter(|_| r.done));
         if let Some(before) = before.filter(|b| *b != after) {
