@@ -9,11 +9,11 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use super::{
-    record_matches, Changes, Claim, Claimed, Deadlines, Gates, Inserted, KeyGate, NodeLease,
-    RateGate, Store, StoreError, Summary, Swept, Written,
+    record_matches, Changes, Choice, Claim, Claimed, Deadlines, Gates, Inserted, KeyGate,
+    NodeLease, Offer, Rank, RateGate, Share, Store, StoreError, Summary, Swept, Written,
 };
 use crate::filter::Filter;
-use crate::model::{Fence, OperationId, OperationRecord, State};
+use crate::model::{Change, Fence, OperationId, OperationRecord, State};
 
 /// Operations kept in process memory.
 #[derive(Default)]
@@ -293,71 +293,62 @@ impl Store for MemoryStore {
             (claim.kinds.clone(), claim.total)
         };
         let now = super::micros(claim.now);
-        let mut candidates: Vec<(i32, SystemTime, i64)> = Vec::new();
-        let mut next_due: Option<SystemTime> = None;
-        let mut held = Vec::new();
-        let mut sooner = |at: SystemTime| next_due = Some(next_due.map_or(at, |n| n.min(at)));
+        let mut choice = Choice::default();
         for (kind, room) in &kinds {
-            let mut gates = g.gates(claim, kind, now);
+            let mut share = Share::new(g.gates(claim, kind, now), *room, now);
             let (Some(q), Some(ranked)) = (g.queued.get(kind), g.ranked.get(kind)) else {
                 continue;
             };
-            let mut taken = 0;
-            for candidate in ranked.iter().filter(|(_, d, _)| *d <= claim.now) {
-                if taken == *room {
+            for (priority, due, seq) in ranked.iter().filter(|(_, d, _)| *d <= claim.now) {
+                if share.is_full() {
                     break;
                 }
-                let key = g
-                    .by_seq
-                    .get(&candidate.2)
-                    .and_then(|r| r.concurrency_key.as_deref());
-                // Work of a key at its limit, or over the rate, is passed over: the work
-                // behind it may start.
-                if !gates.admit(key, now) {
-                    if gates.exhausted() {
-                        break;
+                let key = g.by_seq.get(seq).and_then(|r| r.concurrency_key.as_deref());
+                match share.offer(key) {
+                    Offer::Taken => {
+                        choice.pick(
+                            Rank::new(priority.saturating_neg(), super::micros(*due), *seq),
+                            *seq,
+                        );
                     }
-                    continue;
+                    Offer::Passed => {}
+                    Offer::Closed => break,
                 }
-                candidates.push(*candidate);
-                taken += 1;
             }
-            if let Some(at) = gates.rate.as_ref().and_then(RateGate::next) {
-                held.push(kind.clone());
-                sooner(super::from_micros(at));
-            }
+            choice.close(kind, &share);
             if let Some((later, _)) = q.range((claim.now, i64::MAX)..).next() {
                 if *later > claim.now {
-                    sooner(*later);
+                    choice.due_at(super::micros(*later));
                 }
             }
         }
-        candidates.sort();
-        candidates.truncate(total);
-        let mut operations = Vec::with_capacity(candidates.len());
-        for (_, _, seq) in candidates {
-            let Some(mut r) = g.by_seq.get(&seq).cloned() else {
+        let chosen = choice.first(total);
+        let mut operations = Vec::with_capacity(chosen.start.len());
+        for (_, seq) in chosen.start {
+            let Some(queued) = g.by_seq.get(&seq) else {
                 continue;
             };
-            if claim.rate(&r.kind).is_some() {
+            let Ok(started) = queued.apply(
+                Change::Start {
+                    node: claim.node.clone(),
+                },
+                claim.now,
+            ) else {
+                continue;
+            };
+            if claim.rate(&started.kind).is_some() {
                 g.starts
-                    .entry(r.kind.clone())
+                    .entry(started.kind.clone())
                     .or_default()
-                    .push((now, r.concurrency_key.clone()));
+                    .push((now, started.concurrency_key.clone()));
             }
-            r.state = State::Running;
-            r.owner = Some(claim.node.clone());
-            r.start_time = Some(claim.now);
-            r.update_time = claim.now;
-            r.next_attempt_time = None;
-            r.version += 1;
-            g.put(r.clone());
-            operations.push(r);
+            g.put(started.clone());
+            operations.push(started);
         }
         Ok(Claimed {
             operations,
-            next_due,
-            held,
+            next_due: chosen.next_due.map(super::from_micros),
+            held: chosen.held,
         })
     }
 

@@ -192,6 +192,70 @@ pub async fn claims_take_higher_priorities_first<S: Store>(store: &S) {
     let _ = low;
 }
 
+/// A claim starts each operation as the state machine's `Change::Start` does (QUEUED →
+/// RUNNING on the claiming node, one version on, a retry's next attempt time cleared), at
+/// the claim's time or a little after (a claim that waited for another's lock dates its
+/// starts when it holds it); alike whether the kind's work passes through gates or not.
+pub async fn a_claim_starts_as_the_state_machine_does<S: Store>(store: &S) {
+    let now = base() + Duration::from_secs(100);
+    let at_base = |mut r: OperationRecord| {
+        r.create_time = base();
+        r.update_time = base();
+        r
+    };
+    let plain = insert_new(store, at_base(queued("a"))).await;
+    let retried = insert_new(store, at_base(queued("r"))).await;
+    let retried = change(
+        store,
+        &retried,
+        Change::Start {
+            node: "gone".into(),
+        },
+    )
+    .await;
+    let retried = change(
+        store,
+        &retried,
+        Change::Retry {
+            next_attempt: base() + Duration::from_secs(5),
+            last_error: crate::proto::google::rpc::Status {
+                code: Code::Unavailable as i32,
+                message: "later".into(),
+                details: Vec::new(),
+            },
+            status_message: "once more".into(),
+        },
+    )
+    .await;
+    let mut keyed = at_base(queued("k"));
+    keyed.concurrency_key = Some("x".into());
+    let keyed = insert_new(store, keyed).await;
+    for (kind, queued, gated) in [
+        ("a", &plain, false),
+        ("r", &retried, false),
+        ("k", &keyed, true),
+    ] {
+        let mut ask = claim("n1", &[(kind, 1)], 1, now);
+        if gated {
+            ask.key_limits = vec![(kind.to_owned(), 1)];
+        }
+        let claimed = store.claim(&ask).await.expect("claim").operations;
+        assert_eq!(claimed.len(), 1, "{kind}: {claimed:?}");
+        let started = &claimed[0];
+        let at = started.start_time.expect("a start time");
+        assert!(at >= now, "{kind}: started {at:?}, before the claim");
+        let expected = queued
+            .apply(Change::Start { node: "n1".into() }, at)
+            .expect("a start");
+        assert_eq!(started, &expected, "{kind}");
+        assert_eq!(
+            store.get(&started.id).await.expect("get").as_ref(),
+            Some(started),
+            "{kind}: stored as answered"
+        );
+    }
+}
+
 /// Under a limit per concurrency key, a claim starts no more of a key than the limit allows,
 /// counting what runs (on any node) and what it starts itself; work of a key at its limit is
 /// passed over, and the work behind it (other keys, no key) starts; when one of a key ends,

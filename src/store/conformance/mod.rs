@@ -74,6 +74,7 @@ macro_rules! store_conformance_tests {
             queued_counts_follow_claims_and_ends,
             claims_take_due_work_in_order_within_limits,
             claims_take_higher_priorities_first,
+            a_claim_starts_as_the_state_machine_does,
             claims_keep_each_keys_limit,
             claims_keep_each_kinds_start_rate,
             registrations_are_kept_replaced_and_forgotten,

@@ -6,14 +6,12 @@
 //! Run in the transaction that holds the claim lock, so that two nodes cannot both take the
 //! last room of a key or of a rate.
 
-use std::time::SystemTime;
-
 use deadpool_postgres::GenericClient;
 
 use super::{micros, pg_error, raw};
 use crate::model::OperationRecord;
 use crate::store::row::rate_gate;
-use crate::store::{Claim, Gates, KeyGate, RateGate, StoreError};
+use crate::store::{Choice, Claim, Gates, KeyGate, Offer, Rank, RateGate, Share, StoreError};
 
 /// Rows read per page of a kind's due work.
 const PAGE: i64 = 256;
@@ -50,10 +48,9 @@ const PAGE_SQL: &str = concat!(
 
 /// Starts the operations whose `seq`s are `$1` on node `$2` at `$3` (as the claim does).
 const START: &str = concat!(
-    "UPDATE operations SET state = ",
-    running_sql!(),
-    ", owner = $2, start_time = $3, update_time = $3, \
-       next_attempt_time = NULL, due = NULL, version = version + 1, changed_by = ",
+    "UPDATE operations SET ",
+    start_sql!("$2", "$3"),
+    ", changed_by = ",
     this_transaction!(),
     " WHERE seq = ANY($1) AND state = ",
     queued_sql!(),
@@ -61,21 +58,8 @@ const START: &str = concat!(
     columns!()
 );
 
-/// One operation [`pick`] chose.
-pub(super) struct Pick {
-    seq: i64,
-    key: Option<String>,
-    /// Its place in the claim's order: -priority, then due.
-    rank: (i64, i64),
-}
-
-/// What [`pick`] chose for one kind.
-pub(super) struct Picked {
-    /// The operations to start, in the claim's order.
-    pub(super) seqs: Vec<Pick>,
-    /// When the kind's rate lets more start, if it held work back.
-    pub(super) rate_next: Option<SystemTime>,
-}
+/// One operation [`pick`] chose: its `seq`, and its kind and concurrency key.
+pub(super) type Pick = (i64, String, Option<String>);
 
 /// The gates of `kind` for `claim` (see [`Gates`]), read from the database at `now`.
 pub(super) async fn gates(
@@ -126,78 +110,56 @@ pub(super) async fn gates(
     Ok(Gates { keys, rate })
 }
 
-/// Up to `room` due operations of `kind` that its `gates` let start at `now` (microseconds),
-/// in the claim's order.
+/// Offers `kind`'s due work at `now` (microseconds) to its `share`, in the claim's order, a
+/// page at a time; what it takes goes to `choice`.
 pub(super) async fn pick(
     client: &impl GenericClient,
     kind: &str,
-    mut gates: Gates,
-    room: usize,
+    share: &mut Share,
+    choice: &mut Choice<Pick>,
     now: i64,
-) -> Result<Picked, StoreError> {
+) -> Result<(), StoreError> {
     let page = client.prepare_cached(PAGE_SQL).await.map_err(pg_error)?;
     let (mut priority, mut due, mut seq) = (i32::MAX, i64::MIN, i64::MIN);
-    let mut seqs = Vec::new();
-    'pages: while seqs.len() < room {
+    'pages: while !share.is_full() {
         let rows = client
             .query(&page, &[&kind, &now, &priority, &due, &seq, &PAGE])
             .await
             .map_err(pg_error)?;
         for row in &rows {
+            if share.is_full() {
+                break 'pages;
+            }
             seq = row.try_get(0).map_err(pg_error)?;
             let key: Option<String> = row.try_get(1).map_err(pg_error)?;
             priority = row.try_get(2).map_err(pg_error)?;
             due = row.try_get(3).map_err(pg_error)?;
-            // Work of a key at its limit, or over the rate, is passed over: the work behind
-            // it may start.
-            if !gates.admit(key.as_deref(), now) {
-                if gates.exhausted() {
-                    break 'pages;
+            match share.offer(key.as_deref()) {
+                Offer::Taken => {
+                    choice.pick(Rank::new(priority, due, seq), (seq, kind.to_owned(), key))
                 }
-                continue;
-            }
-            seqs.push(Pick {
-                seq,
-                key,
-                rank: (-i64::from(priority), due),
-            });
-            if seqs.len() == room {
-                break 'pages;
+                Offer::Passed => {}
+                Offer::Closed => break 'pages,
             }
         }
         if i64::try_from(rows.len()).unwrap_or(i64::MAX) < PAGE {
             break;
         }
     }
-    Ok(Picked {
-        seqs,
-        rate_next: gates
-            .rate
-            .as_ref()
-            .and_then(RateGate::next)
-            .map(super::from_micros),
-    })
+    Ok(())
 }
 
-/// Keeps the first `total` of `picked` (each with its kind) in the claim's order over all
-/// kinds: highest priority first, then oldest due, then first inserted.
-pub(super) fn keep_first(picked: &mut Vec<(String, Pick)>, total: usize) {
-    picked.sort_by_key(|(_, p)| (p.rank, p.seq));
-    picked.truncate(total);
-}
-
-/// Starts the operations picked for `claim`'s node (each with its kind) at the claim's time,
-/// counting those of kinds with a rate as starts; answers each with its place in the claim's
-/// order.
+/// Starts the operations picked for `claim`'s node (each with its rank) at the claim's
+/// time, counting those of kinds with a rate as starts; answers each with its rank.
 pub(super) async fn start(
     client: &impl GenericClient,
     claim: &Claim,
-    picked: &[(String, Pick)],
-) -> Result<Vec<(i64, i64, OperationRecord)>, StoreError> {
+    picked: &[(Rank, Pick)],
+) -> Result<Vec<(Rank, OperationRecord)>, StoreError> {
     if picked.is_empty() {
         return Ok(Vec::new());
     }
-    let seqs: Vec<i64> = picked.iter().map(|(_, p)| p.seq).collect();
+    let seqs: Vec<i64> = picked.iter().map(|(_, (seq, _, _))| *seq).collect();
     let now = micros(claim.now);
     let statement = client.prepare_cached(START).await.map_err(pg_error)?;
     let rows = client
@@ -207,8 +169,10 @@ pub(super) async fn start(
     let started = rows.iter().map(raw).collect::<Result<Vec<_>, _>>()?;
     let (kinds, keys): (Vec<&str>, Vec<Option<&str>>) = picked
         .iter()
-        .filter(|(kind, p)| claim.rate(kind).is_some() && started.iter().any(|r| r.seq == p.seq))
-        .map(|(kind, p)| (kind.as_str(), p.key.as_deref()))
+        .filter(|(_, (seq, kind, _))| {
+            claim.rate(kind).is_some() && started.iter().any(|r| r.seq == *seq)
+        })
+        .map(|(_, (_, kind, key))| (kind.as_str(), key.as_deref()))
         .unzip();
     if !kinds.is_empty() {
         let record = client
@@ -223,8 +187,8 @@ pub(super) async fn start(
     Ok(started
         .into_iter()
         .filter_map(|r| {
-            let (_, p) = picked.iter().find(|(_, p)| p.seq == r.seq)?;
-            Some((p.rank.0, p.rank.1, r))
+            let (rank, _) = picked.iter().find(|(_, (seq, _, _))| *seq == r.seq)?;
+            Some((*rank, r))
         })
         .collect())
 }

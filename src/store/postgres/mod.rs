@@ -76,8 +76,8 @@ use queries::*;
 use super::row::{decode_record, Columns, RowImage, FILTER_COLUMNS};
 use super::walk::{created_bounds, Listing, Walk};
 use super::{
-    from_micros, micros, Changes, Claim, Claimed, Deadlines, Inserted, NodeLease, Store,
-    StoreError, Summary, Swept, Written,
+    from_micros, micros, Changes, Choice, Claim, Claimed, Deadlines, Inserted, NodeLease, Rank,
+    Share, Store, StoreError, Summary, Swept, Written,
 };
 use crate::filter::{Filter, SqlValue};
 use crate::model::{Fence, OperationId, OperationRecord};
@@ -281,24 +281,24 @@ impl Store for PostgresStore {
         // this claim held the lock (and so seen by its counts) is never after its start, and
         // the starts a rate counts are dated alike.
         let claim = &late(asked_claim);
-        let mut picked = Vec::new();
-        let mut held = Vec::new();
-        let mut rate_next: Option<SystemTime> = None;
+        let now = micros(claim.now);
+        let mut choice = Choice::default();
         for ((kind, n), gates) in room.iter().zip(gates) {
-            let chosen = gated::pick(&tx, kind, gates, (*n).min(total), micros(claim.now)).await?;
-            if let Some(at) = chosen.rate_next {
-                held.push(kind.clone());
-                rate_next = Some(rate_next.map_or(at, |n| n.min(at)));
-            }
-            picked.extend(chosen.seqs.into_iter().map(|p| (kind.clone(), p)));
+            let mut share = Share::new(gates, (*n).min(total), now);
+            gated::pick(&tx, kind, &mut share, &mut choice, now).await?;
+            choice.close(kind, &share);
         }
-        gated::keep_first(&mut picked, total);
-        let started = gated::start(&tx, claim, &picked).await?;
+        let chosen = choice.first(total);
+        let started = gated::start(&tx, claim, &chosen.start).await?;
         // No more to start: the statement reads when the next queued operation is due.
         let mut claimed = claim_on(&tx, claim, &[], 0, started).await?;
         tx.commit().await.map_err(pg_error)?;
-        claimed.held = held;
-        claimed.next_due = claimed.next_due.into_iter().chain(rate_next).min();
+        claimed.held = chosen.held;
+        claimed.next_due = claimed
+            .next_due
+            .into_iter()
+            .chain(chosen.next_due.map(from_micros))
+            .min();
         Ok(claimed)
     }
 

@@ -61,13 +61,13 @@ pub(super) fn records(rows: &[Row]) -> Result<Vec<OperationRecord>, StoreError> 
 /// Runs [`CLAIM`] for `room` (per kind; `total` in all) on `client` (a connection, or the
 /// transaction holding the claim lock), pipelined with the read of when the next queued
 /// operation of `claim`'s kinds is due: one round trip. `also` (started by the caller, each
-/// with its place in the claim's order: -priority and due) is merged in.
+/// with its place in the claim's order) is merged in.
 pub(super) async fn claim_on(
     client: &impl GenericClient,
     claim: &Claim,
     room: &[(&str, usize)],
     total: usize,
-    also: Vec<(i64, i64, OperationRecord)>,
+    also: Vec<(Rank, OperationRecord)>,
 ) -> Result<Claimed, StoreError> {
     let (kinds, rooms): (Vec<&str>, Vec<i64>) = room
         .iter()
@@ -99,10 +99,11 @@ pub(super) async fn claim_on(
     for row in &started {
         let due: i64 = row.try_get(COLUMN_COUNT).map_err(pg_error)?;
         let priority: i32 = row.try_get(COLUMN_COUNT + 1).map_err(pg_error)?;
-        operations.push((-i64::from(priority), due, raw(row)?));
+        let r = raw(row)?;
+        operations.push((Rank::new(priority, due, r.seq), r));
     }
-    operations.sort_by_key(|(rank, due, r)| (*rank, *due, r.seq));
-    let operations = operations.into_iter().map(|(_, _, r)| r).collect();
+    operations.sort_unstable_by_key(|(rank, _)| *rank);
+    let operations = operations.into_iter().map(|(_, r)| r).collect();
     let next_due: Option<i64> = next.try_get(0).map_err(pg_error)?;
     Ok(Claimed {
         operations,
@@ -178,8 +179,7 @@ pub(super) const CLAIM: &str = concat!(
          WHERE o.state = ", queued_sql!(), " AND o.kind = wanted.kind AND o.due <= $3 \
          ORDER BY o.priority DESC, o.due, o.seq LIMIT wanted.room FOR UPDATE SKIP LOCKED) c \
        ORDER BY c.priority DESC, c.due, c.seq LIMIT $4) \
-     UPDATE operations SET state = ", running_sql!(), ", owner = $5, start_time = $3, update_time = $3, \
-       next_attempt_time = NULL, due = NULL, version = version + 1, changed_by = ",
+     UPDATE operations SET ", start_sql!("$5", "$3"), ", changed_by = ",
     this_transaction!(),
     " FROM picked WHERE seq = picked.claimed RETURNING ",
     columns!(),

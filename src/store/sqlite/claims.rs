@@ -2,15 +2,15 @@
 //! a limit per key or a start rate, row by row through its gates), merged across kinds by
 //! priority, due time and `seq`, and started QUEUED → RUNNING.
 
-use std::collections::HashMap;
-
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::schema::{row_to_record, RawRow, COLUMNS};
 use super::sql_error;
 use crate::store::row::{rate_gate, QUEUED, RUNNING};
 use crate::store::tally::Tally;
-use crate::store::{micros, Claim, Gates, KeyGate, RateGate, StoreError};
+use crate::store::{
+    micros, Choice, Claim, Gates, KeyGate, Offer, Rank, RateGate, Share, StoreError,
+};
 
 /// The rows a claim started, the next due time of a queued operation of its kinds (or when
 /// a rate lets more start), and the kinds a rate held back.
@@ -60,31 +60,19 @@ pub(super) fn claim(
     tally: &mut Tally,
 ) -> Result<ClaimedRows, StoreError> {
     let now = micros(claim.now);
-    // (-priority, due, seq, kind): the claim's order, highest priority first.
-    let mut candidates: Vec<(i64, i64, i64, &str)> = Vec::new();
-    // The starts to count against a rate: seq → kind and key.
-    let mut counted: HashMap<i64, (&str, Option<String>)> = HashMap::new();
-    let mut next_due: Option<i64> = None;
-    let mut held = Vec::new();
-    let sooner = |at: i64, next_due: &mut Option<i64>| {
-        *next_due = Some(next_due.map_or(at, |n| n.min(at)));
-    };
+    // Each picked with its kind, and its key if a rate counts its start.
+    let mut choice: Choice<(i64, &str, Option<String>)> = Choice::default();
     for (kind, room) in &claim.kinds {
         if *room == 0 {
             continue;
         }
-        let mut gates = gates(tx, claim, kind, now)?;
+        let mut share = Share::new(gates(tx, claim, kind, now)?, *room, now);
         let (sql, bound) = for_kind(CLAIM_DUE, kind);
         let mut due_now = tx.prepare_cached(&sql).map_err(sql_error)?;
         let row = |row: &rusqlite::Row<'_>| {
-            Ok((
-                (
-                    -row.get::<_, i64>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, i64>(2)?,
-                ),
-                row.get::<_, Option<String>>(3)?,
-            ))
+            let seq = row.get::<_, i64>(2)?;
+            let rank = Rank::new(row.get(0)?, row.get(1)?, seq);
+            Ok((rank, seq, row.get::<_, Option<String>>(3)?))
         };
         let rows = if bound {
             due_now.query_map(params![now, kind], row)
@@ -92,32 +80,21 @@ pub(super) fn claim(
             due_now.query_map(params![now], row)
         }
         .map_err(sql_error)?;
-        let mut taken = 0;
         for row in rows {
-            if taken == *room {
+            if share.is_full() {
                 break;
             }
-            let (candidate, key) = row.map_err(sql_error)?;
-            // Work of a key at its limit, or over the rate, is passed over: the work behind
-            // it may start.
-            if !gates.admit(key.as_deref(), now) {
-                if gates.exhausted() {
-                    break;
+            let (rank, seq, key) = row.map_err(sql_error)?;
+            match share.offer(key.as_deref()) {
+                Offer::Taken => {
+                    let counted = key.filter(|_| share.counts_starts());
+                    choice.pick(rank, (seq, kind.as_str(), counted));
                 }
-                continue;
-            }
-            if gates.rate.is_some() {
-                counted.insert(candidate.2, (kind.as_str(), key));
-            }
-            candidates.push((candidate.0, candidate.1, candidate.2, kind.as_str()));
-            taken += 1;
-        }
-        if let Some(rate) = &gates.rate {
-            if let Some(at) = rate.next() {
-                held.push(kind.clone());
-                sooner(at, &mut next_due);
+                Offer::Passed => {}
+                Offer::Closed => break,
             }
         }
+        choice.close(kind, &share);
 
         let (sql, bound) = for_kind(CLAIM_NEXT_DUE, kind);
         let mut next = tx.prepare_cached(&sql).map_err(sql_error)?;
@@ -128,29 +105,27 @@ pub(super) fn claim(
         }
         .map_err(sql_error)?;
         if let Some(later) = later {
-            sooner(later, &mut next_due);
+            choice.due_at(later);
         }
     }
-    candidates.sort_unstable();
-    candidates.truncate(claim.total);
+    let chosen = choice.first(claim.total);
     let mut start = tx
         .prepare_cached(&format!(
-            "UPDATE operations SET state = {RUNNING}, owner = ?2, start_time = ?3, update_time = ?3, \
-             next_attempt_time = NULL, due = NULL, version = version + 1 \
-             WHERE seq = ?1 AND state = {QUEUED} RETURNING {COLUMNS}"
+            "UPDATE operations SET {} WHERE seq = ?1 AND state = {QUEUED} RETURNING {COLUMNS}",
+            start_sql!("?2", "?3")
         ))
         .map_err(sql_error)?;
-    let mut started = Vec::with_capacity(candidates.len());
-    for (_, _, seq, kind) in candidates {
+    let mut started = Vec::with_capacity(chosen.start.len());
+    for (_, (seq, kind, key)) in chosen.start {
         if let Some(row) = start
             .query_row(params![seq, claim.node, now], row_to_record)
             .optional()
             .map_err(sql_error)?
         {
             // Counted as soon as it moved, whatever fails after.
-            tally.add(kind, 1, None, -1);
-            tally.add(kind, 2, None, 1);
-            if let Some((kind, key)) = counted.get(&seq) {
+            tally.add(kind, QUEUED, None, -1);
+            tally.add(kind, RUNNING, None, 1);
+            if claim.rate(kind).is_some() {
                 tx.prepare_cached("INSERT INTO starts (kind, key, at) VALUES (?1, ?2, ?3)")
                     .and_then(|mut s| s.execute(params![kind, key, now]))
                     .map_err(sql_error)?;
@@ -158,7 +133,7 @@ pub(super) fn claim(
             started.push(row);
         }
     }
-    Ok((started, next_due, held))
+    Ok((started, chosen.next_due, chosen.held))
 }
 
 /// The gates of `kind` for `claim` at `now`: its limit per key (with what runs of each key)
