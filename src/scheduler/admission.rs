@@ -334,7 +334,7 @@ impl Runner {
     /// RESOURCE_EXHAUSTED (the bound reached) when no room came in time;
     /// [`Error::ShuttingDown`] when shutdown begins meanwhile.
     ///
-    /// [`Slots::reserve`]: super::slots::Slots::reserve
+    /// [`Slots::reserve`]: super::running::slots::Slots::reserve
     async fn reserve_or_wait(&self, kind: &str, kind_bound: Option<usize>) -> Result<(), Error> {
         let global_bound = self.shared.config.max_queued;
         let wait = self.shared.config.queue_full_wait;

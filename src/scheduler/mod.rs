@@ -11,11 +11,11 @@
 //! - `streams`: the streams WatchService sends (one operation, or a filter's batches).
 //! - `outcome`: how a run ended → what happens next (pure).
 //! - `admission`: SubmitTask: validation, request ids, the queue bounds.
-//! - `slots`: running and waiting counts by kind (limits and bounds).
 //! - `dispatch`: claims due work from the store within the running limits, starts workers.
 //! - `run`: drives one worker: its deadline, cancellation, progress, and its end.
-//! - `running`: the running set's members (`Running`) and how a run leaves the set, which
-//!   `run` and `transition` both use.
+//! - `running`: the running set with one owner (`RunningSet`: the runs, `Running`, and the
+//!   running and waiting counts by kind, `running::slots`, that the limits and bounds read),
+//!   which `run` and `transition` both use.
 //! - `deadlines`: the deadlines of queued work.
 //! - `recovery`: leases and the work of nodes that went away (at start: this data directory's
 //!   last process).
@@ -58,7 +58,6 @@ mod retention;
 mod run;
 mod running;
 mod schedules;
-mod slots;
 mod streams;
 mod transition;
 mod workers;
@@ -317,15 +316,9 @@ struct Shared {
     kinds: kinds::Kinds,
     store: Arc<dyn Store>,
     config: RunnerConfig,
-    /// The operations this node runs now.
-    running: DashMap<OperationId, Arc<running::Running>>,
-    /// This node's counts by kind (running, waiting), which the running limits and the queue
-    /// bounds read. Invariant with `running`: an operation of `running` that still holds a
-    /// slot (`Running::give_up_slot` has not answered true) is counted running here; every
-    /// path that takes one out of `running` gives its slot or room back once
-    /// (`Runner::release` → `Runner::forget_run`).
-    // std Mutex, not tokio's: nothing awaits while it is held.
-    slots: Mutex<slots::Slots>,
+    /// The operations this node runs now, and its counts by kind (running, waiting) that
+    /// the running limits and the queue bounds read; its invariant is written beside it.
+    running: running::RunningSet,
     /// Who to wake when something changed.
     wakes: Wakes,
     bus: Arc<bus::Bus>,
@@ -396,9 +389,8 @@ impl Runner {
                 kinds: kinds::Kinds::new(with_batches(registry, shared), types),
                 metrics: Arc::new(crate::metrics::Metrics::new(store.commit_stats())),
                 store,
-                running: DashMap::new(),
+                running: running::RunningSet::default(),
                 throttled: DashMap::new(),
-                slots: Mutex::new(slots::Slots::default()),
                 wakes: Wakes::default(),
                 bus: Arc::new(bus::Bus::new(followed.is_some())),
                 life: Life {
@@ -633,9 +625,9 @@ impl Runner {
             return;
         }
         info!(running = self.running(), "shutting down");
-        for entry in &self.shared.running {
-            entry.value().mark(crate::model::CancelReason::Shutdown);
-        }
+        self.shared
+            .running
+            .each(|r| r.mark(crate::model::CancelReason::Shutdown));
         self.shared.life.root.cancel();
         self.shared.life.tracker.close();
     }
@@ -652,12 +644,8 @@ impl Runner {
         self.lock_slots().running()
     }
 
-    fn lock_slots(&self) -> std::sync::MutexGuard<'_, slots::Slots> {
-        // Every critical section leaves the counts consistent before anything can panic.
-        self.shared
-            .slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock_slots(&self) -> std::sync::MutexGuard<'_, running::slots::Slots> {
+        self.shared.running.slots()
     }
 
     /// Now, to the microsecond (the precision operations keep).

@@ -279,12 +279,7 @@ impl Runner {
 
     /// Cancels the worker of `id` with the reason "client", if it runs on this node.
     fn cancel_worker(&self, id: &OperationId) {
-        if let Some(running) = self
-            .shared
-            .running
-            .get(id)
-            .map(|e| std::sync::Arc::clone(e.value()))
-        {
+        if let Some(running) = self.shared.running.get(id) {
             running.cancel(CancelReason::Client);
         }
     }

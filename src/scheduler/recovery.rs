@@ -281,9 +281,7 @@ impl Runner {
             "this node's lease ended before it could renew it: its workers are stopped \
              (lease lost) and it claims nothing until it holds a lease again"
         );
-        for entry in &self.shared.running {
-            entry.value().cancel(CancelReason::Lost);
-        }
+        self.shared.running.each(|r| r.cancel(CancelReason::Lost));
     }
 
     /// This node holds a lease again: queues again (by the restart rule) what it had left
@@ -309,7 +307,7 @@ impl Runner {
             if r.state != State::Running || r.owner.as_deref() != Some(node) {
                 continue;
             }
-            if self.shared.running.contains_key(&r.id) {
+            if self.shared.running.contains(&r.id) {
                 // Its worker (told to stop when the lease ended) has not stopped yet: taken
                 // back at a later look, so that it never runs beside its next attempt.
                 stopping += 1;

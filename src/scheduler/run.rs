@@ -39,7 +39,7 @@ impl Runner {
             // Claims name only known kinds.
             error!(op.name = %record.id, op.kind = %record.kind, "claimed an operation of a kind not known here");
             if remote.is_none() {
-                self.lock_slots().stopped(&record.kind);
+                self.shared.running.not_launched(&record.kind);
             }
             return;
         };
@@ -71,14 +71,10 @@ impl Runner {
             // being written): it ends CANCELLED without running.
             running.mark(CancelReason::Client);
         }
-        if let Some(earlier) = self
-            .shared
-            .running
-            .insert(running.id.clone(), Arc::clone(&running))
-        {
+        if let Some(earlier) = self.shared.running.enter(&running) {
             // An earlier run of it whose end (a retry due at once) was written but not yet
-            // followed here: this run takes its place.
-            self.forget_run(&earlier);
+            // followed here: this run took its place.
+            self.left(&earlier);
         }
         let runner = self.clone();
         let record = running.record();
@@ -138,10 +134,9 @@ impl Runner {
     /// group commit away, or retried while the store refuses it), so that writing ends and
     /// running work overlap. The operation stays this node's (in the running map, its lease
     /// renewed) until the end is written; at most `max_running` such ends wait before they
-    /// take room from new work (see [`super::slots::Slots::room`]).
+    /// take room from new work (see [`super::running::slots::Slots::room`]).
     fn worker_returned(&self, running: &Running) {
-        if running.give_up_slot() {
-            self.lock_slots().returned(&running.kind);
+        if self.shared.running.worker_returned(running) {
             self.shared.wakes.dispatch.notify_one();
         }
     }

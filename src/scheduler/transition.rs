@@ -130,12 +130,7 @@ impl Runner {
     /// again leaves the running map and frees its slot; one that another node took over or
     /// ended has its worker stopped (the slot is freed when the worker is gone).
     pub(crate) fn follow_locally(&self, written: &OperationRecord, origin: Origin) {
-        let Some(running) = self
-            .shared
-            .running
-            .get(&written.id)
-            .map(|e| std::sync::Arc::clone(e.value()))
-        else {
+        let Some(running) = self.shared.running.get(&written.id) else {
             return;
         };
         if running.version() > written.version {
@@ -256,7 +251,7 @@ impl Runner {
                 warn!(op.name = %record.id, "the store answered a claim with an operation of another node");
             }
             if local {
-                self.lock_slots().started(&record.kind);
+                self.shared.running.claimed(&record.kind);
             } else {
                 self.lock_slots().left_queue(&record.kind);
             }

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use super::QUEUE_FULL_RETRY_DELAY;
 use crate::error::Error;
+use crate::scheduler::QUEUE_FULL_RETRY_DELAY;
 
 /// The counts.
 #[derive(Debug, Default)]
@@ -171,7 +171,7 @@ impl Slots {
     }
 
     /// An operation of `kind` started running here.
-    pub(crate) fn started(&mut self, kind: &str) {
+    pub(super) fn started(&mut self, kind: &str) {
         self.running += 1;
         let k = self.kind(kind);
         k.running += 1;
@@ -184,18 +184,18 @@ impl Slots {
     }
 
     /// The worker of an operation of `kind` returned; its end is being written.
-    pub(crate) fn returned(&mut self, kind: &str) {
+    pub(super) fn returned(&mut self, kind: &str) {
         self.stopped(kind);
         self.ending += 1;
     }
 
     /// The end of an operation whose worker had returned was written (or given up).
-    pub(crate) fn ended(&mut self) {
+    pub(super) fn ended(&mut self) {
         self.ending = self.ending.saturating_sub(1);
     }
 
     /// An operation of `kind` stopped running here.
-    pub(crate) fn stopped(&mut self, kind: &str) {
+    pub(super) fn stopped(&mut self, kind: &str) {
         self.running = self.running.saturating_sub(1);
         let k = self.kind(kind);
         k.running = k.running.saturating_sub(1);
