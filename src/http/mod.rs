@@ -7,11 +7,14 @@
 //! [`TlsFiles`]). Requests from browsers on other origins are refused first
 //! ([`BrowserRules`]).
 
+mod codec;
 pub mod dashboard;
 mod error;
 pub mod gateway;
 mod guard;
 mod openapi;
+mod request_json;
+pub mod routes;
 mod sse;
 mod strict_json;
 pub mod template;
@@ -27,8 +30,9 @@ use http::StatusCode;
 
 pub(crate) use error::error_response;
 pub use error::{code_name, http_status};
-pub use gateway::{Gateway, GrpcService, RulesError};
+pub use gateway::{Gateway, GrpcService};
 pub use guard::BrowserRules;
+pub use routes::{Route, RulesError};
 pub use tls::{HttpTlsError, TlsFiles};
 
 use crate::scheduler::Runner;

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{json, Map, Value};
 
-use super::gateway::{in_query, Gateway, Route};
+use super::gateway::Gateway;
+use super::request_json::in_query;
+use super::routes::Route;
 
 /// The RPC whose request body gets the per-kind schemas.
 const SUBMIT_TASK: &str = "oprun.v1.TaskService.SubmitTask";
