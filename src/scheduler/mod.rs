@@ -45,6 +45,7 @@ mod admission;
 pub mod batch;
 mod bus;
 pub mod clock;
+mod config;
 mod deadlines;
 mod dispatch;
 mod fanout;
@@ -59,17 +60,16 @@ mod run;
 mod running;
 mod schedules;
 mod streams;
+mod submission;
 mod transition;
 mod workers;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use prost_types::Any;
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -82,9 +82,11 @@ use crate::task::Registry;
 pub use admin::SUMMARY_MAX_AGE;
 pub use bus::OperationChanged;
 pub use clock::{Clock, PausedClock, SystemClock};
+pub use config::{default_node, RunnerConfig};
 pub use fanout::{Batch, MIN_INTERVAL};
 pub use queries::{NodeState, Page};
 pub use streams::Changes;
+pub use submission::{Submission, MAX_BATCH_SUBMIT, MAX_UNIQUE_KEY_LEN};
 pub use workers::Completion;
 
 /// Longest accepted `request_id`.
@@ -98,145 +100,6 @@ pub const QUEUE_FULL_RETRY_DELAY: Duration = Duration::from_secs(1);
 pub const STORE_RETRY_MIN: Duration = Duration::from_millis(50);
 /// The longest pause between two attempts to write a refused state change.
 pub const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// How the runner schedules work: `RunnerConfig::default()` and its setters, e.g.
-/// `RunnerConfig::default().max_running(8).cancel_grace(Duration::from_secs(5))`.
-#[derive(Clone)]
-#[non_exhaustive]
-pub struct RunnerConfig {
-    /// Most operations running at once on this node, over all kinds.
-    pub max_running: usize,
-    /// Per-kind limits that override what a kind declares.
-    pub kind_limits: HashMap<String, usize>,
-    /// Per-kind limits per concurrency key that override what a kind declares (see
-    /// [`TaskOptions::max_per_key`](crate::task::TaskOptions::max_per_key)).
-    pub kind_key_limits: HashMap<String, usize>,
-    /// Start rates of kinds, over every node (`--kind-rate KIND=N/PERIOD[/key]`): one per
-    /// kind, over all its work or per concurrency key.
-    pub kind_rates: Vec<(String, crate::store::Rate)>,
-    /// Most operations waiting at once (queued, delayed or backing off), over all kinds;
-    /// past it SubmitTask waits up to `queue_full_wait` for room, then answers
-    /// RESOURCE_EXHAUSTED.
-    pub max_queued: usize,
-    /// How long SubmitTask waits for room in a full queue (global or its kind's) before it
-    /// answers RESOURCE_EXHAUSTED: a client submitting faster than the work runs is slowed to
-    /// the pace of the work instead of refused. Zero refuses at once.
-    pub queue_full_wait: Duration,
-    /// Largest accepted input message, in bytes.
-    pub max_input_bytes: usize,
-    /// How long a worker may ignore a cancel before it is aborted.
-    pub cancel_grace: Duration,
-    /// Least time between two progress writes of one operation.
-    pub progress_interval: Duration,
-    /// The longest a WaitOperation call waits.
-    pub max_wait: Duration,
-    /// How long finished operations are kept before the sweeper removes them.
-    pub retention: Duration,
-    /// At most this many finished operations are kept (the oldest go first).
-    pub max_retained: Option<usize>,
-    /// This node's name in the store (owner of what it runs); by default the host's name and
-    /// a short random suffix.
-    pub node: String,
-    /// On a store several nodes share: the most operations running at once over all of them
-    /// (`None`: each node's `max_running` is the only bound). Per-kind limits always hold
-    /// over all nodes of a shared store.
-    pub cluster_max_running: Option<usize>,
-    /// How long this node's hold on what it runs lasts without a renewal (renewed every third
-    /// of it). Another node takes the work over once it ends.
-    pub lease: Duration,
-    /// How often a node that shares its store with other nodes reads the store's change feed
-    /// (what the others did: an end a Wait here waits for, a cancel request for work running
-    /// here). Unused on an exclusive store.
-    pub follow_interval: Duration,
-    /// How often a node that shares its store counts the queued operations of all nodes,
-    /// which `max_queued` (and each kind's bound) are checked against. Unused on an
-    /// exclusive store.
-    pub queue_recount: Duration,
-    /// The clock that times and timestamps read.
-    pub clock: Arc<dyn Clock>,
-}
-
-setters!(RunnerConfig {
-    max_running: usize,
-    kind_limits: HashMap<String, usize>,
-    kind_key_limits: HashMap<String, usize>,
-    kind_rates: Vec<(String, crate::store::Rate)>,
-    max_queued: usize,
-    queue_full_wait: Duration,
-    max_input_bytes: usize,
-    cancel_grace: Duration,
-    progress_interval: Duration,
-    max_wait: Duration,
-    retention: Duration,
-    node: String,
-    lease: Duration,
-    follow_interval: Duration,
-    queue_recount: Duration,
-    clock: Arc<dyn Clock>,
-} optional {
-    max_retained: usize,
-    cluster_max_running: usize,
-});
-
-impl std::fmt::Debug for RunnerConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunnerConfig")
-            .field("max_running", &self.max_running)
-            .field("kind_limits", &self.kind_limits)
-            .field("kind_key_limits", &self.kind_key_limits)
-            .field("kind_rates", &self.kind_rates)
-            .field("max_queued", &self.max_queued)
-            .field("queue_full_wait", &self.queue_full_wait)
-            .field("max_input_bytes", &self.max_input_bytes)
-            .field("cancel_grace", &self.cancel_grace)
-            .field("progress_interval", &self.progress_interval)
-            .field("max_wait", &self.max_wait)
-            .field("retention", &self.retention)
-            .field("max_retained", &self.max_retained)
-            .field("cluster_max_running", &self.cluster_max_running)
-            .field("node", &self.node)
-            .field("lease", &self.lease)
-            .field("follow_interval", &self.follow_interval)
-            .field("queue_recount", &self.queue_recount)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for RunnerConfig {
-    fn default() -> Self {
-        Self {
-            max_running: 64,
-            kind_limits: HashMap::new(),
-            kind_key_limits: HashMap::new(),
-            kind_rates: Vec::new(),
-            max_queued: 100_000,
-            queue_full_wait: Duration::from_secs(5),
-            max_input_bytes: 1 << 20,
-            cancel_grace: Duration::from_secs(30),
-            progress_interval: Duration::from_millis(250),
-            max_wait: Duration::from_secs(60),
-            retention: Duration::from_secs(30 * 24 * 3600),
-            max_retained: None,
-            node: default_node(),
-            cluster_max_running: None,
-            lease: Duration::from_secs(30),
-            follow_interval: Duration::from_millis(100),
-            queue_recount: Duration::from_millis(500),
-            clock: Arc::new(SystemClock),
-        }
-    }
-}
-
-/// The host's name and a short random suffix (so that two processes on one host differ).
-pub fn default_node() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "oprun".to_owned());
-    let suffix: u32 = rand::random();
-    format!("{host}-{:06x}", suffix & 0x00ff_ffff)
-}
 
 /// `registry` with the built-in batch kinds, which act through the runner (held weakly: the
 /// runner holds the registry).
@@ -663,79 +526,4 @@ enum Task {
     Retention,
     Recount,
     Schedules,
-}
-
-/// A request to run a task: [`Submission::new`] and its setters.
-#[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct Submission {
-    /// The registered kind.
-    pub kind: String,
-    /// The kind's input message.
-    pub input: Option<Any>,
-    /// AIP-155 idempotency key (empty: none).
-    pub request_id: String,
-    /// Ends the operation DEADLINE_EXCEEDED if not done this long after submission; `None`
-    /// uses the kind's default timeout.
-    pub timeout: Option<Duration>,
-    /// Keeps the operation queued until then.
-    pub not_before: Option<std::time::SystemTime>,
-    /// The W3C `traceparent` of the submitting call; kept in the operation's metadata when
-    /// valid (see [`crate::model::traceparent`]), ignored otherwise.
-    pub traceparent: Option<String>,
-    /// The role of the caller the submission comes from, when the server checks tokens: the
-    /// kind's [`TaskOptions::start_role`](crate::task::TaskOptions::start_role) must not be
-    /// above it (else PERMISSION_DENIED). `None`: a caller trusted with every kind (a server
-    /// without tokens, or code in this process).
-    pub role: Option<crate::auth::Role>,
-    /// Higher runs first, from [`MIN_PRIORITY`](crate::model::MIN_PRIORITY) to
-    /// [`MAX_PRIORITY`](crate::model::MAX_PRIORITY); 0 by default.
-    pub priority: i32,
-    /// While an operation of the kind with this key is not done, the submission returns it
-    /// instead of creating another (empty: no key; at most [`MAX_UNIQUE_KEY_LEN`] bytes).
-    pub unique_key: String,
-    /// Narrows the kind's retry policy for this operation (unset fields keep the kind's).
-    pub retry_policy: Option<crate::proto::oprun::v1::RetryPolicy>,
-    /// Operations of the kind with the same key share its limit per key (empty: no key; at
-    /// most [`MAX_UNIQUE_KEY_LEN`] bytes).
-    pub concurrency_key: String,
-    /// The schedule the submission fires for (`schedules/{id}`; empty: none), kept in the
-    /// operation's metadata.
-    pub schedule: String,
-    /// The fire time it runs for, with `schedule`.
-    pub fire_time: Option<std::time::SystemTime>,
-}
-
-setters!(Submission {
-    kind: String,
-    request_id: String,
-    priority: i32,
-    unique_key: String,
-    concurrency_key: String,
-    schedule: String,
-} optional {
-    input: Any,
-    timeout: Duration,
-    not_before: std::time::SystemTime,
-    traceparent: String,
-    role: crate::auth::Role,
-    retry_policy: crate::proto::oprun::v1::RetryPolicy,
-    fire_time: std::time::SystemTime,
-});
-
-/// The longest unique key a submission may carry, in bytes.
-pub const MAX_UNIQUE_KEY_LEN: usize = 128;
-
-/// The most submissions one [`Runner::submit_many`] (BatchSubmitTasks) takes.
-pub const MAX_BATCH_SUBMIT: usize = 1000;
-
-impl Submission {
-    /// A submission of `kind` with `input` and nothing else.
-    pub fn new(kind: impl Into<String>, input: Any) -> Self {
-        Self {
-            kind: kind.into(),
-            input: Some(input),
-            ..Self::default()
-        }
-    }
 }
