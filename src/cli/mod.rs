@@ -9,7 +9,9 @@
 //! 3 the operation it waited for (`wait`, `watch`) ended with an error; 4 `wait` timed out
 //! before the operation was done; 5 `cancel` found the operation already done.
 
+mod args;
 mod client;
+mod operations;
 mod otlp;
 mod schedule;
 mod serve;
@@ -17,24 +19,24 @@ mod show;
 mod store;
 mod worker;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::auth::Role;
-use crate::proto::google::longrunning::{ListOperationsResponse, Operation};
 use crate::proto::oprun::v1::admin_service_client::AdminServiceClient;
 use crate::proto::oprun::v1::snapshot_service_client::SnapshotServiceClient;
 use crate::proto::oprun::v1::task_service_client::TaskServiceClient;
 use crate::proto::oprun::v1::{
-    CreateSnapshotRequest, ListNodesRequest, ListTaskKindsRequest, QueryOperationsRequest,
-    RerunOperationRequest, RetryPolicy, SubmitTaskRequest,
+    CreateSnapshotRequest, ListNodesRequest, ListTaskKindsRequest, RerunOperationRequest,
+    RetryPolicy, SubmitTaskRequest,
 };
 use crate::task::Registry;
-use client::{codec, connect, full_name, status_line, ClientArgs};
+pub use args::Cli;
+use args::{Command, StoreCommand, TokenCommand, WorkerCommand};
+use client::{connect, full_name, status_line};
+use operations::{cancel, follow_batch, in_from_now, list, show_new, submit, wait};
 
 pub use serve::{ServeArgs, StoreKind, SyncMode};
 
@@ -94,207 +96,6 @@ fn read_file(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
 fn parse_rfc3339(s: &str) -> Result<prost_types::Timestamp, String> {
     s.parse()
         .map_err(|_| format!("{s:?} is not an RFC 3339 time such as 2026-11-22T08:00:00Z"))
-}
-
-/// oprun: background jobs as google.longrunning Operations.
-#[derive(Parser, Debug)]
-#[command(name = "oprun", version, about)]
-pub struct Cli {
-    #[command(subcommand)]
-    command: Command,
-    /// How client commands (and workers) reach the server: before or after the subcommand.
-    #[command(flatten)]
-    client: ClientArgs,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Run the server.
-    Serve(Box<ServeArgs>),
-    /// Submit a task of a registered kind.
-    Submit {
-        /// The kind, e.g. `sleep`.
-        kind: String,
-        /// The kind's input as proto3 JSON, e.g. '{"duration":"2s","steps":4}' (a Duration is
-        /// seconds with an `s`, e.g. "90s"; a Timestamp is RFC 3339, e.g. "2026-11-22T08:00:00Z").
-        #[arg(long, default_value = "{}")]
-        input: String,
-        /// AIP-155 idempotency key: repeating it returns the same operation.
-        #[arg(long, default_value = "")]
-        request_id: String,
-        /// The operation's own deadline: it ends DEADLINE_EXCEEDED if not done this long after
-        /// submission, e.g. `5m` (this command does not wait: see `oprun wait --timeout`).
-        #[arg(long = "deadline-in", alias = "timeout", value_parser = humantime::parse_duration)]
-        deadline_in: Option<Duration>,
-        /// Keep the operation queued until this time (RFC 3339, e.g. 2026-11-22T08:00:00Z).
-        #[arg(long, value_parser = parse_rfc3339, conflicts_with = "delay")]
-        not_before: Option<prost_types::Timestamp>,
-        /// Keep the operation queued this long from now, e.g. `5m` (a relative --not-before).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        delay: Option<Duration>,
-        /// Print the new operation's name alone (for scripts: `op=$(oprun submit -q …)`).
-        #[arg(short, long)]
-        quiet: bool,
-        /// Higher runs first, from -100 to 100 (default 0).
-        #[arg(long, short = 'p', default_value_t = 0, allow_negative_numbers = true)]
-        priority: i32,
-        /// While an operation of this kind with this key is not done, return it instead of
-        /// starting another.
-        #[arg(long, default_value = "")]
-        unique_key: String,
-        /// At most this many attempts (no more than the kind allows).
-        #[arg(long)]
-        max_attempts: Option<u32>,
-        /// Operations of the kind with this key share its limit per key (`max_per_key`).
-        #[arg(long, default_value = "")]
-        concurrency_key: String,
-    },
-    /// Snapshot a directory on the server into a .tar.zst file (the `snapshot` kind).
-    Snapshot {
-        /// Source directory, inside the server's snapshot root.
-        source_dir: String,
-        /// Destination file, inside the server's snapshot root.
-        destination: String,
-        /// AIP-155 idempotency key.
-        #[arg(long, default_value = "")]
-        request_id: String,
-        /// Print the new operation's name alone.
-        #[arg(short, long)]
-        quiet: bool,
-    },
-    /// Run a finished operation again: a new operation with its kind, input and deadline (the
-    /// finished one is left as it is).
-    Rerun {
-        /// `operations/{id}` or the bare id.
-        name: String,
-        /// AIP-155 idempotency key of the new operation.
-        #[arg(long, default_value = "")]
-        request_id: String,
-        /// Print the new operation's name alone.
-        #[arg(short, long)]
-        quiet: bool,
-    },
-    /// Show an operation.
-    Get {
-        /// `operations/{id}` or the bare id.
-        name: String,
-    },
-    /// List operations, newest first.
-    List {
-        /// An AIP-160 filter, e.g. 'kind = "sleep" AND done = false'.
-        #[arg(long, default_value = "")]
-        filter: String,
-        /// Oldest first instead.
-        #[arg(long)]
-        oldest: bool,
-        /// At most this many (0: all of them, page after page).
-        #[arg(long, alias = "page-size", default_value_t = 50)]
-        limit: u32,
-        /// Continue from the `next page: --page-token …` a previous list printed.
-        #[arg(long, default_value = "")]
-        page_token: String,
-    },
-    /// Wait until an operation is done (or the timeout passes) and show it. Exit code 3 when
-    /// it ended with an error, 4 when it is not done when the timeout passes.
-    Wait {
-        /// `operations/{id}` or the bare id.
-        name: String,
-        /// Longest wait, e.g. `30s` or `2h` (default: until it is done).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        timeout: Option<Duration>,
-    },
-    /// Follow an operation until it is done: a live bar on a terminal, one line per change
-    /// otherwise. Exit code 3 when it ended with an error.
-    Watch {
-        /// `operations/{id}` or the bare id.
-        name: String,
-    },
-    /// Request cancellation of an operation, or (`--filter`) of every operation matching a
-    /// filter: a batch the server runs as an operation of its own, followed until done. Exit
-    /// code 5 when the operation was already done.
-    Cancel {
-        /// `operations/{id}` or the bare id.
-        #[arg(required_unless_present = "filter", conflicts_with = "filter")]
-        name: Option<String>,
-        #[command(flatten)]
-        batch: BatchArgs,
-    },
-    /// Delete a finished operation, or (`--filter`) every finished operation matching a
-    /// filter: a batch the server runs as an operation of its own, followed until done.
-    #[command(after_help = "Examples:\n  \
-        oprun delete operations/01a24e8618f671989fcfe3c7a775b7c9\n  \
-        oprun delete --filter 'state = CANCELLED'\n  \
-        oprun delete --filter 'kind = \"export\" AND update_time < \"2026-11-01T00:00:00Z\"'")]
-    Delete {
-        /// `operations/{id}` or the bare id.
-        #[arg(required_unless_present = "filter", conflicts_with = "filter")]
-        name: Option<String>,
-        #[command(flatten)]
-        batch: BatchArgs,
-    },
-    /// List the task kinds: each one's types, where it runs (in the server's process, or in
-    /// which worker sessions) and how many operations of it wait.
-    Kinds,
-    /// List the nodes on the server's store: each one's lease and how many operations it
-    /// runs (one node on the embedded store; every node on a shared PostgreSQL store).
-    Nodes,
-    /// Run work in a worker process of its own (connected to a server).
-    #[command(subcommand)]
-    Worker(WorkerCommand),
-    /// Start operations on a calendar or at an interval: create, get, list, pause, resume,
-    /// trigger, delete.
-    #[command(subcommand)]
-    Schedule(schedule::ScheduleCommand),
-    /// Manage bearer tokens for `serve --tokens-file`.
-    #[command(subcommand)]
-    Token(TokenCommand),
-    /// Look after the embedded store.
-    #[command(subcommand)]
-    Store(StoreCommand),
-    /// Bring a PostgreSQL store's schema up to date (`serve` also does this at start; nodes
-    /// starting at once take turns).
-    Migrate {
-        /// The PostgreSQL URL, as given to `oprun serve --store`.
-        #[arg(long, env = "OPRUN_STORE")]
-        store: String,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum WorkerCommand {
-    /// Run any executable as a kind: its input (a JSON object) on its stdin, progress from
-    /// its stdout's JSON lines (`{"progress": {"completed": 3, "total": 10, "unit":
-    /// "files"}, "status": "…"}`), its response the JSON object it writes to $OPRUN_OUTPUT;
-    /// exit 0 succeeds, another exit fails with the end of its stderr; a cancel sends SIGTERM
-    /// to its process group, then SIGKILL after --grace. E.g.
-    /// `oprun worker exec --kind thumbnail --concurrency 4 -- ./thumbnail.sh`.
-    Exec(worker::ExecArgs),
-}
-
-#[derive(Subcommand, Debug)]
-enum StoreCommand {
-    /// Check the store in a data directory thoroughly (every page, index and operation); prints
-    /// what is damaged and exits 1 if anything is. Safe beside a running server.
-    Check {
-        /// The data directory (as given to `oprun serve --data-dir`).
-        #[arg(long, env = "OPRUN_DATA_DIR", default_value = "./oprun-data")]
-        data_dir: PathBuf,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum TokenCommand {
-    /// Print a fresh random token (first line: give it to the client as --token or
-    /// OPRUN_TOKEN) and its tokens-file line (second line: append it to the server's tokens
-    /// file). The token is shown only here: the file stores only its hash.
-    New {
-        /// What the token may do: reader, submitter or admin.
-        #[arg(long)]
-        role: Role,
-        /// A name for the token in the server's logs, e.g. `ci-deploy`.
-        #[arg(long)]
-        label: Option<String>,
-    },
 }
 
 /// Runs the command line. `register` adds the binary's own kinds for `serve`, given the
@@ -560,187 +361,4 @@ async fn run(
             show::print_nodes(&client, &resp)
         }
     }
-}
-
-/// The time `delay` from now, as a `not_before`.
-fn in_from_now(delay: Duration) -> Result<prost_types::Timestamp, String> {
-    std::time::SystemTime::now()
-        .checked_add(delay)
-        .map(prost_types::Timestamp::from)
-        .ok_or_else(|| {
-            format!(
-                "{} from now is past the end of time",
-                humantime::format_duration(delay)
-            )
-        })
-}
-
-/// Shows a new operation: its name alone when `quiet`, else as `get` does.
-fn show_new(client: &ClientArgs, op: &Operation, quiet: bool) -> CliResult {
-    if quiet && !client.json {
-        println!("{}", op.name);
-        return Ok(());
-    }
-    show::print_operation(client, op)
-}
-
-/// Lists up to `limit` operations (0: all), newest first unless `oldest`, a page at a time.
-async fn list(
-    client: &ClientArgs,
-    filter: String,
-    oldest: bool,
-    limit: u32,
-    mut page_token: String,
-) -> CliResult {
-    /// The most one request asks for (the server's own cap).
-    const PAGE: u32 = 1000;
-    let mut admin = AdminServiceClient::new(connect(client).await?);
-    let mut all = ListOperationsResponse::default();
-    loop {
-        let want = match limit {
-            0 => PAGE,
-            n => (n - all.operations.len() as u32).min(PAGE),
-        };
-        let page = admin
-            .query_operations(QueryOperationsRequest {
-                filter: filter.clone(),
-                page_size: want as i32,
-                page_token,
-                order_by: if oldest {
-                    "create_time"
-                } else {
-                    "create_time desc"
-                }
-                .into(),
-            })
-            .await
-            .map_err(status_line)?
-            .into_inner();
-        all.operations.extend(page.operations);
-        page_token = page.next_page_token;
-        let full = limit != 0 && all.operations.len() as u32 >= limit;
-        if page_token.is_empty() || full {
-            all.next_page_token = page_token;
-            break;
-        }
-    }
-    show::print_list(client, &all)
-}
-
-/// Requests cancellation of `name`, unless it is already done: then says how it ended (exit
-/// code 5).
-async fn cancel(client: &ClientArgs, name: &str) -> CliResult {
-    let handle = client::client(client).await?.operation::<()>(name);
-    let op = handle.get().await.map_err(|e| e.to_string())?;
-    if op.done {
-        if client.json {
-            show::print_operation(client, &op)?;
-        }
-        return Err(Failure::already_done(format!(
-            "{name} was already done: {}; nothing to cancel",
-            show::ending(&op)
-        )));
-    }
-    handle.cancel().await.map_err(|e| e.to_string())?;
-    if !client.json {
-        println!("cancellation requested for {name}");
-    }
-    Ok(())
-}
-
-/// Submits `request` with `input` (proto3 JSON of the kind's input type).
-async fn submit(
-    client: &ClientArgs,
-    mut request: SubmitTaskRequest,
-    input: &str,
-) -> Result<Operation, Failure> {
-    let channel = connect(client).await?;
-    request.input = Some(kind_input(&channel, &request.kind, input).await?);
-    let op = TaskServiceClient::new(channel)
-        .submit_task(request)
-        .await
-        .map_err(status_line)?
-        .into_inner();
-    Ok(op)
-}
-
-/// The input of `kind` from its proto3 JSON (`--input`), in the type the server says the
-/// kind takes.
-async fn kind_input(
-    channel: &client::Conn,
-    kind: &str,
-    input: &str,
-) -> Result<prost_types::Any, Failure> {
-    let kinds = TaskServiceClient::new(channel.clone())
-        .list_task_kinds(ListTaskKindsRequest::default())
-        .await
-        .map_err(status_line)?
-        .into_inner()
-        .kinds;
-    let Some(k) = kinds.iter().find(|k| k.name == kind) else {
-        let names: Vec<_> = kinds.iter().map(|k| k.name.as_str()).collect();
-        return Err(format!(
-            "unknown kind {kind:?}; registered kinds: {}",
-            names.join(", ")
-        )
-        .into());
-    };
-    Ok(codec()?
-        .any_from_json(&k.input_type, input)
-        .map_err(|e| format!("--input: {e}"))?)
-}
-
-/// Waits until the operation is done, calling WaitOperation again whenever the server's own
-/// cap ends a call first, until `timeout` (none: for as long as it takes).
-/// The flags of a batch `cancel` or `delete`.
-#[derive(clap::Args, Debug, Clone)]
-struct BatchArgs {
-    /// Act on every operation matching this AIP-160 filter (that exists when the batch
-    /// starts), e.g. 'kind = "sleep" AND state = RUNNING'.
-    #[arg(long)]
-    filter: Option<String>,
-    /// AIP-155 idempotency key of the batch: repeating it follows the same batch.
-    #[arg(long, requires = "filter")]
-    request_id: Option<String>,
-}
-
-/// Starts a batch cancel (or delete) of what `batch` selects and follows it until it is done
-/// (its name first, on a line of its own, as `submit` prints), then shows it.
-async fn follow_batch(client: &ClientArgs, batch: BatchArgs, delete: bool) -> CliResult {
-    let c = client::client(client).await?;
-    let filter = batch.filter.unwrap_or_default();
-    let handle = if delete {
-        c.delete_matching(&filter, batch.request_id).await
-    } else {
-        c.cancel_matching(&filter, batch.request_id).await
-    }
-    .map_err(|e| e.to_string())?;
-    if !client.json {
-        println!("{}", handle.name());
-    }
-    show::watch(client, handle.name()).await
-}
-
-async fn wait(client: &ClientArgs, name: &str, timeout: Option<Duration>) -> CliResult {
-    let handle = client::client(client).await?.operation::<()>(name);
-    let waited = match timeout {
-        None => Some(handle.wait().await),
-        Some(t) => tokio::time::timeout(t, handle.wait()).await.ok(),
-    };
-    let op = match waited {
-        Some(op) => op.map_err(|e| e.to_string())?,
-        // Timed out: the latest state, to show.
-        None => handle.get().await.map_err(|e| e.to_string())?,
-    };
-    show::print_operation(client, &op)?;
-    if !op.done {
-        let state = show::metadata_of(&op).map(|m| m.state).unwrap_or_default();
-        return Err(Failure::timed_out(format!(
-            "{name} is not done after {} (state {})",
-            humantime::format_duration(timeout.unwrap_or_default()),
-            crate::proto::oprun::v1::operation_metadata::State::try_from(state)
-                .map_or("UNKNOWN", |s| s.as_str_name())
-        )));
-    }
-    show::outcome(&op)
 }

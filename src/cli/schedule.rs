@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use super::client::{connect, status_line, ClientArgs};
+use super::operations::{kind_input, show_new};
 use super::show::{print_json, print_table, time};
-use super::{kind_input, show_new, CliResult};
+use super::CliResult;
 use crate::proto::oprun::v1::schedule::OverlapPolicy;
 use crate::proto::oprun::v1::schedule_service_client::ScheduleServiceClient;
 use crate::proto::oprun::v1::{
