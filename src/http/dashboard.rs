@@ -13,17 +13,20 @@ const INDEX: &str = include_str!("dashboard/index.html");
 const CSS: &str = include_str!("dashboard/app.css");
 
 /// The JavaScript modules, by file name (`app.js` starts the page and imports the rest).
-const MODULES: [(&str, &str); 14] = [
+const MODULES: [(&str, &str); 17] = [
     ("app.js", include_str!("dashboard/app.js")),
     ("api.js", include_str!("dashboard/api.js")),
+    ("batch.js", include_str!("dashboard/batch.js")),
     ("caller.js", include_str!("dashboard/caller.js")),
     ("constants.js", include_str!("dashboard/constants.js")),
     ("detail.js", include_str!("dashboard/detail.js")),
     ("dom.js", include_str!("dashboard/dom.js")),
+    ("filter_form.js", include_str!("dashboard/filter_form.js")),
     ("format.js", include_str!("dashboard/format.js")),
     ("kinds.js", include_str!("dashboard/kinds.js")),
     ("list.js", include_str!("dashboard/list.js")),
     ("nav.js", include_str!("dashboard/nav.js")),
+    ("ops_table.js", include_str!("dashboard/ops_table.js")),
     ("overview.js", include_str!("dashboard/overview.js")),
     ("router.js", include_str!("dashboard/router.js")),
     ("schedules.js", include_str!("dashboard/schedules.js")),
