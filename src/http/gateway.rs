@@ -25,7 +25,8 @@ use tower::util::BoxCloneSyncService;
 use super::codec::DynamicCodec;
 use super::error::{error_response, gateway_status};
 use super::request_json::{invalid, query_pairs, query_value, set_path};
-use super::routes::{field_path, routes, Route, RulesError};
+use super::routes::field_path;
+pub use super::routes::{routes, Route, RulesError};
 use super::template::percent_decode;
 use crate::text::quote;
 

@@ -14,7 +14,7 @@ pub mod gateway;
 mod guard;
 mod openapi;
 mod request_json;
-pub mod routes;
+mod routes;
 mod sse;
 mod strict_json;
 pub mod template;
@@ -30,9 +30,8 @@ use http::StatusCode;
 
 pub(crate) use error::error_response;
 pub use error::{code_name, http_status};
-pub use gateway::{Gateway, GrpcService};
+pub use gateway::{Gateway, GrpcService, RulesError};
 pub use guard::BrowserRules;
-pub use routes::{Route, RulesError};
 pub use tls::{HttpTlsError, TlsFiles};
 
 use crate::scheduler::Runner;

@@ -66,7 +66,7 @@ pub(super) fn query_value(field: &FieldDescriptor, raw: &str) -> Result<serde_js
 }
 
 /// A whole number that fits `T`, as proto3 JSON's string form.
-pub(super) fn whole<T: std::str::FromStr>(raw: &str) -> Result<serde_json::Value, String> {
+fn whole<T: std::str::FromStr>(raw: &str) -> Result<serde_json::Value, String> {
     raw.parse::<T>()
         .map(|_| serde_json::Value::String(raw.to_owned()))
         .map_err(|_| {
@@ -90,7 +90,7 @@ pub(super) fn in_query(field: &FieldDescriptor) -> bool {
 
 /// Messages whose proto3 JSON form is a string (or accepts one), so a query parameter can
 /// carry them.
-pub(super) fn is_string_like(m: &MessageDescriptor) -> bool {
+fn is_string_like(m: &MessageDescriptor) -> bool {
     matches!(
         m.full_name(),
         "google.protobuf.Timestamp"

@@ -51,7 +51,14 @@ impl Runner {
                     match &signal {
                         // Signalled news the feed does not show yet (a change that committed
                         // while an older transaction still ran) is looked for again soon.
-                        Some(signal) if *signal.borrow() && !(empty && nudged) => SAFETY_POLL,
+                        // A store that closed its signal raises it no more: poll.
+                        Some(signal)
+                            if signal.has_changed().is_ok()
+                                && *signal.borrow()
+                                && !(empty && nudged) =>
+                        {
+                            SAFETY_POLL
+                        }
                         _ => self.shared.config.follow_interval,
                     }
                 }

@@ -362,11 +362,6 @@ impl Share {
             Offer::Passed
         }
     }
-
-    /// Whether what starts is counted against a start rate.
-    pub(crate) fn counts_starts(&self) -> bool {
-        self.gates.rate.is_some()
-    }
 }
 
 /// A claim's choice over all kinds: what each kind's [`Share`] took, each with its

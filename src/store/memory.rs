@@ -299,7 +299,7 @@ impl Store for MemoryStore {
             let (Some(q), Some(ranked)) = (g.queued.get(kind), g.ranked.get(kind)) else {
                 continue;
             };
-            for (priority, due, seq) in ranked.iter().filter(|(_, d, _)| *d <= claim.now) {
+            for (less_urgent, due, seq) in ranked.iter().filter(|(_, d, _)| *d <= claim.now) {
                 if share.is_full() {
                     break;
                 }
@@ -307,7 +307,7 @@ impl Store for MemoryStore {
                 match share.offer(key) {
                     Offer::Taken => {
                         choice.pick(
-                            Rank::new(priority.saturating_neg(), super::micros(*due), *seq),
+                            Rank::new(less_urgent.saturating_neg(), super::micros(*due), *seq),
                             *seq,
                         );
                     }

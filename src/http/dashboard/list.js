@@ -13,7 +13,6 @@ import { nav, navigate } from "./nav.js";
 import { opsTable } from "./ops_table.js";
 import { showBanner } from "./status.js";
 
-
 export function listPage(ctx, main, filter) {
   document.title = "Operations · oprun";
   const st = {

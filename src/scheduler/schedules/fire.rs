@@ -36,7 +36,7 @@ impl Runner {
     /// The fire loop: acts on every schedule whose wake time came, then sleeps until the
     /// next one's (on a shared store at most [`SHARED_IDLE`], to see the other nodes'
     /// changes), or until a call here changes one.
-    pub(crate) async fn fire_loop(self) {
+    pub(in crate::scheduler) async fn fire_loop(self) {
         let shared_store = !self.shared.store.is_exclusive();
         loop {
             let now = self.now();

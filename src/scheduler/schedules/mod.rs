@@ -6,10 +6,11 @@
 //! it meanwhile, else reads it again. A due fire goes through three writes' worth of states:
 //! decided (pending, with the next fire time moved on), started (an operation submitted
 //! under the request id `schedule/{id}/{fire time in µs}`, a form no client's request id
-//! takes), recorded (pending cleared, the run at the head of the recent runs). A node that dies between two of them leaves the pending
-//! fire for the next node (or itself, restarted) to start again; the request id makes that
-//! start answer the same operation. Two nodes deciding at once write once: the second's
-//! fenced write fails and it reads what the first decided.
+//! takes), recorded (pending cleared, the run at the head of the recent runs). A node that
+//! dies between two of them leaves the pending fire for the next node (or itself, restarted)
+//! to start again; the request id makes that start answer the same operation. Two nodes
+//! deciding at once write once: the second's fenced write fails and it reads what the first
+//! decided.
 
 use std::time::SystemTime;
 

@@ -60,7 +60,7 @@ pub(super) fn claim(
     tally: &mut Tally,
 ) -> Result<ClaimedRows, StoreError> {
     let now = micros(claim.now);
-    // Each picked with its kind, and its key if a rate counts its start.
+    // Each picked with its kind and key (a start rate counts them).
     let mut choice: Choice<(i64, &str, Option<String>)> = Choice::default();
     for (kind, room) in &claim.kinds {
         if *room == 0 {
@@ -86,10 +86,7 @@ pub(super) fn claim(
             }
             let (rank, seq, key) = row.map_err(sql_error)?;
             match share.offer(key.as_deref()) {
-                Offer::Taken => {
-                    let counted = key.filter(|_| share.counts_starts());
-                    choice.pick(rank, (seq, kind.as_str(), counted));
-                }
+                Offer::Taken => choice.pick(rank, (seq, kind.as_str(), key)),
                 Offer::Passed => {}
                 Offer::Closed => break,
             }
