@@ -105,7 +105,7 @@ INSERT INTO tally_ends (span, at, n)
 ";
 
 /// The key of the advisory lock a fold holds (any constant shared by every build).
-const FOLD_LOCK: i64 = 0x6f70_7275_6e5f_7466; // "oprun_tf"
+pub(super) const FOLD_LOCK: i64 = 0x6f70_7275_6e5f_7466; // "oprun_tf"
 
 /// Folds up to 50,000 deltas into the totals, in one statement: how many.
 const FOLD: &str = "

@@ -40,6 +40,16 @@ async fn the_summary_two_nodes_keep_is_a_full_count() {
     use crate::store::conformance::{churn, counted_summaries, summaries};
     let db = TestDatabase::create("tally").await;
     let url = db.url();
+    // The nodes' own folds (every second) wait while this session holds the fold's lock, so
+    // that the summaries below are read before any delta is folded, however slow the machine.
+    let (holder, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("a session of its own");
+    let driver = tokio::spawn(connection);
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&tally::FOLD_LOCK])
+        .await
+        .expect("the fold's lock");
     let connect = || PostgresStore::connect(&url, PostgresOptions::default());
     let (a, b) = (connect().await.expect("a"), connect().await.expect("b"));
     tokio::join!(churn(&a, "x", 120), churn(&b, "x", 120), churn(&b, "y", 60));
@@ -60,6 +70,12 @@ async fn the_summary_two_nodes_keep_is_a_full_count() {
         }
     };
     assert!(pending("SELECT count(*) FROM tally_deltas").await > 0);
+    holder
+        .execute("SELECT pg_advisory_unlock($1)", &[&tally::FOLD_LOCK])
+        .await
+        .expect("the fold's lock given back");
+    drop(holder);
+    driver.abort();
     while tally::fold(&a.pool).await.expect("fold") > 0 {}
     assert_eq!(pending("SELECT count(*) FROM tally_deltas").await, 0);
     assert_eq!(summaries(&b).await, want, "after the fold");
