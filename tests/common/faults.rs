@@ -108,11 +108,17 @@ impl FaultyStore {
     }
 
     fn refuse_write(&self) -> Result<(), StoreError> {
-        if self.refuse_writes.load(Ordering::SeqCst) {
+        self.refuse_if(
+            &self.refuse_writes,
+            "the store is full (simulated: no space left on its disk)",
+        )
+    }
+
+    /// Refuses with UNAVAILABLE (counted in `refused`) while `switch` is on.
+    fn refuse_if(&self, switch: &AtomicBool, why: &str) -> Result<(), StoreError> {
+        if switch.load(Ordering::SeqCst) {
             self.refused.fetch_add(1, Ordering::SeqCst);
-            return Err(StoreError::unavailable(
-                "the store is full (simulated: no space left on its disk)",
-            ));
+            return Err(StoreError::unavailable(why));
         }
         Ok(())
     }
@@ -154,12 +160,10 @@ impl Store for FaultyStore {
         self.inner.write(r, fence).await
     }
     async fn claim(&self, claim: &Claim) -> Result<Claimed, StoreError> {
-        if self.refuse_claims.load(Ordering::SeqCst) {
-            self.refused.fetch_add(1, Ordering::SeqCst);
-            return Err(StoreError::unavailable(
-                "the store refused the claim (simulated)",
-            ));
-        }
+        self.refuse_if(
+            &self.refuse_claims,
+            "the store refused the claim (simulated)",
+        )?;
         self.refuse_write()?;
         self.inner.claim(claim).await
     }
