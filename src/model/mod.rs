@@ -108,7 +108,8 @@ impl OperationId {
 
     /// The resource name, `operations/{id}`.
     pub fn name(&self) -> String {
-        format!("{COLLECTION}/{}", self.0)
+        // Made on every answer and every write: joined, not formatted.
+        [COLLECTION, "/", &self.0].concat()
     }
 }
 
@@ -405,8 +406,20 @@ impl OperationRecord {
 /// Packs a message into an `Any` with a `type.googleapis.com/` type URL.
 pub fn pack<M: Name>(message: &M) -> Any {
     Any {
-        type_url: M::type_url(),
+        type_url: type_url::<M>(),
         value: message.encode_to_vec(),
+    }
+}
+
+/// `M`'s type URL, as [`Name::type_url`] makes it for this crate's messages (the domain
+/// `type.googleapis.com`), joined rather than formatted twice: every operation's metadata
+/// is packed on each answer and write.
+fn type_url<M: Name>() -> String {
+    const DOMAIN: &str = "type.googleapis.com/";
+    if M::PACKAGE.is_empty() {
+        [DOMAIN, M::NAME].concat()
+    } else {
+        [DOMAIN, M::PACKAGE, ".", M::NAME].concat()
     }
 }
 
@@ -418,6 +431,25 @@ pub fn type_name(type_url: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The type URLs `pack` joins are the ones prost makes.
+    #[test]
+    fn type_urls_are_prosts() {
+        use crate::proto::google::longrunning::Operation;
+        use crate::proto::oprun::v1::{OperationMetadata, SleepInput};
+        assert_eq!(
+            type_url::<OperationMetadata>(),
+            OperationMetadata::type_url()
+        );
+        assert_eq!(type_url::<SleepInput>(), SleepInput::type_url());
+        assert_eq!(type_url::<Operation>(), Operation::type_url());
+        assert_eq!(
+            type_url::<prost_types::Duration>(),
+            prost_types::Duration::type_url()
+        );
+        let id = OperationId::generate();
+        assert_eq!(id.name(), format!("operations/{}", id.as_str()));
+    }
 
     /// Names are parsed strictly: the collection must be `operations` and ids URL-safe.
     #[test]

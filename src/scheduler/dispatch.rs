@@ -94,6 +94,7 @@ impl Runner {
                 .iter()
                 .map(|k| ((*k).to_owned(), self.own_limit(k).unwrap_or(1))),
             usize::MAX,
+            false,
         );
         let total: usize = kinds.iter().map(|(_, room)| room).sum();
         if total == 0 {
@@ -144,10 +145,15 @@ impl Runner {
                 total: self.shared.config.cluster_max_running,
             }
         };
+        // On an exclusive store, a kind this node counts nothing queued of has nothing queued
+        // (every change passes through this node): the claim does not look for it.
+        let counted_only = self.shared.store.is_exclusive();
         loop {
-            let (kinds, total) = self
-                .lock_slots()
-                .room(self.kind_limits(), self.shared.config.max_running);
+            let (kinds, total) = self.lock_slots().room(
+                self.kind_limits(),
+                self.shared.config.max_running,
+                counted_only,
+            );
             let mut next_due = None;
             let mut gate = Some(self.shared.lease.claiming.lock().await);
             // Without a lease, what this node claimed would look abandoned to the others.

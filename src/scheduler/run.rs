@@ -56,7 +56,7 @@ impl Runner {
             write_failures: AtomicU32::new(0),
             holds_slot: AtomicBool::new(remote.is_none()),
             remote,
-            record: Mutex::new(record),
+            record: Mutex::new(Arc::new(record)),
         });
         if self.shared.lease.lost.load(Ordering::Acquire) {
             // Claimed as the lease ended: it is not this node's to run; taken back (queued
@@ -290,7 +290,7 @@ impl Runner {
         };
         loop {
             // The final report rides along with the end (or the retry's own message).
-            let mut current = running.record();
+            let mut current = Arc::unwrap_or_clone(running.record());
             current.progress = report.progress.clone();
             current.details = report.details.clone();
             if !matches!(change, Change::Retry { .. }) {

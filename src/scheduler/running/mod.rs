@@ -125,8 +125,9 @@ pub(crate) struct Running {
     pub(super) kind: String,
     /// The operation as last written (durable); its owner and attempt fence this node's
     /// writes.
-    // std Mutex: held only to read or replace the record.
-    pub(super) record: Mutex<OperationRecord>,
+    // std Mutex: held only to read or replace the record (shared: a reader takes a
+    // reference, not a copy).
+    pub(super) record: Mutex<Arc<OperationRecord>>,
     /// What the worker reports, not yet written.
     pub(super) draft: Arc<Draft>,
     pub(super) token: CancellationToken,
@@ -144,11 +145,13 @@ pub(crate) struct Running {
 
 impl Running {
     /// The operation as last written.
-    pub(crate) fn record(&self) -> OperationRecord {
-        self.record
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+    pub(crate) fn record(&self) -> Arc<OperationRecord> {
+        Arc::clone(
+            &self
+                .record
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// The version of the record as last written (without copying the record).
@@ -167,7 +170,7 @@ impl Running {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if record.version > current.version {
-            *current = record;
+            *current = Arc::new(record);
         }
     }
 

@@ -150,22 +150,29 @@ impl Slots {
     }
 
     /// How many more of each of `kinds` (with their limits) may start now, and how many over
-    /// all of them, under `max_running`.
+    /// all of them, under `max_running`. With `counted_only`, a kind this node counts no
+    /// operation of as waiting is left out: on an exclusive store, where every change passes
+    /// through this node, nothing of it is queued (so a claim does not look for it).
     pub(crate) fn room(
         &self,
         kinds: impl Iterator<Item = (String, usize)>,
         max_running: usize,
+        counted_only: bool,
     ) -> (Vec<(String, usize)>, usize) {
         // Ends waiting to be written beyond `max_running` take room, so that a store slow to
         // take them slows new work instead of piling ends up.
         let busy = self.running + self.ending.saturating_sub(max_running);
         let total = max_running.saturating_sub(busy);
         let per_kind = kinds
-            .map(|(kind, limit)| {
-                let running = self.kinds.get(&kind).map_or(0, |k| k.running);
-                (kind, limit.saturating_sub(running).min(total))
+            .filter_map(|(kind, limit)| {
+                let counts = self.kinds.get(&kind);
+                if counted_only && counts.is_none_or(|k| k.waiting() == 0) {
+                    return None;
+                }
+                let running = counts.map_or(0, |k| k.running);
+                let room = limit.saturating_sub(running).min(total);
+                (room > 0).then_some((kind, room))
             })
-            .filter(|(_, room)| *room > 0)
             .collect();
         (per_kind, total)
     }
@@ -222,7 +229,11 @@ mod tests {
         assert!(s.reserve("c", None, 2).is_err(), "global bound");
         s.unreserve("b");
         s.started("a");
-        let (room, total) = s.room([("a".to_owned(), 1), ("b".to_owned(), 5)].into_iter(), 3);
+        let (room, total) = s.room(
+            [("a".to_owned(), 1), ("b".to_owned(), 5)].into_iter(),
+            3,
+            false,
+        );
         assert_eq!(total, 2);
         assert_eq!(room, vec![("b".to_owned(), 2)]);
         s.stopped("a");
@@ -262,11 +273,11 @@ mod tests {
             s.queued("a");
             s.started("a");
         }
-        assert_eq!(s.room(kinds(), 4).1, 0);
+        assert_eq!(s.room(kinds(), 4, false).1, 0);
         s.returned("a");
         s.returned("a");
         assert_eq!(
-            s.room(kinds(), 4).1,
+            s.room(kinds(), 4, false).1,
             2,
             "two slots freed while their ends are written"
         );
@@ -279,9 +290,30 @@ mod tests {
             s.started("a");
             s.returned("a");
         }
-        assert_eq!(s.room(kinds(), 4).1, 2);
+        assert_eq!(s.room(kinds(), 4, false).1, 2);
         s.ended();
         s.ended();
-        assert_eq!(s.room(kinds(), 4).1, 4);
+        assert_eq!(s.room(kinds(), 4, false).1, 4);
+    }
+
+    /// Counted only: a kind with nothing waiting has no room asked for, one with a submission
+    /// reserved (not yet stored) or queued has; room for none is asked while the counts say
+    /// nothing waits.
+    #[test]
+    fn counted_only_leaves_out_kinds_with_nothing_waiting() {
+        let mut s = Slots::default();
+        let kinds = || [("a".to_owned(), 10), ("b".to_owned(), 10)].into_iter();
+        assert_eq!(s.room(kinds(), 4, true), (Vec::new(), 4));
+        assert_eq!(s.room(kinds(), 4, false).0.len(), 2);
+        s.reserve("a", None, 10).unwrap();
+        assert_eq!(s.room(kinds(), 4, true).0, vec![("a".to_owned(), 4)]);
+        // Claimed before its creation was counted: the reservation still shows it.
+        s.started("a");
+        assert_eq!(s.room(kinds(), 4, true).0, vec![("a".to_owned(), 3)]);
+        s.queued("a");
+        s.unreserve("a");
+        assert_eq!(s.room(kinds(), 4, true).0, Vec::new());
+        s.queued("b");
+        assert_eq!(s.room(kinds(), 4, true).0, vec![("b".to_owned(), 3)]);
     }
 }

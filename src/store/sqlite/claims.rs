@@ -32,7 +32,8 @@ pub(super) const CLAIM_NEXT_DUE: &str = concat!(
     " AND due > ?1 AND kind = {kind}"
 );
 
-/// One of the claim's statements for one kind, and whether the kind is to be bound (as `?2`).
+/// The claim's two statements for one kind (`CLAIM_DUE`, `CLAIM_NEXT_DUE`), and whether the
+/// kind is to be bound (as `?2`).
 ///
 /// SQLite prepares a statement again each time a value is bound to a parameter its planner
 /// looked at, and it looks at one compared for equality where rows are ordered (ORDER BY, MIN)
@@ -41,12 +42,47 @@ pub(super) const CLAIM_NEXT_DUE: &str = concat!(
 /// (one statement per kind, each prepared once), and there is no LIMIT: rows come lazily, in
 /// the index's order, and the claim takes as many as it has room for. A kind with a NUL,
 /// which no SQL literal holds, is bound instead.
-pub(super) fn for_kind(sql: &str, kind: &str) -> (String, bool) {
-    if kind.contains('\0') {
-        (sql.replace("{kind}", "?2"), true)
-    } else {
-        let quoted = format!("'{}'", kind.replace('\'', "''"));
-        (sql.replace("{kind}", &quoted), false)
+pub(super) struct KindSql {
+    pub(super) due: String,
+    pub(super) next_due: String,
+    pub(super) bound: bool,
+}
+
+impl KindSql {
+    pub(super) fn new(kind: &str) -> Self {
+        let (literal, bound) = if kind.contains('\0') {
+            ("?2".to_owned(), true)
+        } else {
+            (format!("'{}'", kind.replace('\'', "''")), false)
+        };
+        Self {
+            due: CLAIM_DUE.replace("{kind}", &literal),
+            next_due: CLAIM_NEXT_DUE.replace("{kind}", &literal),
+            bound,
+        }
+    }
+
+    /// The statements of `kind`, written once per kind on this thread (the writer's): a claim
+    /// looks at every kind with room, and writing them anew cost it more than their reads.
+    pub(super) fn of(kind: &str) -> std::rc::Rc<Self> {
+        /// Kinds come from this node's registry and the kinds workers declare: a few; the
+        /// cache is emptied should it ever hold more than this.
+        const MOST: usize = 1024;
+        thread_local! {
+            static KINDS: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<KindSql>>> =
+                std::cell::RefCell::default();
+        }
+        KINDS.with_borrow_mut(|kinds| {
+            if let Some(sql) = kinds.get(kind) {
+                return std::rc::Rc::clone(sql);
+            }
+            if kinds.len() >= MOST {
+                kinds.clear();
+            }
+            let sql = std::rc::Rc::new(Self::new(kind));
+            kinds.insert(kind.to_owned(), std::rc::Rc::clone(&sql));
+            sql
+        })
     }
 }
 
@@ -67,8 +103,9 @@ pub(super) fn claim(
             continue;
         }
         let mut share = Share::new(gates(tx, claim, kind, now)?, *room, now);
-        let (sql, bound) = for_kind(CLAIM_DUE, kind);
-        let mut due_now = tx.prepare_cached(&sql).map_err(sql_error)?;
+        let sql = KindSql::of(kind);
+        let bound = sql.bound;
+        let mut due_now = tx.prepare_cached(&sql.due).map_err(sql_error)?;
         let row = |row: &rusqlite::Row<'_>| {
             let seq = row.get::<_, i64>(2)?;
             let rank = Rank::new(row.get(0)?, row.get(1)?, seq);
@@ -93,8 +130,7 @@ pub(super) fn claim(
         }
         choice.close(kind, &share);
 
-        let (sql, bound) = for_kind(CLAIM_NEXT_DUE, kind);
-        let mut next = tx.prepare_cached(&sql).map_err(sql_error)?;
+        let mut next = tx.prepare_cached(&sql.next_due).map_err(sql_error)?;
         let later: Option<i64> = if bound {
             next.query_row(params![now, kind], |row| row.get(0))
         } else {

@@ -210,7 +210,7 @@ impl SqliteStore {
         )
         .map_err(sql_error)?;
         // Room for every statement the writer runs, two per registered kind among them (see
-        // `writer::for_kind`): an evicted statement is prepared again.
+        // `claims::KindSql`): an evicted statement is prepared again.
         conn.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
         let (tx, rx) = mpsc::channel();
         let max_batch = options.max_batch.max(1);

@@ -665,7 +665,7 @@ fn sweep(
 
 #[cfg(test)]
 mod tests {
-    use super::super::claims::{for_kind, CLAIM_DUE, CLAIM_NEXT_DUE};
+    use super::super::claims::KindSql;
     use super::*;
     use crate::model::OperationRecord;
     use rusqlite::StatementStatus;
@@ -715,7 +715,8 @@ mod tests {
         }
         let statements = kinds
             .iter()
-            .flat_map(|k| [for_kind(CLAIM_DUE, k).0, for_kind(CLAIM_NEXT_DUE, k).0]);
+            .map(|k| KindSql::new(k))
+            .flat_map(|sql| [sql.due, sql.next_due]);
         for sql in statements {
             let stmt = conn.prepare_cached(&sql).unwrap();
             assert_eq!(
