@@ -161,12 +161,17 @@ async fn a_refused_start_leaves_the_operation_queued() {
     let store = FaultyStore::new(Arc::new(oprun::store::memory::MemoryStore::new()));
     let server = TestServer::start_on(dir, store.clone(), RunnerConfig::default()).await;
     // The submission is taken; the RUNNING write that follows it (the claim) is refused.
+    // (Due a moment later, it is queued: one due now with room would be stored started.)
     store.refuse_claims.store(true, Ordering::SeqCst);
     let op = server
         .runner
-        .submit(oprun::Submission::new("gauge", sleep_input(0, 1, "")))
+        .submit(
+            oprun::Submission::new("gauge", sleep_input(0, 1, ""))
+                .not_before(std::time::SystemTime::now() + Duration::from_millis(20)),
+        )
         .await
         .unwrap();
+    assert_eq!(op.state, State::Queued);
     // However slow this machine, the start is tried and refused, and tried again (a pass of
     // the dispatcher tries two claims: its batches', then the others').
     let before = store.refused.load(Ordering::SeqCst);

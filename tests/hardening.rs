@@ -770,6 +770,46 @@ async fn cancel_during_retry_bookkeeping_ends_the_operation() {
     runner.cancel(&long.id).await.unwrap();
 }
 
+/// A submission whose caller goes away while its insert is under way gives its place in the
+/// queue back (the insert goes on, on a task of its own, and counts what it stored): with a
+/// queue of one, later submissions find room again. (The place stayed taken for good: each
+/// caller that went away midway shrank the queue by one, until it refused everything.)
+#[tokio::test(start_paused = true)]
+async fn a_submission_whose_caller_went_away_gives_its_place_back() {
+    let gate = common::faults::FaultyStore::new(Arc::new(MemoryStore::new()));
+    let (reached, release) = gate.hold_writes(|r| r.kind == "sleep" && r.attempt == 1);
+    let runner = runner_with(gate.clone(), refusing().max_queued(1)).await;
+    let submitting = tokio::spawn({
+        let runner = runner.clone();
+        async move {
+            runner
+                .submit(Submission::new("sleep", sleep_input(0, 1, "")))
+                .await
+        }
+    });
+    reached.notified().await;
+    // The caller goes away while the insert waits.
+    submitting.abort();
+    assert!(submitting.await.unwrap_err().is_cancelled());
+    gate.hold_writes(|_| false);
+    release.notify_one();
+    let until = Instant::now() + Duration::from_secs(5);
+    let next = loop {
+        match runner
+            .submit(Submission::new("sleep", sleep_input(0, 1, "")))
+            .await
+        {
+            Ok(next) => break next,
+            Err(e) => {
+                assert!(Instant::now() < until, "the queue stayed full: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let done = runner.wait(&next.id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(done.state, State::Succeeded);
+}
+
 /// A worker that returned gives its slot to the next operation while its end is written:
 /// with one slot, the next operation starts although the store holds the first one's end
 /// open. (Held until the end was written, the slot made every run wait a commit.)
@@ -812,6 +852,9 @@ async fn a_returned_worker_frees_its_slot_before_its_end_is_written() {
 #[tokio::test(start_paused = true)]
 async fn a_retry_claimed_before_its_write_was_followed_stays_held() {
     let gate = common::faults::FaultyStore::new(Arc::new(MemoryStore::new()));
+    // Shared, as PostgreSQL is: on an exclusive store a claim looks only for what this node
+    // counts queued, which a retry is once its write was followed.
+    gate.shared.store(true, Ordering::SeqCst);
     let (reached, release) =
         gate.hold_replies(|r| r.kind == "again" && r.state == State::Queued && r.attempt == 2);
     let runner = runner_with(gate.clone(), RunnerConfig::default()).await;

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use super::{Runner, Submission, MAX_BATCH_SUBMIT, MAX_REQUEST_ID_LEN, MAX_UNIQUE_KEY_LEN};
 use crate::error::Error;
-use crate::model::{time, OperationRecord, MAX_PRIORITY, MIN_PRIORITY};
+use crate::model::{time, OperationRecord, State, MAX_PRIORITY, MIN_PRIORITY};
 use crate::proto::oprun::v1::RetryPolicy as RetryPolicyProto;
 use crate::store::Inserted;
 use crate::text::quote;
@@ -49,13 +49,14 @@ impl Runner {
         };
         let asked = Asked::of(&record);
         self.reserve_or_wait(&asked.kind, max_queued).await?;
-        let inserted = self.create(record).await;
-        self.lock_slots().unreserve(&asked.kind);
+        let reserved = Reserved {
+            runner: self,
+            kinds: vec![asked.kind.clone()],
+        };
+        let inserted = self.create(self.start_at_once(record)).await;
+        drop(reserved);
         match inserted? {
-            Inserted::New(r) => {
-                self.admitted(&r);
-                Ok(r)
-            }
+            Inserted::New(r) => Ok(r),
             Inserted::Existing(existing) => self.found(existing, &asked).await,
         }
     }
@@ -107,38 +108,25 @@ impl Runner {
             }
         }
         same_requests(&new)?;
-        let mut reserved: Vec<String> = Vec::with_capacity(new.len());
-        let mut full = None;
-        for (index, record, max_queued) in &new {
-            match self.reserve_or_wait(&record.kind, *max_queued).await {
-                Ok(()) => reserved.push(record.kind.clone()),
-                Err(e) => {
-                    full = Some(e.in_batch(*index));
-                    break;
-                }
-            }
-        }
-        let unreserve = |reserved: &[String]| {
-            let mut slots = self.lock_slots();
-            for kind in reserved {
-                slots.unreserve(kind);
-            }
+        let mut reserved = Reserved {
+            runner: self,
+            kinds: Vec::with_capacity(new.len()),
         };
-        if let Some(e) = full {
-            unreserve(&reserved);
-            return Err(e);
+        for (index, record, max_queued) in &new {
+            // A full queue gives back what the batch reserved (when `reserved` drops).
+            self.reserve_or_wait(&record.kind, *max_queued)
+                .await
+                .map_err(|e| e.in_batch(*index))?;
+            reserved.kinds.push(record.kind.clone());
         }
         let asked: Vec<(usize, Asked)> = new.iter().map(|(i, r, _)| (*i, Asked::of(r))).collect();
         let inserted = self
             .create_many(new.into_iter().map(|(_, r, _)| r).collect())
             .await;
-        unreserve(&reserved);
+        drop(reserved);
         for ((index, asked), inserted) in asked.iter().zip(inserted?) {
             let answer = match inserted {
-                Inserted::New(r) => {
-                    self.admitted(&r);
-                    r
-                }
+                Inserted::New(r) => r,
                 Inserted::Existing(existing) => self
                     .found(existing, asked)
                     .await
@@ -290,9 +278,19 @@ impl Runner {
         })
     }
 
-    /// What follows the insert of a new operation: the log line, and the wake-ups of what
-    /// may act on it.
-    fn admitted(&self, r: &OperationRecord) {
+    /// What follows the insert of a new operation, whether or not its submitter still waits:
+    /// its counts, its publication, the log line, the wake-ups of what may act on it, and
+    /// its launch if it was stored started (see [`Runner::start_at_once`]).
+    pub(super) fn stored(&self, r: &OperationRecord) {
+        let at_once = r.state == State::Running;
+        if !at_once {
+            self.lock_slots().queued(&r.kind);
+        }
+        self.shared.metrics.submitted(&r.kind);
+        if at_once {
+            self.shared.metrics.started(r);
+        }
+        self.shared.bus.publish(r, None);
         info!(op.name = %r.id, op.kind = %r.kind, "submitted");
         if super::batch::CONTROL_KINDS.contains(&r.kind.as_str()) {
             self.shared.pending.control.store(true, Ordering::Release);
@@ -300,9 +298,14 @@ impl Runner {
         if !self.shared.kinds.is_in_process(&r.kind) {
             self.shared.pending.remote.store(true, Ordering::Release);
         }
-        self.shared.wakes.dispatch.notify_one();
+        if !at_once {
+            self.shared.wakes.dispatch.notify_one();
+        }
         if r.deadline.is_some() {
             self.shared.wakes.deadline.notify_one();
+        }
+        if at_once {
+            self.launch(r.clone());
         }
     }
 
@@ -373,6 +376,24 @@ impl Runner {
             });
         }
         self.get(&existing.id).await
+    }
+}
+
+/// Places in the queue taken for submissions until they are stored or refused (see
+/// [`Slots::reserve`](super::running::slots::Slots::reserve)): given back when dropped, also
+/// when the submitting call goes away midway (its insert goes on, on a task of its own, and
+/// counts what it stored).
+struct Reserved<'a> {
+    runner: &'a Runner,
+    kinds: Vec<String>,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        let mut slots = self.runner.lock_slots();
+        for kind in &self.kinds {
+            slots.unreserve(kind);
+        }
     }
 }
 

@@ -74,7 +74,7 @@ impl Runner {
             .collect()
     }
 
-    fn own_limit(&self, kind: &str) -> Option<usize> {
+    pub(super) fn own_limit(&self, kind: &str) -> Option<usize> {
         let declared = || self.shared.kinds.task(kind)?.options().max_concurrency;
         self.shared
             .config

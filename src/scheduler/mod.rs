@@ -42,6 +42,7 @@
 
 mod admin;
 mod admission;
+mod at_once;
 pub mod batch;
 mod bus;
 pub mod clock;

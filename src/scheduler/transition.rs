@@ -168,15 +168,18 @@ impl Runner {
             .spawn(
                 async move {
                     let id = record.id.clone();
+                    // Started at once (see `Runner::start_at_once`): its slot is taken.
+                    let at_once = (record.state == State::Running).then(|| record.kind.clone());
                     runner.shared.bus.expect(&id);
                     let inserted = runner.shared.store.insert(record).await;
                     match &inserted {
-                        Ok(Inserted::New(r)) => {
-                            runner.lock_slots().queued(&r.kind);
-                            runner.shared.metrics.submitted(&r.kind);
-                            runner.shared.bus.publish(r, None);
+                        Ok(Inserted::New(r)) => runner.stored(r),
+                        Ok(Inserted::Existing(_)) | Err(_) => {
+                            runner.shared.bus.forget(&id);
+                            if let Some(kind) = at_once {
+                                runner.shared.running.not_launched(&kind);
+                            }
                         }
-                        Ok(Inserted::Existing(_)) | Err(_) => runner.shared.bus.forget(&id),
                     }
                     inserted
                 }
@@ -220,9 +223,7 @@ impl Runner {
                     }
                     for r in inserted.iter().flatten() {
                         if let Inserted::New(r) = r {
-                            runner.lock_slots().queued(&r.kind);
-                            runner.shared.metrics.submitted(&r.kind);
-                            runner.shared.bus.publish(r, None);
+                            runner.stored(r);
                         }
                     }
                     inserted

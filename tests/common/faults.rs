@@ -57,6 +57,9 @@ pub struct FaultyStore {
     pub hang_leases: AtomicBool,
     /// Rescues (the search for work of expired leases) never answer while set.
     pub hang_rescues: AtomicBool,
+    /// Reports the store shared (not exclusive), as one that several nodes use: no claim
+    /// is left out for what this node counts, and no submission is stored started.
+    pub shared: AtomicBool,
     /// Writes of a change asked for (taken or refused).
     pub updates: AtomicUsize,
     /// Writes refused.
@@ -74,6 +77,7 @@ impl FaultyStore {
             refuse_reads: AtomicBool::new(false),
             hang_leases: AtomicBool::new(false),
             hang_rescues: AtomicBool::new(false),
+            shared: AtomicBool::new(false),
             updates: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
             hold: Hold::default(),
@@ -81,8 +85,8 @@ impl FaultyStore {
         })
     }
 
-    /// From now on, a write of a record `when` picks waits: `reached` is notified, then the
-    /// write waits for `release`. Returns (reached, release).
+    /// From now on, a write (or an insert) of a record `when` picks waits: `reached` is
+    /// notified, then the write waits for `release`. Returns (reached, release).
     pub fn hold_writes(
         &self,
         when: impl Fn(&OperationRecord) -> bool + Send + Sync + 'static,
@@ -135,6 +139,10 @@ impl FaultyStore {
 impl Store for FaultyStore {
     async fn insert(&self, r: OperationRecord) -> Result<Inserted, StoreError> {
         self.refuse_write()?;
+        if let Some((reached, release)) = self.hold.picks(&r) {
+            reached.notify_one();
+            release.notified().await;
+        }
         self.inner.insert(r).await
     }
     async fn insert_many(&self, r: Vec<OperationRecord>) -> Result<Vec<Inserted>, StoreError> {
@@ -300,7 +308,7 @@ impl Store for FaultyStore {
         self.inner.registered(what).await
     }
     fn is_exclusive(&self) -> bool {
-        self.inner.is_exclusive()
+        self.inner.is_exclusive() && !self.shared.load(Ordering::SeqCst)
     }
     async fn changes(&self, after: Option<i64>, limit: usize) -> Result<Changes, StoreError> {
         self.read()?;

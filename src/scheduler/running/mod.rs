@@ -68,6 +68,14 @@ impl RunningSet {
         self.slots().started(kind);
     }
 
+    /// Takes a running slot for a submission of `kind` to start at once, when a claim now
+    /// would start it (see [`Slots::take_at_once`]): counted running, as a claim counts it.
+    /// Whether it took one; a taken slot not used goes back with
+    /// [`not_launched`](Self::not_launched).
+    pub(crate) fn take_at_once(&self, kind: &str, kind_limit: usize, max_running: usize) -> bool {
+        self.slots().take_at_once(kind, kind_limit, max_running)
+    }
+
     /// A claimed operation of `kind` that will not run here after all (its kind is not known
     /// here): its slot back.
     pub(crate) fn not_launched(&self, kind: &str) {

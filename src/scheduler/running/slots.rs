@@ -34,6 +34,12 @@ struct KindSlots {
 }
 
 impl KindSlots {
+    /// Whether some are queued in the store, as counted (reservations not among them: a
+    /// reserved submission is counted queued, and the dispatcher woken, once it is stored).
+    fn queued(&self) -> bool {
+        self.counted.saturating_add(self.waiting) > 0
+    }
+
     fn waiting(&self) -> usize {
         usize::try_from(self.counted.saturating_add(self.waiting).max(0))
             .unwrap_or(usize::MAX)
@@ -151,7 +157,7 @@ impl Slots {
 
     /// How many more of each of `kinds` (with their limits) may start now, and how many over
     /// all of them, under `max_running`. With `counted_only`, a kind this node counts no
-    /// operation of as waiting is left out: on an exclusive store, where every change passes
+    /// operation of as queued is left out: on an exclusive store, where every change passes
     /// through this node, nothing of it is queued (so a claim does not look for it).
     pub(crate) fn room(
         &self,
@@ -166,7 +172,7 @@ impl Slots {
         let per_kind = kinds
             .filter_map(|(kind, limit)| {
                 let counts = self.kinds.get(&kind);
-                if counted_only && counts.is_none_or(|k| k.waiting() == 0) {
+                if counted_only && counts.is_none_or(|k| !k.queued()) {
                     return None;
                 }
                 let running = counts.map_or(0, |k| k.running);
@@ -175,6 +181,32 @@ impl Slots {
             })
             .collect();
         (per_kind, total)
+    }
+
+    /// Takes a running slot for a submission of `kind` (reserved, not yet stored) to start at
+    /// once, if a claim now would start it: the kind has room (under `kind_limit`) for all
+    /// of its waiting work, and the node (under `max_running`) for all work waiting of every
+    /// kind, so starting it before the others takes no one's place. Whether it took one.
+    pub(super) fn take_at_once(
+        &mut self,
+        kind: &str,
+        kind_limit: usize,
+        max_running: usize,
+    ) -> bool {
+        let busy = self.running + self.ending.saturating_sub(max_running);
+        let total = max_running.saturating_sub(busy);
+        let all_waiting = self.waiting().max(1);
+        let (running, waiting) = self
+            .kinds
+            .get(kind)
+            .map_or((0, 1), |k| (k.running, k.waiting().max(1)));
+        let room = kind_limit.saturating_sub(running).min(total);
+        if room < waiting || total < all_waiting {
+            return false;
+        }
+        self.running += 1;
+        self.kind(kind).running += 1;
+        true
     }
 
     /// An operation of `kind` started running here.
@@ -296,24 +328,59 @@ mod tests {
         assert_eq!(s.room(kinds(), 4, false).1, 4);
     }
 
-    /// Counted only: a kind with nothing waiting has no room asked for, one with a submission
-    /// reserved (not yet stored) or queued has; room for none is asked while the counts say
-    /// nothing waits.
+    /// Counted only: a kind with nothing queued has no room asked for, one with work queued
+    /// has; a reservation (a submission not yet stored) is not queued work yet.
     #[test]
-    fn counted_only_leaves_out_kinds_with_nothing_waiting() {
+    fn counted_only_leaves_out_kinds_with_nothing_queued() {
         let mut s = Slots::default();
         let kinds = || [("a".to_owned(), 10), ("b".to_owned(), 10)].into_iter();
         assert_eq!(s.room(kinds(), 4, true), (Vec::new(), 4));
         assert_eq!(s.room(kinds(), 4, false).0.len(), 2);
         s.reserve("a", None, 10).unwrap();
-        assert_eq!(s.room(kinds(), 4, true).0, vec![("a".to_owned(), 4)]);
-        // Claimed before its creation was counted: the reservation still shows it.
-        s.started("a");
-        assert_eq!(s.room(kinds(), 4, true).0, vec![("a".to_owned(), 3)]);
+        assert_eq!(s.room(kinds(), 4, true).0, Vec::new());
         s.queued("a");
         s.unreserve("a");
+        assert_eq!(s.room(kinds(), 4, true).0, vec![("a".to_owned(), 4)]);
+        s.started("a");
+        assert_eq!(s.room(kinds(), 4, true).0, Vec::new());
+        // Claimed before its creation was counted, then counted: nothing queued.
+        s.started("b");
         assert_eq!(s.room(kinds(), 4, true).0, Vec::new());
         s.queued("b");
-        assert_eq!(s.room(kinds(), 4, true).0, vec![("b".to_owned(), 3)]);
+        assert_eq!(s.room(kinds(), 4, true).0, Vec::new());
+        s.queued("b");
+        assert_eq!(s.room(kinds(), 4, true).0, vec![("b".to_owned(), 2)]);
+    }
+
+    /// A submission starts at once only when a claim would start it and everything else
+    /// waiting: with room for all of its kind's waiting work and the node's.
+    #[test]
+    fn a_submission_starts_at_once_only_with_room_for_all_waiting() {
+        let mut s = Slots::default();
+        s.reserve("a", None, 10).unwrap();
+        assert!(s.take_at_once("a", 2, 4), "nothing else waits");
+        assert_eq!(
+            (
+                s.running(),
+                s.room([("a".to_owned(), 2)].into_iter(), 4, false).1
+            ),
+            (1, 3)
+        );
+        s.unreserve("a");
+        // Another of the kind queued: a claim would start both (room 1 for 2 waiting? no).
+        s.queued("a");
+        s.reserve("a", None, 10).unwrap();
+        assert!(!s.take_at_once("a", 2, 4), "its kind's room is 1, two wait");
+        assert!(s.take_at_once("a", 3, 4), "room for both");
+        s.unreserve("a");
+        // Work of another kind waits beyond the node's room.
+        let mut s = Slots::default();
+        for _ in 0..3 {
+            s.queued("b");
+        }
+        s.reserve("a", None, 10).unwrap();
+        assert!(!s.take_at_once("a", 10, 3), "four wait for three slots");
+        assert!(s.take_at_once("a", 10, 4));
+        assert_eq!(s.running(), 1);
     }
 }
