@@ -297,7 +297,7 @@ impl Runner {
                 current.status_message = report.status_message.clone();
             }
             let e = match self
-                .transition_at(&current, change.clone(), running.fence(), at)
+                .transition_in_place(&current, change.clone(), running.fence(), at)
                 .await
             {
                 Ok(written) => {

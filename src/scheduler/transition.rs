@@ -83,6 +83,23 @@ impl Runner {
             .unwrap_or_else(|e| Err(TransitionError::Store(joined(&e))))
     }
 
+    /// [`Runner::transition_at`] for a caller that nothing cancels midway (a run's driver, a
+    /// task of its own that always runs to its end): written and published in place, without
+    /// a task of its own.
+    ///
+    /// # Errors
+    /// As [`Runner::transition`].
+    pub(crate) async fn transition_in_place(
+        &self,
+        current: &OperationRecord,
+        change: Change,
+        fence: Fence,
+        at: std::time::SystemTime,
+    ) -> Result<OperationRecord, TransitionError> {
+        let next = current.apply(change, at)?;
+        self.write_and_publish(current.state, next, fence).await
+    }
+
     async fn write_and_publish(
         &self,
         before: State,
