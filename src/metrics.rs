@@ -110,6 +110,17 @@ impl CommitStats {
     }
 }
 
+/// One gRPC method's series in one [`Metrics`], kept by a caller that counts its calls: each
+/// series is looked up (its labels hashed, the family locked) at its first use only, and
+/// made then, so that only methods called are exposed, as with [`Metrics::call_started`].
+#[derive(Debug, Default)]
+pub(crate) struct CallSeries {
+    started: std::sync::OnceLock<Counter>,
+    seconds: std::sync::OnceLock<Histogram>,
+    /// Handled with OK (other codes are looked up each time).
+    ok: std::sync::OnceLock<Counter>,
+}
+
 /// A runner's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -310,6 +321,43 @@ impl Metrics {
                 .observe(ran.as_secs_f64());
         }
         self.finished.get_or_create(&labels).inc();
+    }
+
+    /// A gRPC call of `series`' method started (see [`CallSeries`]).
+    pub(crate) fn call_started_in(&self, series: &CallSeries, labels: &GrpcLabels) {
+        series
+            .started
+            .get_or_init(|| self.grpc_started.get_or_create(labels).clone())
+            .inc();
+    }
+
+    /// A gRPC call of `series`' method ended with `code` after `took` (see [`CallSeries`]).
+    pub(crate) fn call_handled_in(
+        &self,
+        series: &CallSeries,
+        labels: GrpcLabels,
+        code: &'static str,
+        took: Duration,
+    ) {
+        series
+            .seconds
+            .get_or_init(|| self.grpc_seconds.get_or_create(&labels).clone())
+            .observe(took.as_secs_f64());
+        let handled = |code| {
+            self.grpc_handled
+                .get_or_create(&GrpcCodeLabels {
+                    grpc_type: labels.grpc_type,
+                    grpc_service: labels.grpc_service,
+                    grpc_method: labels.grpc_method,
+                    grpc_code: code,
+                })
+                .clone()
+        };
+        if code == "OK" {
+            series.ok.get_or_init(|| handled(code)).inc();
+        } else {
+            handled(code).inc();
+        }
     }
 
     /// A gRPC call started.

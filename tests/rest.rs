@@ -859,6 +859,13 @@ async fn metrics_count_what_happened() {
     );
     assert_eq!(
         value(
+            "grpc_server_handled_total",
+            &[("grpc_method", "CancelOperation"), ("grpc_code", "OK")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
             "grpc_server_handling_seconds_count",
             &[("grpc_method", "CancelOperation")]
         ),

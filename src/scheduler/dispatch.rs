@@ -149,11 +149,19 @@ impl Runner {
         // (every change passes through this node): the claim does not look for it.
         let counted_only = self.shared.store.is_exclusive();
         loop {
-            let (kinds, total) = self.lock_slots().room(
-                self.kind_limits(),
-                self.shared.config.max_running,
-                counted_only,
-            );
+            let (kinds, total) = {
+                let slots = self.lock_slots();
+                if counted_only && !slots.any_queued() {
+                    // Nothing queued here (a wake for a run that ended): no kind to look at.
+                    (Vec::new(), 0)
+                } else {
+                    slots.room(
+                        self.kind_limits(),
+                        self.shared.config.max_running,
+                        counted_only,
+                    )
+                }
+            };
             let mut next_due = None;
             let mut gate = Some(self.shared.lease.claiming.lock().await);
             // Without a lease, what this node claimed would look abandoned to the others.

@@ -16,7 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
 
 use crate::http::code_name;
-use crate::metrics::{GrpcLabels, Metrics};
+use crate::metrics::{CallSeries, GrpcLabels, Metrics};
 
 /// What the metrics say about each known method: service, method, type.
 type Methods = HashMap<String, GrpcLabels>;
@@ -25,8 +25,24 @@ type Methods = HashMap<String, GrpcLabels>;
 #[derive(Clone)]
 pub(crate) struct GrpcMetricsLayer {
     metrics: Arc<Metrics>,
-    /// Built once per process from the descriptors.
-    methods: &'static Methods,
+    /// Each known method (by path) with its series in `metrics`, and the one all paths no
+    /// service has share (so that no client can grow the registry).
+    methods: Arc<(HashMap<&'static str, Arc<Method>>, Arc<Method>)>,
+}
+
+/// A method's labels and its series.
+struct Method {
+    labels: GrpcLabels,
+    series: CallSeries,
+}
+
+impl Method {
+    fn new(labels: GrpcLabels) -> Arc<Self> {
+        Arc::new(Self {
+            labels,
+            series: CallSeries::default(),
+        })
+    }
 }
 
 impl GrpcMetricsLayer {
@@ -47,17 +63,25 @@ impl GrpcMetricsLayer {
             }
             methods
         });
-        Self { metrics, methods }
-    }
-
-    fn labels(&self, path: &str) -> GrpcLabels {
-        // A path no service has (a client's typo, or garbage): one label set for all, so
-        // that no client can grow the registry.
-        self.methods.get(path).copied().unwrap_or(GrpcLabels {
+        let known = methods
+            .iter()
+            .map(|(path, labels)| (path.as_str(), Method::new(*labels)))
+            .collect();
+        let unknown = Method::new(GrpcLabels {
             grpc_type: "unknown",
             grpc_service: "unknown",
             grpc_method: "unknown",
-        })
+        });
+        Self {
+            metrics,
+            methods: Arc::new((known, unknown)),
+        }
+    }
+
+    /// The method at `path` (a client's typo, or garbage: the unknown one).
+    fn method(&self, path: &str) -> Arc<Method> {
+        let (known, unknown) = &*self.methods;
+        Arc::clone(known.get(path).unwrap_or(unknown))
     }
 }
 
@@ -119,16 +143,16 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let labels = self.layer.labels(req.uri().path());
+        let method = self.layer.method(req.uri().path());
         let metrics = Arc::clone(&self.layer.metrics);
-        metrics.call_started(&labels);
+        metrics.call_started_in(&method.series, &method.labels);
         let started = Instant::now();
         let call = self.inner.call(req);
         Box::pin(async move {
             let response = call.await?;
             let mut pending = Some(Pending {
                 metrics,
-                labels,
+                method,
                 started,
             });
             if let Some(code) = grpc_code(response.headers()) {
@@ -144,14 +168,18 @@ where
 /// A call whose status is not counted yet.
 struct Pending {
     metrics: Arc<Metrics>,
-    labels: GrpcLabels,
+    method: Arc<Method>,
     started: Instant,
 }
 
 impl Pending {
     fn handled(self, code: &'static str) {
-        self.metrics
-            .call_handled(self.labels, code, self.started.elapsed());
+        self.metrics.call_handled_in(
+            &self.method.series,
+            self.method.labels,
+            code,
+            self.started.elapsed(),
+        );
     }
 }
 

@@ -101,6 +101,12 @@ impl Slots {
         }
     }
 
+    /// Whether some operation of any kind is queued, as counted (see [`Slots::room`]'s
+    /// `counted_only`).
+    pub(crate) fn any_queued(&self) -> bool {
+        self.kinds.values().any(KindSlots::queued)
+    }
+
     /// Running, over all kinds.
     pub(crate) fn running(&self) -> usize {
         self.running
