@@ -55,6 +55,18 @@ pub struct GrpcLabels {
     pub grpc_method: &'static str,
 }
 
+impl GrpcLabels {
+    /// These labels and a status code name.
+    fn with_code(self, grpc_code: &'static str) -> GrpcCodeLabels {
+        GrpcCodeLabels {
+            grpc_type: self.grpc_type,
+            grpc_service: self.grpc_service,
+            grpc_method: self.grpc_method,
+            grpc_code,
+        }
+    }
+}
+
 /// [`GrpcLabels`] and the status code name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GrpcCodeLabels {
@@ -345,12 +357,7 @@ impl Metrics {
             .observe(took.as_secs_f64());
         let handled = |code| {
             self.grpc_handled
-                .get_or_create(&GrpcCodeLabels {
-                    grpc_type: labels.grpc_type,
-                    grpc_service: labels.grpc_service,
-                    grpc_method: labels.grpc_method,
-                    grpc_code: code,
-                })
+                .get_or_create(&labels.with_code(code))
                 .clone()
         };
         if code == "OK" {
@@ -371,12 +378,7 @@ impl Metrics {
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
         self.grpc_handled
-            .get_or_create(&GrpcCodeLabels {
-                grpc_type: labels.grpc_type,
-                grpc_service: labels.grpc_service,
-                grpc_method: labels.grpc_method,
-                grpc_code: code,
-            })
+            .get_or_create(&labels.with_code(code))
             .inc();
     }
 

@@ -25,9 +25,15 @@ type Methods = HashMap<String, GrpcLabels>;
 #[derive(Clone)]
 pub(crate) struct GrpcMetricsLayer {
     metrics: Arc<Metrics>,
-    /// Each known method (by path) with its series in `metrics`, and the one all paths no
-    /// service has share (so that no client can grow the registry).
-    methods: Arc<(HashMap<&'static str, Arc<Method>>, Arc<Method>)>,
+    /// The methods, with their series in `metrics`.
+    methods: Arc<MethodTable>,
+}
+
+/// Each known method by path, and the one all paths no service has share (so that no client
+/// can grow the registry).
+struct MethodTable {
+    known: HashMap<&'static str, Arc<Method>>,
+    unknown: Arc<Method>,
 }
 
 /// A method's labels and its series.
@@ -74,13 +80,13 @@ impl GrpcMetricsLayer {
         });
         Self {
             metrics,
-            methods: Arc::new((known, unknown)),
+            methods: Arc::new(MethodTable { known, unknown }),
         }
     }
 
     /// The method at `path` (a client's typo, or garbage: the unknown one).
     fn method(&self, path: &str) -> Arc<Method> {
-        let (known, unknown) = &*self.methods;
+        let MethodTable { known, unknown } = &*self.methods;
         Arc::clone(known.get(path).unwrap_or(unknown))
     }
 }
