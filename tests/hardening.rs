@@ -810,6 +810,61 @@ async fn a_submission_whose_caller_went_away_gives_its_place_back() {
     assert_eq!(done.state, State::Succeeded);
 }
 
+/// On a store only this node uses, a submission with room starts at once (answered RUNNING)
+/// when its kind is safe to retry; one of a kind that is not is queued (a shutdown during
+/// its insert must leave it QUEUED, not RUNNING for the restart rule to abort).
+#[tokio::test(start_paused = true)]
+async fn only_kinds_safe_to_retry_start_at_once() {
+    let runner = runner().await;
+    let safe = runner
+        .submit(Submission::new("sleep", sleep_input(3_600_000, 1, "")))
+        .await
+        .unwrap();
+    assert_eq!(safe.state, State::Running, "{safe:?}");
+    assert_eq!(safe.attempt, 1);
+    let unsafe_to_retry = runner
+        .submit(Submission::new("again", sleep_input(0, 1, "")))
+        .await
+        .unwrap();
+    assert_eq!(unsafe_to_retry.state, State::Queued);
+    runner.cancel(&safe.id).await.unwrap();
+}
+
+/// A running slot taken for a submission to start at once, and not used (its insert found
+/// the operation holding its unique key), goes back with a wake of the dispatcher: work
+/// queued meanwhile for want of that slot starts. (Given back silently, the slot stayed
+/// free while the queued operation waited for an unrelated wake.)
+#[tokio::test(start_paused = true)]
+async fn a_slot_taken_to_start_at_once_and_not_used_wakes_the_dispatcher() {
+    let gate = common::faults::FaultyStore::new(Arc::new(MemoryStore::new()));
+    let runner = runner_with(gate.clone(), RunnerConfig::default().max_running(2)).await;
+    let keyed =
+        || Submission::new("sleep", sleep_input(3_600_000, 1, "")).unique_key("k".to_owned());
+    let holder = runner.submit(keyed()).await.unwrap();
+    assert_eq!(holder.state, State::Running);
+    let (reached, release) = gate.hold_writes(|r| r.unique_key.as_deref() == Some("k"));
+    // Takes the second slot, and waits in its insert.
+    let repeat = tokio::spawn({
+        let runner = runner.clone();
+        async move { runner.submit(keyed()).await }
+    });
+    reached.notified().await;
+    let queued = runner
+        .submit(Submission::new("sleep", sleep_input(0, 1, "")))
+        .await
+        .unwrap();
+    assert_eq!(queued.state, State::Queued, "no slot was free");
+    gate.hold_writes(|_| false);
+    release.notify_one();
+    assert_eq!(repeat.await.unwrap().unwrap().id, holder.id);
+    let done = runner
+        .wait(&queued.id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(done.state, State::Succeeded, "{done:?}");
+    runner.cancel(&holder.id).await.unwrap();
+}
+
 /// A worker that returned gives its slot to the next operation while its end is written:
 /// with one slot, the next operation starts although the store holds the first one's end
 /// open. (Held until the end was written, the slot made every run wait a commit.)

@@ -390,10 +390,15 @@ struct Reserved<'a> {
 
 impl Drop for Reserved<'_> {
     fn drop(&mut self) {
-        let mut slots = self.runner.lock_slots();
-        for kind in &self.kinds {
-            slots.unreserve(kind);
+        {
+            let mut slots = self.runner.lock_slots();
+            for kind in &self.kinds {
+                slots.unreserve(kind);
+            }
         }
+        // Room for a submission waiting on a full queue (one stored started, or refused,
+        // never passes through a claim, which wakes them otherwise).
+        self.runner.shared.wakes.queue_room.notify_waiters();
     }
 }
 

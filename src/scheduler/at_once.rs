@@ -18,6 +18,11 @@ impl Runner {
         if !self.may_start_at_once(&record) {
             return record;
         }
+        // Not while the dispatcher claims: its claim counts on the room it saw (taken under
+        // this gate). Busy, the submission is queued and that claim, or the next, starts it.
+        let Ok(_gate) = self.shared.lease.claiming.try_lock() else {
+            return record;
+        };
         let max_running = self.shared.config.max_running;
         let limit = self.own_limit(&record.kind).unwrap_or(max_running);
         if !self
@@ -34,16 +39,26 @@ impl Runner {
             Ok(started) => started,
             Err(_) => {
                 // A new record is QUEUED: not reached.
-                self.shared.running.not_launched(&record.kind);
+                self.slot_not_used(&record.kind);
                 record
             }
         }
     }
 
+    /// A slot taken for a submission to start at once that did not start (its insert failed,
+    /// or found the operation its request id or unique key names): back to the dispatcher,
+    /// which may have queued work waiting for it.
+    pub(super) fn slot_not_used(&self, kind: &str) {
+        self.shared.running.not_launched(kind);
+        self.shared.wakes.dispatch.notify_one();
+    }
+
     /// Whether nothing but the room stands between `r` and its start: an exclusive store
     /// (every claim is this node's), a new operation due now of a kind that runs in this
-    /// process, no gate of its own (a limit per key, a start rate), a node that holds its
-    /// lease and takes work.
+    /// process and is safe to run again (a start that a shutdown cuts short leaves it
+    /// RUNNING, and the restart rule runs it again, as it does a claimed one; a kind not safe
+    /// to retry would be aborted instead of run), no gate of its own (a limit per key, a
+    /// start rate), a node that holds its lease and takes work.
     fn may_start_at_once(&self, r: &OperationRecord) -> bool {
         let shared = &self.shared;
         shared.store.is_exclusive()
@@ -58,10 +73,10 @@ impl Runner {
                 .kind_rates
                 .iter()
                 .any(|(kind, _)| *kind == r.kind)
-            && shared
-                .kinds
-                .task(&r.kind)
-                .is_some_and(|task| task.options().max_per_key.is_none())
+            && shared.kinds.task(&r.kind).is_some_and(|task| {
+                let options = task.options();
+                options.retry_safe && options.max_per_key.is_none()
+            })
             && shared.life.accepting.load(Ordering::Acquire)
             && !shared.lease.lost.load(Ordering::Acquire)
     }

@@ -149,6 +149,9 @@ impl Runner {
         // (every change passes through this node): the claim does not look for it.
         let counted_only = self.shared.store.is_exclusive();
         loop {
+            // The room is read under the gate: a submission started at once takes its slot
+            // under it too, so a claim never starts more than the room it saw.
+            let mut gate = Some(self.shared.lease.claiming.lock().await);
             let (kinds, total) = {
                 let slots = self.lock_slots();
                 if counted_only && !slots.any_queued() {
@@ -163,7 +166,6 @@ impl Runner {
                 }
             };
             let mut next_due = None;
-            let mut gate = Some(self.shared.lease.claiming.lock().await);
             // Without a lease, what this node claimed would look abandoned to the others.
             let leased = !self.shared.lease.lost.load(Ordering::Acquire);
             if leased && self.shared.pending.control.swap(false, Ordering::AcqRel) {

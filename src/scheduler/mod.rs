@@ -151,7 +151,8 @@ struct Retained {
 /// This node's hold on its work (see `recovery`). Invariant: while `lost` is true, nothing
 /// is claimed; `claiming` is held across a claim and the launch of what it claimed, and while
 /// the node takes back what it left when its lease ended, so neither sees the other half
-/// done.
+/// done; a submission takes its slot to start at once under it too (see `at_once`), so that
+/// no claim starts more than the room it saw.
 #[derive(Default)]
 struct Lease {
     /// This node's lease ended before it could renew it.

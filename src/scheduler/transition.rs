@@ -194,7 +194,7 @@ impl Runner {
                         Ok(Inserted::Existing(_)) | Err(_) => {
                             runner.shared.bus.forget(&id);
                             if let Some(kind) = at_once {
-                                runner.shared.running.not_launched(&kind);
+                                runner.slot_not_used(&kind);
                             }
                         }
                     }
