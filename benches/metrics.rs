@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use oprun::metrics::{CommitStats, GrpcLabels, Metrics};
+use oprun::metrics::{CallSeries, CommitStats, GrpcLabels, Metrics};
 use oprun::model::{OperationRecord, Outcome, State};
 use oprun::Code;
 
@@ -64,14 +64,17 @@ fn calls(metrics: &Arc<Metrics>, ops: usize, threads: usize) -> f64 {
         grpc_service: "oprun.v1.TaskService",
         grpc_method: "SubmitTask",
     };
+    // One method's series, as the gRPC layer keeps it.
+    let series = CallSeries::default();
     let started = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..threads {
             let metrics = Arc::clone(metrics);
+            let series = &series;
             s.spawn(move || {
                 for _ in 0..ops / threads {
-                    metrics.call_started(&labels);
-                    metrics.call_handled(labels, "OK", Duration::from_micros(150));
+                    metrics.call_started(series, &labels);
+                    metrics.call_handled(series, labels, "OK", Duration::from_micros(150));
                 }
             });
         }

@@ -122,11 +122,12 @@ impl CommitStats {
     }
 }
 
-/// One gRPC method's series in one [`Metrics`], kept by a caller that counts its calls: each
-/// series is looked up (its labels hashed, the family locked) at its first use only, and
-/// made then, so that only methods called are exposed, as with [`Metrics::call_started`].
+/// One gRPC method's series in one [`Metrics`], kept by the caller that counts its calls
+/// ([`Metrics::call_started`], [`Metrics::call_handled`]): each series is looked up (its
+/// labels hashed, the family locked) at its first use only, and made then, so that only
+/// methods called are exposed.
 #[derive(Debug, Default)]
-pub(crate) struct CallSeries {
+pub struct CallSeries {
     started: std::sync::OnceLock<Counter>,
     seconds: std::sync::OnceLock<Histogram>,
     /// Handled with OK (other codes are looked up each time).
@@ -335,16 +336,17 @@ impl Metrics {
         self.finished.get_or_create(&labels).inc();
     }
 
-    /// A gRPC call of `series`' method started (see [`CallSeries`]).
-    pub(crate) fn call_started_in(&self, series: &CallSeries, labels: &GrpcLabels) {
+    /// A gRPC call of `series`' method (named by `labels`) started.
+    pub fn call_started(&self, series: &CallSeries, labels: &GrpcLabels) {
         series
             .started
             .get_or_init(|| self.grpc_started.get_or_create(labels).clone())
             .inc();
     }
 
-    /// A gRPC call of `series`' method ended with `code` after `took` (see [`CallSeries`]).
-    pub(crate) fn call_handled_in(
+    /// A gRPC call of `series`' method (named by `labels`) ended with `code` (a
+    /// `google.rpc.Code` name) after `took`.
+    pub fn call_handled(
         &self,
         series: &CallSeries,
         labels: GrpcLabels,
@@ -365,21 +367,6 @@ impl Metrics {
         } else {
             handled(code).inc();
         }
-    }
-
-    /// A gRPC call started.
-    pub fn call_started(&self, labels: &GrpcLabels) {
-        self.grpc_started.get_or_create(labels).inc();
-    }
-
-    /// A gRPC call ended with `code` (a `google.rpc.Code` name) after `took`.
-    pub fn call_handled(&self, labels: GrpcLabels, code: &'static str, took: Duration) {
-        self.grpc_seconds
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
-        self.grpc_handled
-            .get_or_create(&labels.with_code(code))
-            .inc();
     }
 
     /// The Prometheus text exposition, with the gauges set from `gauges` (kind, queued,

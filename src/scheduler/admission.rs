@@ -283,12 +283,12 @@ impl Runner {
     /// its launch if it was stored started (see [`Runner::start_at_once`]).
     pub(super) fn stored(&self, r: &OperationRecord) {
         let at_once = r.state == State::Running;
-        if !at_once {
-            self.lock_slots().queued(&r.kind);
-        }
         self.shared.metrics.submitted(&r.kind);
         if at_once {
+            // Its slot was taken before the insert (`Runner::start_at_once`).
             self.shared.metrics.started(r);
+        } else {
+            self.lock_slots().queued(&r.kind);
         }
         self.shared.bus.publish(r, None);
         info!(op.name = %r.id, op.kind = %r.kind, "submitted");

@@ -67,16 +67,16 @@ impl Runner {
             && !r.requested_cancellation
             && shared.kinds.is_in_process(&r.kind)
             && !CONTROL_KINDS.contains(&r.kind.as_str())
-            && !shared.config.kind_key_limits.contains_key(&r.kind)
+            && self.key_limit(&r.kind).is_none()
             && !shared
                 .config
                 .kind_rates
                 .iter()
                 .any(|(kind, _)| *kind == r.kind)
-            && shared.kinds.task(&r.kind).is_some_and(|task| {
-                let options = task.options();
-                options.retry_safe && options.max_per_key.is_none()
-            })
+            && shared
+                .kinds
+                .task(&r.kind)
+                .is_some_and(|task| task.options().retry_safe)
             && shared.life.accepting.load(Ordering::Acquire)
             && !shared.lease.lost.load(Ordering::Acquire)
     }

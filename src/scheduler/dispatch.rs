@@ -49,18 +49,21 @@ impl Runner {
     pub(crate) fn key_limits(&self, kinds: &[(String, usize)]) -> Vec<(String, usize)> {
         kinds
             .iter()
-            .filter_map(|(kind, _)| {
-                let declared = || self.shared.kinds.task(kind)?.options().max_per_key;
-                let limit = self
-                    .shared
-                    .config
-                    .kind_key_limits
-                    .get(kind)
-                    .copied()
-                    .or_else(declared)?;
-                Some((kind.clone(), limit.max(1)))
-            })
+            .filter_map(|(kind, _)| Some((kind.clone(), self.key_limit(kind)?)))
             .collect()
+    }
+
+    /// The limit per concurrency key of `kind`, if it has one (`--kind-key-limit`, or what
+    /// the kind declares).
+    pub(super) fn key_limit(&self, kind: &str) -> Option<usize> {
+        let declared = || self.shared.kinds.task(kind)?.options().max_per_key;
+        self.shared
+            .config
+            .kind_key_limits
+            .get(kind)
+            .copied()
+            .or_else(declared)
+            .map(|n| n.max(1))
     }
 
     /// The start rates of `kinds` that have one (`--kind-rate`).

@@ -151,7 +151,7 @@ where
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let method = self.layer.method(req.uri().path());
         let metrics = Arc::clone(&self.layer.metrics);
-        metrics.call_started_in(&method.series, &method.labels);
+        metrics.call_started(&method.series, &method.labels);
         let started = Instant::now();
         let call = self.inner.call(req);
         Box::pin(async move {
@@ -180,7 +180,7 @@ struct Pending {
 
 impl Pending {
     fn handled(self, code: &'static str) {
-        self.metrics.call_handled_in(
+        self.metrics.call_handled(
             &self.method.series,
             self.method.labels,
             code,

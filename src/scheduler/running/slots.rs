@@ -161,6 +161,14 @@ impl Slots {
         self.kind(kind).waiting -= 1;
     }
 
+    /// How many more may start now under `max_running`. Ends waiting to be written beyond
+    /// `max_running` take room, so that a store slow to take them slows new work instead of
+    /// piling ends up.
+    fn free(&self, max_running: usize) -> usize {
+        let busy = self.running + self.ending.saturating_sub(max_running);
+        max_running.saturating_sub(busy)
+    }
+
     /// How many more of each of `kinds` (with their limits) may start now, and how many over
     /// all of them, under `max_running`. With `counted_only`, a kind this node counts no
     /// operation of as queued is left out: on an exclusive store, where every change passes
@@ -171,10 +179,7 @@ impl Slots {
         max_running: usize,
         counted_only: bool,
     ) -> (Vec<(String, usize)>, usize) {
-        // Ends waiting to be written beyond `max_running` take room, so that a store slow to
-        // take them slows new work instead of piling ends up.
-        let busy = self.running + self.ending.saturating_sub(max_running);
-        let total = max_running.saturating_sub(busy);
+        let total = self.free(max_running);
         let per_kind = kinds
             .filter_map(|(kind, limit)| {
                 let counts = self.kinds.get(&kind);
@@ -199,8 +204,7 @@ impl Slots {
         kind_limit: usize,
         max_running: usize,
     ) -> bool {
-        let busy = self.running + self.ending.saturating_sub(max_running);
-        let total = max_running.saturating_sub(busy);
+        let total = self.free(max_running);
         let all_waiting = self.waiting().max(1);
         let (running, waiting) = self
             .kinds
